@@ -1,0 +1,16 @@
+"""paratriton: parallel-in-time diffusion sampling (ParaTAA, fixed point, Picard, Anderson) with fused kernels.
+
+    import paratriton
+    coeffs = paratriton.coefficients_from_scheduler(scheduler, num_inference_steps=50, eta=0.0)
+    result = paratriton.solve(model, coeffs, x_T, noise, method="taa", tol_abs=1e-3)
+"""
+
+from .model import ClassifierFreeGuidance, Denoiser
+from .schedule import SamplerCoefficients, coefficients_from_scheduler
+from .solvers import METHODS, IterationInfo, NonFiniteError, SolveResult, solve, solve_sequential
+
+__version__ = "0.1.0"
+
+__all__ = ["solve", "solve_sequential", "METHODS", "SolveResult", "IterationInfo", "NonFiniteError",
+           "SamplerCoefficients", "coefficients_from_scheduler", "ClassifierFreeGuidance", "Denoiser",
+           "__version__"]

@@ -1,0 +1,3 @@
+from .naive import anderson_gram
+
+__all__ = ["anderson_gram"]

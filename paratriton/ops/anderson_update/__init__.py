@@ -1,0 +1,3 @@
+from .naive import anderson_update
+
+__all__ = ["anderson_update"]

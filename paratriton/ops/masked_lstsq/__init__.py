@@ -1,0 +1,3 @@
+from .naive import masked_lstsq
+
+__all__ = ["masked_lstsq"]

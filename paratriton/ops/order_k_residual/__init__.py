@@ -1,0 +1,3 @@
+from .naive import order_k_residual
+
+__all__ = ["order_k_residual"]

@@ -1,0 +1,3 @@
+from .naive import step_residual
+
+__all__ = ["step_residual"]

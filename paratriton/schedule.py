@@ -1,0 +1,209 @@
+"""Affine coefficients of first-order diffusion samplers, read from diffusers schedulers.
+
+Every supported sampler step is affine in the current sample ``x_{i+1}``, the raw model output ``m`` and a
+pre-drawn standard normal ``xi_i``::
+
+    x_i = a_i * x_{i+1} + b_i * m(x_{i+1}, i) + c_i * xi_i,        i = T-1, ..., 0
+
+Step ``i = T-1`` is the first (noisiest) step and ``i = 0`` the last, so ``x_T`` is the initial noise and ``x_0``
+the sample. All arrays are float64, indexed by step ``i``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, replace
+
+import torch
+
+__all__ = ["SamplerCoefficients", "coefficients_from_scheduler", "SUPPORTED_SCHEDULERS"]
+
+SUPPORTED_SCHEDULERS = ("DDIMScheduler", "DDPMScheduler", "FlowMatchEulerDiscreteScheduler")
+_PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+@dataclass(frozen=True)
+class SamplerCoefficients:
+    """Per-step coefficients of an affine sampler, all float64 tensors of shape ``[T]`` indexed by step.
+
+    a, b, c:          ``x_i = a_i x_{i+1} + b_i m_i + c_i xi_i``
+    posterior_std:    the DDPM posterior std of ``x_i`` given ``x_{i+1}`` and ``x_0`` (used by the stopping rule
+                      ``RMS(r_i) <= max(tol_abs, tol_rel * posterior_std_i)``), also for deterministic samplers.
+    timesteps:        the model timestep of step ``i`` (what the network is called with).
+    signal_scale, noise_scale: ``x_{i+1} = signal_scale_i * x0 + noise_scale_i * eps`` (the model input's levels).
+    prediction_type:  "epsilon", "v_prediction", "sample" or "flow" (velocity ``eps - x0``).
+    """
+
+    a: torch.Tensor
+    b: torch.Tensor
+    c: torch.Tensor
+    posterior_std: torch.Tensor
+    timesteps: torch.Tensor
+    signal_scale: torch.Tensor
+    noise_scale: torch.Tensor
+    prediction_type: str
+
+    def __post_init__(self) -> None:
+        n = self.a.shape[0]
+        for name in ("b", "c", "posterior_std", "timesteps", "signal_scale", "noise_scale"):
+            t = getattr(self, name)
+            if t.ndim != 1 or t.shape[0] != n:
+                raise ValueError(f"SamplerCoefficients.{name} must have shape [{n}], got {tuple(t.shape)}")
+        if n < 1:
+            raise ValueError(f"the number of steps T must be >= 1, got {n}")
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.a.shape[0])
+
+    @property
+    def is_stochastic(self) -> bool:
+        return bool((self.c != 0).any())
+
+    def to(self, device: torch.device | str) -> "SamplerCoefficients":
+        return replace(self, **{k: getattr(self, k).to(device) for k in (
+            "a", "b", "c", "posterior_std", "timesteps", "signal_scale", "noise_scale")})
+
+    def step(self, i: int, x_next: torch.Tensor, model_out: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        """One sequential step ``x_{i+1} -> x_i`` (float64 coefficients, result in ``x_next``'s dtype)."""
+        out = self.a[i].item() * x_next + self.b[i].item() * model_out
+        if noise is not None and self.c[i].item() != 0.0:
+            out = out + self.c[i].item() * noise
+        return out
+
+
+def _f64(x) -> torch.Tensor:
+    return torch.as_tensor(x).detach().to("cpu", torch.float64)
+
+
+def _affine_prediction(prediction_type: str, alpha: torch.Tensor, sigma: torch.Tensor):
+    """Write ``x0_hat = p x + q m`` and ``eps_hat = r x + s m`` for a VP model input ``x = alpha x0 + sigma eps``."""
+    if prediction_type == "epsilon":
+        p, q = 1.0 / alpha, -sigma / alpha
+        r, s = torch.zeros_like(alpha), torch.ones_like(alpha)
+    elif prediction_type == "sample":
+        p, q = torch.zeros_like(alpha), torch.ones_like(alpha)
+        r, s = 1.0 / sigma, -alpha / sigma
+    elif prediction_type == "v_prediction":
+        p, q = alpha, -sigma
+        r, s = sigma, alpha
+    else:
+        raise ValueError(f"prediction_type={prediction_type!r} is not supported; use one of {_PREDICTION_TYPES}")
+    return p, q, r, s
+
+
+def _check_no_clipping(scheduler) -> None:
+    cfg = scheduler.config
+    name = type(scheduler).__name__
+    if getattr(cfg, "thresholding", False):
+        raise ValueError(f"{name}(thresholding=True) makes the step nonlinear in the model output and is not "
+                         "supported by parallel samplers; set thresholding=False")
+    if getattr(cfg, "clip_sample", False):
+        raise ValueError(f"{name}(clip_sample=True) makes the step nonlinear in the model output and is not "
+                         "supported by parallel samplers; set clip_sample=False (latent models use False)")
+    pt = cfg.prediction_type
+    if pt not in _PREDICTION_TYPES:
+        raise ValueError(f"{name}(prediction_type={pt!r}) is not supported; use one of {_PREDICTION_TYPES}")
+
+
+def _vp_posterior_std(ab_t: torch.Tensor, ab_prev: torch.Tensor) -> torch.Tensor:
+    return ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)).clamp_min(0).sqrt()
+
+
+def _ddim(scheduler, eta: float | None) -> SamplerCoefficients:
+    eta = 0.0 if eta is None else float(eta)
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must be in [0, 1] for DDIMScheduler, got {eta}")
+    cfg = scheduler.config
+    ts = scheduler.timesteps.flip(0).to("cpu", torch.long)  # step i uses the i-th smallest timestep
+    ac = _f64(scheduler.alphas_cumprod)
+    prev = ts - cfg.num_train_timesteps // scheduler.num_inference_steps  # diffusers' rule, whatever the spacing
+    ab_t = ac[ts]
+    ab_prev = torch.where(prev >= 0, ac[prev.clamp_min(0)], _f64(scheduler.final_alpha_cumprod))
+    var = (1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)
+    std = eta * var.sqrt()
+    alpha, sigma = ab_t.sqrt(), (1 - ab_t).sqrt()
+    p, q, r, s = _affine_prediction(cfg.prediction_type, alpha, sigma)
+    d = (1 - ab_prev - std**2).sqrt()
+    a = ab_prev.sqrt() * p + d * r
+    b = ab_prev.sqrt() * q + d * s
+    c = std if eta > 0 else torch.zeros_like(std)
+    return SamplerCoefficients(a, b, c, _vp_posterior_std(ab_t, ab_prev), ts.to(torch.float64), alpha, sigma,
+                               cfg.prediction_type)
+
+
+def _ddpm(scheduler, eta: float | None) -> SamplerCoefficients:
+    if eta is not None and float(eta) != 1.0:
+        raise ValueError(f"eta={eta} is not supported for DDPMScheduler (its noise is fixed, eta=1); "
+                         "use DDIMScheduler for eta in [0, 1)")
+    cfg = scheduler.config
+    if cfg.variance_type not in ("fixed_small", "fixed_small_log", "fixed_large"):
+        raise ValueError(f"DDPMScheduler(variance_type={cfg.variance_type!r}) is not supported; use one of "
+                         "('fixed_small', 'fixed_small_log', 'fixed_large')")
+    ts_desc = scheduler.timesteps.to("cpu", torch.long)
+    ts = ts_desc.flip(0)
+    prev = torch.cat([torch.tensor([-1]), ts[:-1]])  # the next-smaller timestep in the list, -1 after the last
+    ac = _f64(scheduler.alphas_cumprod)
+    ab_t = ac[ts]
+    ab_prev = torch.where(prev >= 0, ac[prev.clamp_min(0)], torch.ones_like(ab_t))
+    cur_alpha = ab_t / ab_prev
+    cur_beta = 1 - cur_alpha
+    c0 = ab_prev.sqrt() * cur_beta / (1 - ab_t)
+    cs = cur_alpha.sqrt() * (1 - ab_prev) / (1 - ab_t)
+    alpha, sigma = ab_t.sqrt(), (1 - ab_t).sqrt()
+    p, q, _, _ = _affine_prediction(cfg.prediction_type, alpha, sigma)
+    a = c0 * p + cs
+    b = c0 * q
+    var = ((1 - ab_prev) / (1 - ab_t) * cur_beta).clamp_min(1e-20)
+    if cfg.variance_type == "fixed_large":
+        var = cur_beta
+    c = torch.where(ts > 0, var.sqrt(), torch.zeros_like(var))  # diffusers adds noise only when t > 0
+    return SamplerCoefficients(a, b, c, _vp_posterior_std(ab_t, ab_prev), ts.to(torch.float64), alpha, sigma,
+                               cfg.prediction_type)
+
+
+def _flow_match(scheduler, eta: float | None) -> SamplerCoefficients:
+    if eta is not None:
+        raise ValueError("eta is not an option of FlowMatchEulerDiscreteScheduler; "
+                         "set the scheduler's stochastic_sampling instead")
+    s = _f64(scheduler.sigmas)
+    s_cur, s_next = s[:-1].flip(0), s[1:].flip(0)  # step i goes from s_cur[i] to s_next[i]
+    ts = _f64(scheduler.timesteps).flip(0)
+    alpha, sigma = 1 - s_cur, s_cur
+    # posterior std of x(s_next) given x(s_cur) and x0 for x(s) = (1-s) x0 + s eps (reduces to DDPM's for VP)
+    ratio = torch.where(s_next < 1, (1 - s_cur) / (1 - s_next).clamp_min(1e-300), torch.zeros_like(s_cur))
+    trans_var = (s_cur**2 - ratio**2 * s_next**2).clamp_min(0)
+    post = torch.where(s_cur > 0, s_next * trans_var.sqrt() / s_cur.clamp_min(1e-300), torch.zeros_like(s_cur))
+    if scheduler.config.stochastic_sampling:
+        a, b, c = 1 - s_next, -(1 - s_next) * s_cur, s_next
+    else:
+        a, b, c = torch.ones_like(s_cur), s_next - s_cur, torch.zeros_like(s_cur)
+    return SamplerCoefficients(a, b, c, post, ts, alpha, sigma, "flow")
+
+
+_EXTRACTORS = {"DDIMScheduler": _ddim, "DDPMScheduler": _ddpm, "FlowMatchEulerDiscreteScheduler": _flow_match}
+
+
+def coefficients_from_scheduler(scheduler, num_inference_steps: int | None = None, *, eta: float | None = None,
+                                **set_timesteps_kwargs) -> SamplerCoefficients:
+    """Extract float64 sampler coefficients from a diffusers scheduler.
+
+    With ``num_inference_steps`` the scheduler is copied and ``set_timesteps`` is called on the copy (extra keyword
+    arguments, e.g. ``mu`` for dynamically shifted flow matching, are passed on); without it the scheduler must
+    already have its timesteps set. ``eta`` applies to ``DDIMScheduler`` only (0 = DDIM, 1 = DDPM posterior noise).
+    """
+    name = type(scheduler).__name__
+    if name not in _EXTRACTORS:
+        raise ValueError(f"scheduler {name} is not supported by parallel samplers; supported: {SUPPORTED_SCHEDULERS}")
+    if name != "FlowMatchEulerDiscreteScheduler":
+        _check_no_clipping(scheduler)
+    if num_inference_steps is not None:
+        if int(num_inference_steps) < 1:
+            raise ValueError(f"num_inference_steps (T) must be >= 1, got {num_inference_steps}")
+        scheduler = copy.deepcopy(scheduler)
+        scheduler.set_timesteps(int(num_inference_steps), **set_timesteps_kwargs)
+    elif getattr(scheduler, "num_inference_steps", None) is None and scheduler.timesteps is None:
+        raise ValueError(f"{name} has no timesteps: pass num_inference_steps or call set_timesteps first")
+    if name != "FlowMatchEulerDiscreteScheduler" and getattr(scheduler, "num_inference_steps", None) is None:
+        raise ValueError(f"{name}.set_timesteps has not been called: pass num_inference_steps")
+    return _EXTRACTORS[name](scheduler, eta)

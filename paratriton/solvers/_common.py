@@ -1,0 +1,245 @@
+"""What every solver shares: argument checks, the result type and the sliding-window iteration."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..model import Denoiser
+from ..ops import step_residual
+from ..schedule import SamplerCoefficients
+
+
+class NonFiniteError(FloatingPointError):
+    """A model output or an iterate became NaN or infinite; the message names the step and the iteration."""
+
+
+@dataclass
+class SolveResult:
+    """What a solver returns.
+
+    sample:      ``[B, *sample_shape]`` the estimate of ``x_0`` (state dtype)
+    trajectory:  ``[T+1, B, *sample_shape]`` all iterates ``x_0 .. x_T``
+    iterations:  parallel iterations (= batched model calls; ``T`` for the sequential sampler)
+    nfe:         model evaluations per trajectory (a guided call counts once)
+    residuals:   ``[iterations, T]`` float64 on the CPU: per step the largest RMS order-1 residual over the batch,
+                 NaN for steps outside the window in that iteration
+    converged:   every step met the tolerance (False when stopped by ``max_iters``)
+    """
+
+    sample: torch.Tensor
+    trajectory: torch.Tensor
+    iterations: int
+    nfe: int
+    residuals: torch.Tensor
+    converged: bool
+    method: str
+    window_history: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass
+class IterationInfo:
+    """Passed to ``callback`` after every iteration (tensors are views: copy what you keep)."""
+
+    iteration: int
+    window: tuple[int, int]  # updated steps lo .. hi-1 (hi is the anchor)
+    frozen_from: int  # steps >= frozen_from are final
+    residual_rms: torch.Tensor  # [hi - lo, B]
+    trajectory: torch.Tensor  # [T+1, B, *sample_shape]
+
+    @property
+    def sample(self) -> torch.Tensor:
+        return self.trajectory[0]
+
+
+def _check_int(name: str, value, lo: int, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) and not (hasattr(value, "__index__")):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    value = int(value)
+    if value < lo or (hi is not None and value > hi):
+        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name} must be {rng}, got {value}")
+    return value
+
+
+def _check_positive(name: str, value) -> float:
+    value = float(value)
+    if not (value > 0) or math.isinf(value):
+        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    return value
+
+
+def check_problem(coeffs: SamplerCoefficients, x_T: torch.Tensor, noise: torch.Tensor | None,
+                  init: torch.Tensor | None = None) -> None:
+    """Validate the shapes and dtypes of a sampling problem (``T`` steps, ``B`` trajectories)."""
+    if not isinstance(coeffs, SamplerCoefficients):
+        raise TypeError(f"coeffs must be SamplerCoefficients, got {type(coeffs).__name__}")
+    T = coeffs.num_steps
+    if not torch.is_tensor(x_T) or not x_T.is_floating_point() or x_T.ndim < 2:
+        raise ValueError("x_T must be a floating-point tensor of shape [B, *sample_shape], "
+                         f"got {getattr(x_T, 'shape', type(x_T))} {getattr(x_T, 'dtype', '')}")
+    if not torch.isfinite(x_T).all():
+        raise NonFiniteError("x_T contains NaN or inf")
+    if noise is None:
+        if coeffs.is_stochastic:
+            raise ValueError("noise [T, B, *sample_shape] is required: the sampler adds noise (some c_i != 0)")
+    else:
+        if not torch.is_tensor(noise) or not noise.is_floating_point():
+            raise ValueError(f"noise must be a floating-point tensor, got {type(noise).__name__}")
+        if tuple(noise.shape) != (T, *x_T.shape):
+            raise ValueError(f"noise must have shape [T, B, *sample_shape] = {[T, *x_T.shape]}, "
+                             f"got {list(noise.shape)}")
+        if noise.device != x_T.device:
+            raise ValueError(f"noise is on {noise.device} but x_T is on {x_T.device}")
+    if init is not None:
+        if tuple(init.shape) not in ((T, *x_T.shape), (T + 1, *x_T.shape)):
+            raise ValueError(f"init must have shape [T, B, *sample_shape] = {[T, *x_T.shape]} "
+                             f"(or [T+1, ...]), got {list(init.shape)}")
+        if not init.is_floating_point():
+            raise ValueError(f"init must be floating point, got {init.dtype}")
+
+
+class ModelCaller:
+    """Calls the denoiser on a block of states and checks what comes back."""
+
+    def __init__(self, model: Denoiser, sample_shape: tuple[int, ...], batch: int) -> None:
+        if not callable(model):
+            raise TypeError(f"model must be callable as model(x, step_index), got {type(model).__name__}")
+        self.model = model
+        self.sample_shape = sample_shape
+        self.batch = batch
+        self.calls = 0
+
+    def __call__(self, x: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """x: ``[n, B, D]`` inputs of steps ``steps [n]``; returns ``[n, B, D]`` outputs (model dtype)."""
+        n, B = x.shape[0], x.shape[1]
+        out = self.model(x.reshape(n * B, *self.sample_shape), steps.repeat_interleave(B))
+        self.calls += 1
+        if not torch.is_tensor(out) or tuple(out.shape) != (n * B, *self.sample_shape):
+            raise ValueError(f"model output must have shape {[n * B, *self.sample_shape]} like its input, got "
+                             f"{list(getattr(out, 'shape', [type(out).__name__]))}")
+        if not out.is_floating_point():
+            raise ValueError(f"model output must be floating point, got {out.dtype}")
+        return out.reshape(n, B, -1)
+
+
+def raise_nonfinite(what: torch.Tensor, lo: int, iteration: int, source: str) -> None:
+    """Raise a NonFiniteError naming the steps of ``what [n, B, D]`` that are not finite."""
+    bad = (~torch.isfinite(what)).flatten(1).any(1).nonzero().flatten().add(lo).tolist()
+    raise NonFiniteError(f"{source} is NaN/inf at step(s) {bad[:8]}{' ...' if len(bad) > 8 else ''} "
+                         f"in iteration {iteration}; the sampler stopped and returns no image")
+
+
+@dataclass
+class WindowStep:
+    """One iteration's data handed to a solver's update rule; ``x`` is updated in place."""
+
+    iteration: int  # 0-based
+    lo: int  # lowest updated step
+    hi: int  # anchor (the frozen step above the window)
+    top_unconverged: int  # j*: the highest unconverged step (== lo when all converged)
+    x: torch.Tensor  # [hi - lo, B, D] view of the state for steps lo .. hi-1
+    r: torch.Tensor  # [hi - lo, B, D] order-1 residuals
+    a: torch.Tensor  # [hi - lo] step coefficients
+
+
+class ParallelSolver:
+    """The sliding-window iteration shared by every parallel solver; subclasses define ``update``.
+
+    Per iteration: lazily initialise new window slots, one batched model call on the window, order-1 residuals,
+    per-step convergence ``RMS(r_i) <= max(tol_abs, tol_rel * posterior_std_i)`` for every trajectory, the window
+    top ``j*`` (the only value that reaches the host), the solver's update, then freeze everything above ``j*``.
+    At most ``T`` iterations: ``j*`` gets an exact fixed-point update from its converged upper neighbours.
+    """
+
+    method = "parallel"
+
+    def __init__(self, *, window: int | None = None, tol_abs: float = 1e-3, tol_rel: float = 1e-3,
+                 max_iters: int | None = None, state_dtype: torch.dtype = torch.float64,
+                 callback: Callable[[IterationInfo], None] | None = None) -> None:
+        self.window = None if window is None else _check_int("window", window, 1)
+        self.tol_abs = _check_positive("tol_abs", tol_abs)
+        self.tol_rel = _check_positive("tol_rel", tol_rel)
+        self.max_iters = None if max_iters is None else _check_int("max_iters", max_iters, 1)
+        if state_dtype not in (torch.float64, torch.float32):
+            raise ValueError(f"state_dtype must be torch.float64 or torch.float32, got {state_dtype}")
+        self.state_dtype = state_dtype
+        if callback is not None and not callable(callback):
+            raise TypeError("callback must be callable")
+        self.callback = callback
+
+    # -- hooks -------------------------------------------------------------------------------------------------
+    def start(self, T: int, B: int, D: int, device: torch.device) -> None:
+        """Allocate per-solve state (history buffers)."""
+
+    def update(self, step: WindowStep) -> None:
+        raise NotImplementedError
+
+    # -- the iteration -----------------------------------------------------------------------------------------
+    def solve(self, model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor,
+              noise: torch.Tensor | None = None, init: torch.Tensor | None = None) -> SolveResult:
+        """Solve the triangular system for ``B`` trajectories starting from ``x_T [B, *sample_shape]``.
+
+        noise: ``[T, B, *sample_shape]`` pre-drawn standard normals (required when the sampler adds noise).
+        init:  optional warm start ``[T, B, ...]`` (or ``[T+1, ...]``) guess of ``x_0 .. x_{T-1}``; the result is
+               still the exact sequential sample of *this* problem, only the iteration count changes.
+        """
+        check_problem(coeffs, x_T, noise, init)
+        T, B, shape = coeffs.num_steps, x_T.shape[0], tuple(x_T.shape[1:])
+        D = math.prod(shape)
+        dev, dt = x_T.device, self.state_dtype
+        W = T if self.window is None else min(self.window, T)
+        max_iters = T if self.max_iters is None else self.max_iters
+        cf = coeffs.to(dev)
+        a, b, c = cf.a.to(dt), cf.b.to(dt), cf.c.to(dt)
+        threshold = torch.clamp(self.tol_rel * cf.posterior_std, min=self.tol_abs).to(dt)
+        xi = None if noise is None else noise.reshape(T, B, D)
+        call = ModelCaller(model, shape, B)
+
+        x = torch.zeros(T + 1, B, D, dtype=dt, device=dev)
+        x[T] = x_T.reshape(B, D)
+        uninit = T - 1  # steps <= uninit have never been initialised
+        if init is not None:
+            x[:T] = init[:T].reshape(T, B, D).to(dt)
+            uninit = -1
+        self.start(T, B, D, dev)
+
+        hi, nfe, it = T, 0, 0
+        residuals, windows = [], []
+        steps_all = torch.arange(T, device=dev)
+        while hi > 0 and it < max_iters:
+            lo = max(hi - W, 0)
+            if uninit >= lo:  # new window slots start as a copy of the lowest initialised state
+                x[lo:uninit + 1] = x[uninit + 1]
+                uninit = lo - 1
+            m_out = call(x[lo + 1:hi + 1], steps_all[lo:hi])
+            nfe += hi - lo
+            r, rms, top = step_residual(x[lo:hi + 1], m_out, None if xi is None else xi[lo:hi],
+                                        a[lo:hi], b[lo:hi], c[lo:hi], threshold[lo:hi])
+            # the one host sync of the iteration: the window top, plus a finiteness flag riding along
+            flags = torch.stack([top, (~torch.isfinite(rms)).any().to(top.dtype)]).tolist()
+            if flags[1]:
+                if not torch.isfinite(m_out).all():
+                    raise_nonfinite(m_out, lo, it, "the model output")
+                raise_nonfinite(r, lo, it, "the residual (the iterates diverged)")
+            jstar = lo + flags[0] if flags[0] >= 0 else lo
+            self.update(WindowStep(it, lo, hi, jstar, x[lo:hi], r, a[lo:hi]))
+            row = torch.full((T,), float("nan"), dtype=torch.float64, device=dev)
+            row[lo:hi] = rms.amax(dim=1).to(torch.float64)
+            residuals.append(row)
+            windows.append((lo, hi))
+            hi = jstar
+            it += 1
+            if self.callback is not None:
+                self.callback(IterationInfo(it, (lo, windows[-1][1]), hi, rms,
+                                            x.reshape(T + 1, B, *shape)))
+        if uninit >= 0:  # stopped early before the window reached these steps: give them the best guess we have
+            x[:uninit + 1] = x[uninit + 1]
+        if not torch.isfinite(x[0]).all():
+            raise_nonfinite(x[:1], 0, it, "the final sample")
+        traj = x.reshape(T + 1, B, *shape)
+        res = torch.stack(residuals).cpu() if residuals else torch.empty(0, T, dtype=torch.float64)
+        return SolveResult(traj[0], traj, it, nfe, res, hi == 0, self.method, windows)

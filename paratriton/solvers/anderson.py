@@ -1,0 +1,77 @@
+"""Triangular Anderson Acceleration (ParaTAA) and standard Anderson acceleration on the order-k equations."""
+
+from __future__ import annotations
+
+import torch
+
+from ..ops import anderson_gram, anderson_update, masked_lstsq
+from ._common import WindowStep, _check_int, _check_positive
+from .fixed_point import FixedPoint
+
+
+class TriangularAnderson(FixedPoint):
+    """ParaTAA (Tang et al., ICML 2024) with the fixes of the design spec, section 8.
+
+    Every step ``i`` below the highest unconverged step ``j*`` that has been in the window for at least two
+    iterations takes ``x_i += R_i - (dX_i + dR_i) gamma_i`` with ``gamma_i`` solving the least squares problem
+    masked to the steps it depends on, ``min_g sum_{s>=i} ||R_s - dR_s g||^2`` (relative ridge), using its
+    ``m_i = min(count_i, history+1) - 1`` *newest* secant pairs. Other steps take the order-k fixed-point step.
+
+    history: the number of secant pairs ``m`` (>= 1; the reference code's ``memory_size`` is ``history + 1``).
+    ridge:   relative ridge ``lambda``: the system is ``G + (lambda * trace(G) / m + floor) I``.
+    """
+
+    method = "taa"
+    triangular = True
+
+    def __init__(self, *, history: int = 2, ridge: float = 1e-3, **kw) -> None:
+        super().__init__(**kw)
+        self.history = _check_int("history", history, 1)
+        self.ridge = _check_positive("ridge", ridge)
+
+    def start(self, T: int, B: int, D: int, device: torch.device) -> None:
+        M = self.history + 1  # stored iterates
+        # ring over iterations: slot it % M holds (x, R) of every step that was in the window at iteration it;
+        # a step stays in the window from its entry until it freezes, so its newest count_i slots are its own
+        self.hist_x = torch.zeros(M, T, B, D, dtype=self.state_dtype, device=device)
+        self.hist_R = torch.zeros_like(self.hist_x)
+        self.count = torch.zeros(T, dtype=torch.long, device=device)
+
+    def update(self, step: WindowStep) -> None:
+        lo, hi, it = step.lo, step.hi, step.iteration
+        M = self.history + 1
+        R = self.order_k(step)
+        slot = it % M
+        self.hist_x[slot, lo:hi] = step.x
+        self.hist_R[slot, lo:hi] = R
+        self.count[lo:hi] += 1
+        m_i = self.count[lo:hi].clamp(max=M) - 1  # secant pairs per step
+        # never accelerate at or above j*: x_{j*} must take the exact fixed-point step (worst case T iterations)
+        accel = (torch.arange(lo, hi, device=R.device) < step.top_unconverged) & (m_i >= 1)
+        if step.top_unconverged <= lo:
+            step.x += R
+            return
+        newest = [(it - j) % M for j in range(M)]  # slots from newest to oldest
+        dX = torch.stack([self.hist_x[newest[j], lo:hi] - self.hist_x[newest[j + 1], lo:hi] for j in range(M - 1)])
+        dR = torch.stack([self.hist_R[newest[j], lo:hi] - self.hist_R[newest[j + 1], lo:hi] for j in range(M - 1)])
+        G, h = anderson_gram(dR, R)
+        num_cols = torch.where(accel, m_i, torch.zeros_like(m_i))
+        if not self.triangular:
+            num_cols, G, h = self._global(accel, num_cols, G, h)
+        gamma = masked_lstsq(G, h, num_cols, ridge=self.ridge)
+        step.x.copy_(anderson_update(step.x, R, dX, dR, gamma))
+
+    @staticmethod
+    def _global(accel, num_cols, G, h):
+        """Standard AA: every accelerated step uses the single least-squares problem of the lowest one, whose
+        mask covers the whole accelerated block and everything above it."""
+        first = torch.argmax(accel.to(torch.int8))  # lowest accelerated step (device-side, no sync)
+        num_cols = torch.where(accel, num_cols[first], torch.zeros_like(num_cols))
+        return num_cols, G[first].expand_as(G), h[first].expand_as(h)
+
+
+class Anderson(TriangularAnderson):
+    """Standard (type-II) Anderson acceleration with one global least squares: the paper's AA baseline."""
+
+    method = "aa"
+    triangular = False
