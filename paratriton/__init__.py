@@ -8,9 +8,10 @@
 from .model import ClassifierFreeGuidance, Denoiser
 from .schedule import SamplerCoefficients, coefficients_from_scheduler
 from .solvers import METHODS, IterationInfo, NonFiniteError, SolveResult, solve, solve_sequential
+from .pipelines import parallelize
 
 __version__ = "0.1.0"
 
 __all__ = ["solve", "solve_sequential", "METHODS", "SolveResult", "IterationInfo", "NonFiniteError",
            "SamplerCoefficients", "coefficients_from_scheduler", "ClassifierFreeGuidance", "Denoiser",
-           "__version__"]
+           "parallelize", "__version__"]

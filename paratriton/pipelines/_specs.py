@@ -1,0 +1,108 @@
+"""What differs between the supported diffusers pipelines, in one table.
+
+Everything a pipeline does before and after its denoising loop (prompt encoding, latent preparation, timesteps,
+decoding, output conversion) is run by the stock pipeline itself. The table only records what the parallel
+solver must know about the *loop body*: which module is the denoiser, how classifier-free guidance is laid out
+and combined, whether the model predicts a learned variance, which generator and ``eta`` the stock loop hands to
+``scheduler.step`` (that decides where DDPM-style step noise comes from), and how the model's timestep is formed.
+Read from diffusers 0.42.1; the parity tests in ``tests/test_pipelines*.py`` fail if a later release changes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+__all__ = ["PipelineSpec", "SPECS", "SUPPORTED_PIPELINES", "find_spec"]
+
+# (do_cfg, guidance_scale, guidance_rescale), read while the stock __call__ runs
+GuidanceFn = Callable[[Any, dict], tuple[bool, float, float]]
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """How one pipeline's denoising loop calls its model and its scheduler.
+
+    denoiser:        attribute holding the network (``"unet"`` or ``"transformer"``)
+    guidance:        ``(pipe, call_args) -> (do_cfg, scale, rescale)``; ``call_args`` are the bound ``__call__``
+                     arguments with defaults applied
+    cond_first:      CFG rows are ``[cond; uncond]`` (DiT) instead of ``[uncond; cond]``
+    learned_sigma:   the model may output ``2 * C`` channels (mean and variance); the loop keeps the first ``C``
+    step_rows_cfg:   ``scheduler.step`` runs on the CFG-doubled latents (DiT), so step noise has ``2B`` rows
+    step_generator:  the loop passes the call's ``generator`` to ``scheduler.step`` (else it draws from the
+                     global RNG)
+    step_eta:        the loop passes the call's ``eta`` to ``scheduler.step`` (DDIM only)
+    flow_timestep:   the model takes ``t / 1000`` in the latents' dtype (Flux)
+    check:           ``(pipe, call_args) -> None``; raises for call options the parallel loop cannot honour
+    """
+
+    denoiser: str
+    guidance: GuidanceFn
+    cond_first: bool = False
+    learned_sigma: bool = False
+    step_rows_cfg: bool = False
+    step_generator: bool = True
+    step_eta: bool = True
+    flow_timestep: bool = False
+    check: Callable[[Any, dict], None] | None = None
+
+
+def _no_guidance(pipe, args: dict) -> tuple[bool, float, float]:
+    return False, 1.0, 0.0
+
+
+def _guidance_from_properties(pipe, args: dict) -> tuple[bool, float, float]:
+    # SD/SDXL set _guidance_scale/_guidance_rescale before the loop; do_classifier_free_guidance also accounts
+    # for guidance-embedding UNets (time_cond_proj_dim), which never batch [uncond; cond]
+    return bool(pipe.do_classifier_free_guidance), float(pipe.guidance_scale), float(pipe.guidance_rescale)
+
+
+def _guidance_from_scale_arg(pipe, args: dict) -> tuple[bool, float, float]:
+    # DiT and PixArt-alpha: a local `do_classifier_free_guidance = guidance_scale > 1`
+    scale = float(args["guidance_scale"])
+    return scale > 1.0, scale, 0.0
+
+
+def _check_sdxl(pipe, args: dict) -> None:
+    if args.get("denoising_end") is not None:
+        raise ValueError("denoising_end is not supported by the parallel StableDiffusionXLPipeline (it truncates the "
+                         "loop after the timesteps are set); leave it None")
+
+
+def _check_pixart(pipe, args: dict) -> None:
+    if args.get("num_inference_steps") == 1 and args.get("timesteps") is None and args.get("sigmas") is None:
+        # the stock loop returns pred_original_sample instead of prev_sample for a single step
+        raise ValueError("num_inference_steps must be >= 2 for the parallel PixArtAlphaPipeline, got 1")
+
+
+def _check_flux(pipe, args: dict) -> None:
+    has_neg = args.get("negative_prompt") is not None or (
+        args.get("negative_prompt_embeds") is not None and args.get("negative_pooled_prompt_embeds") is not None)
+    if float(args.get("true_cfg_scale", 1.0)) > 1.0 and has_neg:
+        raise ValueError("true CFG (true_cfg_scale > 1 with a negative prompt) is not supported by the parallel "
+                         "FluxPipeline: it makes two model calls per step; use the guidance-distilled "
+                         "guidance_scale, or true_cfg_scale=1.0")
+
+
+SPECS: dict[str, PipelineSpec] = {
+    "StableDiffusionPipeline": PipelineSpec("unet", _guidance_from_properties),
+    "StableDiffusionXLPipeline": PipelineSpec("unet", _guidance_from_properties, check=_check_sdxl),
+    "PixArtAlphaPipeline": PipelineSpec("transformer", _guidance_from_scale_arg, learned_sigma=True,
+                                        check=_check_pixart),
+    "DiTPipeline": PipelineSpec("transformer", _guidance_from_scale_arg, cond_first=True, learned_sigma=True,
+                                step_rows_cfg=True, step_generator=False, step_eta=False),
+    "FluxPipeline": PipelineSpec("transformer", _no_guidance, step_generator=False, step_eta=False,
+                                 flow_timestep=True, check=_check_flux),
+    "DDPMPipeline": PipelineSpec("unet", _no_guidance, step_eta=False),
+    "DDIMPipeline": PipelineSpec("unet", _no_guidance),
+}
+SUPPORTED_PIPELINES = tuple(SPECS)
+
+
+def find_spec(pipeline_class: type) -> tuple[type, PipelineSpec]:
+    """Return ``(stock diffusers class, spec)`` for a supported pipeline class (or a subclass of one)."""
+    for klass in pipeline_class.__mro__:
+        if klass.__name__ in SPECS and klass.__module__.startswith("diffusers."):
+            return klass, SPECS[klass.__name__]
+    raise ValueError(f"pipeline {pipeline_class.__name__} is not supported by paratriton.parallelize; "
+                     f"supported: {SUPPORTED_PIPELINES}")

@@ -1,0 +1,424 @@
+"""``parallelize(pipe)``: run a stock diffusers pipeline with its denoising loop solved by ``paratriton.solve``.
+
+How it works (and why this shape)
+---------------------------------
+The parallel pipeline is a subclass of the stock pipeline built with ``from_pipe`` (it shares the weights). Its
+``__call__`` runs the **stock** ``__call__`` unchanged, so prompt encoding, input checks, latent preparation,
+timesteps (including Flux's dynamic shift), the VAE decode, the safety checker, ``output_type`` and
+``return_dict`` are diffusers' own code. For the duration of the call two instance attributes are patched and
+restored afterwards:
+
+* ``<denoiser>.forward``: the stock loop's **first** model call hands over everything the loop body has prepared
+  (the initial latents, the already CFG-batched conditioning: prompt embeddings, SDXL's added conditions, DiT's
+  class labels, PixArt's attention mask, Flux's pooled projections and guidance). At that point the pipeline has
+  set the scheduler's timesteps and drawn the initial latents, so the step noise of DDPM-style samplers is drawn
+  now, in the order and with the ``randn_tensor`` calls the stock ``scheduler.step`` would make. Then the whole
+  trajectory is solved with ``paratriton.solve``: one batched model call per iteration, the per-sample
+  conditioning repeated along the window. Later stock model calls get a zero tensor of the right shape.
+* ``scheduler.step``: replays the solved trajectory, step by step, into the stock loop, which therefore ends on
+  the solved ``x_0`` and decodes it as usual. (The replay checks each timestep against the solved one.)
+
+This needs no copy of any pipeline's ``__call__``: only the loop-body facts in ``_specs.py`` (CFG row order,
+learned sigma, which generator ``scheduler.step`` gets, Flux's ``t / 1000``) are pipeline specific. It is not
+re-entrant: do not call the same components from two threads at once while a parallel call runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import math
+from typing import Any, Callable
+
+import torch
+
+from ..model import ClassifierFreeGuidance
+from ..schedule import SUPPORTED_SCHEDULERS, SamplerCoefficients, coefficients_from_scheduler
+from ._specs import PipelineSpec, find_spec
+
+logger = logging.getLogger("paratriton.pipelines")
+
+# arguments of the parallel __call__ that the stock loop must not see: the parallel loop calls them per iteration
+_OWN_CALL_ARGS = ("callback_on_step_end", "callback_on_step_end_tensor_inputs")
+# model kwargs that are not per-row although their leading dimension can equal the batch (Flux's 2-D position ids)
+_NOT_PER_ROW = frozenset({"txt_ids", "img_ids"})
+_CALLBACK_TENSORS = ("latents",)
+_SEQUENTIAL_OPTIONS = ("state_dtype", "check_finite")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# option checks
+# --------------------------------------------------------------------------------------------------------------
+def _check_method_and_options(method: str, options: dict) -> None:
+    """Validate ``method`` and its options now, with the solver's own checks, so errors come before sampling."""
+    from .. import solvers
+
+    methods = tuple(getattr(solvers, "METHODS", ()))
+    if not isinstance(method, str) or method not in methods:
+        raise ValueError(f"method={method!r} is not supported; use one of {methods}")
+    if "callback" in options:
+        raise TypeError("callback is set by the pipeline (it drives the progress bar); pass "
+                        "callback_on_step_end=... to the pipeline call instead")
+    for name in ("init",):
+        if name in options:
+            raise TypeError(f"{name} is not an option of parallelize (the pipeline prepares x_T itself)")
+    if method == "sequential":
+        unknown = sorted(set(options) - set(_SEQUENTIAL_OPTIONS))
+        if unknown:
+            raise TypeError(f"options {unknown} do not apply to method='sequential'; allowed: {_SEQUENTIAL_OPTIONS}")
+        return
+    solver_cls = getattr(solvers, "PARALLEL_SOLVERS", {}).get(method)
+    if solver_cls is not None:  # constructing the solver runs its range checks (window >= 1, tol > 0, ...)
+        try:
+            solver_cls(**options)
+        except TypeError as e:
+            raise TypeError(f"method={method!r}: {e}") from None
+    # methods solve() routes elsewhere (e.g. added later) check their options when the pipeline is called
+
+
+def _check_scheduler(scheduler) -> None:
+    name = type(scheduler).__name__
+    if name not in SUPPORTED_SCHEDULERS:
+        raise ValueError(f"scheduler {name} is not supported by parallel samplers; supported: {SUPPORTED_SCHEDULERS}"
+                         f" (e.g. pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, "
+                         "clip_sample=False))")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# small helpers
+# --------------------------------------------------------------------------------------------------------------
+def _bind_forward(model: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[str, dict]:
+    """Name every argument of a ``model(...)`` call: returns (latent argument name, {name: value})."""
+    target = getattr(model, "_orig_mod", model)  # torch.compile wrapper: the signature is the wrapped module's
+    sig = inspect.signature(type(target).forward)
+    bound = sig.bind(target, *args, **kwargs)
+    params = list(sig.parameters.values())
+    named: dict[str, Any] = {}
+    for name, value in list(bound.arguments.items())[1:]:  # drop self
+        kind = sig.parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            named.update(value)
+        elif kind is inspect.Parameter.VAR_POSITIONAL:
+            if value:
+                raise TypeError(f"{type(target).__name__}.forward got extra positional arguments; not supported")
+        else:
+            named[name] = value
+    return params[1].name, named
+
+
+def _repeat_rows(value: Any, g: int, B: int, W: int) -> Any:
+    """Repeat per-row conditioning ``[g * B, ...]`` to the solver's rows ``[g, W, B, ...]`` (step-major).
+
+    The stock loop batches ``g`` guidance branches of ``B`` samples; the solver evaluates ``W`` steps of each, with
+    rows ordered ``(branch, window position, sample)``. Tensors whose leading dimension is not ``g * B`` (scalars,
+    broadcast tensors) pass through unchanged; dicts, lists and tuples are searched.
+    """
+    if torch.is_tensor(value):
+        if value.ndim >= 1 and value.shape[0] == g * B:
+            rest = tuple(value.shape[1:])
+            return value.reshape(g, 1, B, *rest).expand(g, W, B, *rest).reshape(g * W * B, *rest)
+        return value
+    if isinstance(value, dict):
+        return {k: _repeat_rows(v, g, B, W) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_repeat_rows(v, g, B, W) for v in value)
+    return value
+
+
+def _first_tensor(out: Any) -> torch.Tensor:
+    return out if torch.is_tensor(out) else out[0]  # tuple or diffusers BaseOutput (which indexes like a tuple)
+
+
+def _like(raw: Any, tensor: torch.Tensor) -> Any:
+    """Wrap ``tensor`` in the same container the model returned (tensor, tuple or BaseOutput)."""
+    if torch.is_tensor(raw):
+        return tensor
+    if isinstance(raw, tuple):
+        return (tensor,)
+    first = next(iter(raw.keys()))
+    return type(raw)(**{first: tensor})
+
+
+def _step_draws(scheduler, timestep: torch.Tensor, eta: float | None) -> bool:
+    """Whether the stock ``scheduler.step`` draws noise at this timestep (mirrors diffusers 0.42.1)."""
+    name = type(scheduler).__name__
+    if name == "DDPMScheduler":
+        return bool(timestep > 0)
+    if name == "DDIMScheduler":
+        return eta is not None and eta > 0
+    return bool(scheduler.config.stochastic_sampling)  # FlowMatchEulerDiscreteScheduler
+
+
+# --------------------------------------------------------------------------------------------------------------
+# one parallel call
+# --------------------------------------------------------------------------------------------------------------
+class _ParallelCall:
+    """State of one parallel pipeline call: the patched model and scheduler, the solve, the replay."""
+
+    def __init__(self, pipe, spec: PipelineSpec, call_args: dict, callback: Callable | None,
+                 progress_config: dict) -> None:
+        self.pipe = pipe
+        self.spec = spec
+        self.call_args = call_args
+        self.callback = callback
+        self.progress_config = progress_config
+        self.model = getattr(pipe, spec.denoiser)
+        self.scheduler = pipe.scheduler
+        self.orig_forward = self.model.forward
+        self.result = None
+        self.dummy: Any = None
+        self.replayed = 0
+
+    # -- the patched model: solve on the first stock call -------------------------------------------------------
+    def model_call(self, *args: Any, **kwargs: Any) -> Any:
+        if self.result is None:
+            self._solve(args, kwargs)
+        return self.dummy
+
+    def _solve(self, args: tuple, kwargs: dict) -> None:
+        from .. import solve
+
+        spec, pipe, sched = self.spec, self.pipe, self.scheduler
+        latent_name, named = _bind_forward(self.model, args, kwargs)
+        x_in = named.pop(latent_name)
+        named.pop("timestep", None)
+        do_cfg, scale, rescale = spec.guidance(pipe, self.call_args)
+        g = 2 if do_cfg else 1
+        N0 = x_in.shape[0]
+        if N0 % g:
+            raise RuntimeError(f"{type(pipe).__name__}: model batch {N0} is not a multiple of the {g} CFG branches")
+        B = N0 // g
+        sample_shape = tuple(x_in.shape[1:])
+        x_dtype, device = x_in.dtype, x_in.device
+
+        eta = None
+        if type(sched).__name__ == "DDIMScheduler":
+            eta = float(self.call_args.get("eta", 0.0)) if spec.step_eta else 0.0
+        coeffs = coefficients_from_scheduler(sched, eta=eta)
+        T = coeffs.num_steps
+        sched_ts = sched.timesteps  # the order the stock loop visits: step i = T - 1 - k at loop index k
+        if len(sched_ts) != T or not torch.equal(sched_ts.detach().to("cpu", torch.float64).flip(0),
+                                                 coeffs.timesteps):
+            raise RuntimeError("the scheduler's timesteps do not match the extracted coefficients")
+        self.T, self.B, self.sched_ts, self.x_dtype = T, B, sched_ts, x_dtype
+        self.ts_by_step = sched_ts.flip(0).to(device)
+
+        noise = self._draw_noise(coeffs, N0 if spec.step_rows_cfg else B, B, sample_shape, x_dtype, device, eta)
+
+        C = sample_shape[0] if sample_shape else 0
+        learned_sigma = spec.learned_sigma and getattr(self.model.config, "out_channels", None) == 2 * C
+        orig_forward, model_kwargs = self.orig_forward, named
+
+        def branches(x: torch.Tensor, step_index: torch.Tensor) -> torch.Tensor:
+            """x: [g * W * B, *S] (solver dtype), step_index: [g * W * B] -> [g * W * B, *S] (model dtype)."""
+            W = x.shape[0] // (g * B)
+            t = self.ts_by_step[step_index]
+            if spec.flow_timestep:  # Flux: t.expand(B).to(latents.dtype) / 1000, exactly as the stock loop
+                t = t.to(x_dtype) / 1000
+            kw = {k: (v if k in _NOT_PER_ROW else _repeat_rows(v, g, B, W)) for k, v in model_kwargs.items()}
+            raw = orig_forward(**{latent_name: x.to(x_dtype), "timestep": t}, **kw)
+            out = _first_tensor(raw)
+            if self.dummy is None:  # what later stock calls get back: zeros shaped like a stock call's output
+                self.dummy = _like(raw, out.new_zeros((N0, *out.shape[1:])))
+            if learned_sigma:
+                out = out[:, :C]
+            return out
+
+        if do_cfg:
+            denoiser = ClassifierFreeGuidance(branches, scale, rescale, cond_first=spec.cond_first)
+        else:
+            denoiser = branches
+
+        x_T = x_in[:B].to(torch.float64)  # CFG-doubled inputs: both halves are the same latents
+        with self._progress(T) as bar:
+            self.bar = bar
+            self.result = solve(denoiser, coeffs, x_T, noise, method=pipe.paratriton_method,
+                                callback=self._on_iteration, **pipe.paratriton_options)
+        if not self.result.converged:
+            logger.warning("paratriton: %s stopped after %d iterations before every step converged "
+                           "(max_iters); the image is the current estimate", self.result.method,
+                           self.result.iterations)
+        self.trajectory = self.result.trajectory
+        pipe.paratriton_result = self.result
+
+    def _draw_noise(self, coeffs: SamplerCoefficients, rows: int, B: int, sample_shape: tuple, x_dtype, device,
+                    eta: float | None) -> torch.Tensor | None:
+        """Pre-draw the step noise ``[T, B, *S]`` (float64) exactly as the stock ``scheduler.step`` calls would."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        sched, T = self.scheduler, coeffs.num_steps
+        draws = [_step_draws(sched, self.sched_ts[k], eta) for k in range(T)]
+        if not any(draws):
+            return None
+        generator = self.call_args.get("generator") if self.spec.step_generator else None
+        # DDPM/DDIM draw in model_output's dtype, flow matching in the float32 it upcasts the sample to
+        dtype = torch.float32 if type(sched).__name__ == "FlowMatchEulerDiscreteScheduler" else x_dtype
+        noise = torch.zeros(T, B, *sample_shape, dtype=torch.float64, device=device)
+        for k in range(T):  # loop order k = 0 .. T-1 is step i = T-1 .. 0
+            if draws[k]:
+                xi = randn_tensor((rows, *sample_shape), generator=generator, device=device, dtype=dtype)
+                noise[T - 1 - k] = xi[:B]  # DiT steps the [cond; uncond] pair and keeps the cond half
+        return noise
+
+    # -- progress bar and per-iteration callback ---------------------------------------------------------------
+    def _progress(self, T: int):
+        from tqdm.auto import tqdm
+
+        config = {"desc": f"paratriton {self.pipe.paratriton_method}", **self.progress_config}
+        return tqdm(total=T, **config)
+
+    def _on_iteration(self, info) -> None:
+        bar = self.bar
+        if not bar.disable:
+            lo, hi = info.window
+            res = float(info.residual_rms.max()) if info.residual_rms.numel() else 0.0
+            bar.set_postfix_str(f"iter {info.iteration}, window {lo}..{hi - 1}, max residual {res:.2e}",
+                                refresh=False)
+            bar.update(self.T - info.frozen_from - bar.n)
+        if self.callback is not None:
+            t = self.ts_by_step[min(info.frozen_from, self.T - 1)]
+            # a copy in the pipeline's dtype: the trajectory is a view the solver keeps updating
+            self.callback(self.pipe, info.iteration - 1, t, {"latents": info.sample.to(self.x_dtype)})
+
+    # -- the patched scheduler: replay the solved trajectory ---------------------------------------------------
+    def scheduler_step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *args: Any,
+                       return_dict: bool = True, **kwargs: Any) -> Any:
+        from diffusers.schedulers.scheduling_utils import SchedulerOutput
+
+        if self.result is None:
+            raise RuntimeError("scheduler.step was called before the model: this pipeline's loop is not supported")
+        k = self.replayed
+        if k >= self.T or float(torch.as_tensor(timestep)) != float(self.sched_ts[k]):
+            raise RuntimeError(f"the stock loop stepped timestep {timestep} at loop index {k}, but the solved "
+                               f"trajectory has {self.T} steps with timesteps {self.sched_ts.tolist()}")
+        self.replayed += 1
+        x = self.trajectory[self.T - 1 - k]
+        prev = x.to(sample.dtype).repeat(sample.shape[0] // self.B, *([1] * (x.ndim - 1)))
+        return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
+
+    # -- run the stock __call__ with both patches --------------------------------------------------------------
+    def run(self, stock_call: Callable, kwargs: dict) -> Any:
+        pipe, model, sched = self.pipe, self.model, self.scheduler
+        had_forward, had_step = "forward" in model.__dict__, "step" in sched.__dict__
+        old_forward, old_step = model.__dict__.get("forward"), sched.__dict__.get("step")
+        had_bar = hasattr(pipe, "_progress_bar_config")
+        old_bar = getattr(pipe, "_progress_bar_config", None)
+        model.forward = self.model_call
+        sched.step = self.scheduler_step
+        pipe._progress_bar_config = {**self.progress_config, "disable": True}  # the replay is not progress
+        try:
+            out = stock_call(pipe, **kwargs)
+        finally:
+            if had_forward:
+                model.forward = old_forward
+            else:
+                del model.forward
+            if had_step:
+                sched.step = old_step
+            else:
+                del sched.step
+            if had_bar:
+                pipe._progress_bar_config = old_bar
+            else:
+                del pipe._progress_bar_config
+        if self.result is not None and self.replayed != self.T:
+            raise RuntimeError(f"the stock loop replayed {self.replayed} of {self.T} solved steps")
+        return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the parallel pipeline class and parallelize()
+# --------------------------------------------------------------------------------------------------------------
+class ParallelPipelineMixin:
+    """Mixed into a stock pipeline class by ``parallelize``; the denoising loop is solved by ``paratriton.solve``.
+
+    Attributes: ``paratriton_method`` and ``paratriton_options`` (what ``solve`` gets; change them with
+    ``set_parallel_options``) and ``paratriton_result`` (the last call's ``SolveResult``: iterations, nfe,
+    converged, residuals).
+    """
+
+    paratriton_method: str = "taa"
+    paratriton_options: dict = {}
+    paratriton_result = None
+
+    def set_parallel_options(self, method: str | None = None, **options: Any) -> None:
+        """Replace the solver method and options (validated as in ``parallelize``)."""
+        method = self.paratriton_method if method is None else method
+        _check_method_and_options(method, options)
+        self.paratriton_method, self.paratriton_options = method, dict(options)
+
+    def _parallel_call(self, stock_call: Callable, spec: PipelineSpec, args: tuple, kwargs: dict) -> Any:
+        callback = kwargs.pop("callback_on_step_end", None)
+        tensor_inputs = kwargs.pop("callback_on_step_end_tensor_inputs", None)
+        sig = inspect.signature(stock_call)
+        bound = sig.bind(self, *args, **kwargs)
+        for name in _OWN_CALL_ARGS:  # passed positionally to a pipeline that has them
+            if name in bound.arguments:
+                value = bound.arguments.pop(name)
+                callback = value if name == "callback_on_step_end" else callback
+                tensor_inputs = value if name != "callback_on_step_end" else tensor_inputs
+        call_kwargs = dict(list(bound.arguments.items())[1:])
+        bound.apply_defaults()
+        call_args = dict(list(bound.arguments.items())[1:])
+
+        if callback is not None:
+            if not callable(callback):
+                raise TypeError("callback_on_step_end must be callable as callback(pipe, i, t, callback_kwargs)")
+            requested = getattr(callback, "tensor_inputs", None) or tensor_inputs or ["latents"]
+            bad = sorted(set(requested) - set(_CALLBACK_TENSORS))
+            if bad:
+                raise ValueError(f"callback_on_step_end_tensor_inputs {bad} are not available in the parallel loop; "
+                                 f"allowed: {list(_CALLBACK_TENSORS)}")
+        _check_scheduler(self.scheduler)
+        if spec.check is not None:
+            spec.check(self, call_args)
+        progress = dict(getattr(self, "_progress_bar_config", {}) or {})
+        return _ParallelCall(self, spec, call_args, callback, progress).run(stock_call, call_kwargs)
+
+
+_CLASS_CACHE: dict[type, type] = {}
+
+
+def _parallel_class(stock: type, spec: PipelineSpec) -> type:
+    if stock in _CLASS_CACHE:
+        return _CLASS_CACHE[stock]
+    stock_call = stock.__call__
+
+    @functools.wraps(stock_call)
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._parallel_call(stock_call, spec, args, kwargs)
+
+    __call__.__doc__ = (f"The stock {stock.__name__}.__call__ with the denoising loop solved by paratriton.solve "
+                        "(method and options: see paratriton.parallelize). callback_on_step_end(pipe, iteration, "
+                        "t, {'latents': current x_0 estimate}) is called once per solver iteration.\n\n"
+                        + (stock_call.__doc__ or ""))
+    cls = type(f"Parallel{stock.__name__}", (ParallelPipelineMixin, stock),
+               {"__call__": __call__, "__module__": __name__})
+    _CLASS_CACHE[stock] = cls
+    return cls
+
+
+def parallelize(pipe, method: str = "taa", **options: Any):
+    """Return a pipeline like ``pipe`` (same components, no copy) whose denoising loop is solved in parallel.
+
+    pipe:     a ``StableDiffusionPipeline``, ``StableDiffusionXLPipeline``, ``PixArtAlphaPipeline``, ``DiTPipeline``,
+              ``FluxPipeline``, ``DDPMPipeline`` or ``DDIMPipeline`` whose scheduler is a ``DDIMScheduler``,
+              ``DDPMScheduler`` or ``FlowMatchEulerDiscreteScheduler`` (without clip_sample/thresholding)
+    method:   any method ``paratriton.solve`` accepts (``"sequential"``, ``"fp"``, ``"picard"``, ``"aa"``, ``"taa"``,
+              ...); ``options`` go to ``paratriton.solve`` unchanged: ``window``, ``order``, ``history``,
+              ``tol_abs``, ``tol_rel``, ``max_iters``, ``state_dtype``, ...
+
+    Call the result exactly like the stock pipeline. With the same generator it returns the stock sequential
+    pipeline's image up to the solver tolerance, DDPM-style step noise included. The solver state is float64
+    (``state_dtype``); the model sees its own dtype. ``result.paratriton_result`` holds the last ``SolveResult``.
+    """
+    stock, spec = find_spec(type(pipe))
+    _check_method_and_options(method, options)
+    cls = _parallel_class(stock, spec)
+    new = cls.from_pipe(pipe)
+    _check_scheduler(new.scheduler)
+    if hasattr(pipe, "_progress_bar_config"):
+        new._progress_bar_config = dict(pipe._progress_bar_config)
+    new.paratriton_method, new.paratriton_options = method, dict(options)
+    return new
