@@ -178,6 +178,13 @@ class ParallelSolver:
     def update(self, step: WindowStep) -> None:
         raise NotImplementedError
 
+    def residual(self, x: torch.Tensor, m_out: torch.Tensor, xi: torch.Tensor | None, a: torch.Tensor,
+                 b: torch.Tensor, c: torch.Tensor, threshold: torch.Tensor, *, lo: int, iteration: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The residual pass (``step_residual``'s shapes); a backend may fuse more of its update into it and return
+        another per-step residual as ``r`` (its update must then know what it gets)."""
+        return step_residual(x, m_out, xi, a, b, c, threshold)
+
     # -- the iteration -----------------------------------------------------------------------------------------
     def solve(self, model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor,
               noise: torch.Tensor | None = None, init: torch.Tensor | None = None) -> SolveResult:
@@ -217,8 +224,8 @@ class ParallelSolver:
                 uninit = lo - 1
             m_out = call(x[lo + 1:hi + 1], steps_all[lo:hi])
             nfe += hi - lo
-            r, rms, top = step_residual(x[lo:hi + 1], m_out, None if xi is None else xi[lo:hi],
-                                        a[lo:hi], b[lo:hi], c[lo:hi], threshold[lo:hi])
+            r, rms, top = self.residual(x[lo:hi + 1], m_out, None if xi is None else xi[lo:hi],
+                                        a[lo:hi], b[lo:hi], c[lo:hi], threshold[lo:hi], lo=lo, iteration=it)
             # the one host sync of the iteration: the window top, plus a finiteness flag riding along
             flags = torch.stack([top, (~torch.isfinite(rms)).any().to(top.dtype)]).tolist()
             if flags[1]:

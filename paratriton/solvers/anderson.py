@@ -36,8 +36,40 @@ class TriangularAnderson(FixedPoint):
         self.hist_x = torch.zeros(M, T, B, D, dtype=self.state_dtype, device=device)
         self.hist_R = torch.zeros_like(self.hist_x)
         self.count = torch.zeros(T, dtype=torch.long, device=device)
+        if self.backend == "triton":  # the fused ops keep Y = x + R instead of x (see paratriton/ops/taa)
+            self.hist_Y, self.hist_x = self.hist_x, None
+
+    def residual(self, x, m_out, xi, a, b, c, threshold, *, lo, iteration):
+        if self.backend != "triton":
+            return super().residual(x, m_out, xi, a, b, c, threshold, lo=lo, iteration=iteration)
+        # one pass: residual, RMS, top, order-k residual, history push and the Gram of the newest differences
+        n, slot = x.shape[0] - 1, iteration % (self.history + 1)
+        k = n if self.order is None else self.order
+        rms, top, self._G, self._h = torch.ops.paratriton.taa_residual(
+            x, m_out, xi, a, b, c, threshold, self.hist_R[:, lo:lo + n], self.hist_Y[:, lo:lo + n], slot, k,
+            self.unit_weights)
+        return self.hist_R[slot, lo:lo + n], rms, top  # "r" is the order-k residual R here
+
+    def _update_fused(self, step: WindowStep) -> None:
+        lo, hi, it = step.lo, step.hi, step.iteration
+        M = self.history + 1
+        slot = it % M
+        self.count[lo:hi] += 1
+        m_i = self.count[lo:hi].clamp(max=M) - 1
+        if step.top_unconverged <= lo:
+            step.x.copy_(self.hist_Y[slot, lo:hi])
+            return
+        accel = (torch.arange(lo, hi, device=step.x.device) < step.top_unconverged) & (m_i >= 1)
+        num_cols = torch.where(accel, m_i, torch.zeros_like(m_i))
+        G, h = self._G, self._h
+        if not self.triangular:
+            num_cols, G, h = self._global(accel, num_cols, G, h)
+        gamma = torch.ops.paratriton.masked_lstsq(G, h, num_cols, self.ridge)
+        torch.ops.paratriton.taa_update(step.x, self.hist_Y[:, lo:hi], gamma, slot)
 
     def update(self, step: WindowStep) -> None:
+        if self.backend == "triton":
+            return self._update_fused(step)
         lo, hi, it = step.lo, step.hi, step.iteration
         M = self.history + 1
         R = self.order_k(step)

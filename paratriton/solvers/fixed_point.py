@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from ..ops import order_k_residual
 from ._common import ParallelSolver, WindowStep, _check_int
 
@@ -11,17 +13,29 @@ class FixedPoint(ParallelSolver):
     k >= window: every step written from the anchor through the exact affine weights).
 
     order: ``k >= 1``; ``None`` means the whole window.
+    backend: ``"torch"`` (plain-torch reference ops) or ``"triton"`` (the registered ``torch.ops.paratriton`` ops:
+             Triton kernels on CUDA, the same references on the CPU).
     """
 
     method = "fp"
     unit_weights = False
 
-    def __init__(self, *, order: int | None = None, **kw) -> None:
+    def __init__(self, *, order: int | None = None, backend: str = "torch", **kw) -> None:
         super().__init__(**kw)
         self.order = None if order is None else _check_int("order", order, 1)
+        if backend not in ("torch", "triton"):
+            raise ValueError(f"backend must be 'torch' or 'triton', got {backend!r}")
+        self.backend = backend
+
+    def residual(self, x, m_out, xi, a, b, c, threshold, *, lo, iteration):
+        if self.backend == "triton":
+            return torch.ops.paratriton.step_residual(x, m_out, xi, a, b, c, threshold)
+        return super().residual(x, m_out, xi, a, b, c, threshold, lo=lo, iteration=iteration)
 
     def order_k(self, step: WindowStep):
         k = step.hi - step.lo if self.order is None else self.order
+        if self.backend == "triton":
+            return torch.ops.paratriton.order_k_residual(step.r, step.a, k, self.unit_weights)
         return order_k_residual(step.r, step.a, k, self.unit_weights)
 
     def update(self, step: WindowStep) -> None:
