@@ -12,11 +12,13 @@ from ._common import IterationInfo, NonFiniteError, ParallelSolver, SolveResult
 from .anderson import Anderson, TriangularAnderson
 from .fixed_point import FixedPoint, Picard
 from .sequential import solve_sequential
+from .srds import SRDS, SRDSPipelined, SRDSResult
 
 PARALLEL_SOLVERS: dict[str, type[ParallelSolver]] = {
     "fp": FixedPoint, "picard": Picard, "aa": Anderson, "taa": TriangularAnderson,
 }
-METHODS = ("sequential", *PARALLEL_SOLVERS)
+SRDS_SOLVERS: dict[str, type[SRDS]] = {"srds": SRDS, "srds_pipelined": SRDSPipelined}  # Parareal (own loop)
+METHODS = ("sequential", *PARALLEL_SOLVERS, *SRDS_SOLVERS)
 
 
 def solve(model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor, noise: torch.Tensor | None = None, *,
@@ -35,14 +37,14 @@ def solve(model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor, noise
         if init is not None:
             raise ValueError("init (warm start) does not apply to method='sequential'")
         return solve_sequential(model, coeffs, x_T, noise, **options)
-    if method not in PARALLEL_SOLVERS:
+    if method not in PARALLEL_SOLVERS and method not in SRDS_SOLVERS:
         raise ValueError(f"method={method!r} is not supported; use one of {METHODS}")
     try:
-        solver = PARALLEL_SOLVERS[method](**options)
+        solver = {**PARALLEL_SOLVERS, **SRDS_SOLVERS}[method](**options)
     except TypeError as e:
         raise TypeError(f"method={method!r}: {e}") from None
     return solver.solve(model, coeffs, x_T, noise, init=init)
 
 
 __all__ = ["solve", "solve_sequential", "METHODS", "FixedPoint", "Picard", "Anderson", "TriangularAnderson",
-           "ParallelSolver", "SolveResult", "IterationInfo", "NonFiniteError"]
+           "ParallelSolver", "SRDS", "SRDSPipelined", "SRDSResult", "SolveResult", "IterationInfo", "NonFiniteError"]

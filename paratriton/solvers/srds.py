@@ -1,0 +1,494 @@
+"""SRDS: Self-Refining Diffusion Samplers (Selvam, Merchant, Ermon, NeurIPS 2024) -- Parareal over sampler steps.
+
+The ``T`` fine steps ``x_i = a_i x_{i+1} + b_i m(x_{i+1}, i) + c_i xi_i`` are cut into ``K`` blocks of ``S = T / K``
+steps. Block ``q`` (``q = K-1`` is the first, noisiest one) runs steps ``i = (q+1)S-1 .. qS``: it maps its start
+boundary ``X_{q+1} = x_{(q+1)S}`` to its end boundary ``X_q = x_{qS}``; ``X_K = x_T`` and ``X_0 = x_0`` is the
+sample. Iteration indices are superscripts: ``X^p_q`` is boundary ``q`` after ``p`` Parareal iterations.
+
+Fine solver ``F_q``: the ``S`` exact sampler steps of block ``q`` with the pre-drawn noise.
+
+Coarse solver ``G_q`` (one model call): evaluate the model once at the block start with the block's first step
+index, ``m_hat = m(X_{q+1}, (q+1)S - 1)``, hold it fixed over the block and unroll the affine recursion::
+
+    G_q(X) = A_q X + B_q m_hat + E_q,
+    A_q = prod_{i=qS}^{(q+1)S-1} a_i,
+    B_q = sum_{j=qS}^{(q+1)S-1} (prod_{i=qS}^{j-1} a_i) b_j,
+    E_q = sum_{j=qS}^{(q+1)S-1} (prod_{i=qS}^{j-1} a_i) c_j xi_j,
+
+computed by ``A <- a_i A, B <- a_i B + b_i, E <- a_i E + c_i xi_i`` for ``i = (q+1)S-1 .. qS`` from ``(1, 0, 0)``.
+Why this coarse step: for DDIM (eta = 0) with epsilon prediction, ``x_i / sqrt(abar_i)`` moves by
+``(sigma~_i - sigma~_{i+1}) eps`` per step with ``sigma~ = sqrt((1 - abar) / abar)``, so with ``eps`` frozen the
+sum telescopes and ``G_q`` *is* DDIM's single step from the block's first timestep to its last (the paper's coarse
+solver; exact up to diffusers' timestep rounding, which can make consecutive steps' grids disagree). The same
+telescoping makes it one big Euler step for flow matching and one big DDIM step for x0 prediction; for DDPM and
+v-prediction it is a consistent first-order jump. The coarse solver need not be accurate: Parareal's correction
+makes the fixed point exact whatever ``G`` is; ``G``'s accuracy only sets the number of iterations.
+
+Two consequences used below:
+
+* ``m_hat`` is the model output at the block's start with the block's first step index, i.e. *exactly the first
+  model evaluation of the fine solve* ``F_q`` from the same start. We evaluate it once and use it for both (one
+  NFE and one sequential model call saved per block and iteration compared with the textbook accounting).
+* The noise term ``E_q`` cancels in the correction ``G_q(X^p) - G_q(X^{p-1}) = A_q (X^p - X^{p-1}) +
+  B_q (m^p - m^{p-1})``: it only shapes the predictor (iteration 0). Computing the difference this way also
+  avoids cancellation between two large coarse values.
+
+Parareal (``K`` blocks, ``p = 1, 2, ...``)::
+
+    predictor:  X^0_K = x_T,  X^0_q = G_q(X^0_{q+1})                         (K sequential calls)
+    fine:       Y^p_q = F_q(X^{p-1}_{q+1})        for every unfinished block, batched in one call per fine step
+    corrector:  X^p_q = Y^p_q + G_q(X^p_{q+1}) - G_q(X^{p-1}_{q+1})           (sequential sweep, q = K-1 .. 0)
+    stop:       RMS(X^p_0 - X^{p-1}_0) <= max(tol_abs, tol_rel * posterior_std_0) for every trajectory,
+                or p = K (then the result is exact).
+
+Exactness: ``X^p_q`` is exact for ``q >= K - p`` (after ``p`` iterations the ``p+1`` boundaries nearest ``x_T``,
+i.e. the starts of blocks ``K-1 .. K-1-p``, equal the sequential sampler's). Blocks whose start is already exact
+are not solved again and need no correction, so iteration ``p`` fine-solves ``K - p + 1`` blocks and its sweep
+makes ``K - p`` sequential coarse calls; at ``p = K`` the sample is exact and there is no sweep.
+
+Two schedules of the same computations (identical arithmetic, so identical results):
+
+* ``SRDS`` (plain): predictor; then per iteration ``S - 1`` batched fine calls (the first fine evaluation was
+  the previous sweep's coarse call) and a sweep of ``K - p`` single-block calls. Sequential model calls for ``P``
+  iterations: ``K + P (S - 1) + P K - P (P + 1) / 2``.
+* ``SRDSPipelined`` (wavefront): every evaluation runs in the first model call after its input exists; a block's
+  next fine solve starts as soon as its corrected start is known, so the coarse/first-fine evaluations of some
+  blocks share a call with fine evaluations of others. Sequential model calls for ``P`` iterations:
+  ``P S + K - P`` (``= T`` at ``P = K``: never more than the sequential sampler). Work for later iterations that
+  is in flight when the stopping test passes is counted in the NFE.
+
+In both, "critical path" is the number of batched model calls made, each counted as one latency unit whatever its
+batch size (``SRDSResult.rows_per_call`` gives the batch sizes so that the assumption can be judged).
+
+The schedules are data independent, so they are built on the host before the first model call and their index
+tensors are copied to the device once; the only host-device sync per iteration is the stopping test (with a
+non-finite flag riding along).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..model import Denoiser
+from ..schedule import SamplerCoefficients
+from ._common import (IterationInfo, ModelCaller, NonFiniteError, SolveResult, _check_int, _check_positive,
+                      check_problem)
+
+__all__ = ["SRDS", "SRDSPipelined", "SRDSResult", "Round", "build_schedule", "default_blocks", "allowed_blocks",
+           "coarse_coefficients", "critical_path_model", "srds_benchmark"]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# result type
+# ------------------------------------------------------------------------------------------------------------
+@dataclass
+class SRDSResult(SolveResult):
+    """``SolveResult`` plus SRDS' latency accounting (all other fields keep their meaning, except:)
+
+    iterations:     Parareal iterations ``P`` (corrector sweeps; the predictor is iteration 0 and is not counted)
+    nfe:            model evaluations per trajectory, including the predictor and in-flight pipelined work
+    residuals:      ``[iterations, T]``: at boundary steps ``qS`` the largest (over the batch) RMS of the Parareal
+                    correction ``X^p_q - Y^p_q`` -- the order-1 residual of step ``qS`` on the trajectory whose
+                    block interiors come from iteration ``p``'s fine solves (0 for the newly exact boundary);
+                    NaN elsewhere (interior steps are consistent along their fine solve by construction; blocks
+                    already exact are not touched)
+    critical_path:  batched model calls made, i.e. sequential model-call rounds (the latency in model calls)
+    blocks:         number of blocks ``K``
+    increments:     ``[iterations]`` float64: per iteration the stopping statistic, the largest over the batch of
+                    ``RMS(X^p_0 - X^{p-1}_0)``
+    rows_per_call:  evaluations per trajectory in each model call (a call's batch is ``rows * B``)
+    """
+
+    critical_path: int = 0
+    blocks: int = 0
+    increments: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.float64))
+    rows_per_call: list[int] = field(default_factory=list)
+
+    @property
+    def max_rows_per_call(self) -> int:
+        return max(self.rows_per_call, default=0)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# block counts and the coarse step
+# ------------------------------------------------------------------------------------------------------------
+def allowed_blocks(num_steps: int) -> list[int]:
+    """The divisors of ``num_steps``: the block counts SRDS accepts."""
+    return [d for d in range(1, num_steps + 1) if num_steps % d == 0]
+
+
+def default_blocks(num_steps: int) -> int:
+    """The divisor of ``num_steps`` closest to ``sqrt(num_steps)`` (the smaller one on a tie).
+
+    For a prime ``num_steps`` that is 1 (a single fine solve: the sequential sampler plus one coarse call).
+    """
+    r = math.sqrt(num_steps)
+    return min(allowed_blocks(num_steps), key=lambda d: (abs(d - r), d))
+
+
+def _check_blocks(blocks: int | None, num_steps: int) -> int:
+    if blocks is None:
+        return default_blocks(num_steps)
+    blocks = _check_int("blocks", blocks, 1)
+    if num_steps % blocks:
+        raise ValueError(f"blocks must divide the number of steps T={num_steps}; allowed values: "
+                         f"{allowed_blocks(num_steps)}, got {blocks}")
+    return blocks
+
+
+def coarse_coefficients(coeffs: SamplerCoefficients, blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``A [K], B [K]`` (float64, CPU) of the coarse jump ``G_q(X) = A_q X + B_q m(X, (q+1)S-1) + E_q``.
+
+    Block ``q`` covers steps ``qS .. (q+1)S-1``; see the module docstring for the derivation.
+    """
+    T = coeffs.num_steps
+    S = T // blocks
+    a = coeffs.a.to("cpu", torch.float64).view(blocks, S)
+    b = coeffs.b.to("cpu", torch.float64).view(blocks, S)
+    A = torch.ones(blocks, dtype=torch.float64)
+    Bc = torch.zeros(blocks, dtype=torch.float64)
+    for s in range(S - 1, -1, -1):  # step (q+1)S-1 first: the order the sampler runs them
+        A, Bc = a[:, s] * A, a[:, s] * Bc + b[:, s]
+    return A, Bc
+
+
+def _coarse_noise(a: torch.Tensor, c: torch.Tensor, xi: torch.Tensor, blocks: int) -> torch.Tensor:
+    """``E [K, B, D]``: the pre-drawn noise carried through each block's affine steps (batched over blocks)."""
+    T = a.shape[0]
+    S = T // blocks
+    av, cv = a.view(blocks, S), c.view(blocks, S)
+    xv = xi.view(blocks, S, *xi.shape[1:])
+    E = torch.zeros(blocks, *xi.shape[1:], dtype=a.dtype, device=xi.device)
+    for s in range(S - 1, -1, -1):
+        E = av[:, s, None, None] * E + cv[:, s, None, None] * xv[:, s].to(a.dtype)
+    return E
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the schedule: which evaluations share which model call
+# ------------------------------------------------------------------------------------------------------------
+@dataclass
+class Round:
+    """One batched model call.
+
+    rows:   evaluations ``(q, p, j)``: fine step ``j`` (0-based) of block ``q``'s solve from ``X^p_{q+1}``; ``j = 0``
+            is the model call at the block start, shared by the coarse step ``G_q(X^p_{q+1})``
+    forms:  boundaries ``(q, p)`` whose value ``X^p_q`` is known after this call, in the order they are formed
+    """
+
+    rows: list[tuple[int, int, int]]
+    forms: list[tuple[int, int]]
+
+
+def build_schedule(blocks: int, block_size: int, max_iters: int, *, pipelined: bool,
+                   warm_start: bool = False) -> list[Round]:
+    """Simulate the dependency graph of SRDS up to iteration ``min(max_iters, blocks)`` and return its rounds.
+
+    Plain: fine steps ``j >= 1`` of the solves from ``X^p`` wait until the sweep of iteration ``p`` has formed
+    ``X^p_0``. Pipelined: every evaluation runs as soon as its input exists. ``warm_start``: every ``X^0_q`` is
+    given (no predictor sweep; the coarse values at ``X^0`` are evaluated in one batched call).
+    Pure Python, data independent (the numerics in ``SRDS.solve`` follow it call by call).
+    """
+    K, S = blocks, block_size
+    P = min(max_iters, K)
+    lastp = [-1] * K  # latest iteration formed, per boundary 0..K-1 (boundary K = x_T is exact for every p)
+    e0_done: set[tuple[int, int]] = set()  # (q, p): model evaluated at X^p_{q+1} (coarse G_q(X^p_{q+1}) known)
+    y_known: set[tuple[int, int]] = set()  # (q, p): Y^p_q = F_q(X^{p-1}_{q+1}) known
+    chains: dict[tuple[int, int], int] = {}  # (q, p) -> next fine step j of the solve from X^p_{q+1}
+    pending: list[tuple[int, int]] = [(K - 1, 0)]  # E0 evaluations whose input exists
+    if warm_start:
+        lastp = [0] * K
+        pending = [(q, 0) for q in range(K - 1, -1, -1)]
+    rounds: list[Round] = []
+
+    def form() -> list[tuple[int, int]]:
+        formed = []
+        for q in range(K - 1, -1, -1):  # boundary q depends on q+1: sweep towards x_0
+            p = lastp[q] + 1
+            if p > min(P, K - q):  # X^p_q for p > K-q equals the exact X^{K-q}_q: never formed again
+                continue
+            if p == 0:
+                ok = (q, 0) in e0_done
+            elif q >= K - p:  # start X^{p-1}_{q+1} is exact: the correction vanishes, X^p_q = Y^p_q
+                ok = (q, p) in y_known
+            else:
+                ok = (q, p) in e0_done and (q, p) in y_known and (q, p - 1) in e0_done
+            if ok:
+                lastp[q] = p
+                formed.append((q, p))
+                if q >= 1:
+                    pending.append((q - 1, p))
+        return formed
+
+    while lastp[0] < P:
+        rows = [(q, p, 0) for q, p in pending]
+        pending.clear()
+        for (q, p), j in sorted(chains.items(), key=lambda kv: (kv[0][1], -kv[0][0])):
+            if pipelined or lastp[0] >= p:
+                rows.append((q, p, j))
+        if not rows:
+            raise RuntimeError(f"SRDS schedule stalled (blocks={K}, block_size={S}, max_iters={max_iters}); "
+                               "this is a bug")
+        for q, p, j in rows:
+            last = j == S - 1
+            if j == 0:
+                e0_done.add((q, p))
+                if not last and p + 1 <= min(P, K - q):  # the fine solve from X^p_{q+1} is still needed
+                    chains[(q, p)] = 1
+            else:
+                chains[(q, p)] = j + 1
+            if last:
+                chains.pop((q, p), None)
+                y_known.add((q, p + 1))
+        formed = []
+        while True:
+            new = form()
+            if not new:
+                break
+            formed += new
+        rounds.append(Round(rows, formed))
+    return rounds
+
+
+def critical_path_model(num_steps: int, blocks: int, iterations: int, *, pipelined: bool) -> int:
+    """Closed form of the sequential model calls for ``iterations`` Parareal iterations (cold start)."""
+    K, S, P = blocks, num_steps // blocks, min(iterations, blocks)
+    if pipelined:
+        return P * S + K - P
+    return K + P * (S - 1) + P * K - P * (P + 1) // 2
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the solver
+# ------------------------------------------------------------------------------------------------------------
+class SRDS:
+    """Parareal over blocks of sampler steps (plain schedule); ``SRDSPipelined`` is the wavefront schedule.
+
+    blocks:    number of blocks ``K``, any divisor of ``T`` (default: the divisor closest to ``sqrt(T)``)
+    tol_abs, tol_rel: stop when ``RMS(X^p_0 - X^{p-1}_0) <= max(tol_abs, tol_rel * posterior_std_0)`` for every
+               trajectory (RMS per element, the units of the other solvers' residual test)
+    max_iters: at most this many Parareal iterations (never more than ``K``: at ``p = K`` the result is exact)
+    state_dtype: float64 (default) or float32
+    callback:  ``callback(IterationInfo)`` after every iteration; ``info.sample`` is the current ``X^p_0``,
+               ``info.trajectory [T+1, B, *S]`` the latest estimate of every state, ``info.residual_rms
+               [hi - lo, B]`` the corrections at boundary steps (NaN elsewhere, see ``SRDSResult``)
+    """
+
+    method = "srds"
+    pipelined = False
+
+    def __init__(self, *, blocks: int | None = None, tol_abs: float = 1e-3, tol_rel: float = 1e-3,
+                 max_iters: int | None = None, state_dtype: torch.dtype = torch.float64,
+                 callback: Callable[[IterationInfo], None] | None = None) -> None:
+        self.blocks = None if blocks is None else _check_int("blocks", blocks, 1)
+        self.tol_abs = _check_positive("tol_abs", tol_abs)
+        self.tol_rel = _check_positive("tol_rel", tol_rel)
+        self.max_iters = None if max_iters is None else _check_int("max_iters", max_iters, 1)
+        if state_dtype not in (torch.float64, torch.float32):
+            raise ValueError(f"state_dtype must be torch.float64 or torch.float32, got {state_dtype}")
+        self.state_dtype = state_dtype
+        if callback is not None and not callable(callback):
+            raise TypeError("callback must be callable")
+        self.callback = callback
+
+    def solve(self, model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor,
+              noise: torch.Tensor | None = None, init: torch.Tensor | None = None) -> SRDSResult:
+        """Sample ``B`` trajectories from ``x_T [B, *sample_shape]``.
+
+        noise: ``[T, B, *sample_shape]`` pre-drawn standard normals (required when the sampler adds noise).
+        init:  optional warm start ``[T, B, ...]`` (or ``[T+1, ...]``) guess of ``x_0 .. x_{T-1}``; its block
+               boundaries ``x_{qS}`` replace the predictor (one batched call instead of ``K`` sequential ones).
+               The result is still the exact sample of this problem.
+        Returns an ``SRDSResult`` (state dtype tensors on ``x_T``'s device).
+        """
+        check_problem(coeffs, x_T, noise, init)
+        T, B, shape = coeffs.num_steps, x_T.shape[0], tuple(x_T.shape[1:])
+        K = _check_blocks(self.blocks, T)
+        S = T // K
+        D = math.prod(shape)
+        dev, dt = x_T.device, self.state_dtype
+        P = K if self.max_iters is None else min(self.max_iters, K)
+        if S == 1:  # one-step blocks: G_q = F_q, so the predictor is already the sequential sampler; one
+            P = min(P, 1)  # iteration confirms it (increment exactly 0) instead of K redundant sweeps
+        warm = init is not None
+        rounds = build_schedule(K, S, P, pipelined=self.pipelined, warm_start=warm)
+
+        cf = coeffs.to(dev)
+        a, b, c = cf.a.to(dt), cf.b.to(dt), cf.c.to(dt)
+        stochastic = coeffs.is_stochastic
+        xi = None if noise is None else noise.reshape(T, B, D)
+        A_h, Bc_h = coarse_coefficients(coeffs, K)
+        A_q, B_q = A_h.tolist(), Bc_h.tolist()  # host floats: scalar multiplies need no device read
+        threshold0 = max(self.tol_abs, self.tol_rel * float(coeffs.posterior_std[0]))
+        E = _coarse_noise(a, c, xi, K) if (stochastic and not warm) else None
+
+        # every index the rounds need, built on the host and copied to the device once (a per-round host->device
+        # copy of a fresh tensor would synchronise the stream)
+        flat: list[int] = []
+        meta = []  # per round: (offset of steps, n rows, offset of interior rows, n interior)
+        for rd in rounds:
+            steps = [(q + 1) * S - 1 - j for q, _, j in rd.rows]
+            iters = [p if j == 0 else p + 1 for _, p, j in rd.rows]
+            inner = [r for r, (_, _, j) in enumerate(rd.rows) if j < S - 1]
+            o = len(flat)
+            flat += steps + iters + inner + [steps[r] for r in inner]
+            meta.append((o, len(steps), o + 2 * len(steps), len(inner)))
+        idx = torch.tensor(flat, dtype=torch.long).to(dev)
+
+        x = torch.empty(T + 1, B, D, dtype=dt, device=dev)
+        x[T] = x_T.reshape(B, D)
+        X: dict[tuple[int, int], torch.Tensor] = {(K, 0): x[T]}  # boundary states X^p_q
+        if warm:
+            x[:T] = init[:T].reshape(T, B, D).to(device=dev, dtype=dt)
+            for q in range(K):
+                X[(q, 0)] = x[q * S].clone()
+        else:
+            x[:T] = x[T]  # placeholder until the first fine solves overwrite it (as the window solvers do)
+        m0: dict[tuple[int, int], torch.Tensor] = {}  # model output at X^p_{q+1}, step (q+1)S-1
+        state: dict[tuple[int, int], torch.Tensor] = {}  # running state of the fine solve from X^p_{q+1}
+        Y: dict[tuple[int, int], torch.Tensor] = {}  # Y^p_q
+        res = torch.full((P, T, B), float("nan"), dtype=torch.float64, device=dev)
+        bad_count = torch.zeros(T, dtype=torch.int64, device=dev)  # non-finite model outputs per step
+        bad_iter = torch.full((T,), P + 1, dtype=torch.int64, device=dev)  # earliest iteration they served
+        call = ModelCaller(model, shape, B)
+        rms = lambda v: v.square().mean(dim=-1).sqrt()  # noqa: E731 -- [B, D] -> [B], RMS per element
+
+        nfe, done_iters, converged = 0, 0, False
+        increments: list[float] = []
+        windows: list[tuple[int, int]] = []
+        rows_per_call: list[int] = []
+        for rd, (o, n, oi, ni) in zip(rounds, meta):
+            steps, iters = idx[o:o + n], idx[o + n:o + 2 * n]
+            inp = torch.stack([X[(q + 1, p)] if j == 0 else state[(q, p)] for q, p, j in rd.rows])
+            out = call(inp, steps).to(dt)
+            nfe += n
+            rows_per_call.append(n)
+            flag = (~torch.isfinite(out)).reshape(n, -1).any(dim=1)
+            bad_count.index_add_(0, steps, flag.long())
+            bad_iter.scatter_reduce_(0, steps, torch.where(flag, iters, P + 1), "amin")
+            new = a[steps, None, None] * inp + b[steps, None, None] * out
+            if xi is not None and stochastic:
+                new = new + c[steps, None, None] * xi[steps].to(dt)
+            if ni:
+                x.index_copy_(0, idx[oi + ni:oi + 2 * ni], new.index_select(0, idx[oi:oi + ni]))
+            for r, (q, p, j) in enumerate(rd.rows):
+                if j == 0:
+                    m0[(q, p)] = out[r]
+                if j == S - 1:
+                    Y[(q, p + 1)] = new[r]
+                    state.pop((q, p), None)
+                else:
+                    state[(q, p)] = new[r]
+            for q, p in rd.forms:
+                if p == 0:  # predictor: the coarse jump itself
+                    Xn = A_q[q] * X[(q + 1, 0)] + B_q[q] * m0[(q, 0)]
+                    if E is not None:
+                        Xn = Xn + E[q]
+                elif q >= K - p:  # exact start: nothing to correct
+                    Xn = Y.pop((q, p))
+                    res[p - 1, q * S] = 0.0
+                else:  # Parareal corrector; E_q cancels in G(X^p) - G(X^{p-1})
+                    y = Y.pop((q, p))
+                    corr = A_q[q] * (X[(q + 1, p)] - X[(q + 1, p - 1)]) + B_q[q] * (m0[(q, p)] - m0[(q, p - 1)])
+                    Xn = y + corr
+                    res[p - 1, q * S] = rms(corr).to(torch.float64)
+                    m0.pop((q, p - 1), None)
+                    if q + 1 < K:
+                        X.pop((q + 1, p - 1), None)
+                X[(q, p)] = Xn
+                x[q * S] = Xn
+                if q == 0 and p >= 1:
+                    # the one host sync of the iteration: the stopping statistic and a non-finite flag
+                    inc = rms(Xn - X.pop((0, p - 1))).amax()
+                    inc_val, nbad = torch.stack([inc.to(torch.float64), bad_count.sum().to(torch.float64)]).tolist()
+                    if nbad or not math.isfinite(inc_val):
+                        self._raise_nonfinite(bad_count, bad_iter, p)
+                    done_iters = p
+                    increments.append(inc_val)
+                    hi = min(T, (K - p + 1) * S)
+                    windows.append((0, hi))
+                    converged = p >= K or inc_val <= threshold0
+                    if self.callback is not None:
+                        self.callback(IterationInfo(p, (0, hi), (K - p) * S, res[p - 1, :hi].to(dt),
+                                                    x.reshape(T + 1, B, *shape)))
+                    if converged:  # several iterations can finish in one call (one-step blocks)
+                        break
+            if converged or done_iters >= P:
+                break
+
+        traj = x.reshape(T + 1, B, *shape)
+        return SRDSResult(traj[0], traj, done_iters, nfe, res[:done_iters].amax(dim=-1).cpu(), converged,
+                          self.method, windows, critical_path=call.calls, blocks=K,
+                          increments=torch.tensor(increments, dtype=torch.float64), rows_per_call=rows_per_call)
+
+    @staticmethod
+    def _raise_nonfinite(bad_count: torch.Tensor, bad_iter: torch.Tensor, iteration: int) -> None:
+        steps = bad_count.nonzero().flatten().tolist()
+        if not steps:
+            raise NonFiniteError(f"the SRDS iterates are NaN/inf in iteration {iteration} (they diverged; the model "
+                                 "outputs were finite); the sampler stopped and returns no image")
+        its = bad_iter[steps].tolist()
+        desc = ", ".join(f"step {s} (iteration {i})" for s, i in list(zip(steps, its))[:8])
+        raise NonFiniteError(f"the model output is NaN/inf at {desc}{' ...' if len(steps) > 8 else ''}; "
+                             f"detected at the end of iteration {iteration}; the sampler stopped and returns no image")
+
+
+class SRDSPipelined(SRDS):
+    """SRDS with the wavefront schedule: each evaluation runs in the first model call after its input exists."""
+
+    method = "srds_pipelined"
+    pipelined = True
+
+
+# ------------------------------------------------------------------------------------------------------------
+# benchmark hook
+# ------------------------------------------------------------------------------------------------------------
+def srds_benchmark(num_steps: tuple[int, ...] = (25, 100, 1000), *, eta: float = 0.0, tol: float = 1e-3,
+                   batch: int = 2, seed: int = 0, blocks: int | None = None) -> list[dict]:
+    """Run sequential, SRDS and pipelined SRDS on the analytic default problem (``python -m paratriton``'s
+    Gaussian mixture) and return one row per (T, method): iterations, sequential model calls, NFE, error vs
+    sequential, and the speedup in sequential model calls (``T / critical_path``) next to the peers' latency
+    model ``K + P (sqrt(T) + K)`` for the plain schedule.
+    """
+    from ..testing import GaussianMixture
+    from ..testing.gaussian_mixture import default_schedule
+    from .sequential import solve_sequential
+
+    rows = []
+    for T in num_steps:
+        coeffs = default_schedule(T, eta=eta)
+        gm = GaussianMixture.random((4, 8, 8), num_components=6, seed=seed)
+        model = gm.denoiser(coeffs)
+        g = torch.Generator().manual_seed(seed)
+        x_T = torch.randn(batch, *gm.sample_shape, generator=g, dtype=torch.float64)
+        noise = torch.randn(T, *x_T.shape, generator=g, dtype=torch.float64)
+        ref = solve_sequential(model, coeffs, x_T, noise).sample
+        for cls in (SRDS, SRDSPipelined):
+            r = cls(blocks=blocks, tol_abs=tol, tol_rel=tol).solve(model, coeffs, x_T, noise)
+            K, P = r.blocks, r.iterations
+            paper = K + P * (T // K + K)
+            rows.append({"T": T, "method": cls.method, "blocks": K, "iterations": P,
+                         "critical_path": r.critical_path, "nfe": r.nfe, "max_rows": r.max_rows_per_call,
+                         "speedup": round(T / r.critical_path, 2), "peers_plain_model": paper,
+                         "rms_err": (r.sample - ref).square().mean().sqrt().item()})
+    return rows
+
+
+if __name__ == "__main__":  # python -m paratriton.solvers.srds
+    import argparse
+
+    ap = argparse.ArgumentParser(description="SRDS latency on the analytic model")
+    ap.add_argument("--steps", type=int, nargs="+", default=[25, 100, 1000])
+    ap.add_argument("--eta", type=float, default=0.0)
+    ap.add_argument("--tol", type=float, default=1e-3)
+    ap.add_argument("--blocks", type=int, default=None)
+    args = ap.parse_args()
+    out = srds_benchmark(tuple(args.steps), eta=args.eta, tol=args.tol, blocks=args.blocks)
+    cols = list(out[0])
+    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    for row in out:
+        print("| " + " | ".join(f"{v:.1e}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
