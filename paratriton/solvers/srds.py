@@ -7,30 +7,40 @@ sample. Iteration indices are superscripts: ``X^p_q`` is boundary ``q`` after ``
 
 Fine solver ``F_q``: the ``S`` exact sampler steps of block ``q`` with the pre-drawn noise.
 
-Coarse solver ``G_q`` (one model call): evaluate the model once at the block start with the block's first step
-index, ``m_hat = m(X_{q+1}, (q+1)S - 1)``, hold it fixed over the block and unroll the affine recursion::
+Coarse solver ``G_q`` (one model call): "the same sampler with the block's first timestep jumping across the
+whole block". Evaluate the model once at the block start with the block's first step index ``h - 1`` (``h =
+(q+1)S``, ``l = qS``), form the clean-sample estimate ``x0_hat = p_{h-1} X + q_{h-1} m(X, h-1)`` (``p, q`` from
+the prediction type and the step's input level, as in ``schedule.py``), hold ``x0_hat`` fixed over the block and
+unroll the affine recursion. Each step rewritten in ``x0_hat`` (substitute ``m_i = (x0_hat - p_i x) / q_i``) is
+``x_i = a'_i x_{i+1} + b'_i x0_hat + c_i xi_i`` with ``a'_i = a_i - b_i p_i / q_i``, ``b'_i = b_i / q_i``, so::
 
-    G_q(X) = A_q X + B_q m_hat + E_q,
-    A_q = prod_{i=qS}^{(q+1)S-1} a_i,
-    B_q = sum_{j=qS}^{(q+1)S-1} (prod_{i=qS}^{j-1} a_i) b_j,
-    E_q = sum_{j=qS}^{(q+1)S-1} (prod_{i=qS}^{j-1} a_i) c_j xi_j,
+    G_q(X) = A'_q X + B'_q x0_hat + E_q = (A'_q + B'_q p_{h-1}) X + B'_q q_{h-1} m(X, h-1) + E_q
+           =: A_q X + B_q m(X, h-1) + E_q,
+    A'_q = prod_{i=l}^{h-1} a'_i,
+    B'_q = sum_{j=l}^{h-1} (prod_{i=l}^{j-1} a'_i) b'_j,
+    E_q  = sum_{j=l}^{h-1} (prod_{i=l}^{j-1} a'_i) c_j xi_j,
 
-computed by ``A <- a_i A, B <- a_i B + b_i, E <- a_i E + c_i xi_i`` for ``i = (q+1)S-1 .. qS`` from ``(1, 0, 0)``.
-Why this coarse step: for DDIM (eta = 0) with epsilon prediction, ``x_i / sqrt(abar_i)`` moves by
-``(sigma~_i - sigma~_{i+1}) eps`` per step with ``sigma~ = sqrt((1 - abar) / abar)``, so with ``eps`` frozen the
-sum telescopes and ``G_q`` *is* DDIM's single step from the block's first timestep to its last (the paper's coarse
-solver; exact up to diffusers' timestep rounding, which can make consecutive steps' grids disagree). The same
-telescoping makes it one big Euler step for flow matching and one big DDIM step for x0 prediction; for DDPM and
-v-prediction it is a consistent first-order jump. The coarse solver need not be accurate: Parareal's correction
-makes the fixed point exact whatever ``G`` is; ``G``'s accuracy only sets the number of iterations.
+computed by ``A' <- a'_i A', B' <- a'_i B' + b'_i, E <- a'_i E + c_i xi_i`` for ``i = h-1 .. l`` from
+``(1, 0, 0)``. Why freeze ``x0_hat``: every supported step is "move to the next noise level given ``x0_hat``",
+and these moves compose exactly with ``x0_hat`` fixed -- DDIM's deterministic step telescopes to DDIM's single
+step from ``t_h`` to ``t_l`` (the paper's coarse solver; the same jump as freezing epsilon), the DDPM posterior
+means compose to the posterior mean of the big jump ``q(x_l | x_h, x0)`` (the forward process is Markov given
+``x0``), and flow-matching Euler becomes the straight line to ``x0_hat``. Freezing the raw epsilon instead gives
+the same DDIM jump but, for DDPM, a jump whose ``A`` amplifies perturbations (``prod 1/sqrt(alpha_i)``) without the
+denoising that follows each injected noise: on the analytic model Parareal then needed all ``K`` iterations at
+eta = 1, against 3-4 with ``x0_hat`` frozen. (If some ``|q_i|`` is ~0 the raw output is frozen instead.) The
+coarse solver need not be accurate: Parareal's correction makes the fixed point exact whatever ``G`` is; ``G``'s
+accuracy only sets the number of iterations.
 
 Two consequences used below:
 
-* ``m_hat`` is the model output at the block's start with the block's first step index, i.e. *exactly the first
-  model evaluation of the fine solve* ``F_q`` from the same start. We evaluate it once and use it for both (one
-  NFE and one sequential model call saved per block and iteration compared with the textbook accounting).
+* The coarse call ``m(X, h-1)`` is the model output at the block's start with its first step index, i.e.
+  *exactly the first model evaluation of the fine solve* ``F_q`` from the same start. We evaluate it once and
+  use it for both (one NFE and one sequential model call saved per block and iteration compared with the
+  textbook accounting).
 * The noise term ``E_q`` cancels in the correction ``G_q(X^p) - G_q(X^{p-1}) = A_q (X^p - X^{p-1}) +
-  B_q (m^p - m^{p-1})``: it only shapes the predictor (iteration 0). Computing the difference this way also
+  B_q (m^p - m^{p-1})``: it only shapes the predictor (iteration 0; composing the DDPM posteriors with ``x0_hat``
+  fixed, it makes the predictor a sample of the big jump's posterior). Computing the difference this way also
   avoids cancellation between two large coarse values.
 
 Parareal (``K`` blocks, ``p = 1, 2, ...``)::
@@ -74,7 +84,7 @@ from typing import Callable
 import torch
 
 from ..model import Denoiser
-from ..schedule import SamplerCoefficients
+from ..schedule import SamplerCoefficients, _affine_prediction
 from ._common import (IterationInfo, ModelCaller, NonFiniteError, SolveResult, _check_int, _check_positive,
                       check_problem)
 
@@ -140,31 +150,63 @@ def _check_blocks(blocks: int | None, num_steps: int) -> int:
     return blocks
 
 
-def coarse_coefficients(coeffs: SamplerCoefficients, blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``A [K], B [K]`` (float64, CPU) of the coarse jump ``G_q(X) = A_q X + B_q m(X, (q+1)S-1) + E_q``.
+def _x0_parametrisation(coeffs: SamplerCoefficients) -> tuple[torch.Tensor, torch.Tensor]:
+    """``p, q [T]`` with ``x0_hat = p_i x_{i+1} + q_i m_i`` at each step's input level (float64, CPU)."""
+    alpha = coeffs.signal_scale.to("cpu", torch.float64)
+    sigma = coeffs.noise_scale.to("cpu", torch.float64)
+    if coeffs.prediction_type == "flow":  # x = x0 + s v with v = eps - x0 and s = sigma
+        return torch.ones_like(alpha), -sigma
+    p, q, _, _ = _affine_prediction(coeffs.prediction_type, alpha, sigma)
+    return p, q
 
-    Block ``q`` covers steps ``qS .. (q+1)S-1``; see the module docstring for the derivation.
+
+def _frozen_x0_steps(coeffs: SamplerCoefficients) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each step rewritten in ``x0_hat``: ``x_i = a'_i x_{i+1} + b'_i x0_hat + c_i xi_i`` (``m = (x0_hat - p x) / q``).
+
+    Returns ``a', b' [T]`` and ``ok``: False when some ``|q_i|`` is too small to divide by (then the coarse step
+    freezes the raw output instead).
+    """
+    a = coeffs.a.to("cpu", torch.float64)
+    b = coeffs.b.to("cpu", torch.float64)
+    p, q = _x0_parametrisation(coeffs)
+    ok = bool(torch.isfinite(p).all() and torch.isfinite(q).all() and (q.abs() > 1e-12).all())
+    if not ok:
+        return a, b, torch.tensor(False)
+    return a - b * p / q, b / q, torch.tensor(True)
+
+
+def coarse_coefficients(coeffs: SamplerCoefficients, blocks: int
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The coarse jump of every block: ``G_q(X) = A_q X + B_q m(X, (q+1)S-1) + E_q``.
+
+    Returns ``A [K], B [K]`` (float64, CPU) and ``a' [T]``, the per-step factors that carry the noise into
+    ``E_q = sum_j (prod_{i<j in block} a'_i) c_j xi_j``. Block ``q`` covers steps ``qS .. (q+1)S-1``; see the
+    module docstring for the derivation.
     """
     T = coeffs.num_steps
     S = T // blocks
-    a = coeffs.a.to("cpu", torch.float64).view(blocks, S)
-    b = coeffs.b.to("cpu", torch.float64).view(blocks, S)
+    a1, b1, ok = _frozen_x0_steps(coeffs)
+    av, bv = a1.view(blocks, S), b1.view(blocks, S)
     A = torch.ones(blocks, dtype=torch.float64)
-    Bc = torch.zeros(blocks, dtype=torch.float64)
+    Bx = torch.zeros(blocks, dtype=torch.float64)
     for s in range(S - 1, -1, -1):  # step (q+1)S-1 first: the order the sampler runs them
-        A, Bc = a[:, s] * A, a[:, s] * Bc + b[:, s]
-    return A, Bc
+        A, Bx = av[:, s] * A, av[:, s] * Bx + bv[:, s]
+    if not bool(ok):  # frozen raw output: A, Bx are already the coefficients of X and m
+        return A, Bx, a1
+    p, q = _x0_parametrisation(coeffs)
+    first = torch.arange(blocks) * S + S - 1  # the block's first step: where x0_hat is evaluated
+    return A + Bx * p[first], Bx * q[first], a1
 
 
-def _coarse_noise(a: torch.Tensor, c: torch.Tensor, xi: torch.Tensor, blocks: int) -> torch.Tensor:
-    """``E [K, B, D]``: the pre-drawn noise carried through each block's affine steps (batched over blocks)."""
-    T = a.shape[0]
+def _coarse_noise(a1: torch.Tensor, c: torch.Tensor, xi: torch.Tensor, blocks: int) -> torch.Tensor:
+    """``E [K, B, D]``: the pre-drawn noise carried through each block's frozen-x0 steps (batched over blocks)."""
+    T = a1.shape[0]
     S = T // blocks
-    av, cv = a.view(blocks, S), c.view(blocks, S)
+    av, cv = a1.view(blocks, S), c.view(blocks, S)
     xv = xi.view(blocks, S, *xi.shape[1:])
-    E = torch.zeros(blocks, *xi.shape[1:], dtype=a.dtype, device=xi.device)
+    E = torch.zeros(blocks, *xi.shape[1:], dtype=c.dtype, device=xi.device)
     for s in range(S - 1, -1, -1):
-        E = av[:, s, None, None] * E + cv[:, s, None, None] * xv[:, s].to(a.dtype)
+        E = av[:, s, None, None] * E + cv[:, s, None, None] * xv[:, s].to(c.dtype)
     return E
 
 
@@ -275,7 +317,10 @@ class SRDS:
     state_dtype: float64 (default) or float32
     callback:  ``callback(IterationInfo)`` after every iteration; ``info.sample`` is the current ``X^p_0``,
                ``info.trajectory [T+1, B, *S]`` the latest estimate of every state, ``info.residual_rms
-               [hi - lo, B]`` the corrections at boundary steps (NaN elsewhere, see ``SRDSResult``)
+               [hi - lo, B]`` the corrections at boundary steps (NaN elsewhere, see ``SRDSResult``),
+               ``info.frozen_from = (K - p) S``: the steps from there up are exact
+    backend:   accepted for compatibility with the other solvers ("torch" or "triton"); SRDS has no fused ops
+               (its per-call work is a few affine tensor ops), so both run the same code
     """
 
     method = "srds"
@@ -283,7 +328,9 @@ class SRDS:
 
     def __init__(self, *, blocks: int | None = None, tol_abs: float = 1e-3, tol_rel: float = 1e-3,
                  max_iters: int | None = None, state_dtype: torch.dtype = torch.float64,
-                 callback: Callable[[IterationInfo], None] | None = None) -> None:
+                 callback: Callable[[IterationInfo], None] | None = None, backend: str = "torch") -> None:
+        if backend not in ("torch", "triton"):
+            raise ValueError(f"backend must be 'torch' or 'triton', got {backend!r}")
         self.blocks = None if blocks is None else _check_int("blocks", blocks, 1)
         self.tol_abs = _check_positive("tol_abs", tol_abs)
         self.tol_rel = _check_positive("tol_rel", tol_rel)
@@ -321,10 +368,10 @@ class SRDS:
         a, b, c = cf.a.to(dt), cf.b.to(dt), cf.c.to(dt)
         stochastic = coeffs.is_stochastic
         xi = None if noise is None else noise.reshape(T, B, D)
-        A_h, Bc_h = coarse_coefficients(coeffs, K)
+        A_h, Bc_h, a1 = coarse_coefficients(coeffs, K)
         A_q, B_q = A_h.tolist(), Bc_h.tolist()  # host floats: scalar multiplies need no device read
         threshold0 = max(self.tol_abs, self.tol_rel * float(coeffs.posterior_std[0]))
-        E = _coarse_noise(a, c, xi, K) if (stochastic and not warm) else None
+        E = _coarse_noise(a1.to(dev, dt), c, xi, K) if (stochastic and not warm) else None
 
         # every index the rounds need, built on the host and copied to the device once (a per-round host->device
         # copy of a fresh tensor would synchronise the stream)
