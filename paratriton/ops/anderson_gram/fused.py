@@ -1,10 +1,10 @@
-"""Triton kernels of the Anderson Gram pass: per-block partial products, then one reduction + suffix-sum kernel.
+"""Triton kernels of the Anderson Gram pass: per-block partial products, then a block sum and a suffix-sum kernel.
 
 Partial layout (shared with the fused residual pass of ``step_residual/fused.py``): ``part [B, nblk, NG, n]`` in the
 accumulation dtype, where slot ``g = 0`` holds the per-step sum of squared order-1 residuals (residual pass only),
 ``g = 1 + j`` holds ``<dR_j, R>`` and ``g = 1 + MH + pair(i, j)`` (``i <= j``) holds ``<dR_i, dR_j>``. One program of
 the main pass owns a ``BLOCK_D`` slice of one trajectory and every step, so per-step products need only a reduction
-along D inside the program; the sum over D blocks and the suffix sum over steps happen in ``_gram_reduce_kernel``.
+along D inside the program; the sum over D blocks and the suffix sum over steps happen in ``launch_reduce``.
 """
 
 from __future__ import annotations
@@ -101,26 +101,40 @@ def _gram_direct_kernel(
 
 
 @triton.jit
-def _gram_reduce_kernel(
-    part_ptr, G_ptr, h_ptr, rms_ptr, thr_ptr, top_ptr,
-    n, B, D, nblk, g_start,
-    MH: tl.constexpr, NG: tl.constexpr, N_PAD: tl.constexpr, BLK_CHUNK: tl.constexpr, WITH_SUMSQ: tl.constexpr,
+def _block_sum_kernel(
+    part_ptr, tot_ptr, n, nblk, g_start,
+    NG: tl.constexpr, P_CHUNK: tl.constexpr, BLK_CHUNK: tl.constexpr,
 ):
-    """Program ``(b, g)``: sum slot ``g`` over the D blocks, then either the RMS / top-unconverged step (``g = 0``)
-    or the suffix sum over steps (``sum_{q >= p}``) written into ``G [n, B, MH, MH]`` / ``h [n, B, MH]``.
+    """Program ``(b, g, chunk)``: ``tot[b, g, p] = sum_blk part[b, blk, g, p]`` for ``P_CHUNK`` steps ``p``."""
+    b = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(1) + g_start
+    p = tl.program_id(2) * P_CHUNK + tl.arange(0, P_CHUNK)
+    pmask = p < n
+    acc = tl.zeros([P_CHUNK], dtype=part_ptr.dtype.element_ty)
+    for k0 in range(0, nblk, BLK_CHUNK):
+        kk = (k0 + tl.arange(0, BLK_CHUNK)).to(tl.int64)
+        ptrs = part_ptr + ((b * nblk + kk[:, None]) * NG + g) * n + p[None, :]
+        acc += tl.sum(tl.load(ptrs, mask=(kk[:, None] < nblk) & pmask[None, :], other=0.0), axis=0)
+    tl.store(tot_ptr + (b * NG + g) * n + p, acc, mask=pmask)
 
-    Steps are read in reverse order (``q = n - 1 - j``) so a forward cumsum gives the suffix sum.
+
+@triton.jit
+def _gram_finish_kernel(
+    tot_ptr, G_ptr, h_ptr, rms_ptr, thr_ptr, top_ptr,
+    n, B, D, g_start,
+    MH: tl.constexpr, NG: tl.constexpr, N_PAD: tl.constexpr, WITH_SUMSQ: tl.constexpr,
+):
+    """Program ``(b, g)``: from the per-step totals, either the RMS and the top unconverged step (``g = 0``) or the
+    suffix sum over steps (``sum_{q >= p}``) written into ``G [n, B, MH, MH]`` / ``h [n, B, MH]``.
+
+    Steps are read in reverse order (``q = n - 1 - j``) so that a forward cumsum gives the suffix sum.
     """
     b = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1) + g_start
     j = tl.arange(0, N_PAD)
     jmask = j < n
     q = n - 1 - j
-    acc = tl.zeros([N_PAD], dtype=part_ptr.dtype.element_ty)
-    for k0 in range(0, nblk, BLK_CHUNK):
-        kk = (k0 + tl.arange(0, BLK_CHUNK)).to(tl.int64)
-        ptrs = part_ptr + ((b * nblk + kk[:, None]) * NG + g) * n + q[None, :]
-        acc += tl.sum(tl.load(ptrs, mask=(kk[:, None] < nblk) & jmask[None, :], other=0.0), axis=0)
+    acc = tl.load(tot_ptr + (b * NG + g) * n + q, mask=jmask, other=0.0)
     if WITH_SUMSQ:
         if g == 0:
             rms = tl.sqrt(acc / D)
@@ -158,19 +172,25 @@ def launch_reduce(part: torch.Tensor, G: torch.Tensor, h: torch.Tensor, rms: tor
                   threshold: torch.Tensor | None, top: torch.Tensor | None, n: int, B: int, D: int, mh: int,
                   with_sumsq: bool) -> None:
     """Reduce ``part [B, nblk, NG, n]`` into ``G [n, B, mh, mh]``, ``h [n, B, mh]`` (contiguous, part's dtype) and,
-    when ``with_sumsq``, ``rms [n, B]`` plus an atomic max into ``top`` (which must hold -1 beforehand)."""
+    when ``with_sumsq``, ``rms [n, B]`` plus an atomic max into ``top`` (which must hold -1 beforehand).
+
+    Two launches: a block sum parallel over (trajectory, slot, step chunk), then a per-(trajectory, slot) finish.
+    """
     ng, nblk = part.shape[2], part.shape[1]
-    n_pad = triton.next_power_of_2(max(n, 1))
-    blk_chunk = max(1, min(triton.next_power_of_2(nblk), 4096 // n_pad))
     g_start = 0 if with_sumsq else 1
     if ng - g_start <= 0:
         return
+    tot = torch.empty(B, ng, n, dtype=part.dtype, device=part.device)
+    p_chunk = min(triton.next_power_of_2(n), 16)
+    blk_chunk = max(1, min(triton.next_power_of_2(nblk), 2048 // p_chunk))
+    _block_sum_kernel[(B, ng - g_start, triton.cdiv(n, p_chunk))](
+        part, tot, n, nblk, g_start, NG=ng, P_CHUNK=p_chunk, BLK_CHUNK=blk_chunk, num_warps=4)
     dummy = part
-    _gram_reduce_kernel[(B, ng - g_start)](
-        part, G if G.numel() else dummy, h if h.numel() else dummy,
+    _gram_finish_kernel[(B, ng - g_start)](
+        tot, G if G.numel() else dummy, h if h.numel() else dummy,
         rms if rms is not None else dummy, threshold if threshold is not None else dummy,
         top if top is not None else dummy,
-        n, B, D, nblk, g_start, MH=max(mh, 1), NG=ng, N_PAD=n_pad, BLK_CHUNK=blk_chunk,
+        n, B, D, g_start, MH=max(mh, 1), NG=ng, N_PAD=triton.next_power_of_2(max(n, 1)),
         WITH_SUMSQ=with_sumsq, num_warps=4)
 
 
@@ -180,8 +200,9 @@ def anderson_gram_triton(dR: torch.Tensor, R: torch.Tensor, *, block_p: int = 8,
     strides) -> ``G [n, B, m, m]``, ``h [n, B, m]`` in ``promote(dR.dtype, float32)``."""
     m, n, B, D = dR.shape
     acc = torch.promote_types(dR.dtype, torch.float32)
-    G = torch.zeros(n, B, m, m, dtype=acc, device=dR.device)
-    h = torch.zeros(n, B, m, dtype=acc, device=dR.device)
+    alloc = torch.empty if m * n * B * D > 0 and m <= 5 else torch.zeros  # the reduction writes every entry
+    G = alloc(n, B, m, m, dtype=acc, device=dR.device)
+    h = alloc(n, B, m, dtype=acc, device=dR.device)
     if m == 0 or n == 0 or B == 0:
         return G, h
     if m > 5:

@@ -52,7 +52,7 @@ def _masked_lstsq_kernel(
 
 
 def masked_lstsq_triton(G: torch.Tensor, h: torch.Tensor, num_cols: torch.Tensor, ridge: float = 1e-3,
-                        floor: float = 1e-30, *, block: int = 128) -> torch.Tensor:
+                        floor: float = 1e-30, *, block: int | None = None) -> torch.Tensor:
     """Triton version of ``naive.masked_lstsq``: G ``[n, B, m, m]``, h ``[n, B, m]``, num_cols ``[n]`` int ->
     gamma ``[n, B, m]`` in G's dtype (computed in at least float32)."""
     n, B, m = G.shape[0], G.shape[1], G.shape[-1]
@@ -64,6 +64,8 @@ def masked_lstsq_triton(G: torch.Tensor, h: torch.Tensor, num_cols: torch.Tensor
     if m > 8:
         raise ValueError(f"the Triton least squares supports at most 8 columns, got {m}")
     mp = triton.next_power_of_2(m)
+    # a [BS, MP, MP] tile per program: keep it near 8 values per thread so nothing spills
+    block = block or max(8, 1024 // (mp * mp))
     _masked_lstsq_kernel[(triton.cdiv(n * B, block),)](
         out, G, h, num_cols, n, B, float(ridge), float(floor), *G.stride(), *h.stride(), num_cols.stride(0),
         MH=m, MP=mp, BS=block, num_warps=4)

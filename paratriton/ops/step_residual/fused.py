@@ -64,7 +64,7 @@ def _residual_kernel(
     s_rp, s_rb, s_rd, s_Rp, s_Rb, s_Rd, s_Yp, s_Yb, s_Yd, s_Hs, s_Hp, s_Hb, s_Hd,
     FROM_R: tl.constexpr, HAS_NOISE: tl.constexpr, SUMSQ: tl.constexpr, WRITE_R1: tl.constexpr,
     ORDER_K: tl.constexpr, WRITE_RK: tl.constexpr, BANDED: tl.constexpr, UNIT: tl.constexpr, MH: tl.constexpr,
-    NG: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
+    NG: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
     dt: tl.constexpr = x_ptr.dtype.element_ty
     pid = tl.program_id(0)
@@ -79,13 +79,29 @@ def _residual_kernel(
         tl.store(top_ptr, tl.full((), -1, tl.int64), mask=pid == 0)
     slot64 = b * 0 + slot  # int64 tensor even when Triton specialises slot == 1
     carry = tl.zeros([BLOCK_D], dtype=dt)
-    for t in range(0, tl.cdiv(n, BLOCK_P)):
+    for t in tl.range(0, tl.cdiv(n, BLOCK_P), num_stages=NUM_STAGES):
         p = n - 1 - t * BLOCK_P - rows  # descending steps: row 0 is the highest
         pvalid = p >= 0
         p64 = p.to(tl.int64)
         mask = pvalid[:, None] & dmask[None, :]
         r, x_lo = _order1(x_ptr, m_ptr, xi_ptr, a_ptr, b_ptr, c_ptr, p64, pvalid, b, offs_d, mask,
                           s_xp, s_xb, s_xd, s_mp, s_mb, s_md, s_np, s_nb, s_nd, FROM_R, HAS_NOISE, dt)
+        if MH > 0:
+            # issue the history loads together with the others: one memory round trip per tile, not two
+            off = p64[:, None] * s_Hp + b * s_Hb + offs_d[None, :] * s_Hd
+            h1 = _ring_load(H_ptr, slot64, 1, M_ring, s_Hs, off, mask, dt)
+            h2 = h1
+            h3 = h1
+            h4 = h1
+            h5 = h1
+            if MH > 1:
+                h2 = _ring_load(H_ptr, slot64, 2, M_ring, s_Hs, off, mask, dt)
+            if MH > 2:
+                h3 = _ring_load(H_ptr, slot64, 3, M_ring, s_Hs, off, mask, dt)
+            if MH > 3:
+                h4 = _ring_load(H_ptr, slot64, 4, M_ring, s_Hs, off, mask, dt)
+            if MH > 4:
+                h5 = _ring_load(H_ptr, slot64, 5, M_ring, s_Hs, off, mask, dt)
         if SUMSQ:
             tl.store(part_ptr + base + p64, tl.sum(r * r, axis=1), mask=pvalid)
         if WRITE_R1:
@@ -112,28 +128,11 @@ def _residual_kernel(
             if MH > 0:
                 # history push of Y = x + R (the fixed-point image) and the Gram partials of the newest columns
                 tl.store(Y_out + p64[:, None] * s_Yp + b * s_Yb + offs_d[None, :] * s_Yd, x_lo + R, mask=mask)
-                off = p64[:, None] * s_Hp + b * s_Hb + offs_d[None, :] * s_Hd
-                h1 = _ring_load(H_ptr, slot64, 1, M_ring, s_Hs, off, mask, dt)
                 c0 = R - h1
-                c1 = c0
-                c2 = c0
-                c3 = c0
-                c4 = c0
-                if MH > 1:
-                    h2 = _ring_load(H_ptr, slot64, 2, M_ring, s_Hs, off, mask, dt)
-                    c1 = h1 - h2
-                    h1 = h2
-                if MH > 2:
-                    h2 = _ring_load(H_ptr, slot64, 3, M_ring, s_Hs, off, mask, dt)
-                    c2 = h1 - h2
-                    h1 = h2
-                if MH > 3:
-                    h2 = _ring_load(H_ptr, slot64, 4, M_ring, s_Hs, off, mask, dt)
-                    c3 = h1 - h2
-                    h1 = h2
-                if MH > 4:
-                    h2 = _ring_load(H_ptr, slot64, 5, M_ring, s_Hs, off, mask, dt)
-                    c4 = h1 - h2
+                c1 = h1 - h2
+                c2 = h2 - h3
+                c3 = h3 - h4
+                c4 = h4 - h5
                 _gram_tile(part_ptr, base, n, p64, pvalid, R, c0, c1, c2, c3, c4, MH)
 
 
@@ -148,11 +147,15 @@ def band_tail_weights(a: torch.Tensor, order: int, unit_weights: bool, n: int, d
     return torch.where(idx + order < n, w, torch.zeros((), dtype=dtype, device=a.device))
 
 
-def default_config(mh: int, state_dtype: torch.dtype) -> tuple[int, int, int]:
-    """(BLOCK_P, BLOCK_D, num_warps) of the residual pass; more history columns -> fewer steps per tile (registers)."""
-    block_d = 128 if state_dtype == torch.float64 else 256
-    block_p = 8 if mh <= 2 else 4
-    return block_p, block_d, 4
+# (BLOCK_P, BLOCK_D, num_warps, num_stages) per history size, set by benchmarks/bench_kernels.py --sections sweep
+TUNED: dict[int, tuple[int, int, int, int]] = {}
+
+
+def default_config(mh: int, state_dtype: torch.dtype) -> tuple[int, int, int, int]:
+    """(BLOCK_P, BLOCK_D, num_warps, num_stages) of the residual pass (measured on an H200, see RESULTS.md)."""
+    if mh in TUNED:
+        return TUNED[mh]
+    return 4, 256, 4, 1
 
 
 def residual_pass(x: torch.Tensor, model_out: torch.Tensor | None, noise: torch.Tensor | None,
@@ -184,7 +187,7 @@ def residual_pass(x: torch.Tensor, model_out: torch.Tensor | None, noise: torch.
     sumsq = not from_r
     out: dict[str, torch.Tensor] = {}
     ng = num_slots(mh)
-    block_p, block_d, num_warps = config or default_config(mh, dt)
+    block_p, block_d, num_warps, num_stages = config or default_config(mh, dt)
     nblk = max(triton.cdiv(D, block_d), 1)
     r = torch.empty(n, B, D, dtype=dt, device=dev) if write_r else None
     R = None
@@ -199,11 +202,15 @@ def residual_pass(x: torch.Tensor, model_out: torch.Tensor | None, noise: torch.
         out["top"] = torch.full((), -1, dtype=torch.int64, device=dev) if n * B == 0 else \
             torch.empty((), dtype=torch.int64, device=dev)
     if ring:
-        out["G"] = torch.zeros(n, B, mh, mh, dtype=dt, device=dev)
-        out["h"] = torch.zeros(n, B, mh, dtype=dt, device=dev)
+        # every entry is written by the reduction (zeros only when nothing is launched)
+        alloc = torch.empty if n * B * D > 0 else torch.zeros
+        out["G"] = alloc(n, B, mh, mh, dtype=dt, device=dev)
+        out["h"] = alloc(n, B, mh, dtype=dt, device=dev)
     if n == 0 or B == 0:
         return out
     if D == 0:
+        if R is not None:
+            R.zero_()
         if sumsq:
             out["rms"].zero_()
             out["top"].fill_(-1)
@@ -225,7 +232,7 @@ def residual_pass(x: torch.Tensor, model_out: torch.Tensor | None, noise: torch.
         *(hist_R.stride() if ring else (0, 0, 0, 0)),
         FROM_R=from_r, HAS_NOISE=noise is not None, SUMSQ=sumsq, WRITE_R1=r is not None,
         ORDER_K=order is not None, WRITE_RK=R is not None, BANDED=banded, UNIT=unit_weights,
-        MH=mh, NG=ng, BLOCK_P=block_p, BLOCK_D=block_d, num_warps=num_warps)
+        MH=mh, NG=ng, BLOCK_P=block_p, BLOCK_D=block_d, NUM_STAGES=num_stages, num_warps=num_warps)
     if sumsq or ring:
         launch_reduce(part, out.get("G", part[:0]), out.get("h", part[:0]), out.get("rms"), threshold,
                       out.get("top"), n, B, D, mh, with_sumsq=sumsq)
