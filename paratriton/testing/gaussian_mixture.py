@@ -63,8 +63,8 @@ class GaussianMixture:
         pt = coeffs.prediction_type
 
         def model(x: torch.Tensor, step_index: torch.Tensor) -> torch.Tensor:
-            idx = step_index.cpu()
-            al, sg = alpha_all[idx].to(x.device), sigma_all[idx].to(x.device)
+            # index on the model's device: no host sync, so the model can be captured in a CUDA graph
+            al, sg = alpha_all.to(x.device)[step_index], sigma_all.to(x.device)[step_index]
             x0 = self.posterior_mean(x, al, sg)
             bshape = (-1,) + (1,) * (x.ndim - 1)
             al, sg = al.view(bshape), sg.view(bshape)

@@ -1,0 +1,77 @@
+"""The device-resident solvers (static TAA, graphed sequential) give the reference solvers' iterates."""
+
+import functools
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+
+import paratriton as pt
+from paratriton.solvers.graphed_sequential import GraphedSequential
+from paratriton.solvers.static_taa import StaticTAA
+from paratriton.testing import GaussianMixture
+
+
+@functools.lru_cache(maxsize=None)
+def problem(kind, T, B):
+    sched = DDIMScheduler(clip_sample=False) if kind == "ddim" else DDPMScheduler(clip_sample=False)
+    cf = pt.coefficients_from_scheduler(sched, T)
+    model = GaussianMixture.random((2, 3, 3), 3, std=0.3, seed=0).denoiser(cf)
+    g = torch.Generator().manual_seed(7)
+    x_T = torch.randn(B, 2, 3, 3, generator=g, dtype=torch.float64)
+    noise = torch.randn(T, B, 2, 3, 3, generator=g, dtype=torch.float64)
+    return cf, model, x_T, noise
+
+
+@pytest.mark.parametrize("kind,T,B", [("ddim", 25, 3), ("ddpm", 25, 1), ("ddim", 50, 1), ("ddpm", 10, 2)])
+@pytest.mark.parametrize("history,order", [(1, None), (2, None), (3, 5)])
+def test_static_taa_equals_windowed_taa(kind, T, B, history, order):
+    cf, model, x_T, noise = problem(kind, T, B)
+    kw = dict(history=history, order=order, tol_abs=1e-6, tol_rel=1e-6)
+    ref = pt.solve(model, cf, x_T, noise, method="taa", **kw)
+    got = StaticTAA(**kw, buckets=3).solve(model, cf, x_T, noise)
+    assert got.iterations == ref.iterations and got.nfe == ref.nfe and got.converged
+    torch.testing.assert_close(got.trajectory, ref.trajectory, rtol=0, atol=1e-12)
+
+
+def test_static_taa_exact_at_tight_tolerance():
+    cf, model, x_T, noise = problem("ddpm", 25, 1)
+    seq = pt.solve(model, cf, x_T, noise, method="sequential")
+    got = StaticTAA(tol_abs=1e-10, tol_rel=1e-10).solve(model, cf, x_T, noise)
+    assert got.iterations <= 25
+    assert (got.sample - seq.sample).square().mean().sqrt() <= 1e-8
+
+
+def test_static_taa_stops_on_non_finite_output():
+    cf, model, x_T, noise = problem("ddim", 10, 1)
+
+    def broken(x, s):
+        out = model(x, s)
+        return torch.where(s.view(-1, 1, 1, 1) == 3, float("nan"), out)
+
+    with pytest.raises(pt.NonFiniteError, match="iteration 0"):
+        StaticTAA().solve(broken, cf, x_T, noise)
+
+
+@pytest.mark.parametrize("kind", ["ddim", "ddpm"])
+def test_graphed_sequential_equals_sequential_off_cuda(kind):
+    cf, model, x_T, noise = problem(kind, 10, 2)
+    ref = pt.solve(model, cf, x_T, noise, method="sequential")
+    got = GraphedSequential(model, cf, x_T, noise, state_dtype=torch.float64).run()
+    torch.testing.assert_close(got.sample, ref.sample, rtol=0, atol=1e-12)
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_match_eager():
+    cf, model, x_T, noise = problem("ddpm", 25, 2)
+    dev = torch.device("cuda")
+    x_T, noise = x_T.to(dev), noise.to(dev)
+    gm = GaussianMixture.random((2, 3, 3), 3, std=0.3, seed=0).to(dev)
+    model = gm.denoiser(cf)
+    eager = StaticTAA(use_cuda_graph=False).solve(model, cf, x_T, noise)
+    graphed = StaticTAA(use_cuda_graph=True).solve(model, cf, x_T, noise)
+    assert graphed.iterations == eager.iterations
+    torch.testing.assert_close(graphed.sample, eager.sample, rtol=0, atol=1e-10)
+    seq = GraphedSequential(model, cf, x_T, noise, state_dtype=torch.float64).run()
+    ref = pt.solve(model, cf, x_T, noise, method="sequential")
+    torch.testing.assert_close(seq.sample, ref.sample, rtol=0, atol=1e-10)
