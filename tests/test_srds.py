@@ -58,10 +58,19 @@ def test_matches_sequential(method, T, blocks, eta):
     assert res.critical_path == critical_path_model(T, blocks, res.iterations, pipelined=method != "srds")
 
 
+@pytest.mark.parametrize("sched", ["ddpm", "ddim-sd-v", "flow"])
 @pytest.mark.parametrize("method", METHODS)
-def test_diffusers_ddpm_scheduler(method):
+def test_diffusers_schedulers(method, sched):
     diffusers = pytest.importorskip("diffusers")
-    coeffs = paratriton.coefficients_from_scheduler(diffusers.DDPMScheduler(clip_sample=False), 25)
+    if sched == "ddpm":
+        coeffs = paratriton.coefficients_from_scheduler(diffusers.DDPMScheduler(clip_sample=False), 25)
+    elif sched == "ddim-sd-v":  # SD-2-like: v-prediction, no final alpha = 1, trailing spacing
+        s = diffusers.DDIMScheduler(clip_sample=False, prediction_type="v_prediction", set_alpha_to_one=False,
+                                    beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                    timestep_spacing="trailing")
+        coeffs = paratriton.coefficients_from_scheduler(s, 25, eta=0.0)
+    else:
+        coeffs = paratriton.coefficients_from_scheduler(diffusers.FlowMatchEulerDiscreteScheduler(), 25)
     coeffs, model, x_T, noise, ref = problem(25, 1.0, coeffs=coeffs)
     res = paratriton.solve(model, coeffs, x_T, noise, method=method, blocks=5, tol_abs=1e-10, tol_rel=1e-10)
     assert res.converged and res.iterations <= 5 and rms(res.sample, ref.sample) <= 1e-8
@@ -96,23 +105,26 @@ def test_exact_front_after_each_iteration(method, eta):
     assert res.critical_path == critical_path_model(T, K, K, pipelined=method != "srds")
 
 
-def test_coarse_step_is_one_ddim_jump():
-    """For DDIM (eta 0, epsilon prediction) the frozen-output block jump equals DDIM's single step from the
-    block's first timestep to its last."""
+@pytest.mark.parametrize("eta", [0.0, 1.0], ids=["ddim", "ddpm"])
+def test_coarse_step_is_one_big_jump(eta):
+    """Freezing x0_hat over a block composes the steps into the sampler's single jump from the block's first
+    timestep to its last: DDIM's big step (eta 0) and the big DDPM posterior step (eta 1), i.e.
+    ``x_l = alpha_l x0_hat + sqrt(sigma_l^2 - std^2) eps_hat`` with ``std^2 = eta^2 sigma_l^2 / sigma_h^2 (1 -
+    abar_h / abar_l)``, so ``A = alpha_l / alpha_h`` and ``B = sqrt(sigma_l^2 - std^2) - alpha_l sigma_h / alpha_h``."""
     T, K = 100, 10
     S = T // K
-    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
-    ac = torch.cumprod(1 - betas, 0)
-    coeffs = default_schedule(T, eta=0.0)
+    coeffs = default_schedule(T, eta=eta)
     A, Bc, _ = coarse_coefficients(coeffs, K)
-    ts = coeffs.timesteps.long()
+    al, sg = coeffs.signal_scale, coeffs.noise_scale  # levels of each step's input x_{i+1}
     for q in range(K):
-        ab_t = ac[ts[(q + 1) * S - 1]]
-        prev = ts[q * S] - 1000 // T
-        ab_prev = ac[prev] if prev >= 0 else torch.tensor(1.0, dtype=torch.float64)
-        a_ddim = (ab_prev / ab_t).sqrt()
-        b_ddim = (1 - ab_prev).sqrt() - (ab_prev * (1 - ab_t) / ab_t).sqrt()
-        assert abs(A[q] - a_ddim) <= 1e-12 * a_ddim and abs(Bc[q] - b_ddim) <= 1e-12 * abs(b_ddim) + 1e-14
+        ah, sh = al[(q + 1) * S - 1], sg[(q + 1) * S - 1]
+        # the block ends at x_{qS}: the input level of step qS-1, or clean (abar = 1) after the last step
+        a_l, s_l = (al[q * S - 1], sg[q * S - 1]) if q > 0 else (torch.tensor(1.0).double(), torch.tensor(0.0).double())
+        std2 = eta**2 * s_l**2 / sh**2 * (1 - ah**2 / a_l**2)
+        a_ref = a_l / ah
+        b_ref = (s_l**2 - std2).clamp_min(0).sqrt() - a_l * sh / ah
+        assert abs(A[q] - a_ref) <= 1e-12 * a_ref, (q, A[q], a_ref)
+        assert abs(Bc[q] - b_ref) <= 1e-10 * abs(b_ref) + 1e-13, (q, Bc[q], b_ref)
 
 
 def test_plain_and_pipelined_same_iterates():
@@ -272,3 +284,12 @@ def test_nonfinite_model_output(method):
 
     with pytest.raises(paratriton.NonFiniteError, match=r"step 6 \(iteration \d+\)"):
         paratriton.solve(broken, coeffs, x_T, noise, method=method, blocks=4, tol_abs=1e-10, tol_rel=1e-10)
+
+
+def test_benchmark_hook():
+    from paratriton.solvers.srds import srds_benchmark
+
+    (row,) = srds_benchmark((16,), tol=1e-4, batch=1)
+    assert row["K"] == 4 and 1 <= row["P"] <= 4 and len(row["err_per_iter"].split()) == row["P"]
+    assert row["calls_plain"] == critical_path_model(16, 4, row["P"], pipelined=False)
+    assert row["calls_pipe"] == critical_path_model(16, 4, row["P"], pipelined=True) <= 16

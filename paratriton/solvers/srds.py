@@ -89,7 +89,7 @@ from ._common import (IterationInfo, ModelCaller, NonFiniteError, SolveResult, _
                       check_problem)
 
 __all__ = ["SRDS", "SRDSPipelined", "SRDSResult", "Round", "build_schedule", "default_blocks", "allowed_blocks",
-           "coarse_coefficients", "critical_path_model", "srds_benchmark"]
+           "coarse_coefficients", "critical_path_model", "srds_benchmark", "main"]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -496,10 +496,13 @@ class SRDSPipelined(SRDS):
 # ------------------------------------------------------------------------------------------------------------
 def srds_benchmark(num_steps: tuple[int, ...] = (25, 100, 1000), *, eta: float = 0.0, tol: float = 1e-3,
                    batch: int = 2, seed: int = 0, blocks: int | None = None) -> list[dict]:
-    """Run sequential, SRDS and pipelined SRDS on the analytic default problem (``python -m paratriton``'s
-    Gaussian mixture) and return one row per (T, method): iterations, sequential model calls, NFE, error vs
-    sequential, and the speedup in sequential model calls (``T / critical_path``) next to the peers' latency
-    model ``K + P (sqrt(T) + K)`` for the plain schedule.
+    """Latency of SRDS on the analytic default problem (``python -m paratriton sample``'s Gaussian mixture, shape
+    ``[batch, 4, 8, 8]``, ``default_schedule(T, eta)``), one row per ``T``.
+
+    Runs both schedules to ``tol`` (``tol_abs = tol_rel = tol``) and reports: blocks ``K``, iterations ``P``, the
+    RMS error vs the sequential sampler after each iteration (identical for both schedules: same arithmetic),
+    sequential model calls and NFE per trajectory for plain and pipelined, the speedup in sequential model calls
+    (``T / calls``), and the peers' latency model for the plain schedule, ``K + P (T/K + K)``.
     """
     from ..testing import GaussianMixture
     from ..testing.gaussian_mixture import default_schedule
@@ -514,28 +517,38 @@ def srds_benchmark(num_steps: tuple[int, ...] = (25, 100, 1000), *, eta: float =
         x_T = torch.randn(batch, *gm.sample_shape, generator=g, dtype=torch.float64)
         noise = torch.randn(T, *x_T.shape, generator=g, dtype=torch.float64)
         ref = solve_sequential(model, coeffs, x_T, noise).sample
-        for cls in (SRDS, SRDSPipelined):
-            r = cls(blocks=blocks, tol_abs=tol, tol_rel=tol).solve(model, coeffs, x_T, noise)
-            K, P = r.blocks, r.iterations
-            paper = K + P * (T // K + K)
-            rows.append({"T": T, "method": cls.method, "blocks": K, "iterations": P,
-                         "critical_path": r.critical_path, "nfe": r.nfe, "max_rows": r.max_rows_per_call,
-                         "speedup": round(T / r.critical_path, 2), "peers_plain_model": paper,
-                         "rms_err": (r.sample - ref).square().mean().sqrt().item()})
+        errs: list[float] = []
+        cb = lambda info: errs.append((info.sample - ref).square().mean().sqrt().item())  # noqa: E731
+        plain = SRDS(blocks=blocks, tol_abs=tol, tol_rel=tol, callback=cb).solve(model, coeffs, x_T, noise)
+        pipe = SRDSPipelined(blocks=blocks, tol_abs=tol, tol_rel=tol).solve(model, coeffs, x_T, noise)
+        K, P = plain.blocks, plain.iterations
+        assert pipe.iterations == P and pipe.converged == plain.converged
+        rows.append({"T": T, "K": K, "P": P, "err_per_iter": " ".join(f"{e:.0e}" for e in errs),
+                     "calls_plain": plain.critical_path, "calls_pipe": pipe.critical_path,
+                     "nfe_plain": plain.nfe, "nfe_pipe": pipe.nfe,
+                     "speedup_plain": f"{T / plain.critical_path:.2f}", "speedup_pipe": f"{T / pipe.critical_path:.2f}",
+                     "peers_plain": K + P * (T // K + K),
+                     "calls_P1": f"{critical_path_model(T, K, 1, pipelined=False)}/"
+                                 f"{critical_path_model(T, K, 1, pipelined=True)}"})
     return rows
 
 
-if __name__ == "__main__":  # python -m paratriton.solvers.srds
+def main(argv: list[str] | None = None) -> None:
+    """``python -m paratriton.solvers.srds [--steps 25 100 1000] [--eta 0] [--tol 1e-3]``: a markdown table."""
     import argparse
 
-    ap = argparse.ArgumentParser(description="SRDS latency on the analytic model")
+    ap = argparse.ArgumentParser(description="SRDS latency (sequential model calls) on the analytic model")
     ap.add_argument("--steps", type=int, nargs="+", default=[25, 100, 1000])
     ap.add_argument("--eta", type=float, default=0.0)
     ap.add_argument("--tol", type=float, default=1e-3)
     ap.add_argument("--blocks", type=int, default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     out = srds_benchmark(tuple(args.steps), eta=args.eta, tol=args.tol, blocks=args.blocks)
-    cols = list(out[0])
-    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    print(f"eta={args.eta}, tol={args.tol}")
+    print("| " + " | ".join(out[0]) + " |\n|" + "---|" * len(out[0]))
     for row in out:
-        print("| " + " | ".join(f"{v:.1e}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
+        print("| " + " | ".join(map(str, row.values())) + " |")
+
+
+if __name__ == "__main__":
+    main()
