@@ -2,8 +2,9 @@
 
 How it works (and why this shape)
 ---------------------------------
-The parallel pipeline is a subclass of the stock pipeline built with ``from_pipe`` (it shares the weights). Its
-``__call__`` runs the **stock** ``__call__`` unchanged, so prompt encoding, input checks, latent preparation,
+The parallel pipeline is an instance of a subclass of the stock pipeline class that shares every component of the
+original (a shallow copy, so nothing is re-initialised or cast). Its ``__call__`` runs the **stock** ``__call__``
+unchanged, so prompt encoding, input checks, latent preparation,
 timesteps (including Flux's dynamic shift), the VAE decode, the safety checker, ``output_type`` and
 ``return_dict`` are diffusers' own code. For the duration of the call two instance attributes are patched and
 restored afterwards:
@@ -68,7 +69,8 @@ def _check_method_and_options(method: str, options: dict) -> None:
         if unknown:
             raise TypeError(f"options {unknown} do not apply to method='sequential'; allowed: {_SEQUENTIAL_OPTIONS}")
         return
-    solver_cls = getattr(solvers, "PARALLEL_SOLVERS", {}).get(method)
+    registries = (getattr(solvers, "PARALLEL_SOLVERS", {}), getattr(solvers, "SRDS_SOLVERS", {}))
+    solver_cls = next((r[method] for r in registries if method in r), None)
     if solver_cls is not None:  # constructing the solver runs its range checks (window >= 1, tol > 0, ...)
         try:
             solver_cls(**options)
@@ -348,7 +350,8 @@ class ParallelPipelineMixin:
         _check_method_and_options(method, options)
         self.paratriton_method, self.paratriton_options = method, dict(options)
 
-    def _parallel_call(self, stock_call: Callable, spec: PipelineSpec, args: tuple, kwargs: dict) -> Any:
+    def _parallel_call(self, stock_call: Callable, args: tuple, kwargs: dict) -> Any:
+        _, spec = find_spec(type(self))  # looked up per call, so the table stays the single source of truth
         callback = kwargs.pop("callback_on_step_end", None)
         tensor_inputs = kwargs.pop("callback_on_step_end_tensor_inputs", None)
         sig = inspect.signature(stock_call)
@@ -380,14 +383,14 @@ class ParallelPipelineMixin:
 _CLASS_CACHE: dict[type, type] = {}
 
 
-def _parallel_class(stock: type, spec: PipelineSpec) -> type:
+def _parallel_class(stock: type) -> type:
     if stock in _CLASS_CACHE:
         return _CLASS_CACHE[stock]
     stock_call = stock.__call__
 
     @functools.wraps(stock_call)
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._parallel_call(stock_call, spec, args, kwargs)
+        return self._parallel_call(stock_call, args, kwargs)
 
     __call__.__doc__ = (f"The stock {stock.__name__}.__call__ with the denoising loop solved by paratriton.solve "
                         "(method and options: see paratriton.parallelize). callback_on_step_end(pipe, iteration, "
@@ -413,12 +416,16 @@ def parallelize(pipe, method: str = "taa", **options: Any):
     pipeline's image up to the solver tolerance, DDPM-style step noise included. The solver state is float64
     (``state_dtype``); the model sees its own dtype. ``result.paratriton_result`` holds the last ``SolveResult``.
     """
-    stock, spec = find_spec(type(pipe))
+    stock, _ = find_spec(type(pipe))
     _check_method_and_options(method, options)
-    cls = _parallel_class(stock, spec)
-    new = cls.from_pipe(pipe)
-    _check_scheduler(new.scheduler)
+    cls = _parallel_class(stock)
+    # A shallow copy with the parallel class: every component is shared and keeps its dtype and device.
+    # (DiffusionPipeline.from_pipe would re-run __init__ and then cast all shared modules to one dtype, float32 by
+    # default, which would also change the caller's pipeline.)
+    new = cls.__new__(cls)
+    new.__dict__.update(pipe.__dict__)
     if hasattr(pipe, "_progress_bar_config"):
         new._progress_bar_config = dict(pipe._progress_bar_config)
+    _check_scheduler(new.scheduler)
     new.paratriton_method, new.paratriton_options = method, dict(options)
     return new

@@ -1,0 +1,455 @@
+"""paratriton.parallelize on tiny random-weight diffusers pipelines (CPU, offline, no tokenizer or weights).
+
+The central check: with the same seed, the parallel pipeline returns the stock sequential pipeline's image
+(max abs error <= 1e-4 in float32 at solver tolerance 1e-7), for every supported pipeline and scheduler, CFG on and
+off, batch 1 and 2. Components are built from configs as diffusers' own ``get_dummy_components`` do; text
+pipelines get ``prompt_embeds`` so no tokenizer or text encoder is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+import paratriton
+
+diffusers = pytest.importorskip("diffusers")
+from diffusers import (  # noqa: E402
+    AutoencoderKL, DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, DiTPipeline, DiTTransformer2DModel,
+    FlowMatchEulerDiscreteScheduler, UNet2DModel,
+)
+
+logging.getLogger("diffusers").setLevel(logging.ERROR)  # the tiny configs trigger deprecation notes
+
+TOL = dict(tol_abs=1e-7, tol_rel=1e-7)
+ATOL = 1e-4
+STEPS = 4
+
+
+def _needs_transformers():
+    # the text-conditioned pipelines exist in diffusers only when transformers is installed
+    pytest.importorskip("transformers", reason="diffusers' text pipelines need transformers")
+
+
+def _ddim(**kw):
+    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                         set_alpha_to_one=False, **kw)
+
+
+def _ddpm(**kw):
+    return DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, **kw)
+
+
+SCHEDULERS = {"ddim": _ddim, "ddpm": _ddpm}
+
+
+def _gen(seed: int = 0, batch: int | None = None):
+    if batch is None:
+        return torch.Generator().manual_seed(seed)
+    return [torch.Generator().manual_seed(seed + i) for i in range(batch)]
+
+
+def _quiet(pipe):
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# tiny components (diffusers' own test configs, ecosystem-notes A.8)
+# ---------------------------------------------------------------------------------------------------------------
+def _tiny_vae(latent_channels: int = 4, **kw):
+    torch.manual_seed(0)
+    args = dict(block_out_channels=[4, 8], in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+                up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=latent_channels, norm_num_groups=2)
+    args.update(kw)
+    return AutoencoderKL(**args).eval()
+
+
+def make_sd(scheduler):
+    _needs_transformers()
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(block_out_channels=(4, 8), layers_per_block=1, sample_size=16, in_channels=4,
+                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=8,
+                                norm_num_groups=2).eval()
+    pipe = StableDiffusionPipeline(vae=_tiny_vae(), text_encoder=None, tokenizer=None, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   image_encoder=None, requires_safety_checker=False)
+    return _quiet(pipe)
+
+
+def sd_inputs(batch: int, cfg: bool, **kw):
+    g = torch.Generator().manual_seed(100)
+    out = dict(prompt_embeds=torch.randn(batch, 5, 8, generator=g), height=16, width=16,
+               num_inference_steps=STEPS, guidance_scale=3.0 if cfg else 1.0)
+    if cfg:
+        out["negative_prompt_embeds"] = torch.randn(batch, 5, 8, generator=g)
+    out.update(kw)
+    return out
+
+
+def make_sdxl(scheduler):
+    _needs_transformers()
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(block_out_channels=(2, 4), layers_per_block=2, sample_size=16, in_channels=4,
+                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+                                use_linear_projection=True, addition_embed_type="text_time",
+                                addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+                                projection_class_embeddings_input_dim=80, cross_attention_dim=64,
+                                norm_num_groups=1).eval()
+    pipe = StableDiffusionXLPipeline(vae=_tiny_vae(), text_encoder=None, text_encoder_2=None, tokenizer=None,
+                                     tokenizer_2=None, unet=unet, scheduler=scheduler, image_encoder=None,
+                                     feature_extractor=None)
+    return _quiet(pipe)
+
+
+def sdxl_inputs(batch: int, cfg: bool, **kw):
+    g = torch.Generator().manual_seed(101)
+    out = dict(prompt_embeds=torch.randn(batch, 5, 64, generator=g),
+               pooled_prompt_embeds=torch.randn(batch, 32, generator=g), height=16, width=16,
+               num_inference_steps=STEPS, guidance_scale=3.0 if cfg else 1.0)
+    if cfg:
+        out["negative_prompt_embeds"] = torch.randn(batch, 5, 64, generator=g)
+        out["negative_pooled_prompt_embeds"] = torch.randn(batch, 32, generator=g)
+        out["guidance_rescale"] = 0.5  # SDXL's own guidance rescale, exercised on the CFG path
+    out.update(kw)
+    return out
+
+
+def make_pixart(scheduler):
+    _needs_transformers()
+    from diffusers import PixArtAlphaPipeline, PixArtTransformer2DModel
+
+    torch.manual_seed(0)
+    transformer = PixArtTransformer2DModel(sample_size=8, num_layers=2, patch_size=2, attention_head_dim=8,
+                                           num_attention_heads=3, caption_channels=32, in_channels=4,
+                                           cross_attention_dim=24, out_channels=8, attention_bias=True,
+                                           activation_fn="gelu-approximate", num_embeds_ada_norm=1000,
+                                           norm_type="ada_norm_single", norm_elementwise_affine=False,
+                                           norm_eps=1e-6).eval()
+    pipe = PixArtAlphaPipeline(tokenizer=None, text_encoder=None, vae=_tiny_vae(), transformer=transformer,
+                               scheduler=scheduler)
+    return _quiet(pipe)
+
+
+def pixart_inputs(batch: int, cfg: bool, **kw):
+    g = torch.Generator().manual_seed(102)
+    out = dict(prompt_embeds=torch.randn(batch, 6, 32, generator=g),
+               prompt_attention_mask=torch.tensor([[1, 1, 1, 1, 0, 0]] * batch),
+               height=16, width=16, num_inference_steps=STEPS, guidance_scale=3.0 if cfg else 1.0,
+               use_resolution_binning=False)
+    if cfg:
+        out["negative_prompt"] = None  # PixArt defaults to "" and rejects it beside negative_prompt_embeds
+        out["negative_prompt_embeds"] = torch.randn(batch, 6, 32, generator=g)
+        out["negative_prompt_attention_mask"] = torch.ones(batch, 6, dtype=torch.long)
+    out.update(kw)
+    return out
+
+
+def make_dit(scheduler):
+    torch.manual_seed(0)
+    transformer = DiTTransformer2DModel(sample_size=8, num_layers=2, patch_size=4, attention_head_dim=8,
+                                        num_attention_heads=2, in_channels=4, out_channels=8, attention_bias=True,
+                                        activation_fn="gelu-approximate", num_embeds_ada_norm=1000,
+                                        norm_type="ada_norm_zero", norm_elementwise_affine=False).eval()
+    return _quiet(DiTPipeline(transformer=transformer, vae=_tiny_vae(), scheduler=scheduler))
+
+
+def dit_inputs(batch: int, cfg: bool, **kw):
+    out = dict(class_labels=[1, 7][:batch], num_inference_steps=STEPS, guidance_scale=3.0 if cfg else 1.0)
+    out.update(kw)
+    return out
+
+
+def make_flux(scheduler, guidance_embeds: bool = True):
+    _needs_transformers()
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                         pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+                                         guidance_embeds=guidance_embeds).eval()
+    vae = _tiny_vae(latent_channels=1, block_out_channels=(4,), down_block_types=["DownEncoderBlock2D"],
+                    up_block_types=["UpDecoderBlock2D"], norm_num_groups=1, use_quant_conv=False,
+                    use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
+    pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, text_encoder_2=None,
+                        tokenizer_2=None, transformer=transformer)
+    return _quiet(pipe)
+
+
+def flux_inputs(batch: int, cfg: bool, **kw):
+    g = torch.Generator().manual_seed(103)
+    out = dict(prompt_embeds=torch.randn(batch, 7, 32, generator=g),
+               pooled_prompt_embeds=torch.randn(batch, 32, generator=g), height=8, width=8,
+               num_inference_steps=STEPS, guidance_scale=3.5 if cfg else 1.0)
+    out.update(kw)
+    return out
+
+
+def make_unet2d():
+    torch.manual_seed(0)
+    return UNet2DModel(block_out_channels=(4, 8), layers_per_block=1, norm_num_groups=4, sample_size=8,
+                       in_channels=3, out_channels=3, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D")).eval()
+
+
+def _images(out):
+    images = out.images if hasattr(out, "images") else out[0]
+    return images if torch.is_tensor(images) else torch.from_numpy(np.asarray(images))
+
+
+def run_pair(pipe, inputs: dict, method: str = "taa", seed: int = 0, per_sample_generators: int | None = None,
+             **options):
+    """Run the stock pipeline and its parallel version with the same seed; return (stock, parallel, par pipe)."""
+    par = paratriton.parallelize(pipe, method, **({} if method == "sequential" else {**TOL, **options}))
+    outs = []
+    for p in (pipe, par):
+        torch.manual_seed(seed)  # DiT and Flux draw their step noise from the global RNG
+        outs.append(_images(p(**inputs, generator=_gen(seed, per_sample_generators))))
+    return outs[0], outs[1], par
+
+
+def assert_same(ref: torch.Tensor, out: torch.Tensor, atol: float = ATOL):
+    assert ref.shape == out.shape
+    err = (ref.double() - out.double()).abs().max().item()
+    assert err <= atol, f"max abs error {err:.3e} > {atol}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# parity: every pipeline x scheduler x CFG x batch
+# ---------------------------------------------------------------------------------------------------------------
+TEXT_CASES = {"sd": (make_sd, sd_inputs), "sdxl": (make_sdxl, sdxl_inputs), "pixart": (make_pixart, pixart_inputs),
+              "dit": (make_dit, dit_inputs)}
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("cfg", [False, True], ids=["nocfg", "cfg"])
+@pytest.mark.parametrize("sched", ["ddim", "ddpm"])
+@pytest.mark.parametrize("name", list(TEXT_CASES))
+def test_conditional_pipeline_matches_stock(name, sched, cfg, batch):
+    make, inputs = TEXT_CASES[name]
+    pipe = make(SCHEDULERS[sched]())
+    ref, out, par = run_pair(pipe, inputs(batch, cfg, output_type="pt"))
+    assert par.paratriton_result.converged
+    assert par.paratriton_result.iterations <= STEPS
+    assert_same(ref, out)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("guidance_embeds", [False, True], ids=["plain", "guidance_embed"])
+@pytest.mark.parametrize("stochastic", [False, True], ids=["euler", "stochastic"])
+def test_flux_matches_stock(stochastic, guidance_embeds, batch):
+    pipe = make_flux(FlowMatchEulerDiscreteScheduler(stochastic_sampling=stochastic), guidance_embeds)
+    ref, out, par = run_pair(pipe, flux_inputs(batch, guidance_embeds, output_type="pt"))
+    assert par.paratriton_result.converged
+    assert_same(ref, out)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("pipeline,kw", [(DDPMPipeline, {}), (DDIMPipeline, {"eta": 0.0}),
+                                         (DDIMPipeline, {"eta": 1.0})], ids=["ddpm", "ddim", "ddim_eta1"])
+def test_unconditional_pipeline_matches_stock(pipeline, kw, batch):
+    sched = _ddpm() if pipeline is DDPMPipeline else _ddim()
+    pipe = _quiet(pipeline(unet=make_unet2d(), scheduler=sched))
+    ref, out, par = run_pair(pipe, dict(batch_size=batch, num_inference_steps=STEPS, output_type="np", **kw))
+    assert par.paratriton_result.converged
+    assert_same(ref, out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# methods, batches, conventions
+# ---------------------------------------------------------------------------------------------------------------
+def _ddpm_pipe():
+    return _quiet(DDPMPipeline(unet=make_unet2d(), scheduler=_ddpm()))
+
+
+UNCOND = dict(batch_size=2, num_inference_steps=STEPS, output_type="np")
+
+
+@pytest.mark.parametrize("method", list(paratriton.METHODS))
+def test_every_solve_method_matches_stock(method):
+    # DDPM: stochastic, so this also checks that every method consumes the pre-drawn step noise the same way
+    options = dict(window=3) if method in ("fp", "picard", "aa", "taa") else {}
+    ref, out, par = run_pair(_ddpm_pipe(), UNCOND, method=method, **options)
+    assert par.paratriton_result.converged
+    assert_same(ref, out)
+
+
+def test_sequential_method_takes_plain_options():
+    par = paratriton.parallelize(_ddpm_pipe(), "sequential", state_dtype=torch.float32)
+    assert par.paratriton_method == "sequential"
+    with pytest.raises(TypeError, match="window"):
+        paratriton.parallelize(_ddpm_pipe(), "sequential", window=2)
+
+
+def test_prompt_batches_images_per_prompt_and_generator_lists():
+    pipe = make_sd(_ddpm())
+    inputs = sd_inputs(2, True, num_images_per_prompt=2, output_type="pt")
+    ref, out, par = run_pair(pipe, inputs, per_sample_generators=4)
+    assert ref.shape[0] == 4
+    assert_same(ref, out)
+    # the four images differ (each has its own generator): the comparison is not vacuous
+    assert (out[0] - out[1]).abs().max() > 1e-3
+
+
+def test_output_types_and_return_dict():
+    pipe = make_sd(_ddim())
+    par = paratriton.parallelize(pipe, **TOL)
+    inputs = sd_inputs(1, False)
+    lat_ref = pipe(**inputs, output_type="latent", generator=_gen()).images
+    lat = par(**inputs, output_type="latent", generator=_gen()).images
+    assert lat.shape == (1, 4, 8, 8) and lat.dtype == torch.float32
+    assert_same(lat_ref, lat)
+    pil = par(**inputs, output_type="pil", generator=_gen()).images
+    assert len(pil) == 1 and pil[0].size == (16, 16)
+    arr = par(**inputs, output_type="np", generator=_gen(), return_dict=False)
+    assert isinstance(arr, tuple) and isinstance(arr[0], np.ndarray) and arr[0].shape == (1, 16, 16, 3)
+
+
+def test_progress_bar_shows_iteration_window_residual_and_can_be_disabled():
+    import io
+
+    pipe = _ddpm_pipe()
+    par = paratriton.parallelize(pipe, window=2, **TOL)
+    buf = io.StringIO()
+    par.set_progress_bar_config(file=buf, mininterval=0, ascii=True)
+    par(**UNCOND, generator=_gen())
+    text = buf.getvalue()
+    assert "paratriton taa" in text and "iter" in text and "window" in text and "max residual" in text
+    assert f"{STEPS}/{STEPS}" in text  # counts converged steps, ends complete
+    buf2 = io.StringIO()
+    par.set_progress_bar_config(file=buf2, disable=True)
+    par(**UNCOND, generator=_gen())
+    assert buf2.getvalue() == ""
+    # the stock pipeline's own bar config is untouched by the parallel call
+    assert not getattr(pipe, "_progress_bar_config", {}).get("file")
+
+
+def test_callback_on_step_end_once_per_iteration_with_current_estimate():
+    pipe = make_sd(_ddim())
+    par = paratriton.parallelize(pipe, **TOL)
+    seen = []
+
+    def cb(p, i, t, kwargs):
+        assert p is par
+        seen.append((i, int(t), kwargs["latents"].clone()))
+        return kwargs
+
+    out = par(**sd_inputs(2, True, output_type="latent"), generator=_gen(), callback_on_step_end=cb).images
+    result = par.paratriton_result
+    assert [s[0] for s in seen] == list(range(result.iterations))
+    assert all(s[2].shape == (2, 4, 8, 8) and s[2].dtype == torch.float32 for s in seen)
+    assert torch.allclose(seen[-1][2], out)  # the last estimate is the returned sample
+    # pipelines without callback_on_step_end in their stock loop get it too (DiT)
+    count = []
+    dit = paratriton.parallelize(make_dit(_ddim()), **TOL)
+    dit(**dit_inputs(1, True), generator=_gen(), callback_on_step_end=lambda *a: count.append(a[1]) or {})
+    assert count == list(range(dit.paratriton_result.iterations))
+    with pytest.raises(ValueError, match="callback_on_step_end_tensor_inputs"):
+        par(**sd_inputs(1, False), callback_on_step_end=cb, callback_on_step_end_tensor_inputs=["prompt_embeds"])
+
+
+def test_stock_pipeline_is_left_unchanged():
+    pipe = _ddpm_pipe()
+    ref = _images(pipe(**UNCOND, generator=_gen()))
+    par = paratriton.parallelize(pipe, **TOL)
+    par(**UNCOND, generator=_gen())
+    assert "forward" not in pipe.unet.__dict__ and "step" not in pipe.scheduler.__dict__
+    assert par.unet is pipe.unet and par.scheduler is pipe.scheduler  # shared, not copied
+    assert torch.equal(_images(pipe(**UNCOND, generator=_gen())), ref)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the comparisons can fail
+# ---------------------------------------------------------------------------------------------------------------
+def test_different_seed_or_unconverged_solve_differs():
+    pipe = _ddpm_pipe()
+    ref, out, _ = run_pair(pipe, UNCOND)
+    assert_same(ref, out)
+    par = paratriton.parallelize(pipe, **TOL)
+    other = _images(par(**UNCOND, generator=_gen(1)))
+    assert (other - ref).abs().max() > 1e-2
+    early = paratriton.parallelize(pipe, max_iters=1, **TOL)
+    rough = _images(early(**UNCOND, generator=_gen()))
+    assert not early.paratriton_result.converged
+    assert (rough - ref).abs().max() > ATOL
+
+
+def test_wrong_cfg_row_order_is_detected(monkeypatch):
+    import dataclasses
+
+    from paratriton.pipelines import _specs
+
+    pipe = make_dit(_ddim())
+    ref, out, _ = run_pair(pipe, dit_inputs(1, True, output_type="pt"))
+    assert_same(ref, out)
+    wrong = dataclasses.replace(_specs.SPECS["DiTPipeline"], cond_first=False)
+    monkeypatch.setitem(_specs.SPECS, "DiTPipeline", wrong)
+    ref, out, _ = run_pair(pipe, dit_inputs(1, True, output_type="pt"))
+    assert (ref - out).abs().max() > ATOL
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# errors
+# ---------------------------------------------------------------------------------------------------------------
+def test_unsupported_pipeline_and_scheduler_name_what_is_supported():
+    from diffusers import DiffusionPipeline, EulerDiscreteScheduler
+
+    class MyPipeline(DiffusionPipeline):
+        def __init__(self, unet):
+            super().__init__()
+            self.register_modules(unet=unet)
+
+    with pytest.raises(ValueError, match="supported: .*StableDiffusionPipeline.*DDIMPipeline"):
+        paratriton.parallelize(MyPipeline(make_unet2d()))
+    pipe = DDPMPipeline(unet=make_unet2d(), scheduler=EulerDiscreteScheduler())
+    with pytest.raises(ValueError, match="EulerDiscreteScheduler .*supported: .*DDIMScheduler"):
+        paratriton.parallelize(pipe)
+    par = paratriton.parallelize(_ddpm_pipe())
+    par.scheduler = EulerDiscreteScheduler()  # swapped after parallelize: caught at call time
+    with pytest.raises(ValueError, match="EulerDiscreteScheduler"):
+        par(**UNCOND)
+    clip = _quiet(DDPMPipeline(unet=make_unet2d(), scheduler=DDPMScheduler(clip_sample=True)))
+    with pytest.raises(ValueError, match="clip_sample"):
+        paratriton.parallelize(clip)(**UNCOND)
+
+
+@pytest.mark.parametrize("method,options,exc,match", [
+    ("newton", {}, ValueError, "method='newton' is not supported; use one of"),
+    ("taa", {"window": 0}, ValueError, "window must be >= 1"),
+    ("taa", {"history": 0}, ValueError, "history must be >= 1"),
+    ("taa", {"tol_abs": -1.0}, ValueError, "tol_abs must be a finite number > 0"),
+    ("taa", {"bogus": 1}, TypeError, "bogus"),
+    ("taa", {"callback": print}, TypeError, "callback_on_step_end"),
+    ("picard", {"order": 3}, ValueError, "order is not an option of Picard"),
+])
+def test_bad_options_raise_naming_the_parameter(method, options, exc, match):
+    with pytest.raises(exc, match=match):
+        paratriton.parallelize(_ddpm_pipe(), method, **options)
+
+
+def test_pipeline_options_the_parallel_loop_cannot_honour():
+    flux = paratriton.parallelize(make_flux(FlowMatchEulerDiscreteScheduler()))
+    neg = dict(negative_prompt_embeds=torch.randn(1, 7, 32), negative_pooled_prompt_embeds=torch.randn(1, 32))
+    with pytest.raises(ValueError, match="true_cfg_scale"):
+        flux(**flux_inputs(1, True), true_cfg_scale=2.0, **neg)
+    sdxl = paratriton.parallelize(make_sdxl(_ddim()))
+    with pytest.raises(ValueError, match="denoising_end"):
+        sdxl(**sdxl_inputs(1, False), denoising_end=0.5)
+
+
+def test_import_paratriton_does_not_import_diffusers():
+    import subprocess
+    import sys
+
+    code = "import sys, paratriton; assert 'diffusers' not in sys.modules, 'diffusers imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
