@@ -27,8 +27,8 @@ step from ``t_h`` to ``t_l`` (the paper's coarse solver; the same jump as freezi
 means compose to the posterior mean of the big jump ``q(x_l | x_h, x0)`` (the forward process is Markov given
 ``x0``), and flow-matching Euler becomes the straight line to ``x0_hat``. Freezing the raw epsilon instead gives
 the same DDIM jump but, for DDPM, a jump whose ``A`` amplifies perturbations (``prod 1/sqrt(alpha_i)``) without the
-denoising that follows each injected noise: on the analytic model Parareal then needed all ``K`` iterations at
-eta = 1, against 3-4 with ``x0_hat`` frozen. (If some ``|q_i|`` is ~0 the raw output is frozen instead.) The
+denoising that follows each injected noise: on the analytic model (DDPM, tol 1e-3) Parareal then needed 5 of 5
+(T=25) and 9 of 10 (T=100) iterations, against 3 and 4 with ``x0_hat`` frozen. (If some ``|q_i|`` is ~0 the raw output is frozen instead.) The
 coarse solver need not be accurate: Parareal's correction makes the fixed point exact whatever ``G`` is; ``G``'s
 accuracy only sets the number of iterations.
 
@@ -425,6 +425,8 @@ class SRDS:
             for r, (q, p, j) in enumerate(rd.rows):
                 if j == 0:
                     m0[(q, p)] = out[r]
+                if p + 1 > min(P, K - q):  # a coarse-only evaluation: Y^{p+1}_q is never used (as in the schedule)
+                    continue
                 if j == S - 1:
                     Y[(q, p + 1)] = new[r]
                     state.pop((q, p), None)
@@ -438,6 +440,7 @@ class SRDS:
                 elif q >= K - p:  # exact start: nothing to correct
                     Xn = Y.pop((q, p))
                     res[p - 1, q * S] = 0.0
+                    m0.pop((q, p - 1), None)
                 else:  # Parareal corrector; E_q cancels in G(X^p) - G(X^{p-1})
                     y = Y.pop((q, p))
                     corr = A_q[q] * (X[(q + 1, p)] - X[(q + 1, p - 1)]) + B_q[q] * (m0[(q, p)] - m0[(q, p - 1)])
