@@ -26,10 +26,10 @@ and these moves compose exactly with ``x0_hat`` fixed -- DDIM's deterministic st
 step from ``t_h`` to ``t_l`` (the paper's coarse solver; the same jump as freezing epsilon), the DDPM posterior
 means compose to the posterior mean of the big jump ``q(x_l | x_h, x0)`` (the forward process is Markov given
 ``x0``), and flow-matching Euler becomes the straight line to ``x0_hat``. Freezing the raw epsilon instead gives
-the same DDIM jump but, for DDPM, a jump whose ``A`` amplifies perturbations (``prod 1/sqrt(alpha_i)``) without the
-denoising that follows each injected noise: on the analytic model (DDPM, tol 1e-3) Parareal then needed 5 of 5
-(T=25) and 9 of 10 (T=100) iterations, against 3 and 4 with ``x0_hat`` frozen. (If some ``|q_i|`` is ~0 the raw output is frozen instead.) The
-coarse solver need not be accurate: Parareal's correction makes the fixed point exact whatever ``G`` is; ``G``'s
+the same DDIM jump but, for DDPM, a jump with the same ``A`` and a different ``B`` that is not the big posterior
+step (DDPM's per-step posterior means do not compose with epsilon held fixed): on the analytic model (DDPM, tol
+1e-3) Parareal then needed 5 of 5 (T=25) and 9 of 10 (T=100) iterations, against 3 and 4 with ``x0_hat`` frozen.
+(If some ``|q_i|`` is ~0 the raw output is frozen instead.) The coarse solver need not be accurate: Parareal's correction makes the fixed point exact whatever ``G`` is; ``G``'s
 accuracy only sets the number of iterations.
 
 Two consequences used below:
