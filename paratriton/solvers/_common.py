@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -144,6 +145,7 @@ class WindowStep:
     x: torch.Tensor  # [hi - lo, B, D] view of the state for steps lo .. hi-1
     r: torch.Tensor  # [hi - lo, B, D] order-1 residuals
     a: torch.Tensor  # [hi - lo] step coefficients
+    rms: torch.Tensor | None = None  # [hi - lo, B] RMS of the order-1 residuals
 
 
 class ParallelSolver:
@@ -170,6 +172,7 @@ class ParallelSolver:
         if callback is not None and not callable(callback):
             raise TypeError("callback must be callable")
         self.callback = callback
+        self.window_shrunk_to: int | None = None  # set when running out of memory forced a smaller window
 
     # -- hooks -------------------------------------------------------------------------------------------------
     def start(self, T: int, B: int, D: int, device: torch.device) -> None:
@@ -222,7 +225,19 @@ class ParallelSolver:
             if uninit >= lo:  # new window slots start as a copy of the lowest initialised state
                 x[lo:uninit + 1] = x[uninit + 1]
                 uninit = lo - 1
-            m_out = call(x[lo + 1:hi + 1], steps_all[lo:hi])
+            try:
+                m_out = call(x[lo + 1:hi + 1], steps_all[lo:hi])
+            except torch.OutOfMemoryError:
+                if hi - lo == 1:
+                    raise
+                # a smaller window solves the same system (the fixed point does not depend on W): halve and retry
+                W = max(1, (hi - lo) // 2)
+                self.window_shrunk_to = W
+                warnings.warn(f"out of memory with a window of {hi - lo} steps: continuing with window={W}",
+                              RuntimeWarning, stacklevel=3)
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
             nfe += hi - lo
             r, rms, top = self.residual(x[lo:hi + 1], m_out, None if xi is None else xi[lo:hi],
                                         a[lo:hi], b[lo:hi], c[lo:hi], threshold[lo:hi], lo=lo, iteration=it)
@@ -233,7 +248,7 @@ class ParallelSolver:
                     raise_nonfinite(m_out, lo, it, "the model output")
                 raise_nonfinite(r, lo, it, "the residual (the iterates diverged)")
             jstar = lo + flags[0] if flags[0] >= 0 else lo
-            self.update(WindowStep(it, lo, hi, jstar, x[lo:hi], r, a[lo:hi]))
+            self.update(WindowStep(it, lo, hi, jstar, x[lo:hi], r, a[lo:hi], rms))
             row = torch.full((T,), float("nan"), dtype=torch.float64, device=dev)
             row[lo:hi] = rms.amax(dim=1).to(torch.float64)
             residuals.append(row)

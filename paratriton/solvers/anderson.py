@@ -19,15 +19,17 @@ class TriangularAnderson(FixedPoint):
 
     history: the number of secant pairs ``m`` (>= 1; the reference code's ``memory_size`` is ``history + 1``).
     ridge:   relative ridge ``lambda``: the system is ``G + (lambda * trace(G) / m + floor) I``.
+    safeguard: a step whose residual grew after an accelerated update takes the plain fixed-point step next.
     """
 
     method = "taa"
     triangular = True
 
-    def __init__(self, *, history: int = 2, ridge: float = 1e-3, **kw) -> None:
+    def __init__(self, *, history: int = 2, ridge: float = 1e-3, safeguard: bool = True, **kw) -> None:
         super().__init__(**kw)
         self.history = _check_int("history", history, 1)
         self.ridge = _check_positive("ridge", ridge)
+        self.safeguard = bool(safeguard)
 
     def start(self, T: int, B: int, D: int, device: torch.device) -> None:
         M = self.history + 1  # stored iterates
@@ -36,6 +38,8 @@ class TriangularAnderson(FixedPoint):
         self.hist_x = torch.zeros(M, T, B, D, dtype=self.state_dtype, device=device)
         self.hist_R = torch.zeros_like(self.hist_x)
         self.count = torch.zeros(T, dtype=torch.long, device=device)
+        self.prev_rms = torch.zeros(T, dtype=self.state_dtype, device=device)
+        self.prev_accel = torch.zeros(T, dtype=torch.bool, device=device)
         if self.backend == "triton":  # the fused ops keep Y = x + R instead of x (see paratriton/ops/taa)
             self.hist_Y, self.hist_x = self.hist_x, None
 
@@ -50,16 +54,31 @@ class TriangularAnderson(FixedPoint):
             self.unit_weights)
         return self.hist_R[slot, lo:lo + n], rms, top  # "r" is the order-k residual R here
 
+    def _accelerated(self, step: WindowStep, m_i: torch.Tensor) -> torch.Tensor:
+        """Which steps of the window take the Anderson step (``[hi - lo]`` bool, on the device).
+
+        Never at or above ``j*``: ``x_{j*}`` must take the exact fixed-point step (worst case T iterations). With the
+        safeguard, a step whose residual grew after its last accelerated update takes the plain step this time.
+        """
+        lo, hi = step.lo, step.hi
+        accel = (torch.arange(lo, hi, device=m_i.device) < step.top_unconverged) & (m_i >= 1)
+        if self.safeguard and step.rms is not None:
+            worst = step.rms.amax(dim=1).to(self.prev_rms.dtype)
+            accel &= ~(self.prev_accel[lo:hi] & (worst > self.prev_rms[lo:hi]))
+            self.prev_rms[lo:hi] = worst
+            self.prev_accel[lo:hi] = accel
+        return accel
+
     def _update_fused(self, step: WindowStep) -> None:
         lo, hi, it = step.lo, step.hi, step.iteration
         M = self.history + 1
         slot = it % M
         self.count[lo:hi] += 1
         m_i = self.count[lo:hi].clamp(max=M) - 1
+        accel = self._accelerated(step, m_i)
         if step.top_unconverged <= lo:
             step.x.copy_(self.hist_Y[slot, lo:hi])
             return
-        accel = (torch.arange(lo, hi, device=step.x.device) < step.top_unconverged) & (m_i >= 1)
         num_cols = torch.where(accel, m_i, torch.zeros_like(m_i))
         G, h = self._G, self._h
         if not self.triangular:
@@ -78,8 +97,7 @@ class TriangularAnderson(FixedPoint):
         self.hist_R[slot, lo:hi] = R
         self.count[lo:hi] += 1
         m_i = self.count[lo:hi].clamp(max=M) - 1  # secant pairs per step
-        # never accelerate at or above j*: x_{j*} must take the exact fixed-point step (worst case T iterations)
-        accel = (torch.arange(lo, hi, device=R.device) < step.top_unconverged) & (m_i >= 1)
+        accel = self._accelerated(step, m_i)
         if step.top_unconverged <= lo:
             step.x += R
             return

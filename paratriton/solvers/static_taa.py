@@ -33,7 +33,7 @@ class StaticTAA:
 
     def __init__(self, *, order: int | None = None, history: int = 2, ridge: float = 1e-3, tol_abs: float = 1e-3,
                  tol_rel: float = 1e-3, max_iters: int | None = None, buckets: int = 4,
-                 use_cuda_graph: bool = True, callback: Callable[[IterationInfo], None] | None = None) -> None:
+                 use_cuda_graph: bool = True, safeguard: bool = True, callback: Callable[[IterationInfo], None] | None = None) -> None:
         self.order = None if order is None else _check_int("order", order, 1)
         self.history = _check_int("history", history, 1)
         self.ridge = _check_positive("ridge", ridge)
@@ -42,6 +42,7 @@ class StaticTAA:
         self.max_iters = None if max_iters is None else _check_int("max_iters", max_iters, 1)
         self.buckets = _check_int("buckets", buckets, 1, 16)
         self.use_cuda_graph = use_cuda_graph
+        self.safeguard = bool(safeguard)
         self.callback = callback
 
     def _iteration(self, H: int) -> None:
@@ -70,6 +71,11 @@ class StaticTAA:
         dX, dR = hx[:-1] - hx[1:], (hR[:-1] - hR[1:]) * act
         G, h = anderson_gram(dR, R)
         accel = active & (idx < jstar) & (m_i >= 1)
+        if self.safeguard:  # as TriangularAnderson._accelerated: no Anderson step where it made the residual grow
+            worst = rms.amax(1)
+            accel &= ~(s["prev_accel"][:H] & (worst > s["prev_rms"][:H]))
+            s["prev_rms"][:H] = torch.where(active, worst, s["prev_rms"][:H])
+            s["prev_accel"][:H] = torch.where(active, accel, s["prev_accel"][:H])
         num_cols = torch.where(accel, m_i, torch.zeros_like(m_i))
         gamma = torch.ops.paratriton.masked_lstsq(G, h, num_cols, self.ridge)
         new = x[:H] + R - torch.einsum("jnbd,nbj->nbd", dX + dR, gamma.to(x.dtype))
@@ -95,6 +101,7 @@ class StaticTAA:
             hist_x=torch.zeros(M, T, B, D, dtype=dt, device=dev), hist_R=torch.zeros(M, T, B, D, dtype=dt, device=dev),
             count=torch.zeros(T, dtype=torch.long, device=dev), F=torch.tensor(T, device=dev),
             slot=torch.zeros(1, dtype=torch.long, device=dev), idx=torch.arange(T, device=dev),
+            prev_rms=torch.zeros(T, dtype=dt, device=dev), prev_accel=torch.zeros(T, dtype=torch.bool, device=dev),
             bad=torch.zeros((), dtype=torch.bool, device=dev), rms=torch.zeros(T, B, dtype=dt, device=dev),
             call=ModelCaller(model, shape, B))
         sizes = sorted({max(1, math.ceil(T / 2**j)) for j in range(self.buckets)})
@@ -126,7 +133,8 @@ class StaticTAA:
         """Capture one iteration of bucket ``H``. The warm-up run on a side stream (which lets lazy initialisation
         happen outside the capture) is a real iteration, so the state is saved before it and restored after."""
         s = self._s
-        saved = {k: s[k].clone() for k in ("x", "hist_x", "hist_R", "count", "F", "slot", "rms", "bad")}
+        saved = {k: s[k].clone() for k in ("x", "hist_x", "hist_R", "count", "F", "slot", "rms", "bad", "prev_rms",
+                                           "prev_accel")}
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
