@@ -63,7 +63,8 @@ def _residual_kernel(
     s_xp, s_xb, s_xd, s_mp, s_mb, s_md, s_np, s_nb, s_nd,
     s_rp, s_rb, s_rd, s_Rp, s_Rb, s_Rd, s_Yp, s_Yb, s_Yd, s_Hs, s_Hp, s_Hb, s_Hd,
     FROM_R: tl.constexpr, HAS_NOISE: tl.constexpr, SUMSQ: tl.constexpr, WRITE_R1: tl.constexpr,
-    ORDER_K: tl.constexpr, WRITE_RK: tl.constexpr, BANDED: tl.constexpr, UNIT: tl.constexpr, MH: tl.constexpr,
+    ORDER_K: tl.constexpr, WRITE_RK: tl.constexpr, BANDED: tl.constexpr, UNIT: tl.constexpr, WRITE_Y: tl.constexpr,
+    MH: tl.constexpr,
     NG: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
     dt: tl.constexpr = x_ptr.dtype.element_ty
@@ -125,9 +126,9 @@ def _residual_kernel(
             carry = tl.sum(tl.where(rows[:, None] == BLOCK_P - 1, R, 0.0), axis=0)
             if WRITE_RK:
                 tl.store(R_out + p64[:, None] * s_Rp + b * s_Rb + offs_d[None, :] * s_Rd, R, mask=mask)
-            if MH > 0:
-                # history push of Y = x + R (the fixed-point image) and the Gram partials of the newest columns
+            if WRITE_Y:  # history push of Y = x + R, the fixed-point image
                 tl.store(Y_out + p64[:, None] * s_Yp + b * s_Yb + offs_d[None, :] * s_Yd, x_lo + R, mask=mask)
+            if MH > 0:  # Gram partials of the newest history columns
                 c0 = R - h1
                 c1 = h1 - h2
                 c2 = h2 - h3
@@ -155,7 +156,9 @@ def default_config(mh: int, state_dtype: torch.dtype) -> tuple[int, int, int, in
     """(BLOCK_P, BLOCK_D, num_warps, num_stages) of the residual pass (measured on an H200, see RESULTS.md)."""
     if mh in TUNED:
         return TUNED[mh]
-    return 4, 256, 4, 1
+    # H200, W=100, D=262144 (benchmarks/RESULTS.md): few steps per tile and a pipelined loop win for short
+    # histories; with 5 columns the 21 per-tile reductions favour wider tiles and no extra stages (registers)
+    return (2, 128, 2, 3) if mh <= 3 else (4, 256, 4, 1)
 
 
 def residual_pass(x: torch.Tensor, model_out: torch.Tensor | None, noise: torch.Tensor | None,
@@ -231,7 +234,7 @@ def residual_pass(x: torch.Tensor, model_out: torch.Tensor | None, noise: torch.
         *x.stride(), *st(model_out), *st(noise), *st(r), *st(R), *(st(Y) if ring else (0, 0, 0)),
         *(hist_R.stride() if ring else (0, 0, 0, 0)),
         FROM_R=from_r, HAS_NOISE=noise is not None, SUMSQ=sumsq, WRITE_R1=r is not None,
-        ORDER_K=order is not None, WRITE_RK=R is not None, BANDED=banded, UNIT=unit_weights,
+        ORDER_K=order is not None, WRITE_RK=R is not None, BANDED=banded, UNIT=unit_weights, WRITE_Y=ring,
         MH=mh, NG=ng, BLOCK_P=block_p, BLOCK_D=block_d, NUM_STAGES=num_stages, num_warps=num_warps)
     if sumsq or ring:
         launch_reduce(part, out.get("G", part[:0]), out.get("h", part[:0]), out.get("rms"), threshold,
