@@ -143,3 +143,26 @@ def test_fuzz_every_solver_is_exact(T, B, shape, eta, method, window, order, his
     assert res.converged and res.iterations <= T
     assert res.sample.shape == x_T.shape
     assert (res.sample - ref.sample).square().mean().sqrt() <= 1e-8
+
+
+def test_fp16_model_never_sees_inf_and_still_converges():
+    # DDPM-100 with order-k = T: early fixed-point iterates leave the fp16 range (the weights reach ~1e2)
+    from diffusers import DDPMScheduler
+
+    cf = pt.coefficients_from_scheduler(DDPMScheduler(clip_sample=False), 100)
+    exact = GaussianMixture.random((2, 4, 4), 3, std=0.3, seed=0).denoiser(cf)
+    g = torch.Generator().manual_seed(0)
+    x_T = torch.randn(2, 2, 4, 4, generator=g, dtype=torch.float64)
+    noise = torch.randn(100, 2, 2, 4, 4, generator=g, dtype=torch.float64)
+    seen = []
+
+    def fp16_network(x, s):  # half-precision input, a bounded output, as a normalised network has
+        xh = x.to(torch.float16)
+        seen.append(bool(torch.isinf(xh).any()))
+        return exact(xh.double(), s).clamp(-1e4, 1e4).to(torch.float16)
+
+    ref = pt.solve(fp16_network, cf, x_T, noise, method="sequential")
+    seen.clear()
+    res = pt.solve(fp16_network, cf, x_T, noise, method="fp", tol_abs=1e-6, tol_rel=1e-6)
+    assert not any(seen) and res.converged and res.iterations <= 100
+    assert (res.sample - ref.sample).square().mean().sqrt() <= 1e-4
