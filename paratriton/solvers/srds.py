@@ -29,8 +29,8 @@ means compose to the posterior mean of the big jump ``q(x_l | x_h, x0)`` (the fo
 the same DDIM jump but, for DDPM, a jump with the same ``A`` and a different ``B`` that is not the big posterior
 step (DDPM's per-step posterior means do not compose with epsilon held fixed): on the analytic model (DDPM, tol
 1e-3) Parareal then needed 5 of 5 (T=25) and 9 of 10 (T=100) iterations, against 3 and 4 with ``x0_hat`` frozen.
-(If some ``|q_i|`` is ~0 the raw output is frozen instead.) The coarse solver need not be accurate: Parareal's correction makes the fixed point exact whatever ``G`` is; ``G``'s
-accuracy only sets the number of iterations.
+(If some ``|q_i|`` is ~0 the raw output is frozen instead.) The coarse solver need not be accurate: Parareal's
+correction makes the fixed point exact whatever ``G`` is; ``G``'s accuracy only sets the number of iterations.
 
 Two consequences used below:
 
