@@ -75,3 +75,25 @@ def test_cuda_graphs_match_eager():
     seq = GraphedSequential(model, cf, x_T, noise, state_dtype=torch.float64).run()
     ref = pt.solve(model, cf, x_T, noise, method="sequential")
     torch.testing.assert_close(seq.sample, ref.sample, rtol=0, atol=1e-10)
+
+
+def test_static_taa_reuses_buffers_for_a_new_problem():
+    cf, model, x_T, noise = problem("ddpm", 25, 1)
+    solver = StaticTAA(tol_abs=1e-8, tol_rel=1e-8)
+    first = solver.solve(model, cf, x_T, noise).sample.clone()
+    buffers = solver._s
+    second = solver.solve(model, cf, -x_T, noise.flip(0)).sample.clone()
+    assert solver._s is buffers  # reused, not rebuilt
+    fresh = StaticTAA(tol_abs=1e-8, tol_rel=1e-8).solve(model, cf, -x_T, noise.flip(0)).sample
+    torch.testing.assert_close(second, fresh, rtol=0, atol=0)
+    assert not torch.allclose(first, second)
+
+
+def test_static_taa_rebuilds_for_other_coefficients():
+    cf, model, x_T, noise = problem("ddpm", 25, 1)
+    cf2, model2, _, _ = problem("ddim", 25, 1)
+    solver = StaticTAA(tol_abs=1e-8, tol_rel=1e-8)
+    solver.solve(model, cf, x_T, noise)
+    got = solver.solve(model2, cf2, x_T, None).sample
+    ref = pt.solve(model2, cf2, x_T, None, method="sequential").sample
+    assert (got - ref).square().mean().sqrt() <= 1e-6

@@ -87,34 +87,30 @@ class StaticTAA:
 
     def solve(self, model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor,
               noise: torch.Tensor | None = None) -> SolveResult:
-        """Same contract as ``paratriton.solve(..., method="taa", window=T)``."""
+        """Same contract as ``paratriton.solve(..., method="taa", window=T)``.
+
+        Solving again with the same model, coefficients and shapes reuses the buffers and the captured graphs
+        (only ``x_T`` and ``noise`` are copied in), so a second call costs the replays alone.
+        """
         check_problem(coeffs, x_T, noise)
-        T, B, shape = coeffs.num_steps, x_T.shape[0], tuple(x_T.shape[1:])
-        D, dev, dt = math.prod(shape), x_T.device, torch.float64
-        M = self.history + 1
-        cf = coeffs.to(dev)
-        x = x_T.reshape(1, B, D).to(dt).repeat(T + 1, 1, 1)  # every step starts as a copy of x_T
-        self._s = s = dict(
-            T=T, x=x, a=cf.a.to(dt), b=cf.b.to(dt), c=cf.c.to(dt),
-            thr=torch.clamp(self.tol_rel * cf.posterior_std, min=self.tol_abs).to(dt),
-            xi=None if noise is None else noise.reshape(T, B, D).to(dt),
-            hist_x=torch.zeros(M, T, B, D, dtype=dt, device=dev), hist_R=torch.zeros(M, T, B, D, dtype=dt, device=dev),
-            count=torch.zeros(T, dtype=torch.long, device=dev), F=torch.tensor(T, device=dev),
-            slot=torch.zeros(1, dtype=torch.long, device=dev), idx=torch.arange(T, device=dev),
-            prev_rms=torch.zeros(T, dtype=dt, device=dev), prev_accel=torch.zeros(T, dtype=torch.bool, device=dev),
-            bad=torch.zeros((), dtype=torch.bool, device=dev), rms=torch.zeros(T, B, dtype=dt, device=dev),
-            call=ModelCaller(model, shape, B))
+        key = (model, coeffs, tuple(x_T.shape), x_T.device, noise is None)
+        old = getattr(self, "_key", None)
+        if old is None or old[0] is not model or old[1] is not coeffs or old[2:] != key[2:]:
+            self._setup(model, coeffs, x_T, noise)
+            self._key, self._graphs = key, {}
+        else:
+            self._reset(x_T, noise)
+        s, T, B, shape = self._s, coeffs.num_steps, x_T.shape[0], tuple(x_T.shape[1:])
         sizes = sorted({max(1, math.ceil(T / 2**j)) for j in range(self.buckets)})
-        graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        graphed = self.use_cuda_graph and dev.type == "cuda"
+        graphed = self.use_cuda_graph and x_T.device.type == "cuda"
         max_iters = T if self.max_iters is None else self.max_iters
         F_host, it, nfe, residuals = T, 0, 0, []
         while F_host > 0 and it < max_iters:
             H = next(h for h in sizes if h >= F_host)
             if graphed:
-                if H not in graphs:
-                    graphs[H] = self._capture(H)
-                graphs[H].replay()
+                if H not in self._graphs:
+                    self._graphs[H] = self._capture(H)
+                self._graphs[H].replay()
             else:
                 self._iteration(H)
             F_new, bad = torch.stack([s["F"], s["bad"].long()]).tolist()  # the one sync per iteration
@@ -122,12 +118,40 @@ class StaticTAA:
                 raise NonFiniteError(f"the model output or the residual is NaN/inf in iteration {it}; "
                                      "the sampler stopped and returns no image")
             nfe += F_host
-            residuals.append(s["rms"].amax(1).to("cpu", torch.float64))
+            residuals.append(s["rms"].amax(1))  # stays on the device until the end
             F_host, it = F_new, it + 1
             if self.callback is not None:
-                self.callback(IterationInfo(it, (0, H), F_host, s["rms"][:H], x.reshape(T + 1, B, *shape)))
-        traj = x.reshape(T + 1, B, *shape)
-        return SolveResult(traj[0], traj, it, nfe, torch.stack(residuals), F_host == 0, "taa(static)")
+                self.callback(IterationInfo(it, (0, H), F_host, s["rms"][:H], s["x"].reshape(T + 1, B, *shape)))
+        traj = s["x"].reshape(T + 1, B, *shape)
+        res = torch.stack(residuals).to("cpu", torch.float64)
+        return SolveResult(traj[0], traj, it, nfe, res, F_host == 0, "taa(static)")
+
+    def _setup(self, model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor,
+               noise: torch.Tensor | None) -> None:
+        T, B, shape = coeffs.num_steps, x_T.shape[0], tuple(x_T.shape[1:])
+        D, dev, dt, M = math.prod(shape), x_T.device, torch.float64, self.history + 1
+        cf = coeffs.to(dev)
+        self._s = dict(
+            T=T, x=torch.empty(T + 1, B, D, dtype=dt, device=dev), a=cf.a.to(dt), b=cf.b.to(dt), c=cf.c.to(dt),
+            thr=torch.clamp(self.tol_rel * cf.posterior_std, min=self.tol_abs).to(dt),
+            xi=None if noise is None else torch.empty(T, B, D, dtype=dt, device=dev),
+            hist_x=torch.empty(M, T, B, D, dtype=dt, device=dev), hist_R=torch.empty(M, T, B, D, dtype=dt, device=dev),
+            count=torch.empty(T, dtype=torch.long, device=dev), F=torch.empty((), dtype=torch.long, device=dev),
+            slot=torch.empty(1, dtype=torch.long, device=dev), idx=torch.arange(T, device=dev),
+            prev_rms=torch.empty(T, dtype=dt, device=dev), prev_accel=torch.empty(T, dtype=torch.bool, device=dev),
+            bad=torch.zeros((), dtype=torch.bool, device=dev), rms=torch.zeros(T, B, dtype=dt, device=dev),
+            call=ModelCaller(model, shape, B))
+        self._reset(x_T, noise)
+
+    def _reset(self, x_T: torch.Tensor, noise: torch.Tensor | None) -> None:
+        """Fill the static buffers in place (captured graphs keep pointing at them)."""
+        s = self._s
+        s["x"].copy_(x_T.reshape(1, *s["x"].shape[1:]).expand_as(s["x"]))  # every step starts as a copy of x_T
+        if s["xi"] is not None:
+            s["xi"].copy_(noise.reshape(s["xi"].shape))
+        for k in ("hist_x", "hist_R", "count", "prev_rms", "prev_accel", "slot"):
+            s[k].zero_()
+        s["F"].fill_(s["T"])
 
     def _capture(self, H: int) -> "torch.cuda.CUDAGraph":
         """Capture one iteration of bucket ``H``. The warm-up run on a side stream (which lets lazy initialisation
