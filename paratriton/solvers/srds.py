@@ -471,8 +471,9 @@ class SRDS:
                 break
 
         traj = x.reshape(T + 1, B, *shape)
-        return SRDSResult(traj[0], traj, done_iters, nfe, res[:done_iters].amax(dim=-1).cpu(), converged,
-                          self.method, windows, critical_path=call.calls, blocks=K,
+        return SRDSResult(sample=traj[0], trajectory=traj, iterations=done_iters, nfe=nfe,
+                          residuals=res[:done_iters].amax(dim=-1).cpu(), converged=converged, method=self.method,
+                          window_history=windows, critical_path=call.calls, blocks=K,
                           increments=torch.tensor(increments, dtype=torch.float64), rows_per_call=rows_per_call)
 
     @staticmethod
