@@ -1,0 +1,130 @@
+"""The torch.library registrations: opcheck on every op, torch.compile(fullgraph=True) of a whole TAA iteration
+through the ops, and the solver's backend switch (on the CPU the ops run the references)."""
+
+import pytest
+import torch
+
+import paratriton as pt
+import paratriton.ops  # noqa: F401  (registers torch.ops.paratriton.*)
+from paratriton.ops import taa
+from paratriton.testing import GaussianMixture
+from paratriton.testing.gaussian_mixture import default_schedule
+
+ops = torch.ops.paratriton
+
+
+def rnd(*shape, seed=0, dtype=torch.float64):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
+
+
+def window(n=4, B=2, D=6, M=3, model=torch.float16, seed=0):
+    x, mo, xi = rnd(n + 1, B, D, seed=seed), rnd(n, B, D, seed=seed + 1, dtype=model), rnd(n, B, D, seed=seed + 2)
+    a = 1 + 0.1 * torch.rand(n, dtype=torch.float64)
+    b, c = -torch.rand(n, dtype=torch.float64), torch.rand(n, dtype=torch.float64)
+    thr = torch.full((n,), 0.3, dtype=torch.float64)
+    return x, mo, xi, a, b, c, thr, rnd(M, n, B, D, seed=seed + 3), rnd(M, n, B, D, seed=seed + 4)
+
+
+def test_opcheck_every_op():
+    x, mo, xi, a, b, c, thr, hR, hY = window()
+    n, B, D, m = 4, 2, 6, 2
+    cases = [
+        (ops.step_residual, (x, mo, xi, a, b, c, thr)),
+        (ops.step_residual, (x, mo, None, a, b, c, thr)),
+        (ops.order_k_residual, (rnd(n, B, D), a, 2, False)),
+        (ops.order_k_residual, (rnd(n, B, D), a, 9, True)),
+        (ops.anderson_gram, (rnd(m, n, B, D), rnd(n, B, D))),
+        (ops.masked_lstsq, (torch.eye(m, dtype=torch.float64).repeat(n, B, 1, 1) * 2, rnd(n, B, m),
+                            torch.tensor([0, 1, 2, 2]), 1e-3, 1e-30)),
+        (ops.anderson_update, (rnd(n, B, D), rnd(n, B, D), rnd(m, n, B, D), rnd(m, n, B, D), rnd(n, B, m))),
+        (ops.taa_residual, (x, mo, xi, a, b, c, thr, hR, hY, 1, n, False)),
+        (ops.taa_update, (rnd(n, B, D), hY, rnd(n, B, m), 2)),
+    ]
+    for op, args in cases:
+        torch.library.opcheck(op, args)
+
+
+def test_registered_ops_dispatch_to_the_references_on_cpu():
+    x, mo, xi, a, b, c, thr, hR, hY = window()
+    r, rms, top = ops.step_residual(x, mo, xi, a, b, c, thr)
+    r0, rms0, top0 = pt.ops.step_residual(x, mo, xi, a, b, c, thr)
+    assert torch.equal(r, r0) and torch.equal(rms, rms0) and torch.equal(top, top0)
+    out = ops.taa_residual(x, mo, xi, a, b, c, thr, hR, hY, 0, 4, False)
+    assert torch.equal(hR[0], pt.ops.order_k_residual(r0, a, 4))
+
+
+def taa_iteration(x, mo, xi, a, b, c, thr, hR, hY, count, slot: int, top_limit: torch.Tensor):
+    """One TAA iteration with backend="triton", without the host read of the top step (kept on the device)."""
+    M = hR.shape[0]
+    n = x.shape[0] - 1
+    rms, top, G, h = ops.taa_residual(x, mo, xi, a, b, c, thr, hR, hY, slot, n, False)
+    count += 1
+    m_i = count.clamp(max=M) - 1
+    accel = (torch.arange(n) < torch.minimum(top, top_limit)) & (m_i >= 1)
+    gamma = ops.masked_lstsq(G, h, torch.where(accel, m_i, torch.zeros_like(m_i)), 1e-3, 1e-30)
+    ops.taa_update(x[:-1], hY, gamma, slot)
+    return rms, top
+
+
+def test_compile_fullgraph_whole_iteration():
+    x, mo, xi, a, b, c, thr, hR, hY = window(n=5, M=3)
+    count = torch.full((5,), 2, dtype=torch.long)
+    args = (x, mo, xi, a, b, c, thr, hR, hY, count)
+    eager_args = [t.clone() for t in args]
+    torch._dynamo.reset()
+    # aot_eager runs Dynamo (fullgraph: no graph break), the fake kernels and functionalisation of the in-place
+    # ops, which is what the registrations must support; Inductor's CPU codegen adds ~90 s on CI and nothing here
+    compiled = torch.compile(taa_iteration, fullgraph=True, backend="aot_eager")
+    limit = torch.tensor(5)
+    for it in range(3):  # three iterations: the ring slot moves and the state feeds back
+        re = taa_iteration(*eager_args, it % 3, limit)
+        rc = compiled(*args, it % 3, limit)
+        torch.testing.assert_close(rc[0], re[0], rtol=1e-12, atol=0)
+        assert rc[1].item() == re[1].item()
+    for u, v in zip(args, eager_args):
+        torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-14)
+    assert not torch.equal(x, window(n=5, M=3)[0])  # the state was updated in place
+
+
+@pytest.fixture(scope="module")
+def gm_problem():
+    T = 12
+    cf = default_schedule(T, eta=1.0)
+    gm = GaussianMixture.random((2, 3, 3), num_components=3, std=0.3, seed=0)
+    g = torch.Generator().manual_seed(1)
+    x_T = torch.randn(2, 2, 3, 3, generator=g, dtype=torch.float64)
+    noise = torch.randn(T, 2, 2, 3, 3, generator=g, dtype=torch.float64)
+    return cf, gm.denoiser(cf), x_T, noise
+
+
+@pytest.mark.parametrize("method,opts", [("taa", {}), ("taa", dict(window=5, history=3, order=2)),
+                                         ("aa", dict(history=2)), ("fp", dict(order=3)), ("picard", {})])
+def test_solver_backend_triton_equals_torch(gm_problem, method, opts):
+    cf, model, x_T, noise = gm_problem
+    res = {be: pt.solve(model, cf, x_T, noise, method=method, tol_abs=1e-9, tol_rel=1e-9, backend=be, **opts)
+           for be in ("torch", "triton")}
+    assert res["torch"].iterations == res["triton"].iterations
+    assert res["triton"].converged
+    torch.testing.assert_close(res["triton"].sample, res["torch"].sample, rtol=0, atol=1e-12)
+    torch.testing.assert_close(res["triton"].residuals, res["torch"].residuals, rtol=1e-6, atol=1e-14,
+                               equal_nan=True)
+
+
+def test_backend_is_validated():
+    with pytest.raises(ValueError, match="backend"):
+        pt.solve(lambda x, s: x, default_schedule(3), torch.zeros(1, 2), method="taa", backend="cuda")
+
+
+def test_ring_naive_matches_the_explicit_anderson_step():
+    """The (R, Y = x + R) ring update equals x + R - (dX + dR) gamma of the per-op references."""
+    n, B, D, M, slot = 3, 1, 8, 4, 2
+    hx, hR = rnd(M, n, B, D, seed=60), rnd(M, n, B, D, seed=61)
+    hY = hx + hR
+    gamma = rnd(n, B, M - 1, seed=62)
+    s = taa.ring_order(slot, M)
+    dX = torch.stack([hx[s[j]] - hx[s[j + 1]] for j in range(M - 1)])
+    dR = torch.stack([hR[s[j]] - hR[s[j + 1]] for j in range(M - 1)])
+    ref = pt.ops.anderson_update(hx[slot], hR[slot], dX, dR, gamma)
+    x = torch.empty(n, B, D, dtype=torch.float64)
+    taa.taa_update(x, hY, gamma, slot)
+    torch.testing.assert_close(x, ref, rtol=1e-12, atol=1e-13)
