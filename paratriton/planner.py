@@ -1,0 +1,116 @@
+"""Pick sequential or parallel sampling for a model on the hardware at hand, and predict the wall time.
+
+The cost of one parallel iteration is one batched model call over the window plus the solver's work; the cost of
+the sequential sampler is ``T`` calls at the sampling batch. Both come from the model's measured batch-time curve
+(CUDA-graphed where possible, cached per model and shape). The number of iterations and the window tops come from
+one calibration solve on the same model (``StaticTAA`` without graphs; any seed: convergence varies little), or
+from a given schedule. If the parallel prediction does not beat the sequential one, the plan says so.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+
+from .model import Denoiser
+from .schedule import SamplerCoefficients
+from .solvers.static_taa import StaticTAA
+
+__all__ = ["Plan", "plan", "batch_time_curve", "bucket_sizes"]
+
+_CURVES: "weakref.WeakKeyDictionary[object, dict[tuple, dict[int, float]]]" = weakref.WeakKeyDictionary()
+
+
+def bucket_sizes(T: int, buckets: int) -> list[int]:
+    """The window sizes ``StaticTAA`` captures: ``ceil(T / 2^j)`` for ``j < buckets``."""
+    return sorted({max(1, math.ceil(T / 2**j)) for j in range(buckets)})
+
+
+@dataclass
+class Plan:
+    method: str  # "taa" or "sequential"
+    history: int
+    buckets: int
+    predicted_ms: float  # of the chosen method
+    sequential_ms: float
+    parallel_ms: float
+    schedule: list[int]  # bucket (window) size of every predicted iteration
+    batch_ms: dict[int, float] = field(default_factory=dict)
+    reason: str = ""
+
+
+def _time_call(fn, device: torch.device, reps: int) -> float:
+    """Median ms of ``fn()``; CUDA-graphed on CUDA (what the solvers replay), wall clock on the CPU."""
+    if device.type == "cuda":
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn()
+        torch.cuda.current_stream().wait_stream(side)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            fn()
+        ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+        ts = []
+        for _ in range(reps):
+            ev[0].record()
+            g.replay()
+            ev[1].record()
+            ev[1].synchronize()
+            ts.append(ev[0].elapsed_time(ev[1]))
+        return statistics.median(ts)
+    fn()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(1e3 * (time.perf_counter() - t0))
+    return statistics.median(ts)
+
+
+def batch_time_curve(model: Denoiser, sample_shape: tuple[int, ...], rows: list[int], device: torch.device,
+                     reps: int = 10) -> dict[int, float]:
+    """Milliseconds per call of ``model`` on ``rows`` rows (float64 inputs, as the solvers pass them); cached."""
+    curve = _CURVES.setdefault(model, {}).setdefault((tuple(sample_shape), str(device)), {})
+    with torch.no_grad():
+        for n in rows:
+            if n not in curve:
+                x = torch.randn(n, *sample_shape, device=device, dtype=torch.float64)
+                s = torch.zeros(n, dtype=torch.long, device=device)
+                curve[n] = _time_call(lambda: model(x, s), device, reps)
+    return {n: curve[n] for n in rows}
+
+
+def plan(model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor, noise: torch.Tensor | None = None, *,
+         history: int = 2, buckets: int = 4, tol_abs: float = 1e-3, tol_rel: float = 1e-3,
+         schedule: list[int] | None = None, solver_ms: float | None = None) -> Plan:
+    """Plan sampling of ``x_T [B, ...]`` with ``model`` and ``coeffs`` on ``x_T``'s device.
+
+    schedule:  window tops per iteration of a previous solve; by default one calibration solve (no graphs).
+    solver_ms: the solver's own time per iteration; by default measured as one eager iteration minus its call.
+    """
+    T, B, shape = coeffs.num_steps, x_T.shape[0], tuple(x_T.shape[1:])
+    dev = x_T.device
+    sizes = bucket_sizes(T, buckets)
+    if schedule is None:
+        tops: list[int] = []
+        cal = StaticTAA(history=history, buckets=buckets, tol_abs=tol_abs, tol_rel=tol_rel, use_cuda_graph=False,
+                        callback=lambda info: tops.append(info.window[1]))
+        cal.solve(model, coeffs, x_T, noise)
+        schedule = tops
+    curve = batch_time_curve(model, shape, sorted({B, *[B * h for h in sizes]}), dev)
+    if solver_ms is None:
+        solver_ms = 0.05 if dev.type == "cuda" else 0.0  # a graphed iteration's ops: tens of microseconds
+    seq = T * curve[B]
+    par = sum(curve[B * h] + solver_ms for h in schedule)
+    if par < seq:
+        return Plan("taa", history, buckets, par, seq, par, list(schedule), curve,
+                    f"parallel: {len(schedule)} iterations at {par:.1f} ms beat {T} sequential calls at {seq:.1f} ms")
+    return Plan("sequential", history, buckets, seq, seq, par, list(schedule), curve,
+                f"sequential: {len(schedule)} parallel iterations would take {par:.1f} ms, more than {T} "
+                f"sequential calls at {seq:.1f} ms on this device (the model's batch time grows too fast)")
