@@ -1,0 +1,334 @@
+"""The compiled extension paratriton._C: every C++ CPU kernel against the float64 reference (awkward shapes,
+non-contiguous inputs, fp16/fp32 model outputs, float32 state), opcheck, proof that the dispatcher runs the C++
+kernel on CPU tensors, and a TAA solve through the ops equal to the reference solver.
+
+CI (CI=true) builds the extension with `pip install -e .`, so there a missing extension is a failure, not a skip.
+"""
+
+import os
+
+import pytest
+import torch
+
+import paratriton as pt
+from paratriton import _backends
+from paratriton.ops.anderson_gram.naive import anderson_gram
+from paratriton.ops.anderson_update.naive import anderson_update
+from paratriton.ops.masked_lstsq.naive import masked_lstsq
+from paratriton.ops.order_k_residual.naive import order_k_residual
+from paratriton.ops.step_residual.naive import step_residual
+from paratriton.ops.taa.naive import taa_residual, taa_update
+
+ops = torch.ops.paratriton
+REQUIRED = os.environ.get("CI", "").lower() in ("1", "true") or os.environ.get("PARATRITON_REQUIRE_EXT") == "1"
+
+
+def test_extension_is_built_and_loaded():
+    st = _backends.extension_status()
+    if not st["loaded"] and not REQUIRED:
+        pytest.skip(f"paratriton._C not in use: {st['reason']}")
+    assert st["loaded"], st
+    assert set(st["cpu"]) == set(_backends.OPS)
+    assert all(v["cpu"] == "cpp" for v in pt.backends().values()), pt.backends()
+    from paratriton import _C
+
+    assert _C.torch_version() == torch.__version__.split("+")[0]
+    assert isinstance(_C.has_cuda(), bool) and "cxx11abi" in _C.abi()
+
+
+pytestmark_ext = pytest.mark.skipif(not _backends.extension_status()["loaded"] and not REQUIRED,
+                                    reason="paratriton._C not built")
+
+
+def rnd(*shape, seed=0, dtype=torch.float64):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
+
+
+def noncontig(t):
+    """Same values, last dim strided by 2 (exercises the copy path) when t has D > 1."""
+    big = torch.zeros(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype)
+    big[..., ::2] = t
+    return big[..., ::2]
+
+
+def sliced(t, extra=2):
+    """Same values as a slice along dim 0 of a larger tensor (strided rows, contiguous D: the solver's layout)."""
+    big = torch.zeros(t.shape[0] + extra, *t.shape[1:], dtype=t.dtype)
+    big[1:1 + t.shape[0]] = t
+    return big[1:1 + t.shape[0]]
+
+
+def f64(t):
+    return None if t is None else t.to(torch.float64)
+
+
+def close(got, ref, dtype):
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
+    torch.testing.assert_close(got.to(torch.float64), ref.to(torch.float64), **tol)
+
+
+# (n, B, D): window n=1, D=1, D not a multiple of any vector width, D over the 256-element chunk, B > 1
+SHAPES = [(1, 1, 1), (1, 3, 5), (4, 2, 7), (7, 3, 37), (5, 2, 300)]
+STATE = [torch.float64, torch.float32]
+
+
+def window(n, B, D, dtype=torch.float64, model=torch.float64, seed=0, noise=True):
+    x = rnd(n + 1, B, D, seed=seed, dtype=dtype)
+    mo = rnd(n, B, D, seed=seed + 1, dtype=model)
+    xi = rnd(n, B, D, seed=seed + 2, dtype=dtype) if noise else None
+    a = 1 + 0.1 * torch.rand(n, dtype=torch.float64)
+    b, c = -torch.rand(n, dtype=torch.float64), torch.rand(n, dtype=torch.float64)
+    thr = torch.full((n,), 1.0, dtype=torch.float64)
+    return x, mo, xi, a, b, c, thr
+
+
+@pytestmark_ext
+@pytest.mark.parametrize("n,B,D", SHAPES)
+@pytest.mark.parametrize("dtype", STATE)
+@pytest.mark.parametrize("model", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_step_residual(n, B, D, dtype, model):
+    for layout in (lambda t: t, sliced, noncontig):
+        for noise in (True, False):
+            x, mo, xi, a, b, c, thr = window(n, B, D, dtype, model, noise=noise)
+            r, rms, top = ops.step_residual(layout(x), layout(mo), None if xi is None else layout(xi), a, b, c, thr)
+            r0, rms0, top0 = step_residual(f64(x), f64(mo), f64(xi), a, b, c, thr)
+            assert r.dtype == dtype and rms.dtype == dtype and top.dtype == torch.int64 and r.is_contiguous()
+            close(r, r0, dtype)
+            close(rms, rms0, dtype)
+            assert top.item() == top0.item()
+
+
+def test_step_residual_top_edge_cases():
+    if not _backends.extension_status()["loaded"]:
+        pytest.skip("paratriton._C not built")
+    x, mo, xi, a, b, c, thr = window(6, 2, 9)
+    for t in (0.0, 1e9):  # every step unconverged / every step converged
+        thr_t = torch.full((6,), t, dtype=torch.float64)
+        assert ops.step_residual(x, mo, xi, a, b, c, thr_t)[2].item() == step_residual(x, mo, xi, a, b, c, thr_t)[2]
+    mo_nan = mo.clone()
+    mo_nan[4, 1, 3] = float("nan")  # NaN RMS compares false, as in the reference
+    assert ops.step_residual(x, mo_nan, xi, a, b, c, thr)[2].item() == step_residual(x, mo_nan, xi, a, b, c, thr)[2]
+
+
+@pytestmark_ext
+@pytest.mark.parametrize("n,B,D", SHAPES)
+@pytest.mark.parametrize("dtype", STATE)
+def test_order_k_residual(n, B, D, dtype):
+    r = rnd(n, B, D, seed=3, dtype=dtype)
+    a = 1 + 0.1 * torch.rand(n, dtype=torch.float64)
+    for order in sorted({1, 2, 3, n, n + 4}):
+        for unit in (False, True):
+            for layout in (lambda t: t, sliced, noncontig):
+                R = ops.order_k_residual(layout(r), a, order, unit)
+                assert R.dtype == dtype
+                close(R, order_k_residual(f64(r), a, order, unit), dtype)
+    with pytest.raises(RuntimeError, match="order must be >= 1"):
+        ops.order_k_residual(r, a, 0)
+
+
+@pytestmark_ext
+@pytest.mark.parametrize("n,B,D", SHAPES)
+@pytest.mark.parametrize("m", [1, 2, 4])
+@pytest.mark.parametrize("dtype", STATE)
+def test_anderson_gram(n, B, D, m, dtype):
+    dR, R = rnd(m, n, B, D, seed=4, dtype=dtype), rnd(n, B, D, seed=5, dtype=dtype)
+    G0, h0 = anderson_gram(f64(dR), f64(R))
+    for layout in (lambda t: t, noncontig):
+        G, h = ops.anderson_gram(layout(dR), layout(R))
+        assert G.dtype == dtype and G.shape == (n, B, m, m) and h.shape == (n, B, m)
+        close(G, G0, dtype)
+        close(h, h0, dtype)
+    G, h = ops.anderson_gram(dR.transpose(0, 1).contiguous().transpose(0, 1), sliced(R))  # strided history dim
+    close(G, G0, dtype)
+
+
+@pytestmark_ext
+@pytest.mark.parametrize("n,B", [(1, 1), (4, 3), (9, 2)])
+@pytest.mark.parametrize("m", [1, 2, 3, 5])
+@pytest.mark.parametrize("dtype", STATE)
+def test_masked_lstsq(n, B, m, dtype):
+    A = rnd(n, B, m, 7, seed=6)
+    G = (A @ A.transpose(-1, -2)).to(dtype)  # Gram-like (PSD), as the solver produces
+    h = rnd(n, B, m, seed=7, dtype=dtype)
+    num_cols = torch.randint(0, m + 1, (n,))
+    num_cols[0] = m
+    for nc in (num_cols, num_cols.to(torch.int32), torch.full((n,), m + 2)):  # num_cols > m: all columns
+        for ridge in (1e-3, 0.5):
+            got = ops.masked_lstsq(G, h, nc, ridge, 1e-30)
+            ref = masked_lstsq(f64(G), f64(h), nc.long(), ridge, 1e-30)
+            assert got.dtype == dtype
+            tol = dict(rtol=1e-9, atol=1e-11) if dtype == torch.float64 else dict(rtol=2e-3, atol=2e-4)
+            torch.testing.assert_close(got.double(), ref, **tol)
+    got = ops.masked_lstsq(G.transpose(-1, -2), h, num_cols, 1e-3, 1e-30)  # non-contiguous (symmetric: same)
+    torch.testing.assert_close(got.double(), masked_lstsq(f64(G), f64(h), num_cols, 1e-3, 1e-30),
+                               rtol=1e-3 if dtype == torch.float32 else 1e-9, atol=1e-4)
+
+
+@pytestmark_ext
+@pytest.mark.parametrize("n,B,D", SHAPES)
+@pytest.mark.parametrize("m", [1, 3])
+@pytest.mark.parametrize("dtype", STATE)
+def test_anderson_update(n, B, D, m, dtype):
+    x, R = rnd(n, B, D, seed=8, dtype=dtype), rnd(n, B, D, seed=9, dtype=dtype)
+    dX, dR = rnd(m, n, B, D, seed=10, dtype=dtype), rnd(m, n, B, D, seed=11, dtype=dtype)
+    gamma = rnd(n, B, m, seed=12, dtype=dtype)
+    ref = anderson_update(f64(x), f64(R), f64(dX), f64(dR), f64(gamma))
+    for layout in (lambda t: t, noncontig):
+        out = ops.anderson_update(layout(x), sliced(R), layout(dX), dR, gamma)
+        assert out.dtype == dtype
+        close(out, ref, dtype)
+
+
+@pytestmark_ext
+@pytest.mark.parametrize("n,B,D", SHAPES)
+@pytest.mark.parametrize("M", [1, 2, 4])
+@pytest.mark.parametrize("dtype", STATE)
+def test_taa_ring_ops(n, B, D, M, dtype):
+    x, mo, xi, a, b, c, thr = window(n, B, D, dtype, torch.float16)
+    T = n + 3  # the solver passes hist[:, lo:lo + n] slices of a [M, T, B, D] ring
+    for slot in range(M):
+        for order in sorted({1, n}):
+            hR, hY = rnd(M, T, B, D, seed=13, dtype=dtype), rnd(M, T, B, D, seed=14, dtype=dtype)
+            hR0, hY0 = f64(hR[:, 1:1 + n]).clone(), f64(hY[:, 1:1 + n]).clone()
+            rms, top, G, h = ops.taa_residual(x, mo, xi, a, b, c, thr, hR[:, 1:1 + n], hY[:, 1:1 + n], slot, order,
+                                              False)
+            rms0, top0, G0, h0 = taa_residual(f64(x), f64(mo), f64(xi), a, b, c, thr, hR0, hY0, slot, order)
+            close(rms, rms0, dtype)
+            assert top.item() == top0.item()
+            close(hR[:, 1:1 + n], hR0, dtype)
+            close(hY[:, 1:1 + n], hY0, dtype)
+            assert G.shape == G0.shape == (n, B, M - 1, M - 1)
+            if M > 1:
+                close(G, G0, dtype)
+                close(h, h0, dtype)
+            gamma = rnd(n, B, M - 1, seed=15, dtype=dtype)
+            xs = sliced(rnd(n, B, D, seed=16, dtype=dtype))
+            ops.taa_update(xs, hY[:, 1:1 + n], gamma, slot)
+            x0 = torch.empty(n, B, D, dtype=torch.float64)
+            taa_update(x0, hY0, f64(gamma), slot)
+            close(xs, x0, dtype)
+    # a mutated argument whose last dim is strided goes through a copy and is written back
+    hR, hY = noncontig(rnd(M, n, B, D, seed=17, dtype=dtype)), noncontig(rnd(M, n, B, D, seed=18, dtype=dtype))
+    hR0, hY0 = f64(hR).clone(), f64(hY).clone()
+    ops.taa_residual(x, mo, xi, a, b, c, thr, hR, hY, 0, n, True)
+    taa_residual(f64(x), f64(mo), f64(xi), a, b, c, thr, hR0, hY0, 0, n, True)
+    close(hY, hY0, dtype)
+
+
+@pytestmark_ext
+def test_parallel_split_matches_serial():
+    """Same result with 1 and 2 threads (the conftest pins 1; the ops split rows over threads)."""
+    x, mo, xi, a, b, c, thr = window(16, 4, 3000, model=torch.float32)
+    dR = rnd(3, 16, 4, 3000, seed=20)
+    prev = torch.get_num_threads()
+    outs = []
+    for nt in (1, 2):
+        torch.set_num_threads(nt)
+        try:
+            outs.append((ops.step_residual(x, mo, xi, a, b, c, thr), ops.anderson_gram(dR, x[:-1]),
+                         ops.order_k_residual(x[:-1], a, 5, False)))
+        finally:
+            torch.set_num_threads(prev)
+    for u, v in zip(outs[0], outs[1]):
+        for s, t in zip(u if isinstance(u, tuple) else (u,), v if isinstance(v, tuple) else (v,)):
+            torch.testing.assert_close(s, t, rtol=1e-12, atol=1e-12)
+
+
+@pytestmark_ext
+def test_dispatch_runs_the_cpp_kernels():
+    from paratriton import _C
+
+    _C.reset_call_counts()
+    x, mo, xi, a, b, c, thr = window(3, 2, 5)
+    r, _, _ = ops.step_residual(x, mo, xi, a, b, c, thr)
+    ops.order_k_residual(r, a, 2)
+    ops.anderson_gram(rnd(2, 3, 2, 5), r)
+    ops.masked_lstsq(torch.eye(2, dtype=torch.float64).repeat(3, 2, 1, 1), rnd(3, 2, 2), torch.tensor([0, 1, 2]))
+    ops.anderson_update(r, r, rnd(2, 3, 2, 5), rnd(2, 3, 2, 5), rnd(3, 2, 2))
+    hR, hY = rnd(3, 3, 2, 5), rnd(3, 3, 2, 5)
+    ops.taa_residual(x, mo, xi, a, b, c, thr, hR, hY, 1, 3)
+    ops.taa_update(r, hY, rnd(3, 2, 2), 1)
+    assert _C.call_counts()["cpu"] == {op: 1 for op in _backends.OPS}
+    # dropping the extension hands CPU tensors back to the Python reference, and back again
+    _backends.use_extension(False)
+    try:
+        assert all(v["cpu"] == "torch" for v in pt.backends().values())
+        ops.order_k_residual(r, a, 2)
+        assert _C.call_counts()["cpu"]["order_k_residual"] == 1
+    finally:
+        _backends.use_extension(True)
+    assert all(v["cpu"] == "cpp" for v in pt.backends().values())
+    ops.order_k_residual(r, a, 2)
+    assert _C.call_counts()["cpu"]["order_k_residual"] == 2
+
+
+@pytestmark_ext
+def test_opcheck_every_cpp_op():
+    n, B, D, M = 4, 2, 7, 3
+    m = M - 1
+    x, mo, xi, a, b, c, thr = window(n, B, D, model=torch.float16)
+    x32, mo32, xi32, *_ = window(n, B, D, torch.float32, torch.float32)
+    hR, hY = rnd(M, n, B, D, seed=30), rnd(M, n, B, D, seed=31)
+    G = rnd(n, B, m, 5, seed=32)
+    G = G @ G.transpose(-1, -2)
+    cases = [
+        (ops.step_residual, (x, mo, xi, a, b, c, thr)),
+        (ops.step_residual, (x32, mo32, None, a, b, c, thr)),
+        (ops.order_k_residual, (rnd(n, B, D), a, 2, False)),
+        (ops.order_k_residual, (rnd(n, B, D, dtype=torch.float32), a, 9, True)),
+        (ops.anderson_gram, (rnd(m, n, B, D), rnd(n, B, D))),
+        (ops.masked_lstsq, (G, rnd(n, B, m), torch.tensor([0, 1, 2, 2]), 1e-3, 1e-30)),
+        (ops.anderson_update, (rnd(n, B, D), rnd(n, B, D), rnd(m, n, B, D), rnd(m, n, B, D), rnd(n, B, m))),
+        (ops.taa_residual, (x, mo, xi, a, b, c, thr, hR, hY, 1, n, False)),
+        (ops.taa_update, (rnd(n, B, D), hY, rnd(n, B, m), 2)),
+    ]
+    from paratriton import _C
+
+    _C.reset_call_counts()
+    for op, args in cases:
+        torch.library.opcheck(op, args)
+    assert all(v > 0 for v in _C.call_counts()["cpu"].values())  # opcheck exercised the C++ kernels
+
+
+@pytestmark_ext
+def test_compile_through_cpp_kernels():
+    """torch.compile (Dynamo + fake kernels + AOT functionalisation) around the C++ kernels, fullgraph."""
+
+    def step(x, mo, xi, a, b, c, thr, hR, hY):
+        rms, top, G, h = ops.taa_residual(x, mo, xi, a, b, c, thr, hR, hY, 1, 3, False)
+        gamma = ops.masked_lstsq(G, h, torch.full((3,), 2), 1e-3, 1e-30)
+        ops.taa_update(x[:-1], hY, gamma, 1)
+        return rms, top
+
+    args = (*window(3, 2, 5), rnd(3, 3, 2, 5, seed=40), rnd(3, 3, 2, 5, seed=41))
+    eager = [t.clone() if isinstance(t, torch.Tensor) else t for t in args]
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    rc, re = compiled(*args), step(*eager)
+    torch.testing.assert_close(rc[0], re[0], rtol=1e-13, atol=0)
+    torch.testing.assert_close(args[0], eager[0], rtol=1e-13, atol=1e-14)
+
+
+@pytestmark_ext
+@pytest.mark.parametrize("method,opts", [("taa", {}), ("taa", dict(window=5, history=3, order=2)),
+                                         ("aa", dict(history=2))])
+def test_taa_solve_through_cpp_ops_equals_reference(method, opts):
+    from paratriton import _C
+    from paratriton.testing import GaussianMixture
+    from paratriton.testing.gaussian_mixture import default_schedule
+
+    T = 12
+    cf = default_schedule(T, eta=1.0)
+    model = GaussianMixture.random((2, 3, 3), num_components=3, std=0.3, seed=0).denoiser(cf)
+    g = torch.Generator().manual_seed(1)
+    x_T = torch.randn(2, 2, 3, 3, generator=g, dtype=torch.float64)
+    noise = torch.randn(T, 2, 2, 3, 3, generator=g, dtype=torch.float64)
+    _C.reset_call_counts()
+    res = {be: pt.solve(model, cf, x_T, noise, method=method, tol_abs=1e-9, tol_rel=1e-9, backend=be, **opts)
+           for be in ("torch", "triton")}  # "triton" = the registered ops, i.e. the C++ kernels on the CPU
+    counts = _C.call_counts()["cpu"]
+    assert counts["taa_residual"] > 0 and counts["masked_lstsq"] > 0
+    seq = pt.solve(model, cf, x_T, noise, method="sequential")
+    assert res["triton"].converged and res["torch"].iterations == res["triton"].iterations
+    torch.testing.assert_close(res["triton"].sample, res["torch"].sample, rtol=0, atol=1e-12)
+    torch.testing.assert_close(res["triton"].sample, seq.sample, rtol=0, atol=1e-8)
