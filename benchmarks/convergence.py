@@ -1,0 +1,172 @@
+"""Convergence of the parallel samplers on the shipped default model and the analytic Gaussian mixture (issue 6).
+
+    PYTHONUNBUFFERED=1 python benchmarks/convergence.py --out benchmarks/convergence.json [--quick]
+
+For each problem (model x sampler x T x window), methods fp (k=1), fp (best k of a sweep), picard, aa, taa with
+history 2, 3, 5: iterations to convergence at tol 1e-3, NFE per sample, PSNR of the final sample vs the sequential
+sample, and the first iteration whose estimate of x_0 (captured by the solver callback) reaches 30 / 40 dB PSNR vs
+the sequential sample. PSNR is over the batch, for images in [-1, 1] (peak-to-peak 2): 10 log10(4 / MSE).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import paratriton  # noqa: E402
+from paratriton.testing import GaussianMixture  # noqa: E402
+
+
+def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
+    mse = (x.double().clamp(-1, 1) - ref.double().clamp(-1, 1)).square().mean().item()
+    return float("inf") if mse == 0 else 10 * math.log10(4.0 / mse)
+
+
+def make_problem(model_name: str, sampler: str, T: int, batch: int, device, seed: int, guidance: float,
+                 pipe=None):
+    """-> (denoiser, coeffs, x_T, noise)"""
+    if model_name == "default":
+        from paratriton.models import default_scheduler
+
+        sch = default_scheduler(sampler)
+        coeffs = paratriton.coefficients_from_scheduler(sch, T, **({"eta": 0.0} if sampler == "ddim" else {}))
+        labels = torch.arange(batch) % 10
+        model = pipe.denoiser(coeffs, labels, guidance)
+        g = torch.Generator().manual_seed(seed)
+        x_T, noise = pipe.problem(batch, T, g, device=device)
+        return model, coeffs, x_T, noise
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    cfg = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02, clip_sample=False)
+    sch = DDIMScheduler(**cfg) if sampler == "ddim" else DDPMScheduler(**cfg)
+    coeffs = paratriton.coefficients_from_scheduler(sch, T, **({"eta": 0.0} if sampler == "ddim" else {}))
+    gm = GaussianMixture.random((1, 32, 32), num_components=8, std=0.3, seed=seed, scale=0.5).to(device)
+    model = gm.denoiser(coeffs)
+    g = torch.Generator().manual_seed(seed)
+    x_T = torch.randn(batch, 1, 32, 32, generator=g, dtype=torch.float64).to(device)
+    noise = torch.randn(T, batch, 1, 32, 32, generator=g, dtype=torch.float64).to(device)
+    return model, coeffs, x_T, noise
+
+
+def run_method(model, coeffs, x_T, noise, ref, method, opts, tol):
+    curve = []
+
+    def cb(info):
+        curve.append(psnr(info.trajectory[0], ref))
+
+    if x_T.is_cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    res = paratriton.solve(model, coeffs, x_T, noise, method=method, tol_abs=tol, tol_rel=tol, callback=cb, **opts)
+    if x_T.is_cuda:
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    first = lambda db: next((k + 1 for k, p in enumerate(curve) if p >= db), None)  # noqa: E731
+    return {"iterations": res.iterations, "nfe": res.nfe, "converged": bool(res.converged),
+            "psnr": psnr(res.sample, ref), "it30": first(30.0), "it40": first(40.0), "wall_s": round(wall, 3),
+            "curve": [round(p, 2) if math.isfinite(p) else 999.0 for p in curve]}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "convergence.json"))
+    p.add_argument("--models", nargs="+", default=["default", "gmm"])
+    p.add_argument("--samplers", nargs="+", default=["ddim", "ddpm"])
+    p.add_argument("--steps", type=int, nargs="+", default=[100, 50, 25, 1000], help="run in this order")
+    p.add_argument("--max-iters-1000", type=int, default=150, help="iteration cap of each solve at T >= 1000")
+    p.add_argument("--batch-1000", type=int, default=1, help="batch at T >= 1000")
+    p.add_argument("--no-variants", dest="variants", action="store_false",
+                   help="skip the TAA ridge/order variants on the default model at T = 100")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--tol", type=float, default=1e-3)
+    p.add_argument("--guidance", type=float, default=None, help="default model: CFG scale (default: shipped)")
+    p.add_argument("--fp-orders", type=int, nargs="+", default=[2, 4, 8, 16, 10**9],
+                   help="orders k swept for 'fp (best k)' (10**9 = the whole window)")
+    p.add_argument("--fp-orders-1000", type=int, nargs="+", default=[8, 10**9], help="the sweep at T >= 1000")
+    p.add_argument("--max-seconds", type=float, default=1e9, help="skip remaining problems past this wall time")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    args = p.parse_args(argv)
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.backends.cudnn.allow_tf32 = False  # the model must be a deterministic smooth function of its input
+    torch.backends.cuda.matmul.allow_tf32 = False
+    pipe = None
+    if "default" in args.models:
+        from paratriton.models import load_default
+
+        pipe = load_default(device=device, dtype=torch.float32)
+    guidance = args.guidance if args.guidance is not None else (pipe.default_guidance_scale if pipe else 1.0)
+    results, t_start = [], time.time()
+    problems = [(T, m, s, W) for T in args.steps for m in args.models for s in args.samplers
+                for W in ([T, 32] if T >= 1000 else [T])]
+    for T, model_name, sampler, W in problems:
+        if time.time() - t_start > args.max_seconds:
+            print(f"skip {model_name} {sampler} T={T} W={W}: past --max-seconds", flush=True)
+            continue
+        batch = args.batch_1000 if T >= 1000 else args.batch
+        cap = {"max_iters": args.max_iters_1000} if T >= 1000 else {}
+        model, coeffs, x_T, noise = make_problem(model_name, sampler, T, batch, device,
+                                                 args.seed, guidance, pipe)
+        t0 = time.perf_counter()
+        ref = paratriton.solve(model, coeffs, x_T, noise, method="sequential").sample
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seq_wall = time.perf_counter() - t0
+        base = {"model": model_name, "sampler": sampler, "T": T, "W": W, "batch": batch}
+        results.append({**base, "method": "sequential", "iterations": T, "nfe": T, "converged": True,
+                        "psnr": float("inf"), "it30": T, "it40": T, "wall_s": round(seq_wall, 3)})
+        rows = []
+        fp_best = None
+        for k in [1, *(args.fp_orders if T < 1000 else args.fp_orders_1000)]:
+            kk = min(k, W)
+            if k != 1 and kk == W and any(r.get("order") == W for r in rows):
+                continue
+            r = run_method(model, coeffs, x_T, noise, ref, "fp", {"window": W, "order": kk, **cap}, args.tol)
+            r.update(order=kk)
+            rows.append(r)
+            if k == 1:
+                results.append({**base, "method": "fp k=1", **r})
+            elif fp_best is None or (r["iterations"], r["it40"] or 10**9) < (
+                    fp_best["iterations"], fp_best["it40"] or 10**9):
+                fp_best = r
+        results.append({**base, "method": f"fp best k={fp_best['order']}", **fp_best,
+                        "sweep": {r["order"]: r["iterations"] for r in rows}})
+        methods = [("picard", "picard", {}), ("aa h=2", "aa", {"history": 2}),
+                   ("taa h=2", "taa", {"history": 2}), ("taa h=3", "taa", {"history": 3}),
+                   ("taa h=5", "taa", {"history": 5})]
+        if args.variants and model_name == "default" and T == 100:
+            methods += [("taa h=3 ridge=1e-1", "taa", {"history": 3, "ridge": 1e-1}),
+                        ("taa h=3 ridge=1e-5", "taa", {"history": 3, "ridge": 1e-5}),
+                        ("taa h=3 k=8", "taa", {"history": 3, "order": 8}),
+                        ("taa h=3 k=1", "taa", {"history": 3, "order": 1}),
+                        ("taa h=3 tol=1e-4", "taa", {"history": 3, "tol_abs": 1e-4, "tol_rel": 1e-4})]
+        n_before = len(results)
+        for name, method, opts in methods:
+            o = {"window": W, **cap, **opts}
+            tol = o.pop("tol_abs", args.tol)
+            o.pop("tol_rel", None)
+            r = run_method(model, coeffs, x_T, noise, ref, method, o, tol)
+            results.append({**base, "method": name, **r})
+        for r in results[n_before - 3:]:
+            print(f"{model_name:7s} {sampler} T={T:4d} W={W:4d} {r['method']:14s} it={r['iterations']:4d} "
+                  f"nfe={r['nfe']:5d} conv={int(r['converged'])} psnr={r['psnr']:6.1f} "
+                  f"it30={r['it30']} it40={r['it40']} wall={r['wall_s']:.2f}s", flush=True)
+        with open(args.out, "w") as f:
+            json.dump({"device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(),
+                       "torch": torch.__version__, "batch": args.batch, "tol": args.tol,
+                       "guidance": guidance, "results": results}, f, indent=0)
+    print(f"done in {time.time() - t_start:.1f}s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
