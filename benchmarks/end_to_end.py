@@ -19,6 +19,7 @@ import time
 import torch
 
 import paratriton as pt
+from paratriton.planner import plan
 from paratriton.solvers.graphed_sequential import GraphedSequential
 from paratriton.solvers.static_taa import StaticTAA
 
@@ -111,6 +112,15 @@ def part_a(args, report):
             StaticTAA(history=args.history, tol_abs=args.tol, tol_rel=args.tol, use_cuda_graph=False,
                       callback=cb).solve(model, coeffs, x_T, noise)
             row["iters_to_30dB"], row["iters_to_40dB"] = hits.get(30), hits.get(40)
+            # the planner: calibrated on another seed, predicted from the model's graphed batch-time curve
+            g1 = torch.Generator().manual_seed(1)
+            cal_x = torch.randn(B, *pipe.sample_shape, generator=g1, dtype=torch.float64).to(dev)
+            cal_noise = torch.randn(T, B, *pipe.sample_shape, generator=g1, dtype=torch.float64).to(dev)
+            pl = plan(model, coeffs, cal_x, cal_noise, history=args.history, tol_abs=args.tol, tol_rel=args.tol)
+            row.update(planner_method=pl.method, planner_parallel_ms=pl.parallel_ms,
+                       planner_sequential_ms=pl.sequential_ms,
+                       planner_error_parallel=pl.parallel_ms / (1e3 * t_taa) - 1,
+                       planner_error_sequential=pl.sequential_ms / (1e3 * t_seq) - 1)
             schedules[(kind, B)] = taa_schedule(res, T, taa.buckets)
             row["bucket_schedule"] = schedules[(kind, B)]
             report.setdefault("part_a", []).append(row)
