@@ -166,14 +166,15 @@ def residual_pass(x: torch.Tensor, model_out: torch.Tensor | None, noise: torch.
                   threshold: torch.Tensor | None, *, order: int | None = None, unit_weights: bool = False,
                   write_r: bool = False, write_R: bool = False, from_r: bool = False,
                   hist_R: torch.Tensor | None = None, hist_Y: torch.Tensor | None = None, slot: int = 0,
-                  config: tuple[int, int, int] | None = None) -> dict[str, torch.Tensor]:
+                  config: tuple[int, int, int, int] | None = None) -> dict[str, torch.Tensor]:
     """Launch the residual pass (and its reduction) on a window of ``n`` steps, ``B`` trajectories of ``D`` values.
 
     x:         ``[n+1, B, D]`` states (``x[n]`` is the anchor), or with ``from_r`` the order-1 residuals ``[n, B, D]``
     model_out: ``[n, B, D]`` fp16/bf16/fp32/fp64; noise ``[n, B, D]`` or None; a, b, c, threshold: ``[n]``
     order:     compute the order-k residual ``R`` (None: don't); ``unit_weights``: Picard weights
     hist_R, hist_Y: ``[M, n, B, D]`` ring buffers (state dtype): ``R`` goes to ``hist_R[slot]``, ``x + R`` to
-               ``hist_Y[slot]`` and the Gram of the ``M - 1`` newest differences of ``hist_R`` is returned
+               ``hist_Y[slot]`` and the Gram of the ``M - 1 <= 5`` newest differences of ``hist_R`` is returned
+    config:    ``(BLOCK_P, BLOCK_D, num_warps, num_stages)``, default ``default_config``
     Returns a dict with ``r``, ``R``, ``rms [n, B]``, ``top`` (0-d int64), ``G [n, B, M-1, M-1]``, ``h [n, B, M-1]``
     (what was asked for). Every tensor stays on the device; nothing syncs.
     """
