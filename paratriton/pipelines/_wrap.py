@@ -274,10 +274,10 @@ class _ParallelCall:
         bar = self.bar
         if not bar.disable:
             lo, hi = info.window
-            res = float(info.residual_rms.max()) if info.residual_rms.numel() else 0.0
-            bar.set_postfix_str(f"iter {info.iteration}, window {lo}..{hi - 1}, max residual {res:.2e}",
-                                refresh=False)
-            bar.update(self.T - info.frozen_from - bar.n)
+            rms = info.residual_rms[torch.isfinite(info.residual_rms)]  # solvers mark unevaluated steps with NaN
+            res = f"{float(rms.max()):.2e}" if rms.numel() else "-"
+            bar.set_postfix_str(f"iter {info.iteration}, window {lo}..{hi - 1}, max residual {res}", refresh=False)
+            bar.update(max(self.T - info.frozen_from - bar.n, 0))  # the bar counts converged (final) steps
         if self.callback is not None:
             t = self.ts_by_step[min(info.frozen_from, self.T - 1)]
             # a copy in the pipeline's dtype: the trajectory is a view the solver keeps updating
