@@ -370,6 +370,10 @@ def test_callback_on_step_end_once_per_iteration_with_current_estimate():
     assert count == list(range(dit.paratriton_result.iterations))
     with pytest.raises(ValueError, match="callback_on_step_end_tensor_inputs"):
         par(**sd_inputs(1, False), callback_on_step_end=cb, callback_on_step_end_tensor_inputs=["prompt_embeds"])
+    from diffusers.callbacks import SDCFGCutoffCallback  # step-aware guidance cannot apply to a parallel solve
+
+    with pytest.raises(ValueError, match=r"\['prompt_embeds'\] are not available"):
+        par(**sd_inputs(1, True), callback_on_step_end=SDCFGCutoffCallback(cutoff_step_ratio=0.5))
 
 
 def test_stock_pipeline_is_left_unchanged():
