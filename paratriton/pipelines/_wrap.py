@@ -30,13 +30,16 @@ import functools
 import inspect
 import logging
 import math
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from ..model import ClassifierFreeGuidance
 from ..schedule import SUPPORTED_SCHEDULERS, SamplerCoefficients, coefficients_from_scheduler
 from ._specs import PipelineSpec, find_spec
+
+if TYPE_CHECKING:  # diffusers is imported lazily, only once a pipeline is parallelized
+    from diffusers import DiffusionPipeline
 
 logger = logging.getLogger("paratriton.pipelines")
 
@@ -402,7 +405,7 @@ def _parallel_class(stock: type) -> type:
     return cls
 
 
-def parallelize(pipe, method: str = "taa", **options: Any):
+def parallelize(pipe: DiffusionPipeline, method: str = "taa", **options: Any) -> DiffusionPipeline:
     """Return a pipeline like ``pipe`` (same components, no copy) whose denoising loop is solved in parallel.
 
     pipe:     a ``StableDiffusionPipeline``, ``StableDiffusionXLPipeline``, ``PixArtAlphaPipeline``, ``DiTPipeline``,
@@ -414,7 +417,13 @@ def parallelize(pipe, method: str = "taa", **options: Any):
 
     Call the result exactly like the stock pipeline. With the same generator it returns the stock sequential
     pipeline's image up to the solver tolerance, DDPM-style step noise included. The solver state is float64
-    (``state_dtype``); the model sees its own dtype. ``result.paratriton_result`` holds the last ``SolveResult``.
+    (``state_dtype``); the model sees its own dtype.
+
+    Returns an instance of ``Parallel<Stock>`` (a subclass of the stock class, sharing ``pipe``'s components).
+    After each call its ``paratriton_result`` holds that call's ``SolveResult`` (iterations, nfe, converged,
+    residuals, and the float64 trajectory ``[T+1, B, *latent_shape]``).
+    Raises ``ValueError`` for an unsupported pipeline, scheduler or method, or an option out of range, and
+    ``TypeError`` for an option the method does not take.
     """
     stock, _ = find_spec(type(pipe))
     _check_method_and_options(method, options)
