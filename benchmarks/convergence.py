@@ -75,6 +75,58 @@ def run_method(model, coeffs, x_T, noise, ref, method, opts, tol):
             "curve": [round(p, 2) if math.isfinite(p) else 999.0 for p in curve]}
 
 
+def _cell(r: dict) -> str:
+    conv = "" if r["converged"] else " (cap)"
+    db = "inf" if not math.isfinite(r["psnr"]) or r["psnr"] > 300 else f"{r['psnr']:.0f}"
+    it = lambda v: "-" if v is None else str(v)  # noqa: E731
+    return f"{r['iterations']}{conv} / {r['nfe']} / {db} / {it(r['it30'])} / {it(r['it40'])}"
+
+
+def report(path: str) -> str:
+    """Markdown tables of a results JSON: per model and sampler, methods x (T, W)."""
+    with open(path) as f:
+        data = json.load(f)
+    res = data["results"]
+    out = [f"Device: {data['device']}, torch {data['torch']}, float64 solver state, float32 model (TF32 off), "
+           f"tol_abs = tol_rel = {data['tol']:g}, batch {data['batch']} (1 at T = 1000), default model with "
+           f"classifier-free guidance {data['guidance']:g} (labels 0, 1, 2, 3), seed 0. Cell: "
+           "**iterations / NFE per sample / final PSNR vs sequential [dB] / first iteration >= 30 dB / >= 40 dB** "
+           "('-': never; '(cap)': stopped by the 150-iteration cap at T = 1000, not converged).", ""]
+    for model in dict.fromkeys(r["model"] for r in res):
+        for sampler in dict.fromkeys(r["sampler"] for r in res if r["model"] == model):
+            rs = [r for r in res if r["model"] == model and r["sampler"] == sampler]
+            probs = sorted(dict.fromkeys((r["T"], r["W"]) for r in rs), key=lambda p: (p[0], -p[1]))
+            methods = [m for m in dict.fromkeys(r["method"].split(" k=")[0] if r["method"].startswith("fp best")
+                                                else r["method"] for r in rs)
+                       if m != "sequential" and not any(t in m for t in ("ridge", "k=8", "h=3 k=1", "tol="))]
+            name = {"default": "default digits model", "gmm": "Gaussian mixture (1x32x32, 8 components)"}[model]
+            out += [f"**{name}, {'DDIM (eta 0)' if sampler == 'ddim' else 'DDPM (eta 1)'}**", "",
+                    "| method | " + " | ".join(f"T={T}, W={W}" for T, W in probs) + " |",
+                    "|---|" + "---|" * len(probs)]
+            for m in methods:
+                cells = []
+                for T, W in probs:
+                    r = next((r for r in rs if (r["T"], r["W"]) == (T, W) and (
+                        r["method"] == m or (m == "fp best" and r["method"].startswith("fp best")))), None)
+                    if r is None:
+                        cells.append("")
+                    elif m == "fp best":
+                        cells.append(f"k={r['order']}: " + _cell(r))
+                    else:
+                        cells.append(_cell(r))
+                out.append(f"| {m} | " + " | ".join(cells) + " |")
+            out.append("")
+    var = [r for r in res if r["model"] == "default" and r["T"] == 100 and r["method"].startswith("taa")]
+    if var:
+        out += ["**TAA variants on the default model, T = 100** (history, ridge, order k, tolerance)", "",
+                "| method | DDIM-100 | DDPM-100 |", "|---|---|---|"]
+        for m in dict.fromkeys(r["method"] for r in var):
+            c = [next((_cell(r) for r in var if r["method"] == m and r["sampler"] == s), "") for s in ("ddim", "ddpm")]
+            out.append(f"| {m} | {c[0]} | {c[1]} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "convergence.json"))
@@ -94,7 +146,11 @@ def main(argv=None) -> int:
     p.add_argument("--max-seconds", type=float, default=1e9, help="skip remaining problems past this wall time")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
+    p.add_argument("--report", default=None, metavar="JSON", help="print markdown tables of a results file and exit")
     args = p.parse_args(argv)
+    if args.report:
+        print(report(args.report))
+        return 0
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.backends.cudnn.allow_tf32 = False  # the model must be a deterministic smooth function of its input

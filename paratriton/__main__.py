@@ -235,7 +235,7 @@ def line_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], series
     draw.rectangle([px0, py0, px1, py1], outline=(0, 0, 0))
     draw.text((px0, y0 + 4), title, fill=(0, 0, 0), font=font)
     draw.text(((px0 + px1) // 2 - 3 * len(xlabel), py1 + 20), xlabel, fill=(0, 0, 0), font=font)
-    draw.text((x0 + 2, py0 - 14), ylabel, fill=(0, 0, 0), font=font)
+    draw.text((x0 + 2, y0 + 4), ylabel, fill=(0, 0, 0), font=font)
     for t in _nice_ticks(xlo, xhi, 6):
         draw.line([sx(t), py1, sx(t), py1 + 4], fill=(0, 0, 0))
         draw.text((sx(t) - 6, py1 + 6), f"{t:g}", fill=(0, 0, 0), font=font)
