@@ -5,11 +5,13 @@
 // hist[:, lo:hi]) without copies; a tensor whose last dimension is not contiguous is copied once (rare).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <atomic>
 #include <cstdint>
 #include <string>
+
+#include "api.h"
 
 #if defined(__CUDACC__)
 #define PT_HD __host__ __device__
@@ -18,9 +20,6 @@
 #endif
 
 namespace paratriton {
-
-// Bumped whenever an op's C++ semantics or signature changes, so Python refuses a stale build (editable installs).
-constexpr int kApiVersion = 1;
 
 // A [n, B, D] tensor as rows: row (p, b) starts at data + p * sp + b * sb and holds D contiguous elements.
 template <typename T>

@@ -6,12 +6,18 @@
 // Reductions (RMS, Gram, the recurrence of the order-k residual) accumulate in double for float32 state, so a
 // float32 result is at least as accurate as the float32 reference. `_Pragma` rather than `#pragma`: most loops sit
 // inside AT_DISPATCH macro arguments, where a directive is not allowed.
-#include <ATen/Parallel.h>
+// Lean includes (not ATen/ATen.h): this file is most of the extension's compile time on a 2-core CI machine.
 #include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/util/Exception.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <vector>
 
 #include "common.h"
@@ -269,7 +275,7 @@ std::tuple<Tensor, Tensor> anderson_gram_cpu(const Tensor& dR_, const Tensor& R_
   check_shape(R_, {n, B, D}, "R");
   TORCH_CHECK(dR_.device().is_cpu() && R_.device().is_cpu(), "dR and R must be CPU tensors");
   // the reference accumulates in promote(dR.dtype, float32) after converting both inputs to it
-  const auto acc = at::promote_types(dR_.scalar_type(), at::kFloat);
+  const auto acc = c10::promoteTypes(dR_.scalar_type(), at::kFloat);
   TORCH_CHECK(acc == at::kFloat || acc == at::kDouble, "dR must be a float tensor");
   const Tensor dR = (dR_.size(-1) <= 1 || dR_.stride(-1) == 1) ? dR_.to(acc) : dR_.to(acc).contiguous();
   const Tensor R = rows_ok(R_.to(acc));
@@ -537,6 +543,75 @@ void register_cpu(torch::Library& m) {
   m.impl("anderson_update", TORCH_FN(anderson_update_cpu));
   m.impl("taa_residual", TORCH_FN(taa_residual_cpu));
   m.impl("taa_update", TORCH_FN(taa_update_cpu));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Registry. Kernels are registered *on request* (from paratriton/_backends.py, after it has checked that this
+// build matches the running torch and the package's sources) rather than by static TORCH_LIBRARY_IMPL blocks: a
+// CPU-key kernel outranks custom_op's CompositeExplicitAutograd default, and a CUDA-key kernel registered after
+// the Triton one replaces it; dropping the Library object (unregister) restores the Python kernels.
+// ---------------------------------------------------------------------------------------------------------------
+std::atomic<int64_t> g_calls[2][kNumOps] = {};
+
+#ifdef PARATRITON_WITH_CUDA
+std::vector<std::string> register_cuda(torch::Library& m, const std::vector<std::string>& ops);
+#endif
+
+namespace {
+std::unique_ptr<torch::Library> g_cpu_lib, g_cuda_lib;
+std::vector<std::string> g_cpu_ops, g_cuda_ops;
+
+// Replacing the Triton CUDA kernel is intended: keep the dispatcher's one-time "Overriding a previously registered
+// kernel" warning out of the user's log.
+struct SilentHandler : c10::WarningHandler {
+  void process(const c10::Warning&) override {}
+};
+}  // namespace
+
+std::vector<std::string> op_names() {
+  return {"step_residual", "order_k_residual", "anderson_gram", "masked_lstsq", "anderson_update", "taa_residual",
+          "taa_update"};
+}
+
+OpLists registered() { return {g_cpu_ops, g_cuda_ops}; }
+
+OpLists register_kernels(bool cpu, const std::vector<std::string>& cuda_ops) {
+  SilentHandler silent;
+  c10::WarningUtils::WarningHandlerGuard guard(&silent);
+  if (cpu && !g_cpu_lib) {
+    g_cpu_lib = std::make_unique<torch::Library>(torch::Library::IMPL, "paratriton", c10::DispatchKey::CPU,
+                                                 __FILE__, __LINE__);
+    register_cpu(*g_cpu_lib);
+    g_cpu_ops = op_names();
+  }
+#ifdef PARATRITON_WITH_CUDA
+  if (!cuda_ops.empty() && !g_cuda_lib) {
+    g_cuda_lib = std::make_unique<torch::Library>(torch::Library::IMPL, "paratriton", c10::DispatchKey::CUDA,
+                                                  __FILE__, __LINE__);
+    g_cuda_ops = register_cuda(*g_cuda_lib, cuda_ops);
+  }
+#else
+  (void)cuda_ops;
+#endif
+  return registered();
+}
+
+void unregister() {
+  g_cpu_lib.reset();
+  g_cuda_lib.reset();
+  g_cpu_ops.clear();
+  g_cuda_ops.clear();
+}
+
+std::vector<int64_t> call_counts(int device) {
+  std::vector<int64_t> out;
+  for (int op = 0; op < kNumOps; ++op) out.push_back(g_calls[device][op].load());
+  return out;
+}
+
+void reset_call_counts() {
+  for (auto& dev : g_calls)
+    for (auto& c : dev) c.store(0);
 }
 
 }  // namespace paratriton

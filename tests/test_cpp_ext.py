@@ -332,3 +332,76 @@ def test_taa_solve_through_cpp_ops_equals_reference(method, opts):
     assert res["triton"].converged and res["torch"].iterations == res["triton"].iterations
     torch.testing.assert_close(res["triton"].sample, res["torch"].sample, rtol=0, atol=1e-12)
     torch.testing.assert_close(res["triton"].sample, seq.sample, rtol=0, atol=1e-8)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# CUDA kernels (run on a GPU machine; skipped on the CPU)
+# ------------------------------------------------------------------------------------------------------------------
+def _cuda_ext():
+    st = _backends.extension_status()
+    from paratriton import _C
+
+    if not st["loaded"] or not _C.has_cuda():
+        pytest.skip("paratriton._C has no CUDA kernels")
+    return _C
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", STATE)
+def test_cuda_kernels_match_reference(dtype):
+    _C = _cuda_ext()
+    _C.reset_call_counts()
+    cu = torch.device("cuda")
+    for n, B, D in SHAPES:
+        for m in (1, 2, 5, 20):  # 20 > 16: the ATen path
+            A = rnd(n, B, m, m + 3, seed=50)
+            G, h = (A @ A.transpose(-1, -2)).to(dtype), rnd(n, B, m, seed=51, dtype=dtype)
+            nc = torch.randint(0, m + 1, (n,))
+            got = ops.masked_lstsq(G.to(cu), h.to(cu), nc.to(cu), 1e-3, 1e-30)
+            tol = dict(rtol=1e-8, atol=1e-10) if dtype == torch.float64 else dict(rtol=3e-3, atol=3e-4)
+            torch.testing.assert_close(got.cpu().double(), masked_lstsq(f64(G), f64(h), nc, 1e-3, 1e-30), **tol)
+        m = 3
+        x, R = rnd(n, B, D, seed=52, dtype=dtype), rnd(n, B, D, seed=53, dtype=dtype)
+        dX, dR = rnd(m, n, B, D, seed=54, dtype=dtype), rnd(m, n, B, D, seed=55, dtype=dtype)
+        gamma = rnd(n, B, m, seed=56, dtype=dtype)
+        out = ops.anderson_update(x.to(cu), sliced(R).to(cu), dX.to(cu), dR.to(cu), gamma.to(cu))
+        close(out.cpu(), anderson_update(f64(x), f64(R), f64(dX), f64(dR), f64(gamma)), dtype)
+        for M in (1, 3):
+            hY = rnd(M, n + 2, B, D, seed=57, dtype=dtype)
+            g = rnd(n, B, M - 1, seed=58, dtype=dtype)
+            for slot in range(M):
+                xs = torch.zeros(n + 1, B, D, dtype=dtype, device=cu)
+                ops.taa_update(xs[:n], hY[:, 1:1 + n].to(cu), g.to(cu), slot)
+                x0 = torch.empty(n, B, D, dtype=torch.float64)
+                taa_update(x0, f64(hY[:, 1:1 + n]), f64(g), slot)
+                close(xs[:n].cpu(), x0, dtype)
+    counts = _C.call_counts()["cuda"]
+    for op in _backends.extension_status()["cuda"]:
+        assert counts[op] > 0, counts
+
+
+@pytest.mark.gpu
+def test_cuda_kernels_capture_in_a_graph():
+    _cuda_ext()
+    n, B, D, M = 8, 2, 1000, 3
+    cu = torch.device("cuda")
+    A = rnd(n, B, M - 1, 6, seed=60).to(cu)
+    G, h = A @ A.transpose(-1, -2), rnd(n, B, M - 1, seed=61).to(cu)
+    nc = torch.full((n,), M - 1, device=cu)
+    hY, x = rnd(M, n, B, D, seed=62).to(cu), torch.zeros(n, B, D, dtype=torch.float64, device=cu)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):  # warm up off the default stream, as graph capture requires
+        gamma = ops.masked_lstsq(G, h, nc, 1e-3, 1e-30)
+        ops.taa_update(x, hY, gamma, 1)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        gamma = ops.masked_lstsq(G, h, nc, 1e-3, 1e-30)
+        ops.taa_update(x, hY, gamma, 1)
+    hY.mul_(2.0)
+    graph.replay()
+    torch.cuda.synchronize()
+    ref = torch.empty(n, B, D, dtype=torch.float64)
+    taa_update(ref, hY.cpu(), masked_lstsq(G.cpu(), h.cpu(), nc.cpu()), 1)
+    torch.testing.assert_close(x.cpu(), ref, rtol=1e-9, atol=1e-10)
