@@ -29,7 +29,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import math
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
