@@ -303,9 +303,12 @@ def test_sequential_method_takes_plain_options():
 
 def test_prompt_batches_images_per_prompt_and_generator_lists():
     pipe = make_sd(_ddpm())
-    inputs = sd_inputs(2, True, num_images_per_prompt=2, output_type="pt")
-    ref, out, par = run_pair(pipe, inputs, per_sample_generators=4)
+    inputs = sd_inputs(2, True, num_images_per_prompt=2, output_type="latent")
+    # window < T: the per-sample conditioning is repeated for windows of every length as the window slides
+    ref, out, par = run_pair(pipe, inputs, per_sample_generators=4, window=3)
     assert ref.shape[0] == 4
+    windows = par.paratriton_result.window_history
+    assert max(hi - lo for lo, hi in windows) == 3 and len({lo for lo, _ in windows}) > 1  # it slid
     assert_same(ref, out)
     # the four images differ (each has its own generator): the comparison is not vacuous
     assert (out[0] - out[1]).abs().max() > 1e-3
