@@ -1,11 +1,12 @@
 // CUDA kernels of the paratriton solver ops: the masked least-squares solve and the updates.
 //
-// Every launch goes to at::cuda::getCurrentCUDAStream() and nothing reads device memory back on the host, so the
+// Every launch goes to c10::cuda::getCurrentCUDAStream() and nothing reads device memory back on the host, so the
 // ops can be captured in a CUDA graph. Semantics: paratriton/ops/{masked_lstsq,anderson_update,taa}/naive.py.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>  // at::cuda::getCurrentCUDAStream is this c10 function (no cuBLAS/cuSPARSE headers)
 #include <cuda_runtime.h>
 #include <torch/library.h>
 
@@ -101,7 +102,7 @@ Tensor masked_lstsq_cuda(const Tensor& G_, const Tensor& h_, const Tensor& num_c
   if (rows == 0 || m == 0) return out;
   const int threads = 128;
   const int blocks = static_cast<int>((rows + threads - 1) / threads);
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "paratriton_masked_lstsq_cuda", [&] {
     // two register budgets: the common m <= 4 (history <= 4) gets the small, spill-free variant
     if (m <= 4)
@@ -160,7 +161,7 @@ Tensor anderson_update_cuda(const Tensor& x_, const Tensor& R_, const Tensor& dX
   const dim3 grid(static_cast<unsigned>((D + kThreads - 1) / kThreads), static_cast<unsigned>(std::min(rows, kMaxGridY)));
   AT_DISPATCH_FLOATING_TYPES(dt, "paratriton_anderson_update_cuda", [&] {
     using T = scalar_t;
-    update_kernel<T><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    update_kernel<T><<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         crows_of<T>(x), crows_of<T>(R), dX.const_data_ptr<T>(), dR.const_data_ptr<T>(), gamma.const_data_ptr<T>(),
         rows_of<T>(out), B, rows, D, static_cast<int>(m));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -211,7 +212,7 @@ void taa_update_cuda(const Tensor& x, const Tensor& hist_Y, const Tensor& gamma_
     const dim3 grid(static_cast<unsigned>((D + kThreads - 1) / kThreads), static_cast<unsigned>(std::min(rows, kMaxGridY)));
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "paratriton_taa_update_cuda", [&] {
       using T = scalar_t;
-      ring_update_kernel<T><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      ring_update_kernel<T><<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
           H.const_data_ptr<T>(), H.stride(0), H.stride(1), H.stride(2), gamma.const_data_ptr<T>(), rows_of<T>(xo), B,
           rows, D, static_cast<int>(M), s0);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
