@@ -27,7 +27,7 @@ namespace {
 
 using at::Tensor;
 
-constexpr int64_t kChunk = 256;           // D-chunk kept in L1 by the Gram and order-k passes
+constexpr int64_t kChunk = 512;           // D-chunk kept in L1 by the Gram pass
 constexpr int64_t kGrainElems = 1 << 15;  // elements per parallel task: amortises the OpenMP fork
 
 inline int64_t grain_rows(int64_t D) { return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(D, 1)); }
@@ -153,12 +153,16 @@ std::tuple<Tensor, Tensor, Tensor> step_residual_cpu(const Tensor& x, const Tens
 template <typename T>
 void order_k_rows(Rows<const T> r, Rows<T> R, const std::vector<double>& w, const std::vector<double>& W, int64_t k,
                   int64_t n, int64_t B, int64_t D) {
-  const int64_t nchunks = (D + kChunk - 1) / kChunk;
-  at::parallel_for(0, B * nchunks, std::max<int64_t>(1, kGrainElems / (kChunk * std::max<int64_t>(n, 1))),
-                   [&](int64_t begin, int64_t end) {
-    double acc[kChunk];
+  // The recurrence walks p, so each task owns a D-range of one trajectory through all steps. Long ranges (about
+  // 4 tasks per thread) keep the accesses of each step one long contiguous stream for the prefetcher.
+  const int64_t want = std::max<int64_t>(1, (4 * at::get_num_threads() + B - 1) / B);
+  const int64_t chunk = std::min<int64_t>(std::max<int64_t>(1024, (D + want - 1) / want), std::max<int64_t>(D, 1));
+  const int64_t nchunks = (D + chunk - 1) / chunk;
+  at::parallel_for(0, B * nchunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<double> accv(chunk);
+    double* __restrict acc = accv.data();
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t bb = task / nchunks, d0 = (task % nchunks) * kChunk, len = std::min(kChunk, D - d0);
+      const int64_t bb = task / nchunks, d0 = (task % nchunks) * chunk, len = std::min(chunk, D - d0);
       std::fill(acc, acc + len, 0.0);
       for (int64_t p = n - 1; p >= 0; --p) {
         const T* __restrict rp = r.row(p, bb) + d0;
@@ -167,13 +171,13 @@ void order_k_rows(Rows<const T> r, Rows<T> R, const std::vector<double>& w, cons
         if (p + k < n) {
           const T* __restrict rk = r.row(p + k, bb) + d0;
           const double Wp = W[p];
-_Pragma("omp simd")
+          _Pragma("omp simd")
           for (int64_t d = 0; d < len; ++d) {
             acc[d] = static_cast<double>(rp[d]) + wp * acc[d] - Wp * static_cast<double>(rk[d]);
             out[d] = static_cast<T>(acc[d]);
           }
         } else {
-_Pragma("omp simd")
+          _Pragma("omp simd")
           for (int64_t d = 0; d < len; ++d) {
             acc[d] = static_cast<double>(rp[d]) + wp * acc[d];
             out[d] = static_cast<T>(acc[d]);
@@ -222,25 +226,25 @@ Tensor order_k_residual_cpu(const Tensor& r_, const Tensor& a, int64_t order, bo
 // ---------------------------------------------------------------------------------------------------------------
 // anderson_gram: per-row Gram partials, then suffix sums over steps
 // ---------------------------------------------------------------------------------------------------------------
-// `load(p, b, d0, len, buf)` fills buf[j * kChunk + d] with dR_j (j < m) and buf[m * kChunk + d] with R.
+// `load(p, b, d0, len, ptr, scratch)` sets ptr[j] (j < m) to dR_j and ptr[m] to R for elements [d0, d0 + len) of
+// row (p, b): straight into the inputs, or into `scratch` ((m + 1) * kChunk elements) when they must be formed.
 // part: [n * B, m * m + m] double partials (Gram row-major, then h).
-template <typename Load>
+template <typename T, typename Load>
 void gram_rows(int64_t n, int64_t B, int64_t D, int64_t m, double* part, const Load& load) {
   const int64_t P = m * m + m;
   at::parallel_for(0, n * B, grain_rows(D * (m + 1)), [&](int64_t begin, int64_t end) {
-    std::vector<double> buf((m + 1) * kChunk);
+    std::vector<T> scratch((m + 1) * kChunk);
+    std::vector<const T*> ptr(m + 1);
     for (int64_t row = begin; row < end; ++row) {
       double* out = part + row * P;
       std::fill(out, out + P, 0.0);
       const int64_t p = row / B, bb = row % B;
-      for (int64_t d0 = 0; d0 < D; d0 += kChunk) {
+      for (int64_t d0 = 0; d0 < D; d0 += kChunk) {  // chunks stay in L1 across the m(m+1)/2 + m dot products
         const int64_t len = std::min(kChunk, D - d0);
-        load(p, bb, d0, len, buf.data());
-        const double* Rb = buf.data() + m * kChunk;
+        load(p, bb, d0, len, ptr.data(), scratch.data());
         for (int64_t j = 0; j < m; ++j) {
-          const double* dj = buf.data() + j * kChunk;
-          for (int64_t l = 0; l <= j; ++l) out[j * m + l] += dot(dj, buf.data() + l * kChunk, len);
-          out[m * m + j] += dot(dj, Rb, len);
+          for (int64_t l = 0; l <= j; ++l) out[j * m + l] += dot(ptr[j], ptr[l], len);
+          out[m * m + j] += dot(ptr[j], ptr[m], len);
         }
       }
       for (int64_t j = 0; j < m; ++j)
@@ -288,13 +292,10 @@ std::tuple<Tensor, Tensor> anderson_gram_cpu(const Tensor& dR_, const Tensor& R_
     const T* base = dR.const_data_ptr<T>();
     const int64_t sj = dR.stride(0), sp = dR.stride(1), sb = dR.stride(2);
     const Rows<const T> Rr = crows_of<T>(R);
-    gram_rows(n, B, D, m, part.data(), [&](int64_t p, int64_t bb, int64_t d0, int64_t len, double* buf) {
-      for (int64_t j = 0; j < m; ++j) {
-        const T* src = base + j * sj + p * sp + bb * sb + d0;
-        for (int64_t d = 0; d < len; ++d) buf[j * kChunk + d] = static_cast<double>(src[d]);
-      }
-      const T* src = Rr.row(p, bb) + d0;
-      for (int64_t d = 0; d < len; ++d) buf[m * kChunk + d] = static_cast<double>(src[d]);
+    gram_rows<T>(n, B, D, m, part.data(),
+                 [&](int64_t p, int64_t bb, int64_t d0, int64_t, const T** ptr, T*) {
+      for (int64_t j = 0; j < m; ++j) ptr[j] = base + j * sj + p * sp + bb * sb + d0;
+      ptr[m] = Rr.row(p, bb) + d0;
     });
     suffix_sums<T>(part.data(), n, B, m, G.data_ptr<T>(), h.data_ptr<T>());
   });
@@ -469,15 +470,18 @@ _Pragma("omp simd")
       for (int64_t j = 0; j < M; ++j) slots[j] = HR.const_data_ptr<T>() + ring_slot(s0 - j, M) * HR.stride(0);
       const int64_t sp = HR.stride(1), sb = HR.stride(2);
       std::vector<double> part(n * B * (m * m + m));
-      gram_rows(n, B, D, m, part.data(), [&](int64_t p, int64_t bb, int64_t d0, int64_t len, double* buf) {
+      gram_rows<T>(n, B, D, m, part.data(),
+                   [&](int64_t p, int64_t bb, int64_t d0, int64_t len, const T** ptr, T* scratch) {
         const int64_t off = p * sp + bb * sb + d0;
         for (int64_t j = 0; j < m; ++j) {
-          const T* hi = slots[j] + off;
-          const T* lo = slots[j + 1] + off;
-          for (int64_t d = 0; d < len; ++d) buf[j * kChunk + d] = static_cast<double>(hi[d] - lo[d]);
+          const T* __restrict hi = slots[j] + off;
+          const T* __restrict lo = slots[j + 1] + off;
+          T* __restrict dst = scratch + j * kChunk;
+          _Pragma("omp simd")
+          for (int64_t d = 0; d < len; ++d) dst[d] = hi[d] - lo[d];
+          ptr[j] = dst;
         }
-        const T* R0 = slots[0] + off;
-        for (int64_t d = 0; d < len; ++d) buf[m * kChunk + d] = static_cast<double>(R0[d]);
+        ptr[m] = slots[0] + off;
       });
       suffix_sums<T>(part.data(), n, B, m, G.data_ptr<T>(), h.data_ptr<T>());
     }

@@ -67,8 +67,8 @@ def close(got, ref, dtype):
     torch.testing.assert_close(got.to(torch.float64), ref.to(torch.float64), **tol)
 
 
-# (n, B, D): window n=1, D=1, D not a multiple of any vector width, D over the 256-element chunk, B > 1
-SHAPES = [(1, 1, 1), (1, 3, 5), (4, 2, 7), (7, 3, 37), (5, 2, 300)]
+# (n, B, D): window n=1, D=1, D not a multiple of any vector width, D over the 512/1024-element chunks, B > 1
+SHAPES = [(1, 1, 1), (1, 3, 5), (4, 2, 7), (7, 3, 37), (5, 2, 1100)]
 STATE = [torch.float64, torch.float32]
 
 
