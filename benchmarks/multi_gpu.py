@@ -95,7 +95,9 @@ def main():
             rows = 2 * H
             start, stop = balanced_chunks(rows, world)[rank]
             per = -(-rows // world)
-            x = torch.randn(rows, *shape, device=dev, dtype=torch.float16)
+            # identical inputs on every rank (as the solver's state is): a generator seeded the same everywhere
+            x = torch.randn(rows, *shape, device=dev, dtype=torch.float16,
+                            generator=torch.Generator(device=dev).manual_seed(H))
             chunk = x[start:stop] if stop > start else x[:1]
             g, out = graphed(lambda: call(chunk))
             padded = torch.zeros(per, *shape, device=dev, dtype=torch.float16)

@@ -1,10 +1,11 @@
 """Pick sequential or parallel sampling for a model on the hardware at hand, and predict the wall time.
 
-The cost of one parallel iteration is one batched model call over the window plus the solver's work; the cost of
-the sequential sampler is ``T`` calls at the sampling batch. Both come from the model's measured batch-time curve
-(CUDA-graphed where possible, cached per model and shape). The number of iterations and the window tops come from
-one calibration solve on the same model (``StaticTAA`` without graphs; any seed: convergence varies little), or
-from a given schedule. If the parallel prediction does not beat the sequential one, the plan says so.
+The cost of one parallel iteration is one batched model call over the window plus the solver's own work and the
+host round trip; the cost of the sequential sampler is ``T`` calls at the sampling batch. Model costs come from the
+model's measured batch-time curve (CUDA-graphed where possible, cached per model and shape); the iterations, their
+windows and the per-iteration overhead come from a calibration solve on the same model with another seed
+(convergence varies little between seeds). If the parallel prediction does not beat the sequential one, the plan
+says so and picks the sequential sampler.
 """
 
 from __future__ import annotations
@@ -91,21 +92,31 @@ def plan(model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor, noise:
          schedule: list[int] | None = None, solver_ms: float | None = None) -> Plan:
     """Plan sampling of ``x_T [B, ...]`` with ``model`` and ``coeffs`` on ``x_T``'s device.
 
-    schedule:  window tops per iteration of a previous solve; by default one calibration solve (no graphs).
-    solver_ms: the solver's own time per iteration; by default measured as one eager iteration minus its call.
+    A calibration problem (``x_T``, ``noise``: use another seed than the one you will sample) is solved twice
+    with ``StaticTAA`` (CUDA graphs on CUDA); the second solve gives the window of every iteration and the
+    per-iteration cost outside the model call (host round trip, solver ops), measured, not assumed.
+    schedule:  window size per iteration, to skip the calibration's schedule; solver_ms: the same for the cost.
     """
     T, B, shape = coeffs.num_steps, x_T.shape[0], tuple(x_T.shape[1:])
     dev = x_T.device
     sizes = bucket_sizes(T, buckets)
-    if schedule is None:
-        tops: list[int] = []
-        cal = StaticTAA(history=history, buckets=buckets, tol_abs=tol_abs, tol_rel=tol_rel, use_cuda_graph=False,
-                        callback=lambda info: tops.append(info.window[1]))
-        cal.solve(model, coeffs, x_T, noise)
-        schedule = tops
     curve = batch_time_curve(model, shape, sorted({B, *[B * h for h in sizes]}), dev)
-    if solver_ms is None:
-        solver_ms = 0.05 if dev.type == "cuda" else 0.0  # a graphed iteration's ops: tens of microseconds
+    if schedule is None or solver_ms is None:
+        windows: list[int] = []
+        cal = StaticTAA(history=history, buckets=buckets, tol_abs=tol_abs, tol_rel=tol_rel,
+                        use_cuda_graph=dev.type == "cuda", callback=lambda info: windows.append(info.window[1]))
+        cal.solve(model, coeffs, x_T, noise)  # first solve: captures the graphs
+        windows.clear()
+        sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+        sync()
+        t0 = time.perf_counter()
+        cal.solve(model, coeffs, x_T, noise)
+        sync()
+        measured_ms = 1e3 * (time.perf_counter() - t0)
+        if solver_ms is None:
+            solver_ms = max(0.0, (measured_ms - sum(curve[B * h] for h in windows)) / max(1, len(windows)))
+        if schedule is None:
+            schedule = windows
     seq = T * curve[B]
     par = sum(curve[B * h] + solver_ms for h in schedule)
     if par < seq:
