@@ -88,7 +88,7 @@ def batch_time_curve(model: Denoiser, sample_shape: tuple[int, ...], rows: list[
 
 
 def plan(model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor, noise: torch.Tensor | None = None, *,
-         history: int = 2, buckets: int = 4, tol_abs: float = 1e-3, tol_rel: float = 1e-3,
+         history: int = 2, buckets: int = 4, tol_abs: float | None = None, tol_rel: float = 1e-3,
          schedule: list[int] | None = None, solver_ms: float | None = None) -> Plan:
     """Plan sampling of ``x_T [B, ...]`` with ``model`` and ``coeffs`` on ``x_T``'s device.
 

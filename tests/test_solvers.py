@@ -177,3 +177,20 @@ def test_guidance_rescale_matches_diffusers():
 
     g, c = torch.randn(3, 2, 4, 4, dtype=torch.float64), torch.randn(3, 2, 4, 4, dtype=torch.float64)
     torch.testing.assert_close(pt.model.rescale_noise_cfg(g, c, 0.7), rescale_noise_cfg(g, c, 0.7))
+
+
+def test_default_tolerance_scales_with_the_number_of_steps():
+    from paratriton.solvers._common import default_tol_abs
+
+    assert default_tol_abs(50) == default_tol_abs(100) == 1e-3
+    assert abs(default_tol_abs(1000) - 1e-4) < 1e-18
+    # long trajectories: the default keeps the sample close to the sequential one (a fixed per-step 1e-3 does not)
+    cf = pt.coefficients_from_scheduler(DDIMScheduler(clip_sample=False), 1000)
+    gm = GaussianMixture.random((1, 8, 8), 8, std=0.3, seed=0, scale=0.5)
+    model = gm.denoiser(cf)
+    x_T = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ref = pt.solve(model, cf, x_T, None, method="sequential")
+    loose = pt.solve(model, cf, x_T, None, method="taa", tol_abs=1e-3)
+    default = pt.solve(model, cf, x_T, None, method="taa")
+    assert rms(default.sample, ref.sample) < rms(loose.sample, ref.sample) / 5
+    assert rms(default.sample, ref.sample) < 1e-2

@@ -19,7 +19,7 @@ from ..model import Denoiser
 from ..ops import anderson_gram, order_k_residual
 from ..schedule import SamplerCoefficients
 from ._common import (IterationInfo, ModelCaller, NonFiniteError, SolveResult, _check_int, _check_positive,
-                      check_problem)
+                      check_problem, default_tol_abs)
 
 
 class StaticTAA:
@@ -31,13 +31,13 @@ class StaticTAA:
 
     method = "taa"
 
-    def __init__(self, *, order: int | None = None, history: int = 2, ridge: float = 1e-3, tol_abs: float = 1e-3,
+    def __init__(self, *, order: int | None = None, history: int = 2, ridge: float = 1e-3, tol_abs: float | None = None,
                  tol_rel: float = 1e-3, max_iters: int | None = None, buckets: int = 4,
                  use_cuda_graph: bool = True, safeguard: bool = True, callback: Callable[[IterationInfo], None] | None = None) -> None:
         self.order = None if order is None else _check_int("order", order, 1)
         self.history = _check_int("history", history, 1)
         self.ridge = _check_positive("ridge", ridge)
-        self.tol_abs = _check_positive("tol_abs", tol_abs)
+        self.tol_abs = None if tol_abs is None else _check_positive("tol_abs", tol_abs)
         self.tol_rel = _check_positive("tol_rel", tol_rel)
         self.max_iters = None if max_iters is None else _check_int("max_iters", max_iters, 1)
         self.buckets = _check_int("buckets", buckets, 1, 16)
@@ -133,7 +133,8 @@ class StaticTAA:
         cf = coeffs.to(dev)
         self._s = dict(
             T=T, x=torch.empty(T + 1, B, D, dtype=dt, device=dev), a=cf.a.to(dt), b=cf.b.to(dt), c=cf.c.to(dt),
-            thr=torch.clamp(self.tol_rel * cf.posterior_std, min=self.tol_abs).to(dt),
+            thr=torch.clamp(self.tol_rel * cf.posterior_std,
+                            min=default_tol_abs(T) if self.tol_abs is None else self.tol_abs).to(dt),
             xi=None if noise is None else torch.empty(T, B, D, dtype=dt, device=dev),
             hist_x=torch.empty(M, T, B, D, dtype=dt, device=dev), hist_R=torch.empty(M, T, B, D, dtype=dt, device=dev),
             count=torch.empty(T, dtype=torch.long, device=dev), F=torch.empty((), dtype=torch.long, device=dev),
