@@ -52,5 +52,5 @@ def test_plan_picks_parallel_when_batches_are_free():
         time.sleep(2e-3)
         return model(x, s)
 
-    p = plan(flat_cost, cf, x_T, schedule=[40, 40, 20, 10])
+    p = plan(flat_cost, cf, x_T, schedule=[40, 40, 20, 10], solver_ms=0.1)
     assert p.method == "taa" and p.predicted_ms < p.sequential_ms / 5
