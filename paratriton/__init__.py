@@ -9,10 +9,21 @@ from .model import ClassifierFreeGuidance, Denoiser
 from .schedule import SamplerCoefficients, coefficients_from_scheduler
 from .solvers import METHODS, IterationInfo, NonFiniteError, SolveResult, solve, solve_sequential
 from .pipelines import parallelize
+from .planner import Plan, plan
 from ._backends import backends  # which kernel (C++ / CUDA / Triton / torch) each op uses; loads paratriton._C
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # the shipped model pulls in diffusers: load it only when asked for (``paratriton.models.load_default()``)
+    if name == "models":
+        import importlib
+
+        return importlib.import_module(".models", __name__)
+    raise AttributeError(f"module 'paratriton' has no attribute {name!r}")
+
+
 __all__ = ["solve", "solve_sequential", "METHODS", "SolveResult", "IterationInfo", "NonFiniteError",
            "SamplerCoefficients", "coefficients_from_scheduler", "ClassifierFreeGuidance", "Denoiser",
-           "parallelize", "__version__"]
+           "parallelize", "plan", "Plan", "backends", "__version__"]

@@ -66,3 +66,45 @@ def test_sharded_solve_matches_single_process(tmp_path, world):
     # the rank's share of every batched call is balanced
     for r in results[1:]:
         assert all(abs(a - b) <= 1 for a, b in zip(r["calls"], results[0]["calls"]))
+
+
+def _faulty_worker(rank, world, port, out_path, fault):
+    import datetime
+    import time
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=5))
+    from paratriton.distributed import ShardedDenoiser
+
+    model = ShardedDenoiser(lambda x, s: 2 * x)
+    x = torch.randn(4, 3)
+    model(x, torch.zeros(4, dtype=torch.long))  # one healthy call
+    if rank == 1:
+        if fault == "dies":
+            os._exit(1)
+        time.sleep(60)  # hangs
+        os._exit(0)
+    t0 = time.monotonic()
+    try:
+        model(x, torch.zeros(4, dtype=torch.long))
+        outcome = "no error"
+    except Exception as e:  # noqa: BLE001 -- any clear error will do; it must come, and soon
+        outcome = f"{type(e).__name__}: {e}"
+    with open(out_path, "w") as f:
+        f.write(f"{time.monotonic() - t0:.2f}\n{outcome}")
+    os._exit(0)
+
+
+@pytest.mark.parametrize("fault", ["dies", "hangs"])
+def test_a_dead_or_hung_rank_fails_the_others_within_the_timeout(tmp_path, fault):
+    out = str(tmp_path / "rank0.txt")
+    ctx = mp.start_processes(_faulty_worker, args=(2, _free_port(), out, fault), nprocs=2, start_method="spawn",
+                             join=False)
+    ctx.processes[0].join(timeout=45)
+    for p in ctx.processes:
+        if p.is_alive():
+            p.kill()
+    elapsed, outcome = open(out).read().split("\n", 1)
+    assert outcome != "no error"
+    assert float(elapsed) < 30, (elapsed, outcome)
