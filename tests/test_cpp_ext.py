@@ -422,3 +422,29 @@ def test_invalid_arguments_raise():
         ops.anderson_update(r, r, rnd(2, 3, 2, 5), rnd(2, 3, 2, 4), rnd(3, 2, 2))
     with pytest.raises(RuntimeError, match="float32 or float64"):
         ops.masked_lstsq(torch.eye(2, dtype=torch.float16).repeat(3, 2, 1, 1), rnd(3, 2, 2), torch.tensor([0, 1, 2]))
+
+
+@pytestmark_ext
+@pytest.mark.parametrize("what", ["api", "torch"])
+def test_mismatched_build_falls_back_with_one_warning(what, monkeypatch, caplog):
+    from paratriton import _C
+
+    _backends.use_extension(False)
+    try:
+        if what == "api":
+            monkeypatch.setattr(_backends, "API_VERSION", _backends.API_VERSION + 1)
+        else:
+            monkeypatch.setattr(_C, "torch_version", lambda: "1.0.0", raising=False)
+        with caplog.at_level("INFO", logger="paratriton"):
+            _backends._load()
+        assert not _backends.extension_status()["loaded"]
+        assert all(v["cpu"] == "torch" for v in pt.backends().values())
+        records = [r for r in caplog.records if r.name == "paratriton"]
+        assert len(records) == 1 and records[0].levelname == "WARNING", records
+        assert ("stale build" if what == "api" else "built against torch 1.0.0") in records[0].getMessage()
+        r, a = rnd(3, 2, 5), torch.ones(3, dtype=torch.float64)
+        torch.testing.assert_close(ops.order_k_residual(r, a, 2), order_k_residual(r, a, 2))  # the reference runs
+    finally:
+        monkeypatch.undo()
+        _backends.use_extension(True)
+    assert _backends.extension_status()["loaded"]
