@@ -19,6 +19,7 @@ import time
 import torch
 
 import paratriton as pt
+from paratriton._cuda_graph import capture, median_ms
 from paratriton.planner import plan
 from paratriton.solvers.graphed_sequential import GraphedSequential
 from paratriton.solvers.static_taa import StaticTAA
@@ -93,7 +94,6 @@ def part_a(args, report):
             taa = StaticTAA(history=args.history, tol_abs=args.tol, tol_rel=args.tol)
             t_first, res = timed(lambda: taa.solve(model, coeffs, x_T, noise), 1)  # includes the captures
             t_taa, res = timed(lambda: taa.solve(model, coeffs, x_T, noise), 5)
-            sched = [h for _, h in res.window_history] if res.window_history else []
             row.update(eager_sequential_ms=1e3 * t_eager, graphed_sequential_ms=1e3 * t_seq,
                        graphed_taa_ms=1e3 * t_taa, graphed_taa_first_call_ms=1e3 * t_first,
                        taa_iterations=res.iterations, taa_nfe=res.nfe, taa_converged=res.converged,
@@ -140,26 +140,9 @@ def taa_schedule(res, T, buckets):
 
 
 def graph_time(fn, reps=20) -> float:
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    g.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    ts = []
-    for _ in range(reps):
-        start.record()
-        g.replay()
-        end.record()
-        end.synchronize()
-        ts.append(start.elapsed_time(end))
-    del g
-    return statistics.median(ts)
+    """Median ms of a CUDA-graph replay of ``fn``."""
+    graph, _ = capture(fn)
+    return median_ms(graph.replay, reps)
 
 
 def part_b(args, report, schedules):

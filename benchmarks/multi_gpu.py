@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-
 import torch
 import torch.distributed as dist
 
+from paratriton._cuda_graph import capture, median_ms
 from paratriton.distributed import balanced_chunks, init_process_group
 
 
@@ -46,30 +45,6 @@ def make_model(name: str, dev):
     return call, shape
 
 
-def graphed(fn):
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        out = fn()
-    return g, out
-
-
-def median_ms(fn, reps=15):
-    ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
-    ts = []
-    for _ in range(reps):
-        ev[0].record()
-        fn()
-        ev[1].record()
-        ev[1].synchronize()
-        ts.append(ev[0].elapsed_time(ev[1]))
-    return statistics.median(ts)
-
-
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--model", choices=["dit", "sd"], default="dit")
@@ -87,7 +62,7 @@ def main():
     with torch.no_grad():
         if rank == 0:  # the baseline: graphed sequential on one GPU, batch 2 (CFG) per step
             x2 = torch.randn(2, *shape, device=dev, dtype=torch.float16)
-            g, _ = graphed(lambda: call(x2))
+            g, _ = capture(lambda: call(x2))
             report["sequential_step_ms"] = median_ms(g.replay)
             report["sequential_graphed_ms"] = T * report["sequential_step_ms"]
         per_window = {}
@@ -99,7 +74,7 @@ def main():
             x = torch.randn(rows, *shape, device=dev, dtype=torch.float16,
                             generator=torch.Generator(device=dev).manual_seed(H))
             chunk = x[start:stop] if stop > start else x[:1]
-            g, out = graphed(lambda: call(chunk))
+            g, out = capture(lambda: call(chunk))
             padded = torch.zeros(per, *shape, device=dev, dtype=torch.float16)
             gathered = torch.empty(world * per, *shape, device=dev, dtype=torch.float16)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ._cuda_graph import capture, median_ms
 from .model import Denoiser
 from .schedule import SamplerCoefficients
 from .solvers.static_taa import StaticTAA
@@ -48,23 +49,8 @@ class Plan:
 def _time_call(fn, device: torch.device, reps: int) -> float:
     """Median ms of ``fn()``; CUDA-graphed on CUDA (what the solvers replay), wall clock on the CPU."""
     if device.type == "cuda":
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            fn()
-        torch.cuda.current_stream().wait_stream(side)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            fn()
-        ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
-        ts = []
-        for _ in range(reps):
-            ev[0].record()
-            g.replay()
-            ev[1].record()
-            ev[1].synchronize()
-            ts.append(ev[0].elapsed_time(ev[1]))
-        return statistics.median(ts)
+        graph, _ = capture(fn)
+        return median_ms(graph.replay, reps)
     fn()
     ts = []
     for _ in range(reps):

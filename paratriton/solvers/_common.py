@@ -86,6 +86,20 @@ def default_tol_abs(num_steps: int) -> float:
     return DEFAULT_TOL_PER_100_STEPS * min(1.0, 100.0 / num_steps)
 
 
+def set_common_options(solver, tol_abs: float | None, tol_rel: float, max_iters: int | None,
+                       state_dtype: torch.dtype, callback) -> None:
+    """Validate and set the options every solver shares (``tol_abs=None``: ``default_tol_abs(T)`` at solve time)."""
+    solver.tol_abs = None if tol_abs is None else _check_positive("tol_abs", tol_abs)
+    solver.tol_rel = _check_positive("tol_rel", tol_rel)
+    solver.max_iters = None if max_iters is None else _check_int("max_iters", max_iters, 1)
+    if state_dtype not in (torch.float64, torch.float32):
+        raise ValueError(f"state_dtype must be torch.float64 or torch.float32, got {state_dtype}")
+    solver.state_dtype = state_dtype
+    if callback is not None and not callable(callback):
+        raise TypeError("callback must be callable")
+    solver.callback = callback
+
+
 def check_problem(coeffs: SamplerCoefficients, x_T: torch.Tensor, noise: torch.Tensor | None,
                   init: torch.Tensor | None = None) -> None:
     """Validate the shapes and dtypes of a sampling problem (``T`` steps, ``B`` trajectories)."""
@@ -183,15 +197,7 @@ class ParallelSolver:
                  max_iters: int | None = None, state_dtype: torch.dtype = torch.float64,
                  callback: Callable[[IterationInfo], None] | None = None) -> None:
         self.window = None if window is None else _check_int("window", window, 1)
-        self.tol_abs = None if tol_abs is None else _check_positive("tol_abs", tol_abs)  # None: default_tol_abs(T)
-        self.tol_rel = _check_positive("tol_rel", tol_rel)
-        self.max_iters = None if max_iters is None else _check_int("max_iters", max_iters, 1)
-        if state_dtype not in (torch.float64, torch.float32):
-            raise ValueError(f"state_dtype must be torch.float64 or torch.float32, got {state_dtype}")
-        self.state_dtype = state_dtype
-        if callback is not None and not callable(callback):
-            raise TypeError("callback must be callable")
-        self.callback = callback
+        set_common_options(self, tol_abs, tol_rel, max_iters, state_dtype, callback)
         self.window_shrunk_to: int | None = None  # set when running out of memory forced a smaller window
 
     # -- hooks -------------------------------------------------------------------------------------------------

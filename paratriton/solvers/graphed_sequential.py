@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from .._cuda_graph import capture
 from ..model import Denoiser
 from ..schedule import SamplerCoefficients
 from ._common import ModelCaller, NonFiniteError, SolveResult, check_problem
@@ -36,14 +37,7 @@ class GraphedSequential:
         self.call = ModelCaller(model, self.shape, B)
         self.graph = None
         if use_cuda_graph and dev.type == "cuda":
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up outside the capture (lazy init, autotuning)
-                self._loop()
-            torch.cuda.current_stream().wait_stream(side)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self._loop()
+            self.graph, _ = capture(self._loop)  # the warm-up run only rewrites x[:T], which every run rewrites
 
     def _loop(self) -> None:
         x = self.x

@@ -85,8 +85,8 @@ import torch
 
 from ..model import Denoiser
 from ..schedule import SamplerCoefficients, _affine_prediction
-from ._common import (IterationInfo, ModelCaller, NonFiniteError, SolveResult, _check_int, _check_positive,
-                      check_problem)
+from ._common import (IterationInfo, ModelCaller, NonFiniteError, SolveResult, _check_int, check_problem,
+                      set_common_options)
 
 __all__ = ["SRDS", "SRDSPipelined", "SRDSResult", "Round", "build_schedule", "default_blocks", "allowed_blocks",
            "coarse_coefficients", "critical_path_model", "srds_benchmark", "main"]
@@ -332,15 +332,7 @@ class SRDS:
         if backend not in ("torch", "triton"):
             raise ValueError(f"backend must be 'torch' or 'triton', got {backend!r}")
         self.blocks = None if blocks is None else _check_int("blocks", blocks, 1)
-        self.tol_abs = _check_positive("tol_abs", tol_abs)
-        self.tol_rel = _check_positive("tol_rel", tol_rel)
-        self.max_iters = None if max_iters is None else _check_int("max_iters", max_iters, 1)
-        if state_dtype not in (torch.float64, torch.float32):
-            raise ValueError(f"state_dtype must be torch.float64 or torch.float32, got {state_dtype}")
-        self.state_dtype = state_dtype
-        if callback is not None and not callable(callback):
-            raise TypeError("callback must be callable")
-        self.callback = callback
+        set_common_options(self, tol_abs, tol_rel, max_iters, state_dtype, callback)
 
     def solve(self, model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor,
               noise: torch.Tensor | None = None, init: torch.Tensor | None = None) -> SRDSResult:

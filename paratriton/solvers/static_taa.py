@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 
+from .._cuda_graph import capture
 from ..model import Denoiser
 from ..ops import anderson_gram, order_k_residual
 from ..schedule import SamplerCoefficients
@@ -48,7 +49,7 @@ class StaticTAA:
     def _iteration(self, H: int) -> None:
         """One TAA iteration on steps ``0 .. H-1`` (all shapes static; everything stays on the device)."""
         s = self._s
-        M, T = self.history + 1, s["T"]
+        M = self.history + 1
         x, hist_x, hist_R, count, F, slot = s["x"], s["hist_x"], s["hist_R"], s["count"], s["F"], s["slot"]
         idx = s["idx"][:H]
         active = idx < F  # steps below the anchor
@@ -160,14 +161,7 @@ class StaticTAA:
         s = self._s
         saved = {k: s[k].clone() for k in ("x", "hist_x", "hist_R", "count", "F", "slot", "rms", "bad", "prev_rms",
                                            "prev_accel")}
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            self._iteration(H)
-        torch.cuda.current_stream().wait_stream(side)
-        for k, v in saved.items():
+        graph, _ = capture(lambda: self._iteration(H))
+        for k, v in saved.items():  # undo the warm-up iteration (the capture itself runs nothing)
             s[k].copy_(v)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            self._iteration(H)
-        return g  # capturing records the kernels without running them: the state is still the saved one
+        return graph
