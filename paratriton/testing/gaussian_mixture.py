@@ -62,9 +62,15 @@ class GaussianMixture:
         alpha_all, sigma_all = coeffs.signal_scale, coeffs.noise_scale
         pt = coeffs.prediction_type
 
+        levels: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
         def model(x: torch.Tensor, step_index: torch.Tensor) -> torch.Tensor:
-            # index on the model's device: no host sync, so the model can be captured in a CUDA graph
-            al, sg = alpha_all.to(x.device)[step_index], sigma_all.to(x.device)[step_index]
+            # index on the model's device, from copies made on the first (uncaptured) call: no host sync or copy,
+            # so the model can be captured in a CUDA graph
+            if x.device not in levels:
+                levels[x.device] = (alpha_all.to(x.device), sigma_all.to(x.device))
+            al_all, sg_all = levels[x.device]
+            al, sg = al_all[step_index], sg_all[step_index]
             x0 = self.posterior_mean(x, al, sg)
             bshape = (-1,) + (1,) * (x.ndim - 1)
             al, sg = al.view(bshape), sg.view(bshape)
