@@ -1,6 +1,6 @@
 """Solver ops. Each op lives in its own folder: ``naive.py`` is the plain-torch reference (the oracle), ``fused.py``
-the Triton kernels, and ``__init__.py`` registers ``torch.ops.paratriton.<op>`` (CPU: the reference, CUDA: the
-kernels). The names exported here are the references; the registered ops are ``<op>_op`` in each folder.
+the Triton kernels, and ``__init__.py`` registers ``torch.ops.paratriton.<op>`` (CPU: the reference, or the C++
+kernel of ``paratriton._C`` when it is built; CUDA: the Triton kernels, or opt-in CUDA kernels of ``paratriton._C``). The names exported here are the references; the registered ops are ``<op>_op`` in each folder.
 """
 
 from .anderson_gram import anderson_gram
