@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._triton_grid import batch_and_d_block
+
 
 def num_slots(mh: int) -> int:
     """Number of partial slots ``NG`` for ``mh`` history columns (sum of squares, ``h`` and the upper triangle)."""
@@ -70,11 +72,7 @@ def _gram_direct_kernel(
 ):
     """Partial Gram products of explicit columns ``dR [MH, n, B, D]`` and ``R [n, B, D]`` (one program per D block)."""
     dt: tl.constexpr = part_ptr.dtype.element_ty
-    pid = tl.program_id(0)
-    b = (pid // nblk).to(tl.int64)
-    blk = pid % nblk
-    offs_d = (blk * BLOCK_D + tl.arange(0, BLOCK_D)).to(tl.int64)
-    dmask = offs_d < D
+    pid, b, blk, offs_d, dmask = batch_and_d_block(nblk, D, BLOCK_D)
     rows = tl.arange(0, BLOCK_P)
     base = (b * nblk + blk) * NG * n
     for t in range(0, tl.cdiv(n, BLOCK_P)):

@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._triton_grid import batch_and_d_block
+
 
 @triton.jit
 def _update_kernel(
@@ -23,11 +25,7 @@ def _update_kernel(
     RING: tl.constexpr, MH: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     dt: tl.constexpr = out_ptr.dtype.element_ty
-    pid = tl.program_id(0)
-    b = (pid // nblk).to(tl.int64)
-    blk = pid % nblk
-    offs_d = (blk * BLOCK_D + tl.arange(0, BLOCK_D)).to(tl.int64)
-    dmask = offs_d < D
+    pid, b, blk, offs_d, dmask = batch_and_d_block(nblk, D, BLOCK_D)
     p = (tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
     pvalid = p < n
     mask = pvalid[:, None] & dmask[None, :]

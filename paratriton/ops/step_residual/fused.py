@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._triton_grid import batch_and_d_block
+
 from ..anderson_gram.fused import _gram_tile, launch_reduce, num_slots
 
 
@@ -68,11 +70,7 @@ def _residual_kernel(
     NG: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
     dt: tl.constexpr = x_ptr.dtype.element_ty
-    pid = tl.program_id(0)
-    b = (pid // nblk).to(tl.int64)
-    blk = pid % nblk
-    offs_d = (blk * BLOCK_D + tl.arange(0, BLOCK_D)).to(tl.int64)
-    dmask = offs_d < D
+    pid, b, blk, offs_d, dmask = batch_and_d_block(nblk, D, BLOCK_D)
     rows = tl.arange(0, BLOCK_P)
     base = (b * nblk + blk) * NG * n
     if SUMSQ:
