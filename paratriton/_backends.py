@@ -16,6 +16,7 @@ unusable one (import error, other torch version, stale build) once at WARNING; b
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from typing import Any
@@ -57,9 +58,11 @@ def _load(cuda_spec: str | None = None) -> None:
         log.info("paratriton: compiled extension disabled (PARATRITON_DISABLE_EXT); using the Triton/torch kernels")
         return
     try:
-        from . import _C
+        # import_module, not "from . import _C": inside the package's own import a missing submodule would surface
+        # as a generic ImportError ("partially initialized module") and read like a broken build
+        _C = importlib.import_module(f"{__package__}._C")
     except ModuleNotFoundError as e:
-        if e.name not in ("paratriton._C", "_C"):
+        if e.name not in (f"{__package__}._C", "_C"):
             raise
         _status.update(reason="not built")
         log.info("paratriton: compiled extension paratriton._C not built; using the Triton/torch kernels "
