@@ -3,7 +3,11 @@
 Every rank runs the same solver on the same state (the solver is deterministic and cheap); only the model call is
 split. ``ShardedDenoiser`` gives rank ``r`` a balanced, contiguous chunk of the ``N`` rows (sizes differ by at most
 one, so no rank idles while another holds the window), evaluates it, and gathers all chunks with one collective
-per call. Wrap the *branch* model before ``ClassifierFreeGuidance`` to spread the two guidance halves over ranks.
+per call. A chunk loses its rows' positions, which a model needs whenever its conditioning depends on the row
+(per-trajectory labels or prompts with ``B > 1``, the guidance half of a two-branch model): with
+``with_rows=True`` the model is called as ``model(x, step_index, rows=...)`` with the global row indices. Wrap the
+guided model (``ClassifierFreeGuidance`` inside: both halves of a row on one rank), or the two-branch model with
+``with_rows=True`` to spread the halves over ranks.
 """
 
 from __future__ import annotations
@@ -12,8 +16,6 @@ import datetime
 
 import torch
 import torch.distributed as dist
-
-from .model import Denoiser
 
 __all__ = ["ShardedDenoiser", "balanced_chunks", "init_process_group"]
 
@@ -37,11 +39,11 @@ class ShardedDenoiser:
     must call it with identical ``x`` (they do when they run the same solver on the same inputs).
     """
 
-    def __init__(self, model: Denoiser, group: dist.ProcessGroup | None = None) -> None:
+    def __init__(self, model, group: dist.ProcessGroup | None = None, with_rows: bool = False) -> None:
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError("ShardedDenoiser needs torch.distributed to be initialised "
                                "(paratriton.distributed.init_process_group() under torchrun)")
-        self.model, self.group = model, group
+        self.model, self.group, self.with_rows = model, group, with_rows
         self.world = dist.get_world_size(group)
         self.rank = dist.get_rank(group)
 
@@ -50,12 +52,12 @@ class ShardedDenoiser:
         per = -(-N // self.world)
         start, stop = balanced_chunks(N, self.world)[self.rank]
         if stop > start:
-            out = self.model(x[start:stop], step_index[start:stop])
+            out = self._call(x, step_index, start, stop)
         else:  # more ranks than rows: evaluate a real row to keep shapes and dtypes, then drop it
-            out = self.model(x[:1], step_index[:1])[:0]
+            out = self._call(x, step_index, 0, 1)[:0]
         pad = per - out.shape[0]
         if pad:
-            fill = out[-1:] if out.shape[0] else torch.zeros_like(self.model(x[:1], step_index[:1]))
+            fill = out[-1:] if out.shape[0] else torch.zeros_like(self._call(x, step_index, 0, 1))
             out = torch.cat([out, fill.expand(pad, *out.shape[1:])])
         out = out.contiguous()
         if dist.get_backend(self.group) == "nccl":
@@ -67,6 +69,12 @@ class ShardedDenoiser:
             dist.all_gather(parts, out, group=self.group)
         sizes = [b - a for a, b in balanced_chunks(N, self.world)]
         return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+
+    def _call(self, x: torch.Tensor, step_index: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        if self.with_rows:
+            rows = torch.arange(start, stop, device=step_index.device)
+            return self.model(x[start:stop], step_index[start:stop], rows=rows)
+        return self.model(x[start:stop], step_index[start:stop])
 
 
 def init_process_group(timeout_s: float = 120.0) -> tuple[int, int, torch.device]:

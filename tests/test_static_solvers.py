@@ -97,3 +97,37 @@ def test_static_taa_rebuilds_for_other_coefficients():
     got = solver.solve(model2, cf2, x_T, None).sample
     ref = pt.solve(model2, cf2, x_T, None, method="sequential").sample
     assert (got - ref).square().mean().sqrt() <= 1e-6
+
+
+@pytest.mark.parametrize("method", ["taa", "fp", "picard"])
+@pytest.mark.parametrize("kind,T,B,window", [("ddim", 25, 3, 7), ("ddpm", 25, 1, 1), ("ddim", 50, 1, 12),
+                                             ("ddpm", 10, 2, 4)])
+def test_static_sliding_window_equals_windowed_reference(method, kind, T, B, window):
+    cf, model, x_T, noise = problem(kind, T, B)
+    kw = dict(window=window, tol_abs=1e-6, tol_rel=1e-6)
+    if method != "picard":
+        kw["order"] = 5
+    if method == "taa":
+        kw["history"] = 3
+    ref = pt.solve(model, cf, x_T, noise, method=method, **kw)
+    got = StaticTAA(method=method, **kw).solve(model, cf, x_T, noise)
+    assert got.iterations == ref.iterations and got.nfe == ref.nfe and got.converged
+    assert got.window_history == ref.window_history
+    torch.testing.assert_close(got.trajectory, ref.trajectory, rtol=0, atol=1e-12)
+
+
+def test_static_sliding_window_early_stop_fills_unreached_steps():
+    cf, model, x_T, noise = problem("ddpm", 25, 1)
+    got = StaticTAA(method="fp", window=5, max_iters=3).solve(model, cf, x_T, noise)
+    ref = pt.solve(model, cf, x_T, noise, method="fp", window=5, max_iters=3)
+    assert not got.converged and got.iterations == 3
+    torch.testing.assert_close(got.sample, ref.sample, rtol=0, atol=1e-12)
+
+
+def test_static_solver_options_are_checked():
+    with pytest.raises(ValueError, match="method must be one of"):
+        StaticTAA(method="aa")
+    with pytest.raises(ValueError, match="window must be >= 1"):
+        StaticTAA(window=0)
+    with pytest.raises(ValueError, match="order is not an option of Picard"):
+        StaticTAA(method="picard", order=3)

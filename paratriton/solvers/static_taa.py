@@ -1,11 +1,12 @@
-"""ParaTAA with static shapes and device-side masking, so a whole iteration can be one CUDA graph replay.
+"""Parallel solvers with static shapes and device-side masking, so a whole iteration is one CUDA graph replay.
 
-The windowed reference (``TriangularAnderson``) slices the state by the window on the host every iteration. Here
-the window always covers steps ``0 .. H-1`` for one of a few fixed bucket sizes ``H``; steps at or above the anchor
-``F`` (a device scalar) are masked out of every sum and update, so the iterates are those of the reference with
-``window = T``. The only value that reaches the host per iteration is ``F`` (with a finiteness flag): it picks the
-smallest bucket that still covers the unconverged steps and ends the loop at ``F == 0``. On CUDA each bucket's
-iteration (model call + solver ops) is captured once into a CUDA graph and replayed.
+The windowed reference solvers slice the state by the window on the host every iteration. Here every iteration
+works on ``H`` consecutive steps ``lo .. lo+H-1`` with ``lo`` a device scalar; steps at or above the anchor ``F``
+(a device scalar) are masked out of every sum and update, so the iterates are those of the reference solver.
+The only value that reaches the host per iteration is ``F`` (with a finiteness flag): it ends the loop at
+``F == 0``. Full window (``window=None``): ``lo = 0`` and ``H`` is the smallest of a few bucket sizes covering
+``F``. Sliding window (``window=W``): ``H = W`` and ``lo = max(F - W, 0)``, new steps are initialised on the device
+as the reference does (a copy of the lowest initialised state). On CUDA each ``H`` is captured once into a graph.
 """
 
 from __future__ import annotations
@@ -24,17 +25,24 @@ from ._common import (IterationInfo, ModelCaller, NonFiniteError, SolveResult, _
 
 
 class StaticTAA:
-    """TAA (``window = T``) as fixed-shape tensor programs; ``use_cuda_graph`` captures one graph per bucket.
+    """TAA (or order-k fixed point / Picard) as fixed-shape tensor programs, one CUDA graph per window size.
 
-    buckets: how many window sizes to keep (``T, T/2, T/4, ...``); more buckets skip more frozen steps at the
-             cost of one capture each. The model must be capturable (no host syncs, static shapes) on CUDA.
+    method:  "taa" (default), "fp" (order-k fixed point) or "picard" (unit weights); the same iterates as
+             ``paratriton.solve`` with that method and window.
+    window:  None (all T steps, shrinking through ``buckets`` sizes ``T, T/2, T/4, ...``) or a sliding window W.
+    The model must be capturable on CUDA (no host syncs, static shapes).
     """
 
-    method = "taa"
-
-    def __init__(self, *, order: int | None = None, history: int = 2, ridge: float = 1e-3, tol_abs: float | None = None,
-                 tol_rel: float = 1e-3, max_iters: int | None = None, buckets: int = 4,
-                 use_cuda_graph: bool = True, safeguard: bool = True, callback: Callable[[IterationInfo], None] | None = None) -> None:
+    def __init__(self, *, method: str = "taa", window: int | None = None, order: int | None = None,
+                 history: int = 2, ridge: float = 1e-3, tol_abs: float | None = None, tol_rel: float = 1e-3,
+                 max_iters: int | None = None, buckets: int = 4, use_cuda_graph: bool = True, safeguard: bool = True,
+                 callback: Callable[[IterationInfo], None] | None = None) -> None:
+        if method not in ("taa", "fp", "picard"):
+            raise ValueError(f"method must be one of ('taa', 'fp', 'picard'), got {method!r}")
+        if method == "picard" and order is not None:
+            raise ValueError("order is not an option of Picard (it always sums the whole window); use method='fp'")
+        self.method = method
+        self.window = None if window is None else _check_int("window", window, 1)
         self.order = None if order is None else _check_int("order", order, 1)
         self.history = _check_int("history", history, 1)
         self.ridge = _check_positive("ridge", ridge)
@@ -47,48 +55,68 @@ class StaticTAA:
         self.callback = callback
 
     def _iteration(self, H: int) -> None:
-        """One TAA iteration on steps ``0 .. H-1`` (all shapes static; everything stays on the device)."""
+        """One iteration on steps ``lo .. lo+H-1`` (all shapes static; everything stays on the device)."""
         s = self._s
-        M = self.history + 1
-        x, hist_x, hist_R, count, F, slot = s["x"], s["hist_x"], s["hist_R"], s["count"], s["F"], s["slot"]
-        idx = s["idx"][:H]
+        x, F = s["x"], s["F"]
+        lo = (F - H).clamp_min(0) if self.window is not None else torch.zeros_like(F)
+        idx = lo + s["idx"][:H]
         active = idx < F  # steps below the anchor
-        out = s["call"](x[1:H + 1], idx).to(x.dtype)
-        r = s["a"][:H, None, None] * x[1:H + 1] + s["b"][:H, None, None] * out - x[:H]
+        if self.window is not None:  # steps entering the window start as a copy of the lowest initialised state
+            U = s["uninit"]
+            fresh = (idx <= U)[:, None, None]
+            x.index_copy_(0, idx, torch.where(fresh, x.index_select(0, (U + 1).view(1)), x.index_select(0, idx)))
+            U.copy_(torch.minimum(U, lo - 1))
+        xw, xin = x.index_select(0, idx), x.index_select(0, idx + 1)
+        a = s["a"].index_select(0, idx)
+        out = s["call"](xin, idx).to(x.dtype)
+        r = a[:, None, None] * xin + s["b"].index_select(0, idx)[:, None, None] * out - xw
         if s["xi"] is not None:
-            r = r + s["c"][:H, None, None] * s["xi"][:H]
+            r = r + s["c"].index_select(0, idx)[:, None, None] * s["xi"].index_select(0, idx)
         rms = r.square().mean(-1).sqrt()
-        unconv = (rms > s["thr"][:H, None]).any(1) & active
-        jstar = torch.where(unconv, idx, torch.full_like(idx, -1)).max().clamp_min(0)
+        unconv = (rms > s["thr"].index_select(0, idx)[:, None]).any(1) & active
+        # j*: the highest unconverged step, or the window bottom when all have converged
+        jstar = torch.maximum(torch.where(unconv, idx, torch.full_like(idx, -1)).max(), lo)
         s["bad"].copy_((~torch.isfinite(rms) & active[:, None]).any())
         act = active[:, None, None].to(x.dtype)
-        R = order_k_residual(r * act, s["a"][:H], H if self.order is None else self.order)
-        hist_x[:, :H].index_copy_(0, slot, x[None, :H])
-        hist_R[:, :H].index_copy_(0, slot, R[None])
-        count[:H] += active.long()
-        m_i = count[:H].clamp(max=M) - 1
-        newest = (slot - torch.arange(M, device=x.device)) % M  # ring slots, newest first
-        hx, hR = hist_x[:, :H].index_select(0, newest), hist_R[:, :H].index_select(0, newest)
+        R = order_k_residual(r * act, a, H if self.order is None else self.order, self.method == "picard")
+        new = xw + R
+        if self.method == "taa":
+            new = new - self._anderson(idx, active, jstar, rms, xw, R, act)
+        x.index_copy_(0, idx, torch.where(active[:, None, None], new, xw))
+        s["rms"].fill_(float("nan"))
+        s["rms"].index_copy_(0, idx, torch.where(active[:, None], rms, torch.full_like(rms, float("nan"))))
+        F.copy_(jstar)
+
+    def _anderson(self, idx, active, jstar, rms, xw, R, act) -> torch.Tensor:
+        """The Anderson correction ``(dX + dR) gamma`` of the window (as ``TriangularAnderson``), history pushed."""
+        s = self._s
+        M = self.history + 1
+        hist_x, hist_R, count, slot = s["hist_x"], s["hist_R"], s["count"], s["slot"]
+        # ring over iterations, indexed by step: slot `slot` takes this iteration's (x, R) of the window
+        hist_x[slot.view(1), idx] = xw[None]
+        hist_R[slot.view(1), idx] = R[None]
+        count.index_add_(0, idx, active.long())
+        m_i = count.index_select(0, idx).clamp(max=M) - 1
+        newest = (slot - torch.arange(M, device=xw.device)) % M  # ring slots, newest first
+        hx = hist_x.index_select(0, newest).index_select(1, idx)
+        hR = hist_R.index_select(0, newest).index_select(1, idx)
         dX, dR = hx[:-1] - hx[1:], (hR[:-1] - hR[1:]) * act
         G, h = anderson_gram(dR, R)
         accel = active & (idx < jstar) & (m_i >= 1)
         if self.safeguard:  # as TriangularAnderson._accelerated: no Anderson step where it made the residual grow
             worst = rms.amax(1)
-            accel &= ~(s["prev_accel"][:H] & (worst > s["prev_rms"][:H]))
-            s["prev_rms"][:H] = torch.where(active, worst, s["prev_rms"][:H])
-            s["prev_accel"][:H] = torch.where(active, accel, s["prev_accel"][:H])
+            prev_rms, prev_accel = s["prev_rms"].index_select(0, idx), s["prev_accel"].index_select(0, idx)
+            accel &= ~(prev_accel & (worst > prev_rms))
+            s["prev_rms"].index_copy_(0, idx, torch.where(active, worst, prev_rms))
+            s["prev_accel"].index_copy_(0, idx, torch.where(active, accel, prev_accel))
         num_cols = torch.where(accel, m_i, torch.zeros_like(m_i))
         gamma = torch.ops.paratriton.masked_lstsq(G, h, num_cols, self.ridge)
-        new = x[:H] + R - torch.einsum("jnbd,nbj->nbd", dX + dR, gamma.to(x.dtype))
-        x[:H] = torch.where(active[:, None, None], new, x[:H])
-        s["rms"][:H] = torch.where(active[:, None], rms, torch.full_like(rms, float("nan")))
-        s["rms"][H:] = float("nan")
-        F.copy_(jstar)
         slot.copy_((slot + 1) % M)
+        return torch.einsum("jnbd,nbj->nbd", dX + dR, gamma.to(xw.dtype))
 
     def solve(self, model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor,
               noise: torch.Tensor | None = None) -> SolveResult:
-        """Same contract as ``paratriton.solve(..., method="taa", window=T)``.
+        """Same contract as ``paratriton.solve(..., method=self.method, window=self.window)``.
 
         Solving again with the same model, coefficients and shapes reuses the buffers and the captured graphs
         (only ``x_T`` and ``noise`` are copied in), so a second call costs the replays alone.
@@ -102,12 +130,14 @@ class StaticTAA:
         else:
             self._reset(x_T, noise)
         s, T, B, shape = self._s, coeffs.num_steps, x_T.shape[0], tuple(x_T.shape[1:])
-        sizes = sorted({max(1, math.ceil(T / 2**j)) for j in range(self.buckets)})
+        sizes = ([min(self.window, T)] if self.window is not None
+                 else sorted({max(1, math.ceil(T / 2**j)) for j in range(self.buckets)}))
         graphed = self.use_cuda_graph and x_T.device.type == "cuda"
         max_iters = T if self.max_iters is None else self.max_iters
-        F_host, it, nfe, residuals = T, 0, 0, []
+        F_host, it, nfe, residuals, windows = T, 0, 0, [], []
         while F_host > 0 and it < max_iters:
-            H = next(h for h in sizes if h >= F_host)
+            H = next((h for h in sizes if h >= F_host), sizes[-1])
+            lo = max(F_host - H, 0) if self.window is not None else 0  # what the device computes, known here
             if graphed:
                 if H not in self._graphs:
                     self._graphs[H] = self._capture(H)
@@ -118,14 +148,20 @@ class StaticTAA:
             if bad:
                 raise NonFiniteError(f"the model output or the residual is NaN/inf in iteration {it}; "
                                      "the sampler stopped and returns no image")
-            nfe += F_host
+            nfe += F_host - lo
+            windows.append((lo, F_host))
             residuals.append(s["rms"].amax(1))  # stays on the device until the end
             F_host, it = F_new, it + 1
             if self.callback is not None:
-                self.callback(IterationInfo(it, (0, H), F_host, s["rms"][:H], s["x"].reshape(T + 1, B, *shape)))
+                self.callback(IterationInfo(it, windows[-1], F_host, s["rms"][lo:lo + H],
+                                            s["x"].reshape(T + 1, B, *shape)))
+        if self.window is not None:  # stopped early: steps never reached get the best guess there is
+            U = int(s["uninit"])
+            if U >= 0:
+                s["x"][:U + 1] = s["x"][U + 1]
         traj = s["x"].reshape(T + 1, B, *shape)
         res = torch.stack(residuals).to("cpu", torch.float64)
-        return SolveResult(traj[0], traj, it, nfe, res, F_host == 0, "taa(static)")
+        return SolveResult(traj[0], traj, it, nfe, res, F_host == 0, f"{self.method}(static)", windows)
 
     def _setup(self, model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor,
                noise: torch.Tensor | None) -> None:
@@ -141,6 +177,7 @@ class StaticTAA:
             count=torch.empty(T, dtype=torch.long, device=dev), F=torch.empty((), dtype=torch.long, device=dev),
             slot=torch.empty(1, dtype=torch.long, device=dev), idx=torch.arange(T, device=dev),
             prev_rms=torch.empty(T, dtype=dt, device=dev), prev_accel=torch.empty(T, dtype=torch.bool, device=dev),
+            uninit=torch.empty((), dtype=torch.long, device=dev),
             bad=torch.zeros((), dtype=torch.bool, device=dev), rms=torch.zeros(T, B, dtype=dt, device=dev),
             call=ModelCaller(model, shape, B))
         self._reset(x_T, noise)
@@ -154,13 +191,14 @@ class StaticTAA:
         for k in ("hist_x", "hist_R", "count", "prev_rms", "prev_accel", "slot"):
             s[k].zero_()
         s["F"].fill_(s["T"])
+        s["uninit"].fill_(s["T"] - 1 if self.window is not None else -1)  # full window: all start as x_T
 
     def _capture(self, H: int) -> "torch.cuda.CUDAGraph":
         """Capture one iteration of bucket ``H``. The warm-up run on a side stream (which lets lazy initialisation
         happen outside the capture) is a real iteration, so the state is saved before it and restored after."""
         s = self._s
         saved = {k: s[k].clone() for k in ("x", "hist_x", "hist_R", "count", "F", "slot", "rms", "bad", "prev_rms",
-                                           "prev_accel")}
+                                           "prev_accel", "uninit")}
         graph, _ = capture(lambda: self._iteration(H))
         for k, v in saved.items():  # undo the warm-up iteration (the capture itself runs nothing)
             s[k].copy_(v)
