@@ -23,7 +23,7 @@ from .model import Denoiser
 from .schedule import SamplerCoefficients
 from .solvers.static_taa import StaticTAA
 
-__all__ = ["Plan", "plan", "batch_time_curve", "bucket_sizes"]
+__all__ = ["Plan", "plan", "WindowChoice", "choose_window", "batch_time_curve", "bucket_sizes"]
 
 _CURVES: "weakref.WeakKeyDictionary[object, dict[tuple, dict[int, float]]]" = weakref.WeakKeyDictionary()
 
@@ -90,7 +90,8 @@ def plan(model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor, noise:
     if schedule is None or solver_ms is None:
         windows: list[int] = []
         cal = StaticTAA(history=history, buckets=buckets, tol_abs=tol_abs, tol_rel=tol_rel,
-                        use_cuda_graph=dev.type == "cuda", callback=lambda info: windows.append(info.window[1]))
+                        use_cuda_graph=dev.type == "cuda",
+                        callback=lambda info: windows.append(next(h for h in sizes if h >= info.window[1])))
         cal.solve(model, coeffs, x_T, noise)  # first solve: captures the graphs
         windows.clear()
         sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
@@ -111,3 +112,42 @@ def plan(model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor, noise:
     return Plan("sequential", history, buckets, seq, seq, par, list(schedule), curve,
                 f"sequential: {len(schedule)} parallel iterations would take {par:.1f} ms, more than {T} "
                 f"sequential calls at {seq:.1f} ms on this device (the model's batch time grows too fast)")
+
+
+@dataclass
+class WindowChoice:
+    """The outcome of ``choose_window``: ``window`` is an int, or None for the sequential sampler."""
+
+    window: int | None
+    method: str
+    wall_ms: dict[str, float]  # per candidate ("sequential", "W=8", ...), measured
+    reason: str
+
+
+def choose_window(model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor, noise: torch.Tensor | None,
+                  method: str = "taa", candidates: list[int] | None = None, **options) -> WindowChoice:
+    """Time ``paratriton.solve`` (exactly what will run) for each candidate window and the sequential sampler on a
+    calibration problem, and return the fastest. Every window gives the same sample to the tolerance, so this
+    only picks speed. candidates: default ``T`` and ``T/2, T/4, ...`` down to 4.
+    """
+    from .solvers import solve
+
+    T = coeffs.num_steps
+    if candidates is None:
+        candidates = sorted({T, *[T // 2**j for j in range(1, 8) if T // 2**j >= 4]}, reverse=True)
+    sync = torch.cuda.synchronize if x_T.device.type == "cuda" else (lambda: None)
+
+    def wall(**kw) -> float:
+        sync()
+        t0 = time.perf_counter()
+        solve(model, coeffs, x_T, noise, **kw)
+        sync()
+        return 1e3 * (time.perf_counter() - t0)
+
+    walls = {"sequential": wall(method="sequential")}
+    for W in candidates:
+        walls[f"W={W}"] = wall(method=method, window=W, **options)
+    best = min(walls, key=walls.get)
+    window = None if best == "sequential" else int(best[2:])
+    return WindowChoice(window, "sequential" if window is None else method, walls,
+                        f"{best} was fastest: " + ", ".join(f"{k} {v:.0f} ms" for k, v in walls.items()))

@@ -488,3 +488,18 @@ def test_low_precision_model_keeps_its_dtype():
     assert par.paratriton_result.sample.dtype == torch.float64
     # the stock loop rounds every step to bfloat16, the solver does not: close, not equal
     assert (ref - out).abs().max() < 5e-2
+
+
+def test_window_auto_times_the_candidates_once_and_stays_exact():
+    pipe = _ddpm_pipe()
+    ref, out, par = run_pair(pipe, UNCOND, method="taa", window="auto")
+    assert_same(ref, out)
+    (choice,) = par.paratriton_window_choices.values()
+    assert set(choice.wall_ms) == {"sequential", "W=8", "W=4"}  # T = 8: the full window, T/2, and sequential
+    assert choice.method in ("taa", "sequential") and choice.reason
+    torch.manual_seed(0)
+    par(**UNCOND, generator=_gen(0, None))  # same shapes: the cached choice is reused, nothing re-timed
+    assert list(par.paratriton_window_choices.values()) == [choice]
+    assert next(iter(par.paratriton_window_choices.values())) is choice
+    with pytest.raises(ValueError, match="window='auto' needs a windowed method"):
+        paratriton.parallelize(pipe, "srds", window="auto")

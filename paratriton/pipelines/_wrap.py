@@ -66,6 +66,10 @@ def _check_method_and_options(method: str, options: dict) -> None:
     for name in ("init",):
         if name in options:
             raise TypeError(f"{name} is not an option of parallelize (the pipeline prepares x_T itself)")
+    if options.get("window") == "auto":
+        if method not in ("fp", "picard", "aa", "taa"):
+            raise ValueError(f"window='auto' needs a windowed method (fp, picard, aa, taa), got method={method!r}")
+        options = {k: v for k, v in options.items() if k != "window"}
     if method == "sequential":
         unknown = sorted(set(options) - set(_SEQUENTIAL_OPTIONS))
         if unknown:
@@ -180,6 +184,24 @@ class _ParallelCall:
             self._solve(args, kwargs)
         return self.dummy
 
+    def _auto_window(self, denoiser, coeffs, x_T, noise, method, options) -> tuple[str, int | None]:
+        """``window="auto"``: time the candidate windows and the sequential sampler once per problem shape (on a
+        calibration problem with other noise), cache the choice on the pipeline, and reuse it."""
+        from ..planner import choose_window
+
+        key = (coeffs.num_steps, tuple(x_T.shape), str(x_T.device), method)
+        cache = self.pipe.__dict__.setdefault("paratriton_window_choices", {})
+        if key not in cache:
+            g = torch.Generator().manual_seed(1234)
+            cal_x = torch.randn(x_T.shape, generator=g, dtype=x_T.dtype).to(x_T.device)
+            cal_noise = None if noise is None else torch.randn(noise.shape, generator=g, dtype=noise.dtype).to(
+                noise.device)
+            rest = {k: v for k, v in options.items() if k != "window"}
+            cache[key] = choose_window(denoiser, coeffs, cal_x, cal_noise, method, **rest)
+            logger.info("paratriton: window='auto': %s", cache[key].reason)
+        choice = cache[key]
+        return choice.method, choice.window
+
     def _solve(self, args: tuple, kwargs: dict) -> None:
         from .. import solve
 
@@ -237,8 +259,13 @@ class _ParallelCall:
         x_T = x_in[:B].to(torch.float64)  # CFG-doubled inputs: both halves are the same latents
         with self._progress(T) as bar:
             self.bar = bar
-            self.result = solve(denoiser, coeffs, x_T, noise, method=pipe.paratriton_method,
-                                callback=self._on_iteration, **pipe.paratriton_options)
+            method, options = pipe.paratriton_method, dict(pipe.paratriton_options)
+            if options.get("window") == "auto":
+                method, options["window"] = self._auto_window(denoiser, coeffs, x_T, noise, method, options)
+                if method == "sequential":
+                    options = {k: v for k, v in options.items() if k in _SEQUENTIAL_OPTIONS}
+            self.result = solve(denoiser, coeffs, x_T, noise, method=method,
+                                callback=self._on_iteration, **options)
         if not self.result.converged:
             logger.warning("paratriton: %s stopped after %d iterations before every step converged "
                            "(max_iters); the image is the current estimate", self.result.method,
