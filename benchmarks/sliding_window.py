@@ -47,24 +47,13 @@ def main():
     T = 100
     coeffs = pt.coefficients_from_scheduler(DDIMScheduler(clip_sample=False), T)
     ts = coeffs.timesteps.to(dev, torch.long)
-    window = {}
-
-    def two_branch(x2, s2, rows=None):
-        rows = torch.arange(x2.shape[0], device=dev) if rows is None else rows
-        y = torch.where(rows >= window["rows"], 207, 1000)  # unconditional half first, null class 1000
+    def two_branch(x2, s2, cond):
+        y = torch.where(cond, 207, 1000)  # class 207, or the null class 1000 on the unconditional rows
         with torch.no_grad():
             return net(x2.to(dtype), timestep=ts[s2], class_labels=y).sample[:, :4].float()
 
-    def guided(branch_model):
-        cfg = pt.ClassifierFreeGuidance(branch_model, 4.0)
-
-        def model(x, s):
-            window["rows"] = x.shape[0]
-            return cfg(x, s)
-        return model
-
-    single = guided(two_branch)
-    model = guided(ShardedDenoiser(two_branch, with_rows=True)) if world > 1 else single
+    single = pt.ClassifierFreeGuidance(two_branch, 4.0, pass_branch=True)
+    model = pt.ClassifierFreeGuidance(ShardedDenoiser(two_branch), 4.0, pass_branch=True) if world > 1 else single
     g = torch.Generator().manual_seed(0)
     x_T = torch.randn(1, 4, 32, 32, generator=g, dtype=torch.float64).to(dev)
     report = {"world": world, "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "model": "DiT-XL/2 random weights fp16",

@@ -3,11 +3,11 @@
 Every rank runs the same solver on the same state (the solver is deterministic and cheap); only the model call is
 split. ``ShardedDenoiser`` gives rank ``r`` a balanced, contiguous chunk of the ``N`` rows (sizes differ by at most
 one, so no rank idles while another holds the window), evaluates it, and gathers all chunks with one collective
-per call. A chunk loses its rows' positions, which a model needs whenever its conditioning depends on the row
-(per-trajectory labels or prompts with ``B > 1``, the guidance half of a two-branch model): with
-``with_rows=True`` the model is called as ``model(x, step_index, rows=...)`` with the global row indices. Wrap the
-guided model (``ClassifierFreeGuidance`` inside: both halves of a row on one rank), or the two-branch model with
-``with_rows=True`` to spread the halves over ranks.
+per call. A chunk loses its rows' positions, which a model needs whenever its conditioning depends on the row:
+keyword tensors with one entry per row (such as ``ClassifierFreeGuidance(..., pass_branch=True)``'s ``cond``
+flag) are sliced with the chunk, and with ``with_rows=True`` the model also gets ``rows=`` the global row indices
+(``rows % B`` is the trajectory, for per-trajectory labels or prompts). So the two guidance halves can be spread
+over ranks: ``ClassifierFreeGuidance(ShardedDenoiser(two_branch), scale, pass_branch=True)``.
 """
 
 from __future__ import annotations
@@ -47,17 +47,17 @@ class ShardedDenoiser:
         self.world = dist.get_world_size(group)
         self.rank = dist.get_rank(group)
 
-    def __call__(self, x: torch.Tensor, step_index: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, step_index: torch.Tensor, **row_args: torch.Tensor) -> torch.Tensor:
         N = x.shape[0]
         per = -(-N // self.world)
         start, stop = balanced_chunks(N, self.world)[self.rank]
         if stop > start:
-            out = self._call(x, step_index, start, stop)
+            out = self._call(x, step_index, row_args, start, stop)
         else:  # more ranks than rows: evaluate a real row to keep shapes and dtypes, then drop it
-            out = self._call(x, step_index, 0, 1)[:0]
+            out = self._call(x, step_index, row_args, 0, 1)[:0]
         pad = per - out.shape[0]
         if pad:
-            fill = out[-1:] if out.shape[0] else torch.zeros_like(self._call(x, step_index, 0, 1))
+            fill = out[-1:] if out.shape[0] else torch.zeros_like(self._call(x, step_index, row_args, 0, 1))
             out = torch.cat([out, fill.expand(pad, *out.shape[1:])])
         out = out.contiguous()
         if dist.get_backend(self.group) == "nccl":
@@ -70,11 +70,12 @@ class ShardedDenoiser:
         sizes = [b - a for a, b in balanced_chunks(N, self.world)]
         return torch.cat([p[:s] for p, s in zip(parts, sizes)])
 
-    def _call(self, x: torch.Tensor, step_index: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    def _call(self, x: torch.Tensor, step_index: torch.Tensor, row_args: dict[str, torch.Tensor], start: int,
+              stop: int) -> torch.Tensor:
+        kw = {k: v[start:stop] for k, v in row_args.items()}
         if self.with_rows:
-            rows = torch.arange(start, stop, device=step_index.device)
-            return self.model(x[start:stop], step_index[start:stop], rows=rows)
-        return self.model(x[start:stop], step_index[start:stop])
+            kw["rows"] = torch.arange(start, stop, device=step_index.device)
+        return self.model(x[start:stop], step_index[start:stop], **kw)
 
 
 def init_process_group(timeout_s: float = 120.0) -> tuple[int, int, torch.device]:

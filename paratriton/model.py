@@ -37,11 +37,12 @@ class ClassifierFreeGuidance:
 
     ``branch_model(x2, step_index2)`` receives ``[2N, ...]`` rows: the unconditional half first and the
     conditional half second (``cond_first=True`` swaps them, as DiT does). The guided output is
-    ``uncond + scale * (cond - uncond)``, optionally followed by guidance rescale.
+    ``uncond + scale * (cond - uncond)``, optionally followed by guidance rescale. With ``pass_branch=True`` the
+    call is ``branch_model(x2, step_index2, cond=...)`` with a ``[2N]`` bool flag marking the conditional rows.
     """
 
-    def __init__(self, branch_model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], guidance_scale: float,
-                 guidance_rescale: float = 0.0, cond_first: bool = False) -> None:
+    def __init__(self, branch_model: Callable[..., torch.Tensor], guidance_scale: float,
+                 guidance_rescale: float = 0.0, cond_first: bool = False, pass_branch: bool = False) -> None:
         if not (guidance_scale == guidance_scale) or guidance_scale < 0:
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}")
         if not 0.0 <= guidance_rescale <= 1.0:
@@ -50,9 +51,16 @@ class ClassifierFreeGuidance:
         self.guidance_scale = float(guidance_scale)
         self.guidance_rescale = float(guidance_rescale)
         self.cond_first = cond_first
+        self.pass_branch = pass_branch
 
     def __call__(self, x: torch.Tensor, step_index: torch.Tensor) -> torch.Tensor:
-        out = self.branch_model(torch.cat([x, x]), torch.cat([step_index, step_index]))
+        x2, s2 = torch.cat([x, x]), torch.cat([step_index, step_index])
+        if self.pass_branch:  # a per-row flag, so the rows need not stay in place (e.g. sharded over ranks)
+            half = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+            cond = torch.cat([~half, half]) if self.cond_first else torch.cat([half, ~half])
+            out = self.branch_model(x2, s2, cond=cond)
+        else:
+            out = self.branch_model(x2, s2)
         first, second = out.chunk(2)
         cond, uncond = (first, second) if self.cond_first else (second, first)
         guided = uncond + self.guidance_scale * (cond - uncond)

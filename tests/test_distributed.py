@@ -46,30 +46,18 @@ def _worker(rank, world, port, out_path):
         g = torch.Generator().manual_seed(0)
         x_T = torch.randn(3, 2, 3, generator=g, dtype=torch.float64)
         noise = torch.randn(20, 3, 2, 3, generator=g, dtype=torch.float64)
-        # a real two-branch model: the first half of the rows is unconditional, the second conditional, and each
-        # trajectory has its own label (row % B); the sharded call passes the global rows so it can tell
+        # a real two-branch model: the conditional rows (flagged by the guidance wrapper) add a per-trajectory
+        # label (row % B, B = 3); sharded, each rank gets its chunk of the flags and the global row indices
         labels = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
 
-        window = {}
-
-        def two_branch(x2, s2, rows=None):
+        def two_branch(x2, s2, cond, rows=None):
             rows = torch.arange(x2.shape[0]) if rows is None else rows
-            N = window["rows"]  # rows of the window: the conditional half starts at row N
-            cond = (rows >= N).to(x2.dtype).view(-1, 1, 1)
-            lab = labels[(rows % N) % 3].view(-1, 1, 1)
-            return branches(x2, s2) + 0.3 * cond * lab
+            return branches(x2, s2) + 0.3 * (cond.to(x2.dtype) * labels[rows % 3]).view(-1, 1, 1)
 
-        def guided(branch_model):
-            cfg = pt.ClassifierFreeGuidance(branch_model, 2.0)
-
-            def model(x, s):
-                window["rows"] = x.shape[0]
-                return cfg(x, s)
-            return model
-
-        model = guided(ShardedDenoiser(two_branch, with_rows=True))
+        model = pt.ClassifierFreeGuidance(ShardedDenoiser(two_branch, with_rows=True), 2.0, pass_branch=True)
         res = pt.solve(model, cf, x_T, noise, method="taa", tol_abs=1e-9, tol_rel=1e-9)
-        ref = pt.solve(guided(two_branch), cf, x_T, noise, method="sequential")
+        ref = pt.solve(pt.ClassifierFreeGuidance(two_branch, 2.0, pass_branch=True), cf, x_T, noise,
+                       method="sequential")
         torch.save({"sample": res.sample, "ref": ref.sample, "iters": res.iterations, "calls": calls},
                    f"{out_path}.{rank}")
     finally:

@@ -194,3 +194,18 @@ def test_default_tolerance_scales_with_the_number_of_steps():
     default = pt.solve(model, cf, x_T, None, method="taa")
     assert rms(default.sample, ref.sample) < rms(loose.sample, ref.sample) / 5
     assert rms(default.sample, ref.sample) < 1e-2
+
+
+@pytest.mark.parametrize("cond_first", [False, True])
+def test_classifier_free_guidance_can_flag_the_conditional_rows(cond_first):
+    seen = {}
+
+    def branches(x2, s2, cond):
+        seen["cond"] = cond.clone()
+        return torch.where(cond.view(-1, 1), 3.0, 1.0) * torch.ones_like(x2)
+
+    out = pt.ClassifierFreeGuidance(branches, 2.0, cond_first=cond_first, pass_branch=True)(
+        torch.zeros(3, 2), torch.arange(3))
+    expected = [True] * 3 + [False] * 3 if cond_first else [False] * 3 + [True] * 3
+    assert seen["cond"].tolist() == expected
+    torch.testing.assert_close(out, torch.full((3, 2), 1.0 + 2.0 * (3.0 - 1.0)))
