@@ -213,6 +213,7 @@ def solver_only_time(xs, H, history) -> float:
         dR = hist[:-1] - hist[1:]
         G, h = anderson_gram(dR, R)
         gamma = torch.ops.paratriton.masked_lstsq(G, h, counts - 1, 1e-3)
+        # dR + dR stands in for dX + dR: the same bytes and flops (this times the work, not the iterates)
         xs[:-1] += R - torch.einsum("jnbd,nbj->nbd", dR + dR, gamma.double())
         return rms
 
