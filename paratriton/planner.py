@@ -10,6 +10,7 @@ says so and picks the sequential sampler.
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 import time
@@ -21,6 +22,7 @@ import torch
 from ._cuda_graph import capture, median_ms
 from .model import Denoiser
 from .schedule import SamplerCoefficients
+from .solvers.graphed_sequential import GraphedSequential
 from .solvers.static_taa import StaticTAA
 
 __all__ = ["Plan", "plan", "WindowChoice", "choose_window", "batch_time_curve", "bucket_sizes"]
@@ -125,10 +127,12 @@ class WindowChoice:
 
 
 def choose_window(model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor, noise: torch.Tensor | None,
-                  method: str = "taa", candidates: list[int] | None = None, **options) -> WindowChoice:
-    """Time ``paratriton.solve`` (exactly what will run) for each candidate window and the sequential sampler on a
-    calibration problem, and return the fastest. Every window gives the same sample to the tolerance, so this
-    only picks speed. candidates: default ``T`` and ``T/2, T/4, ...`` down to 4.
+                  method: str = "taa", candidates: list[int] | None = None, cuda_graph: bool = False,
+                  **options) -> WindowChoice:
+    """Time what will run for each candidate window and the sequential sampler on a calibration problem, and
+    return the fastest. Every window gives the same sample to the tolerance, so this only picks speed.
+    candidates: default ``T`` and ``T/2, T/4, ...`` down to 4. cuda_graph: time ``StaticTAA`` and
+    ``GraphedSequential`` (the graphs are captured by a first, untimed run) instead of ``paratriton.solve``.
     """
     from .solvers import solve
 
@@ -138,9 +142,17 @@ def choose_window(model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tenso
     sync = torch.cuda.synchronize if x_T.device.type == "cuda" else (lambda: None)
 
     def wall(**kw) -> float:
+        if not cuda_graph:
+            run = functools.partial(solve, model, coeffs, x_T, noise, **kw)
+        elif kw.pop("method") == "sequential":
+            run = GraphedSequential(model, coeffs, x_T, noise).run  # captures
+        else:
+            solver = StaticTAA(method=method, **kw)
+            run = functools.partial(solver.solve, model, coeffs, x_T, noise)
+            run()  # captures
         sync()
         t0 = time.perf_counter()
-        solve(model, coeffs, x_T, noise, **kw)
+        run()
         sync()
         return 1e3 * (time.perf_counter() - t0)
 

@@ -213,7 +213,7 @@ def _images(out):
 def run_pair(pipe, inputs: dict, method: str = "taa", seed: int = 0, per_sample_generators: int | None = None,
              **options):
     """Run the stock pipeline and its parallel version with the same seed; return (stock, parallel, par pipe)."""
-    par = paratriton.parallelize(pipe, method, **({} if method == "sequential" else {**TOL, **options}))
+    par = paratriton.parallelize(pipe, method, **({} if method == "sequential" else TOL), **options)
     outs = []
     for p in (pipe, par):
         torch.manual_seed(seed)  # DiT and Flux draw their step noise from the global RNG
@@ -503,3 +503,87 @@ def test_window_auto_times_the_candidates_once_and_stays_exact():
     assert next(iter(par.paratriton_window_choices.values())) is choice
     with pytest.raises(ValueError, match="window='auto' needs a windowed method"):
         paratriton.parallelize(pipe, "srds", window="auto")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# cuda_graph=True: StaticTAA / GraphedSequential, cached between calls (on the CPU the same static program runs
+# without graphs, so these check the static solvers, the caching and the conditioning copies)
+# ---------------------------------------------------------------------------------------------------------------
+GRAPHED = [("taa", {}), ("picard", {"window": 3}), ("fp", {"window": 5, "order": 2}), ("sequential", {})]
+
+
+@pytest.mark.parametrize("method,options", GRAPHED, ids=[m for m, _ in GRAPHED])
+@pytest.mark.parametrize("sched", ["ddim", "ddpm"])
+def test_cuda_graph_pipeline_matches_stock(sched, method, options):
+    pipe = make_sd(SCHEDULERS[sched]())
+    ref, out, par = run_pair(pipe, sd_inputs(1, True, output_type="latent"), method=method, cuda_graph=True,
+                             **options)
+    assert par.paratriton_result.converged
+    assert par.paratriton_result.method.endswith(("(static)", "(graphed)"))
+    assert_same(ref, out)
+
+
+@pytest.mark.parametrize("name", list(TEXT_CASES))
+def test_cuda_graph_every_conditional_pipeline_matches_stock(name):
+    make, inputs = TEXT_CASES[name]
+    ref, out, par = run_pair(make(_ddpm()), inputs(2, True, output_type="latent"), method="picard", window=5,
+                             cuda_graph=True)
+    assert par.paratriton_result.method == "picard(static)"
+    assert_same(ref, out)
+
+
+def test_cuda_graph_pipeline_reuses_its_solver_and_copies_new_conditioning():
+    pipe = make_sd(_ddpm())
+    par = paratriton.parallelize(pipe, "picard", window=4, cuda_graph=True, **TOL)
+    first = sd_inputs(1, True, output_type="latent")
+    kept = first["prompt_embeds"].clone()
+    torch.manual_seed(0)
+    par(**first, generator=_gen(0))
+    entry = par._paratriton_graphed
+    assert first["prompt_embeds"].equal(kept)  # the caller's tensors are never written
+    # another prompt and seed, same shapes: the cached solver replays with the new conditioning and noise
+    second = sd_inputs(1, True, output_type="latent")
+    second["prompt_embeds"] = torch.randn_like(second["prompt_embeds"])
+    ref, out = [_images(p(**second, generator=_gen(7))) for p in (pipe, par)]
+    assert par._paratriton_graphed is entry and len(entry.solvers) == 1
+    assert_same(ref, out)
+    first_out = _images(par(**first, generator=_gen(0)))
+    assert (first_out - out).abs().max() > 1e-2  # the first call's image, not a stale replay
+    # another batch size: a new problem, the old graphs are dropped
+    ref, out, _ = run_pair(pipe, sd_inputs(2, True, output_type="latent"), method="picard", window=4,
+                           cuda_graph=True)
+    assert_same(ref, out)
+
+
+def test_cuda_graph_window_auto_times_graphed_candidates():
+    pipe = _ddpm_pipe()
+    ref, out, par = run_pair(pipe, UNCOND, method="picard", window="auto", cuda_graph=True)
+    assert_same(ref, out)
+    (key, choice), = par.paratriton_window_choices.items()
+    assert key[-1] is True and set(choice.wall_ms) == {"sequential", "W=8", "W=4"}
+
+
+@pytest.mark.parametrize("method,options,exc,match", [
+    ("taa", {"cuda_graph": "yes"}, TypeError, "cuda_graph must be True or False"),
+    ("aa", {"cuda_graph": True}, ValueError, "cuda_graph=True supports method in"),
+    ("srds", {"cuda_graph": True}, ValueError, "cuda_graph=True supports method in"),
+    ("taa", {"cuda_graph": True, "state_dtype": torch.float32}, TypeError, "state_dtype"),
+    ("sequential", {"cuda_graph": True, "window": 3}, TypeError, "window"),
+    ("picard", {"cuda_graph": True, "window": 0}, ValueError, "window must be >= 1"),
+])
+def test_cuda_graph_bad_options_raise_naming_the_parameter(method, options, exc, match):
+    with pytest.raises(exc, match=match):
+        paratriton.parallelize(_ddpm_pipe(), method, **options)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_pipeline_on_cuda_matches_eager_parallel():
+    pipe = make_sd(_ddim()).to("cuda")
+    inputs = sd_inputs(1, True, output_type="latent")
+    inputs = {k: v.cuda() if torch.is_tensor(v) else v for k, v in inputs.items()}
+    outs = []
+    for graphed in (False, True, True):  # the second graphed call replays
+        par = paratriton.parallelize(pipe, "picard", window=4, cuda_graph=graphed, **TOL)
+        outs.append(_images(par(**inputs, generator=torch.Generator("cuda").manual_seed(0))))
+    assert_same(outs[0].cpu(), outs[1].cpu())
+    assert_same(outs[0].cpu(), outs[2].cpu())

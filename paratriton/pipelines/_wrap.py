@@ -70,6 +70,16 @@ def _check_method_and_options(method: str, options: dict) -> None:
         if method not in ("fp", "picard", "aa", "taa"):
             raise ValueError(f"window='auto' needs a windowed method (fp, picard, aa, taa), got method={method!r}")
         options = {k: v for k, v in options.items() if k != "window"}
+    if "cuda_graph" in options:
+        options = dict(options)
+        graphed = options.pop("cuda_graph")
+        if not isinstance(graphed, bool):
+            raise TypeError(f"cuda_graph must be True or False, got {graphed!r}")
+        if graphed:
+            from ._graphed import check_graphed_options
+
+            check_graphed_options(method, options)
+            return
     if method == "sequential":
         unknown = sorted(set(options) - set(_SEQUENTIAL_OPTIONS))
         if unknown:
@@ -158,6 +168,68 @@ def _step_draws(scheduler, timestep: torch.Tensor, eta: float | None) -> bool:
     return bool(scheduler.config.stochastic_sampling)  # FlowMatchEulerDiscreteScheduler
 
 
+class _PipelineDenoiser:
+    """The pipeline's model as a paratriton denoiser of the stacked guidance branches.
+
+    ``x [g * W * B, *S]`` (solver dtype) and ``step_index [g * W * B]`` -> ``[g * W * B, *S]`` (model dtype), rows
+    ordered ``(branch, window position, sample)``; the stock call's conditioning ``kwargs`` is repeated along the
+    window. Only tensors are read per call, so the call can be captured in a CUDA graph: later pipeline calls
+    copy their conditioning into ``kwargs`` in place (``load``) and replay.
+    """
+
+    def __init__(self, forward: Callable, latent_name: str, kwargs: dict, ts_by_step: torch.Tensor, g: int, B: int,
+                 N0: int, x_dtype: torch.dtype, flow_timestep: bool, learned_sigma_channels: int | None) -> None:
+        self.forward, self.latent_name, self.kwargs, self.ts_by_step = forward, latent_name, kwargs, ts_by_step
+        self.g, self.B, self.N0, self.x_dtype = g, B, N0, x_dtype
+        self.flow_timestep, self.learned_sigma_channels = flow_timestep, learned_sigma_channels
+        self.dummy: Any = None  # what later stock calls get back: zeros shaped like a stock call's output
+
+    def __call__(self, x: torch.Tensor, step_index: torch.Tensor) -> torch.Tensor:
+        g, B = self.g, self.B
+        W = x.shape[0] // (g * B)
+        t = self.ts_by_step[step_index]
+        if self.flow_timestep:  # Flux: t.expand(B).to(latents.dtype) / 1000, exactly as the stock loop
+            t = t.to(self.x_dtype) / 1000
+        kw = {k: (v if k in _NOT_PER_ROW else _repeat_rows(v, g, B, W)) for k, v in self.kwargs.items()}
+        raw = self.forward(**{self.latent_name: x.to(self.x_dtype), "timestep": t}, **kw)
+        out = _first_tensor(raw)
+        if self.dummy is None:
+            self.dummy = _like(raw, out.new_zeros((self.N0, *out.shape[1:])))
+        if self.learned_sigma_channels is not None:
+            out = out[:, :self.learned_sigma_channels]
+        return out
+
+    def load(self, kwargs: dict) -> None:
+        """Copy another call's conditioning (same structure and shapes) into this one's tensors."""
+        _copy_tree(self.kwargs, kwargs)
+
+
+def _copy_tree(dst: Any, src: Any) -> None:
+    if torch.is_tensor(dst):
+        dst.copy_(src)
+    elif isinstance(dst, dict):
+        for k in dst:
+            _copy_tree(dst[k], src[k])
+    elif isinstance(dst, (list, tuple)):
+        for a, b in zip(dst, src):
+            _copy_tree(a, b)
+
+
+def tree_signature(value: Any) -> Any:
+    """A hashable description of a (nested) call argument: tensor shapes, dtypes and devices, other values' repr."""
+    if torch.is_tensor(value):
+        return ("tensor", tuple(value.shape), str(value.dtype), str(value.device))
+    if isinstance(value, dict):
+        return ("dict", tuple((k, tree_signature(v)) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))))
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(tree_signature(v) for v in value))
+    return ("value", repr(value))
+
+
+def _guided(branches: Callable, do_cfg: bool, scale: float, rescale: float, cond_first: bool) -> Callable:
+    return ClassifierFreeGuidance(branches, scale, rescale, cond_first=cond_first) if do_cfg else branches
+
+
 # --------------------------------------------------------------------------------------------------------------
 # one parallel call
 # --------------------------------------------------------------------------------------------------------------
@@ -184,12 +256,13 @@ class _ParallelCall:
             self._solve(args, kwargs)
         return self.dummy
 
-    def _auto_window(self, denoiser, coeffs, x_T, noise, method, options) -> tuple[str, int | None]:
+    def _auto_window(self, denoiser, coeffs, x_T, noise, method, options,
+                     cuda_graph: bool = False) -> tuple[str, int | None]:
         """``window="auto"``: time the candidate windows and the sequential sampler once per problem shape (on a
         calibration problem with other noise), cache the choice on the pipeline, and reuse it."""
         from ..planner import choose_window
 
-        key = (coeffs.num_steps, tuple(x_T.shape), str(x_T.device), method)
+        key = (coeffs.num_steps, tuple(x_T.shape), str(x_T.device), method, cuda_graph)
         cache = self.pipe.__dict__.setdefault("paratriton_window_choices", {})
         if key not in cache:
             g = torch.Generator().manual_seed(1234)
@@ -197,7 +270,7 @@ class _ParallelCall:
             cal_noise = None if noise is None else torch.randn(noise.shape, generator=g, dtype=noise.dtype).to(
                 noise.device)
             rest = {k: v for k, v in options.items() if k != "window"}
-            cache[key] = choose_window(denoiser, coeffs, cal_x, cal_noise, method, **rest)
+            cache[key] = choose_window(denoiser, coeffs, cal_x, cal_noise, method, cuda_graph=cuda_graph, **rest)
             logger.info("paratriton: window='auto': %s", cache[key].reason)
         choice = cache[key]
         return choice.method, choice.window
@@ -234,44 +307,49 @@ class _ParallelCall:
 
         C = sample_shape[0] if sample_shape else 0
         learned_sigma = spec.learned_sigma and getattr(self.model.config, "out_channels", None) == 2 * C
-        orig_forward, model_kwargs = self.orig_forward, named
-
-        def branches(x: torch.Tensor, step_index: torch.Tensor) -> torch.Tensor:
-            """x: [g * W * B, *S] (solver dtype), step_index: [g * W * B] -> [g * W * B, *S] (model dtype)."""
-            W = x.shape[0] // (g * B)
-            t = self.ts_by_step[step_index]
-            if spec.flow_timestep:  # Flux: t.expand(B).to(latents.dtype) / 1000, exactly as the stock loop
-                t = t.to(x_dtype) / 1000
-            kw = {k: (v if k in _NOT_PER_ROW else _repeat_rows(v, g, B, W)) for k, v in model_kwargs.items()}
-            raw = orig_forward(**{latent_name: x.to(x_dtype), "timestep": t}, **kw)
-            out = _first_tensor(raw)
-            if self.dummy is None:  # what later stock calls get back: zeros shaped like a stock call's output
-                self.dummy = _like(raw, out.new_zeros((N0, *out.shape[1:])))
-            if learned_sigma:
-                out = out[:, :C]
-            return out
-
-        if do_cfg:
-            denoiser = ClassifierFreeGuidance(branches, scale, rescale, cond_first=spec.cond_first)
-        else:
-            denoiser = branches
-
+        branches = _PipelineDenoiser(self.orig_forward, latent_name, named, self.ts_by_step, g, B, N0, x_dtype,
+                                     spec.flow_timestep, C if learned_sigma else None)
         x_T = x_in[:B].to(torch.float64)  # CFG-doubled inputs: both halves are the same latents
+        method, options = pipe.paratriton_method, dict(pipe.paratriton_options)
+        graphed = options.pop("cuda_graph", False)
         with self._progress(T) as bar:
             self.bar = bar
-            method, options = pipe.paratriton_method, dict(pipe.paratriton_options)
-            if options.get("window") == "auto":
-                method, options["window"] = self._auto_window(denoiser, coeffs, x_T, noise, method, options)
-                if method == "sequential":
-                    options = {k: v for k, v in options.items() if k in _SEQUENTIAL_OPTIONS}
-            self.result = solve(denoiser, coeffs, x_T, noise, method=method,
-                                callback=self._on_iteration, **options)
+            if graphed:
+                self.result = self._solve_graphed(branches, (do_cfg, scale, rescale), coeffs, x_T, noise, method,
+                                                  options)
+            else:
+                denoiser = _guided(branches, do_cfg, scale, rescale, spec.cond_first)
+                if options.get("window") == "auto":
+                    method, options["window"] = self._auto_window(denoiser, coeffs, x_T, noise, method, options)
+                    if method == "sequential":
+                        options = {k: v for k, v in options.items() if k in _SEQUENTIAL_OPTIONS}
+                self.result = solve(denoiser, coeffs, x_T, noise, method=method, callback=self._on_iteration,
+                                    **options)
+                self.dummy = branches.dummy
         if not self.result.converged:
             logger.warning("paratriton: %s stopped after %d iterations before every step converged "
                            "(max_iters); the image is the current estimate", self.result.method,
                            self.result.iterations)
         self.trajectory = self.result.trajectory
         pipe.paratriton_result = self.result
+
+    def _solve_graphed(self, branches: _PipelineDenoiser, guidance: tuple, coeffs: SamplerCoefficients,
+                       x_T: torch.Tensor, noise: torch.Tensor | None, method: str, options: dict):
+        """``cuda_graph=True``: solve with the pipeline's cached, CUDA-graphed solvers (see ``_graphed``)."""
+        from ._graphed import GRAPHED_SEQUENTIAL_OPTIONS, graphed_solvers
+
+        do_cfg, scale, rescale = guidance
+        cond_first = self.spec.cond_first
+        entry = graphed_solvers(self.pipe, self.model, branches, (*guidance, cond_first),
+                                lambda b: _guided(b, do_cfg, scale, rescale, cond_first), coeffs, x_T, noise)
+        if options.get("window") == "auto":
+            method, options["window"] = self._auto_window(entry.denoiser, entry.coeffs, x_T, noise, method, options,
+                                                          cuda_graph=True)
+            if method == "sequential":
+                options = {k: v for k, v in options.items() if k in GRAPHED_SEQUENTIAL_OPTIONS}
+        result = entry.solve(method, options, x_T, noise, self._on_iteration)
+        self.dummy = entry.branches.dummy
+        return result
 
     def _draw_noise(self, coeffs: SamplerCoefficients, rows: int, B: int, sample_shape: tuple, x_dtype, device,
                     eta: float | None) -> torch.Tensor | None:

@@ -30,7 +30,7 @@ class GraphedSequential:
         self.T, self.B = T, B
         self.a, self.b, self.c = (v.to(state_dtype) for v in (cf.a, cf.b, cf.c))
         self.stochastic = noise is not None and coeffs.is_stochastic
-        self.xi = noise.reshape(T, B, D).to(state_dtype) if self.stochastic else None
+        self.xi = noise.reshape(T, B, D).to(state_dtype, copy=True) if self.stochastic else None
         self.x = torch.empty(T + 1, B, D, dtype=state_dtype, device=dev)
         self.x[T] = x_T.reshape(B, D)
         self.steps = torch.arange(T, device=dev)
@@ -45,6 +45,17 @@ class GraphedSequential:
             out = self.call(x[i + 1:i + 2], self.steps[i:i + 1])[0].to(x.dtype)
             nxt = self.a[i] * x[i + 1] + self.b[i] * out
             x[i] = nxt + self.c[i] * self.xi[i] if self.stochastic else nxt
+
+    def load(self, x_T: torch.Tensor, noise: torch.Tensor | None = None) -> None:
+        """Copy another problem's ``x_T`` (and step noise) into the captured buffers, for the next ``run``."""
+        if tuple(x_T.shape) != (self.B, *self.shape):
+            raise ValueError(f"x_T must have shape {[self.B, *self.shape]} like the captured problem, got "
+                             f"{list(x_T.shape)}")
+        if self.stochastic and noise is None:
+            raise ValueError("noise is required: the captured problem has step noise")
+        self.x[self.T].copy_(x_T.reshape(self.B, -1))
+        if self.stochastic:
+            self.xi.copy_(noise.reshape(self.xi.shape))
 
     def run(self) -> SolveResult:
         """Replay (or run) the loop; checks the sample once at the end (a non-finite sample is an error)."""
