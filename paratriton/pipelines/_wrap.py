@@ -517,7 +517,9 @@ def parallelize(pipe: DiffusionPipeline, method: str = "taa", **options: Any) ->
               ``DDPMScheduler`` or ``FlowMatchEulerDiscreteScheduler`` (without clip_sample/thresholding)
     method:   any method ``paratriton.solve`` accepts (``"sequential"``, ``"fp"``, ``"picard"``, ``"aa"``, ``"taa"``,
               ...); ``options`` go to ``paratriton.solve`` unchanged: ``window``, ``order``, ``history``,
-              ``tol_abs``, ``tol_rel``, ``max_iters``, ``state_dtype``, ...
+              ``tol_abs``, ``tol_rel``, ``max_iters``, ``state_dtype``, ...; ``window="auto"`` times the candidates
+              once per problem shape. ``cuda_graph=True`` (methods taa, fp, picard, sequential): every iteration is
+              one CUDA-graph replay (``StaticTAA`` / ``GraphedSequential``), graphs cached between calls.
 
     Call the result exactly like the stock pipeline. With the same generator it returns the stock sequential
     pipeline's image up to the solver tolerance, DDPM-style step noise included. The solver state is float64
