@@ -13,7 +13,10 @@ median of ``--reps`` calls after a first (capturing / warming) call:
 * paratriton: ``parallelize(pipe, method, window=W, cuda_graph=True)`` (and one eager case) at its default
   tolerance.
 
-ParaDiGMS' tolerance and ours differ in kind (its: per-step change below ``tolerance`` times the step's DDPM
+The stock pipeline keeps its latents in fp16 and steps the scheduler in fp16; paratriton's solvers keep float64
+state, so paratriton's graphed sequential sample differs from the stock one by fp16 rounding (about 3e-3 here).
+Every case reports both distances: from the stock sample and from paratriton's graphed sequential sample (the
+same UNet's exact sequential solution up to float64 rounding). ParaDiGMS' tolerance and ours differ in kind (its: per-step change below ``tolerance`` times the step's DDPM
 posterior std; ours: the order-1 residual below ``max(1e-3, 1e-3 * posterior std)``), so every case reports its
 distance from the stock sequential sample and the comparison is made at equal or better accuracy.
 """
@@ -104,18 +107,24 @@ def main():
         cases.append(("paratriton sequential, CUDA graph", graphed_seq, {}, None))
         for P, tol in ((8, 0.1), (16, 0.1), (8, 0.01), (16, 0.01), (8, 0.001)):
             cases.append((f"ParaDiGMS parallel={P} tolerance={tol}", paradigms, dict(parallel=P, tolerance=tol), None))
-        for method, W, graphed in (("picard", 8, True), ("picard", 16, True), ("taa", 8, True), ("picard", 8, False)):
-            par = paratriton.parallelize(stock, method, window=W, cuda_graph=graphed)
-            name = f"paratriton {method} window={W}{', CUDA graphs' if graphed else ', eager'}"
+        for method, W, graphed, tol in (("picard", 8, True, None), ("picard", 16, True, None),
+                                        ("taa", 4, True, None), ("taa", 8, True, None), ("taa", 16, True, None),
+                                        ("taa", 8, True, 1e-2), ("picard", 8, False, None)):
+            tols = {} if tol is None else dict(tol_abs=tol, tol_rel=tol)
+            par = paratriton.parallelize(stock, method, window=W, cuda_graph=graphed, **tols)
+            name = (f"paratriton {method} window={W}{'' if tol is None else f' tol={tol:g}'}"
+                    f"{', CUDA graphs' if graphed else ', eager'}")
             cases.append((name, par, {}, par))
-        seq_ms = None
+        seq_ms = seq_out = None
         for name, pipe, kw, par in cases:
             ms, out, n_calls = timed(pipe, **kw) if name != cases[0][0] else (ref_ms, ref, args.steps)
             if name.startswith("paratriton sequential"):
-                seq_ms = ms
+                seq_ms, seq_out = ms, out
             iters = par.paratriton_result.iterations if par is not None else n_calls
             row = dict(latent=latent, case=name, wall_ms=ms, iterations=iters,
                        rel_err_vs_sequential=((out - ref).norm() / ref.norm()).item())
+            if seq_out is not None:  # the same fp16 UNet solved sequentially with float64 state
+                row["rel_err_vs_graphed_sequential"] = ((out - seq_out).norm() / seq_out.norm()).item()
             report["cases"].append(row)
             print(json.dumps(row), flush=True)
         for row in report["cases"]:

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .._cuda_graph import capture
+from .._cuda_graph import NestedCUDAGraphError, capture, warn_nested_graphs
 from ..model import Denoiser
 from ..schedule import SamplerCoefficients
 from ._common import ModelCaller, NonFiniteError, SolveResult, check_problem
@@ -16,7 +16,8 @@ class GraphedSequential:
     """Capture all ``T`` steps ``x_i = a_i x_{i+1} + b_i m(x_{i+1}, i) + c_i xi_i`` into one CUDA graph, then replay.
 
     ``prepare`` captures (the model must be capturable: static shapes, no host syncs); ``run`` replays and
-    returns the trajectory. Off CUDA (or with ``use_cuda_graph=False``) the same loop runs eagerly. The state dtype
+    returns the trajectory. Off CUDA (or with ``use_cuda_graph=False``, or around a model that replays CUDA graphs
+    of its own: ``torch.compile(mode="reduce-overhead")``, with a warning) the same loop runs eagerly. The state dtype
     defaults to float32 here: this is the baseline timed against, and float64 would slow it for nothing.
     """
 
@@ -37,7 +38,10 @@ class GraphedSequential:
         self.call = ModelCaller(model, self.shape, B)
         self.graph = None
         if use_cuda_graph and dev.type == "cuda":
-            self.graph, _ = capture(self._loop)  # the warm-up run only rewrites x[:T], which every run rewrites
+            try:
+                self.graph, _ = capture(self._loop)  # the warm-up run only rewrites x[:T], which every run rewrites
+            except NestedCUDAGraphError:  # a reduce-overhead compiled model: its own graphs, our loop eager
+                warn_nested_graphs()
 
     def _loop(self) -> None:
         x = self.x

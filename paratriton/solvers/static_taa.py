@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from .._cuda_graph import capture
+from .._cuda_graph import NestedCUDAGraphError, capture, warn_nested_graphs
 from ..model import Denoiser
 from ..ops import anderson_gram, order_k_residual
 from ..schedule import SamplerCoefficients
@@ -30,7 +30,9 @@ class StaticTAA:
     method:  "taa" (default), "fp" (order-k fixed point) or "picard" (unit weights); the same iterates as
              ``paratriton.solve`` with that method and window.
     window:  None (all T steps, shrinking through ``buckets`` sizes ``T, T/2, T/4, ...``) or a sliding window W.
-    The model must be capturable on CUDA (no host syncs, static shapes).
+    The model must be capturable on CUDA (no host syncs, static shapes). A model that replays CUDA graphs of its
+    own (``torch.compile(mode="reduce-overhead")``) cannot be captured: the iterations then run uncaptured around
+    the model's graphs, with a warning.
     """
 
     def __init__(self, *, method: str = "taa", window: int | None = None, order: int | None = None,
@@ -126,21 +128,25 @@ class StaticTAA:
         old = getattr(self, "_key", None)
         if old is None or old[0] is not model or old[1] is not coeffs or old[2:] != key[2:]:
             self._setup(model, coeffs, x_T, noise)
-            self._key, self._graphs = key, {}
+            self._key, self._graphs, self._uncaptured = key, {}, False
         else:
             self._reset(x_T, noise)
         s, T, B, shape = self._s, coeffs.num_steps, x_T.shape[0], tuple(x_T.shape[1:])
         sizes = ([min(self.window, T)] if self.window is not None
                  else sorted({max(1, math.ceil(T / 2**j)) for j in range(self.buckets)}))
-        graphed = self.use_cuda_graph and x_T.device.type == "cuda"
+        graphed = self.use_cuda_graph and x_T.device.type == "cuda" and not self._uncaptured
         max_iters = T if self.max_iters is None else self.max_iters
         F_host, it, nfe, residuals, windows = T, 0, 0, [], []
         while F_host > 0 and it < max_iters:
             H = next((h for h in sizes if h >= F_host), sizes[-1])
             lo = max(F_host - H, 0) if self.window is not None else 0  # what the device computes, known here
-            if graphed:
-                if H not in self._graphs:
+            if graphed and H not in self._graphs:
+                try:
                     self._graphs[H] = self._capture(H)
+                except NestedCUDAGraphError:  # a reduce-overhead compiled model: its graphs, our update eager
+                    warn_nested_graphs()
+                    self._uncaptured, graphed = True, False  # for this model: no capture tried again
+            if graphed:
                 self._graphs[H].replay()
             else:
                 self._iteration(H)
@@ -199,7 +205,9 @@ class StaticTAA:
         s = self._s
         saved = {k: s[k].clone() for k in ("x", "hist_x", "hist_R", "count", "F", "slot", "rms", "bad", "prev_rms",
                                            "prev_accel", "uninit")}
-        graph, _ = capture(lambda: self._iteration(H))
-        for k, v in saved.items():  # undo the warm-up iteration (the capture itself runs nothing)
-            s[k].copy_(v)
+        try:
+            graph, _ = capture(lambda: self._iteration(H))
+        finally:
+            for k, v in saved.items():  # undo the warm-up iteration (the capture itself runs nothing)
+                s[k].copy_(v)
         return graph
