@@ -16,6 +16,7 @@ import statistics
 import time
 import weakref
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -25,7 +26,10 @@ from .schedule import SamplerCoefficients
 from .solvers.graphed_sequential import GraphedSequential
 from .solvers.static_taa import StaticTAA
 
-__all__ = ["Plan", "plan", "WindowChoice", "choose_window", "batch_time_curve", "bucket_sizes"]
+if TYPE_CHECKING:
+    from .pipelines._plan import PipelinePlan
+
+__all__ = ["Plan", "plan", "plan_denoiser", "WindowChoice", "choose_window", "batch_time_curve", "bucket_sizes"]
 
 _CURVES: "weakref.WeakKeyDictionary[object, dict[tuple, dict[int, float]]]" = weakref.WeakKeyDictionary()
 
@@ -75,9 +79,28 @@ def batch_time_curve(model: Denoiser, sample_shape: tuple[int, ...], rows: list[
     return {n: curve[n] for n in rows}
 
 
-def plan(model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor, noise: torch.Tensor | None = None, *,
-         history: int = 2, buckets: int = 4, tol_abs: float | None = None, tol_rel: float = 1e-3,
-         schedule: list[int] | None = None, solver_ms: float | None = None) -> Plan:
+def plan(model: Any, *args: Any, **kwargs: Any) -> "Plan | PipelinePlan":
+    """Plan parallel sampling; two forms.
+
+    ``plan(pipe, steps, devices=1, **call_kwargs)``: a diffusers pipeline. Times every windowed method at its
+    candidate windows and the sequential sampler on the pipeline's own model, and returns a ``PipelinePlan``
+    (method, window, history, predicted time, reason); ``plan.parallelize(pipe)`` builds the chosen sampler.
+    See ``paratriton.pipelines._plan.plan_pipeline`` for the options.
+
+    ``plan(model, coeffs, x_T, noise=None, ...)``: a denoiser. Predicts full-window TAA's wall time from the model's
+    batch-time curve and a calibration solve, and returns a ``Plan``; see ``plan_denoiser``.
+    """
+    if any(c.__name__ == "DiffusionPipeline" for c in type(model).__mro__):  # no diffusers import for denoisers
+        from .pipelines._plan import plan_pipeline
+
+        return plan_pipeline(model, *args, **kwargs)
+    return plan_denoiser(model, *args, **kwargs)
+
+
+def plan_denoiser(model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor,
+                  noise: torch.Tensor | None = None, *, history: int = 2, buckets: int = 4,
+                  tol_abs: float | None = None, tol_rel: float = 1e-3, schedule: list[int] | None = None,
+                  solver_ms: float | None = None) -> Plan:
     """Plan sampling of ``x_T [B, ...]`` with ``model`` and ``coeffs`` on ``x_T``'s device.
 
     A calibration problem (``x_T``, ``noise``: use another seed than the one you will sample) is solved twice

@@ -587,3 +587,55 @@ def test_cuda_graph_pipeline_on_cuda_matches_eager_parallel():
         outs.append(_images(par(**inputs, generator=torch.Generator("cuda").manual_seed(0))))
     assert_same(outs[0].cpu(), outs[1].cpu())
     assert_same(outs[0].cpu(), outs[2].cpu())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# paratriton.plan(pipe, steps): method and window timed on the pipeline itself
+# ---------------------------------------------------------------------------------------------------------------
+def test_plan_pipeline_times_every_method_and_builds_the_fastest():
+    pipe = _ddpm_pipe()
+    call = dict(batch_size=2, output_type="np", generator=_gen(3))
+    p = paratriton.plan(pipe, STEPS, methods=("taa", "picard"), options=TOL, **call)
+    assert set(p.wall_ms) == {"taa W=8", "taa W=4", "picard W=8", "picard W=4", "sequential"}
+    assert p.predicted_ms == min(p.wall_ms.values())  # the fastest candidate, whichever it is
+    assert p.sequential_ms == p.wall_ms["sequential"] and p.cuda_graph is False and p.reason
+    if p.method == "sequential":
+        assert p.window is None and "slower than" in p.reason
+    else:
+        assert p.wall_ms[f"{p.method} W={p.window}"] == p.predicted_ms and f"window {p.window}" in p.reason
+        assert p.history == (2 if p.method == "taa" else None)
+    par = p.parallelize(pipe)  # the chosen sampler still gives the stock image
+    ref, out = [_images(q(**UNCOND, generator=_gen(0))) for q in (pipe, par)]
+    assert_same(ref, out)
+    assert par.paratriton_method == p.method
+
+
+def test_plan_pipeline_graphed_and_forced_sequential(monkeypatch):
+    from paratriton import planner
+
+    pipe = _ddpm_pipe()
+    real = planner.choose_window
+
+    def parallel_always_slower(*args, **kw):  # a device where the batch time grows too fast
+        choice = real(*args, **kw)
+        choice.wall_ms = {k: (1.0 if k == "sequential" else 2.0 + int(k[2:])) for k in choice.wall_ms}
+        return choice
+
+    monkeypatch.setattr(planner, "choose_window", parallel_always_slower)
+    p = paratriton.plan(pipe, STEPS, methods=("picard",), cuda_graph=True, batch_size=1, output_type="np")
+    assert p.method == "sequential" and p.window is None and p.predicted_ms == 1.0 and p.cuda_graph
+    assert "picard window 4, 6.0 ms" in p.reason and "slower than" in p.reason
+    par = p.parallelize(pipe)
+    assert par.paratriton_method == "sequential" and par.paratriton_options == {"cuda_graph": True}
+
+
+@pytest.mark.parametrize("kw,exc,match", [
+    (dict(steps=0), ValueError, "steps must be an int >= 1"),
+    (dict(steps=8, devices=2), ValueError, "devices must be 1 for a pipeline"),
+    (dict(steps=8, methods=("srds",)), ValueError, "methods must be a non-empty tuple"),
+    (dict(steps=8, methods=("sequential",)), ValueError, "methods must be a non-empty tuple"),
+    (dict(steps=8, num_inference_steps=8), TypeError, "pass the step count as steps"),
+])
+def test_plan_pipeline_bad_arguments_name_the_parameter(kw, exc, match):
+    with pytest.raises(exc, match=match):
+        paratriton.plan(_ddpm_pipe(), **kw)
