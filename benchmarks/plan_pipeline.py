@@ -1,0 +1,80 @@
+"""``paratriton.plan(pipe, steps)`` on an SD-1.5-shaped pipeline: what it picks, and its prediction vs a measurement.
+
+    PYTHONPATH=. python benchmarks/plan_pipeline.py --out plan.json [--tiny]
+
+Per latent size: plan the stock ``StableDiffusionPipeline`` (components as ``benchmarks/paradigms.py``: random fp16
+SD-1.5 UNet, DDIM, CFG 7.5, batch 1) over methods taa and picard, then time the chosen sampler
+(``plan.parallelize(pipe)``) and the graphed sequential one side by side (median of ``--reps`` calls after a
+warm-up), and report the plan's predicted time against the measured one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+import paratriton
+from paradigms import components  # benchmarks/ is on sys.path when this file runs as a script
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default="plan.json")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--latents", type=int, nargs="+", default=[64, 32])
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--tiny", action="store_true", help="a tiny UNet on the CPU, for a smoke test")
+    args = p.parse_args()
+    from diffusers import StableDiffusionPipeline
+
+    dev = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    dtype = torch.float16 if dev.type == "cuda" else torch.float32
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    report = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__,
+              "sampler": f"DDIM-{args.steps}, CFG 7.5, batch 1, fp16 UNet (random weights)", "rows": []}
+    for latent in args.latents:
+        stock = StableDiffusionPipeline(**components(dev, dtype, args.tiny, latent))
+        stock.set_progress_bar_config(disable=True)
+        g = torch.Generator().manual_seed(1)
+        call = dict(prompt_embeds=torch.randn(1, 77, 768, generator=g).to(dev, dtype),
+                    negative_prompt_embeds=torch.randn(1, 77, 768, generator=g).to(dev, dtype),
+                    latents=torch.randn(1, 4, latent, latent, generator=g).to(dev, dtype), guidance_scale=7.5,
+                    output_type="latent", height=8 * latent, width=8 * latent)
+        t0 = time.perf_counter()
+        plan = paratriton.plan(stock, args.steps, methods=("taa", "picard"), **call)
+        plan_s = time.perf_counter() - t0
+
+        def timed(pipe):
+            pipe(num_inference_steps=args.steps, **call)  # warm-up: captures
+            times = []
+            for _ in range(args.reps):
+                sync()
+                t = time.perf_counter()
+                pipe(num_inference_steps=args.steps, **call)
+                sync()
+                times.append(1e3 * (time.perf_counter() - t))
+            return statistics.median(times)
+
+        chosen = plan.parallelize(stock)
+        chosen.set_progress_bar_config(disable=True)
+        seq = paratriton.parallelize(stock, "sequential", cuda_graph=plan.cuda_graph)
+        measured_ms, seq_ms = timed(chosen), timed(seq)
+        row = dict(latent=latent, method=plan.method, window=plan.window, reason=plan.reason,
+                   predicted_ms=plan.predicted_ms, measured_ms=measured_ms,
+                   prediction_error=plan.predicted_ms / measured_ms - 1, graphed_sequential_ms=seq_ms,
+                   speedup_vs_graphed_sequential=seq_ms / measured_ms, planning_s=plan_s, candidates=plan.wall_ms)
+        report["rows"].append(row)
+        print(json.dumps(row), flush=True)
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=1)
+        del stock, chosen, seq
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
