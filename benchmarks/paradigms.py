@@ -54,6 +54,16 @@ def components(dev, dtype, tiny: bool, latent: int):
                 feature_extractor=None, requires_safety_checker=False)
 
 
+def setup(args, rows_key: str):
+    """Device, model dtype, a synchronise function and the report header shared by the SD-1.5 benchmarks."""
+    dev = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    dtype = torch.float16 if dev.type == "cuda" else torch.float32
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    report = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__,
+              "sampler": f"DDIM-{args.steps}, CFG 7.5, batch 1, fp16 UNet (random weights)", rows_key: []}
+    return dev, dtype, sync, report
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out", default="paradigms.json")
@@ -67,11 +77,7 @@ def main():
         StableDiffusionParadigmsPipeline,
     )
 
-    dev = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
-    dtype = torch.float16 if dev.type == "cuda" else torch.float32
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    report = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__,
-              "sampler": f"DDIM-{args.steps}, CFG 7.5, batch 1, fp16 UNet (random weights)", "cases": []}
+    dev, dtype, sync, report = setup(args, "cases")
     for latent in args.latents:
         comps = components(dev, dtype, args.tiny, latent)
         stock = StableDiffusionPipeline(**comps)

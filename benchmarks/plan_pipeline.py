@@ -18,7 +18,7 @@ import time
 import torch
 
 import paratriton
-from paradigms import components  # benchmarks/ is on sys.path when this file runs as a script
+from paradigms import components, setup  # benchmarks/ is on sys.path when this file runs as a script
 
 
 def main() -> None:
@@ -31,11 +31,7 @@ def main() -> None:
     args = p.parse_args()
     from diffusers import StableDiffusionPipeline
 
-    dev = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
-    dtype = torch.float16 if dev.type == "cuda" else torch.float32
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    report = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__,
-              "sampler": f"DDIM-{args.steps}, CFG 7.5, batch 1, fp16 UNet (random weights)", "rows": []}
+    dev, dtype, sync, report = setup(args, "rows")
     for latent in args.latents:
         stock = StableDiffusionPipeline(**components(dev, dtype, args.tiny, latent))
         stock.set_progress_bar_config(disable=True)

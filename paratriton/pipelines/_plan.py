@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from ._graphed import GRAPHED_METHODS
 
 
@@ -70,9 +68,7 @@ def plan_pipeline(pipe, steps: int, devices: int = 1, *, methods: tuple[str, ...
 
     options = dict(options or {})
     if cuda_graph is None:
-        model = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-        device = next(model.parameters()).device if model is not None else torch.device("cpu")
-        cuda_graph = device.type == "cuda"
+        cuda_graph = pipe.device.type == "cuda"
     walls: dict[str, float] = {}
     sequential_ms = float("inf")
     best: tuple[float, str, int | None] = (float("inf"), "sequential", None)
