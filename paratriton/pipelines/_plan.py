@@ -53,7 +53,7 @@ def plan_pipeline(pipe, steps: int, devices: int = 1, *, methods: tuple[str, ...
 
     Runs the pipeline once per method (``window="auto"``: each call times the candidates on a calibration problem
     with other noise, then samples); the batch-time curve of the model decides, so the answer is for this
-    device, dtype, resolution and batch. The timings are cached on nothing: call it once and keep the plan.
+    device, dtype, resolution and batch. Nothing is cached: call it once and keep the plan.
     """
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
