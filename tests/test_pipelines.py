@@ -509,7 +509,8 @@ def test_window_auto_times_the_candidates_once_and_stays_exact():
 # cuda_graph=True: StaticTAA / GraphedSequential, cached between calls (on the CPU the same static program runs
 # without graphs, so these check the static solvers, the caching and the conditioning copies)
 # ---------------------------------------------------------------------------------------------------------------
-GRAPHED = [("taa", {}), ("picard", {"window": 3}), ("fp", {"window": 5, "order": 2}), ("sequential", {})]
+GRAPHED = [("taa", {}), ("picard", {"window": 3, "iters_per_sync": 2}), ("fp", {"window": 5, "order": 2}),
+           ("sequential", {})]
 
 
 @pytest.mark.parametrize("method,options", GRAPHED, ids=[m for m, _ in GRAPHED])

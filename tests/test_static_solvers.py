@@ -61,6 +61,41 @@ def test_graphed_sequential_equals_sequential_off_cuda(kind):
     torch.testing.assert_close(got.sample, ref.sample, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("k", [2, 3, 7])
+@pytest.mark.parametrize("method,window", [("taa", None), ("picard", None), ("taa", 6), ("picard", 4), ("fp", 5)])
+@pytest.mark.parametrize("kind", ["ddim", "ddpm"])
+def test_iterations_per_sync_give_the_same_iterates(kind, method, window, k):
+    """k iterations between host reads: masked extra iterations after convergence and larger buckets change
+    nothing, so iterates, counts, windows and residuals equal one iteration per sync."""
+    cf, model, x_T, noise = problem(kind, 25, 2)
+    kw = dict(method=method, window=window, tol_abs=1e-6, tol_rel=1e-6)
+    ref = StaticTAA(**kw).solve(model, cf, x_T, noise)
+    infos = []
+    got = StaticTAA(**kw, iters_per_sync=k, callback=infos.append).solve(model, cf, x_T, noise)
+    assert (got.iterations, got.nfe, got.converged) == (ref.iterations, ref.nfe, True)
+    assert got.window_history == ref.window_history
+    torch.testing.assert_close(got.trajectory, ref.trajectory, rtol=0, atol=1e-12)
+    torch.testing.assert_close(got.residuals, ref.residuals, rtol=0, atol=1e-12, equal_nan=True)
+    assert len(infos) == -(-ref.iterations // k) and infos[-1].iteration == ref.iterations  # once per replay
+
+
+def test_iterations_per_sync_stop_at_max_iters_and_on_non_finite_output():
+    cf, model, x_T, noise = problem("ddpm", 25, 1)
+    got = StaticTAA(method="fp", window=5, max_iters=5, iters_per_sync=3).solve(model, cf, x_T, noise)
+    ref = StaticTAA(method="fp", window=5, max_iters=5).solve(model, cf, x_T, noise)
+    assert got.iterations == 5 and not got.converged  # 3 + 2, not 6
+    torch.testing.assert_close(got.trajectory, ref.trajectory, rtol=0, atol=1e-12)
+
+    def broken(x, s):
+        out = model(x, s)
+        return torch.where(s.view(-1, 1, 1, 1) == 20, float("nan"), out)
+
+    with pytest.raises(pt.NonFiniteError, match=r"iterations 0\.\.3"):  # step 20 is in the first window
+        StaticTAA(iters_per_sync=4).solve(broken, cf, x_T, noise)
+    with pytest.raises(ValueError, match="iters_per_sync must be"):
+        StaticTAA(iters_per_sync=0)
+
+
 @pytest.mark.gpu
 def test_cuda_graphs_match_eager():
     cf, model, x_T, noise = problem("ddpm", 25, 2)
@@ -72,6 +107,10 @@ def test_cuda_graphs_match_eager():
     graphed = StaticTAA(use_cuda_graph=True).solve(model, cf, x_T, noise)
     assert graphed.iterations == eager.iterations
     torch.testing.assert_close(graphed.sample, eager.sample, rtol=0, atol=1e-10)
+    for k in (3, 8):  # several iterations per replay: the same iterates
+        chunked = StaticTAA(use_cuda_graph=True, iters_per_sync=k).solve(model, cf, x_T, noise)
+        assert (chunked.iterations, chunked.nfe) == (eager.iterations, eager.nfe)
+        torch.testing.assert_close(chunked.sample, eager.sample, rtol=0, atol=1e-10)
     seq = GraphedSequential(model, cf, x_T, noise, state_dtype=torch.float64).run()
     ref = pt.solve(model, cf, x_T, noise, method="sequential")
     torch.testing.assert_close(seq.sample, ref.sample, rtol=0, atol=1e-10)

@@ -23,7 +23,8 @@ from ..solvers.static_taa import StaticTAA
 
 GRAPHED_METHODS = ("sequential", "fp", "picard", "taa")
 # StaticTAA's options a pipeline user may set (callback is the pipeline's, use_cuda_graph is what cuda_graph sets)
-GRAPHED_OPTIONS = ("window", "order", "history", "ridge", "tol_abs", "tol_rel", "max_iters", "buckets", "safeguard")
+GRAPHED_OPTIONS = ("window", "order", "history", "ridge", "tol_abs", "tol_rel", "max_iters", "buckets", "safeguard",
+                   "iters_per_sync")
 GRAPHED_SEQUENTIAL_OPTIONS = ("state_dtype",)
 
 

@@ -30,6 +30,12 @@ class StaticTAA:
     method:  "taa" (default), "fp" (order-k fixed point) or "picard" (unit weights); the same iterates as
              ``paratriton.solve`` with that method and window.
     window:  None (all T steps, shrinking through ``buckets`` sizes ``T, T/2, T/4, ...``) or a sliding window W.
+    iters_per_sync: iterations per graph replay (1..64) between the host's reads of the window top. The iterates
+             are the same for every value (an iteration after convergence changes nothing, and a bucket larger
+             than the window top computes masked rows only; bit for bit where the model's output per row does not
+             depend on the batch size); more saves host round trips and wastes up to
+             ``iters_per_sync - 1`` masked iterations at the end and at bucket changes. ``callback`` then runs
+             once per replay.
     The model must be capturable on CUDA (no host syncs, static shapes). A model that replays CUDA graphs of its
     own (``torch.compile(mode="reduce-overhead")``) cannot be captured: the iterations then run uncaptured around
     the model's graphs, with a warning.
@@ -38,7 +44,7 @@ class StaticTAA:
     def __init__(self, *, method: str = "taa", window: int | None = None, order: int | None = None,
                  history: int = 2, ridge: float = 1e-3, tol_abs: float | None = None, tol_rel: float = 1e-3,
                  max_iters: int | None = None, buckets: int = 4, use_cuda_graph: bool = True, safeguard: bool = True,
-                 callback: Callable[[IterationInfo], None] | None = None) -> None:
+                 callback: Callable[[IterationInfo], None] | None = None, iters_per_sync: int = 1) -> None:
         if method not in ("taa", "fp", "picard"):
             raise ValueError(f"method must be one of ('taa', 'fp', 'picard'), got {method!r}")
         if method == "picard" and order is not None:
@@ -55,11 +61,13 @@ class StaticTAA:
         self.use_cuda_graph = use_cuda_graph
         self.safeguard = bool(safeguard)
         self.callback = callback
+        self.iters_per_sync = _check_int("iters_per_sync", iters_per_sync, 1, 64)
 
     def _iteration(self, H: int) -> None:
         """One iteration on steps ``lo .. lo+H-1`` (all shapes static; everything stays on the device)."""
         s = self._s
         x, F = s["x"], s["F"]
+        F_before = F.clone()
         lo = (F - H).clamp_min(0) if self.window is not None else torch.zeros_like(F)
         idx = lo + s["idx"][:H]
         active = idx < F  # steps below the anchor
@@ -78,7 +86,7 @@ class StaticTAA:
         unconv = (rms > s["thr"].index_select(0, idx)[:, None]).any(1) & active
         # j*: the highest unconverged step, or the window bottom when all have converged
         jstar = torch.maximum(torch.where(unconv, idx, torch.full_like(idx, -1)).max(), lo)
-        s["bad"].copy_((~torch.isfinite(rms) & active[:, None]).any())
+        s["bad"].logical_or_((~torch.isfinite(rms) & active[:, None]).any())
         act = active[:, None, None].to(x.dtype)
         R = order_k_residual(r * act, a, H if self.order is None else self.order, self.method == "picard")
         new = xw + R
@@ -88,6 +96,11 @@ class StaticTAA:
         s["rms"].fill_(float("nan"))
         s["rms"].index_copy_(0, idx, torch.where(active[:, None], rms, torch.full_like(rms, float("nan"))))
         F.copy_(jstar)
+        # the log of live iterations (an iteration after convergence is a no-op and is not counted)
+        n = s["n_it"].view(1)
+        s["log_F"].index_copy_(0, n, F_before.view(1))
+        s["log_res"].index_copy_(0, n, s["rms"].amax(1)[None])
+        s["n_it"].add_((F_before > 0).long())
 
     def _anderson(self, idx, active, jstar, rms, xw, R, act) -> torch.Tensor:
         """The Anderson correction ``(dX + dR) gamma`` of the window (as ``TriangularAnderson``), history pushed."""
@@ -136,29 +149,35 @@ class StaticTAA:
                  else sorted({max(1, math.ceil(T / 2**j)) for j in range(self.buckets)}))
         graphed = self.use_cuda_graph and x_T.device.type == "cuda" and not self._uncaptured
         max_iters = T if self.max_iters is None else self.max_iters
-        F_host, it, nfe, residuals, windows = T, 0, 0, [], []
+        F_host, it, nfe, windows = T, 0, 0, []
         while F_host > 0 and it < max_iters:
             H = next((h for h in sizes if h >= F_host), sizes[-1])
-            lo = max(F_host - H, 0) if self.window is not None else 0  # what the device computes, known here
-            if graphed and H not in self._graphs:
+            k = min(self.iters_per_sync, max_iters - it)
+            if graphed and (H, k) not in self._graphs:
                 try:
-                    self._graphs[H] = self._capture(H)
+                    self._graphs[H, k] = self._capture(H, k)
                 except NestedCUDAGraphError:  # a reduce-overhead compiled model: its graphs, our update eager
                     warn_nested_graphs()
                     self._uncaptured, graphed = True, False  # for this model: no capture tried again
             if graphed:
-                self._graphs[H].replay()
+                self._graphs[H, k].replay()
             else:
-                self._iteration(H)
-            F_new, bad = torch.stack([s["F"], s["bad"].long()]).tolist()  # the one sync per iteration
+                for _ in range(k):
+                    self._iteration(H)
+            # the one sync per replay: window top, non-finite flag, iteration count and this replay's window tops
+            vals = torch.cat([torch.stack([s["F"], s["bad"].long(), s["n_it"]]), s["log_F"][it:it + k]]).tolist()
+            F_new, bad, n = vals[:3]
             if bad:
-                raise NonFiniteError(f"the model output or the residual is NaN/inf in iteration {it}; "
+                where = f"iteration {it}" if k == 1 else f"iterations {it}..{it + k - 1}"
+                raise NonFiniteError(f"the model output or the residual is NaN/inf in {where}; "
                                      "the sampler stopped and returns no image")
-            nfe += F_host - lo
-            windows.append((lo, F_host))
-            residuals.append(s["rms"].amax(1))  # stays on the device until the end
-            F_host, it = F_new, it + 1
+            for top in vals[3:3 + n - it]:  # what the device computed, known here now
+                lo = max(top - H, 0) if self.window is not None else 0
+                nfe += top - lo
+                windows.append((lo, top))
+            F_host, it = F_new, n
             if self.callback is not None:
+                lo = windows[-1][0]
                 self.callback(IterationInfo(it, windows[-1], F_host, s["rms"][lo:lo + H],
                                             s["x"].reshape(T + 1, B, *shape)))
         if self.window is not None:  # stopped early: steps never reached get the best guess there is
@@ -166,13 +185,14 @@ class StaticTAA:
             if U >= 0:
                 s["x"][:U + 1] = s["x"][U + 1]
         traj = s["x"].reshape(T + 1, B, *shape)
-        res = torch.stack(residuals).to("cpu", torch.float64)
+        res = s["log_res"][:it].to("cpu", torch.float64)
         return SolveResult(traj[0], traj, it, nfe, res, F_host == 0, f"{self.method}(static)", windows)
 
     def _setup(self, model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor,
                noise: torch.Tensor | None) -> None:
         T, B, shape = coeffs.num_steps, x_T.shape[0], tuple(x_T.shape[1:])
         D, dev, dt, M = math.prod(shape), x_T.device, torch.float64, self.history + 1
+        cap = (T if self.max_iters is None else self.max_iters) + self.iters_per_sync  # + no-op iterations' slots
         cf = coeffs.to(dev)
         self._s = dict(
             T=T, x=torch.empty(T + 1, B, D, dtype=dt, device=dev), a=cf.a.to(dt), b=cf.b.to(dt), c=cf.c.to(dt),
@@ -185,6 +205,8 @@ class StaticTAA:
             prev_rms=torch.empty(T, dtype=dt, device=dev), prev_accel=torch.empty(T, dtype=torch.bool, device=dev),
             uninit=torch.empty((), dtype=torch.long, device=dev),
             bad=torch.zeros((), dtype=torch.bool, device=dev), rms=torch.zeros(T, B, dtype=dt, device=dev),
+            n_it=torch.zeros((), dtype=torch.long, device=dev),
+            log_F=torch.empty(cap, dtype=torch.long, device=dev), log_res=torch.empty(cap, T, dtype=dt, device=dev),
             call=ModelCaller(model, shape, B))
         self._reset(x_T, noise)
 
@@ -194,19 +216,19 @@ class StaticTAA:
         s["x"].copy_(x_T.reshape(1, *s["x"].shape[1:]).expand_as(s["x"]))  # every step starts as a copy of x_T
         if s["xi"] is not None:
             s["xi"].copy_(noise.reshape(s["xi"].shape))
-        for k in ("hist_x", "hist_R", "count", "prev_rms", "prev_accel", "slot"):
+        for k in ("hist_x", "hist_R", "count", "prev_rms", "prev_accel", "slot", "bad", "n_it"):
             s[k].zero_()
         s["F"].fill_(s["T"])
         s["uninit"].fill_(s["T"] - 1 if self.window is not None else -1)  # full window: all start as x_T
 
-    def _capture(self, H: int) -> "torch.cuda.CUDAGraph":
-        """Capture one iteration of bucket ``H``. The warm-up run on a side stream (which lets lazy initialisation
+    def _capture(self, H: int, k: int = 1) -> "torch.cuda.CUDAGraph":
+        """Capture ``k`` iterations of bucket ``H``. The warm-up run on a side stream (which lets lazy initialisation
         happen outside the capture) is a real iteration, so the state is saved before it and restored after."""
         s = self._s
         saved = {k: s[k].clone() for k in ("x", "hist_x", "hist_R", "count", "F", "slot", "rms", "bad", "prev_rms",
-                                           "prev_accel", "uninit")}
+                                           "prev_accel", "uninit", "n_it")}
         try:
-            graph, _ = capture(lambda: self._iteration(H))
+            graph, _ = capture(lambda: [self._iteration(H) for _ in range(k)])
         finally:
             for k, v in saved.items():  # undo the warm-up iteration (the capture itself runs nothing)
                 s[k].copy_(v)
