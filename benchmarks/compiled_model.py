@@ -295,8 +295,7 @@ def main() -> None:
                 report["aborted"] = "CUDA context lost; later variants not run"
                 break
     report["total_s"] = time.perf_counter() - start
-    emit_final = json.dumps({"total_s": report["total_s"], "rows": len(report["rows"])})
-    print(emit_final, flush=True)
+    print(json.dumps({"total_s": report["total_s"], "rows": len(report["rows"])}), flush=True)
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)
 

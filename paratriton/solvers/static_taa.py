@@ -223,13 +223,13 @@ class StaticTAA:
 
     def _capture(self, H: int, k: int = 1) -> "torch.cuda.CUDAGraph":
         """Capture ``k`` iterations of bucket ``H``. The warm-up run on a side stream (which lets lazy initialisation
-        happen outside the capture) is a real iteration, so the state is saved before it and restored after."""
+        happen outside the capture) runs ``k`` real iterations, so the state is saved before it and restored after."""
         s = self._s
-        saved = {k: s[k].clone() for k in ("x", "hist_x", "hist_R", "count", "F", "slot", "rms", "bad", "prev_rms",
-                                           "prev_accel", "uninit", "n_it")}
+        saved = {name: s[name].clone() for name in ("x", "hist_x", "hist_R", "count", "F", "slot", "rms", "bad",
+                                                    "prev_rms", "prev_accel", "uninit", "n_it")}
         try:
             graph, _ = capture(lambda: [self._iteration(H) for _ in range(k)])
         finally:
-            for k, v in saved.items():  # undo the warm-up iteration (the capture itself runs nothing)
-                s[k].copy_(v)
+            for name, v in saved.items():  # undo the warm-up iterations (the capture itself runs nothing)
+                s[name].copy_(v)
         return graph
