@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import statistics
 import sys
 import time
 
@@ -36,28 +37,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _method_options(method: str, args: argparse.Namespace) -> tuple[str, dict]:
-    """'taa', 'taa:h=3', 'fp', 'fp:k=1', 'picard', 'aa' -> (solver method, options)."""
-    name, _, rest = method.partition(":")
-    opts: dict = {"tol_abs": args.tol, "tol_rel": args.tol}
-    if args.window:
-        opts["window"] = args.window
-    if name in ("taa", "aa"):
-        opts["history"] = args.history
-    for kv in filter(None, rest.split(",")):
-        k, _, v = kv.partition("=")
-        opts[{"h": "history", "k": "order", "w": "window", "it": "max_iters"}.get(k, k)] = int(v)
-    if name in ("fp", "picard", "aa") and args.max_iters_baselines and "max_iters" not in opts:
-        opts["max_iters"] = args.max_iters_baselines
-    return name, opts
-
-
 def build_problem(args: argparse.Namespace, device: torch.device):
     """-> (model, coeffs, x_T, noise, description, is_image)"""
     import paratriton
 
     g = torch.Generator().manual_seed(args.seed)
-    eta = 1.0 if args.sampler == "ddpm" else args.eta
+    eta = 1.0 if args.sampler == "ddpm" else (args.eta or 0.0)
     if args.model == "gmm":
         from .testing import GaussianMixture
         from .testing.gaussian_mixture import default_schedule
@@ -77,12 +62,24 @@ def build_problem(args: argparse.Namespace, device: torch.device):
     labels = args.labels if args.labels else [(3 + 7 * b) % pipe.num_classes for b in range(args.batch)]
     if len(labels) != args.batch:
         labels = [labels[b % len(labels)] for b in range(args.batch)]
+    args.effective_labels = labels
     guidance = pipe.default_guidance_scale if args.guidance is None else args.guidance
     model = pipe.denoiser(coeffs, labels, guidance)
     x_T, noise = pipe.problem(args.batch, args.steps, g, device=device)
     desc = (f"default digits model (UNet2DModel, {sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.1f}M params), "
             f"classes {labels}, guidance {guidance:g}")
     return model, coeffs, x_T, noise, desc, True
+
+
+def _progress(enabled: bool, total: int):
+    """A tqdm bar over the runs (stderr; none when disabled or tqdm is missing)."""
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc="sampling", unit="run", leave=False, dynamic_ncols=True, disable=None)
 
 
 def sample(args: argparse.Namespace) -> tuple[list[dict], dict]:
@@ -94,41 +91,65 @@ def sample(args: argparse.Namespace) -> tuple[list[dict], dict]:
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
     model, coeffs, x_T, noise, desc, is_image = build_problem(args, device)
-    if args.warmup:  # one call outside the timings (first-call allocations, kernel selection)
-        model(x_T, torch.zeros(x_T.shape[0], dtype=torch.long, device=device))
-    rows, samples, residual_curves, psnr_curves = [], {}, {}, {}
-    _sync(device)
-    t0 = time.perf_counter()
-    ref_res = paratriton.solve(model, coeffs, x_T, noise, method="sequential")
-    _sync(device)
-    wall = time.perf_counter() - t0
+    runs = method_runs(args)
+    T, N = coeffs.num_steps, args.repeats
+    bar = _progress(args.progress, (1 + len(runs)) * (N + int(args.warmup)))
+    rows, samples, residual_curves, psnr_curves, finals = [], {}, {}, {}, {}
+
+    def run(label: str, method: str, opts: dict, curve: list | None = None):
+        """Warm-up (unless --no-warmup) and N timed runs -> (result of the first run, median wall time)."""
+
+        def callback(info):
+            if curve is not None and first:
+                curve.append(psnr(info.trajectory[0], ref))
+            if bar is not None:
+                bar.set_postfix_str(f"{label}: iteration {info.iteration}" if method != "sequential"
+                                    else f"{label}: step {T - info.frozen_from}/{T}", refresh=False)
+
+        need_cb = bar is not None or curve is not None
+        times, result, first = [], None, True
+        for k in range(N + int(args.warmup)):
+            _sync(device)
+            t0 = time.perf_counter()
+            res = paratriton.solve(model, coeffs, x_T, noise, method=method,
+                                   **opts, **({"callback": callback} if need_cb and (first or bar) else {}))
+            _sync(device)
+            if k >= int(args.warmup):
+                times.append(time.perf_counter() - t0)
+            if first:
+                result, first = res, False
+            if bar is not None:
+                bar.update(1)
+        return result, statistics.median(times)
+
+    ref = None
+    ref_res, wall = run("sequential", "sequential", {})
     ref = ref_res.sample
     samples["sequential"] = ref
-    rows.append({"method": "sequential", "iterations": coeffs.num_steps, "NFE/sample": ref_res.nfe,
-                 "wall [s]": f"{wall:.2f}", "PSNR vs seq [dB]": "inf", "iters to 40 dB": coeffs.num_steps,
+    finals["sequential"] = float("inf")
+    rows.append({"method": "sequential", "iterations": T, "NFE/sample": ref_res.nfe,
+                 f"wall [s], median of {N}": f"{wall:.2f}", "PSNR vs seq [dB]": "inf", "iters to 40 dB": T,
                  "converged": "yes"})
-    for method in args.methods:
-        name, opts = _method_options(method, args)
+    for label, name, opts in runs:
         curve: list[float] = []
-        opts["callback"] = lambda info, curve=curve: curve.append(psnr(info.trajectory[0], ref))
-        _sync(device)
-        t0 = time.perf_counter()
-        res = paratriton.solve(model, coeffs, x_T, noise, method=name, **opts)
-        _sync(device)
-        wall = time.perf_counter() - t0
-        label = method if method != name or name not in ("taa", "aa") else f"{name} (h={args.history})"
+        res, wall = run(label, name, opts, curve)
         samples[label] = res.sample
         res_curve = [float(torch.nan_to_num(r, nan=-1.0).max()) for r in res.residuals]
         residual_curves[label] = [(k + 1, v) for k, v in enumerate(res_curve)]
         psnr_curves[label] = [(k + 1, min(v, 150.0)) for k, v in enumerate(curve)]
         final = psnr(res.sample, ref)
+        finals[label] = final
         it40 = next((k + 1 for k, v in enumerate(curve) if v >= 40.0), None)
-        rows.append({"method": label, "iterations": res.iterations, "NFE/sample": res.nfe, "wall [s]": f"{wall:.2f}",
+        rows.append({"method": label, "iterations": res.iterations, "NFE/sample": res.nfe,
+                     f"wall [s], median of {N}": f"{wall:.2f}",
                      "PSNR vs seq [dB]": "inf" if math.isinf(final) else f"{final:.1f}",
                      "iters to 40 dB": "-" if it40 is None else it40,
                      "converged": "yes" if res.converged else f"no (max {opts.get('max_iters')} iters)"})
+    if bar is not None:
+        bar.close()
+    labels = getattr(args, "effective_labels", None)
     figs = {"samples": samples, "residual": residual_curves, "psnr": psnr_curves, "desc": desc,
-            "is_image": is_image, "device": device}
+            "is_image": is_image, "device": device, "psnr_final": finals, "labels": labels}
     return rows, figs
 
 
@@ -142,46 +163,305 @@ def write_figures(figs: dict, out_dir: str, title: str, tol: float) -> list[str]
         rows = {k: ((v.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)[:, 0].cpu().numpy()
                 for k, v in figs["samples"].items()}
         grid = os.path.join(out_dir, "samples.png")
-        image_grid(rows, grid)
+        image_grid(rows, grid, title=f"{title}: one row per method, PSNR vs the sequential sample",
+                   columns=[f"class {c}" for c in figs["labels"]] if figs.get("labels") else None,
+                   row_notes={k: ("reference" if math.isinf(v) and k == "sequential" else
+                                  "inf dB" if math.isinf(v) else f"{v:.1f} dB")
+                              for k, v in figs.get("psnr_final", {}).items()})
         paths.append(grid)
     return paths
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m paratriton", description=__doc__)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("sample", help="sample with the sequential sampler and parallel solvers; table and PNGs",
-                       description=__doc__)
-    s.add_argument("--model", choices=["default", "gmm"], default="default",
-                   help="default: the shipped digits model; gmm: the analytic Gaussian mixture")
-    s.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim", help="ddpm = DDPM ancestral (eta 1)")
-    s.add_argument("--steps", type=int, default=50, help="T, the number of sampler steps")
-    s.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic DDIM)")
-    s.add_argument("--batch", type=int, default=4, help="number of samples")
-    s.add_argument("--labels", type=int, nargs="+", default=None, help="class labels (default model; default 3 0 7 4)")
-    s.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: shipped)")
-    s.add_argument("--tol", type=float, default=1e-3, help="tol_abs = tol_rel of the parallel solvers")
-    s.add_argument("--window", type=int, default=None, help="window (default: all T steps)")
-    s.add_argument("--history", type=int, default=2, help="Anderson history of taa/aa")
-    s.add_argument("--methods", nargs="+", default=["taa", "fp", "picard"],
-                   help="parallel methods; options after a colon, e.g. taa:h=3 fp:k=1 picard:it=20")
-    s.add_argument("--max-iters-baselines", type=int, default=None,
-                   help="cap the iterations of fp/picard/aa (default: run them to convergence)")
-    s.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    s.add_argument("--out", default="outputs", help="folder for samples.png and convergence.png")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--no-warmup", dest="warmup", action="store_false")
-    args = p.parse_args(argv)
+    args = parse_args(argv)
     t0 = time.perf_counter()
     rows, figs = sample(args)
-    title = f"{args.model}, {args.sampler.upper()}-{args.steps}"
-    paths = write_figures(figs, args.out, title, args.tol)
+    tol = DEFAULT_TOL if args.tol is None else args.tol
+    eta = 1.0 if args.sampler == "ddpm" else (args.eta or 0.0)
+    title = f"{args.model} model, {args.sampler.upper()}-{args.steps}"
+    paths = write_figures(figs, args.out, title, tol)
     print(f"{figs['desc']}")
-    print(f"{args.sampler.upper()} {args.steps} steps (eta {1.0 if args.sampler == 'ddpm' else args.eta:g}), "
-          f"batch {args.batch}, tol {args.tol:g}, window {args.window or args.steps}, device {figs['device']}")
+    print(f"{args.sampler.upper()} {args.steps} steps (eta {eta:g}), batch {args.batch}, tol {tol:g}, "
+          f"window {args.window or args.steps}, device {figs['device']}, wall time: median of {args.repeats} "
+          f"run{'s' if args.repeats > 1 else ''}{' after a warm-up run' if args.warmup else ''}")
     print(_table(rows))
     print(f"wrote {', '.join(paths)} ({time.perf_counter() - t0:.1f}s in all)")
     return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the command line: every value is checked here, before anything is sampled
+# ---------------------------------------------------------------------------------------------------------------
+MAX_STEPS = 1000  # the default model's and the Gaussian mixture's num_train_timesteps
+NUM_CLASSES = 10  # the default digits model (paratriton.models.NUM_CLASSES; not imported here: it loads diffusers)
+DEFAULT_METHODS = ["taa", "fp", "picard"]
+DEFAULT_TOL = 1e-3
+DEFAULT_HISTORY = 2
+
+# key after the colon -> (solver option, what it is)
+OPTION_KEYS = {
+    "w": ("window", "steps updated per iteration, 1..T"),
+    "k": ("order", "order of the order-k equations, 1..T"),
+    "h": ("history", "Anderson history (secant pairs), >= 1"),
+    "it": ("max_iters", "iteration cap, >= 1"),
+    "blocks": ("blocks", "SRDS blocks, a divisor of T"),
+}
+# method -> the option keys it takes (and whether the common tolerance / window / history flags apply)
+METHOD_KEYS = {
+    "sequential": (),
+    "fp": ("w", "k", "it"),
+    "picard": ("w", "it"),
+    "aa": ("w", "k", "h", "it"),
+    "taa": ("w", "k", "h", "it"),
+    "srds": ("blocks", "it"),
+    "srds_pipelined": ("blocks", "it"),
+}
+BASELINES = ("fp", "picard", "aa")  # capped by --max-iters-baselines
+METHOD_HELP = {
+    "sequential": "the sequential sampler (always run: the reference of every PSNR and speedup)",
+    "fp": "order-k fixed point",
+    "picard": "Picard iteration (ParaDiGMS)",
+    "aa": "standard Anderson acceleration",
+    "taa": "triangular Anderson acceleration (ParaTAA)",
+    "srds": "Parareal (SRDS)",
+    "srds_pipelined": "pipelined Parareal (SRDS)",
+}
+
+
+def _methods() -> tuple[str, ...]:
+    import paratriton
+
+    return tuple(paratriton.METHODS)
+
+
+class _UsageError(Exception):
+    """A bad command-line value: reported by ``parser.error`` (usage + one line, exit status 2)."""
+
+
+def _parse_int(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise _UsageError(f"{what} must be an integer, got {text!r}") from None
+
+
+def parse_method(spec: str, steps: int) -> tuple[str, dict]:
+    """'taa', 'taa:h=3,w=10', 'fp:k=1', 'srds:blocks=5' -> (method, {solver option: value}), checked against ``steps``."""
+    name, colon, rest = spec.partition(":")
+    methods = _methods()
+    if name not in methods:
+        raise _UsageError(f"--methods: unknown method {name!r}; choose from {', '.join(methods)}")
+    if colon and not rest:
+        raise _UsageError(f"--methods {spec}: nothing after the colon; write {name} or {name}:KEY=N")
+    allowed = METHOD_KEYS.get(name, ())
+    opts: dict = {}
+    for kv in rest.split(",") if rest else []:
+        key, eq, value = kv.partition("=")
+        if key not in OPTION_KEYS:
+            raise _UsageError(f"--methods {spec}: unknown option {key!r}; option keys: "
+                              f"{', '.join(k + '=' for k in OPTION_KEYS)}")
+        if key not in allowed:
+            applies = ", ".join(k + "=" for k in allowed) if allowed else "none (it takes no options)"
+            raise _UsageError(f"--methods {spec}: option {key}= does not apply to {name}; options of {name}: {applies}")
+        if not eq:
+            raise _UsageError(f"--methods {spec}: option {key} needs a value, e.g. {key}=2")
+        v = _parse_int(value, f"--methods {spec}: {key}=")
+        if key in ("w", "k") and not 1 <= v <= steps:
+            raise _UsageError(f"--methods {spec}: {key}= must be in 1..{steps} (--steps), got {v}")
+        if key in ("h", "it") and v < 1:
+            raise _UsageError(f"--methods {spec}: {key}= must be >= 1, got {v}")
+        if key == "blocks" and (v < 1 or steps % v):
+            divisors = [d for d in range(1, steps + 1) if steps % d == 0]
+            raise _UsageError(f"--methods {spec}: blocks= must divide --steps {steps}: one of "
+                              f"{', '.join(map(str, divisors))}; got {v}")
+        opts[OPTION_KEYS[key][0]] = v
+    return name, opts
+
+
+def method_runs(args: argparse.Namespace) -> list[tuple[str, str, dict]]:
+    """The parallel runs of ``args.methods``: [(row label, method, solver options)] (sequential: the reference)."""
+    runs = []
+    for spec in args.methods:
+        name, opts = parse_method(spec, args.steps)
+        if name == "sequential":
+            continue  # always run first, as the reference
+        keys = METHOD_KEYS[name]
+        tol = DEFAULT_TOL if args.tol is None else args.tol
+        full = {"tol_abs": tol, "tol_rel": tol}
+        if "w" in keys and args.window is not None:
+            full["window"] = args.window
+        if "h" in keys:
+            full["history"] = DEFAULT_HISTORY if args.history is None else args.history
+        if name in BASELINES and args.max_iters_baselines is not None:
+            full["max_iters"] = args.max_iters_baselines
+        full.update(opts)
+        label = f"{name} (h={full['history']})" if spec == name and "h" in keys else spec
+        runs.append((label, name, full))
+    return runs
+
+
+def _finite(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return v
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Check every value (ranges, combinations, the device, the output folder); raise ``_UsageError``."""
+    if not 1 <= args.steps <= MAX_STEPS:
+        raise _UsageError(f"--steps must be in 1..{MAX_STEPS}, got {args.steps}")
+    if args.batch < 1:
+        raise _UsageError(f"--batch must be >= 1, got {args.batch}")
+    if args.window is not None and not 1 <= args.window <= args.steps:
+        raise _UsageError(f"--window must be in 1..{args.steps} (--steps), got {args.window}")
+    if args.max_iters_baselines is not None and args.max_iters_baselines < 1:
+        raise _UsageError(f"--max-iters-baselines must be >= 1, got {args.max_iters_baselines}")
+    if args.tol is not None and not args.tol > 0:
+        raise _UsageError(f"--tol must be > 0, got {args.tol:g}")
+    if args.history is not None and args.history < 1:
+        raise _UsageError(f"--history must be >= 1, got {args.history}")
+    if args.repeats < 1:
+        raise _UsageError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.seed < 0:
+        raise _UsageError(f"--seed must be >= 0, got {args.seed}")
+    if args.eta is not None:
+        if args.sampler == "ddpm":
+            raise _UsageError("--eta applies to --sampler ddim only (DDPM is eta 1); drop --eta or use --sampler ddim")
+        if not 0 <= args.eta <= 1:
+            raise _UsageError(f"--eta must be in [0, 1], got {args.eta:g}")
+    if args.model == "gmm":
+        for flag, value in (("--labels", args.labels), ("--guidance", args.guidance)):
+            if value is not None:
+                raise _UsageError(f"{flag} applies to --model default only (the Gaussian mixture is unconditional)")
+    if args.labels is not None:
+        bad = [v for v in args.labels if not 0 <= v < NUM_CLASSES]
+        if bad:
+            raise _UsageError(f"--labels must be digits in 0..{NUM_CLASSES - 1}, got {' '.join(map(str, bad))}")
+        if len(args.labels) > args.batch:
+            raise _UsageError(f"--labels: {len(args.labels)} labels for --batch {args.batch}; give at most "
+                              f"{args.batch} (fewer are repeated)")
+    if args.guidance is not None and args.guidance < 0:
+        raise _UsageError(f"--guidance must be >= 0 (1: no guidance), got {args.guidance:g}")
+    runs = method_runs(args)  # checks every --methods entry
+    used = {k for _, name, _ in runs for k in METHOD_KEYS[name]}
+    for flag, value, key in (("--window", args.window, "w"), ("--history", args.history, "h")):
+        if value is not None and key not in used:
+            users = [m for m, keys in METHOD_KEYS.items() if key in keys]
+            raise _UsageError(f"{flag} applies to none of --methods {' '.join(args.methods)}; it applies to "
+                              f"{', '.join(users)}")
+    if args.tol is not None and not runs:
+        raise _UsageError("--tol applies to the parallel methods only; --methods names none")
+    if args.max_iters_baselines is not None and not any(name in BASELINES for _, name, _ in runs):
+        raise _UsageError(f"--max-iters-baselines applies to {', '.join(BASELINES)}; --methods names none of them")
+    _check_device(args.device)
+    _check_out(args.out)
+
+
+def _check_device(device: str | None) -> None:
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise _UsageError(f"--device must be cpu, cuda or cuda:N, got {device!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise _UsageError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch is a CPU-only build" if torch.version.cuda is None
+                   else "no CUDA device is visible")
+            raise _UsageError(f"--device {device}: CUDA is not available ({why}, torch {torch.__version__}); "
+                              "use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise _UsageError(f"--device {device}: there are {torch.cuda.device_count()} CUDA devices, "
+                              f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+
+
+def _check_out(out: str) -> None:
+    import tempfile
+
+    try:
+        os.makedirs(out, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".paratriton-write-test-"):
+            pass
+    except OSError as e:
+        raise _UsageError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the help (except the ``None`` ones, whose help says what happens), epilog kept as written."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.nargs == 0 or "%(default)" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _methods_epilog() -> str:
+    lines = ["methods (--methods, parallel ones compared against the sequential sampler):"]
+    for m in _methods():
+        keys = METHOD_KEYS.get(m, ())
+        lines.append(f"  {m:<15} {METHOD_HELP.get(m, '')}" + (f"; options {', '.join(k + '=' for k in keys)}"
+                                                              if keys else ""))
+    lines.append("option keys (after a colon, comma-separated, e.g. taa:h=3,w=10 fp:k=1 srds:blocks=5):")
+    for k, (opt, what) in OPTION_KEYS.items():
+        lines.append(f"  {k + '=':<15} {opt}: {what}")
+    lines.append("per-method keys override --window / --history / --max-iters-baselines")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    doc = __doc__.replace("``", "")
+    p = argparse.ArgumentParser(prog="python -m paratriton", description=doc)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("sample", help="sample with the sequential sampler and parallel solvers; table and PNGs",
+                       description=doc, epilog=_methods_epilog(), formatter_class=_HelpFormatter)
+    s.add_argument("--model", choices=["default", "gmm"], default="default",
+                   help="default: the shipped digits model; gmm: the analytic Gaussian mixture")
+    s.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim", help="ddpm = DDPM ancestral (eta 1)")
+    s.add_argument("--steps", type=int, default=50, help=f"T, the number of sampler steps, 1..{MAX_STEPS}")
+    s.add_argument("--eta", type=_finite, default=None, help="DDIM eta in [0, 1] (--sampler ddim only; default 0, "
+                   "deterministic DDIM)")
+    s.add_argument("--batch", type=int, default=4, help="number of samples, >= 1")
+    s.add_argument("--labels", type=int, nargs="+", default=None,
+                   help=f"class labels 0..{NUM_CLASSES - 1}, repeated up to --batch (--model default only; "
+                        "default 3 0 7 4 ...)")
+    s.add_argument("--guidance", type=_finite, default=None,
+                   help="classifier-free guidance scale >= 0, 1 = none (--model default only; default: the shipped "
+                        "model's, 2)")
+    s.add_argument("--tol", type=_finite, default=None,
+                   help=f"tol_abs = tol_rel of the parallel solvers, > 0 (default {DEFAULT_TOL:g})")
+    s.add_argument("--window", type=int, default=None, help="window of fp/picard/aa/taa, 1..T (default: all T steps)")
+    s.add_argument("--history", type=int, default=None, help=f"Anderson history of taa/aa, >= 1 "
+                   f"(default {DEFAULT_HISTORY})")
+    s.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, metavar="METHOD[:KEY=N,...]",
+                   help=f"parallel methods and their options, listed below (default: {' '.join(DEFAULT_METHODS)})")
+    s.add_argument("--max-iters-baselines", type=int, default=None,
+                   help="cap the iterations of fp/picard/aa, >= 1 (default: run them to convergence)")
+    s.add_argument("--repeats", type=int, default=3,
+                   help="timed runs per method after one warm-up run; the table shows the median")
+    s.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    s.add_argument("--out", default="outputs", help="folder for samples.png and convergence.png")
+    s.add_argument("--seed", type=int, default=0, help="seed of the initial noise, >= 0")
+    s.add_argument("--no-warmup", dest="warmup", action="store_false",
+                   help="skip the warm-up run before the timed ones")
+    s.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and check the command line: a bad value exits with the usage and one line (status 2)."""
+    p = build_parser()
+    args = p.parse_args(argv)
+    try:
+        validate(args)
+    except _UsageError as e:
+        p._subparsers._group_actions[0].choices[args.cmd].error(str(e))
+    return args
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -23,8 +23,9 @@ import torch
 from ._cuda_graph import capture, median_ms
 from .model import Denoiser
 from .schedule import SamplerCoefficients
+from .solvers.engine import bucket_sizes
 from .solvers.graphed_sequential import GraphedSequential
-from .solvers.static_taa import StaticTAA
+from .solvers.registry import make_solver
 
 if TYPE_CHECKING:
     from .pipelines._plan import PipelinePlan
@@ -32,11 +33,6 @@ if TYPE_CHECKING:
 __all__ = ["Plan", "plan", "plan_denoiser", "WindowChoice", "choose_window", "batch_time_curve", "bucket_sizes"]
 
 _CURVES: "weakref.WeakKeyDictionary[object, dict[tuple, dict[int, float]]]" = weakref.WeakKeyDictionary()
-
-
-def bucket_sizes(T: int, buckets: int) -> list[int]:
-    """The window sizes ``StaticTAA`` captures: ``ceil(T / 2^j)`` for ``j < buckets``."""
-    return sorted({max(1, math.ceil(T / 2**j)) for j in range(buckets)})
 
 
 @dataclass
@@ -104,7 +100,7 @@ def plan_denoiser(model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tenso
     """Plan sampling of ``x_T [B, ...]`` with ``model`` and ``coeffs`` on ``x_T``'s device.
 
     A calibration problem (``x_T``, ``noise``: use another seed than the one you will sample) is solved twice
-    with ``StaticTAA`` (CUDA graphs on CUDA); the second solve gives the window of every iteration and the
+    with the engine (CUDA graphs on CUDA); the second solve gives the window of every iteration and the
     per-iteration cost outside the model call (host round trip, solver ops), measured, not assumed.
     schedule:  window size per iteration, to skip the calibration's schedule; solver_ms: the same for the cost.
     """
@@ -114,8 +110,8 @@ def plan_denoiser(model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tenso
     curve = batch_time_curve(model, shape, sorted({B, *[B * h for h in sizes]}), dev)
     if schedule is None or solver_ms is None:
         windows: list[int] = []
-        cal = StaticTAA(history=history, buckets=buckets, tol_abs=tol_abs, tol_rel=tol_rel,
-                        use_cuda_graph=dev.type == "cuda",
+        cal = make_solver("taa", history=history, buckets=buckets, tol_abs=tol_abs, tol_rel=tol_rel,
+                          cuda_graph=dev.type == "cuda",
                         callback=lambda info: windows.append(next(h for h in sizes if h >= info.window[1])))
         cal.solve(model, coeffs, x_T, noise)  # first solve: captures the graphs
         windows.clear()
@@ -154,7 +150,7 @@ def choose_window(model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tenso
                   **options) -> WindowChoice:
     """Time what will run for each candidate window and the sequential sampler on a calibration problem, and
     return the fastest. Every window gives the same sample to the tolerance, so this only picks speed.
-    candidates: default ``T`` and ``T/2, T/4, ...`` down to 4. cuda_graph: time ``StaticTAA`` and
+    candidates: default ``T`` and ``T/2, T/4, ...`` down to 4. cuda_graph: time the graphed engine and
     ``GraphedSequential`` (the graphs are captured by a first, untimed run) instead of ``paratriton.solve``.
     """
     from .solvers import solve
@@ -170,7 +166,7 @@ def choose_window(model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tenso
         elif kw.pop("method") == "sequential":
             run = GraphedSequential(model, coeffs, x_T, noise).run  # captures
         else:
-            solver = StaticTAA(method=method, **kw)
+            solver = make_solver(method, cuda_graph=True, **kw)
             run = functools.partial(solver.solve, model, coeffs, x_T, noise)
             run()  # captures
         sync()

@@ -9,6 +9,15 @@ from .masked_lstsq import masked_lstsq
 from .order_k_residual import order_k_residual
 from .step_residual import step_residual
 from .taa import taa_residual, taa_update
+from . import window_taa
+from .window_fixed_point import naive as _window_fixed_point_naive
+from .window_fixed_point import window_fixed_point
+from .window_residual import naive as _window_residual_naive
+from .window_residual import window_residual
+
+# the engine's ops are the registered ops, their references beside them (``paratriton.ops.<op>.naive``)
+window_residual.naive = _window_residual_naive
+window_fixed_point.naive = _window_fixed_point_naive
 
 __all__ = ["step_residual", "order_k_residual", "anderson_gram", "masked_lstsq", "anderson_update",
-           "taa_residual", "taa_update"]
+           "taa_residual", "taa_update", "window_residual", "window_fixed_point", "window_taa"]

@@ -1,6 +1,6 @@
 """``parallelize(pipe, method, cuda_graph=True)``: every solver iteration is one CUDA-graph replay, kept between calls.
 
-The parallel methods run as ``StaticTAA`` (``"taa"``, ``"fp"``, ``"picard"``; full or sliding window) and
+The parallel methods run on the graphed engine (every windowed method; full or sliding window) and
 ``"sequential"`` as ``GraphedSequential`` (the whole loop in one graph). A graph records the addresses of the
 tensors it reads, so the pipeline's conditioning (prompt embeddings, SDXL's added conditions, class labels, ...)
 lives in tensors owned by a cached ``GraphedSolvers`` object. A later call with the same shapes, coefficients and
@@ -19,26 +19,30 @@ import torch
 from ..schedule import SamplerCoefficients
 from ..solvers._common import IterationInfo, SolveResult
 from ..solvers.graphed_sequential import GraphedSequential
-from ..solvers.static_taa import StaticTAA
+from ..solvers.registry import REGISTRY, WINDOWED_METHODS, make_solver
 
-GRAPHED_METHODS = ("sequential", "fp", "picard", "taa")
-# StaticTAA's options a pipeline user may set (callback is the pipeline's, use_cuda_graph is what cuda_graph sets)
-GRAPHED_OPTIONS = ("window", "order", "history", "ridge", "tol_abs", "tol_rel", "max_iters", "buckets", "safeguard",
-                   "iters_per_sync")
+GRAPHED_METHODS = ("sequential", *WINDOWED_METHODS)
 GRAPHED_SEQUENTIAL_OPTIONS = ("state_dtype",)
+
+
+def _graphed_options(method: str) -> tuple[str, ...]:
+    """The engine options a pipeline user may set (callback is the pipeline's, cuda_graph is what it sets)."""
+    if method == "sequential":
+        return GRAPHED_SEQUENTIAL_OPTIONS
+    return tuple(n for n in REGISTRY[method].option_names if n not in ("callback", "cuda_graph"))
 
 
 def check_graphed_options(method: str, options: dict) -> None:
     """Range and name checks of ``parallelize(..., cuda_graph=True)`` options (``window='auto'`` already removed)."""
     if method not in GRAPHED_METHODS:
         raise ValueError(f"cuda_graph=True supports method in {GRAPHED_METHODS}, got method={method!r}")
-    allowed = GRAPHED_SEQUENTIAL_OPTIONS if method == "sequential" else GRAPHED_OPTIONS
+    allowed = _graphed_options(method)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise TypeError(f"options {unknown} do not apply to method={method!r} with cuda_graph=True; "
                         f"allowed: {allowed}")
     if method != "sequential":
-        StaticTAA(method=method, **options)  # its range checks (window >= 1, tol > 0, ...)
+        REGISTRY[method].check_options(options)  # its range checks (window >= 1, tol > 0, ...)
 
 
 def _fingerprint(coeffs: SamplerCoefficients) -> tuple:
@@ -82,7 +86,7 @@ class GraphedSolvers:
         else:
             solver = self.solvers.get(k)
             if solver is None:
-                solver = self.solvers[k] = StaticTAA(method=method, **options)
+                solver = self.solvers[k] = make_solver(method, cuda_graph=True, **options)
             solver.callback = callback
             res = solver.solve(self.denoiser, self.coeffs, x_T, noise)
         traj = res.trajectory.clone()  # the solver's buffers are rewritten by the next call

@@ -85,14 +85,7 @@ def _check_method_and_options(method: str, options: dict) -> None:
         if unknown:
             raise TypeError(f"options {unknown} do not apply to method='sequential'; allowed: {_SEQUENTIAL_OPTIONS}")
         return
-    registries = (getattr(solvers, "PARALLEL_SOLVERS", {}), getattr(solvers, "SRDS_SOLVERS", {}))
-    solver_cls = next((r[method] for r in registries if method in r), None)
-    if solver_cls is not None:  # constructing the solver runs its range checks (window >= 1, tol > 0, ...)
-        try:
-            solver_cls(**options)
-        except TypeError as e:
-            raise TypeError(f"method={method!r}: {e}") from None
-    # methods solve() routes elsewhere (e.g. added later) check their options when the pipeline is called
+    solvers.method_spec(method).check_options(options)  # names and ranges (window >= 1, tol > 0, ...)
 
 
 def _check_scheduler(scheduler) -> None:
@@ -519,7 +512,7 @@ def parallelize(pipe: DiffusionPipeline, method: str = "taa", **options: Any) ->
               ...); ``options`` go to ``paratriton.solve`` unchanged: ``window``, ``order``, ``history``,
               ``tol_abs``, ``tol_rel``, ``max_iters``, ``state_dtype``, ...; ``window="auto"`` times the candidates
               once per problem shape. ``cuda_graph=True`` (methods taa, fp, picard, sequential): every iteration is
-              one CUDA-graph replay (``StaticTAA`` / ``GraphedSequential``), graphs cached between calls.
+              one CUDA-graph replay (the graphed engine / ``GraphedSequential``), graphs cached between calls.
 
     Call the result exactly like the stock pipeline. With the same generator it returns the stock sequential
     pipeline's image up to the solver tolerance, DDPM-style step noise included. The solver state is float64

@@ -44,3 +44,27 @@ def solve_sequential(model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Te
                                    x.reshape(T + 1, B, *shape)))
     traj = x.reshape(T + 1, B, *shape)
     return SolveResult(traj[0], traj, T, T, residuals, True, "sequential", [(i, i + 1) for i in range(T - 1, -1, -1)])
+
+
+class SequentialSolver:
+    """``method="sequential"`` behind the registry: ``solve_sequential``, or the whole loop as one CUDA graph
+    (``GraphedSequential``) with ``cuda_graph=True`` on CUDA."""
+
+    method = "sequential"
+
+    def __init__(self, *, state_dtype: torch.dtype | None = None,
+                 callback: Callable[[IterationInfo], None] | None = None, cuda_graph: bool = False,
+                 check_finite: bool = True) -> None:
+        self.state_dtype, self.callback, self.cuda_graph, self.check_finite = (state_dtype, callback, cuda_graph,
+                                                                               check_finite)
+
+    def solve(self, model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor,
+              noise: torch.Tensor | None = None, init: torch.Tensor | None = None) -> SolveResult:
+        if init is not None:
+            raise ValueError("init (warm start) does not apply to method='sequential'")
+        if self.cuda_graph and x_T.device.type == "cuda":
+            from .graphed_sequential import GraphedSequential
+
+            return GraphedSequential(model, coeffs, x_T, noise, state_dtype=self.state_dtype or torch.float32).run()
+        return solve_sequential(model, coeffs, x_T, noise, state_dtype=self.state_dtype or torch.float64,
+                                callback=self.callback, check_finite=self.check_finite)

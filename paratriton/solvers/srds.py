@@ -86,7 +86,7 @@ import torch
 from ..model import Denoiser
 from ..schedule import SamplerCoefficients, _affine_prediction
 from ._common import (IterationInfo, ModelCaller, NonFiniteError, SolveResult, _check_int, check_problem,
-                      set_common_options)
+                      default_tol_abs, set_common_options)
 
 __all__ = ["SRDS", "SRDSPipelined", "SRDSResult", "Round", "build_schedule", "default_blocks", "allowed_blocks",
            "coarse_coefficients", "critical_path_model", "srds_benchmark", "main"]
@@ -326,13 +326,13 @@ class SRDS:
     method = "srds"
     pipelined = False
 
-    def __init__(self, *, blocks: int | None = None, tol_abs: float = 1e-3, tol_rel: float = 1e-3,
-                 max_iters: int | None = None, state_dtype: torch.dtype = torch.float64,
+    def __init__(self, *, blocks: int | None = None, tol_abs: float | None = None, tol_rel: float = 1e-3,
+                 max_iters: int | None = None, state_dtype: torch.dtype | None = None,
                  callback: Callable[[IterationInfo], None] | None = None, backend: str = "torch") -> None:
         if backend not in ("torch", "triton"):
             raise ValueError(f"backend must be 'torch' or 'triton', got {backend!r}")
         self.blocks = None if blocks is None else _check_int("blocks", blocks, 1)
-        set_common_options(self, tol_abs, tol_rel, max_iters, state_dtype, callback)
+        set_common_options(self, tol_abs, tol_rel, max_iters, state_dtype or torch.float64, callback)
 
     def solve(self, model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor,
               noise: torch.Tensor | None = None, init: torch.Tensor | None = None) -> SRDSResult:
@@ -362,7 +362,8 @@ class SRDS:
         xi = None if noise is None else noise.reshape(T, B, D)
         A_h, Bc_h, a1 = coarse_coefficients(coeffs, K)
         A_q, B_q = A_h.tolist(), Bc_h.tolist()  # host floats: scalar multiplies need no device read
-        threshold0 = max(self.tol_abs, self.tol_rel * float(coeffs.posterior_std[0]))
+        tol_abs = default_tol_abs(T) if self.tol_abs is None else self.tol_abs
+        threshold0 = max(tol_abs, self.tol_rel * float(coeffs.posterior_std[0]))
         E = _coarse_noise(a1.to(dev, dt), c, xi, K) if (stochastic and not warm) else None
 
         # every index the rounds need, built on the host and copied to the device once (a per-round host->device

@@ -1,0 +1,44 @@
+"""Plain-torch reference of the window TAA ops: push the history ring and form the Gram, then update.
+
+The ring ``hist_R, hist_Y [M, T, B, D]`` is indexed by step; slot ``slot`` (0-d int64) is this iteration's.
+``hist_R`` holds order-k residuals ``R`` and ``hist_Y`` the fixed-point images ``Y = x + R``; since
+``dX_j + dR_j = Y_j - Y_{j+1}``, the update needs ``Y`` only and the Gram ``R`` only.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._window import ring_newest, window_rows
+from ..anderson_gram.naive import anderson_gram
+from ..window_fixed_point.naive import masked_order_k
+
+
+def window_taa_push(x: torch.Tensor, model_out: torch.Tensor, noise: torch.Tensor | None, a: torch.Tensor,
+                    b: torch.Tensor, c: torch.Tensor, lo: torch.Tensor, top: torch.Tensor, hist_R: torch.Tensor,
+                    hist_Y: torch.Tensor, slot: torch.Tensor, order: int, unit_weights: bool = False
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write ``R`` and ``Y`` of steps ``lo .. lo+H-1`` into ring slot ``slot`` and return the suffix-summed Gram
+    ``G [H, B, m, m]`` and ``h [H, B, m]`` (``m = M - 1``, float32 or better) of the ``m`` newest differences
+    ``dR_j = R_j - R_{j+1}``, summed over the steps ``s`` with ``p <= s <= top`` (``R`` is masked as in
+    ``window_fixed_point``)."""
+    R, xw, idx, live = masked_order_k(x, model_out, noise, a, b, c, lo, top, order, unit_weights)
+    M = hist_R.shape[0]
+    sl = slot.view(1)
+    hist_R.index_put_((sl[:, None], idx[None]), R.to(hist_R.dtype)[None])
+    hist_Y.index_put_((sl[:, None], idx[None]), (xw + R).to(hist_Y.dtype)[None])
+    newest = ring_newest(slot, M)
+    hR = hist_R.index_select(0, newest).index_select(1, idx)  # [M, H, B, D]
+    dR = torch.where(live[None, :, None, None], hR[:-1] - hR[1:], torch.zeros((), dtype=hR.dtype, device=hR.device))
+    return anderson_gram(dR, R)
+
+
+def window_taa_update(x: torch.Tensor, hist_Y: torch.Tensor, gamma: torch.Tensor, slot: torch.Tensor,
+                      lo: torch.Tensor, top: torch.Tensor) -> None:
+    """In place ``x_s = Y_0 - sum_j gamma_j (Y_j - Y_{j+1})`` for ``lo <= s <= top`` (``Y_j`` the ``j``-th newest
+    ring slot); gamma ``[H, B, m]``; steps above ``top`` keep their value."""
+    H, M = gamma.shape[0], hist_Y.shape[0]
+    idx = window_rows(lo, H)
+    Y = hist_Y.index_select(0, ring_newest(slot, M)).index_select(1, idx)  # [M, H, B, D]
+    new = Y[0] - torch.einsum("jnbd,nbj->nbd", Y[:-1] - Y[1:], gamma.to(Y.dtype))
+    x.index_copy_(0, idx, torch.where((idx <= top)[:, None, None], new.to(x.dtype), x.index_select(0, idx)))

@@ -1,0 +1,229 @@
+"""The solver engine: every windowed parallel method, eager or CUDA-graphed, is this one loop.
+
+The trajectory ``x [T+1, B, D]`` lives in one buffer. An iteration works on ``H`` consecutive steps
+``lo .. lo+H-1`` with ``lo = max(F - H, 0)`` and the anchor ``F`` 0-d int64 *device* tensors (steps ``>= F`` are
+frozen and masked out of every sum and update), so its shapes are static:
+
+1. steps entering a sliding window start as a copy of the lowest initialised state; gather the model inputs;
+2. one batched model call on the window;
+3. ``ops.window_residual``: the order-1 residual test, the highest unconverged step ``top``;
+4. the method's rule (``rules.py``) updates the live steps ``lo .. top``; steps above ``top`` freeze *unchanged*,
+   so every frozen step meets its threshold at the returned trajectory (``converged`` means exactly that);
+5. ``F <- top``, and a per-iteration log on the device.
+
+Eager (``cuda_graph=False``, and always off CUDA) the loop runs each iteration with ``H`` the live window (no
+padding); graphed, each window size ``H`` (buckets ``T, T/2, ...`` for a full window, ``W`` for a sliding one) is
+captured once with the model call, and an iteration is one replay followed by the one host read of ``F`` (and a
+finiteness flag). Both run the same ``_iteration``: the iterates are the same (bit for bit where the model's
+output per row does not depend on the batch size). Running out of memory halves the window (same fixed point).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable
+
+import torch
+
+from .._cuda_graph import NestedCUDAGraphError, capture, warn_nested_graphs
+from ..model import Denoiser
+from ..schedule import SamplerCoefficients
+from ._common import IterationInfo, ModelCaller, NonFiniteError, SolveResult, check_problem, default_tol_abs
+from .rules import KERNELS, AndersonRule, FixedPointRule, WindowView
+
+
+def bucket_sizes(T: int, buckets: int) -> list[int]:
+    """The full-window sizes the graphed engine captures: ``ceil(T / 2^j)`` for ``j < buckets`` (ascending)."""
+    return sorted({max(1, math.ceil(T / 2**j)) for j in range(buckets)})
+
+
+class Engine:
+    """One parallel method (a rule) on the windowed triangular system; see the module docstring.
+
+    rule:       ``FixedPointRule`` or ``AndersonRule`` (``registry.py`` builds them from method names).
+    window:     None (all ``T`` steps) or a sliding window of ``W`` steps.
+    tol_abs, tol_rel: step ``i`` converged when ``RMS(r_i) <= max(tol_abs, tol_rel * posterior_std_i)``
+                (``tol_abs=None``: ``default_tol_abs(T)``).
+    state_dtype: float32 or float64 (None: float32 on CUDA, float64 elsewhere).
+    cuda_graph: capture each window size (CUDA only; the model must be capturable).
+    iters_per_sync: iterations per replay between host reads of ``F`` (graphed only; same iterates).
+    """
+
+    def __init__(self, rule: FixedPointRule | AndersonRule, *, method: str, window: int | None = None,
+                 tol_abs: float | None = None, tol_rel: float = 1e-3, max_iters: int | None = None,
+                 state_dtype: torch.dtype | None = None, callback: Callable[[IterationInfo], None] | None = None,
+                 cuda_graph: bool = False, buckets: int = 4, iters_per_sync: int = 1, backend: str = "auto") -> None:
+        self.rule, self.method, self.window = rule, method, window
+        self.tol_abs, self.tol_rel, self.max_iters = tol_abs, tol_rel, max_iters
+        self.state_dtype, self.callback = state_dtype, callback
+        self.cuda_graph, self.buckets, self.iters_per_sync = cuda_graph, buckets, iters_per_sync
+        self.backend = backend
+        self.window_shrunk_to: int | None = None
+        self._key = None
+
+    # -- one iteration (static shapes, device-side state) ----------------------------------------------------------
+    def _iteration(self, H: int) -> None:
+        s = self._s
+        x, F, U = s["x"], s["F"], s["U"]
+        lo = (F - H).clamp_min(0)
+        rows = lo + s["arange"][:H + 1]  # the window and its anchor row
+        if s["sliding"]:  # steps entering the window start as a copy of the lowest initialised state
+            fresh = rows <= U
+            x.index_copy_(0, rows, x.index_select(0, torch.where(fresh, U + 1, rows)))
+            U.copy_(torch.minimum(U, lo - 1))
+        idx = rows[:H]
+        out = s["call"](x.index_select(0, rows[1:]), idx)
+        kern = KERNELS[self.backend]
+        rms, top, bad = kern.residual(x, out, s["xi"], s["a"], s["b"], s["c"], s["thr"], lo, F)
+        s["bad"].logical_or_(bad)
+        self.rule.update(WindowView(x, out, s["xi"], s["a"], s["b"], s["c"], lo, F, top, rms, kern), s["rule"])
+        # the log of live iterations (an iteration after convergence changes nothing and is not counted)
+        n = s["n_it"].view(1)
+        s["log_F"].index_copy_(0, n, F.view(1))
+        s["rms_all"].fill_(float("nan"))
+        s["rms_all"].index_copy_(0, idx, torch.where((idx < F)[:, None], rms, s["nan"]))
+        s["log_res"].index_copy_(0, n, s["rms_all"].amax(1)[None])
+        s["n_it"].add_((F > 0).long())
+        F.copy_(top.clamp_min(0))
+
+    # -- set-up ------------------------------------------------------------------------------------------------------
+    def _setup(self, model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor,
+               noise: torch.Tensor | None) -> None:
+        T, B, shape = coeffs.num_steps, x_T.shape[0], tuple(x_T.shape[1:])
+        D, dev = math.prod(shape), x_T.device
+        dt = self.state_dtype or (torch.float32 if dev.type == "cuda" else torch.float64)
+        cap = (T if self.max_iters is None else self.max_iters) + self.iters_per_sync  # + no-op iterations' slots
+        cf = coeffs.to(dev)
+        tol_abs = default_tol_abs(T) if self.tol_abs is None else self.tol_abs
+        self._s = dict(
+            T=T, B=B, shape=shape, dtype=dt, sliding=self.window is not None and self.window < T,
+            x=torch.empty(T + 1, B, D, dtype=dt, device=dev), a=cf.a.to(dt), b=cf.b.to(dt), c=cf.c.to(dt),
+            thr=torch.clamp(self.tol_rel * cf.posterior_std, min=tol_abs).to(dt),
+            xi=None if noise is None else torch.empty(T, B, D, dtype=dt, device=dev),
+            F=torch.empty((), dtype=torch.long, device=dev), U=torch.empty((), dtype=torch.long, device=dev),
+            arange=torch.arange(T + 1, device=dev), bad=torch.zeros((), dtype=torch.bool, device=dev),
+            n_it=torch.zeros((), dtype=torch.long, device=dev), nan=torch.tensor(float("nan"), dtype=dt, device=dev),
+            rms_all=torch.empty(T, B, dtype=dt, device=dev),
+            log_F=torch.empty(cap, dtype=torch.long, device=dev), log_res=torch.empty(cap, T, dtype=dt, device=dev),
+            call=ModelCaller(model, shape, B), rule=self.rule.allocate(T, B, D, dt, dev))
+        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self._uncaptured = False
+
+    def _reset(self, x_T: torch.Tensor, noise: torch.Tensor | None, init: torch.Tensor | None) -> None:
+        """Fill the static buffers in place (captured graphs keep pointing at them)."""
+        s = self._s
+        T, x = s["T"], s["x"]
+        x.copy_(x_T.reshape(1, *x.shape[1:]).expand_as(x))  # every step starts as a copy of x_T
+        if init is not None:
+            x[:T].copy_(init[:T].reshape(T, *x.shape[1:]))
+        if s["xi"] is not None:
+            s["xi"].copy_(noise.reshape(s["xi"].shape))
+        self.rule.reset(s["rule"])
+        for k in ("bad", "n_it"):
+            s[k].zero_()
+        s["F"].fill_(T)
+        s["U"].fill_(T - 1 if s["sliding"] and init is None else -1)
+
+    def _window_size(self, F_host: int, graphed: bool) -> int:
+        T = self._s["T"]
+        W = T if self.window is None else min(self.window, T)
+        if not graphed:
+            return min(W, F_host)
+        if self.window is None and self.window_shrunk_to is None:
+            sizes = bucket_sizes(T, self.buckets)
+            return next((h for h in sizes if h >= F_host), sizes[-1])
+        return W
+
+    def _capture(self, H: int, k: int) -> "torch.cuda.CUDAGraph":
+        """Capture ``k`` iterations of window ``H``. ``capture`` runs them once for real first (lazy initialisation
+        outside the capture), so the state is saved before and restored after."""
+        s = self._s
+        state = [s["x"], s["F"], s["U"], s["bad"], s["n_it"], *s["rule"].values()]
+        saved = [t.clone() for t in state]
+        try:
+            graph, _ = capture(lambda: [self._iteration(H) for _ in range(k)])
+        finally:
+            for t, v in zip(state, saved):
+                t.copy_(v)
+        return graph
+
+    # -- the loop ----------------------------------------------------------------------------------------------------
+    def solve(self, model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor,
+              noise: torch.Tensor | None = None, init: torch.Tensor | None = None) -> SolveResult:
+        """Solve the triangular system for ``B`` trajectories from ``x_T [B, *sample_shape]``.
+
+        noise: ``[T, B, *sample_shape]`` pre-drawn standard normals (required when the sampler adds noise).
+        init:  optional warm start ``[T, B, ...]`` (or ``[T+1, ...]``) guess of ``x_0 .. x_{T-1}``; the result is
+               still the exact sequential sample of this problem, only the iteration count changes.
+        Solving again with the same model, coefficients and shapes reuses the buffers and captured graphs.
+        """
+        check_problem(coeffs, x_T, noise, init)
+        if getattr(coeffs, "taps", 1) != 1:
+            raise NotImplementedError("the engine solves first-order (one-tap) step operators only")
+        key = (tuple(x_T.shape), x_T.device, noise is None, self.state_dtype)
+        if self._key is None or self._key[0] is not model or self._key[1] is not coeffs or self._key[2:] != key:
+            self._setup(model, coeffs, x_T, noise)
+            self._key = (model, coeffs, *key)
+        self.window_shrunk_to = None
+        self._reset(x_T, noise, init)
+        s = self._s
+        T, B, shape = s["T"], s["B"], s["shape"]
+        graphed = self.cuda_graph and x_T.device.type == "cuda" and not self._uncaptured
+        max_iters = T if self.max_iters is None else self.max_iters
+        F_host, it, nfe, windows = T, 0, 0, []
+        while F_host > 0 and it < max_iters:
+            H = self._window_size(F_host, graphed)
+            k = min(self.iters_per_sync, max_iters - it) if graphed else 1
+            try:
+                if graphed and (H, k) not in self._graphs:
+                    try:
+                        self._graphs[H, k] = self._capture(H, k)
+                    except NestedCUDAGraphError:  # a reduce-overhead compiled model: its graphs, our iteration eager
+                        warn_nested_graphs()
+                        self._uncaptured, graphed = True, False
+                        continue
+                if graphed:
+                    self._graphs[H, k].replay()
+                else:
+                    self._iteration(H)
+            except torch.OutOfMemoryError:
+                if H == 1:
+                    raise
+                # a smaller window solves the same system (the fixed point does not depend on W): halve and retry
+                self.window = self.window_shrunk_to = max(1, min(H, F_host) // 2)
+                s["sliding"] = True
+                self._graphs.clear()
+                warnings.warn(f"out of memory with a window of {H} steps: continuing with window="
+                              f"{self.window_shrunk_to}", RuntimeWarning, stacklevel=2)
+                if x_T.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            # the one host read per replay: window top, non-finite flag, iteration count, this replay's window tops
+            vals = torch.cat([torch.stack([s["F"], s["bad"].long(), s["n_it"]]), s["log_F"][it:it + k]]).tolist()
+            F_new, bad, n = vals[:3]
+            if bad:
+                self._raise_nonfinite(it, k)
+            for top in vals[3:3 + n - it]:
+                lo = max(top - H, 0)
+                nfe += top - lo
+                windows.append((lo, top))
+            F_host, it = F_new, n
+            if self.callback is not None and windows:
+                lo, hi = windows[-1]
+                self.callback(IterationInfo(it, (lo, hi), F_host, s["rms_all"][lo:hi],
+                                            s["x"].reshape(T + 1, B, *shape)))
+        if s["sliding"]:  # stopped early: steps the window never reached get the best guess there is
+            U = int(s["U"])
+            if U >= 0:
+                s["x"][:U + 1] = s["x"][U + 1]
+        traj = s["x"].reshape(T + 1, B, *shape)
+        if not torch.isfinite(traj[0]).all():
+            raise NonFiniteError("the final sample is NaN/inf; the sampler returns no image")
+        res = s["log_res"][:it].to("cpu", torch.float64)
+        return SolveResult(traj[0], traj, it, nfe, res, F_host == 0, self.method, windows)
+
+    def _raise_nonfinite(self, it: int, k: int) -> None:
+        where = f"iteration {it}" if k == 1 else f"iterations {it}..{it + k - 1}"
+        raise NonFiniteError(f"the model output or the residual is NaN/inf in {where}; the sampler stopped and "
+                             "returns no image")

@@ -1,0 +1,198 @@
+"""The method registry: one entry per method, read by ``solve``, ``parallelize``, the planner and the CLI.
+
+An entry holds the method's options with their ranges, whether it runs on the windowed engine (and so can be
+CUDA-graphed and sharded) and how to build its solver. Adding a windowed method is one rule (``rules.py``) and one
+entry here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class Option:
+    """One solver option: ``kind`` is "int", "float", "bool", "dtype" or "callable"; ``lo``/``hi`` bound numbers
+    (inclusive); ``none_ok``: None is allowed (and means ``default`` is computed at solve time)."""
+
+    name: str
+    kind: str
+    default: Any
+    help: str
+    lo: float | None = None
+    hi: float | None = None
+    none_ok: bool = False
+    choices: tuple = ()
+
+    def range_text(self) -> str:
+        if self.kind == "int":
+            return f"an int in [{int(self.lo)}, {int(self.hi)}]" if self.hi is not None else f"an int >= {int(self.lo)}"
+        if self.kind == "float":
+            return "a finite number > 0"
+        if self.kind == "dtype":
+            return "torch.float32 or torch.float64"
+        if self.kind == "choice":
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        return {"bool": "True or False", "callable": "a callable"}[self.kind]
+
+    def check(self, value: Any) -> Any:
+        """The validated value; raises naming the option and its allowed range."""
+        if value is None and self.none_ok:
+            return None
+        allowed = self.range_text() + (" or None" if self.none_ok else "")
+        bad = ValueError(f"{self.name} must be {allowed}, got {value!r}")
+        if self.kind == "int":
+            if isinstance(value, bool) or not hasattr(value, "__index__"):
+                raise TypeError(f"{self.name} must be {allowed}, got {type(value).__name__} {value!r}")
+            value = int(value)
+            if value < self.lo or (self.hi is not None and value > self.hi):
+                raise bad
+        elif self.kind == "float":
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise TypeError(f"{self.name} must be {allowed}, got {type(value).__name__} {value!r}") from None
+            if not (value > 0) or math.isinf(value):
+                raise bad
+        elif self.kind == "bool":
+            if not isinstance(value, (bool, int)) or value not in (0, 1):
+                raise bad
+            value = bool(value)
+        elif self.kind == "dtype":
+            if value not in (torch.float32, torch.float64):
+                raise bad
+        elif self.kind == "choice":
+            if value not in self.choices:
+                raise bad
+        elif self.kind == "callable" and not callable(value):
+            raise TypeError(f"{self.name} must be {allowed}, got {type(value).__name__}")
+        return value
+
+
+_TOL = (Option("tol_abs", "float", None, "absolute RMS residual threshold per step (None: 1e-3, scaled by 100/T "
+               "beyond 100 steps)", none_ok=True),
+        Option("tol_rel", "float", 1e-3, "threshold relative to the step's posterior std"),
+        Option("max_iters", "int", None, "stop after this many iterations (None: at most T)", lo=1, none_ok=True))
+_RUN = (Option("state_dtype", "dtype", None, "state precision (None: float32 on CUDA, float64 elsewhere)",
+               none_ok=True),
+        Option("callback", "callable", None, "callback(IterationInfo) after every iteration", none_ok=True))
+_ENGINE = (Option("window", "int", None, "steps updated per iteration (None: all T)", lo=1, none_ok=True),
+           *_TOL, *_RUN,
+           Option("cuda_graph", "bool", False, "capture each iteration into a CUDA graph (CUDA only)"),
+           Option("buckets", "int", 4, "full-window sizes captured: T, T/2, ... (graphed)", lo=1, hi=16),
+           Option("iters_per_sync", "int", 1, "iterations per graph replay between host reads", lo=1, hi=64),
+           Option("backend", "choice", "auto", "kernels: 'auto' (Triton on CUDA, C++ on the CPU) or 'reference' "
+                  "(plain torch)", choices=("auto", "reference")))
+_ORDER = Option("order", "int", None, "k of the order-k equations (None: the whole window)", lo=1, none_ok=True)
+_ANDERSON = (_ORDER,
+             Option("history", "int", 2, "Anderson secant pairs", lo=1, hi=8),
+             Option("ridge", "float", 1e-3, "relative ridge of the least squares"),
+             Option("safeguard", "bool", True, "a step whose residual grew after an accelerated update takes the "
+                    "plain step next"))
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method: its name, a one-line summary, its options, and how its solver is built."""
+
+    name: str
+    summary: str
+    options: tuple[Option, ...]
+    windowed: bool  # runs on the engine: sliding windows, CUDA graphs, sharding
+    build: Callable[[dict], Any] = field(repr=False)
+
+    @property
+    def option_names(self) -> tuple[str, ...]:
+        return tuple(o.name for o in self.options)
+
+    def check_options(self, options: dict) -> dict:
+        """All options with defaults filled in, validated; unknown names raise ``TypeError`` naming them."""
+        unknown = sorted(set(options) - set(self.option_names))
+        if unknown:
+            raise TypeError(f"options {unknown} do not apply to method={self.name!r}; its options are "
+                            f"{list(self.option_names)}")
+        return {o.name: o.check(options.get(o.name, o.default)) for o in self.options}
+
+    def make(self, **options: Any) -> Any:
+        """Build the solver (an object with ``.solve(model, coeffs, x_T, noise, init=None)``)."""
+        return self.build(self.check_options(options))
+
+
+def _engine(method: str, rule_of: Callable[[dict], Any]) -> Callable[[dict], Any]:
+    def build(o: dict):
+        from .engine import Engine
+
+        kw = {k: o[k] for k in ("window", "tol_abs", "tol_rel", "max_iters", "state_dtype", "callback", "cuda_graph",
+                                "buckets", "iters_per_sync", "backend")}
+        return Engine(rule_of(o), method=method, **kw)
+    return build
+
+
+def _fp_rule(o):
+    from .rules import FixedPointRule
+    return FixedPointRule(order=o["order"])
+
+
+def _picard_rule(o):
+    from .rules import FixedPointRule
+    return FixedPointRule(order=None, unit_weights=True)
+
+
+def _anderson_rule(triangular: bool):
+    def rule(o):
+        from .rules import AndersonRule
+        return AndersonRule(order=o["order"], history=o["history"], ridge=o["ridge"], safeguard=o["safeguard"],
+                            triangular=triangular)
+    return rule
+
+
+def _sequential(o: dict):
+    from .sequential import SequentialSolver
+    return SequentialSolver(**o)
+
+
+def _srds(pipelined: bool):
+    def build(o: dict):
+        from .srds import SRDS, SRDSPipelined
+        return (SRDSPipelined if pipelined else SRDS)(**o)
+    return build
+
+
+_SRDS_OPTIONS = (Option("blocks", "int", None, "Parareal blocks K, a divisor of T (None: closest to sqrt(T))",
+                        lo=1, none_ok=True), *_TOL, *_RUN)
+
+REGISTRY: dict[str, MethodSpec] = {spec.name: spec for spec in (
+    MethodSpec("sequential", "the sequential sampler, one model call per step (the ground truth)",
+               (*_RUN, Option("cuda_graph", "bool", False, "the whole loop as one CUDA graph (CUDA only)"),
+                Option("check_finite", "bool", True, "stop on a non-finite model output (one read per step)")),
+               windowed=False, build=_sequential),
+    MethodSpec("fp", "fixed point on the order-k equations", (*_ENGINE, _ORDER), True, _engine("fp", _fp_rule)),
+    MethodSpec("picard", "Picard iteration (ParaDiGMS): unit weights over the window", _ENGINE, True,
+               _engine("picard", _picard_rule)),
+    MethodSpec("aa", "standard Anderson acceleration (one global least squares)", (*_ENGINE, *_ANDERSON), True,
+               _engine("aa", _anderson_rule(False))),
+    MethodSpec("taa", "ParaTAA: triangular Anderson acceleration on the order-k equations", (*_ENGINE, *_ANDERSON),
+               True, _engine("taa", _anderson_rule(True))),
+    MethodSpec("srds", "SRDS: Parareal over blocks of steps", _SRDS_OPTIONS, False, _srds(False)),
+    MethodSpec("srds_pipelined", "SRDS with the pipelined (wavefront) schedule", _SRDS_OPTIONS, False, _srds(True)),
+)}
+
+METHODS = tuple(REGISTRY)
+WINDOWED_METHODS = tuple(n for n, s in REGISTRY.items() if s.windowed)
+
+
+def method_spec(method: str) -> MethodSpec:
+    """The registry entry of ``method``; raises naming the allowed methods."""
+    spec = REGISTRY.get(method) if isinstance(method, str) else None
+    if spec is None:
+        raise ValueError(f"method={method!r} is not supported; use one of {METHODS}")
+    return spec
+
+
+def make_solver(method: str, **options: Any) -> Any:
+    """The solver of ``method`` with ``options`` (validated against the registry)."""
+    return method_spec(method).make(**options)
