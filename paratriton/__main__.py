@@ -489,7 +489,8 @@ def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
 
 
 def line_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], series: dict[str, list[tuple[float, float]]],
-               title: str, xlabel: str, ylabel: str, logy: bool = False, hline: float | None = None) -> None:
+               title: str, xlabel: str, ylabel: str, logy: bool = False, hline: float | None = None,
+               hline_label: str | None = None, mark_last: bool = False) -> None:
     """Draw ``series`` (name -> [(x, y)]) into ``box = (x0, y0, x1, y1)`` of an image."""
     font = _font()
     x0, y0, x1, y1 = box
@@ -529,6 +530,9 @@ def line_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], series
         yy = sy(f(hline))
         for xx in range(int(px0), int(px1), 8):
             draw.line([xx, yy, xx + 4, yy], fill=(120, 120, 120))
+        if hline_label:
+            draw.text((px0 + 4, yy + 2), hline_label, fill=(90, 90, 90), font=font)
+    legend = []
     for k, (name, s) in enumerate(series.items()):
         col = COLORS[k % len(COLORS)]
         p = [(sx(x), sy(min(max(f(y), ylo), yhi))) for x, y in s
@@ -537,33 +541,59 @@ def line_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], series
             draw.line(p, fill=col, width=2)
         for q in p:
             draw.ellipse([q[0] - 2, q[1] - 2, q[0] + 2, q[1] + 2], fill=col)
-        draw.line([px1 - 110, py0 + 10 + 14 * k, px1 - 92, py0 + 10 + 14 * k], fill=col, width=2)
-        draw.text((px1 - 88, py0 + 3 + 14 * k), name, fill=(0, 0, 0), font=font)
+        if mark_last and p:
+            q = p[-1]
+            draw.ellipse([q[0] - 5, q[1] - 5, q[0] + 5, q[1] + 5], outline=col, width=2)
+        if mark_last and s:
+            last = s[-1][1]
+            name = f"{name}: {last:.1f} dB" if last < 150 else f"{name}: >= 150 dB"
+        legend.append((col, name))
+    if legend:  # top right, or bottom right (mark_last: rising curves) on a white box
+        lw_ = 22 + 7 * max(len(n) for _, n in legend)
+        ly0 = py0 + 4 if not mark_last else py1 - 8 - 14 * len(legend)
+        draw.rectangle([px1 - lw_ - 8, ly0, px1 - 4, ly0 + 4 + 14 * len(legend)], fill=(255, 255, 255),
+                       outline=(200, 200, 200))
+        for k, (col, name) in enumerate(legend):
+            draw.line([px1 - lw_ - 2, ly0 + 9 + 14 * k, px1 - lw_ + 14, ly0 + 9 + 14 * k], fill=col, width=2)
+            draw.text((px1 - lw_ + 18, ly0 + 2 + 14 * k), name, fill=(0, 0, 0), font=font)
 
 
 def convergence_figure(residual: dict, psnr: dict, path: str, title: str, tol: float | None = None) -> None:
-    img = Image.new("RGB", (1000, 380), (255, 255, 255))
+    img = Image.new("RGB", (1000, 400), (255, 255, 255))
     d = ImageDraw.Draw(img)
-    line_panel(d, (0, 0, 500, 380), residual, f"max step residual (RMS) - {title}", "iteration", "residual",
-               logy=True, hline=tol)
-    line_panel(d, (500, 0, 1000, 380), psnr, "PSNR of x_0 vs the sequential sample", "iteration", "dB")
+    line_panel(d, (0, 0, 500, 400), residual, f"max step residual (RMS, log scale) - {title}", "iteration",
+               "residual", logy=True, hline=tol,
+               hline_label=None if tol is None else f"tolerance tol_abs = {tol:g}: a step has converged at or below it")
+    line_panel(d, (500, 0, 1000, 400), psnr, "PSNR of x_0 vs the sequential sample (final value: circle, legend)",
+               "iteration", "dB", mark_last=True)
     img.save(path)
 
 
-def image_grid(rows: dict[str, "object"], path: str, scale: int = 3) -> None:
-    """rows: name -> uint8 array-like ``[B, H, W]``; one labelled row per name."""
+def image_grid(rows: dict[str, "object"], path: str, scale: int = 3, title: str | None = None,
+               columns: list[str] | None = None, row_notes: dict[str, str] | None = None) -> None:
+    """rows: name -> uint8 array-like ``[B, H, W]``; one labelled row per name (``row_notes`` under the name),
+    ``columns`` above the tiles and ``title`` on top."""
     font = _font()
     names = list(rows)
     B, H, W = rows[names[0]].shape
-    lw = 110
-    img = Image.new("L", (lw + B * (W * scale + 4) + 4, len(names) * (H * scale + 4) + 4), 255)
+    lw, tw = 130, W * scale
+    top = (18 if title else 0) + (18 if columns else 0) + 4
+    width = max(lw + B * (tw + 4) + 4, 8 + 6 * len(title or ""))
+    img = Image.new("L", (width, top + len(names) * (H * scale + 4)), 255)
     d = ImageDraw.Draw(img)
+    if title:
+        d.text((4, 4), title, fill=0, font=font)
+    if columns:
+        for b, c in enumerate(columns[:B]):
+            d.text((lw + 4 + b * (tw + 4) + 2, top - 18), c, fill=0, font=font)
     for r, name in enumerate(names):
-        y = 4 + r * (H * scale + 4)
-        d.text((4, y + H * scale // 2 - 7), name, fill=0, font=font)
+        y = top + r * (H * scale + 4)
+        d.text((4, y + H * scale // 2 - 14), name, fill=0, font=font)
+        if row_notes and name in row_notes:
+            d.text((4, y + H * scale // 2 + 2), row_notes[name], fill=90, font=font)
         for b in range(B):
-            tile = Image.fromarray(rows[name][b]).resize((W * scale, H * scale), Image.NEAREST)
-            img.paste(tile, (lw + 4 + b * (W * scale + 4), y))
+            tile = Image.fromarray(rows[name][b]).resize((tw, H * scale), Image.NEAREST)
+            img.paste(tile, (lw + 4 + b * (tw + 4), y))
     img.save(path)
 
 
