@@ -3,6 +3,7 @@ ring form used by the TAA solver and ill-conditioned histories."""
 
 import pytest
 import torch
+from _kernel_env import DEVICE
 
 from paratriton.ops import taa
 from paratriton.ops.anderson_gram.fused import anderson_gram_triton
@@ -14,17 +15,24 @@ from paratriton.ops.masked_lstsq.naive import masked_lstsq
 from paratriton.ops.step_residual.fused import residual_pass
 
 
-def rnd(*shape, seed=0, dtype=torch.float64):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
+def rnd(*shape, seed=0, dtype=torch.float64, device=DEVICE):
+    """Seeded normals drawn on the CPU (same values on every machine), then moved to ``device``."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(device, dtype)
+
+
+def ints(values):
+    return torch.tensor(values, device=DEVICE)
 
 
 @pytest.mark.parametrize("m,n,B,D,dtype", [(1, 1, 1, 5, torch.float64), (2, 4, 2, 70, torch.float64),
                                            (5, 3, 1, 33, torch.float32), (3, 5, 2, 40, torch.float16)])
 def test_gram_matches_reference(m, n, B, D, dtype, rel):
     dR, R = rnd(m, n, B, D, seed=1, dtype=dtype), rnd(n, B, D, seed=2, dtype=dtype)
-    G, h = anderson_gram(dR, R)
+    G, h = anderson_gram(dR.double(), R.double())  # float64 oracle of the same values
     G2, h2 = anderson_gram_triton(dR, R)
-    assert G2.dtype == G.dtype and h2.dtype == h.dtype  # fp16 columns accumulate in fp32, never in fp16
+    acc = torch.promote_types(dtype, torch.float32)  # fp16 columns accumulate in fp32, never in fp16
+    assert G2.dtype == acc and h2.dtype == acc and anderson_gram(dR, R)[0].dtype == acc
+    assert G2.device == dR.device
     tol = 1e-13 if dtype == torch.float64 else 1e-5
     assert rel(G2, G) < tol and rel(h2, h) < tol
     assert torch.equal(G2, G2.transpose(-1, -2))
@@ -33,6 +41,7 @@ def test_gram_matches_reference(m, n, B, D, dtype, rel):
 def test_gram_non_contiguous_columns(rel):
     dR = rnd(3, 2, 4, 2 * 21, seed=4)[..., ::2].transpose(1, 2)  # [m, B, n, D] viewed as [m, n, B, D]
     R = rnd(4, 2, 21, seed=5)
+    assert not dR.is_contiguous()
     G, h = anderson_gram(dR, R)
     G2, h2 = anderson_gram_triton(dR, R)
     assert rel(G2, G) < 1e-13 and rel(h2, h) < 1e-13
@@ -44,11 +53,11 @@ def test_lstsq_matches_reference_with_masks(m, rel):
     A = rnd(n, B, m, 3 * m, seed=m)
     G = A @ A.transpose(-1, -2)
     h = rnd(n, B, m, seed=10 + m)
-    num_cols = torch.tensor([0, m, 1, m, max(m - 1, 0), m])[:n]
+    num_cols = ints([0, m, 1, m, max(m - 1, 0), m])[:n]
     ref = masked_lstsq(G, h, num_cols)
     got = masked_lstsq_triton(G, h, num_cols)
     assert rel(got, ref) < 1e-10
-    cols = torch.arange(m)
+    cols = torch.arange(m, device=DEVICE)
     assert (got[(cols[None, :] >= num_cols[:, None])[:, None].expand_as(got)] == 0).all()  # masked: exactly 0
     assert (got[0] == 0).all()  # too little history: plain fixed-point step
     assert got[1].abs().sum() > 0
@@ -57,7 +66,7 @@ def test_lstsq_matches_reference_with_masks(m, rel):
 def test_lstsq_float32_system(rel):
     A = rnd(4, 3, 2, 6, seed=7, dtype=torch.float32)
     G, h = A @ A.transpose(-1, -2), rnd(4, 3, 2, seed=8, dtype=torch.float32)
-    nc = torch.full((4,), 2)
+    nc = torch.full((4,), 2, device=DEVICE)
     got = masked_lstsq_triton(G, h, nc)
     assert got.dtype == torch.float32
     assert rel(got, masked_lstsq(G.double(), h.double(), nc)) < 1e-4
@@ -73,9 +82,9 @@ def test_ill_conditioned_histories_give_finite_regularised_steps(rel):
     G, h = anderson_gram_triton(dR16, R16)
     assert G.dtype == torch.float32  # accumulated in fp32: squares of 1e-4 fp16 values would underflow in fp16
     assert (G.diagonal(dim1=-2, dim2=-1) > 0).all()
-    Gr, hr = anderson_gram(dR16, R16)
+    Gr, hr = anderson_gram(dR16.double(), R16.double())  # float64 oracle of the same fp16 values
     assert rel(G, Gr) < 1e-5
-    nc = torch.full((n,), m)
+    nc = torch.full((n,), m, device=DEVICE)
     gamma = masked_lstsq_triton(G, h, nc)
     assert torch.isfinite(gamma).all()
     assert gamma.abs().max() < 1e3
@@ -83,7 +92,7 @@ def test_ill_conditioned_histories_give_finite_regularised_steps(rel):
     # exactly identical columns in float64 too: the two tied gammas come out equal (symmetric regularisation)
     dR = torch.stack([rnd(n, B, D, seed=23)] * 2)
     G2, h2 = anderson_gram_triton(dR, rnd(n, B, D, seed=24))
-    g2 = masked_lstsq_triton(G2, h2, torch.full((n,), 2))
+    g2 = masked_lstsq_triton(G2, h2, torch.full((n,), 2, device=DEVICE))
     assert torch.isfinite(g2).all()
     torch.testing.assert_close(g2[..., 0], g2[..., 1], rtol=1e-8, atol=1e-12)
 
@@ -113,6 +122,7 @@ def test_ring_update_in_place(M, slot, rel):
     assert rel(x, ref) < 1e-14
     torch.testing.assert_close(x[1], hist_Y[slot, 1], rtol=0, atol=0)
     assert torch.equal(big[..., 1::2], rnd(n, B, 2 * D, seed=42)[..., 1::2])  # nothing else written
+    assert not x.is_contiguous()
 
 
 @pytest.mark.parametrize("M,slot,order,noise,model", [(3, 1, 5, True, torch.float16), (2, 0, 2, False, torch.float32),
@@ -122,9 +132,9 @@ def test_fused_residual_gram_and_history_push(M, slot, order, noise, model, rel)
     x = rnd(n + 1, B, D, seed=50)
     mo = rnd(n, B, D, seed=51, dtype=model)
     xi = rnd(n, B, D, seed=52) if noise else None
-    a = 1 + 0.1 * torch.rand(n, dtype=torch.float64)
-    b, c = -torch.rand(n, dtype=torch.float64), torch.rand(n, dtype=torch.float64)
-    thr = torch.full((n,), 0.5, dtype=torch.float64)
+    a = (1 + 0.1 * torch.rand(n, dtype=torch.float64)).to(DEVICE)
+    b, c = -torch.rand(n, dtype=torch.float64).to(DEVICE), torch.rand(n, dtype=torch.float64).to(DEVICE)
+    thr = torch.full((n,), 0.5, dtype=torch.float64, device=DEVICE)
     hR, hY = rnd(M, n, B, D, seed=53), rnd(M, n, B, D, seed=54)
     hR1, hY1, hR2, hY2 = hR.clone(), hY.clone(), hR.clone(), hY.clone()
     rms, top, G, h = taa.taa_residual(x, mo, xi, a, b, c, thr, hR1, hY1, slot, order)
