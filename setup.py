@@ -11,6 +11,10 @@ built. docs/build.md explains the choices; in short:
   ``get_requires_for_build_*`` answer): the version already installed in the target environment if there is one,
   else the version pinned in constraints.txt (what CI and the README install). A mismatch that slips through is
   caught at import (``paratriton._backends``) and the extension is then not used.
+* The runtime requirement on torch is pinned to the release the extension is built against (``torch==<that
+  version>``, any local build tag such as ``+cpu`` or ``+cu128``), so pip cannot build against one torch and then
+  install another to run with (what happened to ``pip install .`` without ``-c constraints.txt``: built against
+  2.13.0, ran 2.14.1, extension never used). Without the extension (``PARATRITON_BUILD_EXT=0``) any torch >= 2.4.
 """
 
 from __future__ import annotations
@@ -56,6 +60,15 @@ def _constraints_torch_version() -> str | None:
     return m.group(1) if m else None
 
 
+RUNTIME_REQUIRES = ["numpy", "diffusers>=0.35", "pillow", "safetensors", "tqdm"]
+
+
+def _requires(torch_version: str | None) -> list[str]:
+    """install_requires: torch pinned to the release the extension is built against (public version)."""
+    pin = f"torch=={torch_version.split('+')[0]}" if torch_version else "torch>=2.4"
+    return [pin, *RUNTIME_REQUIRES]
+
+
 def _cuda_arch_list(torch) -> str:
     """TORCH_CUDA_ARCH_LIST default: the visible GPUs, else Ampere and Hopper (+PTX), not every arch torch has."""
     if torch.cuda.is_available():
@@ -67,7 +80,7 @@ def _cuda_arch_list(torch) -> str:
 def _extension_config() -> dict:
     """setup() keywords for the extension: ext_modules/cmdclass, or setup_requires when torch is not importable."""
     if not WANT_EXT:
-        return {}
+        return {"install_requires": _requires(None)}
     try:
         import warnings
 
@@ -79,9 +92,9 @@ def _extension_config() -> dict:
         if version is None:
             _warn("torch is not importable and no torch version to build against is known; "
                   "installing without the compiled extension (see docs/build.md)")
-            return {}
+            return {"install_requires": _requires(None)}
         # turned into a PEP 517 dynamic build requirement; pip installs it and runs this script again
-        return {"setup_requires": [f"torch=={version}", "ninja"]}
+        return {"setup_requires": [f"torch=={version}", "ninja"], "install_requires": _requires(version)}
 
     sources = [str(p.relative_to(ROOT)) for p in (CSRC / "module.cpp", CSRC / "cpu_ops.cpp")]
     # OpenMP: at::parallel_for is inline in ATen's headers. -g0 overrides the -g of Python's CFLAGS (debug info
@@ -120,7 +133,8 @@ def _extension_config() -> dict:
         def get_output_mapping(self):
             return {} if OptionalBuildExt.failed else super().get_output_mapping()
 
-    return {"ext_modules": [ext], "cmdclass": {"build_ext": OptionalBuildExt.with_options(use_ninja=True)}}
+    return {"ext_modules": [ext], "cmdclass": {"build_ext": OptionalBuildExt.with_options(use_ninja=True)},
+            "install_requires": _requires(torch.__version__)}
 
 
 setup(**_extension_config())
