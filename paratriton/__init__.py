@@ -14,6 +14,28 @@ from ._backends import backends  # which kernel (C++ / CUDA / Triton / torch) ea
 
 __version__ = "0.1.0"
 
+TESTED_DIFFUSERS = ((0, 42), (0, 43))  # [lo, hi): the diffusers releases the integration is tested against
+
+
+def _check_diffusers_version() -> None:
+    """One warning when the installed diffusers is outside the tested range (metadata only: no import)."""
+    import importlib.metadata
+    import re
+    import warnings
+
+    try:
+        version = importlib.metadata.version("diffusers")
+    except importlib.metadata.PackageNotFoundError:
+        return
+    m = re.match(r"(\d+)\.(\d+)", version)
+    if m and not TESTED_DIFFUSERS[0] <= (int(m[1]), int(m[2])) < TESTED_DIFFUSERS[1]:
+        lo, hi = (".".join(map(str, v)) for v in TESTED_DIFFUSERS)
+        warnings.warn(f"paratriton is tested with diffusers >={lo},<{hi}; diffusers {version} is installed "
+                      "(the pipeline integration may not match it)", stacklevel=2)
+
+
+_check_diffusers_version()
+
 
 def __getattr__(name: str):
     # the shipped model pulls in diffusers: load it only when asked for (``paratriton.models.load_default()``)
