@@ -15,7 +15,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 import paratriton as pt
 from paratriton._cuda_graph import NestedCUDAGraphError, _watch_cudagraph_trees, capture
 from paratriton.solvers.graphed_sequential import GraphedSequential
-from paratriton.solvers.static_taa import StaticTAA
+from paratriton.solvers import make_solver
 
 
 class TinyEps(torch.nn.Module):
@@ -54,6 +54,10 @@ def setup(kind: str, T: int, device: torch.device):
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
+
+
+def StaticTAA(method="taa", **kw):
+    return make_solver(method, cuda_graph=True, **kw)
 
 
 @pytest.fixture(autouse=True)

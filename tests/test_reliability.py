@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import paratriton as pt
-from paratriton.solvers.static_taa import StaticTAA
+from paratriton.solvers import make_solver
 from paratriton.testing import GaussianMixture
 from paratriton.testing.gaussian_mixture import default_schedule
 
@@ -95,7 +95,7 @@ def test_out_of_memory_shrinks_the_window_and_stays_exact():
     ref = pt.solve(model, cf, x_T, noise, method="sequential")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        solver = pt.solvers.TriangularAnderson(tol_abs=1e-10, tol_rel=1e-10)
+        solver = make_solver("taa", tol_abs=1e-10, tol_rel=1e-10)
         res = solver.solve(small_device, cf, x_T, noise)
     assert solver.window_shrunk_to is not None and solver.window_shrunk_to <= limit
     assert any("out of memory" in str(w.message) for w in caught)
@@ -123,7 +123,7 @@ def test_same_seed_bit_identical(method):
 
 def test_static_taa_bit_identical():
     cf, model, x_T, noise = gm_problem(T=20, eta=1.0, B=2)
-    a, b = (StaticTAA().solve(model, cf, x_T, noise).sample for _ in range(2))
+    a, b = (make_solver("taa", cuda_graph=True).solve(model, cf, x_T, noise).sample for _ in range(2))
     assert torch.equal(a, b)
 
 
@@ -133,7 +133,9 @@ def test_static_taa_bit_identical():
        order=st.one_of(st.none(), st.integers(1, 30)), history=st.integers(1, 5), seed=st.integers(0, 3))
 def test_fuzz_every_solver_is_exact(T, B, shape, eta, method, window, order, history, seed):
     cf, model, x_T, noise = gm_problem(T=T, eta=eta, B=B, shape=tuple(shape), seed=seed)
-    opts = dict(window=window, tol_abs=1e-10, tol_rel=1e-10)
+    # a frozen step keeps the value its residual test passed at (converged means within threshold at the returned
+    # trajectory), so the sample's distance is the per-step tolerance propagated along T steps: up to ~100x here
+    opts = dict(window=window, tol_abs=1e-11, tol_rel=1e-11)
     if method in ("fp", "aa", "taa"):
         opts["order"] = order
     if method in ("aa", "taa"):

@@ -46,7 +46,8 @@ class Engine:
     tol_abs, tol_rel: step ``i`` converged when ``RMS(r_i) <= max(tol_abs, tol_rel * posterior_std_i)``
                 (``tol_abs=None``: ``default_tol_abs(T)``).
     state_dtype: float32 or float64 (None: float32 on CUDA, float64 elsewhere).
-    cuda_graph: capture each window size (CUDA only; the model must be capturable).
+    cuda_graph: the graphed schedule: each window size captured once (on CUDA; the model must be capturable),
+                ``iters_per_sync`` iterations per host read. Off CUDA the same static program runs uncaptured.
     iters_per_sync: iterations per replay between host reads of ``F`` (graphed only; same iterates).
     """
 
@@ -74,6 +75,7 @@ class Engine:
             U.copy_(torch.minimum(U, lo - 1))
         idx = rows[:H]
         out = s["call"](x.index_select(0, rows[1:]), idx)
+        self._last = (out, idx)  # for naming the steps when the iteration reports a non-finite value
         kern = KERNELS[self.backend]
         rms, top, bad = kern.residual(x, out, s["xi"], s["a"], s["b"], s["c"], s["thr"], lo, F)
         s["bad"].logical_or_(bad)
@@ -125,12 +127,12 @@ class Engine:
         s["F"].fill_(T)
         s["U"].fill_(T - 1 if s["sliding"] and init is None else -1)
 
-    def _window_size(self, F_host: int, graphed: bool) -> int:
+    def _window_size(self, F_host: int, static: bool) -> int:
         T = self._s["T"]
-        W = T if self.window is None else min(self.window, T)
-        if not graphed:
+        W = T if self._W is None else min(self._W, T)
+        if not static:
             return min(W, F_host)
-        if self.window is None and self.window_shrunk_to is None:
+        if self._W is None:
             sizes = bucket_sizes(T, self.buckets)
             return next((h for h in sizes if h >= F_host), sizes[-1])
         return W
@@ -166,15 +168,20 @@ class Engine:
             self._setup(model, coeffs, x_T, noise)
             self._key = (model, coeffs, *key)
         self.window_shrunk_to = None
+        self._W = self.window  # the effective window (halved on out-of-memory, for this solve only)
+        self._s["sliding"] = self.window is not None and self.window < coeffs.num_steps
         self._reset(x_T, noise, init)
         s = self._s
         T, B, shape = s["T"], s["B"], s["shape"]
-        graphed = self.cuda_graph and x_T.device.type == "cuda" and not self._uncaptured
+        # static: the graphed schedule (bucketed window sizes, k iterations per host read); captured on CUDA, run
+        # as it is elsewhere (how the CPU tests check the padded, masked iterations)
+        static = self.cuda_graph
+        graphed = static and x_T.device.type == "cuda" and not self._uncaptured
         max_iters = T if self.max_iters is None else self.max_iters
         F_host, it, nfe, windows = T, 0, 0, []
         while F_host > 0 and it < max_iters:
-            H = self._window_size(F_host, graphed)
-            k = min(self.iters_per_sync, max_iters - it) if graphed else 1
+            H = self._window_size(F_host, static)
+            k = min(self.iters_per_sync, max_iters - it) if static else 1
             try:
                 if graphed and (H, k) not in self._graphs:
                     try:
@@ -186,12 +193,13 @@ class Engine:
                 if graphed:
                     self._graphs[H, k].replay()
                 else:
-                    self._iteration(H)
+                    for _ in range(k):
+                        self._iteration(H)
             except torch.OutOfMemoryError:
                 if H == 1:
                     raise
                 # a smaller window solves the same system (the fixed point does not depend on W): halve and retry
-                self.window = self.window_shrunk_to = max(1, min(H, F_host) // 2)
+                self._W = self.window_shrunk_to = max(1, min(H, F_host) // 2)
                 s["sliding"] = True
                 self._graphs.clear()
                 warnings.warn(f"out of memory with a window of {H} steps: continuing with window="
@@ -203,7 +211,7 @@ class Engine:
             vals = torch.cat([torch.stack([s["F"], s["bad"].long(), s["n_it"]]), s["log_F"][it:it + k]]).tolist()
             F_new, bad, n = vals[:3]
             if bad:
-                self._raise_nonfinite(it, k)
+                self._raise_nonfinite(it, k, F_host)
             for top in vals[3:3 + n - it]:
                 lo = max(top - H, 0)
                 nfe += top - lo
@@ -221,9 +229,20 @@ class Engine:
         if not torch.isfinite(traj[0]).all():
             raise NonFiniteError("the final sample is NaN/inf; the sampler returns no image")
         res = s["log_res"][:it].to("cpu", torch.float64)
-        return SolveResult(traj[0], traj, it, nfe, res, F_host == 0, self.method, windows)
+        return SolveResult(traj[0], traj, it, nfe, res, F_host == 0, self.method + ("(graphed)" if static else ""),
+                           windows)
 
-    def _raise_nonfinite(self, it: int, k: int) -> None:
+    def _raise_nonfinite(self, it: int, k: int, anchor: int) -> None:
+        """Name the steps (of the last iteration run) and whether the model or the iterates went non-finite."""
+        out, idx = self._last
         where = f"iteration {it}" if k == 1 else f"iterations {it}..{it + k - 1}"
-        raise NonFiniteError(f"the model output or the residual is NaN/inf in {where}; the sampler stopped and "
-                             "returns no image")
+        live = idx < anchor
+        bad_out = (~torch.isfinite(out)).flatten(1).any(1) & live
+        if bad_out.any():
+            source, rows = "the model output", bad_out
+        else:
+            source, rows = "the residual (the iterates diverged)", live & (~torch.isfinite(
+                self._s["x"].index_select(0, idx))).flatten(1).any(1)
+        steps = idx[rows].tolist()
+        raise NonFiniteError(f"{source} is NaN/inf at step(s) {steps[:8]}{' ...' if len(steps) > 8 else ''} in "
+                             f"{where}; the sampler stopped and returns no image")
