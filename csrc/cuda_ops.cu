@@ -1,15 +1,24 @@
 // CUDA kernels of the paratriton solver ops: the masked least-squares solve and the updates.
 //
-// Every launch goes to c10::cuda::getCurrentCUDAStream() and nothing reads device memory back on the host, so the
-// ops can be captured in a CUDA graph. Semantics: paratriton/ops/{masked_lstsq,anderson_update,taa}/naive.py.
+// Every launch goes to c10::cuda::getCurrentCUDAStream() of the inputs' device (a CUDAGuard makes it current) and
+// nothing reads device memory back on the host, so the ops can be captured in a CUDA graph.
+// Semantics: paratriton/ops/{masked_lstsq,anderson_update,taa}/naive.py.
+//
+// The dispatcher sends a call here when *any* tensor argument is a CUDA tensor, so every argument is checked to be
+// a CUDA tensor on the first one's device (a CPU pointer handed to a kernel is an illegal address or a silent host
+// read, and a tensor of another GPU is read through the wrong context), with a floating dtype where values are read,
+// and with sizes whose launch grid fits; bad inputs raise (RuntimeError in Python) instead of crashing.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/MemoryOverlap.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>  // at::cuda::getCurrentCUDAStream is this c10 function (no cuBLAS/cuSPARSE headers)
 #include <cuda_runtime.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -21,6 +30,22 @@ namespace {
 using at::Tensor;
 
 constexpr int kMaxM = 16;  // systems up to 16 x 16 live in registers/local memory; larger m takes the ATen path
+constexpr int64_t kMaxGridX = 2147483647;  // gridDim.x limit
+
+// `t` (argument `name` of `op`) is a CUDA tensor on the device of `first` (itself a CUDA tensor).
+void check_device(const char* op, const Tensor& first, const char* first_name, const Tensor& t, const char* name) {
+  TORCH_CHECK(first.is_cuda(), op, ": ", first_name, " must be a CUDA tensor, got one on ", first.device(),
+              " (the CUDA kernel runs when any argument is on CUDA: move every tensor to the same GPU)");
+  TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor on ", first.device(), " like ", first_name,
+              ", got one on ", t.device());
+  TORCH_CHECK(t.device() == first.device(), op, ": ", name, " is on ", t.device(), " but ", first_name, " is on ",
+              first.device(), "; every tensor must be on the same GPU");
+}
+
+void check_float(const char* op, const Tensor& t, const char* name) {
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": ", name, " must be a floating tensor, got ",
+              t.scalar_type());
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // masked_lstsq: one thread per (step, trajectory) system, Gaussian elimination with partial pivoting in double
@@ -87,12 +112,18 @@ Tensor masked_lstsq_aten(const Tensor& G, const Tensor& h, const Tensor& num_col
 
 Tensor masked_lstsq_cuda(const Tensor& G_, const Tensor& h_, const Tensor& num_cols, double ridge, double floor) {
   count_call(1, kLstsq);
+  constexpr const char* op = "masked_lstsq (CUDA)";
+  check_device(op, G_, "G", h_, "h");
+  check_device(op, G_, "G", num_cols, "num_cols");
   TORCH_CHECK(G_.dim() == 4 && G_.size(2) == G_.size(3), "G must be [n, B, m, m], got ", G_.sizes());
   TORCH_CHECK(G_.scalar_type() == at::kFloat || G_.scalar_type() == at::kDouble, "G must be float32 or float64");
   const int64_t n = G_.size(0), B = G_.size(1), m = G_.size(2);
   TORCH_CHECK(h_.sizes() == at::IntArrayRef({n, B, m}), "h must be [n, B, m], got ", h_.sizes());
+  check_float(op, h_, "h");
   TORCH_CHECK(num_cols.dim() == 1 && num_cols.size(0) == n, "num_cols must be [n], got ", num_cols.sizes());
-  TORCH_CHECK(!at::isFloatingType(num_cols.scalar_type()), "num_cols must be an integer tensor");
+  TORCH_CHECK(!at::isFloatingType(num_cols.scalar_type()) && !at::isComplexType(num_cols.scalar_type()),
+              "num_cols must be an integer tensor, got ", num_cols.scalar_type());
+  TORCH_CHECK((n * B + 127) / 128 <= kMaxGridX, op, ": too many systems (", n * B, ")");
   const c10::cuda::CUDAGuard guard(G_.device());
   const Tensor nc = num_cols.to(at::kLong).contiguous();
   if (m > kMaxM) return masked_lstsq_aten(G_, h_, nc, ridge, floor);
@@ -145,12 +176,23 @@ __global__ void update_kernel(Rows<const T> x, Rows<const T> R, const T* __restr
 Tensor anderson_update_cuda(const Tensor& x_, const Tensor& R_, const Tensor& dX_, const Tensor& dR_,
                             const Tensor& gamma_) {
   count_call(1, kUpdate);
+  constexpr const char* op = "anderson_update (CUDA)";
+  check_device(op, x_, "x", R_, "R");
+  check_device(op, x_, "x", dX_, "dX");
+  check_device(op, x_, "x", dR_, "dR");
+  check_device(op, x_, "x", gamma_, "gamma");
+  check_float(op, R_, "R");
+  check_float(op, dX_, "dX");
+  check_float(op, dR_, "dR");
+  check_float(op, gamma_, "gamma");
   TORCH_CHECK(x_.dim() == 3 && dX_.dim() == 4, "x must be [n, B, D] and dX [m, n, B, D]");
   TORCH_CHECK(x_.scalar_type() == at::kFloat || x_.scalar_type() == at::kDouble, "x must be float32 or float64");
   const int64_t n = x_.size(0), B = x_.size(1), D = x_.size(2), m = dX_.size(0);
   TORCH_CHECK(R_.sizes() == x_.sizes(), "R must have x's shape");
   TORCH_CHECK(dX_.sizes() == at::IntArrayRef({m, n, B, D}) && dR_.sizes() == dX_.sizes(), "dX, dR must be [m, n, B, D]");
   TORCH_CHECK(gamma_.sizes() == at::IntArrayRef({n, B, m}), "gamma must be [n, B, m]");
+  TORCH_CHECK(m <= std::numeric_limits<int>::max(), op, ": too many history columns (", m, ")");
+  TORCH_CHECK((D + kThreads - 1) / kThreads <= kMaxGridX, op, ": D too large (", D, ")");
   const c10::cuda::CUDAGuard guard(x_.device());
   const auto dt = x_.scalar_type();
   const Tensor x = rows_ok(x_), R = rows_ok(R_.to(dt));
@@ -195,12 +237,22 @@ __global__ void ring_update_kernel(const T* __restrict__ H, int64_t s_slot, int6
 
 void taa_update_cuda(const Tensor& x, const Tensor& hist_Y, const Tensor& gamma_, int64_t slot) {
   count_call(1, kTaaUpdate);
+  constexpr const char* op = "taa_update (CUDA)";
+  check_device(op, x, "x", hist_Y, "hist_Y");
+  check_device(op, x, "x", gamma_, "gamma");
   TORCH_CHECK(x.dim() == 3 && hist_Y.dim() == 4, "x must be [n, B, D] and hist_Y [M, n, B, D]");
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "x must be float32 or float64");
   TORCH_CHECK(hist_Y.scalar_type() == x.scalar_type(), "hist_Y must have x's dtype");
+  check_float(op, gamma_, "gamma");
   const int64_t n = x.size(0), B = x.size(1), D = x.size(2), M = hist_Y.size(0);
+  TORCH_CHECK(M >= 1, op, ": hist_Y needs at least one ring slot, got ", hist_Y.sizes());  // slot % M below
+  TORCH_CHECK(M - 1 <= std::numeric_limits<int>::max(), op, ": too many ring slots (", M, ")");
   TORCH_CHECK(hist_Y.sizes() == at::IntArrayRef({M, n, B, D}), "hist_Y must be [M, n, B, D], got ", hist_Y.sizes());
   TORCH_CHECK(gamma_.sizes() == at::IntArrayRef({n, B, M - 1}), "gamma must be [n, B, M-1], got ", gamma_.sizes());
+  // x is written in place by one thread per element: an expanded (stride-0) x would be a write race
+  TORCH_CHECK(at::has_internal_overlap(x) != at::MemOverlap::Yes, op,
+              ": x must not have internal overlap (an expanded tensor); pass a contiguous x");
+  TORCH_CHECK((D + kThreads - 1) / kThreads <= kMaxGridX, op, ": D too large (", D, ")");
   const c10::cuda::CUDAGuard guard(x.device());
   const bool direct = D <= 1 || x.stride(-1) == 1;
   const Tensor xo = direct ? x : at::empty(x.sizes(), x.options());

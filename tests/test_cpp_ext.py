@@ -45,15 +45,16 @@ def rnd(*shape, seed=0, dtype=torch.float64):
 
 
 def noncontig(t):
-    """Same values, last dim strided by 2 (exercises the copy path) when t has D > 1."""
-    big = torch.zeros(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype)
+    """Same values, last dim strided by 2 (exercises the copy path) when t has D > 1; on t's device."""
+    big = torch.zeros(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
     big[..., ::2] = t
     return big[..., ::2]
 
 
 def sliced(t, extra=2):
-    """Same values as a slice along dim 0 of a larger tensor (strided rows, contiguous D: the solver's layout)."""
-    big = torch.zeros(t.shape[0] + extra, *t.shape[1:], dtype=t.dtype)
+    """Same values as a slice along dim 0 of a larger tensor (strided rows, contiguous D: the solver's layout); on
+    t's device."""
+    big = torch.zeros(t.shape[0] + extra, *t.shape[1:], dtype=t.dtype, device=t.device)
     big[1:1 + t.shape[0]] = t
     return big[1:1 + t.shape[0]]
 
@@ -323,13 +324,13 @@ def test_taa_solve_through_cpp_ops_equals_reference(method, opts):
     noise = torch.randn(T, 2, 2, 3, 3, generator=g, dtype=torch.float64)
     _C.reset_call_counts()
     res = {be: pt.solve(model, cf, x_T, noise, method=method, tol_abs=1e-9, tol_rel=1e-9, backend=be, **opts)
-           for be in ("torch", "triton")}  # "triton" = the registered ops, i.e. the C++ kernels on the CPU
+           for be in ("reference", "auto")}  # "auto" = the registered ops, i.e. the C++ kernels on the CPU
     counts = _C.call_counts()["cpu"]
     assert counts["taa_residual"] > 0 and counts["masked_lstsq"] > 0
     seq = pt.solve(model, cf, x_T, noise, method="sequential")
-    assert res["triton"].converged and res["torch"].iterations == res["triton"].iterations
-    torch.testing.assert_close(res["triton"].sample, res["torch"].sample, rtol=0, atol=1e-12)
-    torch.testing.assert_close(res["triton"].sample, seq.sample, rtol=0, atol=1e-8)
+    assert res["auto"].converged and res["reference"].iterations == res["auto"].iterations
+    torch.testing.assert_close(res["auto"].sample, res["reference"].sample, rtol=0, atol=1e-12)
+    torch.testing.assert_close(res["auto"].sample, seq.sample, rtol=0, atol=1e-8)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -346,7 +347,9 @@ def cuda_ext():
     if not _C.has_cuda():
         pytest.skip("paratriton._C has no CUDA kernels")
     _backends.use_extension(True, cuda_ops="all")
-    assert set(_backends.extension_status()["cuda"]) == set(_C.cuda_ops())
+    assert set(_backends.extension_status()["cuda"]) == set(_C.cuda_ops()), (
+        f"CUDA kernels not registered: built with CUDA {_C.cuda_version()}, torch has CUDA {torch.version.cuda}")
+    assert all(pt.backends()[op]["cuda"] == "cuda" for op in _C.cuda_ops()), pt.backends()
     yield _C
     _backends.use_extension(False)
     _backends.use_extension(True)
@@ -370,17 +373,25 @@ def test_cuda_kernels_match_reference(cuda_ext, dtype):
         x, R = rnd(n, B, D, seed=52, dtype=dtype), rnd(n, B, D, seed=53, dtype=dtype)
         dX, dR = rnd(m, n, B, D, seed=54, dtype=dtype), rnd(m, n, B, D, seed=55, dtype=dtype)
         gamma = rnd(n, B, m, seed=56, dtype=dtype)
-        out = ops.anderson_update(x.to(cu), sliced(R).to(cu), dX.to(cu), dR.to(cu), gamma.to(cu))
-        close(out.cpu(), anderson_update(f64(x), f64(R), f64(dX), f64(dR), f64(gamma)), dtype)
+        ref = anderson_update(f64(x), f64(R), f64(dX), f64(dR), f64(gamma))
+        for layout in (lambda t: t, noncontig):  # strided rows (sliced R) and a strided last dim (the copy path)
+            out = ops.anderson_update(layout(x.to(cu)), sliced(R.to(cu)), layout(dX.to(cu)), dR.to(cu), gamma.to(cu))
+            assert out.is_cuda and out.dtype == dtype
+            close(out.cpu(), ref, dtype)
         for M in (1, 3):
             hY = rnd(M, n + 2, B, D, seed=57, dtype=dtype)
             g = rnd(n, B, M - 1, seed=58, dtype=dtype)
+            hY_cu = hY.to(cu)  # the ring on the device first, then the solver's slice of it (strided steps)
             for slot in range(M):
-                xs = torch.zeros(n + 1, B, D, dtype=dtype, device=cu)
-                ops.taa_update(xs[:n], hY[:, 1:1 + n].to(cu), g.to(cu), slot)
                 x0 = torch.empty(n, B, D, dtype=torch.float64)
                 taa_update(x0, f64(hY[:, 1:1 + n]), f64(g), slot)
+                xs = torch.zeros(n + 1, B, D, dtype=dtype, device=cu)
+                ops.taa_update(xs[:n], hY_cu[:, 1:1 + n], g.to(cu), slot)
                 close(xs[:n].cpu(), x0, dtype)
+                assert (xs[n] == 0).all()  # nothing written past the slice
+                xn = noncontig(torch.zeros(n, B, D, dtype=dtype, device=cu))  # strided destination: copy and back
+                ops.taa_update(xn, noncontig(hY_cu[:, 1:1 + n].contiguous()), g.to(cu), slot)
+                close(xn.cpu(), x0, dtype)
     counts = _C.call_counts()["cuda"]
     assert all(counts[op] > 0 for op in _C.cuda_ops()), counts
 
@@ -448,3 +459,44 @@ def test_mismatched_build_falls_back_with_one_warning(what, monkeypatch, caplog)
         monkeypatch.undo()
         _backends.use_extension(True)
     assert _backends.extension_status()["loaded"]
+
+
+@pytest.mark.gpu
+def test_cuda_kernels_refuse_bad_inputs(cuda_ext):
+    """Inputs that used to reach a CUDA kernel and crash or read garbage raise RuntimeError: a CPU tensor among CUDA
+    ones (the dispatcher picks the CUDA kernel when any argument is on CUDA), an integer gamma, an empty ring, an
+    expanded in-place destination. Kept last, after test_invalid_arguments_raise (see its docstring)."""
+    cu = torch.device("cuda")
+    n, B, D, m = 3, 2, 5, 2
+    G = torch.eye(m, dtype=torch.float64, device=cu).repeat(n, B, 1, 1)
+    h = rnd(n, B, m).to(cu)
+    nc = torch.full((n,), m, device=cu)
+    with pytest.raises(RuntimeError, match="num_cols must be a CUDA tensor"):
+        ops.masked_lstsq(G, h, nc.cpu(), 1e-3, 1e-30)
+    with pytest.raises(RuntimeError, match="h must be a CUDA tensor"):
+        ops.masked_lstsq(G, h.cpu(), nc, 1e-3, 1e-30)
+    with pytest.raises(RuntimeError, match="G must be a CUDA tensor"):
+        ops.masked_lstsq(G.cpu(), h, nc, 1e-3, 1e-30)
+    x, R = rnd(n, B, D).to(cu), rnd(n, B, D).to(cu)
+    dX, dR, gamma = rnd(m, n, B, D).to(cu), rnd(m, n, B, D).to(cu), rnd(n, B, m).to(cu)
+    with pytest.raises(RuntimeError, match="R must be a CUDA tensor"):
+        ops.anderson_update(x, R.cpu(), dX, dR, gamma)
+    with pytest.raises(RuntimeError, match="gamma must be a CUDA tensor"):
+        ops.anderson_update(x, R, dX, dR, gamma.cpu())
+    with pytest.raises(RuntimeError, match="gamma must be a floating tensor"):
+        ops.anderson_update(x, R, dX, dR, gamma.long())
+    hY = rnd(m + 1, n, B, D).to(cu)
+    with pytest.raises(RuntimeError, match="hist_Y must be a CUDA tensor"):
+        ops.taa_update(x, hY.cpu(), gamma, 1)
+    with pytest.raises(RuntimeError, match="gamma must be a CUDA tensor"):
+        ops.taa_update(x, hY, gamma.cpu(), 1)
+    with pytest.raises(RuntimeError, match="at least one ring slot"):
+        ops.taa_update(x, hY[:0], gamma[..., :0], 0)
+    with pytest.raises(RuntimeError, match="internal overlap"):
+        ops.taa_update(x[:, :1].expand(n, B, D), hY, gamma, 1)
+    if torch.cuda.device_count() > 1:
+        with pytest.raises(RuntimeError, match="same GPU"):
+            ops.taa_update(x, hY.to("cuda:1"), gamma, 1)
+    # the context survived: valid calls still run and agree with the reference
+    out = ops.anderson_update(x, R, dX, dR, gamma)
+    close(out.cpu(), anderson_update(x.cpu(), R.cpu(), dX.cpu(), dR.cpu(), gamma.cpu()), torch.float64)
