@@ -5,10 +5,10 @@
 
 Models (batch 1, DDIM, eta 0, classifier-free guidance, float64 solver state):
   default  the shipped default model (fp16 on CUDA), CFG at ``pipe.default_guidance_scale``; solvers graphed
-           sequential, ``StaticTAA()`` (full window TAA, default tolerance) and ``StaticTAA(method="picard",
+           sequential, ``graphed_solver()`` (full window TAA, default tolerance) and ``graphed_solver("picard",
            window=8)``.
   dit      DiT-XL/2 with random weights (fp16, as benchmarks/scaling.py; ``--tiny``: 1 layer), CFG 4; solvers
-           graphed sequential and ``StaticTAA(method="picard", window=8, max_iters=27, tol_abs=1e-30,
+           graphed sequential and ``graphed_solver("picard", window=8, max_iters=27, tol_abs=1e-30,
            tol_rel=1e-30)`` (exactly 27 iterations: random weights do not converge like a trained model).
 Variants of the network, everything else identical: eager, then ``torch.compile(net, mode=m, dynamic=False)`` for
 m in "default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune" (cheapest compiles first). The
@@ -32,7 +32,7 @@ two solvers share a shape, so each first-call time holds the compiles of that so
 inductor caches (FX graphs, autotuning) persist across variants of one run: a later mode may reuse kernels a
 former one compiled, so its first-call time is a warm-cache time.
 
-CUDA graphs inside CUDA graphs: ``StaticTAA`` captures each window size's iteration (model call included) into
+CUDA graphs inside CUDA graphs: ``graphed_solver`` captures each window size's iteration (model call included) into
 its own CUDA graph, and ``GraphedSequential`` captures the whole loop into one; both warm up once on a side
 stream first (where the compile of a new shape happens) and then call the compiled model inside our capture.
 With mode="reduce-overhead" and "max-autotune" torch.compile records CUDA graphs of its own (cudagraph trees),
@@ -50,13 +50,13 @@ import json
 import logging
 import statistics
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
 import paratriton as pt
 from paratriton.solvers.graphed_sequential import GraphedSequential
-from paratriton.solvers.static_taa import StaticTAA
+from paratriton.solvers import graphed_solver
 
 ALL_MODES = ["default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune"]
 DEFAULT_MODES = {"default": ALL_MODES[:3], "dit": ALL_MODES}
@@ -111,7 +111,7 @@ class Problem:
     coefficients, x_T and the parallel solvers to time."""
 
     def __init__(self, name: str, net: torch.nn.Module, denoiser: Callable[[torch.nn.Module], object], coeffs,
-                 x_T: torch.Tensor, solvers: dict[str, Callable[[], StaticTAA]]) -> None:
+                 x_T: torch.Tensor, solvers: dict[str, Callable[[], Any]]) -> None:
         self.name, self.net, self.denoiser, self.coeffs, self.x_T, self.solvers = (name, net, denoiser, coeffs,
                                                                                    x_T, solvers)
 
@@ -135,7 +135,7 @@ def default_problem(dev: torch.device, T: int) -> Problem:
         return digits_denoiser(p, coeffs, labels, scale)
 
     x_T = torch.randn(1, *pipe.sample_shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    solvers = {"taa_full": lambda: StaticTAA(), "picard_w8": lambda: StaticTAA(method="picard", window=8)}
+    solvers = {"taa_full": lambda: graphed_solver(), "picard_w8": lambda: graphed_solver("picard", window=8)}
     return Problem("default", pipe.unet, denoiser, coeffs, x_T.to(dev), solvers)
 
 
@@ -160,7 +160,7 @@ def dit_problem(dev: torch.device, T: int, tiny: bool) -> Problem:
         return pt.ClassifierFreeGuidance(call, 4.0, pass_branch=True)
 
     x_T = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    solvers = {"picard_w8_27it": lambda: StaticTAA(method="picard", window=8, max_iters=27, tol_abs=1e-30,
+    solvers = {"picard_w8_27it": lambda: graphed_solver("picard", window=8, max_iters=27, tol_abs=1e-30,
                                                    tol_rel=1e-30)}
     return Problem("dit", net, denoiser, coeffs, x_T.to(dev), solvers)
 

@@ -22,7 +22,7 @@ import paratriton as pt
 from paratriton._cuda_graph import capture, median_ms
 from paratriton.planner import plan
 from paratriton.solvers.graphed_sequential import GraphedSequential
-from paratriton.solvers.static_taa import StaticTAA
+from paratriton.solvers import graphed_solver
 
 
 def sync() -> None:
@@ -91,7 +91,7 @@ def part_a(args, report):
             seq = GraphedSequential(model, coeffs, x_T, noise)
             t_seq, ref = timed(seq.run, 5)
             ref_sample = ref.sample.clone()
-            taa = StaticTAA(history=args.history, tol_abs=args.tol, tol_rel=args.tol)
+            taa = graphed_solver(history=args.history, tol_abs=args.tol, tol_rel=args.tol)
             t_first, res = timed(lambda: taa.solve(model, coeffs, x_T, noise), 1)  # includes the captures
             t_taa, res = timed(lambda: taa.solve(model, coeffs, x_T, noise), 5)
             row.update(eager_sequential_ms=1e3 * t_eager, graphed_sequential_ms=1e3 * t_seq,
@@ -109,7 +109,7 @@ def part_a(args, report):
                     if p >= thr and thr not in hits:
                         hits[thr] = info.iteration
 
-            StaticTAA(history=args.history, tol_abs=args.tol, tol_rel=args.tol, use_cuda_graph=False,
+            graphed_solver(history=args.history, tol_abs=args.tol, tol_rel=args.tol, cuda_graph=False,
                       callback=cb).solve(model, coeffs, x_T, noise)
             row["iters_to_30dB"], row["iters_to_40dB"] = hits.get(30), hits.get(40)
             # the planner: calibrated on another seed, predicted from the model's graphed batch-time curve

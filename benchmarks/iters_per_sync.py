@@ -1,4 +1,4 @@
-"""``StaticTAA(iters_per_sync=k)``: what the host round trip per iteration costs, on the default model.
+"""``graphed_solver(iters_per_sync=k)``: what the host round trip per iteration costs, on the default model.
 
     PYTHONPATH=. python benchmarks/iters_per_sync.py --out sync.json          # CUDA
     PYTHONPATH=. python benchmarks/iters_per_sync.py --out /tmp/s.json --tiny # CPU smoke test (no graphs)
@@ -23,7 +23,7 @@ import paratriton as pt
 from end_to_end import digits_denoiser  # benchmarks/ is on sys.path when this file runs as a script
 from paratriton.models import default_scheduler, load_default
 from paratriton.solvers.graphed_sequential import GraphedSequential
-from paratriton.solvers.static_taa import StaticTAA
+from paratriton.solvers import graphed_solver
 
 
 def main() -> None:
@@ -61,11 +61,11 @@ def main() -> None:
             x_T = torch.randn(1, *pipe.sample_shape, generator=g, dtype=torch.float64).to(dev)
             noise = (torch.randn(T, 1, *pipe.sample_shape, generator=g, dtype=torch.float64).to(dev)
                      if coeffs.is_stochastic else None)
-            seq_ms, seq = timed(GraphedSequential(model, coeffs, x_T, noise, use_cuda_graph=cuda).run)
+            seq_ms, seq = timed(GraphedSequential(model, coeffs, x_T, noise, cuda_graph=cuda).run)
             for name, kw in (("taa", {}), ("picard W=8", dict(method="picard", window=8))):
                 base = None
                 for k in args.ks:
-                    solver = StaticTAA(**kw, iters_per_sync=k, use_cuda_graph=cuda)
+                    solver = graphed_solver(**kw, iters_per_sync=k, cuda_graph=cuda)
                     ms, res = timed(lambda: solver.solve(model, coeffs, x_T, noise))
                     if base is None:
                         base = res.sample.clone()

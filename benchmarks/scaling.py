@@ -29,7 +29,7 @@ import paratriton as pt
 from paratriton._cuda_graph import capture, median_ms
 from paratriton.distributed import ShardedDenoiser, balanced_chunks, init_process_group
 from paratriton.solvers.graphed_sequential import GraphedSequential
-from paratriton.solvers.static_taa import StaticTAA
+from paratriton.solvers import graphed_solver
 
 CASES = [("picard", 8), ("picard", 13), ("picard", 25), ("picard", 50), ("taa", 8), ("taa", 25)]
 
@@ -46,7 +46,7 @@ def default_model_iterations(T: int, dev) -> dict[tuple[str, int], int]:
     x_T = torch.randn(1, *pipe.sample_shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     out = {}
     for method, W in sorted({(m, min(W, T)) for m, W in CASES}):
-        res = StaticTAA(method=method, window=min(W, T)).solve(model, coeffs, x_T.to(dev))
+        res = graphed_solver(method, window=min(W, T)).solve(model, coeffs, x_T.to(dev))
         out[(method, min(W, T))] = res.iterations
     return out
 
@@ -143,7 +143,7 @@ def main():
                     if member:
                         model = single if g == 1 else pt.ClassifierFreeGuidance(
                             ShardedDenoiser(call, group=groups[g]), 4.0, pass_branch=True)
-                        solver = StaticTAA(method=method, window=W, max_iters=n_it, tol_abs=1e-30, tol_rel=1e-30)
+                        solver = graphed_solver(method, window=W, max_iters=n_it, tol_abs=1e-30, tol_rel=1e-30)
                         solver.solve(model, coeffs, x_T)  # captures the graph
                         dist.barrier(group=groups[g])
                         ms = wall_ms(lambda: solver.solve(model, coeffs, x_T), sync, args.reps)

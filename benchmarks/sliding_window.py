@@ -3,7 +3,7 @@
     torchrun --nproc_per_node=N benchmarks/sliding_window.py --out sliding.json
 
 DiT-XL/2 (random weights, fp16), DDIM-100 with classifier-free guidance (scale 4), batch 1. Each case runs
-``StaticTAA(method, window=W)`` for exactly the number of iterations the default model needed with that method
+``graphed_solver(method, window=W)`` for exactly the number of iterations the default model needed with that method
 and window (``benchmarks/results/issue9_window_sweep_default_model.json``): random weights do not converge like a
 trained model, but an iteration's cost does not depend on the weights (always W windows rows, one graph replay,
 one host sync), so the wall time is the cost of sampling at the measured iteration counts. With several ranks the
@@ -22,7 +22,7 @@ import torch.distributed as dist
 import paratriton as pt
 from paratriton.distributed import ShardedDenoiser, init_process_group
 from paratriton.solvers.graphed_sequential import GraphedSequential
-from paratriton.solvers.static_taa import StaticTAA
+from paratriton.solvers import graphed_solver
 
 # (method, window, iterations on the default model, DDIM-100, batch 1, default tolerance)
 CASES = [("picard", 8, 27), ("picard", 13, 19), ("picard", 25, 14), ("taa", 4, 45), ("taa", 8, 30),
@@ -72,7 +72,7 @@ def main():
         kw = dict(method=method, window=W, max_iters=iters, tol_abs=1e-12, tol_rel=1e-12)  # exactly `iters` iters
         if method == "taa":
             kw["history"] = 2
-        solver = StaticTAA(**kw)
+        solver = graphed_solver(**kw)
         solver.solve(model, coeffs, x_T)  # captures
         sync()
         dist.barrier()

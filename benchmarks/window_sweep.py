@@ -4,7 +4,7 @@ the wall time they imply for a DiT-XL/2-sized model on one H200 (from its measur
     python benchmarks/window_sweep.py --out window_sweep.json      # runs on the CPU in a few minutes
 
 The prediction assumes a CUDA-graphed sliding-window iteration costs one model call on its rows plus the measured
-per-iteration overhead of ``StaticTAA`` (0.4 ms); paratriton graphs full windows only (``StaticTAA``), so this is
+per-iteration overhead of ``graphed_solver`` (0.4 ms); paratriton graphs full windows only (``graphed_solver``), so this is
 the case for building a graphed sliding window, not a measurement of one.
 """
 
@@ -22,7 +22,7 @@ import paratriton as pt
 # 200 rows) and shared/design/device-baselines.md (1, 4, 8, 16, 32, 64, 128 rows), same device kind and torch
 DIT_XL2_MS = {1: 3.67, 2: 4.18, 4: 5.31, 8: 7.53, 16: 12.17, 26: 18.76, 32: 21.77, 50: 34.24, 64: 43.61,
               100: 67.46, 128: 85.86, 200: 132.57}
-OVERHEAD_MS = 0.4  # per iteration outside the model call (host sync, solver ops), measured for StaticTAA
+OVERHEAD_MS = 0.4  # per iteration outside the model call (host sync, solver ops), measured for graphed_solver
 
 
 def dit_ms(rows: int) -> float:

@@ -15,7 +15,7 @@ from ..model import Denoiser
 from ..schedule import SamplerCoefficients
 from ._common import IterationInfo, NonFiniteError, SolveResult
 from .engine import Engine
-from .registry import METHODS, REGISTRY, WINDOWED_METHODS, make_solver, method_spec
+from .registry import METHODS, REGISTRY, WINDOWED_METHODS, graphed_solver, make_solver, method_spec
 from .sequential import solve_sequential
 from .srds import SRDS, SRDSPipelined, SRDSResult
 
@@ -40,5 +40,5 @@ def solve(model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor, noise
     return solver.solve(model, coeffs, x_T, noise, init=init)
 
 
-__all__ = ["solve", "solve_sequential", "METHODS", "REGISTRY", "WINDOWED_METHODS", "Engine", "make_solver",
+__all__ = ["solve", "solve_sequential", "METHODS", "REGISTRY", "WINDOWED_METHODS", "Engine", "make_solver", "graphed_solver",
            "method_spec", "SRDS", "SRDSPipelined", "SRDSResult", "SolveResult", "IterationInfo", "NonFiniteError"]

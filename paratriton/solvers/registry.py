@@ -196,3 +196,8 @@ def method_spec(method: str) -> MethodSpec:
 def make_solver(method: str, **options: Any) -> Any:
     """The solver of ``method`` with ``options`` (validated against the registry)."""
     return method_spec(method).make(**options)
+
+
+def graphed_solver(method: str = "taa", **options: Any) -> Any:
+    """``make_solver(method, cuda_graph=True, ...)``: the engine's graphed schedule (captured on CUDA)."""
+    return make_solver(method, **{"cuda_graph": True, **options})
