@@ -9,11 +9,16 @@ the op's minimum traffic and the resulting GB/s in ``extra_info``. The roofline 
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 if not torch.cuda.is_available():
     pytest.skip("the kernel benchmarks need a CUDA device", allow_module_level=True)
+if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    # the interpreter on these shapes takes hours and measures nothing (tests/ops never sets it on a CUDA machine)
+    pytest.skip("TRITON_INTERPRET is set: the benchmarks time the compiled kernels only", allow_module_level=True)
 
 import paratriton.ops  # noqa: E402,F401  (registers torch.ops.paratriton.*)
 
