@@ -8,8 +8,8 @@
 from .model import ClassifierFreeGuidance, Denoiser
 from .schedule import SamplerCoefficients, coefficients_from_scheduler
 from .solvers import METHODS, IterationInfo, NonFiniteError, SolveResult, solve, solve_sequential
-from .pipelines import parallelize
-from .planner import Plan, plan
+from .pipelines import parallelize, plan  # plan: pipelines planned there, denoisers by .planner
+from .planner import Plan
 from ._backends import backends  # which kernel (C++ / CUDA / Triton / torch) each op uses; loads paratriton._C
 
 __version__ = "0.1.0"

@@ -1,4 +1,7 @@
-"""Pick sequential or parallel sampling for a model on the hardware at hand, and predict the wall time.
+"""Pick sequential or parallel sampling for a denoiser on the hardware at hand, and predict the wall time.
+
+Planning knows nothing of diffusers: a pipeline is planned by ``paratriton.pipelines.plan_pipeline`` (which uses
+``choose_window`` from here), and ``paratriton.plan`` dispatches between the two forms.
 
 The cost of one parallel iteration is one batched model call over the window plus the solver's own work and the
 host round trip; the cost of the sequential sampler is ``T`` calls at the sampling batch. Model costs come from the
@@ -11,28 +14,24 @@ says so and picks the sequential sampler.
 from __future__ import annotations
 
 import functools
-import math
 import statistics
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ._cuda_graph import capture, median_ms
 from .model import Denoiser
 from .schedule import SamplerCoefficients
+from .solvers import solve
 from .solvers.engine import bucket_sizes
 from .solvers.graphed_sequential import GraphedSequential
-from .solvers.registry import make_solver
+from .solvers.registry import WINDOWED_METHODS, make_solver
 
-if TYPE_CHECKING:
-    from .pipelines._plan import PipelinePlan
+__all__ = ["Plan", "WindowChoice", "batch_time_curve", "bucket_sizes", "choose_window", "plan", "plan_denoiser"]
 
-__all__ = ["Plan", "plan", "plan_denoiser", "WindowChoice", "choose_window", "batch_time_curve", "bucket_sizes"]
-
-_CURVES: "weakref.WeakKeyDictionary[object, dict[tuple, dict[int, float]]]" = weakref.WeakKeyDictionary()
+_CURVES: weakref.WeakKeyDictionary[object, dict[tuple, dict[int, float]]] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -71,26 +70,8 @@ def batch_time_curve(model: Denoiser, sample_shape: tuple[int, ...], rows: list[
             if n not in curve:
                 x = torch.randn(n, *sample_shape, device=device, dtype=torch.float64)
                 s = torch.zeros(n, dtype=torch.long, device=device)
-                curve[n] = _time_call(lambda: model(x, s), device, reps)
+                curve[n] = _time_call(lambda x=x, s=s: model(x, s), device, reps)
     return {n: curve[n] for n in rows}
-
-
-def plan(model: Any, *args: Any, **kwargs: Any) -> "Plan | PipelinePlan":
-    """Plan parallel sampling; two forms.
-
-    ``plan(pipe, steps, devices=1, **call_kwargs)``: a diffusers pipeline. Times every windowed method at its
-    candidate windows and the sequential sampler on the pipeline's own model, and returns a ``PipelinePlan``
-    (method, window, history, predicted time, reason); ``plan.parallelize(pipe)`` builds the chosen sampler.
-    See ``paratriton.pipelines._plan.plan_pipeline`` for the options.
-
-    ``plan(model, coeffs, x_T, noise=None, ...)``: a denoiser. Predicts full-window TAA's wall time from the model's
-    batch-time curve and a calibration solve, and returns a ``Plan``; see ``plan_denoiser``.
-    """
-    if any(c.__name__ == "DiffusionPipeline" for c in type(model).__mro__):  # no diffusers import for denoisers
-        from .pipelines._plan import plan_pipeline
-
-        return plan_pipeline(model, *args, **kwargs)
-    return plan_denoiser(model, *args, **kwargs)
 
 
 def plan_denoiser(model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor,
@@ -135,6 +116,9 @@ def plan_denoiser(model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tenso
                 f"sequential calls at {seq:.1f} ms on this device (the model's batch time grows too fast)")
 
 
+plan = plan_denoiser  # the denoiser form of ``paratriton.plan`` (which also takes a diffusers pipeline)
+
+
 @dataclass
 class WindowChoice:
     """The outcome of ``choose_window``: ``window`` is an int, or None for the sequential sampler."""
@@ -153,8 +137,8 @@ def choose_window(model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tenso
     candidates: default ``T`` and ``T/2, T/4, ...`` down to 4. cuda_graph: time the graphed engine and
     ``GraphedSequential`` (the graphs are captured by a first, untimed run) instead of ``paratriton.solve``.
     """
-    from .solvers import solve
-
+    if method not in WINDOWED_METHODS:
+        raise ValueError(f"method must be a windowed method from {WINDOWED_METHODS}, got {method!r}")
     T = coeffs.num_steps
     if candidates is None:
         candidates = sorted({T, *[T // 2**j for j in range(1, 8) if T // 2**j >= 4]}, reverse=True)

@@ -17,14 +17,21 @@ import torch
 import paratriton
 
 diffusers = pytest.importorskip("diffusers")
-from diffusers import (  # noqa: E402
-    AutoencoderKL, DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, DiTPipeline, DiTTransformer2DModel,
-    FlowMatchEulerDiscreteScheduler, UNet2DModel,
+from diffusers import (
+    AutoencoderKL,
+    DDIMPipeline,
+    DDIMScheduler,
+    DDPMPipeline,
+    DDPMScheduler,
+    DiTPipeline,
+    DiTTransformer2DModel,
+    FlowMatchEulerDiscreteScheduler,
+    UNet2DModel,
 )
 
 logging.getLogger("diffusers").setLevel(logging.ERROR)  # the tiny configs trigger deprecation notes
 
-TOL = dict(tol_abs=1e-7, tol_rel=1e-7)
+TOL = {"tol_abs": 1e-7, "tol_rel": 1e-7}
 ATOL = 1e-4
 STEPS = 8
 
@@ -65,8 +72,9 @@ def _quiet(pipe):
 # ---------------------------------------------------------------------------------------------------------------
 def _tiny_vae(latent_channels: int = 4, **kw):
     torch.manual_seed(0)
-    args = dict(block_out_channels=[4, 8], in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
-                up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=latent_channels, norm_num_groups=2)
+    args = {"block_out_channels": [4, 8], "in_channels": 3, "out_channels": 3,
+            "down_block_types": ["DownEncoderBlock2D"] * 2, "up_block_types": ["UpDecoderBlock2D"] * 2,
+            "latent_channels": latent_channels, "norm_num_groups": 2}
     args.update(kw)
     return AutoencoderKL(**args).eval()
 
@@ -88,8 +96,8 @@ def make_sd(scheduler):
 
 def sd_inputs(batch: int, cfg: bool, **kw):
     g = torch.Generator().manual_seed(100)
-    out = dict(prompt_embeds=torch.randn(batch, 5, 8, generator=g), height=16, width=16,
-               num_inference_steps=STEPS, guidance_scale=3.0 if cfg else 1.0)
+    out = {"prompt_embeds": torch.randn(batch, 5, 8, generator=g), "height": 16, "width": 16,
+           "num_inference_steps": STEPS, "guidance_scale": 3.0 if cfg else 1.0}
     if cfg:
         out["negative_prompt_embeds"] = torch.randn(batch, 5, 8, generator=g)
     out.update(kw)
@@ -116,9 +124,9 @@ def make_sdxl(scheduler):
 
 def sdxl_inputs(batch: int, cfg: bool, **kw):
     g = torch.Generator().manual_seed(101)
-    out = dict(prompt_embeds=torch.randn(batch, 5, 64, generator=g),
-               pooled_prompt_embeds=torch.randn(batch, 32, generator=g), height=16, width=16,
-               num_inference_steps=STEPS, guidance_scale=3.0 if cfg else 1.0)
+    out = {"prompt_embeds": torch.randn(batch, 5, 64, generator=g),
+           "pooled_prompt_embeds": torch.randn(batch, 32, generator=g), "height": 16, "width": 16,
+           "num_inference_steps": STEPS, "guidance_scale": 3.0 if cfg else 1.0}
     if cfg:
         out["negative_prompt_embeds"] = torch.randn(batch, 5, 64, generator=g)
         out["negative_pooled_prompt_embeds"] = torch.randn(batch, 32, generator=g)
@@ -145,10 +153,10 @@ def make_pixart(scheduler):
 
 def pixart_inputs(batch: int, cfg: bool, **kw):
     g = torch.Generator().manual_seed(102)
-    out = dict(prompt_embeds=torch.randn(batch, 6, 32, generator=g),
-               prompt_attention_mask=torch.tensor([[1, 1, 1, 1, 0, 0]] * batch),
-               height=16, width=16, num_inference_steps=STEPS, guidance_scale=3.0 if cfg else 1.0,
-               use_resolution_binning=False)
+    out = {"prompt_embeds": torch.randn(batch, 6, 32, generator=g),
+           "prompt_attention_mask": torch.tensor([[1, 1, 1, 1, 0, 0]] * batch),
+           "height": 16, "width": 16, "num_inference_steps": STEPS, "guidance_scale": 3.0 if cfg else 1.0,
+           "use_resolution_binning": False}
     if cfg:
         out["negative_prompt"] = None  # PixArt defaults to "" and rejects it beside negative_prompt_embeds
         out["negative_prompt_embeds"] = torch.randn(batch, 6, 32, generator=g)
@@ -167,7 +175,7 @@ def make_dit(scheduler):
 
 
 def dit_inputs(batch: int, cfg: bool, **kw):
-    out = dict(class_labels=[1, 7][:batch], num_inference_steps=STEPS, guidance_scale=3.0 if cfg else 1.0)
+    out = {"class_labels": [1, 7][:batch], "num_inference_steps": STEPS, "guidance_scale": 3.0 if cfg else 1.0}
     out.update(kw)
     return out
 
@@ -191,9 +199,9 @@ def make_flux(scheduler, guidance_embeds: bool = True):
 
 def flux_inputs(batch: int, cfg: bool, **kw):
     g = torch.Generator().manual_seed(103)
-    out = dict(prompt_embeds=torch.randn(batch, 7, 32, generator=g),
-               pooled_prompt_embeds=torch.randn(batch, 32, generator=g), height=8, width=8,
-               num_inference_steps=STEPS, guidance_scale=3.5 if cfg else 1.0)
+    out = {"prompt_embeds": torch.randn(batch, 7, 32, generator=g),
+           "pooled_prompt_embeds": torch.randn(batch, 32, generator=g), "height": 8, "width": 8,
+           "num_inference_steps": STEPS, "guidance_scale": 3.5 if cfg else 1.0}
     out.update(kw)
     return out
 
@@ -242,15 +250,15 @@ def test_conditional_pipeline_matches_stock(name, sched, cfg, batch):
     make, inputs = TEXT_CASES[name]
     pipe = make(SCHEDULERS[sched]())
     ref, out, par = run_pair(pipe, inputs(batch, cfg, output_type="latent"))
-    assert par.paratriton_result.converged
-    assert par.paratriton_result.iterations <= STEPS
+    assert par.paratriton.last_result.converged
+    assert par.paratriton.last_result.iterations <= STEPS
     assert_same(ref, out)
 
 
 FLOW_SCHEDULERS = {
-    "euler": dict(),
-    "dynamic_shift": dict(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15),  # FLUX.1's own config
-    "stochastic": dict(stochastic_sampling=True),  # step noise from the global RNG (Flux passes no generator)
+    "euler": {},
+    "dynamic_shift": {"use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15},  # FLUX.1's own config
+    "stochastic": {"stochastic_sampling": True},  # step noise from the global RNG (Flux passes no generator)
 }
 
 
@@ -260,7 +268,7 @@ FLOW_SCHEDULERS = {
 def test_flux_matches_stock(sched, guidance_embeds, batch):
     pipe = make_flux(FlowMatchEulerDiscreteScheduler(**FLOW_SCHEDULERS[sched]), guidance_embeds)
     ref, out, par = run_pair(pipe, flux_inputs(batch, guidance_embeds, output_type="latent"))
-    assert par.paratriton_result.converged
+    assert par.paratriton.last_result.converged
     assert_same(ref, out)
 
 
@@ -271,7 +279,7 @@ def test_unconditional_pipeline_matches_stock(pipeline, kw, batch):
     sched = _ddpm() if pipeline is DDPMPipeline else _ddim()
     pipe = _quiet(pipeline(unet=make_unet2d(), scheduler=sched))
     ref, out, par = run_pair(pipe, dict(batch_size=batch, num_inference_steps=STEPS, output_type="np", **kw))
-    assert par.paratriton_result.converged
+    assert par.paratriton.last_result.converged
     assert_same(ref, out)
 
 
@@ -282,21 +290,21 @@ def _ddpm_pipe():
     return _quiet(DDPMPipeline(unet=make_unet2d(), scheduler=_ddpm()))
 
 
-UNCOND = dict(batch_size=2, num_inference_steps=STEPS, output_type="np")
+UNCOND = {"batch_size": 2, "num_inference_steps": STEPS, "output_type": "np"}
 
 
 @pytest.mark.parametrize("method", list(paratriton.METHODS))
 def test_every_solve_method_matches_stock(method):
     # DDPM: stochastic, so this also checks that every method consumes the pre-drawn step noise the same way
-    options = dict(window=3) if method in ("fp", "picard", "aa", "taa") else {}
+    options = {"window": 3} if method in paratriton.solvers.WINDOWED_METHODS else {}
     ref, out, par = run_pair(_ddpm_pipe(), UNCOND, method=method, **options)
-    assert par.paratriton_result.converged
+    assert par.paratriton.last_result.converged
     assert_same(ref, out)
 
 
 def test_sequential_method_takes_plain_options():
     par = paratriton.parallelize(_ddpm_pipe(), "sequential", state_dtype=torch.float32)
-    assert par.paratriton_method == "sequential"
+    assert par.paratriton.method == "sequential"
     with pytest.raises(TypeError, match="window"):
         paratriton.parallelize(_ddpm_pipe(), "sequential", window=2)
 
@@ -307,7 +315,7 @@ def test_prompt_batches_images_per_prompt_and_generator_lists():
     # window < T: the per-sample conditioning is repeated for windows of every length as the window slides
     ref, out, par = run_pair(pipe, inputs, per_sample_generators=4, window=3)
     assert ref.shape[0] == 4
-    windows = par.paratriton_result.window_history
+    windows = par.paratriton.last_result.window_history
     assert max(hi - lo for lo, hi in windows) == 3 and len({lo for lo, _ in windows}) > 1  # it slid
     assert_same(ref, out)
     # the four images differ (each has its own generator): the comparison is not vacuous
@@ -362,7 +370,7 @@ def test_callback_on_step_end_once_per_iteration_with_current_estimate():
         return kwargs
 
     out = par(**sd_inputs(2, True, output_type="latent"), generator=_gen(), callback_on_step_end=cb).images
-    result = par.paratriton_result
+    result = par.paratriton.last_result
     assert [s[0] for s in seen] == list(range(result.iterations))
     assert all(s[2].shape == (2, 4, 8, 8) and s[2].dtype == torch.float32 for s in seen)
     assert torch.allclose(seen[-1][2], out)  # the last estimate is the returned sample
@@ -370,10 +378,11 @@ def test_callback_on_step_end_once_per_iteration_with_current_estimate():
     count = []
     dit = paratriton.parallelize(make_dit(_ddim()), **TOL)
     dit(**dit_inputs(1, True), generator=_gen(), callback_on_step_end=lambda *a: count.append(a[1]) or {})
-    assert count == list(range(dit.paratriton_result.iterations))
+    assert count == list(range(dit.paratriton.last_result.iterations))
     with pytest.raises(ValueError, match="callback_on_step_end_tensor_inputs"):
         par(**sd_inputs(1, False), callback_on_step_end=cb, callback_on_step_end_tensor_inputs=["prompt_embeds"])
-    from diffusers.callbacks import SDCFGCutoffCallback  # step-aware guidance cannot apply to a parallel solve
+    # step-aware guidance cannot apply to a parallel solve
+    from diffusers.callbacks import SDCFGCutoffCallback
 
     with pytest.raises(ValueError, match=r"\['prompt_embeds'\] are not available"):
         par(**sd_inputs(1, True), callback_on_step_end=SDCFGCutoffCallback(cutoff_step_ratio=0.5))
@@ -382,11 +391,36 @@ def test_callback_on_step_end_once_per_iteration_with_current_estimate():
 def test_stock_pipeline_is_left_unchanged():
     pipe = _ddpm_pipe()
     ref = _images(pipe(**UNCOND, generator=_gen()))
+    before = dict(pipe.__dict__)
     par = paratriton.parallelize(pipe, **TOL)
     par(**UNCOND, generator=_gen())
     assert "forward" not in pipe.unet.__dict__ and "step" not in pipe.scheduler.__dict__
     assert par.unet is pipe.unet and par.scheduler is pipe.scheduler  # shared, not copied
+    assert pipe.__dict__.keys() == before.keys() and all(pipe.__dict__[k] is v for k, v in before.items())
+    # the parallel pipeline holds its solver state in one object, and its own attributes are the stock ones + that
+    assert [k for k in par.__dict__ if "paratriton" in k] == ["paratriton"]
+    assert isinstance(par.paratriton, paratriton.pipelines.ParallelState)
+    assert par.paratriton.last_result is par.paratriton_result and par.paratriton_result.converged  # the alias
     assert torch.equal(_images(pipe(**UNCOND, generator=_gen())), ref)
+
+
+def test_each_parallel_pipeline_owns_its_state():
+    pipe = _ddpm_pipe()
+    par = paratriton.parallelize(pipe, "taa", window="auto", **TOL)
+    par(**UNCOND, generator=_gen())
+    (choice,) = par.paratriton.window_choices.values()
+    again = paratriton.parallelize(par, "picard", **TOL)  # a parallel pipeline parallelized again: a fresh state
+    assert type(again) is type(par) and again.paratriton is not par.paratriton
+    assert again.paratriton.method == "picard" and again.paratriton.last_result is None
+    assert again.paratriton.window_choices == {}
+    assert list(par.paratriton.window_choices.values()) == [choice] and par.paratriton.method == "taa"
+    ref = _images(pipe(**UNCOND, generator=_gen()))
+    assert_same(ref, _images(again(**UNCOND, generator=_gen())))
+    assert again.paratriton.last_result.method.startswith("picard") and par.paratriton.method == "taa"
+    par.set_parallel_options("fp", window=4)
+    assert (par.paratriton.method, par.paratriton.options) == ("fp", {"window": 4})
+    with pytest.raises(TypeError, match="history"):
+        par.set_parallel_options("picard", history=2)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -401,7 +435,7 @@ def test_different_seed_or_unconverged_solve_differs():
     assert (other - ref).abs().max() > 1e-2
     early = paratriton.parallelize(pipe, max_iters=1, **TOL)
     rough = _images(early(**UNCOND, generator=_gen()))
-    assert not early.paratriton_result.converged
+    assert not early.paratriton.last_result.converged
     assert (rough - ref).abs().max() > ATOL
 
 
@@ -460,7 +494,7 @@ def test_bad_options_raise_naming_the_parameter(method, options, exc, match):
 
 def test_pipeline_options_the_parallel_loop_cannot_honour():
     flux = paratriton.parallelize(make_flux(FlowMatchEulerDiscreteScheduler()))
-    neg = dict(negative_prompt_embeds=torch.randn(1, 7, 32), negative_pooled_prompt_embeds=torch.randn(1, 32))
+    neg = {"negative_prompt_embeds": torch.randn(1, 7, 32), "negative_pooled_prompt_embeds": torch.randn(1, 32)}
     with pytest.raises(ValueError, match="true_cfg_scale"):
         flux(**flux_inputs(1, True), true_cfg_scale=2.0, **neg)
     sdxl = paratriton.parallelize(make_sdxl(_ddim()))
@@ -485,7 +519,7 @@ def test_low_precision_model_keeps_its_dtype():
     ref, out, par = run_pair(pipe, {**UNCOND, "output_type": "pt"})  # numpy has no bfloat16
     assert par.unet.dtype == torch.bfloat16 and pipe.unet.dtype == torch.bfloat16
     assert set(seen) == {torch.bfloat16}
-    assert par.paratriton_result.sample.dtype == torch.float64
+    assert par.paratriton.last_result.sample.dtype == torch.float64
     # the stock loop rounds every step to bfloat16, the solver does not: close, not equal
     assert (ref - out).abs().max() < 5e-2
 
@@ -494,13 +528,13 @@ def test_window_auto_times_the_candidates_once_and_stays_exact():
     pipe = _ddpm_pipe()
     ref, out, par = run_pair(pipe, UNCOND, method="taa", window="auto")
     assert_same(ref, out)
-    (choice,) = par.paratriton_window_choices.values()
+    (choice,) = par.paratriton.window_choices.values()
     assert set(choice.wall_ms) == {"sequential", "W=8", "W=4"}  # T = 8: the full window, T/2, and sequential
     assert choice.method in ("taa", "sequential") and choice.reason
     torch.manual_seed(0)
     par(**UNCOND, generator=_gen(0, None))  # same shapes: the cached choice is reused, nothing re-timed
-    assert list(par.paratriton_window_choices.values()) == [choice]
-    assert next(iter(par.paratriton_window_choices.values())) is choice
+    assert list(par.paratriton.window_choices.values()) == [choice]
+    assert next(iter(par.paratriton.window_choices.values())) is choice
     with pytest.raises(ValueError, match="window='auto' needs a windowed method"):
         paratriton.parallelize(pipe, "srds", window="auto")
 
@@ -519,8 +553,8 @@ def test_cuda_graph_pipeline_matches_stock(sched, method, options):
     pipe = make_sd(SCHEDULERS[sched]())
     ref, out, par = run_pair(pipe, sd_inputs(1, True, output_type="latent"), method=method, cuda_graph=True,
                              **options)
-    assert par.paratriton_result.converged
-    assert par.paratriton_result.method.endswith(("(static)", "(graphed)"))
+    assert par.paratriton.last_result.converged
+    assert par.paratriton.last_result.method.endswith(("(static)", "(graphed)"))
     assert_same(ref, out)
 
 
@@ -529,7 +563,7 @@ def test_cuda_graph_every_conditional_pipeline_matches_stock(name):
     make, inputs = TEXT_CASES[name]
     ref, out, par = run_pair(make(_ddpm()), inputs(2, True, output_type="latent"), method="picard", window=5,
                              cuda_graph=True)
-    assert par.paratriton_result.method == "picard(graphed)"
+    assert par.paratriton.last_result.method == "picard(graphed)"
     assert_same(ref, out)
 
 
@@ -540,13 +574,13 @@ def test_cuda_graph_pipeline_reuses_its_solver_and_copies_new_conditioning():
     kept = first["prompt_embeds"].clone()
     torch.manual_seed(0)
     par(**first, generator=_gen(0))
-    entry = par._paratriton_graphed
+    entry = par.paratriton.graphed
     assert first["prompt_embeds"].equal(kept)  # the caller's tensors are never written
     # another prompt and seed, same shapes: the cached solver replays with the new conditioning and noise
     second = sd_inputs(1, True, output_type="latent")
     second["prompt_embeds"] = torch.randn_like(second["prompt_embeds"])
     ref, out = [_images(p(**second, generator=_gen(7))) for p in (pipe, par)]
-    assert par._paratriton_graphed is entry and len(entry.solvers) == 1
+    assert par.paratriton.graphed is entry and len(entry.solvers) == 1
     assert_same(ref, out)
     first_out = _images(par(**first, generator=_gen(0)))
     assert (first_out - out).abs().max() > 1e-2  # the first call's image, not a stale replay
@@ -560,7 +594,7 @@ def test_cuda_graph_window_auto_times_graphed_candidates():
     pipe = _ddpm_pipe()
     ref, out, par = run_pair(pipe, UNCOND, method="picard", window="auto", cuda_graph=True)
     assert_same(ref, out)
-    (key, choice), = par.paratriton_window_choices.items()
+    (key, choice), = par.paratriton.window_choices.items()
     assert key[-1] is True and set(choice.wall_ms) == {"sequential", "W=8", "W=4"}
 
 
@@ -594,7 +628,7 @@ def test_cuda_graph_pipeline_on_cuda_matches_eager_parallel():
 # ---------------------------------------------------------------------------------------------------------------
 def test_plan_pipeline_times_every_method_and_builds_the_fastest():
     pipe = _ddpm_pipe()
-    call = dict(batch_size=2, output_type="np", generator=_gen(3))
+    call = {"batch_size": 2, "output_type": "np", "generator": _gen(3)}
     p = paratriton.plan(pipe, STEPS, methods=("taa", "picard"), options=TOL, **call)
     assert set(p.wall_ms) == {"taa W=8", "taa W=4", "picard W=8", "picard W=4", "sequential"}
     assert p.predicted_ms == min(p.wall_ms.values())  # the fastest candidate, whichever it is
@@ -607,34 +641,34 @@ def test_plan_pipeline_times_every_method_and_builds_the_fastest():
     par = p.parallelize(pipe)  # the chosen sampler still gives the stock image
     ref, out = [_images(q(**UNCOND, generator=_gen(0))) for q in (pipe, par)]
     assert_same(ref, out)
-    assert par.paratriton_method == p.method
+    assert par.paratriton.method == p.method
 
 
 def test_plan_pipeline_graphed_and_forced_sequential(monkeypatch):
-    from paratriton import planner
+    from paratriton.pipelines import _wrap
 
     pipe = _ddpm_pipe()
-    real = planner.choose_window
+    real = _wrap.choose_window  # planner.choose_window, as the window="auto" path reads it
 
     def parallel_always_slower(*args, **kw):  # a device where the batch time grows too fast
         choice = real(*args, **kw)
         choice.wall_ms = {k: (1.0 if k == "sequential" else 2.0 + int(k[2:])) for k in choice.wall_ms}
         return choice
 
-    monkeypatch.setattr(planner, "choose_window", parallel_always_slower)
+    monkeypatch.setattr(_wrap, "choose_window", parallel_always_slower)
     p = paratriton.plan(pipe, STEPS, methods=("picard",), cuda_graph=True, batch_size=1, output_type="np")
     assert p.method == "sequential" and p.window is None and p.predicted_ms == 1.0 and p.cuda_graph
     assert "picard window 4, 6.0 ms" in p.reason and "slower than" in p.reason
     par = p.parallelize(pipe)
-    assert par.paratriton_method == "sequential" and par.paratriton_options == {"cuda_graph": True}
+    assert par.paratriton.method == "sequential" and par.paratriton.options == {"cuda_graph": True}
 
 
 @pytest.mark.parametrize("kw,exc,match", [
-    (dict(steps=0), ValueError, "steps must be an int >= 1"),
-    (dict(steps=8, devices=2), ValueError, "devices must be 1 for a pipeline"),
-    (dict(steps=8, methods=("srds",)), ValueError, "methods must be a non-empty tuple"),
-    (dict(steps=8, methods=("sequential",)), ValueError, "methods must be a non-empty tuple"),
-    (dict(steps=8, num_inference_steps=8), TypeError, "pass the step count as steps"),
+    ({"steps": 0}, ValueError, "steps must be an int >= 1"),
+    ({"steps": 8, "devices": 2}, ValueError, "devices must be 1 for a pipeline"),
+    ({"steps": 8, "methods": ("srds",)}, ValueError, "methods must be a non-empty tuple"),
+    ({"steps": 8, "methods": ("sequential",)}, ValueError, "methods must be a non-empty tuple"),
+    ({"steps": 8, "num_inference_steps": 8}, TypeError, "pass the step count as steps"),
 ])
 def test_plan_pipeline_bad_arguments_name_the_parameter(kw, exc, match):
     with pytest.raises(exc, match=match):

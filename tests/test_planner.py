@@ -1,7 +1,15 @@
 """The planner predicts from the batch-time curve and chooses the sequential sampler when parallel cannot win."""
 
+import ast
+import pathlib
+import pkgutil
+import subprocess
+import sys
+
+import pytest
 import torch
 
+import paratriton
 from paratriton.planner import bucket_sizes, plan
 from paratriton.testing import GaussianMixture
 from paratriton.testing.gaussian_mixture import default_schedule
@@ -54,3 +62,125 @@ def test_plan_picks_parallel_when_batches_are_free():
 
     p = plan(flat_cost, cf, x_T, schedule=[40, 40, 20, 10], solver_ms=0.1)
     assert p.method == "taa" and p.predicted_ms < p.sequential_ms / 5
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# layout: planning knows nothing of diffusers, and no import circle (issue 16, "Layout")
+# ---------------------------------------------------------------------------------------------------------------
+PKG = pathlib.Path(paratriton.__file__).parent
+
+
+def _module_name(path: pathlib.Path) -> str:
+    parts = path.relative_to(PKG.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _relative_imports(path: pathlib.Path, *, in_functions: bool) -> list[tuple[int, str]]:
+    """(line, absolute module) of the package-relative imports at module level or inside function bodies
+    (``if TYPE_CHECKING:`` blocks are skipped: they never run)."""
+    tree = ast.parse(path.read_text())
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = []
+
+    def visit(node, in_func):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                continue
+            func = in_func or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            if isinstance(child, ast.ImportFrom) and child.level and func == in_functions:
+                base = package.split(".")[:len(package.split(".")) - child.level + 1]
+                mod = ".".join(base + ([child.module] if child.module else []))
+                found.append((child.lineno, mod))
+                if not child.module:  # ``from . import x``: x may be a submodule
+                    found.extend((child.lineno, f"{mod}.{a.name}") for a in child.names)
+            elif isinstance(child, ast.Import) and func == in_functions:
+                found.extend((child.lineno, a.name) for a in child.names if a.name.startswith("paratriton"))
+            visit(child, func)
+
+    visit(tree, False)
+    return found
+
+
+def test_planner_imports_nothing_of_the_pipelines():
+    path = PKG / "planner.py"
+    imported = [m for _, m in _relative_imports(path, in_functions=False)
+                + _relative_imports(path, in_functions=True)]
+    assert not [m for m in imported if m.startswith("paratriton.pipelines")], imported
+    absolute = [getattr(n, "module", None) or n.names[0].name for n in ast.walk(ast.parse(path.read_text()))
+                if isinstance(n, (ast.Import, ast.ImportFrom)) and not getattr(n, "level", 0)]
+    assert not [m for m in absolute if m.split(".")[0] in ("diffusers", "paratriton")], absolute
+
+
+def test_planning_and_pipelines_have_no_function_local_package_imports():
+    # the circle planner -> pipelines -> planner used to be dodged by imports inside functions; the only ones
+    # left in these modules defer diffusers (heavy and optional), which is an absolute import
+    for path in [PKG / "planner.py", *sorted((PKG / "pipelines").glob("*.py"))]:
+        assert _relative_imports(path, in_functions=True) == [], path.name
+
+
+def test_package_import_graph_has_no_cycle():
+    # module-level imports between paratriton's modules (a submodule import also runs its packages' __init__)
+    files = {_module_name(p): p for p in PKG.rglob("*.py")}
+    edges: dict[str, set[str]] = {}
+    for name, path in files.items():
+        deps = set()
+        for _, mod in _relative_imports(path, in_functions=False):
+            while mod and mod not in files:
+                mod = mod.rpartition(".")[0]  # ``from .x import name``: the module x
+            parts = mod.split(".")
+            for k in range(1, len(parts) + 1):  # the module and every package above it ...
+                anc = ".".join(parts[:k])
+                if anc in files and not (name == anc or name.startswith(anc + ".")):  # ... not one we are inside
+                    deps.add(anc)
+        edges[name] = deps - {name}
+    state: dict[str, int] = {}
+
+    def dfs(node, stack):
+        state[node] = 1
+        for dep in sorted(edges[node]):
+            if state.get(dep) == 1:
+                raise AssertionError("import cycle: " + " -> ".join([*stack[stack.index(dep):], dep]))
+            if dep not in state:
+                dfs(dep, [*stack, dep])
+        state[node] = 2
+
+    for name in sorted(edges):
+        if name not in state:
+            dfs(name, [name])
+    assert edges["paratriton.planner"].isdisjoint({n for n in files if n.startswith("paratriton.pipelines")})
+
+
+def _all_modules() -> list[str]:
+    names = ["paratriton"]
+    for info in pkgutil.walk_packages([str(PKG)], prefix="paratriton."):
+        if info.name.rpartition(".")[2] != "__main__":
+            names.append(info.name)
+    return names
+
+
+def test_every_module_imports_first_in_a_fresh_interpreter():
+    # each module as the first one imported (so no other module's import order hides a circle); in parallel
+    procs = {name: subprocess.Popen([sys.executable, "-c", f"import importlib; importlib.import_module({name!r})"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for name in _all_modules() if "planner" in name or "pipelines" in name or name == "paratriton"}
+    failed = {name: p.communicate(timeout=300)[0][-2000:] for name, p in procs.items()}
+    failed = {name: out for name, out in failed.items() if procs[name].returncode != 0}
+    assert not failed, failed
+
+
+def test_plan_dispatches_denoisers_to_the_planner():
+    from paratriton.pipelines import plan as pipelines_plan
+
+    assert paratriton.plan is pipelines_plan
+    cf, model, x_T = _problem()
+    p = paratriton.plan(model, cf, x_T, schedule=[40], solver_ms=0.1)
+    assert isinstance(p, paratriton.Plan) and p.schedule == [40]
+
+
+def test_choose_window_takes_windowed_methods_only():
+    from paratriton.planner import choose_window
+
+    cf, model, x_T = _problem(8)
+    with pytest.raises(ValueError, match="windowed method"):
+        choose_window(model, cf, x_T, None, method="srds")

@@ -1,7 +1,26 @@
 """diffusers integration: ``parallelize(pipe, method="taa", **options)`` solves a stock pipeline's denoising loop in
-parallel. diffusers is imported only when a pipeline is parallelized, so ``import paratriton`` stays light."""
+parallel, and ``plan(pipe, steps)`` picks the method and window by timing them on the pipeline. diffusers is
+imported only when a pipeline is parallelized, so ``import paratriton`` stays light.
 
+Layout (imports go one way, down this list; nothing imports ``_plan``):
+``_plan.py``: ``plan`` (``paratriton.plan``: pipelines here, denoisers to ``paratriton.planner``), ``plan_pipeline``,
+``PipelinePlan``; ``_wrap.py``: ``parallelize``, the parallel pipeline class and one parallel call;
+``_graphed.py``: the CUDA-graphed solvers cached per problem; ``_options.py``: methods and options, from the solver
+registry; ``_state.py``: ``ParallelState``, what a parallel pipeline owns (``fast.paratriton``); ``_specs.py``: the
+per-pipeline loop facts; ``_trees.py``: nested conditioning helpers.
+"""
+
+from ._plan import PipelinePlan, plan, plan_pipeline
 from ._specs import SUPPORTED_PIPELINES
+from ._state import ParallelState
 from ._wrap import ParallelPipelineMixin, parallelize
 
-__all__ = ["parallelize", "ParallelPipelineMixin", "SUPPORTED_PIPELINES"]
+__all__ = [
+           "SUPPORTED_PIPELINES",
+           "ParallelPipelineMixin",
+           "ParallelState",
+           "PipelinePlan",
+           "parallelize",
+           "plan",
+           "plan_pipeline",
+]

@@ -1,11 +1,20 @@
-"""``paratriton.plan(pipe, steps)``: pick method and window for a diffusers pipeline by timing them on it."""
+"""``paratriton.plan``: pick method and window for a diffusers pipeline by timing them on it.
+
+The diffusers layer plans pipelines; ``paratriton.planner`` plans denoisers and knows nothing of diffusers. ``plan``
+here is ``paratriton.plan``: a pipeline goes to ``plan_pipeline`` (which runs ``parallelize(pipe, window="auto")``
+per method and reads what each timed from its ``ParallelState``), anything else to ``planner.plan_denoiser``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._graphed import GRAPHED_METHODS
+from ..planner import Plan, plan_denoiser
+from ..solvers.registry import WINDOWED_METHODS
+from ._wrap import parallelize
+
+__all__ = ["PipelinePlan", "plan", "plan_pipeline"]
 
 
 @dataclass
@@ -30,8 +39,6 @@ class PipelinePlan:
 
     def parallelize(self, pipe):
         """``paratriton.parallelize`` with the chosen method, window and options."""
-        from ._wrap import parallelize
-
         if self.method == "sequential":
             return parallelize(pipe, "sequential", cuda_graph=self.cuda_graph)
         return parallelize(pipe, self.method, window=self.window, cuda_graph=self.cuda_graph, **self.options)
@@ -46,7 +53,7 @@ def plan_pipeline(pipe, steps: int, devices: int = 1, *, methods: tuple[str, ...
     steps:       ``num_inference_steps`` of the sampling to plan;
     devices:     1 (a pipeline samples on its own device; multi-GPU sampling runs under ``torchrun`` with
                  ``paratriton.distributed.ShardedDenoiser``);
-    methods:     windowed methods to try, from ``("taa", "fp", "picard")``;
+    methods:     windowed methods to try, from ``paratriton.solvers.WINDOWED_METHODS``;
     cuda_graph:  time the CUDA-graphed solvers (default: when the pipeline's model is on CUDA);
     options:     solver options shared by all candidates (``history``, ``tol_abs``, ...);
     call_kwargs: the pipeline call to plan for (prompt or ``prompt_embeds``, ``guidance_scale``, ``height``, ...).
@@ -60,11 +67,10 @@ def plan_pipeline(pipe, steps: int, devices: int = 1, *, methods: tuple[str, ...
     if devices != 1:
         raise ValueError(f"devices must be 1 for a pipeline, got {devices!r}: multi-GPU sampling runs under "
                          "torchrun with paratriton.distributed.ShardedDenoiser (see benchmarks/scaling.py)")
-    if not methods or any(m not in GRAPHED_METHODS or m == "sequential" for m in methods):
-        raise ValueError(f"methods must be a non-empty tuple from ('taa', 'fp', 'picard'), got {methods!r}")
+    if not methods or isinstance(methods, str) or any(m not in WINDOWED_METHODS for m in methods):
+        raise ValueError(f"methods must be a non-empty tuple from {WINDOWED_METHODS}, got {methods!r}")
     if "num_inference_steps" in call_kwargs:
         raise TypeError("pass the step count as steps, not num_inference_steps")
-    from ._wrap import parallelize
 
     options = dict(options or {})
     if cuda_graph is None:
@@ -73,11 +79,10 @@ def plan_pipeline(pipe, steps: int, devices: int = 1, *, methods: tuple[str, ...
     sequential_ms = float("inf")
     best: tuple[float, str, int | None] = (float("inf"), "sequential", None)
     for method in methods:
-        par = parallelize(pipe, method, window="auto", cuda_graph=cuda_graph, **options)
+        par = parallelize(pipe, method, window="auto", cuda_graph=cuda_graph, **options)  # with a fresh state
         par.set_progress_bar_config(disable=True)
-        par.__dict__["paratriton_window_choices"] = {}  # its own, not one shared through a parallelized pipe
         par(num_inference_steps=steps, **call_kwargs)
-        (choice,) = par.__dict__["paratriton_window_choices"].values()
+        (choice,) = par.paratriton.window_choices.values()
         sequential_ms = min(sequential_ms, choice.wall_ms["sequential"])
         for name, ms in choice.wall_ms.items():
             if name != "sequential":
@@ -96,3 +101,24 @@ def plan_pipeline(pipe, steps: int, devices: int = 1, *, methods: tuple[str, ...
               f"the {kind}sequential sampler ({sequential_ms:.1f} ms) on this device: the model's batch time grows "
               "too fast with the window for parallel sampling to win")
     return PipelinePlan("sequential", None, None, cuda_graph, sequential_ms, sequential_ms, walls, reason, {})
+
+
+def _is_pipeline(obj: Any) -> bool:
+    # by class name, so planning a denoiser never imports diffusers (paratriton.parallelize checks the pipeline)
+    return any(c.__name__ == "DiffusionPipeline" for c in type(obj).__mro__)
+
+
+def plan(model: Any, *args: Any, **kwargs: Any) -> Plan | PipelinePlan:
+    """Plan parallel sampling (``paratriton.plan``); two forms.
+
+    ``plan(pipe, steps, devices=1, **call_kwargs)``: a diffusers pipeline. Times every windowed method at its
+    candidate windows and the sequential sampler on the pipeline's own model, and returns a ``PipelinePlan``
+    (method, window, history, predicted time, reason); ``plan.parallelize(pipe)`` builds the chosen sampler.
+    See ``plan_pipeline`` for the options.
+
+    ``plan(model, coeffs, x_T, noise=None, ...)``: a denoiser. Predicts full-window TAA's wall time from the model's
+    batch-time curve and a calibration solve, and returns a ``Plan``; see ``paratriton.planner.plan_denoiser``.
+    """
+    if _is_pipeline(model):
+        return plan_pipeline(model, *args, **kwargs)
+    return plan_denoiser(model, *args, **kwargs)

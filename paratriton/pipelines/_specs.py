@@ -10,10 +10,11 @@ Read from diffusers 0.42.1; the parity tests in ``tests/test_pipelines*.py`` fai
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-__all__ = ["PipelineSpec", "SPECS", "SUPPORTED_PIPELINES", "find_spec"]
+__all__ = ["SPECS", "SUPPORTED_PIPELINES", "PipelineSpec", "find_spec"]
 
 # (do_cfg, guidance_scale, guidance_rescale), read while the stock __call__ runs
 GuidanceFn = Callable[[Any, dict], tuple[bool, float, float]]

@@ -29,13 +29,25 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
+from tqdm.auto import tqdm
 
 from ..model import ClassifierFreeGuidance
-from ..schedule import SUPPORTED_SCHEDULERS, SamplerCoefficients, coefficients_from_scheduler
+from ..planner import WindowChoice, choose_window
+from ..schedule import (
+    SUPPORTED_SCHEDULERS,
+    SamplerCoefficients,
+    coefficients_from_scheduler,
+)
+from ..solvers import SolveResult, solve
+from ._graphed import graphed_solvers
+from ._options import check_method_and_options, pipeline_options
 from ._specs import PipelineSpec, find_spec
+from ._state import ParallelState
+from ._trees import copy_tree
 
 if TYPE_CHECKING:  # diffusers is imported lazily, only once a pipeline is parallelized
     from diffusers import DiffusionPipeline
@@ -47,47 +59,11 @@ _OWN_CALL_ARGS = ("callback_on_step_end", "callback_on_step_end_tensor_inputs")
 # model kwargs that are not per-row although their leading dimension can equal the batch (Flux's 2-D position ids)
 _NOT_PER_ROW = frozenset({"txt_ids", "img_ids"})
 _CALLBACK_TENSORS = ("latents",)
-_SEQUENTIAL_OPTIONS = ("state_dtype", "check_finite")
 
 
 # --------------------------------------------------------------------------------------------------------------
-# option checks
+# checks (the method and its options: ``_options.py``, from the solver registry)
 # --------------------------------------------------------------------------------------------------------------
-def _check_method_and_options(method: str, options: dict) -> None:
-    """Validate ``method`` and its options now, with the solver's own checks, so errors come before sampling."""
-    from .. import solvers
-
-    methods = tuple(getattr(solvers, "METHODS", ()))
-    if not isinstance(method, str) or method not in methods:
-        raise ValueError(f"method={method!r} is not supported; use one of {methods}")
-    if "callback" in options:
-        raise TypeError("callback is set by the pipeline (it drives the progress bar); pass "
-                        "callback_on_step_end=... to the pipeline call instead")
-    for name in ("init",):
-        if name in options:
-            raise TypeError(f"{name} is not an option of parallelize (the pipeline prepares x_T itself)")
-    if options.get("window") == "auto":
-        if method not in ("fp", "picard", "aa", "taa"):
-            raise ValueError(f"window='auto' needs a windowed method (fp, picard, aa, taa), got method={method!r}")
-        options = {k: v for k, v in options.items() if k != "window"}
-    if "cuda_graph" in options:
-        options = dict(options)
-        graphed = options.pop("cuda_graph")
-        if not isinstance(graphed, bool):
-            raise TypeError(f"cuda_graph must be True or False, got {graphed!r}")
-        if graphed:
-            from ._graphed import check_graphed_options
-
-            check_graphed_options(method, options)
-            return
-    if method == "sequential":
-        unknown = sorted(set(options) - set(_SEQUENTIAL_OPTIONS))
-        if unknown:
-            raise TypeError(f"options {unknown} do not apply to method='sequential'; allowed: {_SEQUENTIAL_OPTIONS}")
-        return
-    solvers.method_spec(method).check_options(options)  # names and ranges (window >= 1, tol > 0, ...)
-
-
 def _check_scheduler(scheduler) -> None:
     name = type(scheduler).__name__
     if name not in SUPPORTED_SCHEDULERS:
@@ -194,29 +170,7 @@ class _PipelineDenoiser:
 
     def load(self, kwargs: dict) -> None:
         """Copy another call's conditioning (same structure and shapes) into this one's tensors."""
-        _copy_tree(self.kwargs, kwargs)
-
-
-def _copy_tree(dst: Any, src: Any) -> None:
-    if torch.is_tensor(dst):
-        dst.copy_(src)
-    elif isinstance(dst, dict):
-        for k in dst:
-            _copy_tree(dst[k], src[k])
-    elif isinstance(dst, (list, tuple)):
-        for a, b in zip(dst, src):
-            _copy_tree(a, b)
-
-
-def tree_signature(value: Any) -> Any:
-    """A hashable description of a (nested) call argument: tensor shapes, dtypes and devices, other values' repr."""
-    if torch.is_tensor(value):
-        return ("tensor", tuple(value.shape), str(value.dtype), str(value.device))
-    if isinstance(value, dict):
-        return ("dict", tuple((k, tree_signature(v)) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))))
-    if isinstance(value, (list, tuple)):
-        return (type(value).__name__, tuple(tree_signature(v) for v in value))
-    return ("value", repr(value))
+        copy_tree(self.kwargs, kwargs)
 
 
 def _guided(branches: Callable, do_cfg: bool, scale: float, rescale: float, cond_first: bool) -> Callable:
@@ -227,11 +181,18 @@ def _guided(branches: Callable, do_cfg: bool, scale: float, rescale: float, cond
 # one parallel call
 # --------------------------------------------------------------------------------------------------------------
 class _ParallelCall:
-    """State of one parallel pipeline call: the patched model and scheduler, the solve, the replay."""
+    """One parallel pipeline call: the patched model and scheduler, the solve, the replay.
 
-    def __init__(self, pipe, spec: PipelineSpec, call_args: dict, callback: Callable | None,
+    ``pipe`` is the parallel pipeline; ``state`` its ``ParallelState``, which gives the method and options and gets
+    the result, the window choices and the graph cache back. Nothing is written to the pipeline's attributes
+    (only its progress bar config, the model's ``forward`` and the scheduler's ``step`` are patched for the
+    call and restored).
+    """
+
+    def __init__(self, pipe, state: ParallelState, spec: PipelineSpec, call_args: dict, callback: Callable | None,
                  progress_config: dict) -> None:
         self.pipe = pipe
+        self.state = state
         self.spec = spec
         self.call_args = call_args
         self.callback = callback
@@ -239,7 +200,7 @@ class _ParallelCall:
         self.model = getattr(pipe, spec.denoiser)
         self.scheduler = pipe.scheduler
         self.orig_forward = self.model.forward
-        self.result = None
+        self.result: SolveResult | None = None
         self.dummy: Any = None
         self.replayed = 0
 
@@ -252,11 +213,9 @@ class _ParallelCall:
     def _auto_window(self, denoiser, coeffs, x_T, noise, method, options,
                      cuda_graph: bool = False) -> tuple[str, int | None]:
         """``window="auto"``: time the candidate windows and the sequential sampler once per problem shape (on a
-        calibration problem with other noise), cache the choice on the pipeline, and reuse it."""
-        from ..planner import choose_window
-
+        calibration problem with other noise), keep the choice in ``state.window_choices``, and reuse it."""
         key = (coeffs.num_steps, tuple(x_T.shape), str(x_T.device), method, cuda_graph)
-        cache = self.pipe.__dict__.setdefault("paratriton_window_choices", {})
+        cache: dict[tuple, WindowChoice] = self.state.window_choices
         if key not in cache:
             g = torch.Generator().manual_seed(1234)
             cal_x = torch.randn(x_T.shape, generator=g, dtype=x_T.dtype).to(x_T.device)
@@ -269,8 +228,6 @@ class _ParallelCall:
         return choice.method, choice.window
 
     def _solve(self, args: tuple, kwargs: dict) -> None:
-        from .. import solve
-
         spec, pipe, sched = self.spec, self.pipe, self.scheduler
         latent_name, named = _bind_forward(self.model, args, kwargs)
         x_in = named.pop(latent_name)
@@ -303,7 +260,7 @@ class _ParallelCall:
         branches = _PipelineDenoiser(self.orig_forward, latent_name, named, self.ts_by_step, g, B, N0, x_dtype,
                                      spec.flow_timestep, C if learned_sigma else None)
         x_T = x_in[:B].to(torch.float64)  # CFG-doubled inputs: both halves are the same latents
-        method, options = pipe.paratriton_method, dict(pipe.paratriton_options)
+        method, options = self.state.method, dict(self.state.options)
         graphed = options.pop("cuda_graph", False)
         with self._progress(T) as bar:
             self.bar = bar
@@ -315,7 +272,7 @@ class _ParallelCall:
                 if options.get("window") == "auto":
                     method, options["window"] = self._auto_window(denoiser, coeffs, x_T, noise, method, options)
                     if method == "sequential":
-                        options = {k: v for k, v in options.items() if k in _SEQUENTIAL_OPTIONS}
+                        options = {k: v for k, v in options.items() if k in pipeline_options(method, False)}
                 self.result = solve(denoiser, coeffs, x_T, noise, method=method, callback=self._on_iteration,
                                     **options)
                 self.dummy = branches.dummy
@@ -324,22 +281,20 @@ class _ParallelCall:
                            "(max_iters); the image is the current estimate", self.result.method,
                            self.result.iterations)
         self.trajectory = self.result.trajectory
-        pipe.paratriton_result = self.result
+        self.state.last_result = self.result
 
     def _solve_graphed(self, branches: _PipelineDenoiser, guidance: tuple, coeffs: SamplerCoefficients,
                        x_T: torch.Tensor, noise: torch.Tensor | None, method: str, options: dict):
         """``cuda_graph=True``: solve with the pipeline's cached, CUDA-graphed solvers (see ``_graphed``)."""
-        from ._graphed import GRAPHED_SEQUENTIAL_OPTIONS, graphed_solvers
-
         do_cfg, scale, rescale = guidance
         cond_first = self.spec.cond_first
-        entry = graphed_solvers(self.pipe, self.model, branches, (*guidance, cond_first),
+        entry = graphed_solvers(self.state, self.model, branches, (*guidance, cond_first),
                                 lambda b: _guided(b, do_cfg, scale, rescale, cond_first), coeffs, x_T, noise)
         if options.get("window") == "auto":
             method, options["window"] = self._auto_window(entry.denoiser, entry.coeffs, x_T, noise, method, options,
                                                           cuda_graph=True)
             if method == "sequential":
-                options = {k: v for k, v in options.items() if k in GRAPHED_SEQUENTIAL_OPTIONS}
+                options = {k: v for k, v in options.items() if k in pipeline_options(method, True)}
         result = entry.solve(method, options, x_T, noise, self._on_iteration)
         self.dummy = entry.branches.dummy
         return result
@@ -347,6 +302,7 @@ class _ParallelCall:
     def _draw_noise(self, coeffs: SamplerCoefficients, rows: int, B: int, sample_shape: tuple, x_dtype, device,
                     eta: float | None) -> torch.Tensor | None:
         """Pre-draw the step noise ``[T, B, *S]`` (float64) exactly as the stock ``scheduler.step`` calls would."""
+        # deferred: diffusers is heavy and optional (``import paratriton`` never imports it)
         from diffusers.utils.torch_utils import randn_tensor
 
         sched, T = self.scheduler, coeffs.num_steps
@@ -365,9 +321,7 @@ class _ParallelCall:
 
     # -- progress bar and per-iteration callback ---------------------------------------------------------------
     def _progress(self, T: int):
-        from tqdm.auto import tqdm
-
-        config = {"desc": f"paratriton {self.pipe.paratriton_method}", **self.progress_config}
+        config = {"desc": f"paratriton {self.state.method}", **self.progress_config}
         return tqdm(total=T, **config)
 
     def _on_iteration(self, info) -> None:
@@ -386,6 +340,7 @@ class _ParallelCall:
     # -- the patched scheduler: replay the solved trajectory ---------------------------------------------------
     def scheduler_step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *args: Any,
                        return_dict: bool = True, **kwargs: Any) -> Any:
+        # deferred: diffusers is heavy and optional (``import paratriton`` never imports it)
         from diffusers.schedulers.scheduling_utils import SchedulerOutput
 
         if self.result is None:
@@ -435,20 +390,23 @@ class _ParallelCall:
 class ParallelPipelineMixin:
     """Mixed into a stock pipeline class by ``parallelize``; the denoising loop is solved by ``paratriton.solve``.
 
-    Attributes: ``paratriton_method`` and ``paratriton_options`` (what ``solve`` gets; change them with
-    ``set_parallel_options``) and ``paratriton_result`` (the last call's ``SolveResult``: iterations, nfe,
-    converged, residuals).
+    Attribute ``paratriton``: the ``ParallelState`` this pipeline owns (set by ``parallelize``): ``method`` and
+    ``options`` (change them with ``set_parallel_options``), ``last_result`` (the last call's ``SolveResult``:
+    iterations, nfe, converged, residuals, trajectory), ``window_choices`` (``window="auto"``) and the graph cache.
     """
 
-    paratriton_method: str = "taa"
-    paratriton_options: dict = {}
-    paratriton_result = None
+    paratriton: ParallelState
+
+    @property
+    def paratriton_result(self) -> SolveResult | None:
+        """The last call's ``SolveResult``: an alias of ``paratriton.last_result`` (read only)."""
+        return self.paratriton.last_result
 
     def set_parallel_options(self, method: str | None = None, **options: Any) -> None:
         """Replace the solver method and options (validated as in ``parallelize``)."""
-        method = self.paratriton_method if method is None else method
-        _check_method_and_options(method, options)
-        self.paratriton_method, self.paratriton_options = method, dict(options)
+        method = self.paratriton.method if method is None else method
+        check_method_and_options(method, options)
+        self.paratriton.method, self.paratriton.options = method, dict(options)
 
     def _parallel_call(self, stock_call: Callable, args: tuple, kwargs: dict) -> Any:
         _, spec = find_spec(type(self))  # looked up per call, so the table stays the single source of truth
@@ -477,7 +435,7 @@ class ParallelPipelineMixin:
         if spec.check is not None:
             spec.check(self, call_args)
         progress = dict(getattr(self, "_progress_bar_config", {}) or {})
-        return _ParallelCall(self, spec, call_args, callback, progress).run(stock_call, call_kwargs)
+        return _ParallelCall(self, self.paratriton, spec, call_args, callback, progress).run(stock_call, call_kwargs)
 
 
 _CLASS_CACHE: dict[type, type] = {}
@@ -508,24 +466,27 @@ def parallelize(pipe: DiffusionPipeline, method: str = "taa", **options: Any) ->
     pipe:     a ``StableDiffusionPipeline``, ``StableDiffusionXLPipeline``, ``PixArtAlphaPipeline``, ``DiTPipeline``,
               ``FluxPipeline``, ``DDPMPipeline`` or ``DDIMPipeline`` whose scheduler is a ``DDIMScheduler``,
               ``DDPMScheduler`` or ``FlowMatchEulerDiscreteScheduler`` (without clip_sample/thresholding)
-    method:   any method ``paratriton.solve`` accepts (``"sequential"``, ``"fp"``, ``"picard"``, ``"aa"``, ``"taa"``,
-              ...); ``options`` go to ``paratriton.solve`` unchanged: ``window``, ``order``, ``history``,
-              ``tol_abs``, ``tol_rel``, ``max_iters``, ``state_dtype``, ...; ``window="auto"`` times the candidates
-              once per problem shape. ``cuda_graph=True`` (methods taa, fp, picard, sequential): every iteration is
-              one CUDA-graph replay (the graphed engine / ``GraphedSequential``), graphs cached between calls.
+    method:   any name in ``paratriton.METHODS`` (the solver registry, ``paratriton.solvers.REGISTRY``);
+              ``options`` are the method's registry options (but ``callback``, which the pipeline sets) and go to
+              ``paratriton.solve`` unchanged: ``window``, ``order``, ``history``, ``tol_abs``, ``tol_rel``,
+              ``max_iters``, ``state_dtype``, ...; ``window="auto"`` (a windowed method) times the candidates
+              once per problem shape. ``cuda_graph=True`` (``"sequential"`` and every windowed method): every
+              iteration is one CUDA-graph replay (the graphed engine / ``GraphedSequential``), graphs cached
+              between calls.
 
     Call the result exactly like the stock pipeline. With the same generator it returns the stock sequential
-    pipeline's image up to the solver tolerance, DDPM-style step noise included. The solver state is float64
-    (``state_dtype``); the model sees its own dtype.
+    pipeline's image up to the solver tolerance, DDPM-style step noise included. The solver state has
+    ``state_dtype`` (the registry's default when None); the model sees its own dtype.
 
-    Returns an instance of ``Parallel<Stock>`` (a subclass of the stock class, sharing ``pipe``'s components).
-    After each call its ``paratriton_result`` holds that call's ``SolveResult`` (iterations, nfe, converged,
-    residuals, and the float64 trajectory ``[T+1, B, *latent_shape]``).
+    Returns an instance of ``Parallel<Stock>`` (a subclass of the stock class, sharing ``pipe``'s components) that
+    owns a fresh ``ParallelState`` as its ``paratriton`` attribute; ``pipe`` itself is not changed. After each call
+    ``fast.paratriton.last_result`` holds that call's ``SolveResult`` (iterations, nfe, converged, residuals, and
+    the trajectory ``[T+1, B, *latent_shape]``).
     Raises ``ValueError`` for an unsupported pipeline, scheduler or method, or an option out of range, and
     ``TypeError`` for an option the method does not take.
     """
     stock, _ = find_spec(type(pipe))
-    _check_method_and_options(method, options)
+    check_method_and_options(method, options)
     cls = _parallel_class(stock)
     # A shallow copy with the parallel class: every component is shared and keeps its dtype and device.
     # (DiffusionPipeline.from_pipe would re-run __init__ and then cast all shared modules to one dtype, float32 by
@@ -535,5 +496,6 @@ def parallelize(pipe: DiffusionPipeline, method: str = "taa", **options: Any) ->
     if hasattr(pipe, "_progress_bar_config"):
         new._progress_bar_config = dict(pipe._progress_bar_config)
     _check_scheduler(new.scheduler)
-    new.paratriton_method, new.paratriton_options = method, dict(options)
+    # its own state, never one shared with ``pipe`` (a parallel pipeline parallelized again gets a fresh one)
+    new.paratriton = ParallelState(method, dict(options))
     return new
