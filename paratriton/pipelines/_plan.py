@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..planner import Plan, plan_denoiser
-from ..solvers.registry import WINDOWED_METHODS
+from ..solvers.registry import WINDOWED_METHODS, method_spec
 from ._wrap import parallelize
 
 __all__ = ["PipelinePlan", "plan", "plan_pipeline"]
@@ -93,7 +93,7 @@ def plan_pipeline(pipe, steps: int, devices: int = 1, *, methods: tuple[str, ...
     ms, method, window = best
     kind = "graphed " if cuda_graph else ""
     if ms < sequential_ms:
-        history = options.get("history", 2) if method == "taa" else None
+        history = method_spec(method).check_options(options).get("history")  # the registry's default if unset
         reason = (f"{method} with window {window}: {ms:.1f} ms against {sequential_ms:.1f} ms for the {kind}"
                   f"sequential sampler ({sequential_ms / ms:.2f}x) at {steps} steps")
         return PipelinePlan(method, window, history, cuda_graph, ms, sequential_ms, walls, reason, options)
