@@ -12,19 +12,48 @@ the sample. All arrays are float64, indexed by step ``i``.
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass, replace
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["SamplerCoefficients", "coefficients_from_scheduler", "SUPPORTED_SCHEDULERS"]
+__all__ = ["StepOperator", "SamplerCoefficients", "coefficients_from_scheduler", "SUPPORTED_SCHEDULERS"]
 
 SUPPORTED_SCHEDULERS = ("DDIMScheduler", "DDPMScheduler", "FlowMatchEulerDiscreteScheduler")
 _PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
+@runtime_checkable
+class StepOperator(Protocol):
+    """A sampler step as the solvers see it: ``x_i = a_i x_{i+1} + sum_{j<taps} b_{i,j} m_{i+j} + c_i xi_i``.
+
+    ``taps`` is how many model outputs (its own and those of the ``taps - 1`` later steps, already computed
+    along the trajectory) a step reads: 1 for first-order samplers (DDIM, DDPM, flow-match Euler), more for
+    multistep ones (DPM-Solver++, UniPC). The sequential samplers call ``step``; the engine reads
+    ``coefficients`` and runs the one-tap case through its kernels (a multistep operator adds a k-tap stencil
+    there; ``../shared/design/multistep.md``).
+    """
+
+    taps: int
+
+    @property
+    def num_steps(self) -> int: ...
+
+    @property
+    def is_stochastic(self) -> bool: ...
+
+    def step(self, i: int, x_next: torch.Tensor, model_out: torch.Tensor,
+             noise: torch.Tensor | None) -> torch.Tensor: ...
+
+    def coefficients(self, dtype: torch.dtype, device: torch.device | str
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+
 @dataclass(frozen=True)
 class SamplerCoefficients:
-    """Per-step coefficients of an affine sampler, all float64 tensors of shape ``[T]`` indexed by step.
+    """Per-step coefficients of an affine sampler, all float64 tensors of shape ``[T]`` indexed by step: the
+    one-tap ``StepOperator``.
 
     a, b, c:          ``x_i = a_i x_{i+1} + b_i m_i + c_i xi_i``
     posterior_std:    the DDPM posterior std of ``x_i`` given ``x_{i+1}`` and ``x_0`` (used by the stopping rule
@@ -42,6 +71,7 @@ class SamplerCoefficients:
     signal_scale: torch.Tensor
     noise_scale: torch.Tensor
     prediction_type: str
+    taps: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
         n = self.a.shape[0]
@@ -65,11 +95,22 @@ class SamplerCoefficients:
             "a", "b", "c", "posterior_std", "timesteps", "signal_scale", "noise_scale")})
 
     def step(self, i: int, x_next: torch.Tensor, model_out: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
-        """One sequential step ``x_{i+1} -> x_i`` (float64 coefficients, result in ``x_next``'s dtype)."""
-        out = self.a[i].item() * x_next + self.b[i].item() * model_out
-        if noise is not None and self.c[i].item() != 0.0:
-            out = out + self.c[i].item() * noise
+        """One sequential step ``x_{i+1} -> x_i`` (result in ``x_next``'s dtype). The coefficients are read as
+        host floats, once per operator (no device read per step)."""
+        a, b, c = self._host
+        out = a[i] * x_next + b[i] * model_out.to(x_next.dtype)
+        if noise is not None and c[i] != 0.0:
+            out = out + c[i] * noise.to(x_next.dtype)
         return out
+
+    @functools.cached_property
+    def _host(self) -> tuple[list[float], list[float], list[float]]:
+        return self.a.tolist(), self.b.tolist(), self.c.tolist()
+
+    def coefficients(self, dtype: torch.dtype, device: torch.device | str
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``a, b, c [T]`` in ``dtype`` on ``device`` (what the engine's kernels read)."""
+        return tuple(v.to(device=device, dtype=dtype) for v in (self.a, self.b, self.c))
 
 
 def _f64(x) -> torch.Tensor:

@@ -97,10 +97,11 @@ class Engine:
         dt = self.state_dtype or (torch.float32 if dev.type == "cuda" else torch.float64)
         cap = (T if self.max_iters is None else self.max_iters) + self.iters_per_sync  # + no-op iterations' slots
         cf = coeffs.to(dev)
+        a, b, c = coeffs.coefficients(dt, dev)
         tol_abs = default_tol_abs(T) if self.tol_abs is None else self.tol_abs
         self._s = dict(
             T=T, B=B, shape=shape, dtype=dt, sliding=self.window is not None and self.window < T,
-            x=torch.empty(T + 1, B, D, dtype=dt, device=dev), a=cf.a.to(dt), b=cf.b.to(dt), c=cf.c.to(dt),
+            x=torch.empty(T + 1, B, D, dtype=dt, device=dev), a=a, b=b, c=c,
             thr=torch.clamp(self.tol_rel * cf.posterior_std, min=tol_abs).to(dt),
             xi=None if noise is None else torch.empty(T, B, D, dtype=dt, device=dev),
             F=torch.empty((), dtype=torch.long, device=dev), U=torch.empty((), dtype=torch.long, device=dev),
@@ -161,8 +162,9 @@ class Engine:
         Solving again with the same model, coefficients and shapes reuses the buffers and captured graphs.
         """
         check_problem(coeffs, x_T, noise, init)
-        if getattr(coeffs, "taps", 1) != 1:
-            raise NotImplementedError("the engine solves first-order (one-tap) step operators only")
+        if coeffs.taps != 1:
+            raise NotImplementedError(f"the engine solves one-tap step operators; this one reads {coeffs.taps} "
+                                      "model outputs per step")
         key = (tuple(x_T.shape), x_T.device, noise is None, self.state_dtype)
         if self._key is None or self._key[0] is not model or self._key[1] is not coeffs or self._key[2:] != key:
             self._setup(model, coeffs, x_T, noise)

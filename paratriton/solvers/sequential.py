@@ -23,8 +23,6 @@ def solve_sequential(model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Te
     check_problem(coeffs, x_T, noise)
     T, B, shape = coeffs.num_steps, x_T.shape[0], tuple(x_T.shape[1:])
     D = math.prod(shape)
-    cf = coeffs.to(x_T.device)
-    a, b, c = cf.a.tolist(), cf.b.tolist(), cf.c.tolist()
     call = ModelCaller(model, shape, B)
     x = torch.empty(T + 1, B, D, dtype=state_dtype, device=x_T.device)
     x[T] = x_T.reshape(B, D)
@@ -34,10 +32,7 @@ def solve_sequential(model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Te
         m_out = call(x[i + 1:i + 2], steps[i:i + 1])[0].to(state_dtype)
         if check_finite and not torch.isfinite(m_out).all():
             raise_nonfinite(m_out[None], i, T - 1 - i, "the model output")
-        nxt = a[i] * x[i + 1] + b[i] * m_out
-        if c[i] != 0.0:
-            nxt = nxt + c[i] * noise[i].reshape(B, D).to(state_dtype)
-        x[i] = nxt
+        x[i] = coeffs.step(i, x[i + 1], m_out, None if noise is None else noise[i].reshape(B, D))
         residuals[T - 1 - i, i] = 0.0
         if callback is not None:
             callback(IterationInfo(T - i, (i, i + 1), i, torch.zeros(1, B, dtype=state_dtype),
