@@ -126,7 +126,7 @@ def main():
             ms, out, n_calls = timed(pipe, **kw) if name != cases[0][0] else (ref_ms, ref, args.steps)
             if name.startswith("paratriton sequential"):
                 seq_ms, seq_out = ms, out
-            iters = par.paratriton_result.iterations if par is not None else n_calls
+            iters = par.paratriton.last_result.iterations if par is not None else n_calls
             row = dict(latent=latent, case=name, wall_ms=ms, iterations=iters,
                        rel_err_vs_sequential=((out - ref).norm() / ref.norm()).item())
             if seq_out is not None:  # the same fp16 UNet solved sequentially with float64 state
