@@ -40,10 +40,11 @@ def _affine_combine(a1, b1, a2, b2):
 
 
 @triton.jit
-def _ring_load(h_ptr, slot, j: tl.constexpr, M: tl.constexpr, T, B, D, idx, offs_d, mask, acc: tl.constexpr):
+def _ring_load(h_ptr, slot, j: tl.constexpr, M: tl.constexpr, T, B, D, idx, bb, offs_d, mask,
+               acc: tl.constexpr):
     """Rows ``idx`` of the ``j``-th newest ring slot ``(slot - j) mod M`` of ``h [M, T, B, D]``, in ``acc``."""
     s = (slot + M - j) % M
-    return tl.load(h_ptr + ((s * T + idx[:, None]) * B) * D + offs_d[None, :], mask=mask, other=0.0).to(acc)
+    return tl.load(h_ptr + ((s * T + idx[:, None]) * B + bb) * D + offs_d[None, :], mask=mask, other=0.0).to(acc)
 
 
 @triton.jit
@@ -150,7 +151,7 @@ def _walk_kernel(
             xcarry = tl.sum(tl.where(rows[:, None] == BLOCK_P - 1, x_lo, 0.0), axis=0)
         mo = tl.load(m_ptr + (p[:, None] * B + bb) * D + offs_d[None, :], mask=lmask, other=0.0).to(dt)
         if PUSH:  # issue the ring loads with the others: one memory round trip per tile
-            h1 = _ring_load(hR_ptr, slot, 1, M, T, B, D, idx, offs_d, lmask, acc)
+            h1 = _ring_load(hR_ptr, slot, 1, M, T, B, D, idx, bb, offs_d, lmask, acc)
             h2 = h1
             h3 = h1
             h4 = h1
@@ -159,19 +160,19 @@ def _walk_kernel(
             h7 = h1
             h8 = h1
             if M > 2:
-                h2 = _ring_load(hR_ptr, slot, 2, M, T, B, D, idx, offs_d, lmask, acc)
+                h2 = _ring_load(hR_ptr, slot, 2, M, T, B, D, idx, bb, offs_d, lmask, acc)
             if M > 3:
-                h3 = _ring_load(hR_ptr, slot, 3, M, T, B, D, idx, offs_d, lmask, acc)
+                h3 = _ring_load(hR_ptr, slot, 3, M, T, B, D, idx, bb, offs_d, lmask, acc)
             if M > 4:
-                h4 = _ring_load(hR_ptr, slot, 4, M, T, B, D, idx, offs_d, lmask, acc)
+                h4 = _ring_load(hR_ptr, slot, 4, M, T, B, D, idx, bb, offs_d, lmask, acc)
             if M > 5:
-                h5 = _ring_load(hR_ptr, slot, 5, M, T, B, D, idx, offs_d, lmask, acc)
+                h5 = _ring_load(hR_ptr, slot, 5, M, T, B, D, idx, bb, offs_d, lmask, acc)
             if M > 6:
-                h6 = _ring_load(hR_ptr, slot, 6, M, T, B, D, idx, offs_d, lmask, acc)
+                h6 = _ring_load(hR_ptr, slot, 6, M, T, B, D, idx, bb, offs_d, lmask, acc)
             if M > 7:
-                h7 = _ring_load(hR_ptr, slot, 7, M, T, B, D, idx, offs_d, lmask, acc)
+                h7 = _ring_load(hR_ptr, slot, 7, M, T, B, D, idx, bb, offs_d, lmask, acc)
             if M > 8:
-                h8 = _ring_load(hR_ptr, slot, 8, M, T, B, D, idx, offs_d, lmask, acc)
+                h8 = _ring_load(hR_ptr, slot, 8, M, T, B, D, idx, bb, offs_d, lmask, acc)
         av = tl.load(a_ptr + idx, mask=live, other=0.0).to(dt)
         bv = tl.load(b_ptr + idx, mask=live, other=0.0).to(dt)
         r = av[:, None] * x_hi + bv[:, None] * mo - x_lo
