@@ -279,10 +279,11 @@ def contiguous_inputs(x, model_out, noise, a, b, c, lo, top):
 
 def window_fixed_point_triton(x: torch.Tensor, model_out: torch.Tensor, noise: torch.Tensor | None, a: torch.Tensor,
                               b: torch.Tensor, c: torch.Tensor, lo: torch.Tensor, top: torch.Tensor, order: int,
-                              unit_weights: bool = False) -> None:
-    """Triton ``naive.window_fixed_point``: in place ``x_s += R_s`` for ``lo <= s <= top`` (one launch, no sync)."""
+                              unit_weights: bool = False, config: tuple[int, int, int, int] | None = None) -> None:
+    """Triton ``naive.window_fixed_point``: in place ``x_s += R_s`` for ``lo <= s <= top`` (one launch, no sync).
+    ``config``: ``(BLOCK_P, BLOCK_D, num_warps, num_stages)``, default ``walk_config``."""
     model_out, noise, a, b, c, lo, top = contiguous_inputs(x, model_out, noise, a, b, c, lo, top)
     xc = x if x.is_contiguous() else x.contiguous()
-    launch_walk(xc, model_out, noise, a, b, c, lo, top, order, unit_weights)
+    launch_walk(xc, model_out, noise, a, b, c, lo, top, order, unit_weights, config=config)
     if xc is not x:
         x.copy_(xc)
