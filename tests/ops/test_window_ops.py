@@ -16,7 +16,10 @@ from paratriton.ops.window_fixed_point.fused import window_fixed_point_triton
 from paratriton.ops.window_residual import naive as res_naive
 from paratriton.ops.window_residual.fused import window_residual_triton
 from paratriton.ops.window_taa import naive as taa_naive
-from paratriton.ops.window_taa.fused import window_taa_push_triton, window_taa_update_triton
+from paratriton.ops.window_taa.fused import (
+    window_taa_push_triton,
+    window_taa_update_triton,
+)
 
 ops = torch.ops.paratriton
 NAN = float("nan")
@@ -28,7 +31,7 @@ def make(T, H, B, D, *, state=torch.float64, model=None, noise=True, strided=Fal
     device = DEVICE if device is None else device
     model = state if model is None else model
     g = torch.Generator().manual_seed(seed)
-    rn = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    rn = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
     if strided:
         x = rn(T + 1, B, 2 * D).to(device, state)[..., ::2]
         mo = rn(B, H, D).to(device, model).transpose(0, 1)
@@ -217,7 +220,7 @@ def test_iteration_chain_matches_reference():
             res = window_residual_triton if fused else res_naive.window_residual
             push = window_taa_push_triton if fused else taa_naive.window_taa_push
             upd = window_taa_update_triton if fused else taa_naive.window_taa_update
-            rms, top, bad = res(xs, mo, xi, a, b, c, thr, lo, anchor)
+            rms, top, _bad = res(xs, mo, xi, a, b, c, thr, lo, anchor)
             G, h = push(xs, mo, xi, a, b, c, lo, top, hRs, hYs, slot, H)
             cols = torch.full((H,), min(it, M - 1), dtype=torch.int64, device=DEVICE)
             upd(xs, hYs, masked_lstsq(G, h, cols, 1e-3), slot, lo, top)

@@ -121,7 +121,7 @@ def _walk_kernel(
     BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
     dt: tl.constexpr = x_ptr.dtype.element_ty
-    pid, bb, blk, offs_d, dmask = batch_and_d_block(nblk, D, BLOCK_D)
+    _pid, bb, blk, offs_d, dmask = batch_and_d_block(nblk, D, BLOCK_D)
     lo = tl.load(lo_ptr)
     top = tl.load(top_ptr)
     rows = tl.arange(0, BLOCK_P)
@@ -196,7 +196,7 @@ def _walk_kernel(
                 rq = tl.load(scr_ptr + so + k * B * D, mask=qvalid[:, None] & dmask[None, :], other=0.0)
                 W = tl.full([BLOCK_P], 1.0, dt)
                 if not UNIT:
-                    for j in range(0, k):
+                    for j in range(k):
                         W = W * tl.load(a_ptr + idx + j, mask=qvalid, other=1.0).to(dt)
                 rr = tl.where(qvalid[:, None], r - W[:, None] * rq, r)
             A, Bv = tl.associative_scan((tl.broadcast_to(w[:, None], (BLOCK_P, BLOCK_D)), rr), 0, _affine_combine)

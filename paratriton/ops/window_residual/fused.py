@@ -38,7 +38,7 @@ def _sumsq_kernel(part_ptr, x_ptr, m_ptr, xi_ptr, a_ptr, b_ptr, c_ptr, lo_ptr,
     mrow = (p * B + bb) * D  # model_out [H, B, D]
     acc = tl.zeros([BLOCK_P, BLOCK_D], dtype=dt)
     d0 = sp.to(tl.int64) * chunks * BLOCK_D
-    for i in range(0, chunks):
+    for i in range(chunks):
         d = d0 + i * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
         mask = pvalid[:, None] & (d < D)[None, :]
         xo = xrow[:, None] + d[None, :]

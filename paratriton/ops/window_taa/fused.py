@@ -54,7 +54,7 @@ def _gram_reduce_kernel(part_ptr, G_ptr, h_ptr, H, B, nblk,
 def _update_kernel(x_ptr, Y_ptr, g_ptr, slot_ptr, lo_ptr, top_ptr, H, T, B, D, nblk,
                    M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
     dt: tl.constexpr = Y_ptr.dtype.element_ty
-    pid, bb, blk, offs_d, dmask = batch_and_d_block(nblk, D, BLOCK_D)
+    _pid, bb, _blk, offs_d, dmask = batch_and_d_block(nblk, D, BLOCK_D)
     p = (tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
     idx = tl.load(lo_ptr) + p
     live = (p < H) & (idx <= tl.load(top_ptr))
@@ -92,7 +92,7 @@ def window_taa_push_triton(x: torch.Tensor, model_out: torch.Tensor, noise: torc
                            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton ``naive.window_taa_push``: writes ring slot ``slot`` and returns ``G [H, B, m, m]``, ``h [H, B, m]``
     (``promote(hist_R.dtype, float32)``). Two launches, no sync."""
-    H, B, D = model_out.shape
+    H, B = model_out.shape[0], model_out.shape[1]
     M = hist_R.shape[0]
     m = M - 1
     acc = torch.promote_types(hist_R.dtype, torch.float32)
