@@ -79,10 +79,11 @@ def _update_kernel(x_ptr, Y_ptr, g_ptr, slot_ptr, lo_ptr, top_ptr, H, T, B, D, n
              mask=mask)
 
 
-def reduce_config(ng: int, H: int, nblk: int) -> tuple[int, int]:
-    ch = min(256, triton.next_power_of_2(max(ng * H, 1)))
-    bc = max(1, min(triton.next_power_of_2(max(nblk, 1)), 4096 // ch))
-    return ch, bc
+def reduce_config(nblk: int) -> tuple[int, int]:
+    """``(CH, BC)`` of the Gram reduce: a fixed chunk of (slot, step) entries (so a new H never recompiles) and
+    as many D blocks per load as fit 4096 elements."""
+    ch = 128
+    return ch, max(1, min(triton.next_power_of_2(max(nblk, 1)), 4096 // ch))
 
 
 def window_taa_push_triton(x: torch.Tensor, model_out: torch.Tensor, noise: torch.Tensor | None, a: torch.Tensor,
@@ -112,7 +113,7 @@ def window_taa_push_triton(x: torch.Tensor, model_out: torch.Tensor, noise: torc
                 torch.zeros(H, B, m, dtype=acc, device=x.device))
     G = torch.empty(H, B, m, m, dtype=acc, device=x.device)
     h = torch.empty(H, B, m, dtype=acc, device=x.device)
-    ch, bc = reduce_config(ng, H, nblk)
+    ch, bc = reduce_config(nblk)
     _gram_reduce_kernel[(B, triton.cdiv(ng * H, ch))](part, G, h, H, B, nblk, MH=m, NG=ng, CH=ch, BC=bc,
                                                       num_warps=4)
     return G, h
