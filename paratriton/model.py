@@ -12,6 +12,7 @@ Solvers batch a window of steps over ``B`` trajectories into one call; rows are 
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Protocol
 
 import torch
@@ -43,7 +44,12 @@ class ClassifierFreeGuidance:
 
     def __init__(self, branch_model: Callable[..., torch.Tensor], guidance_scale: float,
                  guidance_rescale: float = 0.0, cond_first: bool = False, pass_branch: bool = False) -> None:
-        if not (guidance_scale == guidance_scale) or guidance_scale < 0:
+        try:
+            scale = float(guidance_scale)
+        except (TypeError, ValueError):
+            raise TypeError(f"guidance_scale must be a finite number >= 0, got {type(guidance_scale).__name__} "
+                            f"{guidance_scale!r}") from None
+        if not math.isfinite(scale) or scale < 0:
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}")
         if not 0.0 <= guidance_rescale <= 1.0:
             raise ValueError(f"guidance_rescale must be in [0, 1], got {guidance_rescale}")

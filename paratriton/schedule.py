@@ -81,6 +81,20 @@ class SamplerCoefficients:
                 raise ValueError(f"SamplerCoefficients.{name} must have shape [{n}], got {tuple(t.shape)}")
         if n < 1:
             raise ValueError(f"the number of steps T must be >= 1, got {n}")
+        # values, not only shapes: a NaN threshold (posterior_std) would switch the convergence test off, and a
+        # NaN/inf a, b or c makes every sample NaN (e.g. a scheduler with beta_start=0: 0/0 at the last step)
+        for name in ("a", "b", "c", "posterior_std"):
+            t = getattr(self, name)
+            if not t.is_floating_point():
+                raise ValueError(f"SamplerCoefficients.{name} must be a floating-point tensor, got {t.dtype}")
+            finite = torch.isfinite(t)
+            if not bool(finite.all()):
+                steps = (~finite).nonzero().flatten().tolist()
+                raise ValueError(f"SamplerCoefficients.{name} is NaN/inf at step(s) {steps[:8]}"
+                                 f"{' ...' if len(steps) > 8 else ''}: the coefficients must be finite (a schedule "
+                                 "with alphas_cumprod = 1 at a step, e.g. beta_start=0, divides 0 by 0)")
+        if bool((self.posterior_std < 0).any()):
+            raise ValueError("SamplerCoefficients.posterior_std must be >= 0 (it scales the convergence threshold)")
 
     @property
     def num_steps(self) -> int:

@@ -41,19 +41,48 @@ class SolveResult:
     window_history: list[tuple[int, int]] = field(default_factory=list)
 
 
-@dataclass
 class IterationInfo:
-    """Passed to ``callback`` after every iteration (tensors are views: copy what you keep)."""
+    """Passed to ``callback`` after every iteration.
 
-    iteration: int
-    window: tuple[int, int]  # updated steps lo .. hi-1 (hi is the anchor)
-    frozen_from: int  # steps >= frozen_from are final
-    residual_rms: torch.Tensor  # [hi - lo, B]
-    trajectory: torch.Tensor  # [T+1, B, *sample_shape]
+    ``residual_rms``, ``trajectory`` and ``sample`` are *copies*, made when first read (so a callback that reads
+    nothing costs nothing): editing them cannot change the solver's state or its answer. Read them inside the
+    callback; a copy made later shows the state of that later moment.
+    """
+
+    __slots__ = ("_copies", "_rms", "_traj", "frozen_from", "iteration", "window")
+
+    def __init__(self, iteration: int, window: tuple[int, int], frozen_from: int, residual_rms: torch.Tensor,
+                 trajectory: torch.Tensor) -> None:
+        self.iteration = iteration  # 1-based
+        self.window = window  # updated steps lo .. hi-1 (hi is the anchor)
+        self.frozen_from = frozen_from  # steps >= frozen_from are final
+        self._rms, self._traj, self._copies = residual_rms, trajectory, {}
+
+    def _copy(self, key: str, view: torch.Tensor) -> torch.Tensor:
+        if key not in self._copies:
+            self._copies[key] = view.detach().clone()
+        return self._copies[key]
+
+    @property
+    def residual_rms(self) -> torch.Tensor:
+        """``[hi - lo, B]`` the RMS residuals of the window (a copy)."""
+        return self._copy("rms", self._rms)
+
+    @property
+    def trajectory(self) -> torch.Tensor:
+        """``[T+1, B, *sample_shape]`` the current iterates (a copy)."""
+        return self._copy("traj", self._traj)
 
     @property
     def sample(self) -> torch.Tensor:
-        return self.trajectory[0]
+        """``[B, *sample_shape]`` the current estimate of ``x_0`` (a copy; cheaper than ``trajectory[0]``)."""
+        if "traj" in self._copies:
+            return self._copies["traj"][0]
+        return self._copy("sample", self._traj[0])
+
+    def __repr__(self) -> str:
+        return (f"IterationInfo(iteration={self.iteration}, window={self.window}, "
+                f"frozen_from={self.frozen_from})")
 
 
 def _check_int(name: str, value, lo: int, hi: int | None = None) -> int:
@@ -100,17 +129,38 @@ def set_common_options(solver, tol_abs: float | None, tol_rel: float, max_iters:
     solver.callback = callback
 
 
+def _bad_steps(t: torch.Tensor) -> list[int]:
+    return (~torch.isfinite(t)).flatten(1).any(1).nonzero().flatten().tolist()
+
+
+def _steps_text(steps: list[int]) -> str:
+    return f"{steps[:8]}{' ...' if len(steps) > 8 else ''}"
+
+
+def check_coefficients_finite(coeffs: SamplerCoefficients) -> None:
+    """Raise ``NonFiniteError`` naming the field and steps of a NaN/inf coefficient (they may be edited in place
+    after construction, which checks them too)."""
+    for name in ("a", "b", "c", "posterior_std"):
+        t = getattr(coeffs, name)
+        if not bool(torch.isfinite(t).all()):
+            steps = (~torch.isfinite(t)).nonzero().flatten().tolist()
+            raise NonFiniteError(f"the coefficients are NaN/inf: SamplerCoefficients.{name} at step(s) "
+                                 f"{_steps_text(steps)}; the sampler stopped before any model call")
+
+
 def check_problem(coeffs: SamplerCoefficients, x_T: torch.Tensor, noise: torch.Tensor | None,
                   init: torch.Tensor | None = None) -> None:
-    """Validate the shapes and dtypes of a sampling problem (``T`` steps, ``B`` trajectories)."""
+    """Validate the shapes, dtypes and finiteness of a sampling problem (``T`` steps, ``B`` trajectories).
+
+    A NaN/inf in ``x_T``, ``noise``, ``init`` or the coefficients is the input's fault, reported here (one
+    ``isfinite`` over all of them, one host read) before the model is ever called.
+    """
     if not isinstance(coeffs, SamplerCoefficients):
         raise TypeError(f"coeffs must be SamplerCoefficients, got {type(coeffs).__name__}")
     T = coeffs.num_steps
     if not torch.is_tensor(x_T) or not x_T.is_floating_point() or x_T.ndim < 2:
         raise ValueError("x_T must be a floating-point tensor of shape [B, *sample_shape], "
                          f"got {getattr(x_T, 'shape', type(x_T))} {getattr(x_T, 'dtype', '')}")
-    if not torch.isfinite(x_T).all():
-        raise NonFiniteError("x_T contains NaN or inf")
     if noise is None:
         if coeffs.is_stochastic:
             raise ValueError("noise [T, B, *sample_shape] is required: the sampler adds noise (some c_i != 0)")
@@ -123,11 +173,26 @@ def check_problem(coeffs: SamplerCoefficients, x_T: torch.Tensor, noise: torch.T
         if noise.device != x_T.device:
             raise ValueError(f"noise is on {noise.device} but x_T is on {x_T.device}")
     if init is not None:
+        if not torch.is_tensor(init):
+            raise ValueError(f"init must be a tensor, got {type(init).__name__}")
         if tuple(init.shape) not in ((T, *x_T.shape), (T + 1, *x_T.shape)):
             raise ValueError(f"init must have shape [T, B, *sample_shape] = {[T, *x_T.shape]} "
                              f"(or [T+1, ...]), got {list(init.shape)}")
         if not init.is_floating_point():
             raise ValueError(f"init must be floating point, got {init.dtype}")
+    # one host read for every input's finiteness; the names and steps are found only when something is bad
+    inputs = [("x_T", x_T), ("noise", noise), ("init", None if init is None else init[:T])]
+    flags = [torch.isfinite(t).all() for _, t in inputs if t is not None]
+    if not bool(torch.stack([f.to(x_T.device) for f in flags]).all()):
+        for name, t in inputs:
+            if t is None or bool(torch.isfinite(t).all()):
+                continue
+            if name == "x_T":
+                raise NonFiniteError("x_T contains NaN or inf (the input is bad, not the model); the sampler "
+                                     "stopped before any model call")
+            raise NonFiniteError(f"{name} contains NaN or inf at step(s) {_steps_text(_bad_steps(t))} (the input "
+                                 "is bad, not the model); the sampler stopped before any model call")
+    check_coefficients_finite(coeffs)
 
 
 # Iterates of early parallel iterations can be far off the data manifold (order-k weights amplify errors); clamping
@@ -137,20 +202,28 @@ MODEL_INPUT_BOUND = 6.0e4
 
 
 class ModelCaller:
-    """Calls the denoiser on a block of states (clamped to ``+-MODEL_INPUT_BOUND``) and checks what comes back."""
+    """Calls the denoiser on a block of states and checks what comes back.
 
-    def __init__(self, model: Denoiser, sample_shape: tuple[int, ...], batch: int) -> None:
+    clamp: clamp the input to ``+-MODEL_INPUT_BOUND`` (for the iterates of the parallel solvers, which may be far
+           off the trajectory early on; their residual test still sees the unclamped state, so a NaN/inf state is
+           reported). The sequential samplers pass ``clamp=False``: their state *is* the answer, and clamping it would
+           hide an overflowed (or inf) state from the model and return a wrong, finite-looking sample.
+    """
+
+    def __init__(self, model: Denoiser, sample_shape: tuple[int, ...], batch: int, *, clamp: bool = True) -> None:
         if not callable(model):
             raise TypeError(f"model must be callable as model(x, step_index), got {type(model).__name__}")
         self.model = model
         self.sample_shape = sample_shape
         self.batch = batch
+        self.clamp = clamp
         self.calls = 0
 
     def __call__(self, x: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
         """x: ``[n, B, D]`` inputs of steps ``steps [n]``; returns ``[n, B, D]`` outputs (model dtype)."""
         n, B = x.shape[0], x.shape[1]
-        x = x.clamp(-MODEL_INPUT_BOUND, MODEL_INPUT_BOUND)
+        if self.clamp:
+            x = x.clamp(-MODEL_INPUT_BOUND, MODEL_INPUT_BOUND)
         out = self.model(x.reshape(n * B, *self.sample_shape), steps.repeat_interleave(B))
         self.calls += 1
         if not torch.is_tensor(out) or tuple(out.shape) != (n * B, *self.sample_shape):

@@ -10,6 +10,7 @@ from .._cuda_graph import NestedCUDAGraphError, capture, warn_nested_graphs
 from ..model import Denoiser
 from ..schedule import SamplerCoefficients
 from ._common import ModelCaller, NonFiniteError, SolveResult, check_problem
+from .sequential import diagnose_step, first_bad_step
 
 
 class GraphedSequential:
@@ -24,6 +25,8 @@ class GraphedSequential:
     def __init__(self, model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor,
                  noise: torch.Tensor | None = None, *, state_dtype: torch.dtype = torch.float32,
                  use_cuda_graph: bool = True) -> None:
+        if state_dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"state_dtype must be torch.float32 or torch.float64, got {state_dtype}")
         check_problem(coeffs, x_T, noise)
         T, B, self.shape = coeffs.num_steps, x_T.shape[0], tuple(x_T.shape[1:])
         D, dev = math.prod(self.shape), x_T.device
@@ -35,7 +38,8 @@ class GraphedSequential:
         self.x = torch.empty(T + 1, B, D, dtype=state_dtype, device=dev)
         self.x[T] = x_T.reshape(B, D)
         self.steps = torch.arange(T, device=dev)
-        self.call = ModelCaller(model, self.shape, B)
+        self.call = ModelCaller(model, self.shape, B, clamp=False)  # the reference answer: never clamped
+        self.coeffs = coeffs
         self.graph = None
         if use_cuda_graph and dev.type == "cuda":
             try:
@@ -57,18 +61,29 @@ class GraphedSequential:
                              f"{list(x_T.shape)}")
         if self.stochastic and noise is None:
             raise ValueError("noise is required: the captured problem has step noise")
+        if not torch.isfinite(x_T).all():
+            raise NonFiniteError("x_T contains NaN or inf (the input is bad, not the model)")
+        if self.stochastic:
+            if tuple(noise.shape) != (self.T, self.B, *self.shape):
+                raise ValueError(f"noise must have shape {[self.T, self.B, *self.shape]}, got {list(noise.shape)}")
+            if not torch.isfinite(noise).all():
+                raise NonFiniteError("noise contains NaN or inf (the input is bad, not the model)")
         self.x[self.T].copy_(x_T.reshape(self.B, -1))
         if self.stochastic:
             self.xi.copy_(noise.reshape(self.xi.shape))
 
     def run(self) -> SolveResult:
-        """Replay (or run) the loop; checks the sample once at the end (a non-finite sample is an error)."""
+        """Replay (or run) the loop; checks the whole trajectory once at the end (one host read): a NaN/inf state
+        at any step is an error naming the first such step and what was non-finite there (diagnosed eagerly)."""
         if self.graph is not None:
             self.graph.replay()
         else:
             self._loop()
-        if not torch.isfinite(self.x[0]).all():
-            raise NonFiniteError("the sequential sample is NaN/inf; the sampler returns no image")
+        if not torch.isfinite(self.x).all():
+            i = first_bad_step(self.x, self.T)
+            out = self.call(self.x[i + 1:i + 2], self.steps[i:i + 1])[0].to(self.x.dtype)
+            raise diagnose_step(i, self.T - 1 - i, self.x[i + 1], out, None if self.xi is None else self.xi[i],
+                                self.coeffs, self.x[i])
         traj = self.x.reshape(self.T + 1, self.B, *self.shape)
         return SolveResult(traj[0], traj, self.T, self.T, torch.empty(0, self.T, dtype=torch.float64), True,
                            "sequential(graphed)")

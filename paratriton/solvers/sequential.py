@@ -9,7 +9,34 @@ import torch
 
 from ..model import Denoiser
 from ..schedule import SamplerCoefficients
-from ._common import IterationInfo, ModelCaller, SolveResult, check_problem, raise_nonfinite
+from ._common import IterationInfo, ModelCaller, NonFiniteError, SolveResult, check_problem
+
+
+def diagnose_step(i: int, iteration: int, x_next: torch.Tensor, out: torch.Tensor, noise_i: torch.Tensor | None,
+                  coeffs: SamplerCoefficients, x_i: torch.Tensor | None = None) -> NonFiniteError:
+    """The error for step ``i`` whose state ``x_i`` (or model output) is NaN/inf: names the step, the iteration and
+    which input was non-finite (the model's input state, the model output, the noise or the coefficients)."""
+    where = f"at step(s) [{i}] in iteration {iteration}"
+    tail = "; the sampler stopped and returns no image"
+    if not bool(torch.isfinite(x_next).all()):
+        return NonFiniteError(f"the state x_{i + 1} (the model's input) is NaN/inf {where}{tail}")
+    if not bool(torch.isfinite(out).all()):
+        return NonFiniteError(f"the model output is NaN/inf {where} (its input was finite){tail}")
+    if noise_i is not None and not bool(torch.isfinite(noise_i).all()):
+        return NonFiniteError(f"the noise is NaN/inf {where}{tail}")
+    bad = [n for n in ("a", "b", "c") if not math.isfinite(float(getattr(coeffs, n)[i]))]
+    if bad:
+        return NonFiniteError(f"the coefficients {bad} are NaN/inf {where}{tail}")
+    big = x_i.abs().max().item() if x_i is not None and bool(torch.isfinite(x_i).all()) else float("inf")
+    return NonFiniteError(f"the state x_{i} overflowed (max |x| = {big:.3g}) {where}: a_i x_(i+1) + b_i m + c_i xi "
+                          f"is not finite in {x_next.dtype} although the model output, the noise and the "
+                          f"coefficients were finite (the model output reached {out.abs().max().item():.3g}){tail}")
+
+
+def first_bad_step(x: torch.Tensor, T: int) -> int | None:
+    """The first step in sampling order (the highest ``i < T``) whose state in ``x [T+1, B, D]`` is NaN/inf."""
+    bad = (~torch.isfinite(x[:T])).flatten(1).any(1).nonzero().flatten()
+    return int(bad.max()) if bad.numel() else None
 
 
 def solve_sequential(model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor,
@@ -18,25 +45,37 @@ def solve_sequential(model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Te
                      check_finite: bool = True) -> SolveResult:
     """Run ``x_i = a_i x_{i+1} + b_i m(x_{i+1}, i) + c_i xi_i`` for ``i = T-1 .. 0``, one model call per step.
 
-    ``check_finite`` syncs once per step to stop on a non-finite model output (turn it off to time the loop).
+    Never returns a non-finite sample: ``check_finite`` syncs once per step to stop at the first NaN/inf model
+    output or state (turn it off to time the loop: the whole trajectory is then checked once at the end, and the
+    failing step diagnosed). The model sees the state unclamped: this is the reference answer.
     """
+    if state_dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"state_dtype must be torch.float32 or torch.float64, got {state_dtype}")
     check_problem(coeffs, x_T, noise)
     T, B, shape = coeffs.num_steps, x_T.shape[0], tuple(x_T.shape[1:])
     D = math.prod(shape)
-    call = ModelCaller(model, shape, B)
+    call = ModelCaller(model, shape, B, clamp=False)
     x = torch.empty(T + 1, B, D, dtype=state_dtype, device=x_T.device)
     x[T] = x_T.reshape(B, D)
     steps = torch.arange(T, device=x_T.device)
     residuals = torch.full((T, T), float("nan"), dtype=torch.float64)
+
+    def noise_of(i: int) -> torch.Tensor | None:
+        return None if noise is None else noise[i].reshape(B, D)
+
     for i in range(T - 1, -1, -1):
         m_out = call(x[i + 1:i + 2], steps[i:i + 1])[0].to(state_dtype)
-        if check_finite and not torch.isfinite(m_out).all():
-            raise_nonfinite(m_out[None], i, T - 1 - i, "the model output")
-        x[i] = coeffs.step(i, x[i + 1], m_out, None if noise is None else noise[i].reshape(B, D))
+        x[i] = coeffs.step(i, x[i + 1], m_out, noise_of(i))
+        if check_finite and not bool(torch.isfinite(m_out).all() & torch.isfinite(x[i]).all()):
+            raise diagnose_step(i, T - 1 - i, x[i + 1], m_out, noise_of(i), coeffs, x[i])
         residuals[T - 1 - i, i] = 0.0
         if callback is not None:
             callback(IterationInfo(T - i, (i, i + 1), i, torch.zeros(1, B, dtype=state_dtype),
                                    x.reshape(T + 1, B, *shape)))
+    if not check_finite and not bool(torch.isfinite(x).all()):
+        i = first_bad_step(x, T)
+        out = call(x[i + 1:i + 2], steps[i:i + 1])[0].to(state_dtype)
+        raise diagnose_step(i, T - 1 - i, x[i + 1], out, noise_of(i), coeffs, x[i])
     traj = x.reshape(T + 1, B, *shape)
     return SolveResult(traj[0], traj, T, T, residuals, True, "sequential", [(i, i + 1) for i in range(T - 1, -1, -1)])
 
