@@ -14,6 +14,7 @@ call cheap enough for the CPU. Everything here works offline: weights and config
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["DigitsPipeline", "load_default", "load_classifier", "DigitClassifier", "WEIGHTS_DIR", "UNET_CONFIG",
-           "SCHEDULER_CONFIG", "NUM_CLASSES", "PATCH", "build_unet", "default_scheduler", "read_config"]
+           "SCHEDULER_CONFIG", "NUM_CLASSES", "PATCH", "build_unet", "default_scheduler", "read_config",
+           "verify_weights"]
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 NUM_CLASSES = 10
@@ -72,10 +74,42 @@ def default_scheduler(kind: str = "ddim", config: dict | None = None):
 
 
 def read_config(weights_dir: str = WEIGHTS_DIR) -> dict:
-    with open(os.path.join(weights_dir, "config.json")) as f:
-        return json.load(f)
+    """The shipped ``config.json`` (model, scheduler, quality record and the weights' checksums)."""
+    path = os.path.join(weights_dir, "config.json")
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is missing: the package was installed without its weights (package data), "
+                                "or python/train_default_model.py has not been run") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is corrupt (not valid JSON: {e})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path} is corrupt: expected a JSON object, got {type(cfg).__name__}")
+    return cfg
 
 
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_weights(path: str, config: dict) -> None:
+    """Check ``path`` against the size and sha256 recorded under ``config["files"][basename]``; raises naming the
+    file when it is truncated or corrupt. A file the config records no checksum for (a fresh training run) passes."""
+    rec = (config.get("files") or {}).get(os.path.basename(path))
+    if rec is None:
+        return
+    size = os.path.getsize(path)
+    if "bytes" in rec and size != rec["bytes"]:
+        raise ValueError(f"{path} is truncated or corrupt: {size} bytes, the config records {rec['bytes']}; "
+                         "reinstall the package (or re-fetch the file)")
+    if "sha256" in rec and _sha256(path) != rec["sha256"]:
+        raise ValueError(f"{path} is corrupt: its sha256 does not match the one in config.json; reinstall the "
+                         "package (or re-fetch the file)")
 class DigitClassifier(torch.nn.Module):
     """A small CNN classifying 32x32 digits in [-1, 1] (the quality check of the default model)."""
 
@@ -100,20 +134,33 @@ class DigitClassifier(torch.nn.Module):
         return self(images.to(p.device, p.dtype).clamp(-1, 1)).argmax(1)
 
 
-def _load_safetensors(path: str) -> dict[str, torch.Tensor]:
+def _load_safetensors(path: str, config: dict | None = None) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} is missing: the package was installed without its weights "
                                 "(package data), or python/train_default_model.py has not been run")
-    return load_file(path)
+    if config is not None:
+        verify_weights(path, config)
+    try:
+        return load_file(path)
+    except Exception as e:  # safetensors raises its own error types for a bad header or a short file
+        raise ValueError(f"{path} is truncated or corrupt (safetensors could not read it: {e})") from None
+
+
+def _load_state(module: torch.nn.Module, sd: dict[str, torch.Tensor], path: str) -> None:
+    try:
+        module.load_state_dict({k: v.float() for k, v in sd.items()})
+    except RuntimeError as e:
+        raise ValueError(f"{path} does not match the model its config.json describes: {e}") from None
 
 
 def load_classifier(device: str | torch.device | None = None, weights_dir: str = WEIGHTS_DIR) -> DigitClassifier:
     """The shipped digit classifier (float32, eval mode)."""
     clf = DigitClassifier()
-    sd = _load_safetensors(os.path.join(weights_dir, "classifier.safetensors"))
-    clf.load_state_dict({k: v.float() for k, v in sd.items()})
+    path = os.path.join(weights_dir, "classifier.safetensors")
+    cfg = read_config(weights_dir) if os.path.exists(os.path.join(weights_dir, "config.json")) else None
+    _load_state(clf, _load_safetensors(path, cfg), path)
     return clf.to(device or "cpu").eval()
 
 
@@ -269,9 +316,12 @@ def load_default(device: str | torch.device | None = None, dtype: torch.dtype | 
     cfg = read_config(weights_dir)
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.float32 if dtype is None else dtype
-    unet = build_unet(cfg["unet"])
-    sd = _load_safetensors(os.path.join(weights_dir, "model.safetensors"))
-    unet.load_state_dict({k: v.float() for k, v in sd.items()})
+    try:
+        unet = build_unet(cfg["unet"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{os.path.join(weights_dir, 'config.json')}: bad or missing 'unet' entry ({e})") from None
+    path = os.path.join(weights_dir, "model.safetensors")
+    _load_state(unet, _load_safetensors(path, cfg), path)
     unet = torch.nn.Module.to(unet, device, dtype).eval().requires_grad_(False)  # (diffusers' .to warns on dtype)
     from diffusers import DDIMScheduler
 

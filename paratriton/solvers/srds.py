@@ -78,6 +78,7 @@ non-finite flag riding along).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -334,6 +335,29 @@ class SRDS:
         self.blocks = None if blocks is None else _check_int("blocks", blocks, 1)
         set_common_options(self, tol_abs, tol_rel, max_iters, state_dtype or torch.float64, callback)
 
+    window_shrunk_to: int | None = None
+
+    def _call_rows(self, call: ModelCaller, inp: torch.Tensor, steps: torch.Tensor, dev: torch.device
+                   ) -> torch.Tensor:
+        """One batched model call on ``inp [n, B, D]``; out of memory splits it into calls of half as many steps
+        (rows are independent, so the outputs, and the answer, do not change) and keeps that limit for the solve."""
+        n = inp.shape[0]
+        while True:
+            lim = min(n, self.window_shrunk_to or n)
+            try:
+                if lim == n:
+                    return call(inp, steps)
+                return torch.cat([call(inp[i:i + lim], steps[i:i + lim]) for i in range(0, n, lim)])
+            except torch.OutOfMemoryError as e:
+                if lim == 1:
+                    raise torch.OutOfMemoryError(f"out of memory even with one step ({inp.shape[1]} trajectories) "
+                                                 f"per model call: {e}") from e
+                self.window_shrunk_to = max(1, lim // 2)
+                warnings.warn(f"out of memory with {lim} steps per model call: continuing with "
+                              f"{self.window_shrunk_to}", RuntimeWarning, stacklevel=3)
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+
     def solve(self, model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor,
               noise: torch.Tensor | None = None, init: torch.Tensor | None = None) -> SRDSResult:
         """Sample ``B`` trajectories from ``x_T [B, *sample_shape]``.
@@ -345,6 +369,7 @@ class SRDS:
         Returns an ``SRDSResult`` (state dtype tensors on ``x_T``'s device).
         """
         check_problem(coeffs, x_T, noise, init)
+        self.window_shrunk_to = None  # rows (steps) per model call after running out of memory; reset every solve
         T, B, shape = coeffs.num_steps, x_T.shape[0], tuple(x_T.shape[1:])
         K = _check_blocks(self.blocks, T)
         S = T // K
@@ -404,7 +429,7 @@ class SRDS:
         for rd, (o, n, oi, ni) in zip(rounds, meta):
             steps, iters = idx[o:o + n], idx[o + n:o + 2 * n]
             inp = torch.stack([X[(q + 1, p)] if j == 0 else state[(q, p)] for q, p, j in rd.rows])
-            out = call(inp, steps).to(dt)
+            out = self._call_rows(call, inp, steps, dev).to(dt)
             nfe += n
             rows_per_call.append(n)
             flag = (~torch.isfinite(out)).reshape(n, -1).any(dim=1)
