@@ -134,7 +134,10 @@ def test_model_must_be_callable(prob):
 
 
 def test_cfg_arguments():
-    with pytest.raises(ValueError, match="guidance_scale must be a finite number >= 0"):
-        pt.ClassifierFreeGuidance(lambda x, s: x, -1.0)
+    for bad in (-1.0, float("inf"), float("nan")):  # inf was accepted (issue 20)
+        with pytest.raises(ValueError, match="guidance_scale must be a finite number >= 0"):
+            pt.ClassifierFreeGuidance(lambda x, s: x, bad)
+    with pytest.raises(TypeError, match="guidance_scale must be a finite number >= 0"):
+        pt.ClassifierFreeGuidance(lambda x, s: x, "strong")
     with pytest.raises(ValueError, match=r"guidance_rescale must be in \[0, 1\]"):
         pt.ClassifierFreeGuidance(lambda x, s: x, 2.0, guidance_rescale=1.5)
