@@ -108,12 +108,13 @@ def test_cuda_graphs_match_eager():
     x_T, noise = x_T.to(dev), noise.to(dev)
     gm = GaussianMixture.random((2, 3, 3), 3, std=0.3, seed=0).to(dev)
     model = gm.denoiser(cf)
-    eager = StaticTAA(use_cuda_graph=False).solve(model, cf, x_T, noise)
-    graphed = StaticTAA(use_cuda_graph=True).solve(model, cf, x_T, noise)
+    f64 = dict(state_dtype=torch.float64)  # float32 is the CUDA default; compare the iterates at float64
+    eager = StaticTAA(use_cuda_graph=False, **f64).solve(model, cf, x_T, noise)
+    graphed = StaticTAA(use_cuda_graph=True, **f64).solve(model, cf, x_T, noise)
     assert graphed.iterations == eager.iterations
     torch.testing.assert_close(graphed.sample, eager.sample, rtol=0, atol=1e-10)
     for k in (3, 8):  # several iterations per replay: the same iterates
-        chunked = StaticTAA(use_cuda_graph=True, iters_per_sync=k).solve(model, cf, x_T, noise)
+        chunked = StaticTAA(use_cuda_graph=True, iters_per_sync=k, **f64).solve(model, cf, x_T, noise)
         assert (chunked.iterations, chunked.nfe) == (eager.iterations, eager.nfe)
         torch.testing.assert_close(chunked.sample, eager.sample, rtol=0, atol=1e-10)
     seq = GraphedSequential(model, cf, x_T, noise, state_dtype=torch.float64).run()

@@ -360,7 +360,6 @@ def test_srds_default_tolerance():
     assert res.converged and torch.isfinite(res.sample).all()
 
 
-@pytest.mark.xfail(strict=True, reason="engine: a finite residual whose RMS overflows names no step (issue 20)")
 def test_overflowing_residual_names_its_steps():
     cf, _, x_T, noise = gm_problem(T=10, eta=1.0)
     with pytest.raises(pt.NonFiniteError, match=r"step\(s\) \[\d"):

@@ -197,9 +197,10 @@ class Engine:
                 else:
                     for _ in range(k):
                         self._iteration(H)
-            except torch.OutOfMemoryError:
+            except torch.OutOfMemoryError as e:
                 if H == 1:
-                    raise
+                    raise torch.OutOfMemoryError(f"out of memory even with a window of 1 step ({s['B']} "
+                                                 f"trajectories per call): {e}") from e
                 # a smaller window solves the same system (the fixed point does not depend on W): halve and retry
                 self._W = self.window_shrunk_to = max(1, min(H, F_host) // 2)
                 s["sliding"] = True
@@ -240,11 +241,14 @@ class Engine:
         where = f"iteration {it}" if k == 1 else f"iterations {it}..{it + k - 1}"
         live = idx < anchor
         bad_out = (~torch.isfinite(out)).flatten(1).any(1) & live
+        bad_state = live & (~torch.isfinite(self._s["x"].index_select(0, idx))).flatten(1).any(1)
         if bad_out.any():
             source, rows = "the model output", bad_out
-        else:
-            source, rows = "the residual (the iterates diverged)", live & (~torch.isfinite(
-                self._s["x"].index_select(0, idx))).flatten(1).any(1)
+        elif bad_state.any():
+            source, rows = "the residual (the iterates diverged)", bad_state
+        else:  # finite states whose residual's square overflowed
+            source = "the residual overflowed (|r| above ~1e154; the iterates diverged)"
+            rows = live & ~torch.isfinite(self._s["rms_all"].index_select(0, idx)).any(1)
         steps = idx[rows].tolist()
         raise NonFiniteError(f"{source} is NaN/inf at step(s) {steps[:8]}{' ...' if len(steps) > 8 else ''} in "
                              f"{where}; the sampler stopped and returns no image")
