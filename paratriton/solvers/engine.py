@@ -74,7 +74,8 @@ class Engine:
             x.index_copy_(0, rows, x.index_select(0, torch.where(fresh, U + 1, rows)))
             U.copy_(torch.minimum(U, lo - 1))
         idx = rows[:H]
-        out = s["call"](x.index_select(0, rows[1:]), idx)
+        # a full window starts at step 0 (lo is 0): its model inputs are a view, no gather
+        out = s["call"](x.index_select(0, rows[1:]) if s["sliding"] else x[1:H + 1], idx)
         self._last = (out, idx)  # for naming the steps when the iteration reports a non-finite value
         kern = KERNELS[self.backend]
         rms, top, bad = kern.residual(x, out, s["xi"], s["a"], s["b"], s["c"], s["thr"], lo, F)

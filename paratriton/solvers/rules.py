@@ -33,10 +33,12 @@ from ..ops.window_taa import naive as _taa_naive
 # plain-torch references themselves (``backend="reference"``: the oracle, capturable too)
 KERNELS = {
     "auto": SimpleNamespace(residual=ops.window_residual, fixed_point=ops.window_fixed_point,
-                            taa_push=ops.window_taa.push, taa_update=ops.window_taa.update,
+                            taa_push=ops.window_taa.push, taa_plan=ops.window_taa.plan,
+                            taa_update=ops.window_taa.update,
                             lstsq=torch.ops.paratriton.masked_lstsq),
     "reference": SimpleNamespace(residual=_res_naive.window_residual, fixed_point=_fp_naive.window_fixed_point,
-                                 taa_push=_taa_naive.window_taa_push, taa_update=_taa_naive.window_taa_update,
+                                 taa_push=_taa_naive.window_taa_push, taa_plan=_taa_naive.window_taa_plan,
+                                 taa_update=_taa_naive.window_taa_update,
                                  lstsq=_lstsq_naive.masked_lstsq),
 }
 
@@ -106,24 +108,11 @@ class AndersonRule:
 
     def update(self, v: WindowView, buf: dict) -> None:
         H, M = v.out.shape[0], self.history + 1
-        idx = v.lo + torch.arange(H, device=v.lo.device)
-        active = idx < v.anchor
         G, h = v.kernels.taa_push(v.x, v.out, v.noise, v.a, v.b, v.c, v.lo, v.top, buf["hist_R"], buf["hist_Y"],
-                                   buf["slot"], H if self.order is None else self.order, self.unit_weights)
-        count = buf["count"]
-        count.index_add_(0, idx, active.long())
-        m_i = count.index_select(0, idx).clamp(max=M) - 1  # secant pairs per step
-        accel = active & (idx < v.top) & (m_i >= 1)
-        if self.safeguard:
-            worst = v.rms.amax(1)
-            prev_rms, prev_accel = buf["prev_rms"].index_select(0, idx), buf["prev_accel"].index_select(0, idx)
-            accel &= ~(prev_accel & (worst > prev_rms))
-            buf["prev_rms"].index_copy_(0, idx, torch.where(active, worst, prev_rms))
-            buf["prev_accel"].index_copy_(0, idx, torch.where(active, accel, prev_accel))
-        num_cols = torch.where(accel, m_i, torch.zeros_like(m_i))
+                                  buf["slot"], H if self.order is None else self.order, self.unit_weights)
+        num_cols, first = v.kernels.taa_plan(v.rms, buf["count"], buf["prev_rms"], buf["prev_accel"], v.lo,
+                                             v.anchor, v.top, M, self.safeguard, self.triangular)
         if not self.triangular:  # one problem, the lowest accelerated step's, whose mask covers all of them
-            first = torch.argmax(accel.to(torch.int8))
-            num_cols = torch.where(accel, num_cols[first], torch.zeros_like(num_cols))
             G, h = G[first].expand_as(G), h[first].expand_as(h)
         gamma = v.kernels.lstsq(G, h, num_cols, self.ridge)
         v.kernels.taa_update(v.x, buf["hist_Y"], gamma, buf["slot"], v.lo, v.top)

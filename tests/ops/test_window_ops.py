@@ -251,3 +251,28 @@ def test_opcheck_window_ops(device):
     ]
     for op, args in cases:
         torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("H,B,lo,anchor,top", [(1, 1, 0, 1, 0), (7, 3, 2, 9, 5), (300, 2, 0, 280, 200),
+                                               (5, 1, 4, 6, 4)])
+@pytest.mark.parametrize("safeguard", [True, False])
+@pytest.mark.parametrize("triangular", [True, False])
+@pytest.mark.parametrize("ring", [2, 4])
+def test_plan_matches_reference(H, B, lo, anchor, top, safeguard, triangular, ring):
+    from paratriton.ops.window_taa.fused import window_taa_plan_triton
+
+    T = lo + H + 3
+    g = torch.Generator().manual_seed(H * 7 + lo)
+    rms = torch.rand(H, B, generator=g, dtype=torch.float64)
+    rms[0, 0] = NAN if H > 3 else rms[0, 0]  # a NaN residual never passes the safeguard's comparison
+    count = torch.randint(0, 4, (T,), generator=g)
+    prev_rms = torch.rand(T, generator=g, dtype=torch.float64)
+    prev_accel = torch.rand(T, generator=g) < 0.5
+    scal = [torch.tensor(v, device=DEVICE) for v in (lo, anchor, top)]
+    state = [t.to(DEVICE) for t in (rms, count, prev_rms, prev_accel)]
+    ref_state = [t.clone() for t in state]
+    got = window_taa_plan_triton(*state, *scal, ring, safeguard, triangular)
+    ref = taa_naive.window_taa_plan(*ref_state, *scal, ring, safeguard, triangular)
+    assert torch.equal(got[0].cpu(), ref[0].cpu()) and int(got[1]) == int(ref[1])
+    for a, b in zip(state[1:], ref_state[1:]):
+        torch.testing.assert_close(a.cpu(), b.cpu(), rtol=0, atol=0, equal_nan=True)

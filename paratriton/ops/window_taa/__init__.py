@@ -1,4 +1,5 @@
-"""The engine's TAA ops: ``paratriton.ops.window_taa.push`` (order-k residual, ring push, Gram) and ``.update``.
+"""The engine's TAA ops: ``paratriton.ops.window_taa.push`` (order-k residual, ring push, Gram), ``.plan`` (which
+steps are accelerated, with the safeguard) and ``.update``.
 ``naive`` holds the oracles. CPU: the sliced fused ``taa_residual`` / ``taa_update`` kernels on the window
 ``lo .. top`` (C++ when built); CUDA: the Triton kernels of ``fused.py``."""
 
@@ -57,15 +58,30 @@ def _(x, hist_Y, gamma, slot, lo, top):
     torch.ops.paratriton.taa_update(x[lo_:lo_ + n], hist_Y[:, lo_:lo_ + n], gamma[:n].contiguous(), int(slot))
 
 
+@torch.library.custom_op("paratriton::window_taa_plan", mutates_args=("count", "prev_rms", "prev_accel"))
+def plan(rms: torch.Tensor, count: torch.Tensor, prev_rms: torch.Tensor, prev_accel: torch.Tensor, lo: torch.Tensor,
+         anchor: torch.Tensor, top: torch.Tensor, ring: int, safeguard: bool = True, triangular: bool = True
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The accelerated steps' pair counts ``num_cols [H]`` and ``first`` (``naive.window_taa_plan``)."""
+    return naive.window_taa_plan(rms, count, prev_rms, prev_accel, lo, anchor, top, ring, safeguard, triangular)
+
+
+@plan.register_fake
+def _(rms, count, prev_rms, prev_accel, lo, anchor, top, ring, safeguard=True, triangular=True):
+    return (torch.empty(rms.shape[0], dtype=torch.int64, device=rms.device),
+            torch.empty((), dtype=torch.int64, device=rms.device))
+
+
 def _register_cuda() -> None:
     try:
-        from .fused import window_taa_push_triton, window_taa_update_triton
+        from .fused import window_taa_plan_triton, window_taa_push_triton, window_taa_update_triton
     except ImportError:
         return
     push.register_kernel("cuda")(window_taa_push_triton)
     update.register_kernel("cuda")(window_taa_update_triton)
+    plan.register_kernel("cuda")(window_taa_plan_triton)
 
 
 _register_cuda()
 
-__all__ = ["push", "update", "naive"]
+__all__ = ["push", "plan", "update", "naive"]

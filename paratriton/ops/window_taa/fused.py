@@ -138,3 +138,66 @@ def window_taa_update_triton(x: torch.Tensor, hist_Y: torch.Tensor, gamma: torch
             M=M, BLOCK_P=block_p, BLOCK_D=block_d, num_warps=num_warps)
     if xc is not x:
         x.copy_(xc)
+
+
+@triton.jit(do_not_specialize=["H", "B"])
+def _plan_kernel(rms_ptr, count_ptr, prev_rms_ptr, prev_acc_ptr, lo_ptr, anchor_ptr, top_ptr, nc_ptr, first_ptr,
+                 H, B, M: tl.constexpr, SAFEGUARD: tl.constexpr, GLOBAL: tl.constexpr, BLOCK: tl.constexpr,
+                 BLOCK_B: tl.constexpr):
+    """One program walks the window in blocks: count, pair numbers, safeguard memory, ``num_cols``, ``first``."""
+    lo = tl.load(lo_ptr)
+    anchor = tl.load(anchor_ptr)
+    top = tl.load(top_ptr)
+    first = tl.zeros((), dtype=tl.int64) + H
+    for start in range(0, H, BLOCK):
+        p = (start + tl.arange(0, BLOCK)).to(tl.int64)
+        pm = p < H
+        idx = lo + p
+        active = (idx < anchor) & pm
+        cnt = tl.load(count_ptr + idx, mask=pm, other=0) + active.to(tl.int64)
+        tl.store(count_ptr + idx, cnt, mask=pm)
+        m_i = tl.minimum(cnt, M) - 1
+        accel = active & (idx < top) & (m_i >= 1)
+        if SAFEGUARD:
+            worst = tl.full([BLOCK], float("-inf"), dtype=rms_ptr.dtype.element_ty)
+            nan = tl.zeros([BLOCK], dtype=tl.int32)
+            for b0 in range(0, B, BLOCK_B):
+                bb = b0 + tl.arange(0, BLOCK_B)
+                v = tl.load(rms_ptr + p[:, None] * B + bb[None, :], mask=pm[:, None] & (bb < B)[None, :],
+                            other=float("-inf"))
+                worst = tl.maximum(worst, tl.max(v, axis=1))
+                nan = tl.maximum(nan, tl.max((v != v).to(tl.int32), axis=1))
+            worst = tl.where(nan > 0, float("nan"), worst)  # as torch's amax: a NaN residual is the worst
+            old_r = tl.load(prev_rms_ptr + idx, mask=pm, other=0.0)
+            old_a = tl.load(prev_acc_ptr + idx, mask=pm, other=0) != 0
+            accel = accel & ~(old_a & (worst.to(old_r.dtype) > old_r))
+            tl.store(prev_rms_ptr + idx, tl.where(active, worst.to(old_r.dtype), old_r), mask=pm)
+            tl.store(prev_acc_ptr + idx, tl.where(active, accel, old_a).to(tl.int8), mask=pm)
+        tl.store(nc_ptr + p, tl.where(accel, m_i, 0), mask=pm)
+        first = tl.minimum(first, tl.min(tl.where(accel, p, H)))
+    first = tl.where(first < H, first, 0)
+    tl.store(first_ptr, first)
+    if GLOBAL:
+        tl.debug_barrier()  # num_cols of the whole window is written before its lowest entry is read back
+        nf = tl.load(nc_ptr + first)
+        for start in range(0, H, BLOCK):
+            p = (start + tl.arange(0, BLOCK)).to(tl.int64)
+            pm = p < H
+            nc = tl.load(nc_ptr + p, mask=pm, other=0)
+            tl.store(nc_ptr + p, tl.where(nc > 0, nf, 0), mask=pm)
+
+
+def window_taa_plan_triton(rms: torch.Tensor, count: torch.Tensor, prev_rms: torch.Tensor,
+                           prev_accel: torch.Tensor, lo: torch.Tensor, anchor: torch.Tensor, top: torch.Tensor,
+                           ring: int, safeguard: bool = True, triangular: bool = True
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``naive.window_taa_plan`` in one launch (count, prev_rms and prev_accel updated in place)."""
+    H, B = rms.shape
+    rms = rms.contiguous()
+    num_cols = torch.empty(H, dtype=torch.int64, device=rms.device)
+    first = torch.empty((), dtype=torch.int64, device=rms.device)
+    acc = prev_accel.view(torch.int8)  # bool storage read and written as bytes
+    _plan_kernel[(1,)](rms, count, prev_rms, acc, lo, anchor, top, num_cols, first, H, B, M=ring,
+                       SAFEGUARD=bool(safeguard), GLOBAL=not triangular, BLOCK=256,
+                       BLOCK_B=min(16, triton.next_power_of_2(B)))
+    return num_cols, first

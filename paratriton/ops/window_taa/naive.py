@@ -42,3 +42,34 @@ def window_taa_update(x: torch.Tensor, hist_Y: torch.Tensor, gamma: torch.Tensor
     Y = hist_Y.index_select(0, ring_newest(slot, M)).index_select(1, idx)  # [M, H, B, D]
     new = Y[0] - torch.einsum("jnbd,nbj->nbd", Y[:-1] - Y[1:], gamma.to(Y.dtype))
     x.index_copy_(0, idx, torch.where((idx <= top)[:, None, None], new.to(x.dtype), x.index_select(0, idx)))
+
+
+def window_taa_plan(rms: torch.Tensor, count: torch.Tensor, prev_rms: torch.Tensor, prev_accel: torch.Tensor,
+                    lo: torch.Tensor, anchor: torch.Tensor, top: torch.Tensor, ring: int, safeguard: bool = True,
+                    triangular: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which window steps take the Anderson step, and with how many secant pairs (``num_cols [H]`` int64).
+
+    rms: ``[H, B]`` residual RMS of steps ``lo .. lo+H-1``; count ``[T]`` int64 (iterations each step has been
+    live; incremented here for the steps below ``anchor``), prev_rms ``[T]`` / prev_accel ``[T]`` bool (the
+    safeguard's memory, updated here); ring: ``M = history + 1``. A step is accelerated when it is live, below
+    ``top`` and has a secant pair; with the safeguard, not when its residual grew after its last accelerated
+    update. Global (``triangular=False``, standard AA): every accelerated step takes the pair count of the lowest
+    one, ``first`` (0-d int64, the window row of that step; 0 when none).
+    """
+    H = rms.shape[0]
+    idx = lo + torch.arange(H, device=rms.device)
+    active = idx < anchor
+    count.index_add_(0, idx, active.long())
+    m_i = count.index_select(0, idx).clamp(max=ring) - 1
+    accel = active & (idx < top) & (m_i >= 1)
+    if safeguard:
+        worst = rms.amax(1).to(prev_rms.dtype)
+        old_rms, old_accel = prev_rms.index_select(0, idx), prev_accel.index_select(0, idx)
+        accel &= ~(old_accel & (worst > old_rms))
+        prev_rms.index_copy_(0, idx, torch.where(active, worst, old_rms))
+        prev_accel.index_copy_(0, idx, torch.where(active, accel, old_accel))
+    num_cols = torch.where(accel, m_i, torch.zeros_like(m_i))
+    first = torch.argmax(accel.to(torch.int8))
+    if not triangular:
+        num_cols = torch.where(accel, num_cols[first], torch.zeros_like(num_cols))
+    return num_cols, first
