@@ -4,9 +4,9 @@
 
 Per configuration (window W, sample size D, history m, one trajectory, float64 state, fp16 model output, fp64
 noise) it times one solver iteration without the model call:
-  fused   : torch.ops.paratriton.taa_residual + masked_lstsq + taa_update (what backend="triton" runs)
+  fused   : torch.ops.paratriton.taa_residual + masked_lstsq + taa_update (the old eager fused path; the engine's ops are timed by bench_window_ops.py)
   graph   : the same three ops replayed from a CUDA graph (no launch / dispatch overhead)
-  eager   : the plain-torch reference iteration (backend="torch": step_residual, order_k_residual, history push,
+  eager   : the plain-torch reference iteration (step_residual, order_k_residual, history push,
             stacked differences, anderson_gram, masked_lstsq, anderson_update)
   compiled: torch.compile of that reference
 and reports the minimum traffic (one read of window state, model output, noise and the 2m history slabs, one write
@@ -110,7 +110,7 @@ class Problem:
 
 
 def reference_iteration(x, mo, xi, a, b, c, thr, hist_x, hist_R, num_cols, slot: int) -> None:
-    """The per-iteration solver work of TriangularAnderson with backend="torch" (minus bookkeeping)."""
+    """The per-iteration solver work of the former reference TAA iteration (minus bookkeeping)."""
     M, n = hist_x.shape[0], x.shape[0] - 1
     r, rms, top = step_residual(x, mo, xi, a, b, c, thr)
     R = order_k_residual(r, a, n)
@@ -200,8 +200,9 @@ def check(log: list) -> None:
     model = gm.denoiser(cf)
     seq = pt.solve(model, cf, x_T, noise, method="sequential")
     for opts in [dict(), dict(window=12, history=4), dict(history=1, order=5)]:
-        res = {be: pt.solve(model, cf, x_T, noise, method="taa", tol_abs=1e-9, tol_rel=1e-9, backend=be, **opts)
-               for be in ("torch", "triton")}
+        res = {be: pt.solve(model, cf, x_T, noise, method="taa", tol_abs=1e-9, tol_rel=1e-9, backend=be,
+                            state_dtype=torch.float64, **opts)
+               for be in ("reference", "auto")}
         err = [(res[be].sample - seq.sample).square().mean().sqrt().item() for be in res]
         line = {"section": "check", "case": f"solve taa {opts}", "iters": [res[be].iterations for be in res],
                 "rms_err_vs_sequential": err}
