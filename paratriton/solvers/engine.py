@@ -67,8 +67,11 @@ class Engine:
     def _iteration(self, H: int) -> None:
         s = self._s
         x, F, U = s["x"], s["F"], s["U"]
-        lo = (F - H).clamp_min(0)
-        rows = lo + s["arange"][:H + 1]  # the window and its anchor row
+        if s["sliding"]:
+            lo = (F - H).clamp_min(0)
+            rows = lo + s["arange"][:H + 1]  # the window and its anchor row
+        else:  # a full window always starts at step 0
+            lo, rows = s["zero"], s["arange"][:H + 1]
         if s["sliding"]:  # steps entering the window start as a copy of the lowest initialised state
             fresh = rows <= U
             x.index_copy_(0, rows, x.index_select(0, torch.where(fresh, U + 1, rows)))
@@ -84,11 +87,10 @@ class Engine:
         # the log of live iterations (an iteration after convergence changes nothing and is not counted)
         n = s["n_it"].view(1)
         s["log_F"].index_copy_(0, n, F.view(1))
-        s["rms_all"].fill_(float("nan"))
-        s["rms_all"].index_copy_(0, idx, torch.where((idx < F)[:, None], rms, s["nan"]))
-        s["log_res"].index_copy_(0, n, s["rms_all"].amax(1)[None])
-        s["n_it"].add_((F > 0).long())
-        F.copy_(top.clamp_min(0))
+        s["rms_all"].index_copy_(0, idx, rms)
+        s["log_res"].index_put_((n.expand(H), idx), rms.amax(1))  # steps outside the window: NaN, on the host
+        s["n_it"].add_(F > 0)
+        F.copy_(top)  # top >= lo >= 0
 
     # -- set-up ------------------------------------------------------------------------------------------------------
     def _setup(self, model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor,
@@ -107,7 +109,7 @@ class Engine:
             xi=None if noise is None else torch.empty(T, B, D, dtype=dt, device=dev),
             F=torch.empty((), dtype=torch.long, device=dev), U=torch.empty((), dtype=torch.long, device=dev),
             arange=torch.arange(T + 1, device=dev), bad=torch.zeros((), dtype=torch.bool, device=dev),
-            n_it=torch.zeros((), dtype=torch.long, device=dev), nan=torch.tensor(float("nan"), dtype=dt, device=dev),
+            n_it=torch.zeros((), dtype=torch.long, device=dev), zero=torch.zeros((), dtype=torch.long, device=dev),
             rms_all=torch.empty(T, B, dtype=dt, device=dev),
             log_F=torch.empty(cap, dtype=torch.long, device=dev), log_res=torch.empty(cap, T, dtype=dt, device=dev),
             call=ModelCaller(model, shape, B), rule=self.rule.allocate(T, B, D, dt, dev))
@@ -233,6 +235,9 @@ class Engine:
         if not torch.isfinite(traj[0]).all():
             raise NonFiniteError("the final sample is NaN/inf; the sampler returns no image")
         res = s["log_res"][:it].to("cpu", torch.float64)
+        for row, (lo, hi) in zip(res, windows):  # per step the largest RMS over the batch, NaN outside the window
+            row[:lo] = float("nan")
+            row[hi:] = float("nan")
         return SolveResult(traj[0], traj, it, nfe, res, F_host == 0, self.method + ("(graphed)" if static else ""),
                            windows)
 
