@@ -423,6 +423,90 @@ def test_each_parallel_pipeline_owns_its_state():
         par.set_parallel_options("picard", history=2)
 
 
+def _concurrent_calls(pars: list, reps: int, wait_s: float) -> tuple[list, list, list]:
+    """Call every parallel pipeline in ``pars`` from its own thread, ``reps`` times; returns (images per pipeline,
+    whether each call met the others inside its patched region, what the calls raised).
+
+    Every repetition starts on a barrier, and each call's first ``callback_on_step_end`` (which runs inside the
+    solve, with the model and scheduler patched) waits up to ``wait_s`` on a second barrier: calls that can run
+    at once are certain to overlap while patched; calls that are serialised time out there and go on.
+    """
+    import threading
+
+    start = threading.Barrier(len(pars))
+    meets = [threading.Barrier(len(pars)) for _ in range(reps)]
+    images: list[list] = [[] for _ in pars]
+    met: list[list] = [[] for _ in pars]
+    errors: list = []
+
+    def worker(i: int) -> None:
+        try:
+            for rep in range(reps):
+                waited = []
+
+                def cb(pipe, it, t, kw, rep=rep, waited=waited):
+                    if not waited:
+                        waited.append(True)
+                        try:
+                            meets[rep].wait(wait_s)
+                            met[i].append(True)
+                        except threading.BrokenBarrierError:
+                            met[i].append(False)
+                    return {}
+
+                start.wait(30)
+                images[i].append(_images(pars[i](**UNCOND, generator=_gen(), callback_on_step_end=cb)))
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+            start.abort()
+            for b in meets:
+                b.abort()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(pars))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+    return images, met, errors
+
+
+@pytest.mark.parametrize("share", ["two_parallelize", "second_pipe"])
+def test_threads_sharing_components_leave_the_stock_pipeline_unpatched(share):
+    # two parallel pipelines over the same unet and scheduler, called from two threads at once: the calls
+    # serialise (one lock per patched object), so neither leaves its patch on the shared components
+    pipe = _ddpm_pipe()
+    ref = _images(pipe(**UNCOND, generator=_gen()))
+    other = pipe if share == "two_parallelize" else _quiet(DDPMPipeline(unet=pipe.unet, scheduler=pipe.scheduler))
+    pars = [paratriton.parallelize(pipe, **TOL), paratriton.parallelize(other, "picard", **TOL)]
+    reps = 3
+    images, met, errors = _concurrent_calls(pars, reps, wait_s=0.3)
+    left = {"unet.forward": pipe.unet.__dict__.get("forward"), "scheduler.step": pipe.scheduler.__dict__.get("step")}
+    assert left == {"unet.forward": None, "scheduler.step": None}, "a patch was left on the shared components"
+    assert torch.equal(_images(pipe(**UNCOND, generator=_gen())), ref)  # the stock result, twice
+    assert torch.equal(_images(pipe(**UNCOND, generator=_gen())), ref)
+    assert not errors, f"a parallel call raised: {errors[0]!r}"
+    for outs in images:
+        assert len(outs) == reps
+        for out in outs:
+            assert_same(ref, out)
+    assert met == [[False] * reps] * 2  # never both inside a patched call at once
+
+
+def test_threads_on_disjoint_components_run_concurrently():
+    # no shared model or scheduler: the calls take different locks and overlap (each meets the other mid-solve)
+    pipes = [_ddpm_pipe(), _ddpm_pipe()]
+    refs = [_images(p(**UNCOND, generator=_gen())) for p in pipes]
+    pars = [paratriton.parallelize(p, **TOL) for p in pipes]
+    images, met, errors = _concurrent_calls(pars, reps=2, wait_s=30)
+    assert not errors, f"a parallel call raised: {errors[0]!r}"
+    assert met == [[True, True]] * 2
+    for ref, outs, p in zip(refs, images, pipes):
+        for out in outs:
+            assert_same(ref, out)
+        assert torch.equal(_images(p(**UNCOND, generator=_gen())), ref)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the comparisons can fail
 # ---------------------------------------------------------------------------------------------------------------

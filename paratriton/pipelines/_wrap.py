@@ -21,15 +21,22 @@ restored afterwards:
 
 This needs no copy of any pipeline's ``__call__``: only the loop-body facts in ``_specs.py`` (CFG row order,
 learned sigma, which generator ``scheduler.step`` gets, Flux's ``t / 1000``) are pipeline specific. It is not
-re-entrant: do not call the same components from two threads at once while a parallel call runs.
+safe to run from several threads: a parallel call holds a re-entrant lock on its model and its scheduler (one lock
+per object, ``_holding``) from before it reads the model's ``forward`` until both patches are restored, so parallel
+calls that share a component serialise instead of interleaving their patches; calls on disjoint components take
+different locks and run concurrently. (A *stock* call of a pipeline that shares the components, made from another
+thread while a parallel call is patching them, is not guarded: it would see the patches.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
-from collections.abc import Callable
+import threading
+import weakref
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -135,6 +142,24 @@ def _step_draws(scheduler, timestep: torch.Tensor, eta: float | None) -> bool:
     if name == "DDIMScheduler":
         return eta is not None and eta > 0
     return bool(scheduler.config.stochastic_sampling)  # FlowMatchEulerDiscreteScheduler
+
+
+# one re-entrant lock per patched object (model, scheduler), kept only while the object lives; re-entrant so that a
+# parallel call made from inside another one on the same thread (a callback) nests its patches instead of deadlocking
+_LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def _holding(*objects: Any) -> Iterator[None]:
+    """Hold the lock of every object (deduplicated, always taken in ``id`` order, so two calls never deadlock)."""
+    unique = sorted({id(o): o for o in objects}.values(), key=id)
+    with _LOCKS_GUARD:
+        locks = [_LOCKS.setdefault(o, threading.RLock()) for o in unique]
+    with contextlib.ExitStack() as stack:
+        for lock in locks:
+            stack.enter_context(lock)
+        yield
 
 
 class _PipelineDenoiser:
@@ -435,7 +460,10 @@ class ParallelPipelineMixin:
         if spec.check is not None:
             spec.check(self, call_args)
         progress = dict(getattr(self, "_progress_bar_config", {}) or {})
-        return _ParallelCall(self, self.paratriton, spec, call_args, callback, progress).run(stock_call, call_kwargs)
+        # held from before _ParallelCall reads the model's forward until run() has restored both patches
+        with _holding(getattr(self, spec.denoiser), self.scheduler):
+            call = _ParallelCall(self, self.paratriton, spec, call_args, callback, progress)
+            return call.run(stock_call, call_kwargs)
 
 
 _CLASS_CACHE: dict[type, type] = {}
