@@ -52,7 +52,6 @@ def copy_bandwidth() -> float:
     src = torch.randn(n // 8, device="cuda", dtype=torch.float64).repeat(8)
     dst = torch.empty_like(src)
     ms = bench(lambda: dst.copy_(src))
-    del src, dst
     return 2 * n * 8 / (ms * 1e-3)
 
 
@@ -246,7 +245,7 @@ def sweep(log: list) -> None:
             fused.TUNED[mm] = best[1]
         print("sweep: m in", applies_to, "->", best[1])
         log.append({"section": "sweep", "chosen": {str(k): v for k, v in fused.TUNED.items()}})
-        del p
+        p = None  # free the window's buffers before the next size
         torch.cuda.empty_cache()
 
 
@@ -279,7 +278,7 @@ def grid(log: list, bw: float, Ws=(8, 32, 100), Ds=(4096, 16384, 65536, 262144),
                 print(f"{W:4d} {D:7d} {m:2d} | {t_f:8.3f} {t_d:8.3f} {t_g:8.3f} {t_e:8.3f} {t_c:8.3f} | "
                       f"{100 * row['bw_share_fused']:6.1f} {100 * row['bw_share_graph']:6.1f} | "
                       f"{t_e / t_f:7.1f} {t_c / t_f:7.2f}", flush=True)
-                del p
+                p = None  # free the window's buffers before the next size
         torch.cuda.empty_cache()
 
 
@@ -306,7 +305,7 @@ def profile(log: list) -> None:
         for k, v in sorted(evs.items(), key=lambda kv: -kv[1])[:8]:
             print(f"    {v:8.3f} ms  {k[:90]}")
         log.append({"section": "profile", "W": W, "D": D, "m": m, "kernels_ms": evs})
-        del p
+        p = None  # free the window's buffers before the next size
         torch.cuda.empty_cache()
 
 

@@ -228,7 +228,7 @@ def run_variant(prob: Problem, mode: str | None, refs: dict, reps: int, emit, sk
         emit(row)
         if not alive:
             break
-    del model, net
+    model = net = None  # free the network before the next variant
     gc.collect()
     if torch.cuda.is_available() and alive:
         torch.cuda.empty_cache()
