@@ -17,7 +17,7 @@ import torch
 import paratriton
 
 diffusers = pytest.importorskip("diffusers")
-from diffusers import (
+from diffusers import (  # noqa: E402 - after importorskip, so the file skips without diffusers
     AutoencoderKL,
     DDIMPipeline,
     DDIMScheduler,
@@ -595,17 +595,54 @@ def test_import_paratriton_does_not_import_diffusers():
 
 
 def test_low_precision_model_keeps_its_dtype():
-    # the solver state is float64; the model sees (and returns) its own dtype, and parallelize casts nothing
+    # the solver state is float64; the model sees (and returns) its own dtype, and parallelize casts nothing.
+    # The parallel solve calls the model's (saved) bound ``forward`` directly, not ``unet(...)``, so a forward hook
+    # would only see the stock loop's calls: record inside an instance ``forward`` the solve itself calls.
     unet = make_unet2d().to(torch.bfloat16)
     pipe = _quiet(DDIMPipeline(unet=unet, scheduler=_ddim()))
     seen = []
-    unet.register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
-    ref, out, par = run_pair(pipe, {**UNCOND, "output_type": "pt"})  # numpy has no bfloat16
+    real_forward = unet.forward
+
+    def recording_forward(sample, timestep, *args, **kwargs):
+        out = real_forward(sample, timestep, *args, **kwargs)
+        seen.append((sample.dtype, sample.shape[0], out[0].dtype))
+        return out
+
+    unet.forward = recording_forward
+    inputs = {**UNCOND, "output_type": "pt"}  # numpy has no bfloat16
+    ref = _images(pipe(**inputs, generator=_gen()))
+    stock_calls, seen[:] = list(seen), []
+    par = paratriton.parallelize(pipe, **TOL)
+    out = _images(par(**inputs, generator=_gen()))
+    result = par.paratriton.last_result
+    assert stock_calls == [(torch.bfloat16, 2, torch.bfloat16)] * STEPS
+    # the solver's own calls: one per iteration, a window of steps x 2 samples in rows, all in bfloat16
+    assert len(seen) == result.iterations and max(rows for _, rows, _ in seen) == 2 * STEPS
+    assert {(dt, out_dt) for dt, _, out_dt in seen} == {(torch.bfloat16, torch.bfloat16)}
+    assert unet.forward is recording_forward  # restored after the call
     assert par.unet.dtype == torch.bfloat16 and pipe.unet.dtype == torch.bfloat16
-    assert set(seen) == {torch.bfloat16}
-    assert par.paratriton.last_result.sample.dtype == torch.float64
+    assert result.sample.dtype == torch.float64
     # the stock loop rounds every step to bfloat16, the solver does not: close, not equal
     assert (ref - out).abs().max() < 5e-2
+
+
+def _scripted_timings(monkeypatch, cost):
+    """Make the planner's timings come from ``cost(method, window) -> ms`` (a fake clock the timed solves advance),
+    so a test decides which candidate is fastest; the solves themselves still run."""
+    import types
+
+    from paratriton import planner
+
+    clock = [0.0]
+    real_solve = planner.solve
+
+    def timed_solve(*args, method, window=None, **kw):
+        out = real_solve(*args, method=method, **({} if window is None else {"window": window}), **kw)
+        clock[0] += cost(method, window) / 1e3
+        return out
+
+    monkeypatch.setattr(planner, "solve", timed_solve)
+    monkeypatch.setattr(planner, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
 
 
 def test_window_auto_times_the_candidates_once_and_stays_exact():
@@ -614,13 +651,32 @@ def test_window_auto_times_the_candidates_once_and_stays_exact():
     assert_same(ref, out)
     (choice,) = par.paratriton.window_choices.values()
     assert set(choice.wall_ms) == {"sequential", "W=8", "W=4"}  # T = 8: the full window, T/2, and sequential
-    assert choice.method in ("taa", "sequential") and choice.reason
+    assert choice.reason and min(choice.wall_ms, key=choice.wall_ms.get) == (
+        "sequential" if choice.window is None else f"W={choice.window}")
     torch.manual_seed(0)
     par(**UNCOND, generator=_gen(0, None))  # same shapes: the cached choice is reused, nothing re-timed
     assert list(par.paratriton.window_choices.values()) == [choice]
     assert next(iter(par.paratriton.window_choices.values())) is choice
     with pytest.raises(ValueError, match="window='auto' needs a windowed method"):
         paratriton.parallelize(pipe, "srds", window="auto")
+
+
+@pytest.mark.parametrize("fastest,window", [("W=4", 4), ("W=8", 8), ("sequential", None)])
+def test_window_auto_solves_with_the_fastest_candidate(monkeypatch, fastest, window):
+    # the timings are scripted, so the choice is known: it must be the one kept and the one the call solves with
+    ms = {"sequential": 10.0, "W=8": 12.0, "W=4": 11.0, fastest: 1.0}
+    _scripted_timings(monkeypatch, lambda method, w: ms["sequential" if method == "sequential" else f"W={w}"])
+    pipe = _ddpm_pipe()
+    ref, out, par = run_pair(pipe, UNCOND, method="taa", window="auto")
+    assert_same(ref, out)
+    (choice,) = par.paratriton.window_choices.values()
+    assert choice.wall_ms == pytest.approx(ms) and f"{fastest} was fastest" in choice.reason
+    assert (choice.method, choice.window) == ("taa" if window else "sequential", window)
+    result = par.paratriton.last_result
+    if window is None:
+        assert result.method == "sequential" and result.iterations == STEPS
+    else:
+        assert result.method == "taa" and max(hi - lo for lo, hi in result.window_history) == window
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -710,22 +766,36 @@ def test_cuda_graph_pipeline_on_cuda_matches_eager_parallel():
 # ---------------------------------------------------------------------------------------------------------------
 # paratriton.plan(pipe, steps): method and window timed on the pipeline itself
 # ---------------------------------------------------------------------------------------------------------------
-def test_plan_pipeline_times_every_method_and_builds_the_fastest():
+PLAN_CASES = {  # scripted ms per candidate; the plan must pick the one marked 1.0
+    "picard_W8": ({"taa W=8": 5.0, "taa W=4": 7.0, "picard W=8": 1.0, "picard W=4": 4.0, "sequential": 6.0},
+                  ("picard", 8, None)),
+    "taa_W4": ({"taa W=8": 5.0, "taa W=4": 1.0, "picard W=8": 3.0, "picard W=4": 4.0, "sequential": 6.0},
+               ("taa", 4, 2)),
+    "sequential": ({"taa W=8": 5.0, "taa W=4": 7.0, "picard W=8": 3.0, "picard W=4": 4.0, "sequential": 1.0},
+                   ("sequential", None, None)),
+}
+
+
+@pytest.mark.parametrize("case", list(PLAN_CASES))
+def test_plan_pipeline_times_every_method_and_builds_the_fastest(monkeypatch, case):
+    ms, (method, window, history) = PLAN_CASES[case]
+    _scripted_timings(monkeypatch, lambda m, w: ms["sequential" if m == "sequential" else f"{m} W={w}"])
     pipe = _ddpm_pipe()
     call = {"batch_size": 2, "output_type": "np", "generator": _gen(3)}
     p = paratriton.plan(pipe, STEPS, methods=("taa", "picard"), options=TOL, **call)
-    assert set(p.wall_ms) == {"taa W=8", "taa W=4", "picard W=8", "picard W=4", "sequential"}
-    assert p.predicted_ms == min(p.wall_ms.values())  # the fastest candidate, whichever it is
-    assert p.sequential_ms == p.wall_ms["sequential"] and p.cuda_graph is False and p.reason
-    if p.method == "sequential":
-        assert p.window is None and "slower than" in p.reason
+    assert p.wall_ms == pytest.approx(ms)
+    assert (p.method, p.window, p.history, p.cuda_graph) == (method, window, history, False)
+    assert p.predicted_ms == pytest.approx(1.0) and p.sequential_ms == pytest.approx(ms["sequential"])
+    if method == "sequential":
+        assert "slower than" in p.reason and "picard window 8, 3.0 ms" in p.reason
     else:
-        assert p.wall_ms[f"{p.method} W={p.window}"] == p.predicted_ms and f"window {p.window}" in p.reason
-        assert p.history == (2 if p.method == "taa" else None)
+        assert f"{method} with window {window}: 1.0 ms against 6.0 ms" in p.reason and "(6.00x)" in p.reason
     par = p.parallelize(pipe)  # the chosen sampler still gives the stock image
     ref, out = [_images(q(**UNCOND, generator=_gen(0))) for q in (pipe, par)]
     assert_same(ref, out)
-    assert par.paratriton.method == p.method
+    assert par.paratriton.method == method
+    expected = {"cuda_graph": False} if method == "sequential" else {"window": window, "cuda_graph": False, **TOL}
+    assert par.paratriton.options == expected
 
 
 def test_plan_pipeline_graphed_and_forced_sequential(monkeypatch):
