@@ -90,8 +90,10 @@ def _extension_config() -> dict:
     except ImportError:
         version = _installed_torch_version() or _constraints_torch_version()
         if version is None:
-            _warn("torch is not importable and no torch version to build against is known; "
-                  "installing without the compiled extension (see docs/build.md)")
+            _warn(
+                "torch is not importable and no torch version to build against is known; "
+                "installing without the compiled extension (see docs/build.md)"
+            )
             return {"install_requires": _requires(None)}
         # turned into a PEP 517 dynamic build requirement; pip installs it and runs this script again
         return {"setup_requires": [f"torch=={version}", "ninja"], "install_requires": _requires(version)}
@@ -101,18 +103,24 @@ def _extension_config() -> dict:
     # of the torch headers costs compile time on the 2-core CI machine and bloats the module).
     cxx = ["-O3", "-g0", "-fopenmp", "-Wno-unknown-pragmas"]
     link = ["-fopenmp"]
-    nvcc_ok = (torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
-               and os.environ.get("PARATRITON_BUILD_CUDA", "1") != "0")
+    nvcc_ok = (
+        torch.version.cuda is not None
+        and cpp_extension.CUDA_HOME is not None
+        and os.environ.get("PARATRITON_BUILD_CUDA", "1") != "0"
+    )
     if nvcc_ok:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", _cuda_arch_list(torch))
         ext = cpp_extension.CUDAExtension(
-            "paratriton._C", sources + [str((CSRC / "cuda_ops.cu").relative_to(ROOT))],
+            "paratriton._C",
+            sources + [str((CSRC / "cuda_ops.cu").relative_to(ROOT))],
             define_macros=[("PARATRITON_WITH_CUDA", "1")],
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo"]},
-            extra_link_args=link)
+            extra_link_args=link,
+        )
     else:
-        ext = cpp_extension.CppExtension("paratriton._C", sources, extra_compile_args={"cxx": cxx},
-                                         extra_link_args=link)
+        ext = cpp_extension.CppExtension(
+            "paratriton._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link
+        )
 
     class OptionalBuildExt(cpp_extension.BuildExtension):
         """BuildExtension whose failure leaves a pure-Python install (one warning) instead of failing pip."""
@@ -124,8 +132,10 @@ def _extension_config() -> dict:
                 super().run()
             except Exception as e:  # noqa: BLE001 -- any compiler/toolchain failure
                 OptionalBuildExt.failed = True
-                _warn(f"building the compiled extension failed ({type(e).__name__}: {str(e)[-300:]}); installing "
-                      "without it, the Triton/torch kernels will be used (see docs/build.md)")
+                _warn(
+                    f"building the compiled extension failed ({type(e).__name__}: {str(e)[-300:]}); installing "
+                    "without it, the Triton/torch kernels will be used (see docs/build.md)"
+                )
 
         def get_outputs(self):  # editable wheels list these files: only the ones that exist
             return [] if OptionalBuildExt.failed else super().get_outputs()
@@ -133,8 +143,11 @@ def _extension_config() -> dict:
         def get_output_mapping(self):
             return {} if OptionalBuildExt.failed else super().get_output_mapping()
 
-    return {"ext_modules": [ext], "cmdclass": {"build_ext": OptionalBuildExt.with_options(use_ninja=True)},
-            "install_requires": _requires(torch.__version__)}
+    return {
+        "ext_modules": [ext],
+        "cmdclass": {"build_ext": OptionalBuildExt.with_options(use_ninja=True)},
+        "install_requires": _requires(torch.__version__),
+    }
 
 
 setup(**_extension_config())

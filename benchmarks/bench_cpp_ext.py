@@ -59,11 +59,23 @@ def problem(n, B, D, m, device):
         return torch.randn(*s, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
 
     M = m + 1
-    p = dict(x=rnd(n + 1, B, D), mo=rnd(n, B, D, dtype=torch.float16), xi=rnd(n, B, D),
-             a=1 + 0.01 * rnd(n), b=-rnd(n).abs(), c=rnd(n).abs(), thr=torch.full((n,), 0.5, device=device,
-                                                                                     dtype=torch.float64),
-             r=rnd(n, B, D), dR=rnd(m, n, B, D), dX=rnd(m, n, B, D), hR=rnd(M, n, B, D), hY=rnd(M, n, B, D),
-             gamma=0.1 * rnd(n, B, m), h=rnd(n, B, m), num_cols=torch.full((n,), m, device=device))
+    p = dict(
+        x=rnd(n + 1, B, D),
+        mo=rnd(n, B, D, dtype=torch.float16),
+        xi=rnd(n, B, D),
+        a=1 + 0.01 * rnd(n),
+        b=-rnd(n).abs(),
+        c=rnd(n).abs(),
+        thr=torch.full((n,), 0.5, device=device, dtype=torch.float64),
+        r=rnd(n, B, D),
+        dR=rnd(m, n, B, D),
+        dX=rnd(m, n, B, D),
+        hR=rnd(M, n, B, D),
+        hY=rnd(M, n, B, D),
+        gamma=0.1 * rnd(n, B, m),
+        h=rnd(n, B, m),
+        num_cols=torch.full((n,), m, device=device),
+    )
     A = rnd(n, B, m, 8)
     p["G"] = A @ A.transpose(-1, -2)
     return p
@@ -72,21 +84,39 @@ def problem(n, B, D, m, device):
 def cases(p, n):
     """(name, reference call, registered-op call) per op."""
     return [
-        ("step_residual", lambda: step_residual(p["x"], p["mo"], p["xi"], p["a"], p["b"], p["c"], p["thr"]),
-         lambda: ops.step_residual(p["x"], p["mo"], p["xi"], p["a"], p["b"], p["c"], p["thr"])),
-        ("order_k_residual (k=n)", lambda: order_k_residual(p["r"], p["a"], n),
-         lambda: ops.order_k_residual(p["r"], p["a"], n)),
+        (
+            "step_residual",
+            lambda: step_residual(p["x"], p["mo"], p["xi"], p["a"], p["b"], p["c"], p["thr"]),
+            lambda: ops.step_residual(p["x"], p["mo"], p["xi"], p["a"], p["b"], p["c"], p["thr"]),
+        ),
+        (
+            "order_k_residual (k=n)",
+            lambda: order_k_residual(p["r"], p["a"], n),
+            lambda: ops.order_k_residual(p["r"], p["a"], n),
+        ),
         ("anderson_gram", lambda: anderson_gram(p["dR"], p["r"]), lambda: ops.anderson_gram(p["dR"], p["r"])),
-        ("masked_lstsq", lambda: masked_lstsq(p["G"], p["h"], p["num_cols"]),
-         lambda: ops.masked_lstsq(p["G"], p["h"], p["num_cols"])),
-        ("anderson_update", lambda: anderson_update(p["r"], p["r"], p["dX"], p["dR"], p["gamma"]),
-         lambda: ops.anderson_update(p["r"], p["r"], p["dX"], p["dR"], p["gamma"])),
-        ("taa_residual (fused)",
-         lambda: taa_residual(p["x"], p["mo"], p["xi"], p["a"], p["b"], p["c"], p["thr"], p["hR"], p["hY"], 1, n),
-         lambda: ops.taa_residual(p["x"], p["mo"], p["xi"], p["a"], p["b"], p["c"], p["thr"], p["hR"], p["hY"], 1,
-                                  n)),
-        ("taa_update (ring)", lambda: taa_update(p["r"], p["hY"], p["gamma"], 1),
-         lambda: ops.taa_update(p["r"], p["hY"], p["gamma"], 1)),
+        (
+            "masked_lstsq",
+            lambda: masked_lstsq(p["G"], p["h"], p["num_cols"]),
+            lambda: ops.masked_lstsq(p["G"], p["h"], p["num_cols"]),
+        ),
+        (
+            "anderson_update",
+            lambda: anderson_update(p["r"], p["r"], p["dX"], p["dR"], p["gamma"]),
+            lambda: ops.anderson_update(p["r"], p["r"], p["dX"], p["dR"], p["gamma"]),
+        ),
+        (
+            "taa_residual (fused)",
+            lambda: taa_residual(p["x"], p["mo"], p["xi"], p["a"], p["b"], p["c"], p["thr"], p["hR"], p["hY"], 1, n),
+            lambda: ops.taa_residual(
+                p["x"], p["mo"], p["xi"], p["a"], p["b"], p["c"], p["thr"], p["hR"], p["hY"], 1, n
+            ),
+        ),
+        (
+            "taa_update (ring)",
+            lambda: taa_update(p["r"], p["hY"], p["gamma"], 1),
+            lambda: ops.taa_update(p["r"], p["hY"], p["gamma"], 1),
+        ),
     ]
 
 
@@ -124,9 +154,11 @@ def main():
             _backends.use_extension(True)
             has_cuda = base in st["cuda"]
             rows.append((name, t_ref, t_ext if has_cuda else None, t_tri))
-    hdr = (f"device={dev} ({torch.cuda.get_device_name() if dev == 'cuda' else f'{torch.get_num_threads()} threads'})"
-           f", torch {torch.__version__}, n={args.n} B={args.B} D={args.D} m={args.m}, float64 state, fp16 model "
-           f"output; median of {reps} calls, microseconds")
+    hdr = (
+        f"device={dev} ({torch.cuda.get_device_name() if dev == 'cuda' else f'{torch.get_num_threads()} threads'})"
+        f", torch {torch.__version__}, n={args.n} B={args.B} D={args.D} m={args.m}, float64 state, fp16 model "
+        f"output; median of {reps} calls, microseconds"
+    )
     lines = [hdr, ""]
     if dev == "cpu":
         lines += ["| op | reference (torch) | C++ (`_C`) | speed-up |", "|---|---:|---:|---:|"]
@@ -134,8 +166,10 @@ def main():
             lines.append(f"| {name} | {tr:.0f} | {te:.0f} | {tr / te:.1f}x |")
         tot_r = sum(r[1] for r in rows if r[0].startswith(("taa", "masked")))
         tot_e = sum(r[2] for r in rows if r[0].startswith(("taa", "masked")))
-        lines.append(f"| **TAA iteration** (taa_residual + masked_lstsq + taa_update) | {tot_r:.0f} | {tot_e:.0f} | "
-                     f"{tot_r / tot_e:.1f}x |")
+        lines.append(
+            f"| **TAA iteration** (taa_residual + masked_lstsq + taa_update) | {tot_r:.0f} | {tot_e:.0f} | "
+            f"{tot_r / tot_e:.1f}x |"
+        )
     else:
         lines += ["| op | reference (torch) | CUDA (`_C`) | Triton | CUDA vs Triton |", "|---|---:|---:|---:|---:|"]
         for name, tr, tc, tt in rows:

@@ -4,7 +4,8 @@
 
 Per configuration (window W, sample size D, history m, one trajectory, float64 state, fp16 model output, fp64
 noise) it times one solver iteration without the model call:
-  fused   : torch.ops.paratriton.taa_residual + masked_lstsq + taa_update (the old eager fused path; the engine's ops are timed by bench_window_ops.py)
+  fused   : torch.ops.paratriton.taa_residual + masked_lstsq + taa_update (the sliced fused ops; the engine's own
+            window ops are timed by bench_window_ops.py)
   graph   : the same three ops replayed from a CUDA graph (no launch / dispatch overhead)
   eager   : the plain-torch reference iteration (step_residual, order_k_residual, history push,
             stacked differences, anderson_gram, masked_lstsq, anderson_update)
@@ -87,8 +88,20 @@ class Problem:
     # -- the two implementations -----------------------------------------------------------------------------
     def fused(self) -> None:
         ops = torch.ops.paratriton
-        rms, top, G, h = ops.taa_residual(self.x, self.mo, self.xi, self.a, self.b, self.c, self.thr,
-                                          self.hist_R, self.hist_Y, self.slot, self.W, False)
+        rms, top, G, h = ops.taa_residual(
+            self.x,
+            self.mo,
+            self.xi,
+            self.a,
+            self.b,
+            self.c,
+            self.thr,
+            self.hist_R,
+            self.hist_Y,
+            self.slot,
+            self.W,
+            False,
+        )
         gamma = ops.masked_lstsq(G, h, self.num_cols, 1e-3)
         ops.taa_update(self.x[:-1], self.hist_Y, gamma, self.slot)
 
@@ -98,14 +111,36 @@ class Problem:
         from paratriton.ops.masked_lstsq.fused import masked_lstsq_triton
         from paratriton.ops.step_residual.fused import residual_pass
 
-        o = residual_pass(self.x, self.mo, self.xi, self.a, self.b, self.c, self.thr, order=self.W,
-                          hist_R=self.hist_R, hist_Y=self.hist_Y, slot=self.slot)
+        o = residual_pass(
+            self.x,
+            self.mo,
+            self.xi,
+            self.a,
+            self.b,
+            self.c,
+            self.thr,
+            order=self.W,
+            hist_R=self.hist_R,
+            hist_Y=self.hist_Y,
+            slot=self.slot,
+        )
         gamma = masked_lstsq_triton(o["G"], o["h"], self.num_cols, 1e-3)
         ring_update_triton(self.x[:-1], self.hist_Y, gamma, self.slot)
 
     def reference(self) -> None:
-        reference_iteration(self.x, self.mo, self.xi, self.a, self.b, self.c, self.thr, self.hist_x, self.hist_R,
-                            self.num_cols, self.slot)
+        reference_iteration(
+            self.x,
+            self.mo,
+            self.xi,
+            self.a,
+            self.b,
+            self.c,
+            self.thr,
+            self.hist_x,
+            self.hist_R,
+            self.num_cols,
+            self.slot,
+        )
 
 
 def reference_iteration(x, mo, xi, a, b, c, thr, hist_x, hist_R, num_cols, slot: int) -> None:
@@ -135,10 +170,12 @@ def check(log: list) -> None:
         u, v = u.double().cpu(), v.double().cpu()
         return ((u - v).norm() / v.norm().clamp_min(1e-300)).item()
 
-    for state_dt, mdt, n, B, D, m, order in [(torch.float64, torch.float16, 7, 2, 1000, 2, 7),
-                                             (torch.float64, torch.bfloat16, 33, 1, 4099, 5, 33),
-                                             (torch.float32, torch.float32, 10, 3, 777, 3, 4),
-                                             (torch.float64, torch.float32, 1, 1, 50, 1, 1)]:
+    for state_dt, mdt, n, B, D, m, order in [
+        (torch.float64, torch.float16, 7, 2, 1000, 2, 7),
+        (torch.float64, torch.bfloat16, 33, 1, 4099, 5, 33),
+        (torch.float32, torch.float32, 10, 3, 777, 3, 4),
+        (torch.float64, torch.float32, 1, 1, 50, 1, 1),
+    ]:
         x = torch.randn(n + 1, B, D, dtype=state_dt)
         mo = torch.randn(n, B, D).to(mdt)
         xi = torch.randn(n, B, D, dtype=state_dt)
@@ -176,8 +213,15 @@ def check(log: list) -> None:
         torch.ops.paratriton.taa_update(xg, cu(hY1), cu(gam), 1 % M)
         rows.append(("taa_update", rel(xg, xs)))
         dX, dR = torch.randn(m, n, B, D, dtype=state_dt), torch.randn(m, n, B, D, dtype=state_dt)
-        rows.append(("anderson_update", rel(torch.ops.paratriton.anderson_update(*map(cu, (x[:-1], ref[0], dX, dR, gam))),
-                                            anderson_update(x[:-1], ref[0], dX, dR, gam))))
+        rows.append(
+            (
+                "anderson_update",
+                rel(
+                    torch.ops.paratriton.anderson_update(*map(cu, (x[:-1], ref[0], dX, dR, gam))),
+                    anderson_update(x[:-1], ref[0], dX, dR, gam),
+                ),
+            )
+        )
         G1, h1 = anderson_gram(dR, ref[0])
         G2, h2 = torch.ops.paratriton.anderson_gram(cu(dR), cu(ref[0]))
         rows.append(("anderson_gram G", rel(G2, G1)))
@@ -199,12 +243,28 @@ def check(log: list) -> None:
     model = gm.denoiser(cf)
     seq = pt.solve(model, cf, x_T, noise, method="sequential")
     for opts in [dict(), dict(window=12, history=4), dict(history=1, order=5)]:
-        res = {be: pt.solve(model, cf, x_T, noise, method="taa", tol_abs=1e-9, tol_rel=1e-9, backend=be,
-                            state_dtype=torch.float64, **opts)
-               for be in ("reference", "auto")}
+        res = {
+            be: pt.solve(
+                model,
+                cf,
+                x_T,
+                noise,
+                method="taa",
+                tol_abs=1e-9,
+                tol_rel=1e-9,
+                backend=be,
+                state_dtype=torch.float64,
+                **opts,
+            )
+            for be in ("reference", "auto")
+        }
         err = [(res[be].sample - seq.sample).square().mean().sqrt().item() for be in res]
-        line = {"section": "check", "case": f"solve taa {opts}", "iters": [res[be].iterations for be in res],
-                "rms_err_vs_sequential": err}
+        line = {
+            "section": "check",
+            "case": f"solve taa {opts}",
+            "iters": [res[be].iterations for be in res],
+            "rms_err_vs_sequential": err,
+        }
         log.append(line)
         print("check", line)
 
@@ -213,15 +273,41 @@ def sweep(log: list) -> None:
     """Residual-pass tile shapes at the largest window; the fastest becomes the default of the later sections."""
     from paratriton.ops.step_residual import fused
 
-    configs = [(4, 256, 4, 1), (4, 256, 4, 2), (4, 256, 4, 3), (2, 256, 4, 1), (2, 256, 4, 2), (2, 128, 2, 1),
-               (2, 128, 2, 2), (2, 128, 2, 3), (4, 128, 4, 2), (8, 128, 4, 2), (4, 128, 2, 2), (2, 512, 8, 2)]
+    configs = [
+        (4, 256, 4, 1),
+        (4, 256, 4, 2),
+        (4, 256, 4, 3),
+        (2, 256, 4, 1),
+        (2, 256, 4, 2),
+        (2, 128, 2, 1),
+        (2, 128, 2, 2),
+        (2, 128, 2, 3),
+        (4, 128, 4, 2),
+        (8, 128, 4, 2),
+        (4, 128, 2, 2),
+        (2, 512, 8, 2),
+    ]
     for m, applies_to in ((2, (1, 2, 3)), (5, (4, 5))):
         p = Problem(100, 262144, m)
         best = None
         for cfg in configs:
             try:
-                ms = bench(lambda: fused.residual_pass(p.x, p.mo, p.xi, p.a, p.b, p.c, p.thr, order=p.W,
-                                                       hist_R=p.hist_R, hist_Y=p.hist_Y, slot=p.slot, config=cfg))
+                ms = bench(
+                    lambda: fused.residual_pass(
+                        p.x,
+                        p.mo,
+                        p.xi,
+                        p.a,
+                        p.b,
+                        p.c,
+                        p.thr,
+                        order=p.W,
+                        hist_R=p.hist_R,
+                        hist_Y=p.hist_Y,
+                        slot=p.slot,
+                        config=cfg,
+                    )
+                )
             except Exception as e:  # a config that does not compile is skipped
                 print("sweep", m, cfg, "failed:", repr(e)[:200])
                 continue
@@ -235,8 +321,9 @@ def sweep(log: list) -> None:
         outs = []
         for cfg in (best[1], (4, 256, 4, 1)):
             hR, hY = p.hist_R.clone(), p.hist_Y.clone()
-            o = fused.residual_pass(p.x, p.mo, p.xi, p.a, p.b, p.c, p.thr, order=p.W, hist_R=hR, hist_Y=hY,
-                                    slot=p.slot, config=cfg)
+            o = fused.residual_pass(
+                p.x, p.mo, p.xi, p.a, p.b, p.c, p.thr, order=p.W, hist_R=hR, hist_Y=hY, slot=p.slot, config=cfg
+            )
             outs.append((o["G"], o["h"], o["rms"], hR, hY))
         errs = [((u - v).norm() / v.norm()).item() for u, v in zip(*outs)]
         print("sweep recheck (G, h, rms, hist_R, hist_Y) rel err:", ["%.1e" % e for e in errs])
@@ -249,11 +336,14 @@ def sweep(log: list) -> None:
         torch.cuda.empty_cache()
 
 
-def grid(log: list, bw: float, Ws=(8, 32, 100), Ds=(4096, 16384, 65536, 262144), ms=(2, 3, 5),
-         compiled: bool = True) -> None:
+def grid(
+    log: list, bw: float, Ws=(8, 32, 100), Ds=(4096, 16384, 65536, 262144), ms=(2, 3, 5), compiled: bool = True
+) -> None:
     ref_c = torch.compile(reference_iteration, dynamic=True) if compiled else None
-    print(f"{'W':>4} {'D':>7} {'m':>2} | {'fused':>8} {'direct':>8} {'graph':>8} {'eager':>8} {'compile':>8} | "
-          f"{'%bw(f)':>6} {'%bw(g)':>6} | {'x eager':>7} {'x comp':>7}")
+    print(
+        f"{'W':>4} {'D':>7} {'m':>2} | {'fused':>8} {'direct':>8} {'graph':>8} {'eager':>8} {'compile':>8} | "
+        f"{'%bw(f)':>6} {'%bw(g)':>6} | {'x eager':>7} {'x comp':>7}"
+    )
     for W in Ws:
         for D in Ds:
             for m in ms:
@@ -271,13 +361,27 @@ def grid(log: list, bw: float, Ws=(8, 32, 100), Ds=(4096, 16384, 65536, 262144),
                     except Exception as e:
                         print("compile failed:", repr(e)[:300])
                 mb = p.min_bytes()
-                row = {"section": "grid", "W": W, "D": D, "m": m, "fused_ms": t_f, "direct_ms": t_d, "graph_ms": t_g, "eager_ms": t_e,
-                       "compiled_ms": t_c, "min_bytes": mb, "bw_share_fused": mb / (t_f * 1e-3) / bw,
-                       "bw_share_graph": mb / (t_g * 1e-3) / bw}
+                row = {
+                    "section": "grid",
+                    "W": W,
+                    "D": D,
+                    "m": m,
+                    "fused_ms": t_f,
+                    "direct_ms": t_d,
+                    "graph_ms": t_g,
+                    "eager_ms": t_e,
+                    "compiled_ms": t_c,
+                    "min_bytes": mb,
+                    "bw_share_fused": mb / (t_f * 1e-3) / bw,
+                    "bw_share_graph": mb / (t_g * 1e-3) / bw,
+                }
                 log.append(row)
-                print(f"{W:4d} {D:7d} {m:2d} | {t_f:8.3f} {t_d:8.3f} {t_g:8.3f} {t_e:8.3f} {t_c:8.3f} | "
-                      f"{100 * row['bw_share_fused']:6.1f} {100 * row['bw_share_graph']:6.1f} | "
-                      f"{t_e / t_f:7.1f} {t_c / t_f:7.2f}", flush=True)
+                print(
+                    f"{W:4d} {D:7d} {m:2d} | {t_f:8.3f} {t_d:8.3f} {t_g:8.3f} {t_e:8.3f} {t_c:8.3f} | "
+                    f"{100 * row['bw_share_fused']:6.1f} {100 * row['bw_share_graph']:6.1f} | "
+                    f"{t_e / t_f:7.1f} {t_c / t_f:7.2f}",
+                    flush=True,
+                )
                 p = None  # free the window's buffers before the next size
         torch.cuda.empty_cache()
 
@@ -318,8 +422,12 @@ def main() -> None:
     import triton
 
     props = torch.cuda.get_device_properties(0)
-    info = {"device": props.name, "sms": props.multi_processor_count, "torch": torch.__version__,
-            "triton": triton.__version__}
+    info = {
+        "device": props.name,
+        "sms": props.multi_processor_count,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+    }
     bw = copy_bandwidth()
     info["copy_GBps"] = bw / 1e9
     print("device", info, flush=True)
@@ -344,9 +452,11 @@ def main() -> None:
                 json.dump(log, f, indent=1, default=str)
     dit = [r for r in log if r.get("section") == "grid" and r["W"] == 100 and r["D"] == 4096]
     for r in dit:
-        print(f"DiT-XL/2 share (W=100, D=4096, m={r['m']}): fused {r['fused_ms']:.3f} ms = "
-              f"{100 * r['fused_ms'] / DIT_XL2_B200_MS:.2f}% of {DIT_XL2_B200_MS} ms; graph {r['graph_ms']:.3f} ms = "
-              f"{100 * r['graph_ms'] / DIT_XL2_B200_MS:.2f}%")
+        print(
+            f"DiT-XL/2 share (W=100, D=4096, m={r['m']}): fused {r['fused_ms']:.3f} ms = "
+            f"{100 * r['fused_ms'] / DIT_XL2_B200_MS:.2f}% of {DIT_XL2_B200_MS} ms; graph {r['graph_ms']:.3f} ms = "
+            f"{100 * r['graph_ms'] / DIT_XL2_B200_MS:.2f}%"
+        )
     _ = math
 
 

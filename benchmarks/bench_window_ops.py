@@ -141,8 +141,10 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=20, help="graph replays timed (median)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
-        msg = ("bench_window_ops: no CUDA device; these benchmarks time the compiled Triton kernels inside CUDA "
-               "graphs and need a GPU (nothing measured)")
+        msg = (
+            "bench_window_ops: no CUDA device; these benchmarks time the compiled Triton kernels inside CUDA "
+            "graphs and need a GPU (nothing measured)"
+        )
         print(msg)
         if args.out:
             with open(args.out, "w") as f:
@@ -162,11 +164,18 @@ def main(argv=None) -> int:
                     rows.append({"D": D, "H": H, "B": B, "m": m, "noise": args.noise, **res})
                     it = res["iteration"]
                     share = it["bandwidth_share"]
-                    print(f"D={D:6d} H={H:3d} B={B} m={m}: iteration {it['ms']:.4f} ms ({share:.0%} of copy)  "
-                          + "  ".join(f"{k} {v['ms']:.4f}" for k, v in res.items() if k != "iteration"),
-                          flush=True)
-    result = {"device": torch.cuda.get_device_name(dev), "copy_GBps": bw / 1e9, "state": "float32",
-              "model": "float16", "rows": rows}
+                    print(
+                        f"D={D:6d} H={H:3d} B={B} m={m}: iteration {it['ms']:.4f} ms ({share:.0%} of copy)  "
+                        + "  ".join(f"{k} {v['ms']:.4f}" for k, v in res.items() if k != "iteration"),
+                        flush=True,
+                    )
+    result = {
+        "device": torch.cuda.get_device_name(dev),
+        "copy_GBps": bw / 1e9,
+        "state": "float32",
+        "model": "float16",
+        "rows": rows,
+    }
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)

@@ -55,8 +55,8 @@ from typing import Any, Callable
 import torch
 
 import paratriton as pt
-from paratriton.solvers.graphed_sequential import GraphedSequential
 from paratriton.solvers import graphed_solver
+from paratriton.solvers.graphed_sequential import GraphedSequential
 
 ALL_MODES = ["default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune"]
 DEFAULT_MODES = {"default": ALL_MODES[:3], "dit": ALL_MODES}
@@ -110,10 +110,23 @@ class Problem:
     """One model: its network module, how a denoiser is built around a (possibly compiled) copy of it, the
     coefficients, x_T and the parallel solvers to time."""
 
-    def __init__(self, name: str, net: torch.nn.Module, denoiser: Callable[[torch.nn.Module], object], coeffs,
-                 x_T: torch.Tensor, solvers: dict[str, Callable[[], Any]]) -> None:
-        self.name, self.net, self.denoiser, self.coeffs, self.x_T, self.solvers = (name, net, denoiser, coeffs,
-                                                                                   x_T, solvers)
+    def __init__(
+        self,
+        name: str,
+        net: torch.nn.Module,
+        denoiser: Callable[[torch.nn.Module], object],
+        coeffs,
+        x_T: torch.Tensor,
+        solvers: dict[str, Callable[[], Any]],
+    ) -> None:
+        self.name, self.net, self.denoiser, self.coeffs, self.x_T, self.solvers = (
+            name,
+            net,
+            denoiser,
+            coeffs,
+            x_T,
+            solvers,
+        )
 
 
 def default_problem(dev: torch.device, T: int) -> Problem:
@@ -145,9 +158,16 @@ def dit_problem(dev: torch.device, T: int, tiny: bool) -> Problem:
     dtype = torch.float16 if dev.type == "cuda" else torch.float32
     torch.manual_seed(0)
     with torch.device(dev):  # initialised on the device: DiT-XL/2's 675M parameters init slowly on the CPU
-        net = DiTTransformer2DModel(num_attention_heads=2 if tiny else 16, attention_head_dim=8 if tiny else 72,
-                                    in_channels=4, out_channels=8, num_layers=1 if tiny else 28, sample_size=32,
-                                    patch_size=2, num_embeds_ada_norm=1000)
+        net = DiTTransformer2DModel(
+            num_attention_heads=2 if tiny else 16,
+            attention_head_dim=8 if tiny else 72,
+            in_channels=4,
+            out_channels=8,
+            num_layers=1 if tiny else 28,
+            sample_size=32,
+            patch_size=2,
+            num_embeds_ada_norm=1000,
+        )
     net = net.to(dev, dtype).eval().requires_grad_(False)
     coeffs = pt.coefficients_from_scheduler(DDIMScheduler(clip_sample=False), T)
     ts = coeffs.timesteps.to(dev, torch.long)
@@ -160,8 +180,7 @@ def dit_problem(dev: torch.device, T: int, tiny: bool) -> Problem:
         return pt.ClassifierFreeGuidance(call, 4.0, pass_branch=True)
 
     x_T = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    solvers = {"picard_w8_27it": lambda: graphed_solver("picard", window=8, max_iters=27, tol_abs=1e-30,
-                                                   tol_rel=1e-30)}
+    solvers = {"picard_w8_27it": lambda: graphed_solver("picard", window=8, max_iters=27, tol_abs=1e-30, tol_rel=1e-30)}
     return Problem("dit", net, denoiser, coeffs, x_T.to(dev), solvers)
 
 
@@ -182,6 +201,7 @@ def run_variant(prob: Problem, mode: str | None, refs: dict, reps: int, emit, sk
         holder: dict = {}
         try:
             if name == "graphed_sequential":
+
                 def first(holder=holder):  # construction captures the graph (the warm-up compiles)
                     holder["s"] = GraphedSequential(model, prob.coeffs, prob.x_T)
                     return holder["s"].run()
@@ -197,8 +217,14 @@ def run_variant(prob: Problem, mode: str | None, refs: dict, reps: int, emit, sk
                 t, res = wall(call)
                 times.append(t)
             sample = res.sample.double().clone()
-            row.update(first_call_ms=t_first, median_ms=statistics.median(times), iterations=res.iterations,
-                       nfe=res.nfe, converged=res.converged, rel_diff_first_vs_last_call=rel(sample, first_sample))
+            row.update(
+                first_call_ms=t_first,
+                median_ms=statistics.median(times),
+                iterations=res.iterations,
+                nfe=res.nfe,
+                converged=res.converged,
+                rel_diff_first_vs_last_call=rel(sample, first_sample),
+            )
             if mode is None:
                 refs[name] = sample
             if name in refs:
@@ -219,9 +245,11 @@ def run_variant(prob: Problem, mode: str | None, refs: dict, reps: int, emit, sk
             if not cuda_ok():
                 row["cuda_context_lost"] = True
                 alive = False
-        row.update(dynamo_graphs=counters["stats"]["unique_graphs"],
-                   graph_breaks=sum(counters["graph_break"].values()),
-                   cudagraph_skips=counters["inductor"]["cudagraph_skips"])
+        row.update(
+            dynamo_graphs=counters["stats"]["unique_graphs"],
+            graph_breaks=sum(counters["graph_break"].values()),
+            cudagraph_skips=counters["inductor"]["cudagraph_skips"],
+        )
         if skip_log.messages:
             row["cudagraph_skip_messages"] = list(skip_log.messages)
         holder.clear()
@@ -240,13 +268,19 @@ def main() -> None:
     p.add_argument("--out", default="compiled.json")
     p.add_argument("--tiny", action="store_true", help="CPU smoke test: 1-layer DiT, T=4, eager and 'default'")
     p.add_argument("--models", nargs="+", choices=["default", "dit"], default=["default", "dit"])
-    p.add_argument("--modes", nargs="+", choices=ALL_MODES, default=None,
-                   help="compile modes for every model (default: all four on the DiT, all but max-autotune on "
-                        "the default model; --tiny: 'default')")
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        choices=ALL_MODES,
+        default=None,
+        help="compile modes for every model (default: all four on the DiT, all but max-autotune on "
+        "the default model; --tiny: 'default')",
+    )
     p.add_argument("--steps", type=int, default=None, help="T (default 100, --tiny 4)")
     p.add_argument("--reps", type=int, default=None, help="timed calls after the first (default 5, --tiny 2)")
-    p.add_argument("--budget-s", type=float, default=330.0,
-                   help="compiled variants that would start later than this are skipped")
+    p.add_argument(
+        "--budget-s", type=float, default=330.0, help="compiled variants that would start later than this are skipped"
+    )
     args = p.parse_args()
     cuda = torch.cuda.is_available() and not args.tiny
     dev = torch.device("cuda" if cuda else "cpu")
@@ -254,9 +288,16 @@ def main() -> None:
         raise SystemExit("no CUDA device: run with --tiny for the CPU smoke test")
     T = args.steps or (4 if args.tiny else 100)
     reps = args.reps or (2 if args.tiny else 5)
-    report = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
-              "cuda": torch.version.cuda, "cuda_graphs": cuda, "args": vars(args), "T": T, "reps": reps,
-              "rows": []}
+    report = {
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cuda_graphs": cuda,
+        "args": vars(args),
+        "T": T,
+        "reps": reps,
+        "rows": [],
+    }
     try:
         import triton
 
@@ -272,6 +313,7 @@ def main() -> None:
 
     skip_log = SkipLog()
     from torch._inductor import cudagraph_utils
+
     cudagraph_utils.cudagraphs_log.addHandler(skip_log)
     start = time.perf_counter()
     with torch.no_grad():
@@ -285,8 +327,13 @@ def main() -> None:
                     break
                 elapsed = time.perf_counter() - start
                 if elapsed > args.budget_s:
-                    emit({"model": name, "variant": f"compile:{mode}",
-                          "error": f"skipped: {elapsed:.0f} s spent, over --budget-s {args.budget_s:.0f}"})
+                    emit(
+                        {
+                            "model": name,
+                            "variant": f"compile:{mode}",
+                            "error": f"skipped: {elapsed:.0f} s spent, over --budget-s {args.budget_s:.0f}",
+                        }
+                    )
                     continue
                 alive = run_variant(prob, mode, refs, reps, emit, skip_log)
             del prob, refs

@@ -30,8 +30,7 @@ def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
     return float("inf") if mse == 0 else 10 * math.log10(4.0 / mse)
 
 
-def make_problem(model_name: str, sampler: str, T: int, batch: int, device, seed: int, guidance: float,
-                 pipe=None):
+def make_problem(model_name: str, sampler: str, T: int, batch: int, device, seed: int, guidance: float, pipe=None):
     """-> (denoiser, coeffs, x_T, noise)"""
     if model_name == "default":
         from paratriton.models import default_scheduler
@@ -70,9 +69,16 @@ def run_method(model, coeffs, x_T, noise, ref, method, opts, tol):
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
     first = lambda db: next((k + 1 for k, p in enumerate(curve) if p >= db), None)  # noqa: E731
-    return {"iterations": res.iterations, "nfe": res.nfe, "converged": bool(res.converged),
-            "psnr": psnr(res.sample, ref), "it30": first(30.0), "it40": first(40.0), "wall_s": round(wall, 3),
-            "curve": [round(p, 2) if math.isfinite(p) else 999.0 for p in curve]}
+    return {
+        "iterations": res.iterations,
+        "nfe": res.nfe,
+        "converged": bool(res.converged),
+        "psnr": psnr(res.sample, ref),
+        "it30": first(30.0),
+        "it40": first(40.0),
+        "wall_s": round(wall, 3),
+        "curve": [round(p, 2) if math.isfinite(p) else 999.0 for p in curve],
+    }
 
 
 def _cell(r: dict) -> str:
@@ -87,27 +93,44 @@ def report(path: str) -> str:
     with open(path) as f:
         data = json.load(f)
     res = data["results"]
-    out = [f"Device: {data['device']}, torch {data['torch']}, float64 solver state, float32 model (TF32 off), "
-           f"tol_abs = tol_rel = {data['tol']:g}, batch {data['batch']} (1 at T = 1000), default model with "
-           f"classifier-free guidance {data['guidance']:g} (labels 0, 1, 2, 3), seed 0. Cell: "
-           "**iterations / NFE per sample / final PSNR vs sequential [dB] / first iteration >= 30 dB / >= 40 dB** "
-           "('-': never; '(cap)': stopped by the 150-iteration cap at T = 1000, not converged).", ""]
+    out = [
+        f"Device: {data['device']}, torch {data['torch']}, float64 solver state, float32 model (TF32 off), "
+        f"tol_abs = tol_rel = {data['tol']:g}, batch {data['batch']} (1 at T = 1000), default model with "
+        f"classifier-free guidance {data['guidance']:g} (labels 0, 1, 2, 3), seed 0. Cell: "
+        "**iterations / NFE per sample / final PSNR vs sequential [dB] / first iteration >= 30 dB / >= 40 dB** "
+        "('-': never; '(cap)': stopped by the 150-iteration cap at T = 1000, not converged).",
+        "",
+    ]
     for model in dict.fromkeys(r["model"] for r in res):
         for sampler in dict.fromkeys(r["sampler"] for r in res if r["model"] == model):
             rs = [r for r in res if r["model"] == model and r["sampler"] == sampler]
             probs = sorted(dict.fromkeys((r["T"], r["W"]) for r in rs), key=lambda p: (p[0], -p[1]))
-            methods = [m for m in dict.fromkeys(r["method"].split(" k=")[0] if r["method"].startswith("fp best")
-                                                else r["method"] for r in rs)
-                       if m != "sequential" and not any(t in m for t in ("ridge", "k=8", "h=3 k=1", "tol="))]
+            methods = [
+                m
+                for m in dict.fromkeys(
+                    r["method"].split(" k=")[0] if r["method"].startswith("fp best") else r["method"] for r in rs
+                )
+                if m != "sequential" and not any(t in m for t in ("ridge", "k=8", "h=3 k=1", "tol="))
+            ]
             name = {"default": "default digits model", "gmm": "Gaussian mixture (1x32x32, 8 components)"}[model]
-            out += [f"**{name}, {'DDIM (eta 0)' if sampler == 'ddim' else 'DDPM (eta 1)'}**", "",
-                    "| method | " + " | ".join(f"T={T}, W={W}" for T, W in probs) + " |",
-                    "|---|" + "---|" * len(probs)]
+            out += [
+                f"**{name}, {'DDIM (eta 0)' if sampler == 'ddim' else 'DDPM (eta 1)'}**",
+                "",
+                "| method | " + " | ".join(f"T={T}, W={W}" for T, W in probs) + " |",
+                "|---|" + "---|" * len(probs),
+            ]
             for m in methods:
                 cells = []
                 for T, W in probs:
-                    r = next((r for r in rs if (r["T"], r["W"]) == (T, W) and (
-                        r["method"] == m or (m == "fp best" and r["method"].startswith("fp best")))), None)
+                    r = next(
+                        (
+                            r
+                            for r in rs
+                            if (r["T"], r["W"]) == (T, W)
+                            and (r["method"] == m or (m == "fp best" and r["method"].startswith("fp best")))
+                        ),
+                        None,
+                    )
                     if r is None:
                         cells.append("")
                     elif m == "fp best":
@@ -118,8 +141,12 @@ def report(path: str) -> str:
             out.append("")
     var = [r for r in res if r["model"] == "default" and r["T"] == 100 and r["method"].startswith("taa")]
     if var:
-        out += ["**TAA variants on the default model, T = 100** (history, ridge, order k, tolerance)", "",
-                "| method | DDIM-100 | DDPM-100 |", "|---|---|---|"]
+        out += [
+            "**TAA variants on the default model, T = 100** (history, ridge, order k, tolerance)",
+            "",
+            "| method | DDIM-100 | DDPM-100 |",
+            "|---|---|---|",
+        ]
         for m in dict.fromkeys(r["method"] for r in var):
             c = [next((_cell(r) for r in var if r["method"] == m and r["sampler"] == s), "") for s in ("ddim", "ddpm")]
             out.append(f"| {m} | {c[0]} | {c[1]} |")
@@ -135,13 +162,22 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, nargs="+", default=[100, 50, 25, 1000], help="run in this order")
     p.add_argument("--max-iters-1000", type=int, default=150, help="iteration cap of each solve at T >= 1000")
     p.add_argument("--batch-1000", type=int, default=1, help="batch at T >= 1000")
-    p.add_argument("--no-variants", dest="variants", action="store_false",
-                   help="skip the TAA ridge/order variants on the default model at T = 100")
+    p.add_argument(
+        "--no-variants",
+        dest="variants",
+        action="store_false",
+        help="skip the TAA ridge/order variants on the default model at T = 100",
+    )
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--tol", type=float, default=1e-3)
     p.add_argument("--guidance", type=float, default=None, help="default model: CFG scale (default: shipped)")
-    p.add_argument("--fp-orders", type=int, nargs="+", default=[2, 4, 8, 16, 10**9],
-                   help="orders k swept for 'fp (best k)' (10**9 = the whole window)")
+    p.add_argument(
+        "--fp-orders",
+        type=int,
+        nargs="+",
+        default=[2, 4, 8, 16, 10**9],
+        help="orders k swept for 'fp (best k)' (10**9 = the whole window)",
+    )
     p.add_argument("--fp-orders-1000", type=int, nargs="+", default=[8, 10**9], help="the sweep at T >= 1000")
     p.add_argument("--max-seconds", type=float, default=1e9, help="skip remaining problems past this wall time")
     p.add_argument("--seed", type=int, default=0)
@@ -162,24 +198,39 @@ def main(argv=None) -> int:
         pipe = load_default(device=device, dtype=torch.float32)
     guidance = args.guidance if args.guidance is not None else (pipe.default_guidance_scale if pipe else 1.0)
     results, t_start = [], time.time()
-    problems = [(T, m, s, W) for T in args.steps for m in args.models for s in args.samplers
-                for W in ([T, 32] if T >= 1000 else [T])]
+    problems = [
+        (T, m, s, W)
+        for T in args.steps
+        for m in args.models
+        for s in args.samplers
+        for W in ([T, 32] if T >= 1000 else [T])
+    ]
     for T, model_name, sampler, W in problems:
         if time.time() - t_start > args.max_seconds:
             print(f"skip {model_name} {sampler} T={T} W={W}: past --max-seconds", flush=True)
             continue
         batch = args.batch_1000 if T >= 1000 else args.batch
         cap = {"max_iters": args.max_iters_1000} if T >= 1000 else {}
-        model, coeffs, x_T, noise = make_problem(model_name, sampler, T, batch, device,
-                                                 args.seed, guidance, pipe)
+        model, coeffs, x_T, noise = make_problem(model_name, sampler, T, batch, device, args.seed, guidance, pipe)
         t0 = time.perf_counter()
         ref = paratriton.solve(model, coeffs, x_T, noise, method="sequential").sample
         if device.type == "cuda":
             torch.cuda.synchronize()
         seq_wall = time.perf_counter() - t0
         base = {"model": model_name, "sampler": sampler, "T": T, "W": W, "batch": batch}
-        results.append({**base, "method": "sequential", "iterations": T, "nfe": T, "converged": True,
-                        "psnr": float("inf"), "it30": T, "it40": T, "wall_s": round(seq_wall, 3)})
+        results.append(
+            {
+                **base,
+                "method": "sequential",
+                "iterations": T,
+                "nfe": T,
+                "converged": True,
+                "psnr": float("inf"),
+                "it30": T,
+                "it40": T,
+                "wall_s": round(seq_wall, 3),
+            }
+        )
         rows = []
         fp_best = None
         for k in [1, *(args.fp_orders if T < 1000 else args.fp_orders_1000)]:
@@ -192,19 +243,33 @@ def main(argv=None) -> int:
             if k == 1:
                 results.append({**base, "method": "fp k=1", **r})
             elif fp_best is None or (r["iterations"], r["it40"] or 10**9) < (
-                    fp_best["iterations"], fp_best["it40"] or 10**9):
+                fp_best["iterations"],
+                fp_best["it40"] or 10**9,
+            ):
                 fp_best = r
-        results.append({**base, "method": f"fp best k={fp_best['order']}", **fp_best,
-                        "sweep": {r["order"]: r["iterations"] for r in rows}})
-        methods = [("picard", "picard", {}), ("aa h=2", "aa", {"history": 2}),
-                   ("taa h=2", "taa", {"history": 2}), ("taa h=3", "taa", {"history": 3}),
-                   ("taa h=5", "taa", {"history": 5})]
+        results.append(
+            {
+                **base,
+                "method": f"fp best k={fp_best['order']}",
+                **fp_best,
+                "sweep": {r["order"]: r["iterations"] for r in rows},
+            }
+        )
+        methods = [
+            ("picard", "picard", {}),
+            ("aa h=2", "aa", {"history": 2}),
+            ("taa h=2", "taa", {"history": 2}),
+            ("taa h=3", "taa", {"history": 3}),
+            ("taa h=5", "taa", {"history": 5}),
+        ]
         if args.variants and model_name == "default" and T == 100:
-            methods += [("taa h=3 ridge=1e-1", "taa", {"history": 3, "ridge": 1e-1}),
-                        ("taa h=3 ridge=1e-5", "taa", {"history": 3, "ridge": 1e-5}),
-                        ("taa h=3 k=8", "taa", {"history": 3, "order": 8}),
-                        ("taa h=3 k=1", "taa", {"history": 3, "order": 1}),
-                        ("taa h=3 tol=1e-4", "taa", {"history": 3, "tol_abs": 1e-4, "tol_rel": 1e-4})]
+            methods += [
+                ("taa h=3 ridge=1e-1", "taa", {"history": 3, "ridge": 1e-1}),
+                ("taa h=3 ridge=1e-5", "taa", {"history": 3, "ridge": 1e-5}),
+                ("taa h=3 k=8", "taa", {"history": 3, "order": 8}),
+                ("taa h=3 k=1", "taa", {"history": 3, "order": 1}),
+                ("taa h=3 tol=1e-4", "taa", {"history": 3, "tol_abs": 1e-4, "tol_rel": 1e-4}),
+            ]
         n_before = len(results)
         for name, method, opts in methods:
             o = {"window": W, **cap, **opts}
@@ -212,14 +277,26 @@ def main(argv=None) -> int:
             o.pop("tol_rel", None)
             r = run_method(model, coeffs, x_T, noise, ref, method, o, tol)
             results.append({**base, "method": name, **r})
-        for r in results[n_before - 3:]:
-            print(f"{model_name:7s} {sampler} T={T:4d} W={W:4d} {r['method']:14s} it={r['iterations']:4d} "
-                  f"nfe={r['nfe']:5d} conv={int(r['converged'])} psnr={r['psnr']:6.1f} "
-                  f"it30={r['it30']} it40={r['it40']} wall={r['wall_s']:.2f}s", flush=True)
+        for r in results[n_before - 3 :]:
+            print(
+                f"{model_name:7s} {sampler} T={T:4d} W={W:4d} {r['method']:14s} it={r['iterations']:4d} "
+                f"nfe={r['nfe']:5d} conv={int(r['converged'])} psnr={r['psnr']:6.1f} "
+                f"it30={r['it30']} it40={r['it40']} wall={r['wall_s']:.2f}s",
+                flush=True,
+            )
         with open(args.out, "w") as f:
-            json.dump({"device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(),
-                       "torch": torch.__version__, "batch": args.batch, "tol": args.tol,
-                       "guidance": guidance, "results": results}, f, indent=0)
+            json.dump(
+                {
+                    "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(),
+                    "torch": torch.__version__,
+                    "batch": args.batch,
+                    "tol": args.tol,
+                    "guidance": guidance,
+                    "results": results,
+                },
+                f,
+                indent=0,
+            )
     print(f"done in {time.time() - t_start:.1f}s", flush=True)
     return 0
 

@@ -21,8 +21,8 @@ import torch
 import paratriton as pt
 from paratriton._cuda_graph import capture, median_ms
 from paratriton.planner import plan
-from paratriton.solvers.graphed_sequential import GraphedSequential
 from paratriton.solvers import graphed_solver
+from paratriton.solvers.graphed_sequential import GraphedSequential
 
 
 def sync() -> None:
@@ -72,6 +72,7 @@ def part_a(args, report):
         from diffusers import DDIMScheduler
 
         from paratriton.models import SCHEDULER_CONFIG, DigitsPipeline, build_unet
+
         pipe = DigitsPipeline(build_unet().to(dev).eval().requires_grad_(False), DDIMScheduler(**SCHEDULER_CONFIG))
         report["default_model_random_weights"] = True
     report["default_model"] = {"params_M": sum(p.numel() for p in pipe.unet.parameters()) / 1e6}
@@ -86,20 +87,37 @@ def part_a(args, report):
             labels = torch.arange(B, device=dev) % 10
             model = digits_denoiser(pipe, coeffs, labels, pipe.default_guidance_scale)
             row = {"sampler": kind, "T": T, "batch": B}
-            t_eager, eager = timed(lambda: pt.solve(model, coeffs, x_T.float(), noise.float(), method="sequential",
-                                                   state_dtype=torch.float32, check_finite=False), 2)
+            t_eager, eager = timed(
+                lambda: pt.solve(
+                    model,
+                    coeffs,
+                    x_T.float(),
+                    noise.float(),
+                    method="sequential",
+                    state_dtype=torch.float32,
+                    check_finite=False,
+                ),
+                2,
+            )
             seq = GraphedSequential(model, coeffs, x_T, noise)
             t_seq, ref = timed(seq.run, 5)
             ref_sample = ref.sample.clone()
             taa = graphed_solver(history=args.history, tol_abs=args.tol, tol_rel=args.tol)
             t_first, res = timed(lambda: taa.solve(model, coeffs, x_T, noise), 1)  # includes the captures
             t_taa, res = timed(lambda: taa.solve(model, coeffs, x_T, noise), 5)
-            row.update(eager_sequential_ms=1e3 * t_eager, graphed_sequential_ms=1e3 * t_seq,
-                       graphed_taa_ms=1e3 * t_taa, graphed_taa_first_call_ms=1e3 * t_first,
-                       taa_iterations=res.iterations, taa_nfe=res.nfe, taa_converged=res.converged,
-                       psnr_taa_vs_seq=psnr(res.sample, ref_sample),
-                       psnr_eager_vs_graphed_seq=psnr(eager.sample, ref_sample),
-                       speedup_vs_graphed_seq=t_seq / t_taa, speedup_vs_eager_seq=t_eager / t_taa)
+            row.update(
+                eager_sequential_ms=1e3 * t_eager,
+                graphed_sequential_ms=1e3 * t_seq,
+                graphed_taa_ms=1e3 * t_taa,
+                graphed_taa_first_call_ms=1e3 * t_first,
+                taa_iterations=res.iterations,
+                taa_nfe=res.nfe,
+                taa_converged=res.converged,
+                psnr_taa_vs_seq=psnr(res.sample, ref_sample),
+                psnr_eager_vs_graphed_seq=psnr(eager.sample, ref_sample),
+                speedup_vs_graphed_seq=t_seq / t_taa,
+                speedup_vs_eager_seq=t_eager / t_taa,
+            )
             # iterations to reach 30/40 dB, from a callback run (eager, same iterates)
             hits = {}
 
@@ -109,18 +127,22 @@ def part_a(args, report):
                     if p >= thr and thr not in hits:
                         hits[thr] = info.iteration
 
-            graphed_solver(history=args.history, tol_abs=args.tol, tol_rel=args.tol, cuda_graph=False,
-                      callback=cb).solve(model, coeffs, x_T, noise)
+            graphed_solver(
+                history=args.history, tol_abs=args.tol, tol_rel=args.tol, cuda_graph=False, callback=cb
+            ).solve(model, coeffs, x_T, noise)
             row["iters_to_30dB"], row["iters_to_40dB"] = hits.get(30), hits.get(40)
             # the planner: calibrated on another seed, predicted from the model's graphed batch-time curve
             g1 = torch.Generator().manual_seed(1)
             cal_x = torch.randn(B, *pipe.sample_shape, generator=g1, dtype=torch.float64).to(dev)
             cal_noise = torch.randn(T, B, *pipe.sample_shape, generator=g1, dtype=torch.float64).to(dev)
             pl = plan(model, coeffs, cal_x, cal_noise, history=args.history, tol_abs=args.tol, tol_rel=args.tol)
-            row.update(planner_method=pl.method, planner_parallel_ms=pl.parallel_ms,
-                       planner_sequential_ms=pl.sequential_ms,
-                       planner_error_parallel=pl.parallel_ms / (1e3 * t_taa) - 1,
-                       planner_error_sequential=pl.sequential_ms / (1e3 * t_seq) - 1)
+            row.update(
+                planner_method=pl.method,
+                planner_parallel_ms=pl.parallel_ms,
+                planner_sequential_ms=pl.sequential_ms,
+                planner_error_parallel=pl.parallel_ms / (1e3 * t_taa) - 1,
+                planner_error_sequential=pl.sequential_ms / (1e3 * t_seq) - 1,
+            )
             schedules[(kind, B)] = taa_schedule(res, T, taa.buckets)
             row["bucket_schedule"] = schedules[(kind, B)]
             report.setdefault("part_a", []).append(row)
@@ -151,9 +173,19 @@ def part_b(args, report, schedules):
     dev = torch.device("cuda")
     T = args.steps
     models = {
-        "DiT-XL/2": (lambda: DiTTransformer2DModel(num_attention_heads=16, attention_head_dim=72, in_channels=4,
-                                                   out_channels=8, num_layers=28, sample_size=32, patch_size=2,
-                                                   num_embeds_ada_norm=1000), (4, 32, 32)),
+        "DiT-XL/2": (
+            lambda: DiTTransformer2DModel(
+                num_attention_heads=16,
+                attention_head_dim=72,
+                in_channels=4,
+                out_channels=8,
+                num_layers=28,
+                sample_size=32,
+                patch_size=2,
+                num_embeds_ada_norm=1000,
+            ),
+            (4, 32, 32),
+        ),
         "SD-1.5 UNet": (lambda: UNet2DConditionModel(sample_size=64, cross_attention_dim=768), (4, 64, 64)),
     }
     for name, (make, shape) in models.items():
@@ -180,8 +212,11 @@ def part_b(args, report, schedules):
             for H in sizes:
                 xs = torch.randn(H + 1, 1, math.prod(shape), device=dev, dtype=torch.float64)
                 solver_ms[H] = solver_only_time(xs, H, args.history)
-        entry = {"batch_ms_graphed": curve, "solver_ms_per_iteration": solver_ms,
-                 "sequential_graphed_ms_predicted": T * curve[2]}
+        entry = {
+            "batch_ms_graphed": curve,
+            "solver_ms_per_iteration": solver_ms,
+            "sequential_graphed_ms_predicted": T * curve[2],
+        }
         for (kind, B), sched in schedules.items():
             if B != 1:
                 continue
@@ -232,7 +267,11 @@ def main():
     args = p.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    report = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__, "args": vars(args)}
+    report = {
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "args": vars(args),
+    }
     schedules = part_a(args, report)
     if not args.skip_b:
         part_b(args, report, schedules)

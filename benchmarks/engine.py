@@ -88,8 +88,16 @@ def part_kernels(report: dict, dev: torch.device, quick: bool) -> None:
                     continue
                 ms = solver_ms(method, 100, B, D, max(m, 1), dev)
                 nbytes = iteration_bytes(method, 100, B, D, m)
-                row = dict(method=method, history=m, D=D, B=B, W=100, solver_ms_per_iter=ms,
-                           bytes=nbytes, bandwidth_share=nbytes / (ms * 1e-3) / bw if ms > 0 else None)
+                row = dict(
+                    method=method,
+                    history=m,
+                    D=D,
+                    B=B,
+                    W=100,
+                    solver_ms_per_iter=ms,
+                    bytes=nbytes,
+                    bandwidth_share=nbytes / (ms * 1e-3) / bw if ms > 0 else None,
+                )
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     report["solver_ms_per_iter"] = rows
@@ -125,12 +133,22 @@ def default_model(report: dict, dev: torch.device, steps: int) -> None:
         eager.solve(model, coeffs, x_T)
         t_eager = _timed(lambda: eager.solve(model, coeffs, x_T), reps=3)
         f64 = make_solver("taa", cuda_graph=True, state_dtype=torch.float64).solve(model, coeffs, x_T)
-        row = dict(B=B, T=steps, graphed_sequential_ms=1e3 * t_seq, graphed_taa_ms=1e3 * t_taa,
-                   speedup_vs_graphed_sequential=t_seq / t_taa, first_call_ms=1e3 * t_first,
-                   iterations=res.iterations, converged=res.converged, first_iterations=first.iterations,
-                   eager_engine_ms=1e3 * t_eager, eager_ms_per_iter=1e3 * t_eager / res.iterations,
-                   rms_vs_graphed_sequential=_rms(res.sample, ref),
-                   rms_float32_vs_float64_state=_rms(res.sample, f64.sample), float64_iterations=f64.iterations)
+        row = dict(
+            B=B,
+            T=steps,
+            graphed_sequential_ms=1e3 * t_seq,
+            graphed_taa_ms=1e3 * t_taa,
+            speedup_vs_graphed_sequential=t_seq / t_taa,
+            first_call_ms=1e3 * t_first,
+            iterations=res.iterations,
+            converged=res.converged,
+            first_iterations=first.iterations,
+            eager_engine_ms=1e3 * t_eager,
+            eager_ms_per_iter=1e3 * t_eager / res.iterations,
+            rms_vs_graphed_sequential=_rms(res.sample, ref),
+            rms_float32_vs_float64_state=_rms(res.sample, f64.sample),
+            float64_iterations=f64.iterations,
+        )
         rows.append(row)
         print(json.dumps(row), flush=True)
     report["default_model_ddim"] = rows
@@ -162,8 +180,12 @@ def main() -> None:
     import triton
 
     dev = torch.device("cuda")
-    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-              "backends": pt.backends()}
+    report = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "backends": pt.backends(),
+    }
     part_kernels(report, dev, args.quick)
     default_model(report, dev, args.steps)
     with open(args.out, "w") as f:

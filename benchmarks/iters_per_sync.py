@@ -18,12 +18,12 @@ import statistics
 import time
 
 import torch
+from end_to_end import digits_denoiser  # benchmarks/ is on sys.path when this file runs as a script
 
 import paratriton as pt
-from end_to_end import digits_denoiser  # benchmarks/ is on sys.path when this file runs as a script
 from paratriton.models import default_scheduler, load_default
-from paratriton.solvers.graphed_sequential import GraphedSequential
 from paratriton.solvers import graphed_solver
+from paratriton.solvers.graphed_sequential import GraphedSequential
 
 
 def main() -> None:
@@ -39,8 +39,7 @@ def main() -> None:
     T = 10 if args.tiny else 100
     pipe = load_default(device=dev, dtype=torch.float16 if cuda else torch.float32)
     labels = torch.tensor([3], device=dev)
-    report = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__, "T": T,
-              "rows": []}
+    report = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__, "T": T, "rows": []}
 
     def timed(run) -> tuple[float, object]:
         run()  # captures
@@ -59,8 +58,11 @@ def main() -> None:
             model = digits_denoiser(pipe, coeffs, labels, pipe.default_guidance_scale)
             g = torch.Generator().manual_seed(0)
             x_T = torch.randn(1, *pipe.sample_shape, generator=g, dtype=torch.float64).to(dev)
-            noise = (torch.randn(T, 1, *pipe.sample_shape, generator=g, dtype=torch.float64).to(dev)
-                     if coeffs.is_stochastic else None)
+            noise = (
+                torch.randn(T, 1, *pipe.sample_shape, generator=g, dtype=torch.float64).to(dev)
+                if coeffs.is_stochastic
+                else None
+            )
             seq_ms, seq = timed(GraphedSequential(model, coeffs, x_T, noise, cuda_graph=cuda).run)
             for name, kw in (("taa", {}), ("picard W=8", dict(method="picard", window=8))):
                 base = None
@@ -69,11 +71,19 @@ def main() -> None:
                     ms, res = timed(lambda: solver.solve(model, coeffs, x_T, noise))
                     if base is None:
                         base = res.sample.clone()
-                    row = dict(sampler=f"{kind.upper()}-{T}", method=name, iters_per_sync=k, ms=ms,
-                               iterations=res.iterations, graphed_sequential_ms=seq_ms, speedup=seq_ms / ms,
-                               rel_diff_vs_k1=((res.sample - base).norm() / base.norm()).item(),
-                               rel_diff_vs_sequential=((res.sample - seq.sample.double()).norm()
-                                                       / seq.sample.double().norm()).item())
+                    row = dict(
+                        sampler=f"{kind.upper()}-{T}",
+                        method=name,
+                        iters_per_sync=k,
+                        ms=ms,
+                        iterations=res.iterations,
+                        graphed_sequential_ms=seq_ms,
+                        speedup=seq_ms / ms,
+                        rel_diff_vs_k1=((res.sample - base).norm() / base.norm()).item(),
+                        rel_diff_vs_sequential=(
+                            (res.sample - seq.sample.double()).norm() / seq.sample.double().norm()
+                        ).item(),
+                    )
                     report["rows"].append(row)
                     print(json.dumps(row), flush=True)
     with open(args.out, "w") as f:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+
 import torch
 import torch.distributed as dist
 
@@ -26,8 +27,16 @@ def make_model(name: str, dev):
 
     torch.manual_seed(0)
     if name == "dit":
-        net = DiTTransformer2DModel(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8,
-                                    num_layers=28, sample_size=32, patch_size=2, num_embeds_ada_norm=1000)
+        net = DiTTransformer2DModel(
+            num_attention_heads=16,
+            attention_head_dim=72,
+            in_channels=4,
+            out_channels=8,
+            num_layers=28,
+            sample_size=32,
+            patch_size=2,
+            num_embeds_ada_norm=1000,
+        )
         shape = (4, 32, 32)
     else:
         net = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)
@@ -49,8 +58,13 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--model", choices=["dit", "sd"], default="dit")
     p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--schedule", type=int, nargs="*", default=None,
-                   help="window size of every iteration (default: T, T, ... for --iterations iterations)")
+    p.add_argument(
+        "--schedule",
+        type=int,
+        nargs="*",
+        default=None,
+        help="window size of every iteration (default: T, T, ... for --iterations iterations)",
+    )
     p.add_argument("--iterations", type=int, default=8)
     p.add_argument("--out", default="multi_gpu.json")
     args = p.parse_args()
@@ -71,8 +85,9 @@ def main():
             start, stop = balanced_chunks(rows, world)[rank]
             per = -(-rows // world)
             # identical inputs on every rank (as the solver's state is): a generator seeded the same everywhere
-            x = torch.randn(rows, *shape, device=dev, dtype=torch.float16,
-                            generator=torch.Generator(device=dev).manual_seed(H))
+            x = torch.randn(
+                rows, *shape, device=dev, dtype=torch.float16, generator=torch.Generator(device=dev).manual_seed(H)
+            )
             chunk = x[start:stop] if stop > start else x[:1]
             g, out = capture(lambda: call(chunk))
             padded = torch.zeros(per, *shape, device=dev, dtype=torch.float16)
@@ -80,7 +95,7 @@ def main():
 
             def iteration():
                 g.replay()
-                padded[:out.shape[0]].copy_(out[:per])
+                padded[: out.shape[0]].copy_(out[:per])
                 dist.all_gather_into_tensor(gathered, padded)
 
             compute = median_ms(g.replay)
@@ -93,8 +108,14 @@ def main():
             sharded = torch.cat([q[:s] for q, s in zip(parts, sizes)])
             full = call(x)
             rel = ((sharded.float() - full.float()).norm() / full.float().norm()).item()
-            per_window[H] = {"rows": rows, "chunk_rows": stop - start, "compute_ms": compute, "iteration_ms": total,
-                             "comm_share": max(0.0, 1 - compute / total), "rel_diff_vs_unsharded": rel}
+            per_window[H] = {
+                "rows": rows,
+                "chunk_rows": stop - start,
+                "compute_ms": compute,
+                "iteration_ms": total,
+                "comm_share": max(0.0, 1 - compute / total),
+                "rel_diff_vs_unsharded": rel,
+            }
         times = torch.tensor([per_window[H]["iteration_ms"] for H in sorted(per_window)], device=dev)
         dist.all_reduce(times, op=dist.ReduceOp.MAX)  # an iteration ends when the slowest rank's chunk arrives
         for H, t in zip(sorted(per_window), times.tolist()):

@@ -16,9 +16,10 @@ median of ``--reps`` calls after a first (capturing / warming) call:
 The stock pipeline keeps its latents in fp16 and steps the scheduler in fp16; paratriton's solvers keep float64
 state, so paratriton's graphed sequential sample differs from the stock one by fp16 rounding (about 3e-3 here).
 Every case reports both distances: from the stock sample and from paratriton's graphed sequential sample (the
-same UNet's exact sequential solution up to float64 rounding). ParaDiGMS' tolerance and ours differ in kind (its: per-step change below ``tolerance`` times the step's DDPM
-posterior std; ours: the order-1 residual below ``max(1e-3, 1e-3 * posterior std)``), so every case reports its
-distance from the stock sequential sample and the comparison is made at equal or better accuracy.
+same UNet's exact sequential solution up to float64 rounding). ParaDiGMS' tolerance and ours differ in kind
+(its: per-step change below ``tolerance`` times the step's DDPM posterior std; ours: the order-1 residual below
+``max(1e-3, 1e-3 * posterior std)``), so every case reports its distance from the stock sequential sample and
+the comparison is made at equal or better accuracy.
 """
 
 from __future__ import annotations
@@ -41,17 +42,36 @@ def components(dev, dtype, tiny: bool, latent: int):
 
     torch.manual_seed(0)
     if tiny:
-        unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=1, sample_size=latent,
-                                    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=768,
-                                    attention_head_dim=4)
+        unet = UNet2DConditionModel(
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            sample_size=latent,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=768,
+            attention_head_dim=4,
+        )
     else:  # SD-1.5's UNet config (860M parameters)
         unet = UNet2DConditionModel(sample_size=latent, cross_attention_dim=768)
     unet = unet.to(dev, dtype).eval().requires_grad_(False)
-    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                          set_alpha_to_one=False, steps_offset=1)
-    return dict(vae=None, text_encoder=None, tokenizer=None, unet=unet, scheduler=sched, safety_checker=None,
-                feature_extractor=None, requires_safety_checker=False)
+    sched = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    return dict(
+        vae=None,
+        text_encoder=None,
+        tokenizer=None,
+        unet=unet,
+        scheduler=sched,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
 
 
 def setup(args, rows_key: str):
@@ -59,8 +79,12 @@ def setup(args, rows_key: str):
     dev = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     dtype = torch.float16 if dev.type == "cuda" else torch.float32
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    report = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__,
-              "sampler": f"DDIM-{args.steps}, CFG 7.5, batch 1, fp16 UNet (random weights)", rows_key: []}
+    report = {
+        "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "sampler": f"DDIM-{args.steps}, CFG 7.5, batch 1, fp16 UNet (random weights)",
+        rows_key: [],
+    }
     return dev, dtype, sync, report
 
 
@@ -81,17 +105,25 @@ def main():
     for latent in args.latents:
         comps = components(dev, dtype, args.tiny, latent)
         stock = StableDiffusionPipeline(**comps)
-        paradigms = StableDiffusionParadigmsPipeline(**{**comps, "scheduler": DDIMParallelScheduler.from_config(
-            comps["scheduler"].config)})
+        paradigms = StableDiffusionParadigmsPipeline(
+            **{**comps, "scheduler": DDIMParallelScheduler.from_config(comps["scheduler"].config)}
+        )
         for pipe in (stock, paradigms):
             pipe.set_progress_bar_config(disable=True)
         g = torch.Generator().manual_seed(1)
         embeds = torch.randn(1, 77, 768, generator=g).to(dev, dtype)
         negative = torch.randn(1, 77, 768, generator=g).to(dev, dtype)
         latents = torch.randn(1, 4, latent, latent, generator=g).to(dev, dtype)
-        inputs = dict(prompt_embeds=embeds, negative_prompt_embeds=negative, latents=latents,
-                      num_inference_steps=args.steps, guidance_scale=7.5, output_type="latent",
-                      height=8 * latent, width=8 * latent)
+        inputs = dict(
+            prompt_embeds=embeds,
+            negative_prompt_embeds=negative,
+            latents=latents,
+            num_inference_steps=args.steps,
+            guidance_scale=7.5,
+            output_type="latent",
+            height=8 * latent,
+            width=8 * latent,
+        )
         calls = []
         comps["unet"].register_forward_pre_hook(lambda m, a, kw: calls.append(1), with_kwargs=True)
 
@@ -113,13 +145,21 @@ def main():
         cases.append(("paratriton sequential, CUDA graph", graphed_seq, {}, None))
         for P, tol in ((8, 0.1), (16, 0.1), (8, 0.01), (16, 0.01), (8, 0.001)):
             cases.append((f"ParaDiGMS parallel={P} tolerance={tol}", paradigms, dict(parallel=P, tolerance=tol), None))
-        for method, W, graphed, tol in (("picard", 8, True, None), ("picard", 16, True, None),
-                                        ("taa", 4, True, None), ("taa", 8, True, None), ("taa", 16, True, None),
-                                        ("taa", 8, True, 1e-2), ("picard", 8, False, None)):
+        for method, W, graphed, tol in (
+            ("picard", 8, True, None),
+            ("picard", 16, True, None),
+            ("taa", 4, True, None),
+            ("taa", 8, True, None),
+            ("taa", 16, True, None),
+            ("taa", 8, True, 1e-2),
+            ("picard", 8, False, None),
+        ):
             tols = {} if tol is None else dict(tol_abs=tol, tol_rel=tol)
             par = paratriton.parallelize(stock, method, window=W, cuda_graph=graphed, **tols)
-            name = (f"paratriton {method} window={W}{'' if tol is None else f' tol={tol:g}'}"
-                    f"{', CUDA graphs' if graphed else ', eager'}")
+            name = (
+                f"paratriton {method} window={W}{'' if tol is None else f' tol={tol:g}'}"
+                f"{', CUDA graphs' if graphed else ', eager'}"
+            )
             cases.append((name, par, {}, par))
         seq_ms = seq_out = None
         for name, pipe, kw, par in cases:
@@ -127,8 +167,13 @@ def main():
             if name.startswith("paratriton sequential"):
                 seq_ms, seq_out = ms, out
             iters = par.paratriton.last_result.iterations if par is not None else n_calls
-            row = dict(latent=latent, case=name, wall_ms=ms, iterations=iters,
-                       rel_err_vs_sequential=((out - ref).norm() / ref.norm()).item())
+            row = dict(
+                latent=latent,
+                case=name,
+                wall_ms=ms,
+                iterations=iters,
+                rel_err_vs_sequential=((out - ref).norm() / ref.norm()).item(),
+            )
             if seq_out is not None:  # the same fp16 UNet solved sequentially with float64 state
                 row["rel_err_vs_graphed_sequential"] = ((out - seq_out).norm() / seq_out.norm()).item()
             report["cases"].append(row)

@@ -16,9 +16,9 @@ import statistics
 import time
 
 import torch
+from paradigms import components, setup  # benchmarks/ is on sys.path when this file runs as a script
 
 import paratriton
-from paradigms import components, setup  # benchmarks/ is on sys.path when this file runs as a script
 
 
 def main() -> None:
@@ -36,10 +36,15 @@ def main() -> None:
         stock = StableDiffusionPipeline(**components(dev, dtype, args.tiny, latent))
         stock.set_progress_bar_config(disable=True)
         g = torch.Generator().manual_seed(1)
-        call = dict(prompt_embeds=torch.randn(1, 77, 768, generator=g).to(dev, dtype),
-                    negative_prompt_embeds=torch.randn(1, 77, 768, generator=g).to(dev, dtype),
-                    latents=torch.randn(1, 4, latent, latent, generator=g).to(dev, dtype), guidance_scale=7.5,
-                    output_type="latent", height=8 * latent, width=8 * latent)
+        call = dict(
+            prompt_embeds=torch.randn(1, 77, 768, generator=g).to(dev, dtype),
+            negative_prompt_embeds=torch.randn(1, 77, 768, generator=g).to(dev, dtype),
+            latents=torch.randn(1, 4, latent, latent, generator=g).to(dev, dtype),
+            guidance_scale=7.5,
+            output_type="latent",
+            height=8 * latent,
+            width=8 * latent,
+        )
         t0 = time.perf_counter()
         plan = paratriton.plan(stock, args.steps, methods=("taa", "picard"), **call)
         plan_s = time.perf_counter() - t0
@@ -59,10 +64,19 @@ def main() -> None:
         chosen.set_progress_bar_config(disable=True)
         seq = paratriton.parallelize(stock, "sequential", cuda_graph=plan.cuda_graph)
         measured_ms, seq_ms = timed(chosen), timed(seq)
-        row = dict(latent=latent, method=plan.method, window=plan.window, reason=plan.reason,
-                   predicted_ms=plan.predicted_ms, measured_ms=measured_ms,
-                   prediction_error=plan.predicted_ms / measured_ms - 1, graphed_sequential_ms=seq_ms,
-                   speedup_vs_graphed_sequential=seq_ms / measured_ms, planning_s=plan_s, candidates=plan.wall_ms)
+        row = dict(
+            latent=latent,
+            method=plan.method,
+            window=plan.window,
+            reason=plan.reason,
+            predicted_ms=plan.predicted_ms,
+            measured_ms=measured_ms,
+            prediction_error=plan.predicted_ms / measured_ms - 1,
+            graphed_sequential_ms=seq_ms,
+            speedup_vs_graphed_sequential=seq_ms / measured_ms,
+            planning_s=plan_s,
+            candidates=plan.wall_ms,
+        )
         report["rows"].append(row)
         print(json.dumps(row), flush=True)
         with open(args.out, "w") as f:

@@ -28,8 +28,8 @@ import torch.distributed as dist
 import paratriton as pt
 from paratriton._cuda_graph import capture, median_ms
 from paratriton.distributed import ShardedDenoiser, balanced_chunks, init_process_group
-from paratriton.solvers.graphed_sequential import GraphedSequential
 from paratriton.solvers import graphed_solver
+from paratriton.solvers.graphed_sequential import GraphedSequential
 
 CASES = [("picard", 8), ("picard", 13), ("picard", 25), ("picard", 50), ("taa", 8), ("taa", 25)]
 
@@ -58,14 +58,29 @@ def make_branches(name: str, dev, tiny: bool):
     torch.manual_seed(0)  # identical replicas on every rank
     dtype = torch.float16 if dev.type == "cuda" else torch.float32
     if name == "dit":
-        net = DiTTransformer2DModel(num_attention_heads=2 if tiny else 16, attention_head_dim=8 if tiny else 72,
-                                    in_channels=4, out_channels=8, num_layers=1 if tiny else 28, sample_size=32,
-                                    patch_size=2, num_embeds_ada_norm=1000)
+        net = DiTTransformer2DModel(
+            num_attention_heads=2 if tiny else 16,
+            attention_head_dim=8 if tiny else 72,
+            in_channels=4,
+            out_channels=8,
+            num_layers=1 if tiny else 28,
+            sample_size=32,
+            patch_size=2,
+            num_embeds_ada_norm=1000,
+        )
         shape = (4, 32, 32)
     else:
-        kw = dict(block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
-                  attention_head_dim=4) if tiny else {}
+        kw = (
+            dict(
+                block_out_channels=(32, 64),
+                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                layers_per_block=1,
+                attention_head_dim=4,
+            )
+            if tiny
+            else {}
+        )
         net = UNet2DConditionModel(sample_size=16 if tiny else 64, cross_attention_dim=768, **kw)
         shape = (4, 16, 16) if tiny else (4, 64, 64)
     net = net.to(dev, dtype).eval().requires_grad_(False)
@@ -79,6 +94,7 @@ def make_branches(name: str, dev, tiny: bool):
                     return net(x.to(dtype), timestep=ts[s], class_labels=y).sample[:, :4].float()
                 emb = text.index_select(0, cond.long())
                 return net(x.to(dtype), ts[s], encoder_hidden_states=emb).sample.float()
+
         return call
 
     return two_branch, shape
@@ -108,9 +124,14 @@ def main():
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     counts = sorted({g for g in (1, 2, 4, 8, 16) if g <= world} | {world})
     groups = {g: dist.new_group(list(range(g))) for g in counts}  # every rank takes part in every new_group
-    report = {"world": world, "gpu_counts": counts, "device": torch.cuda.get_device_name() if cuda else "cpu",
-              "torch": torch.__version__, "sampler": "DDIM, CFG 4, batch 1, fp16 model, float64 solver state",
-              "results": []}
+    report = {
+        "world": world,
+        "gpu_counts": counts,
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "torch": torch.__version__,
+        "sampler": "DDIM, CFG 4, batch 1, fp16 model, float64 solver state",
+        "results": [],
+    }
     iters = {}
     for T in args.steps:
         box = [default_model_iterations(T, dev) if rank == 0 else None]
@@ -141,8 +162,13 @@ def main():
                     n_it = iters[T][(method, W)]
                     row = dict(base, gpus=g, method=method, window=W, iterations=n_it)
                     if member:
-                        model = single if g == 1 else pt.ClassifierFreeGuidance(
-                            ShardedDenoiser(call, group=groups[g]), 4.0, pass_branch=True)
+                        model = (
+                            single
+                            if g == 1
+                            else pt.ClassifierFreeGuidance(
+                                ShardedDenoiser(call, group=groups[g]), 4.0, pass_branch=True
+                            )
+                        )
                         solver = graphed_solver(method, window=W, max_iters=n_it, tol_abs=1e-30, tol_rel=1e-30)
                         solver.solve(model, coeffs, x_T)  # captures the graph
                         dist.barrier(group=groups[g])

@@ -21,12 +21,11 @@ import torch.distributed as dist
 
 import paratriton as pt
 from paratriton.distributed import ShardedDenoiser, init_process_group
-from paratriton.solvers.graphed_sequential import GraphedSequential
 from paratriton.solvers import graphed_solver
+from paratriton.solvers.graphed_sequential import GraphedSequential
 
 # (method, window, iterations on the default model, DDIM-100, batch 1, default tolerance)
-CASES = [("picard", 8, 27), ("picard", 13, 19), ("picard", 25, 14), ("taa", 4, 45), ("taa", 8, 30),
-         ("taa", 13, 23)]
+CASES = [("picard", 8, 27), ("picard", 13, 19), ("picard", 25, 14), ("taa", 4, 45), ("taa", 8, 30), ("taa", 13, 23)]
 
 
 def main():
@@ -38,15 +37,23 @@ def main():
     from diffusers import DDIMScheduler, DiTTransformer2DModel
 
     torch.manual_seed(0)
-    net = DiTTransformer2DModel(num_attention_heads=2 if args.tiny else 16, attention_head_dim=8 if args.tiny else 72,
-                                in_channels=4, out_channels=8, num_layers=1 if args.tiny else 28, sample_size=32,
-                                patch_size=2, num_embeds_ada_norm=1000)
+    net = DiTTransformer2DModel(
+        num_attention_heads=2 if args.tiny else 16,
+        attention_head_dim=8 if args.tiny else 72,
+        in_channels=4,
+        out_channels=8,
+        num_layers=1 if args.tiny else 28,
+        sample_size=32,
+        patch_size=2,
+        num_embeds_ada_norm=1000,
+    )
     dtype = torch.float16 if dev.type == "cuda" else torch.float32
     net = net.to(dev, dtype).eval().requires_grad_(False)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     T = 100
     coeffs = pt.coefficients_from_scheduler(DDIMScheduler(clip_sample=False), T)
     ts = coeffs.timesteps.to(dev, torch.long)
+
     def two_branch(x2, s2, cond):
         y = torch.where(cond, 207, 1000)  # class 207, or the null class 1000 on the unconditional rows
         with torch.no_grad():
@@ -56,8 +63,12 @@ def main():
     model = pt.ClassifierFreeGuidance(ShardedDenoiser(two_branch), 4.0, pass_branch=True) if world > 1 else single
     g = torch.Generator().manual_seed(0)
     x_T = torch.randn(1, 4, 32, 32, generator=g, dtype=torch.float64).to(dev)
-    report = {"world": world, "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "model": "DiT-XL/2 random weights fp16",
-              "sampler": "DDIM-100, CFG 4, batch 1"}
+    report = {
+        "world": world,
+        "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
+        "model": "DiT-XL/2 random weights fp16",
+        "sampler": "DDIM-100, CFG 4, batch 1",
+    }
     if rank == 0:
         seq = GraphedSequential(single, coeffs, x_T)
         seq.run()
@@ -80,8 +91,16 @@ def main():
         res = solver.solve(model, coeffs, x_T)
         sync()
         ms = 1e3 * (time.perf_counter() - t0)
-        rows.append(dict(method=method, window=W, iterations=res.iterations, wall_ms=ms,
-                         ms_per_iteration=ms / res.iterations, finite=bool(torch.isfinite(res.sample).all())))
+        rows.append(
+            dict(
+                method=method,
+                window=W,
+                iterations=res.iterations,
+                wall_ms=ms,
+                ms_per_iteration=ms / res.iterations,
+                finite=bool(torch.isfinite(res.sample).all()),
+            )
+        )
     report["cases"] = rows
     if rank == 0:
         for r in rows:

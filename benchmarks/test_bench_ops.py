@@ -31,12 +31,18 @@ def _data(W: int, D: int, m: int, B: int = 1):
     g = torch.Generator(device="cuda").manual_seed(0)
     rn = lambda *s, dt=torch.float64: torch.randn(*s, generator=g, device="cuda", dtype=dt)  # noqa: E731
     M = m + 1
-    d = dict(x=rn(W + 1, B, D), mo=rn(W, B, D, dt=torch.float16), xi=rn(W, B, D),
-             a=1 + 0.05 * torch.rand(W, device="cuda", dtype=torch.float64),
-             b=-0.1 * torch.rand(W, device="cuda", dtype=torch.float64),
-             c=0.1 * torch.rand(W, device="cuda", dtype=torch.float64),
-             thr=torch.full((W,), 1e-3, device="cuda", dtype=torch.float64),
-             hR=rn(M, W, B, D), hY=rn(M, W, B, D), num_cols=torch.full((W,), m, device="cuda"))
+    d = dict(
+        x=rn(W + 1, B, D),
+        mo=rn(W, B, D, dt=torch.float16),
+        xi=rn(W, B, D),
+        a=1 + 0.05 * torch.rand(W, device="cuda", dtype=torch.float64),
+        b=-0.1 * torch.rand(W, device="cuda", dtype=torch.float64),
+        c=0.1 * torch.rand(W, device="cuda", dtype=torch.float64),
+        thr=torch.full((W,), 1e-3, device="cuda", dtype=torch.float64),
+        hR=rn(M, W, B, D),
+        hY=rn(M, W, B, D),
+        num_cols=torch.full((W,), m, device="cuda"),
+    )
     return d
 
 
@@ -57,8 +63,11 @@ def _run(benchmark, fn, nbytes: int) -> None:
 def test_step_residual(benchmark, W, D):
     d = _data(W, D, 1)
     e = W * D
-    _run(benchmark, lambda: ops.step_residual(d["x"], d["mo"], d["xi"], d["a"], d["b"], d["c"], d["thr"]),
-         (W + 1) * D * 8 + e * 2 + e * 8 + e * 8)
+    _run(
+        benchmark,
+        lambda: ops.step_residual(d["x"], d["mo"], d["xi"], d["a"], d["b"], d["c"], d["thr"]),
+        (W + 1) * D * 8 + e * 2 + e * 8 + e * 8,
+    )
 
 
 @pytest.mark.parametrize("W,D", SHAPES)
@@ -73,9 +82,13 @@ def test_order_k_residual(benchmark, W, D):
 def test_taa_residual(benchmark, W, D, m):
     d = _data(W, D, m)
     e = W * D
-    _run(benchmark, lambda: ops.taa_residual(d["x"], d["mo"], d["xi"], d["a"], d["b"], d["c"], d["thr"], d["hR"],
-                                             d["hY"], 1, W, False),
-         (W + 1) * D * 8 + e * 2 + e * 8 + m * e * 8 + 2 * e * 8)
+    _run(
+        benchmark,
+        lambda: ops.taa_residual(
+            d["x"], d["mo"], d["xi"], d["a"], d["b"], d["c"], d["thr"], d["hR"], d["hY"], 1, W, False
+        ),
+        (W + 1) * D * 8 + e * 2 + e * 8 + m * e * 8 + 2 * e * 8,
+    )
 
 
 @pytest.mark.parametrize("m", HISTORY)

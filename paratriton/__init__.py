@@ -1,8 +1,8 @@
 """paratriton: parallel-in-time diffusion sampling (ParaTAA, fixed point, Picard, Anderson) with fused kernels.
 
-    import paratriton
-    coeffs = paratriton.coefficients_from_scheduler(scheduler, num_inference_steps=50, eta=0.0)
-    result = paratriton.solve(model, coeffs, x_T, noise, method="taa", tol_abs=1e-3)
+import paratriton
+coeffs = paratriton.coefficients_from_scheduler(scheduler, num_inference_steps=50, eta=0.0)
+result = paratriton.solve(model, coeffs, x_T, noise, method="taa", tol_abs=1e-3)
 """
 
 from .model import ClassifierFreeGuidance, Denoiser
@@ -30,8 +30,11 @@ def _check_diffusers_version() -> None:
     m = re.match(r"(\d+)\.(\d+)", version)
     if m and not TESTED_DIFFUSERS[0] <= (int(m[1]), int(m[2])) < TESTED_DIFFUSERS[1]:
         lo, hi = (".".join(map(str, v)) for v in TESTED_DIFFUSERS)
-        warnings.warn(f"paratriton is tested with diffusers >={lo},<{hi}; diffusers {version} is installed "
-                      "(the pipeline integration may not match it)", stacklevel=2)
+        warnings.warn(
+            f"paratriton is tested with diffusers >={lo},<{hi}; diffusers {version} is installed "
+            "(the pipeline integration may not match it)",
+            stacklevel=2,
+        )
 
 
 _check_diffusers_version()
@@ -46,6 +49,20 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'paratriton' has no attribute {name!r}")
 
 
-__all__ = ["solve", "solve_sequential", "METHODS", "SolveResult", "IterationInfo", "NonFiniteError",
-           "SamplerCoefficients", "coefficients_from_scheduler", "ClassifierFreeGuidance", "Denoiser",
-           "parallelize", "plan", "Plan", "backends", "__version__"]
+__all__ = [
+    "solve",
+    "solve_sequential",
+    "METHODS",
+    "SolveResult",
+    "IterationInfo",
+    "NonFiniteError",
+    "SamplerCoefficients",
+    "coefficients_from_scheduler",
+    "ClassifierFreeGuidance",
+    "Denoiser",
+    "parallelize",
+    "plan",
+    "Plan",
+    "backends",
+    "__version__",
+]

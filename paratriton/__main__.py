@@ -66,8 +66,10 @@ def build_problem(args: argparse.Namespace, device: torch.device):
     guidance = pipe.default_guidance_scale if args.guidance is None else args.guidance
     model = pipe.denoiser(coeffs, labels, guidance)
     x_T, noise = pipe.problem(args.batch, args.steps, g, device=device)
-    desc = (f"default digits model (UNet2DModel, {sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.1f}M params), "
-            f"classes {labels}, guidance {guidance:g}")
+    desc = (
+        f"default digits model (UNet2DModel, {sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.1f}M params), "
+        f"classes {labels}, guidance {guidance:g}"
+    )
     return model, coeffs, x_T, noise, desc, True
 
 
@@ -103,16 +105,27 @@ def sample(args: argparse.Namespace) -> tuple[list[dict], dict]:
             if curve is not None and first:
                 curve.append(psnr(info.trajectory[0], ref))
             if bar is not None:
-                bar.set_postfix_str(f"{label}: iteration {info.iteration}" if method != "sequential"
-                                    else f"{label}: step {T - info.frozen_from}/{T}", refresh=False)
+                bar.set_postfix_str(
+                    f"{label}: iteration {info.iteration}"
+                    if method != "sequential"
+                    else f"{label}: step {T - info.frozen_from}/{T}",
+                    refresh=False,
+                )
 
         need_cb = bar is not None or curve is not None
         times, result, first = [], None, True
         for k in range(N + int(args.warmup)):
             _sync(device)
             t0 = time.perf_counter()
-            res = paratriton.solve(model, coeffs, x_T, noise, method=method,
-                                   **opts, **({"callback": callback} if need_cb and (first or bar) else {}))
+            res = paratriton.solve(
+                model,
+                coeffs,
+                x_T,
+                noise,
+                method=method,
+                **opts,
+                **({"callback": callback} if need_cb and (first or bar) else {}),
+            )
             _sync(device)
             if k >= int(args.warmup):
                 times.append(time.perf_counter() - t0)
@@ -127,9 +140,17 @@ def sample(args: argparse.Namespace) -> tuple[list[dict], dict]:
     ref = ref_res.sample
     samples["sequential"] = ref
     finals["sequential"] = float("inf")
-    rows.append({"method": "sequential", "iterations": T, "NFE/sample": ref_res.nfe,
-                 f"wall [s], median of {N}": f"{wall:.2f}", "PSNR vs seq [dB]": "inf", "iters to 40 dB": T,
-                 "converged": "yes"})
+    rows.append(
+        {
+            "method": "sequential",
+            "iterations": T,
+            "NFE/sample": ref_res.nfe,
+            f"wall [s], median of {N}": f"{wall:.2f}",
+            "PSNR vs seq [dB]": "inf",
+            "iters to 40 dB": T,
+            "converged": "yes",
+        }
+    )
     for label, name, opts in runs:
         curve: list[float] = []
         res, wall = run(label, name, opts, curve)
@@ -140,16 +161,30 @@ def sample(args: argparse.Namespace) -> tuple[list[dict], dict]:
         final = psnr(res.sample, ref)
         finals[label] = final
         it40 = next((k + 1 for k, v in enumerate(curve) if v >= 40.0), None)
-        rows.append({"method": label, "iterations": res.iterations, "NFE/sample": res.nfe,
-                     f"wall [s], median of {N}": f"{wall:.2f}",
-                     "PSNR vs seq [dB]": "inf" if math.isinf(final) else f"{final:.1f}",
-                     "iters to 40 dB": "-" if it40 is None else it40,
-                     "converged": "yes" if res.converged else f"no (max {opts.get('max_iters')} iters)"})
+        rows.append(
+            {
+                "method": label,
+                "iterations": res.iterations,
+                "NFE/sample": res.nfe,
+                f"wall [s], median of {N}": f"{wall:.2f}",
+                "PSNR vs seq [dB]": "inf" if math.isinf(final) else f"{final:.1f}",
+                "iters to 40 dB": "-" if it40 is None else it40,
+                "converged": "yes" if res.converged else f"no (max {opts.get('max_iters')} iters)",
+            }
+        )
     if bar is not None:
         bar.close()
     labels = getattr(args, "effective_labels", None)
-    figs = {"samples": samples, "residual": residual_curves, "psnr": psnr_curves, "desc": desc,
-            "is_image": is_image, "device": device, "psnr_final": finals, "labels": labels}
+    figs = {
+        "samples": samples,
+        "residual": residual_curves,
+        "psnr": psnr_curves,
+        "desc": desc,
+        "is_image": is_image,
+        "device": device,
+        "psnr_final": finals,
+        "labels": labels,
+    }
     return rows, figs
 
 
@@ -160,14 +195,23 @@ def write_figures(figs: dict, out_dir: str, title: str, tol: float) -> list[str]
     convergence_figure(figs["residual"], figs["psnr"], conv, title, tol)
     paths.append(conv)
     if figs["is_image"]:
-        rows = {k: ((v.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)[:, 0].cpu().numpy()
-                for k, v in figs["samples"].items()}
+        rows = {
+            k: ((v.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)[:, 0].cpu().numpy()
+            for k, v in figs["samples"].items()
+        }
         grid = os.path.join(out_dir, "samples.png")
-        image_grid(rows, grid, title=f"{title}: one row per method, PSNR vs the sequential sample",
-                   columns=[f"class {c}" for c in figs["labels"]] if figs.get("labels") else None,
-                   row_notes={k: ("reference" if math.isinf(v) and k == "sequential" else
-                                  "inf dB" if math.isinf(v) else f"{v:.1f} dB")
-                              for k, v in figs.get("psnr_final", {}).items()})
+        image_grid(
+            rows,
+            grid,
+            title=f"{title}: one row per method, PSNR vs the sequential sample",
+            columns=[f"class {c}" for c in figs["labels"]] if figs.get("labels") else None,
+            row_notes={
+                k: (
+                    "reference" if math.isinf(v) and k == "sequential" else "inf dB" if math.isinf(v) else f"{v:.1f} dB"
+                )
+                for k, v in figs.get("psnr_final", {}).items()
+            },
+        )
         paths.append(grid)
     return paths
 
@@ -181,9 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     title = f"{args.model} model, {args.sampler.upper()}-{args.steps}"
     paths = write_figures(figs, args.out, title, tol)
     print(f"{figs['desc']}")
-    print(f"{args.sampler.upper()} {args.steps} steps (eta {eta:g}), batch {args.batch}, tol {tol:g}, "
-          f"window {args.window or args.steps}, device {figs['device']}, wall time: median of {args.repeats} "
-          f"run{'s' if args.repeats > 1 else ''}{' after a warm-up run' if args.warmup else ''}")
+    print(
+        f"{args.sampler.upper()} {args.steps} steps (eta {eta:g}), batch {args.batch}, tol {tol:g}, "
+        f"window {args.window or args.steps}, device {figs['device']}, wall time: median of {args.repeats} "
+        f"run{'s' if args.repeats > 1 else ''}{' after a warm-up run' if args.warmup else ''}"
+    )
     print(_table(rows))
     print(f"wrote {', '.join(paths)} ({time.perf_counter() - t0:.1f}s in all)")
     return 0
@@ -246,7 +292,8 @@ def _parse_int(text: str, what: str) -> int:
 
 
 def parse_method(spec: str, steps: int) -> tuple[str, dict]:
-    """'taa', 'taa:h=3,w=10', 'fp:k=1', 'srds:blocks=5' -> (method, {solver option: value}), checked against ``steps``."""
+    """'taa', 'taa:h=3,w=10', 'fp:k=1', 'srds:blocks=5' -> (method, {solver option: value}), checked against
+    ``steps``."""
     name, colon, rest = spec.partition(":")
     methods = _methods()
     if name not in methods:
@@ -258,8 +305,9 @@ def parse_method(spec: str, steps: int) -> tuple[str, dict]:
     for kv in rest.split(",") if rest else []:
         key, eq, value = kv.partition("=")
         if key not in OPTION_KEYS:
-            raise _UsageError(f"--methods {spec}: unknown option {key!r}; option keys: "
-                              f"{', '.join(k + '=' for k in OPTION_KEYS)}")
+            raise _UsageError(
+                f"--methods {spec}: unknown option {key!r}; option keys: {', '.join(k + '=' for k in OPTION_KEYS)}"
+            )
         if key not in allowed:
             applies = ", ".join(k + "=" for k in allowed) if allowed else "none (it takes no options)"
             raise _UsageError(f"--methods {spec}: option {key}= does not apply to {name}; options of {name}: {applies}")
@@ -272,8 +320,10 @@ def parse_method(spec: str, steps: int) -> tuple[str, dict]:
             raise _UsageError(f"--methods {spec}: {key}= must be >= 1, got {v}")
         if key == "blocks" and (v < 1 or steps % v):
             divisors = [d for d in range(1, steps + 1) if steps % d == 0]
-            raise _UsageError(f"--methods {spec}: blocks= must divide --steps {steps}: one of "
-                              f"{', '.join(map(str, divisors))}; got {v}")
+            raise _UsageError(
+                f"--methods {spec}: blocks= must divide --steps {steps}: one of "
+                f"{', '.join(map(str, divisors))}; got {v}"
+            )
         opts[OPTION_KEYS[key][0]] = v
     return name, opts
 
@@ -342,8 +392,10 @@ def validate(args: argparse.Namespace) -> None:
         if bad:
             raise _UsageError(f"--labels must be digits in 0..{NUM_CLASSES - 1}, got {' '.join(map(str, bad))}")
         if len(args.labels) > args.batch:
-            raise _UsageError(f"--labels: {len(args.labels)} labels for --batch {args.batch}; give at most "
-                              f"{args.batch} (fewer are repeated)")
+            raise _UsageError(
+                f"--labels: {len(args.labels)} labels for --batch {args.batch}; give at most "
+                f"{args.batch} (fewer are repeated)"
+            )
     if args.guidance is not None and args.guidance < 0:
         raise _UsageError(f"--guidance must be >= 0 (1: no guidance), got {args.guidance:g}")
     runs = method_runs(args)  # checks every --methods entry
@@ -351,8 +403,9 @@ def validate(args: argparse.Namespace) -> None:
     for flag, value, key in (("--window", args.window, "w"), ("--history", args.history, "h")):
         if value is not None and key not in used:
             users = [m for m, keys in METHOD_KEYS.items() if key in keys]
-            raise _UsageError(f"{flag} applies to none of --methods {' '.join(args.methods)}; it applies to "
-                              f"{', '.join(users)}")
+            raise _UsageError(
+                f"{flag} applies to none of --methods {' '.join(args.methods)}; it applies to {', '.join(users)}"
+            )
     if args.tol is not None and not runs:
         raise _UsageError("--tol applies to the parallel methods only; --methods names none")
     if args.max_iters_baselines is not None and not any(name in BASELINES for _, name, _ in runs):
@@ -372,13 +425,15 @@ def _check_device(device: str | None) -> None:
         raise _UsageError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            why = ("this torch is a CPU-only build" if torch.version.cuda is None
-                   else "no CUDA device is visible")
-            raise _UsageError(f"--device {device}: CUDA is not available ({why}, torch {torch.__version__}); "
-                              "use --device cpu")
+            why = "this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA device is visible"
+            raise _UsageError(
+                f"--device {device}: CUDA is not available ({why}, torch {torch.__version__}); use --device cpu"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise _UsageError(f"--device {device}: there are {torch.cuda.device_count()} CUDA devices, "
-                              f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+            raise _UsageError(
+                f"--device {device}: there are {torch.cuda.device_count()} CUDA devices, "
+                f"cuda:0..cuda:{torch.cuda.device_count() - 1}"
+            )
 
 
 def _check_out(out: str) -> None:
@@ -405,8 +460,9 @@ def _methods_epilog() -> str:
     lines = ["methods (--methods, parallel ones compared against the sequential sampler):"]
     for m in _methods():
         keys = METHOD_KEYS.get(m, ())
-        lines.append(f"  {m:<15} {METHOD_HELP.get(m, '')}" + (f"; options {', '.join(k + '=' for k in keys)}"
-                                                              if keys else ""))
+        lines.append(
+            f"  {m:<15} {METHOD_HELP.get(m, '')}" + (f"; options {', '.join(k + '=' for k in keys)}" if keys else "")
+        )
     lines.append("option keys (after a colon, comma-separated, e.g. taa:h=3,w=10 fp:k=1 srds:blocks=5):")
     for k, (opt, what) in OPTION_KEYS.items():
         lines.append(f"  {k + '=':<15} {opt}: {what}")
@@ -418,37 +474,73 @@ def build_parser() -> argparse.ArgumentParser:
     doc = __doc__.replace("``", "")
     p = argparse.ArgumentParser(prog="python -m paratriton", description=doc)
     sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("sample", help="sample with the sequential sampler and parallel solvers; table and PNGs",
-                       description=doc, epilog=_methods_epilog(), formatter_class=_HelpFormatter)
-    s.add_argument("--model", choices=["default", "gmm"], default="default",
-                   help="default: the shipped digits model; gmm: the analytic Gaussian mixture")
+    s = sub.add_parser(
+        "sample",
+        help="sample with the sequential sampler and parallel solvers; table and PNGs",
+        description=doc,
+        epilog=_methods_epilog(),
+        formatter_class=_HelpFormatter,
+    )
+    s.add_argument(
+        "--model",
+        choices=["default", "gmm"],
+        default="default",
+        help="default: the shipped digits model; gmm: the analytic Gaussian mixture",
+    )
     s.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim", help="ddpm = DDPM ancestral (eta 1)")
     s.add_argument("--steps", type=int, default=50, help=f"T, the number of sampler steps, 1..{MAX_STEPS}")
-    s.add_argument("--eta", type=_finite, default=None, help="DDIM eta in [0, 1] (--sampler ddim only; default 0, "
-                   "deterministic DDIM)")
+    s.add_argument(
+        "--eta",
+        type=_finite,
+        default=None,
+        help="DDIM eta in [0, 1] (--sampler ddim only; default 0, deterministic DDIM)",
+    )
     s.add_argument("--batch", type=int, default=4, help="number of samples, >= 1")
-    s.add_argument("--labels", type=int, nargs="+", default=None,
-                   help=f"class labels 0..{NUM_CLASSES - 1}, repeated up to --batch (--model default only; "
-                        "default 3 0 7 4 ...)")
-    s.add_argument("--guidance", type=_finite, default=None,
-                   help="classifier-free guidance scale >= 0, 1 = none (--model default only; default: the shipped "
-                        "model's, 2)")
-    s.add_argument("--tol", type=_finite, default=None,
-                   help=f"tol_abs = tol_rel of the parallel solvers, > 0 (default {DEFAULT_TOL:g})")
+    s.add_argument(
+        "--labels",
+        type=int,
+        nargs="+",
+        default=None,
+        help=f"class labels 0..{NUM_CLASSES - 1}, repeated up to --batch (--model default only; default 3 0 7 4 ...)",
+    )
+    s.add_argument(
+        "--guidance",
+        type=_finite,
+        default=None,
+        help="classifier-free guidance scale >= 0, 1 = none (--model default only; default: the shipped model's, 2)",
+    )
+    s.add_argument(
+        "--tol",
+        type=_finite,
+        default=None,
+        help=f"tol_abs = tol_rel of the parallel solvers, > 0 (default {DEFAULT_TOL:g})",
+    )
     s.add_argument("--window", type=int, default=None, help="window of fp/picard/aa/taa, 1..T (default: all T steps)")
-    s.add_argument("--history", type=int, default=None, help=f"Anderson history of taa/aa, >= 1 "
-                   f"(default {DEFAULT_HISTORY})")
-    s.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, metavar="METHOD[:KEY=N,...]",
-                   help=f"parallel methods and their options, listed below (default: {' '.join(DEFAULT_METHODS)})")
-    s.add_argument("--max-iters-baselines", type=int, default=None,
-                   help="cap the iterations of fp/picard/aa, >= 1 (default: run them to convergence)")
-    s.add_argument("--repeats", type=int, default=3,
-                   help="timed runs per method after one warm-up run; the table shows the median")
+    s.add_argument(
+        "--history", type=int, default=None, help=f"Anderson history of taa/aa, >= 1 (default {DEFAULT_HISTORY})"
+    )
+    s.add_argument(
+        "--methods",
+        nargs="+",
+        default=DEFAULT_METHODS,
+        metavar="METHOD[:KEY=N,...]",
+        help=f"parallel methods and their options, listed below (default: {' '.join(DEFAULT_METHODS)})",
+    )
+    s.add_argument(
+        "--max-iters-baselines",
+        type=int,
+        default=None,
+        help="cap the iterations of fp/picard/aa, >= 1 (default: run them to convergence)",
+    )
+    s.add_argument(
+        "--repeats", type=int, default=3, help="timed runs per method after one warm-up run; the table shows the median"
+    )
     s.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
     s.add_argument("--out", default="outputs", help="folder for samples.png and convergence.png")
     s.add_argument("--seed", type=int, default=0, help="seed of the initial noise, >= 0")
-    s.add_argument("--no-warmup", dest="warmup", action="store_false",
-                   help="skip the warm-up run before the timed ones")
+    s.add_argument(
+        "--no-warmup", dest="warmup", action="store_false", help="skip the warm-up run before the timed ones"
+    )
     s.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return p
 
@@ -467,8 +559,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------------------------------------------
 # drawing with PIL (matplotlib is not a dependency)
 # ---------------------------------------------------------------------------------------------------------------
-COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-          (227, 119, 194), (127, 127, 127)]
+COLORS = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+]
 
 
 def _font():
@@ -488,16 +588,27 @@ def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return [start + k * step for k in range(int((hi - start) / step + 1e-9) + 1)]
 
 
-def line_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], series: dict[str, list[tuple[float, float]]],
-               title: str, xlabel: str, ylabel: str, logy: bool = False, hline: float | None = None,
-               hline_label: str | None = None, mark_last: bool = False) -> None:
+def line_panel(
+    draw: ImageDraw.ImageDraw,
+    box: tuple[int, int, int, int],
+    series: dict[str, list[tuple[float, float]]],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    logy: bool = False,
+    hline: float | None = None,
+    hline_label: str | None = None,
+    mark_last: bool = False,
+) -> None:
     """Draw ``series`` (name -> [(x, y)]) into ``box = (x0, y0, x1, y1)`` of an image."""
     font = _font()
     x0, y0, x1, y1 = box
     L, R, Tm, Bm = 62, 10, 24, 36
     px0, py0, px1, py1 = x0 + L, y0 + Tm, x1 - R, y1 - Bm
     f = (lambda v: math.log10(v)) if logy else (lambda v: v)  # noqa: E731
-    pts = [(x, f(y)) for s in series.values() for x, y in s if y is not None and math.isfinite(y) and (y > 0 or not logy)]
+    pts = [
+        (x, f(y)) for s in series.values() for x, y in s if y is not None and math.isfinite(y) and (y > 0 or not logy)
+    ]
     if hline is not None:
         pts.append((pts[0][0] if pts else 0, f(hline)))
     if not pts:
@@ -535,8 +646,11 @@ def line_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], series
     legend = []
     for k, (name, s) in enumerate(series.items()):
         col = COLORS[k % len(COLORS)]
-        p = [(sx(x), sy(min(max(f(y), ylo), yhi))) for x, y in s
-             if y is not None and math.isfinite(f(y) if (y > 0 or not logy) else float("nan"))]
+        p = [
+            (sx(x), sy(min(max(f(y), ylo), yhi)))
+            for x, y in s
+            if y is not None and math.isfinite(f(y) if (y > 0 or not logy) else float("nan"))
+        ]
         if len(p) > 1:
             draw.line(p, fill=col, width=2)
         for q in p:
@@ -551,8 +665,9 @@ def line_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], series
     if legend:  # top right, or bottom right (mark_last: rising curves) on a white box
         lw_ = 22 + 7 * max(len(n) for _, n in legend)
         ly0 = py0 + 4 if not mark_last else py1 - 8 - 14 * len(legend)
-        draw.rectangle([px1 - lw_ - 8, ly0, px1 - 4, ly0 + 4 + 14 * len(legend)], fill=(255, 255, 255),
-                       outline=(200, 200, 200))
+        draw.rectangle(
+            [px1 - lw_ - 8, ly0, px1 - 4, ly0 + 4 + 14 * len(legend)], fill=(255, 255, 255), outline=(200, 200, 200)
+        )
         for k, (col, name) in enumerate(legend):
             draw.line([px1 - lw_ - 2, ly0 + 9 + 14 * k, px1 - lw_ + 14, ly0 + 9 + 14 * k], fill=col, width=2)
             draw.text((px1 - lw_ + 18, ly0 + 2 + 14 * k), name, fill=(0, 0, 0), font=font)
@@ -561,16 +676,37 @@ def line_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], series
 def convergence_figure(residual: dict, psnr: dict, path: str, title: str, tol: float | None = None) -> None:
     img = Image.new("RGB", (1000, 400), (255, 255, 255))
     d = ImageDraw.Draw(img)
-    line_panel(d, (0, 0, 500, 400), residual, f"max step residual (RMS, log scale) - {title}", "iteration",
-               "residual", logy=True, hline=tol,
-               hline_label=None if tol is None else f"tolerance tol_abs = {tol:g}: a step has converged at or below it")
-    line_panel(d, (500, 0, 1000, 400), psnr, "PSNR of x_0 vs the sequential sample (final value: circle, legend)",
-               "iteration", "dB", mark_last=True)
+    line_panel(
+        d,
+        (0, 0, 500, 400),
+        residual,
+        f"max step residual (RMS, log scale) - {title}",
+        "iteration",
+        "residual",
+        logy=True,
+        hline=tol,
+        hline_label=None if tol is None else f"tolerance tol_abs = {tol:g}: a step has converged at or below it",
+    )
+    line_panel(
+        d,
+        (500, 0, 1000, 400),
+        psnr,
+        "PSNR of x_0 vs the sequential sample (final value: circle, legend)",
+        "iteration",
+        "dB",
+        mark_last=True,
+    )
     img.save(path)
 
 
-def image_grid(rows: dict[str, "object"], path: str, scale: int = 3, title: str | None = None,
-               columns: list[str] | None = None, row_notes: dict[str, str] | None = None) -> None:
+def image_grid(
+    rows: dict[str, "object"],
+    path: str,
+    scale: int = 3,
+    title: str | None = None,
+    columns: list[str] | None = None,
+    row_notes: dict[str, str] | None = None,
+) -> None:
     """rows: name -> uint8 array-like ``[B, H, W]``; one labelled row per name (``row_notes`` under the name),
     ``columns`` above the tiles and ``title`` on top."""
     font = _font()

@@ -27,8 +27,15 @@ from . import ops as _ops  # noqa: F401 -- the custom ops must be defined before
 
 log = logging.getLogger("paratriton")
 
-OPS = ("step_residual", "order_k_residual", "anderson_gram", "masked_lstsq", "anderson_update", "taa_residual",
-       "taa_update")
+OPS = (
+    "step_residual",
+    "order_k_residual",
+    "anderson_gram",
+    "masked_lstsq",
+    "anderson_update",
+    "taa_residual",
+    "taa_update",
+)
 API_VERSION = 1  # must equal csrc/common.h kApiVersion: a stale build (sources changed, not rebuilt) is refused
 # CUDA ops whose compiled kernel replaces the Triton one by default. The CUDA kernels are faster than Triton on an
 # H200 (benchmarks/RESULTS.md, "Compiled extension") but their GPU correctness tests have not run on a GPU yet, so
@@ -65,13 +72,17 @@ def _load(cuda_spec: str | None = None) -> None:
         if e.name not in (f"{__package__}._C", "_C"):
             raise
         _status.update(reason="not built")
-        log.info("paratriton: compiled extension paratriton._C not built; using the Triton/torch kernels "
-                 "(docs/build.md)")
+        log.info(
+            "paratriton: compiled extension paratriton._C not built; using the Triton/torch kernels (docs/build.md)"
+        )
         return
     except ImportError as e:  # typically undefined symbols: built against another torch
         _status.update(reason=f"import failed: {e}")
-        log.warning("paratriton: compiled extension paratriton._C failed to import (%s); using the Triton/torch "
-                    "kernels. Rebuild it against this torch (docs/build.md)", e)
+        log.warning(
+            "paratriton: compiled extension paratriton._C failed to import (%s); using the Triton/torch "
+            "kernels. Rebuild it against this torch (docs/build.md)",
+            e,
+        )
         return
     built, running = _C.torch_version(), torch.__version__.split("+")[0]
     problem = None
@@ -81,8 +92,11 @@ def _load(cuda_spec: str | None = None) -> None:
         problem = f"built against torch {built}, running torch {running}"
     if problem is not None:
         _status.update(reason=f"mismatch: {problem}", abi=_C.abi())
-        log.warning("paratriton: compiled extension paratriton._C not used: %s; using the Triton/torch kernels. "
-                    "Rebuild it: pip install --no-build-isolation -e . (docs/build.md)", problem)
+        log.warning(
+            "paratriton: compiled extension paratriton._C not used: %s; using the Triton/torch kernels. "
+            "Rebuild it: pip install --no-build-isolation -e . (docs/build.md)",
+            problem,
+        )
         return
     cuda_ops: list[str] = []
     if _C.has_cuda():
@@ -91,8 +105,9 @@ def _load(cuda_spec: str | None = None) -> None:
         if rt is not None and rt.split(".")[0] == _C.cuda_version().split(".")[0]:
             cuda_ops = _cuda_ops_wanted(list(_C.cuda_ops()), cuda_spec)
         else:
-            log.warning("paratriton: CUDA kernels of paratriton._C (CUDA %s) not used with torch CUDA %s",
-                        _C.cuda_version(), rt)
+            log.warning(
+                "paratriton: CUDA kernels of paratriton._C (CUDA %s) not used with torch CUDA %s", _C.cuda_version(), rt
+            )
     reg = _C.register_kernels(True, cuda_ops)
     _status.update(loaded=True, reason="ok", abi=_C.abi(), cpu=tuple(reg["cpu"]), cuda=tuple(reg["cuda"]))
 
@@ -103,8 +118,10 @@ def backends() -> dict[str, dict[str, str]]:
     out = {}
     for op in OPS:
         cpu_cpp = torch._C._dispatch_has_kernel_for_dispatch_key(f"paratriton::{op}", "CPU")
-        out[op] = {"cpu": "cpp" if cpu_cpp and op in _status["cpu"] else "torch",
-                   "cuda": "cuda" if op in _status["cuda"] else "triton"}
+        out[op] = {
+            "cpu": "cpp" if cpu_cpp and op in _status["cpu"] else "torch",
+            "cuda": "cuda" if op in _status["cuda"] else "triton",
+        }
     return out
 
 

@@ -16,10 +16,12 @@ class NestedCUDAGraphError(RuntimeError):
     ``"max-autotune"``: inductor's CUDA graph trees), which cannot run inside another graph's capture."""
 
 
-NESTED_GRAPH_ADVICE = ("the model records CUDA graphs of its own (torch.compile mode='reduce-overhead' or "
-                       "'max-autotune'), which cannot run inside paratriton's graph capture, so the solver iterations "
-                       "run uncaptured around the model's own graphs. To capture the whole iteration (model "
-                       "included) compile with mode='max-autotune-no-cudagraphs' or 'default' instead.")
+NESTED_GRAPH_ADVICE = (
+    "the model records CUDA graphs of its own (torch.compile mode='reduce-overhead' or "
+    "'max-autotune'), which cannot run inside paratriton's graph capture, so the solver iterations "
+    "run uncaptured around the model's own graphs. To capture the whole iteration (model "
+    "included) compile with mode='max-autotune-no-cudagraphs' or 'default' instead."
+)
 
 
 @contextlib.contextmanager

@@ -41,8 +41,10 @@ class ShardedDenoiser:
 
     def __init__(self, model, group: dist.ProcessGroup | None = None, with_rows: bool = False) -> None:
         if not dist.is_available() or not dist.is_initialized():
-            raise RuntimeError("ShardedDenoiser needs torch.distributed to be initialised "
-                               "(paratriton.distributed.init_process_group() under torchrun)")
+            raise RuntimeError(
+                "ShardedDenoiser needs torch.distributed to be initialised "
+                "(paratriton.distributed.init_process_group() under torchrun)"
+            )
         self.model, self.group, self.with_rows = model, group, with_rows
         self.world = dist.get_world_size(group)
         self.rank = dist.get_rank(group)
@@ -70,8 +72,9 @@ class ShardedDenoiser:
         sizes = [b - a for a, b in balanced_chunks(N, self.world)]
         return torch.cat([p[:s] for p, s in zip(parts, sizes)])
 
-    def _call(self, x: torch.Tensor, step_index: torch.Tensor, row_args: dict[str, torch.Tensor], start: int,
-              stop: int) -> torch.Tensor:
+    def _call(
+        self, x: torch.Tensor, step_index: torch.Tensor, row_args: dict[str, torch.Tensor], start: int, stop: int
+    ) -> torch.Tensor:
         kw = {k: v[start:stop] for k, v in row_args.items()}
         if self.with_rows:
             kw["rows"] = torch.arange(start, stop, device=step_index.device)

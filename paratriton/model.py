@@ -42,13 +42,20 @@ class ClassifierFreeGuidance:
     call is ``branch_model(x2, step_index2, cond=...)`` with a ``[2N]`` bool flag marking the conditional rows.
     """
 
-    def __init__(self, branch_model: Callable[..., torch.Tensor], guidance_scale: float,
-                 guidance_rescale: float = 0.0, cond_first: bool = False, pass_branch: bool = False) -> None:
+    def __init__(
+        self,
+        branch_model: Callable[..., torch.Tensor],
+        guidance_scale: float,
+        guidance_rescale: float = 0.0,
+        cond_first: bool = False,
+        pass_branch: bool = False,
+    ) -> None:
         try:
             scale = float(guidance_scale)
         except (TypeError, ValueError):
-            raise TypeError(f"guidance_scale must be a finite number >= 0, got {type(guidance_scale).__name__} "
-                            f"{guidance_scale!r}") from None
+            raise TypeError(
+                f"guidance_scale must be a finite number >= 0, got {type(guidance_scale).__name__} {guidance_scale!r}"
+            ) from None
         if not math.isfinite(scale) or scale < 0:
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}")
         if not 0.0 <= guidance_rescale <= 1.0:

@@ -61,8 +61,9 @@ def _time_call(fn, device: torch.device, reps: int) -> float:
     return statistics.median(ts)
 
 
-def batch_time_curve(model: Denoiser, sample_shape: tuple[int, ...], rows: list[int], device: torch.device,
-                     reps: int = 10) -> dict[int, float]:
+def batch_time_curve(
+    model: Denoiser, sample_shape: tuple[int, ...], rows: list[int], device: torch.device, reps: int = 10
+) -> dict[int, float]:
     """Milliseconds per call of ``model`` on ``rows`` rows (float64 inputs, as the solvers pass them); cached."""
     curve = _CURVES.setdefault(model, {}).setdefault((tuple(sample_shape), str(device)), {})
     with torch.no_grad():
@@ -74,10 +75,19 @@ def batch_time_curve(model: Denoiser, sample_shape: tuple[int, ...], rows: list[
     return {n: curve[n] for n in rows}
 
 
-def plan_denoiser(model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor,
-                  noise: torch.Tensor | None = None, *, history: int = 2, buckets: int = 4,
-                  tol_abs: float | None = None, tol_rel: float = 1e-3, schedule: list[int] | None = None,
-                  solver_ms: float | None = None) -> Plan:
+def plan_denoiser(
+    model: Denoiser,
+    coeffs: SamplerCoefficients,
+    x_T: torch.Tensor,
+    noise: torch.Tensor | None = None,
+    *,
+    history: int = 2,
+    buckets: int = 4,
+    tol_abs: float | None = None,
+    tol_rel: float = 1e-3,
+    schedule: list[int] | None = None,
+    solver_ms: float | None = None,
+) -> Plan:
     """Plan sampling of ``x_T [B, ...]`` with ``model`` and ``coeffs`` on ``x_T``'s device.
 
     A calibration problem (``x_T``, ``noise``: use another seed than the one you will sample) is solved twice
@@ -91,9 +101,15 @@ def plan_denoiser(model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tenso
     curve = batch_time_curve(model, shape, sorted({B, *[B * h for h in sizes]}), dev)
     if schedule is None or solver_ms is None:
         windows: list[int] = []
-        cal = make_solver("taa", history=history, buckets=buckets, tol_abs=tol_abs, tol_rel=tol_rel,
-                          cuda_graph=dev.type == "cuda",
-                        callback=lambda info: windows.append(next(h for h in sizes if h >= info.window[1])))
+        cal = make_solver(
+            "taa",
+            history=history,
+            buckets=buckets,
+            tol_abs=tol_abs,
+            tol_rel=tol_rel,
+            cuda_graph=dev.type == "cuda",
+            callback=lambda info: windows.append(next(h for h in sizes if h >= info.window[1])),
+        )
         cal.solve(model, coeffs, x_T, noise)  # first solve: captures the graphs
         windows.clear()
         sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
@@ -109,11 +125,29 @@ def plan_denoiser(model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tenso
     seq = T * curve[B]
     par = sum(curve[B * h] + solver_ms for h in schedule)
     if par < seq:
-        return Plan("taa", history, buckets, par, seq, par, list(schedule), curve,
-                    f"parallel: {len(schedule)} iterations at {par:.1f} ms beat {T} sequential calls at {seq:.1f} ms")
-    return Plan("sequential", history, buckets, seq, seq, par, list(schedule), curve,
-                f"sequential: {len(schedule)} parallel iterations would take {par:.1f} ms, more than {T} "
-                f"sequential calls at {seq:.1f} ms on this device (the model's batch time grows too fast)")
+        return Plan(
+            "taa",
+            history,
+            buckets,
+            par,
+            seq,
+            par,
+            list(schedule),
+            curve,
+            f"parallel: {len(schedule)} iterations at {par:.1f} ms beat {T} sequential calls at {seq:.1f} ms",
+        )
+    return Plan(
+        "sequential",
+        history,
+        buckets,
+        seq,
+        seq,
+        par,
+        list(schedule),
+        curve,
+        f"sequential: {len(schedule)} parallel iterations would take {par:.1f} ms, more than {T} "
+        f"sequential calls at {seq:.1f} ms on this device (the model's batch time grows too fast)",
+    )
 
 
 plan = plan_denoiser  # the denoiser form of ``paratriton.plan`` (which also takes a diffusers pipeline)
@@ -129,9 +163,16 @@ class WindowChoice:
     reason: str
 
 
-def choose_window(model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor, noise: torch.Tensor | None,
-                  method: str = "taa", candidates: list[int] | None = None, cuda_graph: bool = False,
-                  **options) -> WindowChoice:
+def choose_window(
+    model: Denoiser,
+    coeffs: SamplerCoefficients,
+    x_T: torch.Tensor,
+    noise: torch.Tensor | None,
+    method: str = "taa",
+    candidates: list[int] | None = None,
+    cuda_graph: bool = False,
+    **options,
+) -> WindowChoice:
     """Time what will run for each candidate window and the sequential sampler on a calibration problem, and
     return the fastest. Every window gives the same sample to the tolerance, so this only picks speed.
     candidates: default ``T`` and ``T/2, T/4, ...`` down to 4. cuda_graph: time the graphed engine and
@@ -164,5 +205,9 @@ def choose_window(model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tenso
         walls[f"W={W}"] = wall(method=method, window=W, **options)
     best = min(walls, key=walls.get)
     window = None if best == "sequential" else int(best[2:])
-    return WindowChoice(window, "sequential" if window is None else method, walls,
-                        f"{best} was fastest: " + ", ".join(f"{k} {v:.0f} ms" for k, v in walls.items()))
+    return WindowChoice(
+        window,
+        "sequential" if window is None else method,
+        walls,
+        f"{best} was fastest: " + ", ".join(f"{k} {v:.0f} ms" for k, v in walls.items()),
+    )

@@ -43,11 +43,13 @@ class StepOperator(Protocol):
     @property
     def is_stochastic(self) -> bool: ...
 
-    def step(self, i: int, x_next: torch.Tensor, model_out: torch.Tensor,
-             noise: torch.Tensor | None) -> torch.Tensor: ...
+    def step(
+        self, i: int, x_next: torch.Tensor, model_out: torch.Tensor, noise: torch.Tensor | None
+    ) -> torch.Tensor: ...
 
-    def coefficients(self, dtype: torch.dtype, device: torch.device | str
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+    def coefficients(
+        self, dtype: torch.dtype, device: torch.device | str
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
 
 @dataclass(frozen=True)
@@ -90,9 +92,11 @@ class SamplerCoefficients:
             finite = torch.isfinite(t)
             if not bool(finite.all()):
                 steps = (~finite).nonzero().flatten().tolist()
-                raise ValueError(f"SamplerCoefficients.{name} is NaN/inf at step(s) {steps[:8]}"
-                                 f"{' ...' if len(steps) > 8 else ''}: the coefficients must be finite (a schedule "
-                                 "with alphas_cumprod = 1 at a step, e.g. beta_start=0, divides 0 by 0)")
+                raise ValueError(
+                    f"SamplerCoefficients.{name} is NaN/inf at step(s) {steps[:8]}"
+                    f"{' ...' if len(steps) > 8 else ''}: the coefficients must be finite (a schedule "
+                    "with alphas_cumprod = 1 at a step, e.g. beta_start=0, divides 0 by 0)"
+                )
         if bool((self.posterior_std < 0).any()):
             raise ValueError("SamplerCoefficients.posterior_std must be >= 0 (it scales the convergence threshold)")
 
@@ -105,8 +109,13 @@ class SamplerCoefficients:
         return bool((self.c != 0).any())
 
     def to(self, device: torch.device | str) -> "SamplerCoefficients":
-        return replace(self, **{k: getattr(self, k).to(device) for k in (
-            "a", "b", "c", "posterior_std", "timesteps", "signal_scale", "noise_scale")})
+        return replace(
+            self,
+            **{
+                k: getattr(self, k).to(device)
+                for k in ("a", "b", "c", "posterior_std", "timesteps", "signal_scale", "noise_scale")
+            },
+        )
 
     def step(self, i: int, x_next: torch.Tensor, model_out: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         """One sequential step ``x_{i+1} -> x_i`` (result in ``x_next``'s dtype). The coefficients are read as
@@ -121,8 +130,9 @@ class SamplerCoefficients:
     def _host(self) -> tuple[list[float], list[float], list[float]]:
         return self.a.tolist(), self.b.tolist(), self.c.tolist()
 
-    def coefficients(self, dtype: torch.dtype, device: torch.device | str
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def coefficients(
+        self, dtype: torch.dtype, device: torch.device | str
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``a, b, c [T]`` in ``dtype`` on ``device`` (what the engine's kernels read)."""
         return tuple(v.to(device=device, dtype=dtype) for v in (self.a, self.b, self.c))
 
@@ -151,11 +161,15 @@ def _check_no_clipping(scheduler) -> None:
     cfg = scheduler.config
     name = type(scheduler).__name__
     if getattr(cfg, "thresholding", False):
-        raise ValueError(f"{name}(thresholding=True) makes the step nonlinear in the model output and is not "
-                         "supported by parallel samplers; set thresholding=False")
+        raise ValueError(
+            f"{name}(thresholding=True) makes the step nonlinear in the model output and is not "
+            "supported by parallel samplers; set thresholding=False"
+        )
     if getattr(cfg, "clip_sample", False):
-        raise ValueError(f"{name}(clip_sample=True) makes the step nonlinear in the model output and is not "
-                         "supported by parallel samplers; set clip_sample=False (latent models use False)")
+        raise ValueError(
+            f"{name}(clip_sample=True) makes the step nonlinear in the model output and is not "
+            "supported by parallel samplers; set clip_sample=False (latent models use False)"
+        )
     pt = cfg.prediction_type
     if pt not in _PREDICTION_TYPES:
         raise ValueError(f"{name}(prediction_type={pt!r}) is not supported; use one of {_PREDICTION_TYPES}")
@@ -183,18 +197,23 @@ def _ddim(scheduler, eta: float | None) -> SamplerCoefficients:
     a = ab_prev.sqrt() * p + d * r
     b = ab_prev.sqrt() * q + d * s
     c = std if eta > 0 else torch.zeros_like(std)
-    return SamplerCoefficients(a, b, c, _vp_posterior_std(ab_t, ab_prev), ts.to(torch.float64), alpha, sigma,
-                               cfg.prediction_type)
+    return SamplerCoefficients(
+        a, b, c, _vp_posterior_std(ab_t, ab_prev), ts.to(torch.float64), alpha, sigma, cfg.prediction_type
+    )
 
 
 def _ddpm(scheduler, eta: float | None) -> SamplerCoefficients:
     if eta is not None and float(eta) != 1.0:
-        raise ValueError(f"eta={eta} is not supported for DDPMScheduler (its noise is fixed, eta=1); "
-                         "use DDIMScheduler for eta in [0, 1)")
+        raise ValueError(
+            f"eta={eta} is not supported for DDPMScheduler (its noise is fixed, eta=1); "
+            "use DDIMScheduler for eta in [0, 1)"
+        )
     cfg = scheduler.config
     if cfg.variance_type not in ("fixed_small", "fixed_small_log", "fixed_large"):
-        raise ValueError(f"DDPMScheduler(variance_type={cfg.variance_type!r}) is not supported; use one of "
-                         "('fixed_small', 'fixed_small_log', 'fixed_large')")
+        raise ValueError(
+            f"DDPMScheduler(variance_type={cfg.variance_type!r}) is not supported; use one of "
+            "('fixed_small', 'fixed_small_log', 'fixed_large')"
+        )
     ts_desc = scheduler.timesteps.to("cpu", torch.long)
     ts = ts_desc.flip(0)
     prev = torch.cat([torch.tensor([-1]), ts[:-1]])  # the next-smaller timestep in the list, -1 after the last
@@ -213,14 +232,16 @@ def _ddpm(scheduler, eta: float | None) -> SamplerCoefficients:
     if cfg.variance_type == "fixed_large":
         var = cur_beta
     c = torch.where(ts > 0, var.sqrt(), torch.zeros_like(var))  # diffusers adds noise only when t > 0
-    return SamplerCoefficients(a, b, c, _vp_posterior_std(ab_t, ab_prev), ts.to(torch.float64), alpha, sigma,
-                               cfg.prediction_type)
+    return SamplerCoefficients(
+        a, b, c, _vp_posterior_std(ab_t, ab_prev), ts.to(torch.float64), alpha, sigma, cfg.prediction_type
+    )
 
 
 def _flow_match(scheduler, eta: float | None) -> SamplerCoefficients:
     if eta is not None:
-        raise ValueError("eta is not an option of FlowMatchEulerDiscreteScheduler; "
-                         "set the scheduler's stochastic_sampling instead")
+        raise ValueError(
+            "eta is not an option of FlowMatchEulerDiscreteScheduler; set the scheduler's stochastic_sampling instead"
+        )
     s = _f64(scheduler.sigmas)
     s_cur, s_next = s[:-1].flip(0), s[1:].flip(0)  # step i goes from s_cur[i] to s_next[i]
     ts = _f64(scheduler.timesteps).flip(0)
@@ -239,8 +260,9 @@ def _flow_match(scheduler, eta: float | None) -> SamplerCoefficients:
 _EXTRACTORS = {"DDIMScheduler": _ddim, "DDPMScheduler": _ddpm, "FlowMatchEulerDiscreteScheduler": _flow_match}
 
 
-def coefficients_from_scheduler(scheduler, num_inference_steps: int | None = None, *, eta: float | None = None,
-                                **set_timesteps_kwargs) -> SamplerCoefficients:
+def coefficients_from_scheduler(
+    scheduler, num_inference_steps: int | None = None, *, eta: float | None = None, **set_timesteps_kwargs
+) -> SamplerCoefficients:
     """Extract float64 sampler coefficients from a diffusers scheduler.
 
     With ``num_inference_steps`` the scheduler is copied and ``set_timesteps`` is called on the copy (extra keyword

@@ -49,8 +49,8 @@ def shift(x: torch.Tensor, max_shift: int, g: torch.Generator | None = None) -> 
     dy = torch.randint(0, 2 * p + 1, (n,), device=x.device, generator=g)
     H = x.shape[-1]
     ar = torch.arange(H, device=x.device)
-    rows = (dy[:, None] + ar[None])  # [n, H]
-    cols = (dx[:, None] + ar[None])
+    rows = dy[:, None] + ar[None]  # [n, H]
+    cols = dx[:, None] + ar[None]
     return xp[:, 0][torch.arange(n, device=x.device)[:, None, None], rows[:, :, None], cols[:, None, :]][:, None]
 
 
@@ -102,16 +102,22 @@ def quality_check(pipe, clf, per_class: int, steps: int, scales, seed: int, devi
         g = torch.Generator().manual_seed(seed)
         imgs = []
         for chunk in labels.split(500):
-            imgs.append(pipe(chunk, num_inference_steps=steps, guidance_scale=scale, generator=g,
-                             output_type="pt").images)
+            imgs.append(
+                pipe(chunk, num_inference_steps=steps, guidance_scale=scale, generator=g, output_type="pt").images
+            )
         imgs = torch.cat(imgs)
         pred = clf.predict(imgs.to(device)).cpu()
         per = [(pred[labels == c] == c).float().mean().item() for c in range(dm.NUM_CLASSES)]
-        out[str(scale)] = {"accuracy": (pred == labels).float().mean().item(), "min_per_class": min(per),
-                           "per_class": [round(p, 4) for p in per]}
-        print(f"quality: guidance {scale}: accuracy {out[str(scale)]['accuracy']:.4f}, "
-              f"worst class {min(per):.4f} ({per.index(min(per))}), per class {[round(p, 3) for p in per]}",
-              flush=True)
+        out[str(scale)] = {
+            "accuracy": (pred == labels).float().mean().item(),
+            "min_per_class": min(per),
+            "per_class": [round(p, 4) for p in per],
+        }
+        print(
+            f"quality: guidance {scale}: accuracy {out[str(scale)]['accuracy']:.4f}, "
+            f"worst class {min(per):.4f} ({per.index(min(per))}), per class {[round(p, 3) for p in per]}",
+            flush=True,
+        )
         if scale == scales[0]:
             first = imgs
     return out, first
@@ -141,8 +147,13 @@ def main(argv=None) -> int:
     p.add_argument("--classifier-steps", type=int, default=1500)
     p.add_argument("--quality-per-class", type=int, default=100)
     p.add_argument("--quality-steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, nargs="+", default=[2.0, 1.0, 3.0],
-                   help="guidance scales to check; the first is shipped as the default")
+    p.add_argument(
+        "--guidance",
+        type=float,
+        nargs="+",
+        default=[2.0, 1.0, 3.0],
+        help="guidance scales to check; the first is shipped as the default",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--grid", default=None, help="where to write a sample grid PNG (default: <out>/samples.png)")
     args = p.parse_args(argv)
@@ -162,7 +173,9 @@ def main(argv=None) -> int:
     nparams = sum(p.numel() for p in unet.parameters())
     sched = dm.default_scheduler("ddpm")
     ab = sched.alphas_cumprod.to(device)
-    opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99), fused=device.type == "cuda")
+    opt = torch.optim.AdamW(
+        unet.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99), fused=device.type == "cuda"
+    )
     warm = 500
     # cosine decay over the progress max(step / steps, elapsed / max_seconds): anneals properly even when the
     # wall-time cap ends training early (the step count is then reported in config.json)
@@ -207,38 +220,62 @@ def main(argv=None) -> int:
     from safetensors.torch import save_file
 
     save_file({k: v.half().contiguous() for k, v in ema.shadow.items()}, os.path.join(args.out, "model.safetensors"))
-    save_file({k: v.detach().half().contiguous().cpu() for k, v in clf.state_dict().items()},
-              os.path.join(args.out, "classifier.safetensors"))
-    cfg = {"unet": dict(dm.UNET_CONFIG), "scheduler": dict(dm.SCHEDULER_CONFIG), "num_classes": dm.NUM_CLASSES,
-           "null_class": dm.NUM_CLASSES, "patch": dm.PATCH, "image_size": 32, "channels": 1,
-           "default_guidance_scale": args.guidance[0],
-           "data": "sklearn.datasets.load_digits, 8x8 /16 -> bilinear 32x32 -> [-1, 1]",
-           "training": {"steps": steps_done, "batch": args.batch, "lr": args.lr, "ema": args.ema,
-                        "label_dropout": args.label_dropout, "seed": args.seed, "seconds": round(train_seconds, 1),
-                        "parameters": nparams, "device": torch.cuda.get_device_name() if amp else "cpu",
-                        "torch": torch.__version__},
-           "classifier": {"held_out_accuracy_real": round(clf_acc, 4)}}
+    save_file(
+        {k: v.detach().half().contiguous().cpu() for k, v in clf.state_dict().items()},
+        os.path.join(args.out, "classifier.safetensors"),
+    )
+    cfg = {
+        "unet": dict(dm.UNET_CONFIG),
+        "scheduler": dict(dm.SCHEDULER_CONFIG),
+        "num_classes": dm.NUM_CLASSES,
+        "null_class": dm.NUM_CLASSES,
+        "patch": dm.PATCH,
+        "image_size": 32,
+        "channels": 1,
+        "default_guidance_scale": args.guidance[0],
+        "data": "sklearn.datasets.load_digits, 8x8 /16 -> bilinear 32x32 -> [-1, 1]",
+        "training": {
+            "steps": steps_done,
+            "batch": args.batch,
+            "lr": args.lr,
+            "ema": args.ema,
+            "label_dropout": args.label_dropout,
+            "seed": args.seed,
+            "seconds": round(train_seconds, 1),
+            "parameters": nparams,
+            "device": torch.cuda.get_device_name() if amp else "cpu",
+            "torch": torch.__version__,
+        },
+        "classifier": {"held_out_accuracy_real": round(clf_acc, 4)},
+    }
     with open(os.path.join(args.out, "config.json"), "w") as f:
         json.dump(cfg, f, indent=1)
 
     pipe = dm.load_default(device=device, weights_dir=args.out)
     clf_loaded = dm.load_classifier(device, weights_dir=args.out)
     tq = time.time()
-    quality, imgs = quality_check(pipe, clf_loaded, args.quality_per_class, args.quality_steps, args.guidance,
-                                  args.seed, device)
-    cfg["quality"] = {"sampler": f"DDIM-{args.quality_steps} (eta 0), diffusers scheduler loop",
-                      "samples_per_class": args.quality_per_class, "by_guidance_scale": quality,
-                      "seconds": round(time.time() - tq, 1)}
+    quality, imgs = quality_check(
+        pipe, clf_loaded, args.quality_per_class, args.quality_steps, args.guidance, args.seed, device
+    )
+    cfg["quality"] = {
+        "sampler": f"DDIM-{args.quality_steps} (eta 0), diffusers scheduler loop",
+        "samples_per_class": args.quality_per_class,
+        "by_guidance_scale": quality,
+        "seconds": round(time.time() - tq, 1),
+    }
     default_ok = quality[str(args.guidance[0])]["min_per_class"] >= 0.9
     cfg["quality"]["pass"] = default_ok
     with open(os.path.join(args.out, "config.json"), "w") as f:
         json.dump(cfg, f, indent=1)
     per = args.quality_per_class
-    sel = torch.cat([imgs[c * per: c * per + min(per, 10)] for c in range(dm.NUM_CLASSES)])
+    sel = torch.cat([imgs[c * per : c * per + min(per, 10)] for c in range(dm.NUM_CLASSES)])
     grid_png(sel, min(per, 10), args.grid or os.path.join(args.out, "samples.png"))
     print(json.dumps(cfg["quality"]["by_guidance_scale"]))
-    print(f"quality check (guidance {args.guidance[0]}, every class >= 90%): {'PASS' if default_ok else 'FAIL'}; "
-          f"total {time.time() - t_start:.1f}s", flush=True)
+    print(
+        f"quality check (guidance {args.guidance[0]}, every class >= 90%): {'PASS' if default_ok else 'FAIL'}; "
+        f"total {time.time() - t_start:.1f}s",
+        flush=True,
+    )
     return 0 if default_ok else 1
 
 

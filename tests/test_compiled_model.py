@@ -14,8 +14,8 @@ from diffusers import DDIMScheduler, DDPMScheduler
 
 import paratriton as pt
 from paratriton._cuda_graph import NestedCUDAGraphError, _watch_cudagraph_trees, capture
-from paratriton.solvers.graphed_sequential import GraphedSequential
 from paratriton.solvers import make_solver
+from paratriton.solvers.graphed_sequential import GraphedSequential
 
 
 class TinyEps(torch.nn.Module):

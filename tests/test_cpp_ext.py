@@ -36,8 +36,9 @@ def test_extension_is_built_and_loaded():
     assert isinstance(_C.has_cuda(), bool) and "cxx11abi" in _C.abi()
 
 
-pytestmark_ext = pytest.mark.skipif(not _backends.extension_status()["loaded"] and not REQUIRED,
-                                    reason="paratriton._C not built")
+pytestmark_ext = pytest.mark.skipif(
+    not _backends.extension_status()["loaded"] and not REQUIRED, reason="paratriton._C not built"
+)
 
 
 def rnd(*shape, seed=0, dtype=torch.float64):
@@ -55,8 +56,8 @@ def sliced(t, extra=2):
     """Same values as a slice along dim 0 of a larger tensor (strided rows, contiguous D: the solver's layout); on
     t's device."""
     big = torch.zeros(t.shape[0] + extra, *t.shape[1:], dtype=t.dtype, device=t.device)
-    big[1:1 + t.shape[0]] = t
-    return big[1:1 + t.shape[0]]
+    big[1 : 1 + t.shape[0]] = t
+    return big[1 : 1 + t.shape[0]]
 
 
 def f64(t):
@@ -159,8 +160,12 @@ def test_masked_lstsq(n, B, m, dtype):
             tol = dict(rtol=1e-9, atol=1e-11) if dtype == torch.float64 else dict(rtol=2e-3, atol=2e-4)
             torch.testing.assert_close(got.double(), ref, **tol)
     got = ops.masked_lstsq(G.transpose(-1, -2), h, num_cols, 1e-3, 1e-30)  # non-contiguous (symmetric: same)
-    torch.testing.assert_close(got.double(), masked_lstsq(f64(G), f64(h), num_cols, 1e-3, 1e-30),
-                               rtol=1e-3 if dtype == torch.float32 else 1e-9, atol=1e-4)
+    torch.testing.assert_close(
+        got.double(),
+        masked_lstsq(f64(G), f64(h), num_cols, 1e-3, 1e-30),
+        rtol=1e-3 if dtype == torch.float32 else 1e-9,
+        atol=1e-4,
+    )
 
 
 @pytestmark_ext
@@ -188,21 +193,22 @@ def test_taa_ring_ops(n, B, D, M, dtype):
     for slot in range(M):
         for order in sorted({1, n}):
             hR, hY = rnd(M, T, B, D, seed=13, dtype=dtype), rnd(M, T, B, D, seed=14, dtype=dtype)
-            hR0, hY0 = f64(hR[:, 1:1 + n]).clone(), f64(hY[:, 1:1 + n]).clone()
-            rms, top, G, h = ops.taa_residual(x, mo, xi, a, b, c, thr, hR[:, 1:1 + n], hY[:, 1:1 + n], slot, order,
-                                              False)
+            hR0, hY0 = f64(hR[:, 1 : 1 + n]).clone(), f64(hY[:, 1 : 1 + n]).clone()
+            rms, top, G, h = ops.taa_residual(
+                x, mo, xi, a, b, c, thr, hR[:, 1 : 1 + n], hY[:, 1 : 1 + n], slot, order, False
+            )
             rms0, top0, G0, h0 = taa_residual(f64(x), f64(mo), f64(xi), a, b, c, thr, hR0, hY0, slot, order)
             close(rms, rms0, dtype)
             assert top.item() == top0.item()
-            close(hR[:, 1:1 + n], hR0, dtype)
-            close(hY[:, 1:1 + n], hY0, dtype)
+            close(hR[:, 1 : 1 + n], hR0, dtype)
+            close(hY[:, 1 : 1 + n], hY0, dtype)
             assert G.shape == G0.shape == (n, B, M - 1, M - 1)
             if M > 1:
                 close(G, G0, dtype)
                 close(h, h0, dtype)
             gamma = rnd(n, B, M - 1, seed=15, dtype=dtype)
             xs = sliced(rnd(n, B, D, seed=16, dtype=dtype))
-            ops.taa_update(xs, hY[:, 1:1 + n], gamma, slot)
+            ops.taa_update(xs, hY[:, 1 : 1 + n], gamma, slot)
             x0 = torch.empty(n, B, D, dtype=torch.float64)
             taa_update(x0, hY0, f64(gamma), slot)
             close(xs, x0, dtype)
@@ -224,8 +230,13 @@ def test_parallel_split_matches_serial():
     for nt in (1, 2):
         torch.set_num_threads(nt)
         try:
-            outs.append((ops.step_residual(x, mo, xi, a, b, c, thr), ops.anderson_gram(dR, x[:-1]),
-                         ops.order_k_residual(x[:-1], a, 5, False)))
+            outs.append(
+                (
+                    ops.step_residual(x, mo, xi, a, b, c, thr),
+                    ops.anderson_gram(dR, x[:-1]),
+                    ops.order_k_residual(x[:-1], a, 5, False),
+                )
+            )
         finally:
             torch.set_num_threads(prev)
     for u, v in zip(outs[0], outs[1]):
@@ -309,8 +320,9 @@ def test_compile_through_cpp_kernels():
 
 
 @pytestmark_ext
-@pytest.mark.parametrize("method,opts", [("taa", {}), ("taa", dict(window=5, history=3, order=2)),
-                                         ("aa", dict(history=2))])
+@pytest.mark.parametrize(
+    "method,opts", [("taa", {}), ("taa", dict(window=5, history=3, order=2)), ("aa", dict(history=2))]
+)
 def test_taa_solve_through_cpp_ops_equals_reference(method, opts):
     from paratriton import _C
     from paratriton.testing import GaussianMixture
@@ -323,8 +335,10 @@ def test_taa_solve_through_cpp_ops_equals_reference(method, opts):
     x_T = torch.randn(2, 2, 3, 3, generator=g, dtype=torch.float64)
     noise = torch.randn(T, 2, 2, 3, 3, generator=g, dtype=torch.float64)
     _C.reset_call_counts()
-    res = {be: pt.solve(model, cf, x_T, noise, method=method, tol_abs=1e-9, tol_rel=1e-9, backend=be, **opts)
-           for be in ("reference", "auto")}  # "auto" = the registered ops, i.e. the C++ kernels on the CPU
+    res = {
+        be: pt.solve(model, cf, x_T, noise, method=method, tol_abs=1e-9, tol_rel=1e-9, backend=be, **opts)
+        for be in ("reference", "auto")
+    }  # "auto" = the registered ops, i.e. the C++ kernels on the CPU
     counts = _C.call_counts()["cpu"]
     assert counts["taa_residual"] > 0 and counts["masked_lstsq"] > 0
     seq = pt.solve(model, cf, x_T, noise, method="sequential")
@@ -348,7 +362,8 @@ def cuda_ext():
         pytest.skip("paratriton._C has no CUDA kernels")
     _backends.use_extension(True, cuda_ops="all")
     assert set(_backends.extension_status()["cuda"]) == set(_C.cuda_ops()), (
-        f"CUDA kernels not registered: built with CUDA {_C.cuda_version()}, torch has CUDA {torch.version.cuda}")
+        f"CUDA kernels not registered: built with CUDA {_C.cuda_version()}, torch has CUDA {torch.version.cuda}"
+    )
     assert all(pt.backends()[op]["cuda"] == "cuda" for op in _C.cuda_ops()), pt.backends()
     yield _C
     _backends.use_extension(False)
@@ -384,13 +399,13 @@ def test_cuda_kernels_match_reference(cuda_ext, dtype):
             hY_cu = hY.to(cu)  # the ring on the device first, then the solver's slice of it (strided steps)
             for slot in range(M):
                 x0 = torch.empty(n, B, D, dtype=torch.float64)
-                taa_update(x0, f64(hY[:, 1:1 + n]), f64(g), slot)
+                taa_update(x0, f64(hY[:, 1 : 1 + n]), f64(g), slot)
                 xs = torch.zeros(n + 1, B, D, dtype=dtype, device=cu)
-                ops.taa_update(xs[:n], hY_cu[:, 1:1 + n], g.to(cu), slot)
+                ops.taa_update(xs[:n], hY_cu[:, 1 : 1 + n], g.to(cu), slot)
                 close(xs[:n].cpu(), x0, dtype)
                 assert (xs[n] == 0).all()  # nothing written past the slice
                 xn = noncontig(torch.zeros(n, B, D, dtype=dtype, device=cu))  # strided destination: copy and back
-                ops.taa_update(xn, noncontig(hY_cu[:, 1:1 + n].contiguous()), g.to(cu), slot)
+                ops.taa_update(xn, noncontig(hY_cu[:, 1 : 1 + n].contiguous()), g.to(cu), slot)
                 close(xn.cpu(), x0, dtype)
     counts = _C.call_counts()["cuda"]
     assert all(counts[op] > 0 for op in _C.cuda_ops()), counts

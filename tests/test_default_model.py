@@ -6,11 +6,12 @@ import pytest
 import torch
 
 import paratriton
-from paratriton.models import (WEIGHTS_DIR, default_scheduler, load_classifier, load_default, read_config,
-                               verify_weights)
+from paratriton.models import WEIGHTS_DIR, default_scheduler, load_classifier, load_default, read_config, verify_weights
 
-pytestmark = pytest.mark.skipif(not os.path.exists(os.path.join(WEIGHTS_DIR, "model.safetensors")),
-                                reason="the default model's weights are not shipped in this checkout")
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(os.path.join(WEIGHTS_DIR, "model.safetensors")),
+    reason="the default model's weights are not shipped in this checkout",
+)
 
 
 @pytest.fixture(scope="module")

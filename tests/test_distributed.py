@@ -56,10 +56,12 @@ def _worker(rank, world, port, out_path):
 
         model = pt.ClassifierFreeGuidance(ShardedDenoiser(two_branch, with_rows=True), 2.0, pass_branch=True)
         res = pt.solve(model, cf, x_T, noise, method="taa", tol_abs=1e-9, tol_rel=1e-9)
-        ref = pt.solve(pt.ClassifierFreeGuidance(two_branch, 2.0, pass_branch=True), cf, x_T, noise,
-                       method="sequential")
-        torch.save({"sample": res.sample, "ref": ref.sample, "iters": res.iterations, "calls": calls},
-                   f"{out_path}.{rank}")
+        ref = pt.solve(
+            pt.ClassifierFreeGuidance(two_branch, 2.0, pass_branch=True), cf, x_T, noise, method="sequential"
+        )
+        torch.save(
+            {"sample": res.sample, "ref": ref.sample, "iters": res.iterations, "calls": calls}, f"{out_path}.{rank}"
+        )
     finally:
         dist.destroy_process_group()
 
@@ -108,8 +110,9 @@ def _faulty_worker(rank, world, port, out_path, fault):
 @pytest.mark.parametrize("fault", ["dies", "hangs"])
 def test_a_dead_or_hung_rank_fails_the_others_within_the_timeout(tmp_path, fault):
     out = str(tmp_path / "rank0.txt")
-    ctx = mp.start_processes(_faulty_worker, args=(2, _free_port(), out, fault), nprocs=2, start_method="spawn",
-                             join=False)
+    ctx = mp.start_processes(
+        _faulty_worker, args=(2, _free_port(), out, fault), nprocs=2, start_method="spawn", join=False
+    )
     ctx.processes[0].join(timeout=45)
     for p in ctx.processes:
         if p.is_alive():

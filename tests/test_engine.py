@@ -7,8 +7,8 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
 import paratriton as pt
-from paratriton.solvers.graphed_sequential import GraphedSequential
 from paratriton.solvers import make_solver
+from paratriton.solvers.graphed_sequential import GraphedSequential
 from paratriton.testing import GaussianMixture
 
 
@@ -145,8 +145,9 @@ def test_static_taa_rebuilds_for_other_coefficients():
 
 
 @pytest.mark.parametrize("method", ["taa", "fp", "picard"])
-@pytest.mark.parametrize("kind,T,B,window", [("ddim", 25, 3, 7), ("ddpm", 25, 1, 1), ("ddim", 50, 1, 12),
-                                             ("ddpm", 10, 2, 4)])
+@pytest.mark.parametrize(
+    "kind,T,B,window", [("ddim", 25, 3, 7), ("ddpm", 25, 1, 1), ("ddim", 50, 1, 12), ("ddpm", 10, 2, 4)]
+)
 def test_static_sliding_window_equals_windowed_reference(method, kind, T, B, window):
     cf, model, x_T, noise = problem(kind, T, B)
     kw = dict(window=window, tol_abs=1e-6, tol_rel=1e-6)
@@ -196,8 +197,17 @@ def order1_rms(model, cf, res, noise):
 
 
 @pytest.mark.parametrize("method", ["fp", "picard", "aa", "taa"])
-@pytest.mark.parametrize("kind,T,window", [("ddim", 10, None), ("ddpm", 50, None), ("ddim", 50, 7),
-                                           ("ddpm", 50, 12), ("ddim", 1000, None), ("ddpm", 1000, 64)])
+@pytest.mark.parametrize(
+    "kind,T,window",
+    [
+        ("ddim", 10, None),
+        ("ddpm", 50, None),
+        ("ddim", 50, 7),
+        ("ddpm", 50, 12),
+        ("ddim", 1000, None),
+        ("ddpm", 1000, 64),
+    ],
+)
 @pytest.mark.parametrize("static", [False, True])
 def test_converged_means_every_step_within_its_threshold(method, kind, T, window, static):
     """At the returned trajectory, every step's order-1 residual is within its threshold when converged."""

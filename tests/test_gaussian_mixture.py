@@ -24,8 +24,7 @@ def log_density(gm, x, alpha, sigma):
 def test_eps_is_scaled_score(shape, alpha, sigma):
     # Tweedie: E[eps | x] = -sigma * grad log p(x)
     gm = GaussianMixture.random(shape, 4, std=0.4, seed=3)
-    x = (alpha * gm.sample(5, torch.Generator().manual_seed(0)) + sigma * torch.randn(5, *shape,
-                                                                                       dtype=torch.float64))
+    x = alpha * gm.sample(5, torch.Generator().manual_seed(0)) + sigma * torch.randn(5, *shape, dtype=torch.float64)
     x.requires_grad_(True)
     (grad,) = torch.autograd.grad(log_density(gm, x, alpha, sigma).sum(), x)
     al, sg = torch.full((5,), alpha, dtype=torch.float64), torch.full((5,), sigma, dtype=torch.float64)

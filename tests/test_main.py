@@ -19,7 +19,7 @@ def _rows(out: str) -> dict[str, list[str]]:
     lines = out.splitlines()
     k = next(i for i, l in enumerate(lines) if l.strip().startswith("method"))
     rows = {}
-    for line in lines[k + 2:]:
+    for line in lines[k + 2 :]:
         if line.startswith("wrote"):
             break
         cells = re.split(r"\s{2,}", line.strip())
@@ -39,8 +39,26 @@ def _check_table(rows, T):
 
 @pytest.mark.skipif(not HAVE_WEIGHTS, reason="the default model's weights are not shipped in this checkout")
 def test_main_default_model(tmp_path, capsys):
-    assert main(["sample", "--steps", "8", "--batch", "2", "--methods", "taa", "picard", "fp:k=1",
-                 "--out", str(tmp_path), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--steps",
+                "8",
+                "--batch",
+                "2",
+                "--methods",
+                "taa",
+                "picard",
+                "fp:k=1",
+                "--out",
+                str(tmp_path),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     rows = _rows(out)
     assert set(rows) == {"sequential", "taa (h=2)", "picard", "fp:k=1"}
@@ -59,8 +77,9 @@ def test_main_gmm(tmp_path, capsys):
 
 
 def test_main_cli_help():
-    r = subprocess.run([sys.executable, "-m", "paratriton", "sample", "--help"], capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "paratriton", "sample", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0 and "--model" in r.stdout
 
 
@@ -127,8 +146,25 @@ def test_cli_device_cuda_without_cuda(capsys, monkeypatch):
 def test_cli_error_subprocess_is_fast():
     """A real process: exit 2, one error line, no traceback, and far sooner than a sample would take."""
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "paratriton", "sample", "--methods", "sequential", "--model", "gmm",
-                        "--tol", "1e-3", "--window", "1000"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "paratriton",
+            "sample",
+            "--methods",
+            "sequential",
+            "--model",
+            "gmm",
+            "--tol",
+            "1e-3",
+            "--window",
+            "1000",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     elapsed = time.perf_counter() - t0
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "--window" in r.stderr.strip().splitlines()[-1]
@@ -138,17 +174,52 @@ def test_cli_error_subprocess_is_fast():
 def test_cli_methods_accepts_every_method(tmp_path, capsys):
     from paratriton import METHODS
 
-    assert main(["sample", "--model", "gmm", "--steps", "6", "--batch", "1", "--repeats", "1", "--no-progress",
-                 "--methods", *METHODS, "srds:blocks=3", "taa:h=1,w=3", "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                "gmm",
+                "--steps",
+                "6",
+                "--batch",
+                "1",
+                "--repeats",
+                "1",
+                "--no-progress",
+                "--methods",
+                *METHODS,
+                "srds:blocks=3",
+                "taa:h=1,w=3",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     rows = _rows(capsys.readouterr().out)
-    assert set(rows) == {"sequential", "fp", "picard", "aa (h=2)", "taa (h=2)", "srds", "srds_pipelined",
-                         "srds:blocks=3", "taa:h=1,w=3"}
+    assert set(rows) == {
+        "sequential",
+        "fp",
+        "picard",
+        "aa (h=2)",
+        "taa (h=2)",
+        "srds",
+        "srds_pipelined",
+        "srds:blocks=3",
+        "taa:h=1,w=3",
+    }
     _check_table(rows, 6)
 
 
 def test_cli_help_lists_methods_options_defaults():
-    r = subprocess.run([sys.executable, "-m", "paratriton", "sample", "--help"], capture_output=True, text=True,
-                       timeout=60, env={**os.environ, "COLUMNS": "200"})
+    r = subprocess.run(
+        [sys.executable, "-m", "paratriton", "sample", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert r.returncode == 0
     from paratriton import METHODS
 

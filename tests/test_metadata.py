@@ -18,8 +18,9 @@ def test_requires_python_matches_readme():
     assert "Python 3.11" in (ROOT / "README.md").read_text()
 
 
-@pytest.mark.parametrize("version,warns", [("0.42.1", False), ("0.42.0.dev0", False), ("0.35.0", True),
-                                           ("0.43.0", True), ("1.0.0", True)])
+@pytest.mark.parametrize(
+    "version,warns", [("0.42.1", False), ("0.42.0.dev0", False), ("0.35.0", True), ("0.43.0", True), ("1.0.0", True)]
+)
 def test_diffusers_range_warning(monkeypatch, version, warns):
     monkeypatch.setattr(importlib.metadata, "version", lambda name: version)
     with warnings.catch_warnings(record=True) as w:

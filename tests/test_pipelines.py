@@ -43,14 +43,22 @@ def _needs_transformers():
 
 def _ddim(**kw):
     # steps_offset=1 as SD checkpoints ship (0 triggers a deprecation warning in the SD pipelines)
-    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                         set_alpha_to_one=False, steps_offset=1, **kw)
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        **kw,
+    )
 
 
 def _ddpm(**kw):
     # with steps_offset=1 the last timestep is 1 > 0, so DDPM adds noise in every step, the last one included
-    return DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                         steps_offset=1, **kw)
+    return DDPMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, steps_offset=1, **kw
+    )
 
 
 SCHEDULERS = {"ddim": _ddim, "ddpm": _ddpm}
@@ -72,9 +80,15 @@ def _quiet(pipe):
 # ---------------------------------------------------------------------------------------------------------------
 def _tiny_vae(latent_channels: int = 4, **kw):
     torch.manual_seed(0)
-    args = {"block_out_channels": [4, 8], "in_channels": 3, "out_channels": 3,
-            "down_block_types": ["DownEncoderBlock2D"] * 2, "up_block_types": ["UpDecoderBlock2D"] * 2,
-            "latent_channels": latent_channels, "norm_num_groups": 2}
+    args = {
+        "block_out_channels": [4, 8],
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ["DownEncoderBlock2D"] * 2,
+        "up_block_types": ["UpDecoderBlock2D"] * 2,
+        "latent_channels": latent_channels,
+        "norm_num_groups": 2,
+    }
     args.update(kw)
     return AutoencoderKL(**args).eval()
 
@@ -84,20 +98,40 @@ def make_sd(scheduler):
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(block_out_channels=(4, 8), layers_per_block=1, sample_size=16, in_channels=4,
-                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=8,
-                                norm_num_groups=2).eval()
-    pipe = StableDiffusionPipeline(vae=_tiny_vae(), text_encoder=None, tokenizer=None, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   image_encoder=None, requires_safety_checker=False)
+    unet = UNet2DConditionModel(
+        block_out_channels=(4, 8),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=8,
+        norm_num_groups=2,
+    ).eval()
+    pipe = StableDiffusionPipeline(
+        vae=_tiny_vae(),
+        text_encoder=None,
+        tokenizer=None,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=None,
+        requires_safety_checker=False,
+    )
     return _quiet(pipe)
 
 
 def sd_inputs(batch: int, cfg: bool, **kw):
     g = torch.Generator().manual_seed(100)
-    out = {"prompt_embeds": torch.randn(batch, 5, 8, generator=g), "height": 16, "width": 16,
-           "num_inference_steps": STEPS, "guidance_scale": 3.0 if cfg else 1.0}
+    out = {
+        "prompt_embeds": torch.randn(batch, 5, 8, generator=g),
+        "height": 16,
+        "width": 16,
+        "num_inference_steps": STEPS,
+        "guidance_scale": 3.0 if cfg else 1.0,
+    }
     if cfg:
         out["negative_prompt_embeds"] = torch.randn(batch, 5, 8, generator=g)
     out.update(kw)
@@ -109,24 +143,47 @@ def make_sdxl(scheduler):
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(block_out_channels=(2, 4), layers_per_block=2, sample_size=16, in_channels=4,
-                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
-                                use_linear_projection=True, addition_embed_type="text_time",
-                                addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
-                                projection_class_embeddings_input_dim=80, cross_attention_dim=64,
-                                norm_num_groups=1).eval()
-    pipe = StableDiffusionXLPipeline(vae=_tiny_vae(), text_encoder=None, text_encoder_2=None, tokenizer=None,
-                                     tokenizer_2=None, unet=unet, scheduler=scheduler, image_encoder=None,
-                                     feature_extractor=None)
+    unet = UNet2DConditionModel(
+        block_out_channels=(2, 4),
+        layers_per_block=2,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64,
+        norm_num_groups=1,
+    ).eval()
+    pipe = StableDiffusionXLPipeline(
+        vae=_tiny_vae(),
+        text_encoder=None,
+        text_encoder_2=None,
+        tokenizer=None,
+        tokenizer_2=None,
+        unet=unet,
+        scheduler=scheduler,
+        image_encoder=None,
+        feature_extractor=None,
+    )
     return _quiet(pipe)
 
 
 def sdxl_inputs(batch: int, cfg: bool, **kw):
     g = torch.Generator().manual_seed(101)
-    out = {"prompt_embeds": torch.randn(batch, 5, 64, generator=g),
-           "pooled_prompt_embeds": torch.randn(batch, 32, generator=g), "height": 16, "width": 16,
-           "num_inference_steps": STEPS, "guidance_scale": 3.0 if cfg else 1.0}
+    out = {
+        "prompt_embeds": torch.randn(batch, 5, 64, generator=g),
+        "pooled_prompt_embeds": torch.randn(batch, 32, generator=g),
+        "height": 16,
+        "width": 16,
+        "num_inference_steps": STEPS,
+        "guidance_scale": 3.0 if cfg else 1.0,
+    }
     if cfg:
         out["negative_prompt_embeds"] = torch.randn(batch, 5, 64, generator=g)
         out["negative_pooled_prompt_embeds"] = torch.randn(batch, 32, generator=g)
@@ -140,23 +197,40 @@ def make_pixart(scheduler):
     from diffusers import PixArtAlphaPipeline, PixArtTransformer2DModel
 
     torch.manual_seed(0)
-    transformer = PixArtTransformer2DModel(sample_size=8, num_layers=2, patch_size=2, attention_head_dim=8,
-                                           num_attention_heads=3, caption_channels=32, in_channels=4,
-                                           cross_attention_dim=24, out_channels=8, attention_bias=True,
-                                           activation_fn="gelu-approximate", num_embeds_ada_norm=1000,
-                                           norm_type="ada_norm_single", norm_elementwise_affine=False,
-                                           norm_eps=1e-6).eval()
-    pipe = PixArtAlphaPipeline(tokenizer=None, text_encoder=None, vae=_tiny_vae(), transformer=transformer,
-                               scheduler=scheduler)
+    transformer = PixArtTransformer2DModel(
+        sample_size=8,
+        num_layers=2,
+        patch_size=2,
+        attention_head_dim=8,
+        num_attention_heads=3,
+        caption_channels=32,
+        in_channels=4,
+        cross_attention_dim=24,
+        out_channels=8,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+    ).eval()
+    pipe = PixArtAlphaPipeline(
+        tokenizer=None, text_encoder=None, vae=_tiny_vae(), transformer=transformer, scheduler=scheduler
+    )
     return _quiet(pipe)
 
 
 def pixart_inputs(batch: int, cfg: bool, **kw):
     g = torch.Generator().manual_seed(102)
-    out = {"prompt_embeds": torch.randn(batch, 6, 32, generator=g),
-           "prompt_attention_mask": torch.tensor([[1, 1, 1, 1, 0, 0]] * batch),
-           "height": 16, "width": 16, "num_inference_steps": STEPS, "guidance_scale": 3.0 if cfg else 1.0,
-           "use_resolution_binning": False}
+    out = {
+        "prompt_embeds": torch.randn(batch, 6, 32, generator=g),
+        "prompt_attention_mask": torch.tensor([[1, 1, 1, 1, 0, 0]] * batch),
+        "height": 16,
+        "width": 16,
+        "num_inference_steps": STEPS,
+        "guidance_scale": 3.0 if cfg else 1.0,
+        "use_resolution_binning": False,
+    }
     if cfg:
         out["negative_prompt"] = None  # PixArt defaults to "" and rejects it beside negative_prompt_embeds
         out["negative_prompt_embeds"] = torch.randn(batch, 6, 32, generator=g)
@@ -167,10 +241,20 @@ def pixart_inputs(batch: int, cfg: bool, **kw):
 
 def make_dit(scheduler):
     torch.manual_seed(0)
-    transformer = DiTTransformer2DModel(sample_size=8, num_layers=2, patch_size=4, attention_head_dim=8,
-                                        num_attention_heads=2, in_channels=4, out_channels=8, attention_bias=True,
-                                        activation_fn="gelu-approximate", num_embeds_ada_norm=1000,
-                                        norm_type="ada_norm_zero", norm_elementwise_affine=False).eval()
+    transformer = DiTTransformer2DModel(
+        sample_size=8,
+        num_layers=2,
+        patch_size=4,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        in_channels=4,
+        out_channels=8,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_zero",
+        norm_elementwise_affine=False,
+    ).eval()
     return _quiet(DiTPipeline(transformer=transformer, vae=_tiny_vae(), scheduler=scheduler))
 
 
@@ -185,32 +269,67 @@ def make_flux(scheduler, guidance_embeds: bool = True):
     from diffusers import FluxPipeline, FluxTransformer2DModel
 
     torch.manual_seed(0)
-    transformer = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
-                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
-                                         pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
-                                         guidance_embeds=guidance_embeds).eval()
-    vae = _tiny_vae(latent_channels=1, block_out_channels=(4,), down_block_types=["DownEncoderBlock2D"],
-                    up_block_types=["UpDecoderBlock2D"], norm_num_groups=1, use_quant_conv=False,
-                    use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
-    pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, text_encoder_2=None,
-                        tokenizer_2=None, transformer=transformer)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        axes_dims_rope=[4, 4, 8],
+        guidance_embeds=guidance_embeds,
+    ).eval()
+    vae = _tiny_vae(
+        latent_channels=1,
+        block_out_channels=(4,),
+        down_block_types=["DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D"],
+        norm_num_groups=1,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
+    )
+    pipe = FluxPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        transformer=transformer,
+    )
     return _quiet(pipe)
 
 
 def flux_inputs(batch: int, cfg: bool, **kw):
     g = torch.Generator().manual_seed(103)
-    out = {"prompt_embeds": torch.randn(batch, 7, 32, generator=g),
-           "pooled_prompt_embeds": torch.randn(batch, 32, generator=g), "height": 8, "width": 8,
-           "num_inference_steps": STEPS, "guidance_scale": 3.5 if cfg else 1.0}
+    out = {
+        "prompt_embeds": torch.randn(batch, 7, 32, generator=g),
+        "pooled_prompt_embeds": torch.randn(batch, 32, generator=g),
+        "height": 8,
+        "width": 8,
+        "num_inference_steps": STEPS,
+        "guidance_scale": 3.5 if cfg else 1.0,
+    }
     out.update(kw)
     return out
 
 
 def make_unet2d():
     torch.manual_seed(0)
-    return UNet2DModel(block_out_channels=(4, 8), layers_per_block=1, norm_num_groups=4, sample_size=8,
-                       in_channels=3, out_channels=3, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                       up_block_types=("AttnUpBlock2D", "UpBlock2D")).eval()
+    return UNet2DModel(
+        block_out_channels=(4, 8),
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    ).eval()
 
 
 def _images(out):
@@ -218,8 +337,9 @@ def _images(out):
     return images if torch.is_tensor(images) else torch.from_numpy(np.asarray(images))
 
 
-def run_pair(pipe, inputs: dict, method: str = "taa", seed: int = 0, per_sample_generators: int | None = None,
-             **options):
+def run_pair(
+    pipe, inputs: dict, method: str = "taa", seed: int = 0, per_sample_generators: int | None = None, **options
+):
     """Run the stock pipeline and its parallel version with the same seed; return (stock, parallel, par pipe)."""
     par = paratriton.parallelize(pipe, method, **({} if method == "sequential" else TOL), **options)
     outs = []
@@ -238,8 +358,12 @@ def assert_same(ref: torch.Tensor, out: torch.Tensor, atol: float = ATOL):
 # ---------------------------------------------------------------------------------------------------------------
 # parity: every pipeline x scheduler x CFG x batch
 # ---------------------------------------------------------------------------------------------------------------
-TEXT_CASES = {"sd": (make_sd, sd_inputs), "sdxl": (make_sdxl, sdxl_inputs), "pixart": (make_pixart, pixart_inputs),
-              "dit": (make_dit, dit_inputs)}
+TEXT_CASES = {
+    "sd": (make_sd, sd_inputs),
+    "sdxl": (make_sdxl, sdxl_inputs),
+    "pixart": (make_pixart, pixart_inputs),
+    "dit": (make_dit, dit_inputs),
+}
 
 
 @pytest.mark.parametrize("batch", [1, 2])
@@ -273,8 +397,11 @@ def test_flux_matches_stock(sched, guidance_embeds, batch):
 
 
 @pytest.mark.parametrize("batch", [1, 2])
-@pytest.mark.parametrize("pipeline,kw", [(DDPMPipeline, {}), (DDIMPipeline, {"eta": 0.0}),
-                                         (DDIMPipeline, {"eta": 1.0})], ids=["ddpm", "ddim", "ddim_eta1"])
+@pytest.mark.parametrize(
+    "pipeline,kw",
+    [(DDPMPipeline, {}), (DDIMPipeline, {"eta": 0.0}), (DDIMPipeline, {"eta": 1.0})],
+    ids=["ddpm", "ddim", "ddim_eta1"],
+)
 def test_unconditional_pipeline_matches_stock(pipeline, kw, batch):
     sched = _ddpm() if pipeline is DDPMPipeline else _ddim()
     pipe = _quiet(pipeline(unet=make_unet2d(), scheduler=sched))
@@ -562,15 +689,18 @@ def test_unsupported_pipeline_and_scheduler_name_what_is_supported():
         paratriton.parallelize(clip)(**UNCOND)
 
 
-@pytest.mark.parametrize("method,options,exc,match", [
-    ("newton", {}, ValueError, "method='newton' is not supported; use one of"),
-    ("taa", {"window": 0}, ValueError, "window must be an int >= 1"),
-    ("taa", {"history": 0}, ValueError, "history must be an int in"),
-    ("taa", {"tol_abs": -1.0}, ValueError, "tol_abs must be a finite number > 0"),
-    ("taa", {"bogus": 1}, TypeError, "bogus"),
-    ("taa", {"callback": print}, TypeError, "callback_on_step_end"),
-    ("picard", {"order": 3}, TypeError, r"options \['order'\] do not apply to method='picard'"),
-])
+@pytest.mark.parametrize(
+    "method,options,exc,match",
+    [
+        ("newton", {}, ValueError, "method='newton' is not supported; use one of"),
+        ("taa", {"window": 0}, ValueError, "window must be an int >= 1"),
+        ("taa", {"history": 0}, ValueError, "history must be an int in"),
+        ("taa", {"tol_abs": -1.0}, ValueError, "tol_abs must be a finite number > 0"),
+        ("taa", {"bogus": 1}, TypeError, "bogus"),
+        ("taa", {"callback": print}, TypeError, "callback_on_step_end"),
+        ("picard", {"order": 3}, TypeError, r"options \['order'\] do not apply to method='picard'"),
+    ],
+)
 def test_bad_options_raise_naming_the_parameter(method, options, exc, match):
     with pytest.raises(exc, match=match):
         paratriton.parallelize(_ddpm_pipe(), method, **options)
@@ -652,7 +782,8 @@ def test_window_auto_times_the_candidates_once_and_stays_exact():
     (choice,) = par.paratriton.window_choices.values()
     assert set(choice.wall_ms) == {"sequential", "W=8", "W=4"}  # T = 8: the full window, T/2, and sequential
     assert choice.reason and min(choice.wall_ms, key=choice.wall_ms.get) == (
-        "sequential" if choice.window is None else f"W={choice.window}")
+        "sequential" if choice.window is None else f"W={choice.window}"
+    )
     torch.manual_seed(0)
     par(**UNCOND, generator=_gen(0, None))  # same shapes: the cached choice is reused, nothing re-timed
     assert list(par.paratriton.window_choices.values()) == [choice]
@@ -683,16 +814,19 @@ def test_window_auto_solves_with_the_fastest_candidate(monkeypatch, fastest, win
 # cuda_graph=True: the graphed engine / GraphedSequential, cached between calls (on the CPU the same static program runs
 # without graphs, so these check the static solvers, the caching and the conditioning copies)
 # ---------------------------------------------------------------------------------------------------------------
-GRAPHED = [("taa", {}), ("picard", {"window": 3, "iters_per_sync": 2}), ("fp", {"window": 5, "order": 2}),
-           ("sequential", {})]
+GRAPHED = [
+    ("taa", {}),
+    ("picard", {"window": 3, "iters_per_sync": 2}),
+    ("fp", {"window": 5, "order": 2}),
+    ("sequential", {}),
+]
 
 
 @pytest.mark.parametrize("method,options", GRAPHED, ids=[m for m, _ in GRAPHED])
 @pytest.mark.parametrize("sched", ["ddim", "ddpm"])
 def test_cuda_graph_pipeline_matches_stock(sched, method, options):
     pipe = make_sd(SCHEDULERS[sched]())
-    ref, out, par = run_pair(pipe, sd_inputs(1, True, output_type="latent"), method=method, cuda_graph=True,
-                             **options)
+    ref, out, par = run_pair(pipe, sd_inputs(1, True, output_type="latent"), method=method, cuda_graph=True, **options)
     assert par.paratriton.last_result.converged
     assert par.paratriton.last_result.method.endswith(("(static)", "(graphed)"))
     assert_same(ref, out)
@@ -701,8 +835,9 @@ def test_cuda_graph_pipeline_matches_stock(sched, method, options):
 @pytest.mark.parametrize("name", list(TEXT_CASES))
 def test_cuda_graph_every_conditional_pipeline_matches_stock(name):
     make, inputs = TEXT_CASES[name]
-    ref, out, par = run_pair(make(_ddpm()), inputs(2, True, output_type="latent"), method="picard", window=5,
-                             cuda_graph=True)
+    ref, out, par = run_pair(
+        make(_ddpm()), inputs(2, True, output_type="latent"), method="picard", window=5, cuda_graph=True
+    )
     assert par.paratriton.last_result.method == "picard(graphed)"
     assert_same(ref, out)
 
@@ -725,8 +860,7 @@ def test_cuda_graph_pipeline_reuses_its_solver_and_copies_new_conditioning():
     first_out = _images(par(**first, generator=_gen(0)))
     assert (first_out - out).abs().max() > 1e-2  # the first call's image, not a stale replay
     # another batch size: a new problem, the old graphs are dropped
-    ref, out, _ = run_pair(pipe, sd_inputs(2, True, output_type="latent"), method="picard", window=4,
-                           cuda_graph=True)
+    ref, out, _ = run_pair(pipe, sd_inputs(2, True, output_type="latent"), method="picard", window=4, cuda_graph=True)
     assert_same(ref, out)
 
 
@@ -734,17 +868,20 @@ def test_cuda_graph_window_auto_times_graphed_candidates():
     pipe = _ddpm_pipe()
     ref, out, par = run_pair(pipe, UNCOND, method="picard", window="auto", cuda_graph=True)
     assert_same(ref, out)
-    (key, choice), = par.paratriton.window_choices.items()
+    ((key, choice),) = par.paratriton.window_choices.items()
     assert key[-1] is True and set(choice.wall_ms) == {"sequential", "W=8", "W=4"}
 
 
-@pytest.mark.parametrize("method,options,exc,match", [
-    ("taa", {"cuda_graph": "yes"}, TypeError, "cuda_graph must be True or False"),
-    ("srds", {"cuda_graph": True}, ValueError, "cuda_graph=True supports method in"),
-    ("taa", {"cuda_graph": True, "state_dtype": torch.float16}, ValueError, "state_dtype must be"),
-    ("sequential", {"cuda_graph": True, "window": 3}, TypeError, "window"),
-    ("picard", {"cuda_graph": True, "window": 0}, ValueError, "window must be an int >= 1"),
-])
+@pytest.mark.parametrize(
+    "method,options,exc,match",
+    [
+        ("taa", {"cuda_graph": "yes"}, TypeError, "cuda_graph must be True or False"),
+        ("srds", {"cuda_graph": True}, ValueError, "cuda_graph=True supports method in"),
+        ("taa", {"cuda_graph": True, "state_dtype": torch.float16}, ValueError, "state_dtype must be"),
+        ("sequential", {"cuda_graph": True, "window": 3}, TypeError, "window"),
+        ("picard", {"cuda_graph": True, "window": 0}, ValueError, "window must be an int >= 1"),
+    ],
+)
 def test_cuda_graph_bad_options_raise_naming_the_parameter(method, options, exc, match):
     with pytest.raises(exc, match=match):
         paratriton.parallelize(_ddpm_pipe(), method, **options)
@@ -767,12 +904,18 @@ def test_cuda_graph_pipeline_on_cuda_matches_eager_parallel():
 # paratriton.plan(pipe, steps): method and window timed on the pipeline itself
 # ---------------------------------------------------------------------------------------------------------------
 PLAN_CASES = {  # scripted ms per candidate; the plan must pick the one marked 1.0
-    "picard_W8": ({"taa W=8": 5.0, "taa W=4": 7.0, "picard W=8": 1.0, "picard W=4": 4.0, "sequential": 6.0},
-                  ("picard", 8, None)),
-    "taa_W4": ({"taa W=8": 5.0, "taa W=4": 1.0, "picard W=8": 3.0, "picard W=4": 4.0, "sequential": 6.0},
-               ("taa", 4, 2)),
-    "sequential": ({"taa W=8": 5.0, "taa W=4": 7.0, "picard W=8": 3.0, "picard W=4": 4.0, "sequential": 1.0},
-                   ("sequential", None, None)),
+    "picard_W8": (
+        {"taa W=8": 5.0, "taa W=4": 7.0, "picard W=8": 1.0, "picard W=4": 4.0, "sequential": 6.0},
+        ("picard", 8, None),
+    ),
+    "taa_W4": (
+        {"taa W=8": 5.0, "taa W=4": 1.0, "picard W=8": 3.0, "picard W=4": 4.0, "sequential": 6.0},
+        ("taa", 4, 2),
+    ),
+    "sequential": (
+        {"taa W=8": 5.0, "taa W=4": 7.0, "picard W=8": 3.0, "picard W=4": 4.0, "sequential": 1.0},
+        ("sequential", None, None),
+    ),
 }
 
 
@@ -817,13 +960,16 @@ def test_plan_pipeline_graphed_and_forced_sequential(monkeypatch):
     assert par.paratriton.method == "sequential" and par.paratriton.options == {"cuda_graph": True}
 
 
-@pytest.mark.parametrize("kw,exc,match", [
-    ({"steps": 0}, ValueError, "steps must be an int >= 1"),
-    ({"steps": 8, "devices": 2}, ValueError, "devices must be 1 for a pipeline"),
-    ({"steps": 8, "methods": ("srds",)}, ValueError, "methods must be a non-empty tuple"),
-    ({"steps": 8, "methods": ("sequential",)}, ValueError, "methods must be a non-empty tuple"),
-    ({"steps": 8, "num_inference_steps": 8}, TypeError, "pass the step count as steps"),
-])
+@pytest.mark.parametrize(
+    "kw,exc,match",
+    [
+        ({"steps": 0}, ValueError, "steps must be an int >= 1"),
+        ({"steps": 8, "devices": 2}, ValueError, "devices must be 1 for a pipeline"),
+        ({"steps": 8, "methods": ("srds",)}, ValueError, "methods must be a non-empty tuple"),
+        ({"steps": 8, "methods": ("sequential",)}, ValueError, "methods must be a non-empty tuple"),
+        ({"steps": 8, "num_inference_steps": 8}, TypeError, "pass the step count as steps"),
+    ],
+)
 def test_plan_pipeline_bad_arguments_name_the_parameter(kw, exc, match):
     with pytest.raises(exc, match=match):
         paratriton.plan(_ddpm_pipe(), **kw)

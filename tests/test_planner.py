@@ -52,10 +52,13 @@ class _Costed:
         return self.model(x, s)
 
 
-@pytest.mark.parametrize("per_row_ms,overhead_ms,expect", [
-    (1.0, 0.0, "sequential"),  # linear cost: 10 windows of 40 rows cost 400 ms > 40 sequential calls (40 ms)
-    (0.0, 1.0, "taa"),         # flat cost: 4 iterations (4 ms + solver) beat 40 calls (40 ms)
-])
+@pytest.mark.parametrize(
+    "per_row_ms,overhead_ms,expect",
+    [
+        (1.0, 0.0, "sequential"),  # linear cost: 10 windows of 40 rows cost 400 ms > 40 sequential calls (40 ms)
+        (0.0, 1.0, "taa"),  # flat cost: 4 iterations (4 ms + solver) beat 40 calls (40 ms)
+    ],
+)
 def test_plan_decides_from_the_batch_time_curve(per_row_ms, overhead_ms, expect):
     cf, model, x_T = _problem()
     costed = _Costed(model, x_T.shape[1:], lambda n: overhead_ms + per_row_ms * n)
@@ -101,7 +104,7 @@ def _relative_imports(path: pathlib.Path, *, in_functions: bool) -> list[tuple[i
                 continue
             func = in_func or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
             if isinstance(child, ast.ImportFrom) and child.level and func == in_functions:
-                base = package.split(".")[:len(package.split(".")) - child.level + 1]
+                base = package.split(".")[: len(package.split(".")) - child.level + 1]
                 mod = ".".join(base + ([child.module] if child.module else []))
                 found.append((child.lineno, mod))
                 if not child.module:  # ``from . import x``: x may be a submodule
@@ -116,11 +119,13 @@ def _relative_imports(path: pathlib.Path, *, in_functions: bool) -> list[tuple[i
 
 def test_planner_imports_nothing_of_the_pipelines():
     path = PKG / "planner.py"
-    imported = [m for _, m in _relative_imports(path, in_functions=False)
-                + _relative_imports(path, in_functions=True)]
+    imported = [m for _, m in _relative_imports(path, in_functions=False) + _relative_imports(path, in_functions=True)]
     assert not [m for m in imported if m.startswith("paratriton.pipelines")], imported
-    absolute = [getattr(n, "module", None) or n.names[0].name for n in ast.walk(ast.parse(path.read_text()))
-                if isinstance(n, (ast.Import, ast.ImportFrom)) and not getattr(n, "level", 0)]
+    absolute = [
+        getattr(n, "module", None) or n.names[0].name
+        for n in ast.walk(ast.parse(path.read_text()))
+        if isinstance(n, (ast.Import, ast.ImportFrom)) and not getattr(n, "level", 0)
+    ]
     assert not [m for m in absolute if m.split(".")[0] in ("diffusers", "paratriton")], absolute
 
 
@@ -152,7 +157,7 @@ def test_package_import_graph_has_no_cycle():
         state[node] = 1
         for dep in sorted(edges[node]):
             if state.get(dep) == 1:
-                raise AssertionError("import cycle: " + " -> ".join([*stack[stack.index(dep):], dep]))
+                raise AssertionError("import cycle: " + " -> ".join([*stack[stack.index(dep) :], dep]))
             if dep not in state:
                 dfs(dep, [*stack, dep])
         state[node] = 2
@@ -173,9 +178,16 @@ def _all_modules() -> list[str]:
 
 def test_every_module_imports_first_in_a_fresh_interpreter():
     # each module as the first one imported (so no other module's import order hides a circle); in parallel
-    procs = {name: subprocess.Popen([sys.executable, "-c", f"import importlib; importlib.import_module({name!r})"],
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for name in _all_modules() if "planner" in name or "pipelines" in name or name == "paratriton"}
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", f"import importlib; importlib.import_module({name!r})"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name in _all_modules()
+        if "planner" in name or "pipelines" in name or name == "paratriton"
+    }
     failed = {name: p.communicate(timeout=300)[0][-2000:] for name, p in procs.items()}
     failed = {name: out for name, out in failed.items() if procs[name].returncode != 0}
     assert not failed, failed

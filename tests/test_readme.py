@@ -24,10 +24,9 @@ def blocks():
         text = path.read_text()
         for m in re.finditer(r"^```python\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL):
             line = text.count("\n", 0, m.start()) + 1
-            before = text[:m.start()].rstrip("\n").rsplit("\n", 1)[-1]
+            before = text[: m.start()].rstrip("\n").rsplit("\n", 1)[-1]
             skip = SKIP.search(before)
-            out.append(pytest.param(m.group(1), skip.group(1) if skip else None,
-                                    id=f"{path.relative_to(ROOT)}:{line}"))
+            out.append(pytest.param(m.group(1), skip.group(1) if skip else None, id=f"{path.relative_to(ROOT)}:{line}"))
     return out
 
 

@@ -60,8 +60,11 @@ def test_adversarial_lipschitz_models_stay_within_T(method, lipschitz, seed):
     # the returned trajectory solves every step's equation to tolerance ...
     traj = res.trajectory
     steps = torch.arange(20).repeat_interleave(1)
-    f = cf.a[:, None, None] * traj[1:] + cf.b[:, None, None] * torch.stack(
-        [model(traj[i + 1], steps[i:i + 1]) for i in range(20)]) + cf.c[:, None, None] * noise
+    f = (
+        cf.a[:, None, None] * traj[1:]
+        + cf.b[:, None, None] * torch.stack([model(traj[i + 1], steps[i : i + 1]) for i in range(20)])
+        + cf.c[:, None, None] * noise
+    )
     assert (f - traj[:-1]).square().mean(dim=(1, 2)).sqrt().max() <= 1e-7
     # ... which pins the sample down as far as the map's conditioning allows (a Lipschitz-50 map amplifies
     # per-step errors by orders of magnitude over 20 steps, the sequential sampler's own rounding included)
@@ -128,9 +131,17 @@ def test_static_taa_bit_identical():
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(T=st.integers(1, 24), B=st.integers(1, 3), shape=st.lists(st.integers(1, 4), min_size=1, max_size=3),
-       eta=st.sampled_from([0.0, 0.5, 1.0]), method=st.sampled_from(PARALLEL), window=st.integers(1, 30),
-       order=st.one_of(st.none(), st.integers(1, 30)), history=st.integers(1, 5), seed=st.integers(0, 3))
+@given(
+    T=st.integers(1, 24),
+    B=st.integers(1, 3),
+    shape=st.lists(st.integers(1, 4), min_size=1, max_size=3),
+    eta=st.sampled_from([0.0, 0.5, 1.0]),
+    method=st.sampled_from(PARALLEL),
+    window=st.integers(1, 30),
+    order=st.one_of(st.none(), st.integers(1, 30)),
+    history=st.integers(1, 5),
+    seed=st.integers(0, 3),
+)
 def test_fuzz_every_solver_is_exact(T, B, shape, eta, method, window, order, history, seed):
     cf, model, x_T, noise = gm_problem(T=T, eta=eta, B=B, shape=tuple(shape), seed=seed)
     # a frozen step keeps the value its residual test passed at (converged means within threshold at the returned
@@ -238,10 +249,14 @@ def test_sequential_state_overflow_with_a_finite_model_output_is_named():
     cf = SamplerCoefficients(one, 2 * one, z, one, torch.arange(T, dtype=torch.float64), one, one, "epsilon")
     big = lambda x, s: torch.full_like(x, 1e308)  # noqa: E731 -- finite, but 2 * 1e308 is not
     for check_finite in (True, False):
-        with pytest.raises(pt.NonFiniteError, match=r"state x_3 overflowed .* at step\(s\) \[3\] in iteration 0.*"
-                                                    r"model output, the noise and the coefficients were finite"):
-            pt.solve(big, cf, torch.ones(1, 2, dtype=torch.float64), None, method="sequential",
-                     check_finite=check_finite)
+        with pytest.raises(
+            pt.NonFiniteError,
+            match=r"state x_3 overflowed .* at step\(s\) \[3\] in iteration 0.*"
+            r"model output, the noise and the coefficients were finite",
+        ):
+            pt.solve(
+                big, cf, torch.ones(1, 2, dtype=torch.float64), None, method="sequential", check_finite=check_finite
+            )
 
 
 def test_sequential_inf_state_from_a_saturating_model_is_an_error():

@@ -32,15 +32,27 @@ def _sequential_with_coeffs(cf, x_T, noise):
     return x
 
 
-DDIM_CASES = list(itertools.product([0.0, 0.5, 1.0], ["epsilon", "v_prediction", "sample"],
-                                    ["leading", "trailing", "linspace"], [True, False], [0, 1]))
+DDIM_CASES = list(
+    itertools.product(
+        [0.0, 0.5, 1.0],
+        ["epsilon", "v_prediction", "sample"],
+        ["leading", "trailing", "linspace"],
+        [True, False],
+        [0, 1],
+    )
+)
 
 
 @pytest.mark.parametrize("eta,pred,spacing,alpha_one,offset", DDIM_CASES)
 def test_ddim_matches_step(eta, pred, spacing, alpha_one, offset):
     T = 10
-    sched = DDIMScheduler(clip_sample=False, prediction_type=pred, timestep_spacing=spacing,
-                          set_alpha_to_one=alpha_one, steps_offset=offset)
+    sched = DDIMScheduler(
+        clip_sample=False,
+        prediction_type=pred,
+        timestep_spacing=spacing,
+        set_alpha_to_one=alpha_one,
+        steps_offset=offset,
+    )
     cf = coefficients_from_scheduler(sched, T, eta=eta)
     _as_float64(sched)
     sched.set_timesteps(T)
@@ -58,15 +70,22 @@ def test_ddim_matches_step(eta, pred, spacing, alpha_one, offset):
     assert (cf.c == 0).all() if eta == 0 else (cf.c[1:] > 0).all()
 
 
-DDPM_CASES = list(itertools.product(["epsilon", "v_prediction", "sample"], ["leading", "trailing", "linspace"],
-                                    ["fixed_small", "fixed_small_log", "fixed_large"], [0, 1]))
+DDPM_CASES = list(
+    itertools.product(
+        ["epsilon", "v_prediction", "sample"],
+        ["leading", "trailing", "linspace"],
+        ["fixed_small", "fixed_small_log", "fixed_large"],
+        [0, 1],
+    )
+)
 
 
 @pytest.mark.parametrize("pred,spacing,variance,offset", DDPM_CASES)
 def test_ddpm_matches_step(pred, spacing, variance, offset):
     T = 12
-    sched = DDPMScheduler(clip_sample=False, prediction_type=pred, timestep_spacing=spacing,
-                          variance_type=variance, steps_offset=offset)
+    sched = DDPMScheduler(
+        clip_sample=False, prediction_type=pred, timestep_spacing=spacing, variance_type=variance, steps_offset=offset
+    )
     cf = coefficients_from_scheduler(sched, T)
     _as_float64(sched)
     sched.set_timesteps(T)
@@ -94,8 +113,11 @@ def test_flow_match_matches_step(shift, stochastic, karras):
     sched.set_timesteps(T)
     x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(4))
     g = torch.Generator().manual_seed(5)
-    noise = torch.stack([torch.randn(SHAPE, generator=g) for _ in range(T)]).flip(0) if stochastic else \
-        torch.zeros(T, *SHAPE)
+    noise = (
+        torch.stack([torch.randn(SHAPE, generator=g) for _ in range(T)]).flip(0)
+        if stochastic
+        else torch.zeros(T, *SHAPE)
+    )
     g = torch.Generator().manual_seed(5)
     x = x_T
     for t in sched.timesteps:
@@ -134,16 +156,19 @@ def test_num_inference_steps_does_not_touch_user_scheduler():
     assert coefficients_from_scheduler(sched).num_steps == 7
 
 
-@pytest.mark.parametrize("make,kwargs,match", [
-    (lambda: EulerDiscreteScheduler(), {}, "EulerDiscreteScheduler is not supported"),
-    (lambda: DDIMScheduler(), {}, "clip_sample=True"),
-    (lambda: DDPMScheduler(clip_sample=False, thresholding=True), {}, "thresholding=True"),
-    (lambda: DDPMScheduler(clip_sample=False, variance_type="learned_range"), {}, "variance_type='learned_range'"),
-    (lambda: DDIMScheduler(clip_sample=False), {"eta": 1.5}, r"eta must be in \[0, 1\]"),
-    (lambda: DDIMScheduler(clip_sample=False), {"eta": -0.1}, r"eta must be in \[0, 1\]"),
-    (lambda: DDPMScheduler(clip_sample=False), {"eta": 0.0}, "eta=0.0 is not supported for DDPMScheduler"),
-    (lambda: FlowMatchEulerDiscreteScheduler(), {"eta": 0.5}, "stochastic_sampling"),
-])
+@pytest.mark.parametrize(
+    "make,kwargs,match",
+    [
+        (lambda: EulerDiscreteScheduler(), {}, "EulerDiscreteScheduler is not supported"),
+        (lambda: DDIMScheduler(), {}, "clip_sample=True"),
+        (lambda: DDPMScheduler(clip_sample=False, thresholding=True), {}, "thresholding=True"),
+        (lambda: DDPMScheduler(clip_sample=False, variance_type="learned_range"), {}, "variance_type='learned_range'"),
+        (lambda: DDIMScheduler(clip_sample=False), {"eta": 1.5}, r"eta must be in \[0, 1\]"),
+        (lambda: DDIMScheduler(clip_sample=False), {"eta": -0.1}, r"eta must be in \[0, 1\]"),
+        (lambda: DDPMScheduler(clip_sample=False), {"eta": 0.0}, "eta=0.0 is not supported for DDPMScheduler"),
+        (lambda: FlowMatchEulerDiscreteScheduler(), {"eta": 0.5}, "stochastic_sampling"),
+    ],
+)
 def test_unsupported_scheduler_or_option(make, kwargs, match):
     with pytest.raises(ValueError, match=match):
         coefficients_from_scheduler(make(), 10, **kwargs)

@@ -88,8 +88,8 @@ def test_batch_rows_are_independent():
     cf, model, x_T, noise, _ = problem("ddpm", 25, 3)
     together = pt.solve(model, cf, x_T, noise, method="taa", tol_abs=TOL, tol_rel=TOL)
     for b in range(3):
-        alone = pt.solve(model, cf, x_T[b:b + 1], noise[:, b:b + 1], method="sequential")
-        assert rms(together.sample[b:b + 1], alone.sample) <= 1e-8
+        alone = pt.solve(model, cf, x_T[b : b + 1], noise[:, b : b + 1], method="sequential")
+        assert rms(together.sample[b : b + 1], alone.sample) <= 1e-8
 
 
 def test_taa_beats_fixed_point_ddim50():
@@ -113,9 +113,17 @@ def test_taa_sliding_window_long_history_does_not_regress(history):
 def test_frozen_steps_stay_frozen_and_window_only_moves_down():
     cf, model, x_T, noise, _ = problem("ddim", 25, 1)
     seen = []
-    pt.solve(model, cf, x_T, noise, method="taa", window=7, tol_abs=1e-6, tol_rel=1e-6,
-             callback=lambda info: seen.append((info.iteration, info.window, info.frozen_from,
-                                                info.trajectory.clone())))
+    pt.solve(
+        model,
+        cf,
+        x_T,
+        noise,
+        method="taa",
+        window=7,
+        tol_abs=1e-6,
+        tol_rel=1e-6,
+        callback=lambda info: seen.append((info.iteration, info.window, info.frozen_from, info.trajectory.clone())),
+    )
     assert [s[0] for s in seen] == list(range(1, len(seen) + 1))
     for (_, (lo0, hi0), f0, traj0), (_, (lo1, hi1), f1, traj1) in zip(seen, seen[1:]):
         assert hi1 == f0 < hi0 and lo1 <= lo0 and hi1 - lo1 <= 7
@@ -205,7 +213,8 @@ def test_classifier_free_guidance_can_flag_the_conditional_rows(cond_first):
         return torch.where(cond.view(-1, 1), 3.0, 1.0) * torch.ones_like(x2)
 
     out = pt.ClassifierFreeGuidance(branches, 2.0, cond_first=cond_first, pass_branch=True)(
-        torch.zeros(3, 2), torch.arange(3))
+        torch.zeros(3, 2), torch.arange(3)
+    )
     expected = [True] * 3 + [False] * 3 if cond_first else [False] * 3 + [True] * 3
     assert seen["cond"].tolist() == expected
     torch.testing.assert_close(out, torch.full((3, 2), 1.0 + 2.0 * (3.0 - 1.0)))

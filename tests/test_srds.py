@@ -9,8 +9,16 @@ import pytest
 import torch
 
 import paratriton
-from paratriton.solvers.srds import (SRDS, SRDSPipelined, SRDSResult, allowed_blocks, build_schedule,
-                                     coarse_coefficients, critical_path_model, default_blocks)
+from paratriton.solvers.srds import (
+    SRDS,
+    SRDSPipelined,
+    SRDSResult,
+    allowed_blocks,
+    build_schedule,
+    coarse_coefficients,
+    critical_path_model,
+    default_blocks,
+)
 from paratriton.testing import GaussianMixture
 from paratriton.testing.gaussian_mixture import default_schedule
 
@@ -65,9 +73,15 @@ def test_diffusers_schedulers(method, sched):
     if sched == "ddpm":
         coeffs = paratriton.coefficients_from_scheduler(diffusers.DDPMScheduler(clip_sample=False), 25)
     elif sched == "ddim-sd-v":  # SD-2-like: v-prediction, no final alpha = 1, trailing spacing
-        s = diffusers.DDIMScheduler(clip_sample=False, prediction_type="v_prediction", set_alpha_to_one=False,
-                                    beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                    timestep_spacing="trailing")
+        s = diffusers.DDIMScheduler(
+            clip_sample=False,
+            prediction_type="v_prediction",
+            set_alpha_to_one=False,
+            beta_schedule="scaled_linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+            timestep_spacing="trailing",
+        )
         coeffs = paratriton.coefficients_from_scheduler(s, 25, eta=0.0)
     else:
         coeffs = paratriton.coefficients_from_scheduler(diffusers.FlowMatchEulerDiscreteScheduler(), 25)
@@ -89,7 +103,7 @@ def test_exact_front_after_each_iteration(method, eta):
     def cb(info):
         p = info.iteration
         assert info.frozen_from == (K - p) * S
-        exact = rms(info.trajectory[(K - p) * S:], ref.trajectory[(K - p) * S:])
+        exact = rms(info.trajectory[(K - p) * S :], ref.trajectory[(K - p) * S :])
         assert exact <= 1e-12, (p, exact)
         # plain: boundary K-p-1 is still an estimate (exact states agree to the last bit, so any difference
         # counts); pipelined callbacks see the wavefront, where boundaries of later iterations already exist
@@ -98,8 +112,9 @@ def test_exact_front_after_each_iteration(method, eta):
         seen.append(p)
 
     # a tolerance no increment can meet before the end: run all K iterations
-    res = paratriton.solve(model, coeffs, x_T, noise, method=method, blocks=K, tol_abs=1e-300, tol_rel=1e-300,
-                           callback=cb)
+    res = paratriton.solve(
+        model, coeffs, x_T, noise, method=method, blocks=K, tol_abs=1e-300, tol_rel=1e-300, callback=cb
+    )
     assert seen == list(range(1, K + 1)) and res.iterations == K and res.converged
     assert rms(res.trajectory, ref.trajectory) <= 1e-12  # at p = K everything, interiors included, is exact
     assert res.critical_path == critical_path_model(T, K, K, pipelined=method != "srds")
@@ -130,8 +145,10 @@ def test_coarse_step_is_one_big_jump(eta):
 def test_plain_and_pipelined_same_iterates():
     """The two schedules perform the same arithmetic: after the same number of iterations they agree."""
     coeffs, model, x_T, noise, ref = problem(25, 1.0)
-    out = [paratriton.solve(model, coeffs, x_T, noise, method=m, blocks=5, max_iters=2, tol_abs=1e-300,
-                            tol_rel=1e-300) for m in METHODS]
+    out = [
+        paratriton.solve(model, coeffs, x_T, noise, method=m, blocks=5, max_iters=2, tol_abs=1e-300, tol_rel=1e-300)
+        for m in METHODS
+    ]
     assert all(r.iterations == 2 and not r.converged for r in out)
     assert rms(out[0].sample, out[1].sample) <= 1e-13
     assert rms(out[0].sample, ref.sample) > 1e-8  # two iterations of five are not yet exact here
@@ -169,8 +186,8 @@ def test_counts_are_honest(method):
     if method == "srds":
         # predictor: K single-block calls; iteration 1: S-1 calls with all K blocks, then a sweep of K-1
         assert res.rows_per_call[:K] == [1] * K
-        assert res.rows_per_call[K:K + S - 1] == [K] * (S - 1)
-        assert res.rows_per_call[K + S - 1:2 * K + S - 2] == [1] * (K - 1)
+        assert res.rows_per_call[K : K + S - 1] == [K] * (S - 1)
+        assert res.rows_per_call[K + S - 1 : 2 * K + S - 2] == [1] * (K - 1)
         assert res.nfe == K + sum((S - 1) * (K - p + 1) + (K - p) for p in range(1, K + 1))
     else:
         assert res.critical_path == T and res.max_rows_per_call > 1
@@ -191,8 +208,17 @@ def test_stopping_rule_units_and_callback(method):
     coeffs, model, x_T, noise, ref = problem(100, 0.0)
     tol = 1e-4
     samples = []
-    res = paratriton.solve(model, coeffs, x_T, noise, method=method, blocks=10, tol_abs=tol, tol_rel=tol,
-                           callback=lambda info: samples.append(info.sample.clone()))
+    res = paratriton.solve(
+        model,
+        coeffs,
+        x_T,
+        noise,
+        method=method,
+        blocks=10,
+        tol_abs=tol,
+        tol_rel=tol,
+        callback=lambda info: samples.append(info.sample.clone()),
+    )
     thr = max(tol, tol * coeffs.posterior_std[0].item())
     assert res.converged and res.iterations < 10  # the test stopped it before the exact end
     assert res.increments.shape == (res.iterations,) and res.increments[-1] <= thr
@@ -210,34 +236,45 @@ def test_stopping_rule_units_and_callback(method):
 @pytest.mark.parametrize("method", METHODS)
 def test_max_iters(method):
     coeffs, model, x_T, noise, ref = problem(25, 0.0)
-    res = paratriton.solve(model, coeffs, x_T, noise, method=method, blocks=5, max_iters=1, tol_abs=1e-12,
-                           tol_rel=1e-12)
+    res = paratriton.solve(
+        model, coeffs, x_T, noise, method=method, blocks=5, max_iters=1, tol_abs=1e-12, tol_rel=1e-12
+    )
     assert res.iterations == 1 and not res.converged
     assert res.critical_path == critical_path_model(25, 5, 1, pipelined=method != "srds")
     assert res.critical_path == (13 if method == "srds" else 9)
-    big = paratriton.solve(model, coeffs, x_T, noise, method=method, blocks=5, max_iters=50, tol_abs=1e-300,
-                           tol_rel=1e-300)
+    big = paratriton.solve(
+        model, coeffs, x_T, noise, method=method, blocks=5, max_iters=50, tol_abs=1e-300, tol_rel=1e-300
+    )
     assert big.iterations == 5 and big.converged  # never more than K iterations
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_warm_start(method):
     coeffs, model, x_T, noise, ref = problem(25, 1.0)
-    exact = paratriton.solve(model, coeffs, x_T, noise, method=method, blocks=5, init=ref.trajectory,
-                             tol_abs=1e-10, tol_rel=1e-10)
+    exact = paratriton.solve(
+        model, coeffs, x_T, noise, method=method, blocks=5, init=ref.trajectory, tol_abs=1e-10, tol_rel=1e-10
+    )
     assert exact.iterations == 1 and exact.converged and rms(exact.sample, ref.sample) <= 1e-12
     if method == "srds":  # the predictor is one batched call instead of K sequential ones
         assert exact.rows_per_call[0] == 5 and exact.critical_path == 1 + 4 + 4
     junk = torch.randn(25, *x_T.shape, dtype=torch.float64)
-    res = paratriton.solve(model, coeffs, x_T, noise, method=method, blocks=5, init=junk, tol_abs=1e-10,
-                           tol_rel=1e-10)
+    res = paratriton.solve(model, coeffs, x_T, noise, method=method, blocks=5, init=junk, tol_abs=1e-10, tol_rel=1e-10)
     assert res.converged and res.iterations <= 5 and rms(res.sample, ref.sample) <= 1e-8
 
 
 def test_float32_state():
     coeffs, model, x_T, noise, ref = problem(25, 0.0)
-    res = paratriton.solve(model, coeffs, x_T, noise, method="srds_pipelined", blocks=5, tol_abs=1e-5,
-                           tol_rel=1e-5, state_dtype=torch.float32)
+    res = paratriton.solve(
+        model,
+        coeffs,
+        x_T,
+        noise,
+        method="srds_pipelined",
+        blocks=5,
+        tol_abs=1e-5,
+        tol_rel=1e-5,
+        state_dtype=torch.float32,
+    )
     assert res.sample.dtype == torch.float32 and rms(res.sample.double(), ref.sample) <= 1e-4
 
 

@@ -20,22 +20,29 @@ def prob():
     return cf, gm.denoiser(cf), x_T, noise
 
 
-@pytest.mark.parametrize("method,opts,match", [
-    ("taa", {"window": 0}, r"window must be an int >= 1 or None, got 0"),
-    ("fp", {"window": -3}, r"window must be an int >= 1 or None, got -3"),
-    ("fp", {"order": 0}, r"order must be an int >= 1 or None, got 0"),
-    ("taa", {"order": -1}, r"order must be an int >= 1 or None, got -1"),
-    ("taa", {"history": 0}, r"history must be an int in \[1, 8\], got 0"),
-    ("aa", {"history": -2}, r"history must be an int in \[1, 8\], got -2"),
-    ("taa", {"tol_abs": 0.0}, r"tol_abs must be a finite number > 0 or None, got 0.0"),
-    ("fp", {"tol_rel": -1e-3}, r"tol_rel must be a finite number > 0"),
-    ("fp", {"tol_abs": float("nan")}, r"tol_abs must be a finite number > 0"),
-    ("taa", {"ridge": 0.0}, r"ridge must be a finite number > 0"),
-    ("taa", {"max_iters": 0}, r"max_iters must be an int >= 1 or None, got 0"),
-    ("fp", {"window": 2.5}, r"window must be an int"),
-    ("taa", {"state_dtype": torch.float16}, r"state_dtype must be torch.float32 or torch.float64 or None, got torch.float16"),
-    ("nope", {}, r"method='nope' is not supported; use one of"),
-])
+@pytest.mark.parametrize(
+    "method,opts,match",
+    [
+        ("taa", {"window": 0}, r"window must be an int >= 1 or None, got 0"),
+        ("fp", {"window": -3}, r"window must be an int >= 1 or None, got -3"),
+        ("fp", {"order": 0}, r"order must be an int >= 1 or None, got 0"),
+        ("taa", {"order": -1}, r"order must be an int >= 1 or None, got -1"),
+        ("taa", {"history": 0}, r"history must be an int in \[1, 8\], got 0"),
+        ("aa", {"history": -2}, r"history must be an int in \[1, 8\], got -2"),
+        ("taa", {"tol_abs": 0.0}, r"tol_abs must be a finite number > 0 or None, got 0.0"),
+        ("fp", {"tol_rel": -1e-3}, r"tol_rel must be a finite number > 0"),
+        ("fp", {"tol_abs": float("nan")}, r"tol_abs must be a finite number > 0"),
+        ("taa", {"ridge": 0.0}, r"ridge must be a finite number > 0"),
+        ("taa", {"max_iters": 0}, r"max_iters must be an int >= 1 or None, got 0"),
+        ("fp", {"window": 2.5}, r"window must be an int"),
+        (
+            "taa",
+            {"state_dtype": torch.float16},
+            r"state_dtype must be torch.float32 or torch.float64 or None, got torch.float16",
+        ),
+        ("nope", {}, r"method='nope' is not supported; use one of"),
+    ],
+)
 def test_bad_options(prob, method, opts, match):
     cf, model, x_T, noise = prob
     with pytest.raises((ValueError, TypeError), match=match):

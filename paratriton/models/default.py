@@ -23,9 +23,21 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DigitsPipeline", "load_default", "load_classifier", "DigitClassifier", "WEIGHTS_DIR", "UNET_CONFIG",
-           "SCHEDULER_CONFIG", "NUM_CLASSES", "PATCH", "build_unet", "default_scheduler", "read_config",
-           "verify_weights"]
+__all__ = [
+    "DigitsPipeline",
+    "load_default",
+    "load_classifier",
+    "DigitClassifier",
+    "WEIGHTS_DIR",
+    "UNET_CONFIG",
+    "SCHEDULER_CONFIG",
+    "NUM_CLASSES",
+    "PATCH",
+    "build_unet",
+    "default_scheduler",
+    "read_config",
+    "verify_weights",
+]
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 NUM_CLASSES = 10
@@ -80,8 +92,10 @@ def read_config(weights_dir: str = WEIGHTS_DIR) -> dict:
         with open(path) as f:
             cfg = json.load(f)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path} is missing: the package was installed without its weights (package data), "
-                                "or python/train_default_model.py has not been run") from None
+        raise FileNotFoundError(
+            f"{path} is missing: the package was installed without its weights (package data), "
+            "or python/train_default_model.py has not been run"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is corrupt (not valid JSON: {e})") from None
     if not isinstance(cfg, dict):
@@ -105,11 +119,17 @@ def verify_weights(path: str, config: dict) -> None:
         return
     size = os.path.getsize(path)
     if "bytes" in rec and size != rec["bytes"]:
-        raise ValueError(f"{path} is truncated or corrupt: {size} bytes, the config records {rec['bytes']}; "
-                         "reinstall the package (or re-fetch the file)")
+        raise ValueError(
+            f"{path} is truncated or corrupt: {size} bytes, the config records {rec['bytes']}; "
+            "reinstall the package (or re-fetch the file)"
+        )
     if "sha256" in rec and _sha256(path) != rec["sha256"]:
-        raise ValueError(f"{path} is corrupt: its sha256 does not match the one in config.json; reinstall the "
-                         "package (or re-fetch the file)")
+        raise ValueError(
+            f"{path} is corrupt: its sha256 does not match the one in config.json; reinstall the "
+            "package (or re-fetch the file)"
+        )
+
+
 class DigitClassifier(torch.nn.Module):
     """A small CNN classifying 32x32 digits in [-1, 1] (the quality check of the default model)."""
 
@@ -138,8 +158,10 @@ def _load_safetensors(path: str, config: dict | None = None) -> dict[str, torch.
     from safetensors.torch import load_file
 
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} is missing: the package was installed without its weights "
-                                "(package data), or python/train_default_model.py has not been run")
+        raise FileNotFoundError(
+            f"{path} is missing: the package was installed without its weights "
+            "(package data), or python/train_default_model.py has not been run"
+        )
     if config is not None:
         verify_weights(path, config)
     try:
@@ -215,8 +237,10 @@ class DigitsPipeline(_pipeline_base()):
     def labels(self, class_labels) -> torch.Tensor:
         lab = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1).cpu()
         if lab.numel() == 0 or lab.min() < 0 or lab.max() > self.num_classes:
-            raise ValueError(f"class_labels must be in [0, {self.num_classes}] ({self.num_classes} = unconditional), "
-                             f"got {lab.tolist()}")
+            raise ValueError(
+                f"class_labels must be in [0, {self.num_classes}] ({self.num_classes} = unconditional), "
+                f"got {lab.tolist()}"
+            )
         return lab
 
     def denoiser(self, coeffs, class_labels, guidance_scale: float | None = None):
@@ -252,8 +276,14 @@ class DigitsPipeline(_pipeline_base()):
     def default_guidance_scale(self) -> float:
         return float(getattr(self, "_default_guidance_scale", 2.0))
 
-    def problem(self, batch: int, num_inference_steps: int, generator: torch.Generator | None = None,
-                dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu"):
+    def problem(
+        self,
+        batch: int,
+        num_inference_steps: int,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float64,
+        device: str | torch.device = "cpu",
+    ):
         """Initial noise ``x_T [B, 1, 32, 32]`` and step noise ``[T, B, 1, 32, 32]``, drawn on the CPU (the same on
         every device for one seed)."""
         x_T = torch.randn(batch, *self.sample_shape, generator=generator, dtype=torch.float64)
@@ -261,9 +291,18 @@ class DigitsPipeline(_pipeline_base()):
         return x_T.to(device, dtype), noise.to(device, dtype)
 
     @torch.no_grad()
-    def __call__(self, class_labels: Sequence[int] | torch.Tensor, num_inference_steps: int = 50,
-                 guidance_scale: float | None = None, eta: float = 0.0, generator: torch.Generator | None = None,
-                 output_type: str = "pil", method: str | None = None, scheduler=None, **solver_options):
+    def __call__(
+        self,
+        class_labels: Sequence[int] | torch.Tensor,
+        num_inference_steps: int = 50,
+        guidance_scale: float | None = None,
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+        output_type: str = "pil",
+        method: str | None = None,
+        scheduler=None,
+        **solver_options,
+    ):
         import paratriton
 
         lab = self.labels(class_labels)
@@ -272,13 +311,16 @@ class DigitsPipeline(_pipeline_base()):
         device = next(self.unet.parameters()).device
         x_T, noise = self.problem(B, T, generator, device=device)
         coeffs = paratriton.coefficients_from_scheduler(
-            scheduler, T, **({"eta": eta} if type(scheduler).__name__ == "DDIMScheduler" else {}))
+            scheduler, T, **({"eta": eta} if type(scheduler).__name__ == "DDIMScheduler" else {})
+        )
         model = self.denoiser(coeffs, lab, guidance_scale)
         result = None
         if method is None:  # diffusers' own loop, with the same noise as paratriton's problem
             if type(scheduler).__name__ != "DDIMScheduler":
-                raise ValueError("method=None (diffusers' scheduler loop) supports DDIMScheduler only; "
-                                 "pass method='sequential' (or a parallel method) for other schedulers")
+                raise ValueError(
+                    "method=None (diffusers' scheduler loop) supports DDIMScheduler only; "
+                    "pass method='sequential' (or a parallel method) for other schedulers"
+                )
             import copy
 
             sch = copy.deepcopy(scheduler)
@@ -306,8 +348,9 @@ def to_pil(images: torch.Tensor):
     return [Image.fromarray(a[0].numpy(), mode="L") for a in arr]
 
 
-def load_default(device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-                 weights_dir: str = WEIGHTS_DIR) -> DigitsPipeline:
+def load_default(
+    device: str | torch.device | None = None, dtype: torch.dtype | None = None, weights_dir: str = WEIGHTS_DIR
+) -> DigitsPipeline:
     """Load the shipped default model as a ready ``DigitsPipeline`` (offline; no download).
 
     device: default CUDA if available, else CPU. dtype: default float32 (the weights ship in float16 and are

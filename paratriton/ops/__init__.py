@@ -1,6 +1,9 @@
 """Solver ops. Each op lives in its own folder: ``naive.py`` is the plain-torch reference (the oracle), ``fused.py``
 the Triton kernels, and ``__init__.py`` registers ``torch.ops.paratriton.<op>`` (CPU: the reference, or the C++
-kernel of ``paratriton._C`` when it is built; CUDA: the Triton kernels, or opt-in CUDA kernels of ``paratriton._C``). The names exported here are the references; the registered ops are ``<op>_op`` in each folder.
+kernel of ``paratriton._C`` when it is built; CUDA: the Triton kernels, or opt-in CUDA kernels of
+``paratriton._C``). The engine's ops (``window_residual``, ``window_fixed_point``, ``window_taa``) are exported as
+the registered ops, their references at ``.naive``; for the sliced per-op building blocks the names exported here
+are the references and the registered ops are ``<op>_op`` in each folder.
 """
 
 from .anderson_gram import anderson_gram
@@ -19,5 +22,15 @@ from .window_residual import window_residual
 window_residual.naive = _window_residual_naive
 window_fixed_point.naive = _window_fixed_point_naive
 
-__all__ = ["step_residual", "order_k_residual", "anderson_gram", "masked_lstsq", "anderson_update",
-           "taa_residual", "taa_update", "window_residual", "window_fixed_point", "window_taa"]
+__all__ = [
+    "step_residual",
+    "order_k_residual",
+    "anderson_gram",
+    "masked_lstsq",
+    "anderson_update",
+    "taa_residual",
+    "taa_update",
+    "window_residual",
+    "window_fixed_point",
+    "window_taa",
+]

@@ -36,8 +36,15 @@ def ring_newest(slot: torch.Tensor, M: int) -> torch.Tensor:
     return (slot - torch.arange(M, device=slot.device)) % M
 
 
-def order1_rows(x: torch.Tensor, model_out: torch.Tensor, noise: torch.Tensor | None, a: torch.Tensor,
-                b: torch.Tensor, c: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def order1_rows(
+    x: torch.Tensor,
+    model_out: torch.Tensor,
+    noise: torch.Tensor | None,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    idx: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Order-1 residuals ``r [H, B, D]`` of steps ``idx`` and their states ``x[idx]`` (state dtype)."""
     dt = x.dtype
     xw, xin = gather_rows(x, idx), gather_rows(x, idx + 1)

@@ -16,11 +16,11 @@ from ._state import ParallelState
 from ._wrap import ParallelPipelineMixin, parallelize
 
 __all__ = [
-           "SUPPORTED_PIPELINES",
-           "ParallelPipelineMixin",
-           "ParallelState",
-           "PipelinePlan",
-           "parallelize",
-           "plan",
-           "plan_pipeline",
+    "SUPPORTED_PIPELINES",
+    "ParallelPipelineMixin",
+    "ParallelState",
+    "PipelinePlan",
+    "parallelize",
+    "plan",
+    "plan_pipeline",
 ]

@@ -43,8 +43,14 @@ class GraphedSolvers:
         self.denoiser = make_denoiser(branches)
         self.solvers: dict[tuple, Any] = {}
 
-    def solve(self, method: str, options: dict, x_T: torch.Tensor, noise: torch.Tensor | None,
-              callback: Callable[[IterationInfo], None]) -> SolveResult:
+    def solve(
+        self,
+        method: str,
+        options: dict,
+        x_T: torch.Tensor,
+        noise: torch.Tensor | None,
+        callback: Callable[[IterationInfo], None],
+    ) -> SolveResult:
         """Replay (capturing on first use) and return a result that owns its trajectory."""
         k = (method, tuple(sorted(options.items())))
         if method == "sequential":
@@ -66,14 +72,34 @@ class GraphedSolvers:
         return dataclasses.replace(res, sample=traj[0], trajectory=traj)
 
 
-def graphed_solvers(state: ParallelState, model: torch.nn.Module, branches, guidance: tuple,
-                    make_denoiser: Callable, coeffs: SamplerCoefficients, x_T: torch.Tensor,
-                    noise: torch.Tensor | None) -> GraphedSolvers:
+def graphed_solvers(
+    state: ParallelState,
+    model: torch.nn.Module,
+    branches,
+    guidance: tuple,
+    make_denoiser: Callable,
+    coeffs: SamplerCoefficients,
+    x_T: torch.Tensor,
+    noise: torch.Tensor | None,
+) -> GraphedSolvers:
     """The parallel pipeline's cached ``GraphedSolvers`` (``state.graphed``) for this problem, loaded with this
     call's conditioning; a new one (replacing the old) when the problem differs."""
-    key = (id(model), branches.latent_name, tree_signature(branches.kwargs), branches.g, branches.B, branches.N0,
-           str(branches.x_dtype), branches.flow_timestep, branches.learned_sigma_channels, guidance,
-           _fingerprint(coeffs), tuple(x_T.shape), str(x_T.device), noise is None)
+    key = (
+        id(model),
+        branches.latent_name,
+        tree_signature(branches.kwargs),
+        branches.g,
+        branches.B,
+        branches.N0,
+        str(branches.x_dtype),
+        branches.flow_timestep,
+        branches.learned_sigma_channels,
+        guidance,
+        _fingerprint(coeffs),
+        tuple(x_T.shape),
+        str(x_T.device),
+        noise is None,
+    )
     cached = state.graphed
     if cached is not None and cached.key == key:
         cached.branches.load(branches.kwargs)

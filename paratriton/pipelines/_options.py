@@ -25,8 +25,10 @@ def check_method_and_options(method: str, options: dict) -> None:
     """Validate ``method`` and its options now, with the registry's checks, so errors come before sampling."""
     spec = method_spec(method)  # ValueError naming the registry's methods
     if "callback" in options:
-        raise TypeError("callback is set by the pipeline (it drives the progress bar); pass "
-                        "callback_on_step_end=... to the pipeline call instead")
+        raise TypeError(
+            "callback is set by the pipeline (it drives the progress bar); pass "
+            "callback_on_step_end=... to the pipeline call instead"
+        )
     if "init" in options:
         raise TypeError("init is not an option of parallelize (the pipeline prepares x_T itself)")
     options = dict(options)
@@ -35,14 +37,17 @@ def check_method_and_options(method: str, options: dict) -> None:
         raise TypeError(f"cuda_graph must be True or False, got {graphed!r}")
     if options.get("window") == "auto":
         if not spec.windowed:
-            raise ValueError(f"window='auto' needs a windowed method ({', '.join(WINDOWED_METHODS)}), "
-                             f"got method={method!r}")
+            raise ValueError(
+                f"window='auto' needs a windowed method ({', '.join(WINDOWED_METHODS)}), got method={method!r}"
+            )
         del options["window"]
     if graphed and method not in GRAPHED_METHODS:
         raise ValueError(f"cuda_graph=True supports method in {GRAPHED_METHODS}, got method={method!r}")
     allowed = pipeline_options(method, graphed)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise TypeError(f"options {unknown} do not apply to method={method!r}"
-                        f"{' with cuda_graph=True' if graphed else ''}; allowed: {allowed}")
+        raise TypeError(
+            f"options {unknown} do not apply to method={method!r}"
+            f"{' with cuda_graph=True' if graphed else ''}; allowed: {allowed}"
+        )
     spec.check_options(options)  # names and ranges (window >= 1, tol > 0, ...)

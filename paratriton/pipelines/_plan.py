@@ -44,9 +44,16 @@ class PipelinePlan:
         return parallelize(pipe, self.method, window=self.window, cuda_graph=self.cuda_graph, **self.options)
 
 
-def plan_pipeline(pipe, steps: int, devices: int = 1, *, methods: tuple[str, ...] = ("taa", "picard"),
-                  cuda_graph: bool | None = None, options: dict[str, Any] | None = None,
-                  **call_kwargs: Any) -> PipelinePlan:
+def plan_pipeline(
+    pipe,
+    steps: int,
+    devices: int = 1,
+    *,
+    methods: tuple[str, ...] = ("taa", "picard"),
+    cuda_graph: bool | None = None,
+    options: dict[str, Any] | None = None,
+    **call_kwargs: Any,
+) -> PipelinePlan:
     """Time every method in ``methods`` at its candidate windows and the sequential sampler on ``pipe``, and
     return the fastest as a ``PipelinePlan``.
 
@@ -65,8 +72,10 @@ def plan_pipeline(pipe, steps: int, devices: int = 1, *, methods: tuple[str, ...
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     if devices != 1:
-        raise ValueError(f"devices must be 1 for a pipeline, got {devices!r}: multi-GPU sampling runs under "
-                         "torchrun with paratriton.distributed.ShardedDenoiser (see benchmarks/scaling.py)")
+        raise ValueError(
+            f"devices must be 1 for a pipeline, got {devices!r}: multi-GPU sampling runs under "
+            "torchrun with paratriton.distributed.ShardedDenoiser (see benchmarks/scaling.py)"
+        )
     if not methods or isinstance(methods, str) or any(m not in WINDOWED_METHODS for m in methods):
         raise ValueError(f"methods must be a non-empty tuple from {WINDOWED_METHODS}, got {methods!r}")
     if "num_inference_steps" in call_kwargs:
@@ -94,12 +103,16 @@ def plan_pipeline(pipe, steps: int, devices: int = 1, *, methods: tuple[str, ...
     kind = "graphed " if cuda_graph else ""
     if ms < sequential_ms:
         history = method_spec(method).check_options(options).get("history")  # the registry's default if unset
-        reason = (f"{method} with window {window}: {ms:.1f} ms against {sequential_ms:.1f} ms for the {kind}"
-                  f"sequential sampler ({sequential_ms / ms:.2f}x) at {steps} steps")
+        reason = (
+            f"{method} with window {window}: {ms:.1f} ms against {sequential_ms:.1f} ms for the {kind}"
+            f"sequential sampler ({sequential_ms / ms:.2f}x) at {steps} steps"
+        )
         return PipelinePlan(method, window, history, cuda_graph, ms, sequential_ms, walls, reason, options)
-    reason = (f"sequential: the fastest parallel candidate ({method} window {window}, {ms:.1f} ms) is slower than "
-              f"the {kind}sequential sampler ({sequential_ms:.1f} ms) on this device: the model's batch time grows "
-              "too fast with the window for parallel sampling to win")
+    reason = (
+        f"sequential: the fastest parallel candidate ({method} window {window}, {ms:.1f} ms) is slower than "
+        f"the {kind}sequential sampler ({sequential_ms:.1f} ms) on this device: the model's batch time grows "
+        "too fast with the window for parallel sampling to win"
+    )
     return PipelinePlan("sequential", None, None, cuda_graph, sequential_ms, sequential_ms, walls, reason, {})
 
 

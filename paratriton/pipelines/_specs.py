@@ -66,8 +66,10 @@ def _guidance_from_scale_arg(pipe, args: dict) -> tuple[bool, float, float]:
 
 def _check_sdxl(pipe, args: dict) -> None:
     if args.get("denoising_end") is not None:
-        raise ValueError("denoising_end is not supported by the parallel StableDiffusionXLPipeline (it truncates the "
-                         "loop after the timesteps are set); leave it None")
+        raise ValueError(
+            "denoising_end is not supported by the parallel StableDiffusionXLPipeline (it truncates the "
+            "loop after the timesteps are set); leave it None"
+        )
 
 
 def _check_pixart(pipe, args: dict) -> None:
@@ -78,22 +80,34 @@ def _check_pixart(pipe, args: dict) -> None:
 
 def _check_flux(pipe, args: dict) -> None:
     has_neg = args.get("negative_prompt") is not None or (
-        args.get("negative_prompt_embeds") is not None and args.get("negative_pooled_prompt_embeds") is not None)
+        args.get("negative_prompt_embeds") is not None and args.get("negative_pooled_prompt_embeds") is not None
+    )
     if float(args.get("true_cfg_scale", 1.0)) > 1.0 and has_neg:
-        raise ValueError("true CFG (true_cfg_scale > 1 with a negative prompt) is not supported by the parallel "
-                         "FluxPipeline: it makes two model calls per step; use the guidance-distilled "
-                         "guidance_scale, or true_cfg_scale=1.0")
+        raise ValueError(
+            "true CFG (true_cfg_scale > 1 with a negative prompt) is not supported by the parallel "
+            "FluxPipeline: it makes two model calls per step; use the guidance-distilled "
+            "guidance_scale, or true_cfg_scale=1.0"
+        )
 
 
 SPECS: dict[str, PipelineSpec] = {
     "StableDiffusionPipeline": PipelineSpec("unet", _guidance_from_properties),
     "StableDiffusionXLPipeline": PipelineSpec("unet", _guidance_from_properties, check=_check_sdxl),
-    "PixArtAlphaPipeline": PipelineSpec("transformer", _guidance_from_scale_arg, learned_sigma=True,
-                                        check=_check_pixart),
-    "DiTPipeline": PipelineSpec("transformer", _guidance_from_scale_arg, cond_first=True, learned_sigma=True,
-                                step_rows_cfg=True, step_generator=False, step_eta=False),
-    "FluxPipeline": PipelineSpec("transformer", _no_guidance, step_generator=False, step_eta=False,
-                                 flow_timestep=True, check=_check_flux),
+    "PixArtAlphaPipeline": PipelineSpec(
+        "transformer", _guidance_from_scale_arg, learned_sigma=True, check=_check_pixart
+    ),
+    "DiTPipeline": PipelineSpec(
+        "transformer",
+        _guidance_from_scale_arg,
+        cond_first=True,
+        learned_sigma=True,
+        step_rows_cfg=True,
+        step_generator=False,
+        step_eta=False,
+    ),
+    "FluxPipeline": PipelineSpec(
+        "transformer", _no_guidance, step_generator=False, step_eta=False, flow_timestep=True, check=_check_flux
+    ),
     "DDPMPipeline": PipelineSpec("unet", _no_guidance, step_eta=False),
     "DDIMPipeline": PipelineSpec("unet", _no_guidance),
 }
@@ -105,5 +119,7 @@ def find_spec(pipeline_class: type) -> tuple[type, PipelineSpec]:
     for klass in pipeline_class.__mro__:
         if klass.__name__ in SPECS and klass.__module__.startswith("diffusers."):
             return klass, SPECS[klass.__name__]
-    raise ValueError(f"pipeline {pipeline_class.__name__} is not supported by paratriton.parallelize; "
-                     f"supported: {SUPPORTED_PIPELINES}")
+    raise ValueError(
+        f"pipeline {pipeline_class.__name__} is not supported by paratriton.parallelize; "
+        f"supported: {SUPPORTED_PIPELINES}"
+    )

@@ -74,9 +74,11 @@ _CALLBACK_TENSORS = ("latents",)
 def _check_scheduler(scheduler) -> None:
     name = type(scheduler).__name__
     if name not in SUPPORTED_SCHEDULERS:
-        raise ValueError(f"scheduler {name} is not supported by parallel samplers; supported: {SUPPORTED_SCHEDULERS}"
-                         f" (e.g. pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, "
-                         "clip_sample=False))")
+        raise ValueError(
+            f"scheduler {name} is not supported by parallel samplers; supported: {SUPPORTED_SCHEDULERS}"
+            f" (e.g. pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, "
+            "clip_sample=False))"
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -171,8 +173,19 @@ class _PipelineDenoiser:
     copy their conditioning into ``kwargs`` in place (``load``) and replay.
     """
 
-    def __init__(self, forward: Callable, latent_name: str, kwargs: dict, ts_by_step: torch.Tensor, g: int, B: int,
-                 N0: int, x_dtype: torch.dtype, flow_timestep: bool, learned_sigma_channels: int | None) -> None:
+    def __init__(
+        self,
+        forward: Callable,
+        latent_name: str,
+        kwargs: dict,
+        ts_by_step: torch.Tensor,
+        g: int,
+        B: int,
+        N0: int,
+        x_dtype: torch.dtype,
+        flow_timestep: bool,
+        learned_sigma_channels: int | None,
+    ) -> None:
         self.forward, self.latent_name, self.kwargs, self.ts_by_step = forward, latent_name, kwargs, ts_by_step
         self.g, self.B, self.N0, self.x_dtype = g, B, N0, x_dtype
         self.flow_timestep, self.learned_sigma_channels = flow_timestep, learned_sigma_channels
@@ -190,7 +203,7 @@ class _PipelineDenoiser:
         if self.dummy is None:
             self.dummy = _like(raw, out.new_zeros((self.N0, *out.shape[1:])))
         if self.learned_sigma_channels is not None:
-            out = out[:, :self.learned_sigma_channels]
+            out = out[:, : self.learned_sigma_channels]
         return out
 
     def load(self, kwargs: dict) -> None:
@@ -214,8 +227,15 @@ class _ParallelCall:
     call and restored).
     """
 
-    def __init__(self, pipe, state: ParallelState, spec: PipelineSpec, call_args: dict, callback: Callable | None,
-                 progress_config: dict) -> None:
+    def __init__(
+        self,
+        pipe,
+        state: ParallelState,
+        spec: PipelineSpec,
+        call_args: dict,
+        callback: Callable | None,
+        progress_config: dict,
+    ) -> None:
         self.pipe = pipe
         self.state = state
         self.spec = spec
@@ -235,8 +255,9 @@ class _ParallelCall:
             self._solve(args, kwargs)
         return self.dummy
 
-    def _auto_window(self, denoiser, coeffs, x_T, noise, method, options,
-                     cuda_graph: bool = False) -> tuple[str, int | None]:
+    def _auto_window(
+        self, denoiser, coeffs, x_T, noise, method, options, cuda_graph: bool = False
+    ) -> tuple[str, int | None]:
         """``window="auto"``: time the candidate windows and the sequential sampler once per problem shape (on a
         calibration problem with other noise), keep the choice in ``state.window_choices``, and reuse it."""
         key = (coeffs.num_steps, tuple(x_T.shape), str(x_T.device), method, cuda_graph)
@@ -244,8 +265,9 @@ class _ParallelCall:
         if key not in cache:
             g = torch.Generator().manual_seed(1234)
             cal_x = torch.randn(x_T.shape, generator=g, dtype=x_T.dtype).to(x_T.device)
-            cal_noise = None if noise is None else torch.randn(noise.shape, generator=g, dtype=noise.dtype).to(
-                noise.device)
+            cal_noise = (
+                None if noise is None else torch.randn(noise.shape, generator=g, dtype=noise.dtype).to(noise.device)
+            )
             rest = {k: v for k, v in options.items() if k != "window"}
             cache[key] = choose_window(denoiser, coeffs, cal_x, cal_noise, method, cuda_graph=cuda_graph, **rest)
             logger.info("paratriton: window='auto': %s", cache[key].reason)
@@ -272,8 +294,7 @@ class _ParallelCall:
         coeffs = coefficients_from_scheduler(sched, eta=eta)
         T = coeffs.num_steps
         sched_ts = sched.timesteps  # the order the stock loop visits: step i = T - 1 - k at loop index k
-        if len(sched_ts) != T or not torch.equal(sched_ts.detach().to("cpu", torch.float64).flip(0),
-                                                 coeffs.timesteps):
+        if len(sched_ts) != T or not torch.equal(sched_ts.detach().to("cpu", torch.float64).flip(0), coeffs.timesteps):
             raise RuntimeError("the scheduler's timesteps do not match the extracted coefficients")
         self.T, self.B, self.sched_ts, self.x_dtype = T, B, sched_ts, x_dtype
         self.ts_by_step = sched_ts.flip(0).to(device)
@@ -282,50 +303,81 @@ class _ParallelCall:
 
         C = sample_shape[0] if sample_shape else 0
         learned_sigma = spec.learned_sigma and getattr(self.model.config, "out_channels", None) == 2 * C
-        branches = _PipelineDenoiser(self.orig_forward, latent_name, named, self.ts_by_step, g, B, N0, x_dtype,
-                                     spec.flow_timestep, C if learned_sigma else None)
+        branches = _PipelineDenoiser(
+            self.orig_forward,
+            latent_name,
+            named,
+            self.ts_by_step,
+            g,
+            B,
+            N0,
+            x_dtype,
+            spec.flow_timestep,
+            C if learned_sigma else None,
+        )
         x_T = x_in[:B].to(torch.float64)  # CFG-doubled inputs: both halves are the same latents
         method, options = self.state.method, dict(self.state.options)
         graphed = options.pop("cuda_graph", False)
         with self._progress(T) as bar:
             self.bar = bar
             if graphed:
-                self.result = self._solve_graphed(branches, (do_cfg, scale, rescale), coeffs, x_T, noise, method,
-                                                  options)
+                self.result = self._solve_graphed(
+                    branches, (do_cfg, scale, rescale), coeffs, x_T, noise, method, options
+                )
             else:
                 denoiser = _guided(branches, do_cfg, scale, rescale, spec.cond_first)
                 if options.get("window") == "auto":
                     method, options["window"] = self._auto_window(denoiser, coeffs, x_T, noise, method, options)
                     if method == "sequential":
                         options = {k: v for k, v in options.items() if k in pipeline_options(method, False)}
-                self.result = solve(denoiser, coeffs, x_T, noise, method=method, callback=self._on_iteration,
-                                    **options)
+                self.result = solve(denoiser, coeffs, x_T, noise, method=method, callback=self._on_iteration, **options)
                 self.dummy = branches.dummy
         if not self.result.converged:
-            logger.warning("paratriton: %s stopped after %d iterations before every step converged "
-                           "(max_iters); the image is the current estimate", self.result.method,
-                           self.result.iterations)
+            logger.warning(
+                "paratriton: %s stopped after %d iterations before every step converged "
+                "(max_iters); the image is the current estimate",
+                self.result.method,
+                self.result.iterations,
+            )
         self.trajectory = self.result.trajectory
         self.state.last_result = self.result
 
-    def _solve_graphed(self, branches: _PipelineDenoiser, guidance: tuple, coeffs: SamplerCoefficients,
-                       x_T: torch.Tensor, noise: torch.Tensor | None, method: str, options: dict):
+    def _solve_graphed(
+        self,
+        branches: _PipelineDenoiser,
+        guidance: tuple,
+        coeffs: SamplerCoefficients,
+        x_T: torch.Tensor,
+        noise: torch.Tensor | None,
+        method: str,
+        options: dict,
+    ):
         """``cuda_graph=True``: solve with the pipeline's cached, CUDA-graphed solvers (see ``_graphed``)."""
         do_cfg, scale, rescale = guidance
         cond_first = self.spec.cond_first
-        entry = graphed_solvers(self.state, self.model, branches, (*guidance, cond_first),
-                                lambda b: _guided(b, do_cfg, scale, rescale, cond_first), coeffs, x_T, noise)
+        entry = graphed_solvers(
+            self.state,
+            self.model,
+            branches,
+            (*guidance, cond_first),
+            lambda b: _guided(b, do_cfg, scale, rescale, cond_first),
+            coeffs,
+            x_T,
+            noise,
+        )
         if options.get("window") == "auto":
-            method, options["window"] = self._auto_window(entry.denoiser, entry.coeffs, x_T, noise, method, options,
-                                                          cuda_graph=True)
+            method, options["window"] = self._auto_window(
+                entry.denoiser, entry.coeffs, x_T, noise, method, options, cuda_graph=True
+            )
             if method == "sequential":
                 options = {k: v for k, v in options.items() if k in pipeline_options(method, True)}
         result = entry.solve(method, options, x_T, noise, self._on_iteration)
         self.dummy = entry.branches.dummy
         return result
 
-    def _draw_noise(self, coeffs: SamplerCoefficients, rows: int, B: int, sample_shape: tuple, x_dtype, device,
-                    eta: float | None) -> torch.Tensor | None:
+    def _draw_noise(
+        self, coeffs: SamplerCoefficients, rows: int, B: int, sample_shape: tuple, x_dtype, device, eta: float | None
+    ) -> torch.Tensor | None:
         """Pre-draw the step noise ``[T, B, *S]`` (float64) exactly as the stock ``scheduler.step`` calls would."""
         # deferred: diffusers is heavy and optional (``import paratriton`` never imports it)
         from diffusers.utils.torch_utils import randn_tensor
@@ -363,8 +415,15 @@ class _ParallelCall:
             self.callback(self.pipe, info.iteration - 1, t, {"latents": info.sample.to(self.x_dtype)})
 
     # -- the patched scheduler: replay the solved trajectory ---------------------------------------------------
-    def scheduler_step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *args: Any,
-                       return_dict: bool = True, **kwargs: Any) -> Any:
+    def scheduler_step(
+        self,
+        model_output: torch.Tensor,
+        timestep: Any,
+        sample: torch.Tensor,
+        *args: Any,
+        return_dict: bool = True,
+        **kwargs: Any,
+    ) -> Any:
         # deferred: diffusers is heavy and optional (``import paratriton`` never imports it)
         from diffusers.schedulers.scheduling_utils import SchedulerOutput
 
@@ -372,8 +431,10 @@ class _ParallelCall:
             raise RuntimeError("scheduler.step was called before the model: this pipeline's loop is not supported")
         k = self.replayed
         if k >= self.T or float(torch.as_tensor(timestep)) != float(self.sched_ts[k]):
-            raise RuntimeError(f"the stock loop stepped timestep {timestep} at loop index {k}, but the solved "
-                               f"trajectory has {self.T} steps with timesteps {self.sched_ts.tolist()}")
+            raise RuntimeError(
+                f"the stock loop stepped timestep {timestep} at loop index {k}, but the solved "
+                f"trajectory has {self.T} steps with timesteps {self.sched_ts.tolist()}"
+            )
         self.replayed += 1
         x = self.trajectory[self.T - 1 - k]
         prev = x.to(sample.dtype).repeat(sample.shape[0] // self.B, *([1] * (x.ndim - 1)))
@@ -454,8 +515,10 @@ class ParallelPipelineMixin:
             requested = getattr(callback, "tensor_inputs", None) or tensor_inputs or ["latents"]
             bad = sorted(set(requested) - set(_CALLBACK_TENSORS))
             if bad:
-                raise ValueError(f"callback_on_step_end_tensor_inputs {bad} are not available in the parallel loop; "
-                                 f"allowed: {list(_CALLBACK_TENSORS)}")
+                raise ValueError(
+                    f"callback_on_step_end_tensor_inputs {bad} are not available in the parallel loop; "
+                    f"allowed: {list(_CALLBACK_TENSORS)}"
+                )
         _check_scheduler(self.scheduler)
         if spec.check is not None:
             spec.check(self, call_args)
@@ -478,12 +541,14 @@ def _parallel_class(stock: type) -> type:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._parallel_call(stock_call, args, kwargs)
 
-    __call__.__doc__ = (f"The stock {stock.__name__}.__call__ with the denoising loop solved by paratriton.solve "
-                        "(method and options: see paratriton.parallelize). callback_on_step_end(pipe, iteration, "
-                        "t, {'latents': current x_0 estimate}) is called once per solver iteration.\n\n"
-                        + (stock_call.__doc__ or ""))
-    cls = type(f"Parallel{stock.__name__}", (ParallelPipelineMixin, stock),
-               {"__call__": __call__, "__module__": __name__})
+    __call__.__doc__ = (
+        f"The stock {stock.__name__}.__call__ with the denoising loop solved by paratriton.solve "
+        "(method and options: see paratriton.parallelize). callback_on_step_end(pipe, iteration, "
+        "t, {'latents': current x_0 estimate}) is called once per solver iteration.\n\n" + (stock_call.__doc__ or "")
+    )
+    cls = type(
+        f"Parallel{stock.__name__}", (ParallelPipelineMixin, stock), {"__call__": __call__, "__module__": __name__}
+    )
     _CLASS_CACHE[stock] = cls
     return cls
 

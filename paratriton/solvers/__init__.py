@@ -20,8 +20,16 @@ from .sequential import solve_sequential
 from .srds import SRDS, SRDSPipelined, SRDSResult
 
 
-def solve(model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor, noise: torch.Tensor | None = None, *,
-          method: str = "taa", init: torch.Tensor | None = None, **options: Any) -> SolveResult:
+def solve(
+    model: Denoiser,
+    coeffs: SamplerCoefficients,
+    x_T: torch.Tensor,
+    noise: torch.Tensor | None = None,
+    *,
+    method: str = "taa",
+    init: torch.Tensor | None = None,
+    **options: Any,
+) -> SolveResult:
     """Sample ``B`` trajectories with one of ``METHODS``.
 
     model:   ``model(x [N, *S], step_index [N]) -> [N, *S]`` (see ``paratriton.model``)
@@ -40,5 +48,20 @@ def solve(model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor, noise
     return solver.solve(model, coeffs, x_T, noise, init=init)
 
 
-__all__ = ["solve", "solve_sequential", "METHODS", "REGISTRY", "WINDOWED_METHODS", "Engine", "make_solver", "graphed_solver",
-           "method_spec", "SRDS", "SRDSPipelined", "SRDSResult", "SolveResult", "IterationInfo", "NonFiniteError"]
+__all__ = [
+    "solve",
+    "solve_sequential",
+    "METHODS",
+    "REGISTRY",
+    "WINDOWED_METHODS",
+    "Engine",
+    "make_solver",
+    "graphed_solver",
+    "method_spec",
+    "SRDS",
+    "SRDSPipelined",
+    "SRDSResult",
+    "SolveResult",
+    "IterationInfo",
+    "NonFiniteError",
+]

@@ -51,8 +51,14 @@ class IterationInfo:
 
     __slots__ = ("_copies", "_rms", "_traj", "frozen_from", "iteration", "window")
 
-    def __init__(self, iteration: int, window: tuple[int, int], frozen_from: int, residual_rms: torch.Tensor,
-                 trajectory: torch.Tensor) -> None:
+    def __init__(
+        self,
+        iteration: int,
+        window: tuple[int, int],
+        frozen_from: int,
+        residual_rms: torch.Tensor,
+        trajectory: torch.Tensor,
+    ) -> None:
         self.iteration = iteration  # 1-based
         self.window = window  # updated steps lo .. hi-1 (hi is the anchor)
         self.frozen_from = frozen_from  # steps >= frozen_from are final
@@ -81,8 +87,7 @@ class IterationInfo:
         return self._copy("sample", self._traj[0])
 
     def __repr__(self) -> str:
-        return (f"IterationInfo(iteration={self.iteration}, window={self.window}, "
-                f"frozen_from={self.frozen_from})")
+        return f"IterationInfo(iteration={self.iteration}, window={self.window}, frozen_from={self.frozen_from})"
 
 
 def _check_int(name: str, value, lo: int, hi: int | None = None) -> int:
@@ -115,8 +120,9 @@ def default_tol_abs(num_steps: int) -> float:
     return DEFAULT_TOL_PER_100_STEPS * min(1.0, 100.0 / num_steps)
 
 
-def set_common_options(solver, tol_abs: float | None, tol_rel: float, max_iters: int | None,
-                       state_dtype: torch.dtype, callback) -> None:
+def set_common_options(
+    solver, tol_abs: float | None, tol_rel: float, max_iters: int | None, state_dtype: torch.dtype, callback
+) -> None:
     """Validate and set the options every solver shares (``tol_abs=None``: ``default_tol_abs(T)`` at solve time)."""
     solver.tol_abs = None if tol_abs is None else _check_positive("tol_abs", tol_abs)
     solver.tol_rel = _check_positive("tol_rel", tol_rel)
@@ -144,12 +150,15 @@ def check_coefficients_finite(coeffs: SamplerCoefficients) -> None:
         t = getattr(coeffs, name)
         if not bool(torch.isfinite(t).all()):
             steps = (~torch.isfinite(t)).nonzero().flatten().tolist()
-            raise NonFiniteError(f"the coefficients are NaN/inf: SamplerCoefficients.{name} at step(s) "
-                                 f"{_steps_text(steps)}; the sampler stopped before any model call")
+            raise NonFiniteError(
+                f"the coefficients are NaN/inf: SamplerCoefficients.{name} at step(s) "
+                f"{_steps_text(steps)}; the sampler stopped before any model call"
+            )
 
 
-def check_problem(coeffs: SamplerCoefficients, x_T: torch.Tensor, noise: torch.Tensor | None,
-                  init: torch.Tensor | None = None) -> None:
+def check_problem(
+    coeffs: SamplerCoefficients, x_T: torch.Tensor, noise: torch.Tensor | None, init: torch.Tensor | None = None
+) -> None:
     """Validate the shapes, dtypes and finiteness of a sampling problem (``T`` steps, ``B`` trajectories).
 
     A NaN/inf in ``x_T``, ``noise``, ``init`` or the coefficients is the input's fault, reported here (one
@@ -159,8 +168,10 @@ def check_problem(coeffs: SamplerCoefficients, x_T: torch.Tensor, noise: torch.T
         raise TypeError(f"coeffs must be SamplerCoefficients, got {type(coeffs).__name__}")
     T = coeffs.num_steps
     if not torch.is_tensor(x_T) or not x_T.is_floating_point() or x_T.ndim < 2:
-        raise ValueError("x_T must be a floating-point tensor of shape [B, *sample_shape], "
-                         f"got {getattr(x_T, 'shape', type(x_T))} {getattr(x_T, 'dtype', '')}")
+        raise ValueError(
+            "x_T must be a floating-point tensor of shape [B, *sample_shape], "
+            f"got {getattr(x_T, 'shape', type(x_T))} {getattr(x_T, 'dtype', '')}"
+        )
     if noise is None:
         if coeffs.is_stochastic:
             raise ValueError("noise [T, B, *sample_shape] is required: the sampler adds noise (some c_i != 0)")
@@ -168,16 +179,19 @@ def check_problem(coeffs: SamplerCoefficients, x_T: torch.Tensor, noise: torch.T
         if not torch.is_tensor(noise) or not noise.is_floating_point():
             raise ValueError(f"noise must be a floating-point tensor, got {type(noise).__name__}")
         if tuple(noise.shape) != (T, *x_T.shape):
-            raise ValueError(f"noise must have shape [T, B, *sample_shape] = {[T, *x_T.shape]}, "
-                             f"got {list(noise.shape)}")
+            raise ValueError(
+                f"noise must have shape [T, B, *sample_shape] = {[T, *x_T.shape]}, got {list(noise.shape)}"
+            )
         if noise.device != x_T.device:
             raise ValueError(f"noise is on {noise.device} but x_T is on {x_T.device}")
     if init is not None:
         if not torch.is_tensor(init):
             raise ValueError(f"init must be a tensor, got {type(init).__name__}")
         if tuple(init.shape) not in ((T, *x_T.shape), (T + 1, *x_T.shape)):
-            raise ValueError(f"init must have shape [T, B, *sample_shape] = {[T, *x_T.shape]} "
-                             f"(or [T+1, ...]), got {list(init.shape)}")
+            raise ValueError(
+                f"init must have shape [T, B, *sample_shape] = {[T, *x_T.shape]} "
+                f"(or [T+1, ...]), got {list(init.shape)}"
+            )
         if not init.is_floating_point():
             raise ValueError(f"init must be floating point, got {init.dtype}")
     # one host read for every input's finiteness; the names and steps are found only when something is bad
@@ -188,10 +202,14 @@ def check_problem(coeffs: SamplerCoefficients, x_T: torch.Tensor, noise: torch.T
             if t is None or bool(torch.isfinite(t).all()):
                 continue
             if name == "x_T":
-                raise NonFiniteError("x_T contains NaN or inf (the input is bad, not the model); the sampler "
-                                     "stopped before any model call")
-            raise NonFiniteError(f"{name} contains NaN or inf at step(s) {_steps_text(_bad_steps(t))} (the input "
-                                 "is bad, not the model); the sampler stopped before any model call")
+                raise NonFiniteError(
+                    "x_T contains NaN or inf (the input is bad, not the model); the sampler "
+                    "stopped before any model call"
+                )
+            raise NonFiniteError(
+                f"{name} contains NaN or inf at step(s) {_steps_text(_bad_steps(t))} (the input "
+                "is bad, not the model); the sampler stopped before any model call"
+            )
     check_coefficients_finite(coeffs)
 
 
@@ -227,8 +245,10 @@ class ModelCaller:
         out = self.model(x.reshape(n * B, *self.sample_shape), steps.repeat_interleave(B))
         self.calls += 1
         if not torch.is_tensor(out) or tuple(out.shape) != (n * B, *self.sample_shape):
-            raise ValueError(f"model output must have shape {[n * B, *self.sample_shape]} like its input, got "
-                             f"{list(getattr(out, 'shape', [type(out).__name__]))}")
+            raise ValueError(
+                f"model output must have shape {[n * B, *self.sample_shape]} like its input, got "
+                f"{list(getattr(out, 'shape', [type(out).__name__]))}"
+            )
         if not out.is_floating_point():
             raise ValueError(f"model output must be floating point, got {out.dtype}")
         return out.reshape(n, B, -1)
@@ -237,8 +257,10 @@ class ModelCaller:
 def raise_nonfinite(what: torch.Tensor, lo: int, iteration: int, source: str) -> None:
     """Raise a NonFiniteError naming the steps of ``what [n, B, D]`` that are not finite."""
     bad = (~torch.isfinite(what)).flatten(1).any(1).nonzero().flatten().add(lo).tolist()
-    raise NonFiniteError(f"{source} is NaN/inf at step(s) {bad[:8]}{' ...' if len(bad) > 8 else ''} "
-                         f"in iteration {iteration}; the sampler stopped and returns no image")
+    raise NonFiniteError(
+        f"{source} is NaN/inf at step(s) {bad[:8]}{' ...' if len(bad) > 8 else ''} "
+        f"in iteration {iteration}; the sampler stopped and returns no image"
+    )
 
 
 @dataclass
@@ -266,9 +288,16 @@ class ParallelSolver:
 
     method = "parallel"
 
-    def __init__(self, *, window: int | None = None, tol_abs: float | None = None, tol_rel: float = 1e-3,
-                 max_iters: int | None = None, state_dtype: torch.dtype = torch.float64,
-                 callback: Callable[[IterationInfo], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        window: int | None = None,
+        tol_abs: float | None = None,
+        tol_rel: float = 1e-3,
+        max_iters: int | None = None,
+        state_dtype: torch.dtype = torch.float64,
+        callback: Callable[[IterationInfo], None] | None = None,
+    ) -> None:
         self.window = None if window is None else _check_int("window", window, 1)
         set_common_options(self, tol_abs, tol_rel, max_iters, state_dtype, callback)
         self.window_shrunk_to: int | None = None  # set when running out of memory forced a smaller window
@@ -280,16 +309,32 @@ class ParallelSolver:
     def update(self, step: WindowStep) -> None:
         raise NotImplementedError
 
-    def residual(self, x: torch.Tensor, m_out: torch.Tensor, xi: torch.Tensor | None, a: torch.Tensor,
-                 b: torch.Tensor, c: torch.Tensor, threshold: torch.Tensor, *, lo: int, iteration: int
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def residual(
+        self,
+        x: torch.Tensor,
+        m_out: torch.Tensor,
+        xi: torch.Tensor | None,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        c: torch.Tensor,
+        threshold: torch.Tensor,
+        *,
+        lo: int,
+        iteration: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The residual pass (``step_residual``'s shapes); a backend may fuse more of its update into it and return
         another per-step residual as ``r`` (its update must then know what it gets)."""
         return step_residual(x, m_out, xi, a, b, c, threshold)
 
     # -- the iteration -----------------------------------------------------------------------------------------
-    def solve(self, model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor,
-              noise: torch.Tensor | None = None, init: torch.Tensor | None = None) -> SolveResult:
+    def solve(
+        self,
+        model: Denoiser,
+        coeffs: SamplerCoefficients,
+        x_T: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        init: torch.Tensor | None = None,
+    ) -> SolveResult:
         """Solve the triangular system for ``B`` trajectories starting from ``x_T [B, *sample_shape]``.
 
         noise: ``[T, B, *sample_shape]`` pre-drawn standard normals (required when the sampler adds noise).
@@ -323,24 +368,36 @@ class ParallelSolver:
         while hi > 0 and it < max_iters:
             lo = max(hi - W, 0)
             if uninit >= lo:  # new window slots start as a copy of the lowest initialised state
-                x[lo:uninit + 1] = x[uninit + 1]
+                x[lo : uninit + 1] = x[uninit + 1]
                 uninit = lo - 1
             try:
-                m_out = call(x[lo + 1:hi + 1], steps_all[lo:hi])
+                m_out = call(x[lo + 1 : hi + 1], steps_all[lo:hi])
             except torch.OutOfMemoryError:
                 if hi - lo == 1:
                     raise
                 # a smaller window solves the same system (the fixed point does not depend on W): halve and retry
                 W = max(1, (hi - lo) // 2)
                 self.window_shrunk_to = W
-                warnings.warn(f"out of memory with a window of {hi - lo} steps: continuing with window={W}",
-                              RuntimeWarning, stacklevel=3)
+                warnings.warn(
+                    f"out of memory with a window of {hi - lo} steps: continuing with window={W}",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
                 if dev.type == "cuda":
                     torch.cuda.empty_cache()
                 continue
             nfe += hi - lo
-            r, rms, top = self.residual(x[lo:hi + 1], m_out, None if xi is None else xi[lo:hi],
-                                        a[lo:hi], b[lo:hi], c[lo:hi], threshold[lo:hi], lo=lo, iteration=it)
+            r, rms, top = self.residual(
+                x[lo : hi + 1],
+                m_out,
+                None if xi is None else xi[lo:hi],
+                a[lo:hi],
+                b[lo:hi],
+                c[lo:hi],
+                threshold[lo:hi],
+                lo=lo,
+                iteration=it,
+            )
             # the one host sync of the iteration: the window top, plus a finiteness flag riding along
             flags = torch.stack([top, (~torch.isfinite(rms)).any().to(top.dtype)]).tolist()
             if flags[1]:
@@ -356,10 +413,9 @@ class ParallelSolver:
             hi = jstar
             it += 1
             if self.callback is not None:
-                self.callback(IterationInfo(it, (lo, windows[-1][1]), hi, rms,
-                                            x.reshape(T + 1, B, *shape)))
+                self.callback(IterationInfo(it, (lo, windows[-1][1]), hi, rms, x.reshape(T + 1, B, *shape)))
         if uninit >= 0:  # stopped early before the window reached these steps: give them the best guess we have
-            x[:uninit + 1] = x[uninit + 1]
+            x[: uninit + 1] = x[uninit + 1]
         if not torch.isfinite(x[0]).all():
             raise_nonfinite(x[:1], 0, it, "the final sample")
         traj = x.reshape(T + 1, B, *shape)

@@ -51,10 +51,22 @@ class Engine:
     iters_per_sync: iterations per replay between host reads of ``F`` (graphed only; same iterates).
     """
 
-    def __init__(self, rule: FixedPointRule | AndersonRule, *, method: str, window: int | None = None,
-                 tol_abs: float | None = None, tol_rel: float = 1e-3, max_iters: int | None = None,
-                 state_dtype: torch.dtype | None = None, callback: Callable[[IterationInfo], None] | None = None,
-                 cuda_graph: bool = False, buckets: int = 4, iters_per_sync: int = 1, backend: str = "auto") -> None:
+    def __init__(
+        self,
+        rule: FixedPointRule | AndersonRule,
+        *,
+        method: str,
+        window: int | None = None,
+        tol_abs: float | None = None,
+        tol_rel: float = 1e-3,
+        max_iters: int | None = None,
+        state_dtype: torch.dtype | None = None,
+        callback: Callable[[IterationInfo], None] | None = None,
+        cuda_graph: bool = False,
+        buckets: int = 4,
+        iters_per_sync: int = 1,
+        backend: str = "auto",
+    ) -> None:
         self.rule, self.method, self.window = rule, method, window
         self.tol_abs, self.tol_rel, self.max_iters = tol_abs, tol_rel, max_iters
         self.state_dtype, self.callback = state_dtype, callback
@@ -69,16 +81,16 @@ class Engine:
         x, F, U = s["x"], s["F"], s["U"]
         if s["sliding"]:
             lo = (F - H).clamp_min(0)
-            rows = lo + s["arange"][:H + 1]  # the window and its anchor row
+            rows = lo + s["arange"][: H + 1]  # the window and its anchor row
         else:  # a full window always starts at step 0
-            lo, rows = s["zero"], s["arange"][:H + 1]
+            lo, rows = s["zero"], s["arange"][: H + 1]
         if s["sliding"]:  # steps entering the window start as a copy of the lowest initialised state
             fresh = rows <= U
             x.index_copy_(0, rows, x.index_select(0, torch.where(fresh, U + 1, rows)))
             U.copy_(torch.minimum(U, lo - 1))
         idx = rows[:H]
         # a full window starts at step 0 (lo is 0): its model inputs are a view, no gather
-        out = s["call"](x.index_select(0, rows[1:]) if s["sliding"] else x[1:H + 1], idx)
+        out = s["call"](x.index_select(0, rows[1:]) if s["sliding"] else x[1 : H + 1], idx)
         self._last = (out, idx)  # for naming the steps when the iteration reports a non-finite value
         kern = KERNELS[self.backend]
         rms, top, bad = kern.residual(x, out, s["xi"], s["a"], s["b"], s["c"], s["thr"], lo, F)
@@ -93,8 +105,9 @@ class Engine:
         F.copy_(top)  # top >= lo >= 0
 
     # -- set-up ------------------------------------------------------------------------------------------------------
-    def _setup(self, model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor,
-               noise: torch.Tensor | None) -> None:
+    def _setup(
+        self, model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor, noise: torch.Tensor | None
+    ) -> None:
         T, B, shape = coeffs.num_steps, x_T.shape[0], tuple(x_T.shape[1:])
         D, dev = math.prod(shape), x_T.device
         dt = self.state_dtype or (torch.float32 if dev.type == "cuda" else torch.float64)
@@ -103,16 +116,29 @@ class Engine:
         a, b, c = coeffs.coefficients(dt, dev)
         tol_abs = default_tol_abs(T) if self.tol_abs is None else self.tol_abs
         self._s = dict(
-            T=T, B=B, shape=shape, dtype=dt, sliding=self.window is not None and self.window < T,
-            x=torch.empty(T + 1, B, D, dtype=dt, device=dev), a=a, b=b, c=c,
+            T=T,
+            B=B,
+            shape=shape,
+            dtype=dt,
+            sliding=self.window is not None and self.window < T,
+            x=torch.empty(T + 1, B, D, dtype=dt, device=dev),
+            a=a,
+            b=b,
+            c=c,
             thr=torch.clamp(self.tol_rel * cf.posterior_std, min=tol_abs).to(dt),
             xi=None if noise is None else torch.empty(T, B, D, dtype=dt, device=dev),
-            F=torch.empty((), dtype=torch.long, device=dev), U=torch.empty((), dtype=torch.long, device=dev),
-            arange=torch.arange(T + 1, device=dev), bad=torch.zeros((), dtype=torch.bool, device=dev),
-            n_it=torch.zeros((), dtype=torch.long, device=dev), zero=torch.zeros((), dtype=torch.long, device=dev),
+            F=torch.empty((), dtype=torch.long, device=dev),
+            U=torch.empty((), dtype=torch.long, device=dev),
+            arange=torch.arange(T + 1, device=dev),
+            bad=torch.zeros((), dtype=torch.bool, device=dev),
+            n_it=torch.zeros((), dtype=torch.long, device=dev),
+            zero=torch.zeros((), dtype=torch.long, device=dev),
             rms_all=torch.empty(T, B, dtype=dt, device=dev),
-            log_F=torch.empty(cap, dtype=torch.long, device=dev), log_res=torch.empty(cap, T, dtype=dt, device=dev),
-            call=ModelCaller(model, shape, B), rule=self.rule.allocate(T, B, D, dt, dev))
+            log_F=torch.empty(cap, dtype=torch.long, device=dev),
+            log_res=torch.empty(cap, T, dtype=dt, device=dev),
+            call=ModelCaller(model, shape, B),
+            rule=self.rule.allocate(T, B, D, dt, dev),
+        )
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self._uncaptured = False
 
@@ -155,8 +181,14 @@ class Engine:
         return graph
 
     # -- the loop ----------------------------------------------------------------------------------------------------
-    def solve(self, model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor,
-              noise: torch.Tensor | None = None, init: torch.Tensor | None = None) -> SolveResult:
+    def solve(
+        self,
+        model: Denoiser,
+        coeffs: SamplerCoefficients,
+        x_T: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        init: torch.Tensor | None = None,
+    ) -> SolveResult:
         """Solve the triangular system for ``B`` trajectories from ``x_T [B, *sample_shape]``.
 
         noise: ``[T, B, *sample_shape]`` pre-drawn standard normals (required when the sampler adds noise).
@@ -166,8 +198,9 @@ class Engine:
         """
         check_problem(coeffs, x_T, noise, init)
         if coeffs.taps != 1:
-            raise NotImplementedError(f"the engine solves one-tap step operators; this one reads {coeffs.taps} "
-                                      "model outputs per step")
+            raise NotImplementedError(
+                f"the engine solves one-tap step operators; this one reads {coeffs.taps} model outputs per step"
+            )
         key = (tuple(x_T.shape), x_T.device, noise is None, self.state_dtype)
         if self._key is None or self._key[0] is not model or self._key[1] is not coeffs or self._key[2:] != key:
             self._setup(model, coeffs, x_T, noise)
@@ -202,35 +235,40 @@ class Engine:
                         self._iteration(H)
             except torch.OutOfMemoryError as e:
                 if H == 1:
-                    raise torch.OutOfMemoryError(f"out of memory even with a window of 1 step ({s['B']} "
-                                                 f"trajectories per call): {e}") from e
+                    raise torch.OutOfMemoryError(
+                        f"out of memory even with a window of 1 step ({s['B']} trajectories per call): {e}"
+                    ) from e
                 # a smaller window solves the same system (the fixed point does not depend on W): halve and retry
                 self._W = self.window_shrunk_to = max(1, min(H, F_host) // 2)
                 s["sliding"] = True
                 self._graphs.clear()
-                warnings.warn(f"out of memory with a window of {H} steps: continuing with window="
-                              f"{self.window_shrunk_to}", RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"out of memory with a window of {H} steps: continuing with window={self.window_shrunk_to}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
                 if x_T.device.type == "cuda":
                     torch.cuda.empty_cache()
                 continue
             # the one host read per replay: window top, non-finite flag, iteration count, this replay's window tops
-            vals = torch.cat([torch.stack([s["F"], s["bad"].long(), s["n_it"]]), s["log_F"][it:it + k]]).tolist()
+            vals = torch.cat([torch.stack([s["F"], s["bad"].long(), s["n_it"]]), s["log_F"][it : it + k]]).tolist()
             F_new, bad, n = vals[:3]
             if bad:
                 self._raise_nonfinite(it, k, F_host)
-            for top in vals[3:3 + n - it]:
+            for top in vals[3 : 3 + n - it]:
                 lo = max(top - H, 0)
                 nfe += top - lo
                 windows.append((lo, top))
             F_host, it = F_new, n
             if self.callback is not None and windows:
                 lo, hi = windows[-1]
-                self.callback(IterationInfo(it, (lo, hi), F_host, s["rms_all"][lo:hi],
-                                            s["x"].reshape(T + 1, B, *shape)))
+                self.callback(
+                    IterationInfo(it, (lo, hi), F_host, s["rms_all"][lo:hi], s["x"].reshape(T + 1, B, *shape))
+                )
         if s["sliding"]:  # stopped early: steps the window never reached get the best guess there is
             U = int(s["U"])
             if U >= 0:
-                s["x"][:U + 1] = s["x"][U + 1]
+                s["x"][: U + 1] = s["x"][U + 1]
         traj = s["x"].reshape(T + 1, B, *shape)
         if not torch.isfinite(traj[0]).all():
             raise NonFiniteError("the final sample is NaN/inf; the sampler returns no image")
@@ -238,8 +276,9 @@ class Engine:
         for row, (lo, hi) in zip(res, windows):  # per step the largest RMS over the batch, NaN outside the window
             row[:lo] = float("nan")
             row[hi:] = float("nan")
-        return SolveResult(traj[0], traj, it, nfe, res, F_host == 0, self.method + ("(graphed)" if static else ""),
-                           windows)
+        return SolveResult(
+            traj[0], traj, it, nfe, res, F_host == 0, self.method + ("(graphed)" if static else ""), windows
+        )
 
     def _raise_nonfinite(self, it: int, k: int, anchor: int) -> None:
         """Name the steps (of the last iteration run) and whether the model or the iterates went non-finite."""
@@ -256,5 +295,7 @@ class Engine:
             source = "the residual overflowed (|r| above ~1e154; the iterates diverged)"
             rows = live & ~torch.isfinite(self._s["rms_all"].index_select(0, idx)).any(1)
         steps = idx[rows].tolist()
-        raise NonFiniteError(f"{source} is NaN/inf at step(s) {steps[:8]}{' ...' if len(steps) > 8 else ''} in "
-                             f"{where}; the sampler stopped and returns no image")
+        raise NonFiniteError(
+            f"{source} is NaN/inf at step(s) {steps[:8]}{' ...' if len(steps) > 8 else ''} in "
+            f"{where}; the sampler stopped and returns no image"
+        )

@@ -22,9 +22,16 @@ class GraphedSequential:
     defaults to float32 here: this is the baseline timed against, and float64 would slow it for nothing.
     """
 
-    def __init__(self, model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor,
-                 noise: torch.Tensor | None = None, *, state_dtype: torch.dtype = torch.float32,
-                 use_cuda_graph: bool = True) -> None:
+    def __init__(
+        self,
+        model: Denoiser,
+        coeffs: SamplerCoefficients,
+        x_T: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        *,
+        state_dtype: torch.dtype = torch.float32,
+        use_cuda_graph: bool = True,
+    ) -> None:
         if state_dtype not in (torch.float32, torch.float64):
             raise ValueError(f"state_dtype must be torch.float32 or torch.float64, got {state_dtype}")
         check_problem(coeffs, x_T, noise)
@@ -50,15 +57,16 @@ class GraphedSequential:
     def _loop(self) -> None:
         x = self.x
         for i in range(self.T - 1, -1, -1):
-            out = self.call(x[i + 1:i + 2], self.steps[i:i + 1])[0].to(x.dtype)
+            out = self.call(x[i + 1 : i + 2], self.steps[i : i + 1])[0].to(x.dtype)
             nxt = self.a[i] * x[i + 1] + self.b[i] * out
             x[i] = nxt + self.c[i] * self.xi[i] if self.stochastic else nxt
 
     def load(self, x_T: torch.Tensor, noise: torch.Tensor | None = None) -> None:
         """Copy another problem's ``x_T`` (and step noise) into the captured buffers, for the next ``run``."""
         if tuple(x_T.shape) != (self.B, *self.shape):
-            raise ValueError(f"x_T must have shape {[self.B, *self.shape]} like the captured problem, got "
-                             f"{list(x_T.shape)}")
+            raise ValueError(
+                f"x_T must have shape {[self.B, *self.shape]} like the captured problem, got {list(x_T.shape)}"
+            )
         if self.stochastic and noise is None:
             raise ValueError("noise is required: the captured problem has step noise")
         if not torch.isfinite(x_T).all():
@@ -81,9 +89,11 @@ class GraphedSequential:
             self._loop()
         if not torch.isfinite(self.x).all():
             i = first_bad_step(self.x, self.T)
-            out = self.call(self.x[i + 1:i + 2], self.steps[i:i + 1])[0].to(self.x.dtype)
-            raise diagnose_step(i, self.T - 1 - i, self.x[i + 1], out, None if self.xi is None else self.xi[i],
-                                self.coeffs, self.x[i])
+            out = self.call(self.x[i + 1 : i + 2], self.steps[i : i + 1])[0].to(self.x.dtype)
+            raise diagnose_step(
+                i, self.T - 1 - i, self.x[i + 1], out, None if self.xi is None else self.xi[i], self.coeffs, self.x[i]
+            )
         traj = self.x.reshape(self.T + 1, self.B, *self.shape)
-        return SolveResult(traj[0], traj, self.T, self.T, torch.empty(0, self.T, dtype=torch.float64), True,
-                           "sequential(graphed)")
+        return SolveResult(
+            traj[0], traj, self.T, self.T, torch.empty(0, self.T, dtype=torch.float64), True, "sequential(graphed)"
+        )

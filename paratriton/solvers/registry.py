@@ -73,26 +73,45 @@ class Option:
         return value
 
 
-_TOL = (Option("tol_abs", "float", None, "absolute RMS residual threshold per step (None: 1e-3, scaled by 100/T "
-               "beyond 100 steps)", none_ok=True),
-        Option("tol_rel", "float", 1e-3, "threshold relative to the step's posterior std"),
-        Option("max_iters", "int", None, "stop after this many iterations (None: at most T)", lo=1, none_ok=True))
-_RUN = (Option("state_dtype", "dtype", None, "state precision (None: float32 on CUDA, float64 elsewhere)",
-               none_ok=True),
-        Option("callback", "callable", None, "callback(IterationInfo) after every iteration", none_ok=True))
-_ENGINE = (Option("window", "int", None, "steps updated per iteration (None: all T)", lo=1, none_ok=True),
-           *_TOL, *_RUN,
-           Option("cuda_graph", "bool", False, "capture each iteration into a CUDA graph (CUDA only)"),
-           Option("buckets", "int", 4, "full-window sizes captured: T, T/2, ... (graphed)", lo=1, hi=16),
-           Option("iters_per_sync", "int", 1, "iterations per graph replay between host reads", lo=1, hi=64),
-           Option("backend", "choice", "auto", "kernels: 'auto' (Triton on CUDA, C++ on the CPU) or 'reference' "
-                  "(plain torch)", choices=("auto", "reference")))
+_TOL = (
+    Option(
+        "tol_abs",
+        "float",
+        None,
+        "absolute RMS residual threshold per step (None: 1e-3, scaled by 100/T beyond 100 steps)",
+        none_ok=True,
+    ),
+    Option("tol_rel", "float", 1e-3, "threshold relative to the step's posterior std"),
+    Option("max_iters", "int", None, "stop after this many iterations (None: at most T)", lo=1, none_ok=True),
+)
+_RUN = (
+    Option("state_dtype", "dtype", None, "state precision (None: float32 on CUDA, float64 elsewhere)", none_ok=True),
+    Option("callback", "callable", None, "callback(IterationInfo) after every iteration", none_ok=True),
+)
+_ENGINE = (
+    Option("window", "int", None, "steps updated per iteration (None: all T)", lo=1, none_ok=True),
+    *_TOL,
+    *_RUN,
+    Option("cuda_graph", "bool", False, "capture each iteration into a CUDA graph (CUDA only)"),
+    Option("buckets", "int", 4, "full-window sizes captured: T, T/2, ... (graphed)", lo=1, hi=16),
+    Option("iters_per_sync", "int", 1, "iterations per graph replay between host reads", lo=1, hi=64),
+    Option(
+        "backend",
+        "choice",
+        "auto",
+        "kernels: 'auto' (Triton on CUDA, C++ on the CPU) or 'reference' (plain torch)",
+        choices=("auto", "reference"),
+    ),
+)
 _ORDER = Option("order", "int", None, "k of the order-k equations (None: the whole window)", lo=1, none_ok=True)
-_ANDERSON = (_ORDER,
-             Option("history", "int", 2, "Anderson secant pairs", lo=1, hi=8),
-             Option("ridge", "float", 1e-3, "relative ridge of the least squares"),
-             Option("safeguard", "bool", True, "a step whose residual grew after an accelerated update takes the "
-                    "plain step next"))
+_ANDERSON = (
+    _ORDER,
+    Option("history", "int", 2, "Anderson secant pairs", lo=1, hi=8),
+    Option("ridge", "float", 1e-3, "relative ridge of the least squares"),
+    Option(
+        "safeguard", "bool", True, "a step whose residual grew after an accelerated update takes the plain step next"
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -113,8 +132,9 @@ class MethodSpec:
         """All options with defaults filled in, validated; unknown names raise ``TypeError`` naming them."""
         unknown = sorted(set(options) - set(self.option_names))
         if unknown:
-            raise TypeError(f"options {unknown} do not apply to method={self.name!r}; its options are "
-                            f"{list(self.option_names)}")
+            raise TypeError(
+                f"options {unknown} do not apply to method={self.name!r}; its options are {list(self.option_names)}"
+            )
         return {o.name: o.check(options.get(o.name, o.default)) for o in self.options}
 
     def make(self, **options: Any) -> Any:
@@ -126,60 +146,110 @@ def _engine(method: str, rule_of: Callable[[dict], Any]) -> Callable[[dict], Any
     def build(o: dict):
         from .engine import Engine
 
-        kw = {k: o[k] for k in ("window", "tol_abs", "tol_rel", "max_iters", "state_dtype", "callback", "cuda_graph",
-                                "buckets", "iters_per_sync", "backend")}
+        kw = {
+            k: o[k]
+            for k in (
+                "window",
+                "tol_abs",
+                "tol_rel",
+                "max_iters",
+                "state_dtype",
+                "callback",
+                "cuda_graph",
+                "buckets",
+                "iters_per_sync",
+                "backend",
+            )
+        }
         return Engine(rule_of(o), method=method, **kw)
+
     return build
 
 
 def _fp_rule(o):
     from .rules import FixedPointRule
+
     return FixedPointRule(order=o["order"])
 
 
 def _picard_rule(o):
     from .rules import FixedPointRule
+
     return FixedPointRule(order=None, unit_weights=True)
 
 
 def _anderson_rule(triangular: bool):
     def rule(o):
         from .rules import AndersonRule
-        return AndersonRule(order=o["order"], history=o["history"], ridge=o["ridge"], safeguard=o["safeguard"],
-                            triangular=triangular)
+
+        return AndersonRule(
+            order=o["order"], history=o["history"], ridge=o["ridge"], safeguard=o["safeguard"], triangular=triangular
+        )
+
     return rule
 
 
 def _sequential(o: dict):
     from .sequential import SequentialSolver
+
     return SequentialSolver(**o)
 
 
 def _srds(pipelined: bool):
     def build(o: dict):
         from .srds import SRDS, SRDSPipelined
+
         return (SRDSPipelined if pipelined else SRDS)(**o)
+
     return build
 
 
-_SRDS_OPTIONS = (Option("blocks", "int", None, "Parareal blocks K, a divisor of T (None: closest to sqrt(T))",
-                        lo=1, none_ok=True), *_TOL, *_RUN)
+_SRDS_OPTIONS = (
+    Option("blocks", "int", None, "Parareal blocks K, a divisor of T (None: closest to sqrt(T))", lo=1, none_ok=True),
+    *_TOL,
+    *_RUN,
+)
 
-REGISTRY: dict[str, MethodSpec] = {spec.name: spec for spec in (
-    MethodSpec("sequential", "the sequential sampler, one model call per step (the ground truth)",
-               (*_RUN, Option("cuda_graph", "bool", False, "the whole loop as one CUDA graph (CUDA only)"),
-                Option("check_finite", "bool", True, "stop on a non-finite model output (one read per step)")),
-               windowed=False, build=_sequential),
-    MethodSpec("fp", "fixed point on the order-k equations", (*_ENGINE, _ORDER), True, _engine("fp", _fp_rule)),
-    MethodSpec("picard", "Picard iteration (ParaDiGMS): unit weights over the window", _ENGINE, True,
-               _engine("picard", _picard_rule)),
-    MethodSpec("aa", "standard Anderson acceleration (one global least squares)", (*_ENGINE, *_ANDERSON), True,
-               _engine("aa", _anderson_rule(False))),
-    MethodSpec("taa", "ParaTAA: triangular Anderson acceleration on the order-k equations", (*_ENGINE, *_ANDERSON),
-               True, _engine("taa", _anderson_rule(True))),
-    MethodSpec("srds", "SRDS: Parareal over blocks of steps", _SRDS_OPTIONS, False, _srds(False)),
-    MethodSpec("srds_pipelined", "SRDS with the pipelined (wavefront) schedule", _SRDS_OPTIONS, False, _srds(True)),
-)}
+REGISTRY: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in (
+        MethodSpec(
+            "sequential",
+            "the sequential sampler, one model call per step (the ground truth)",
+            (
+                *_RUN,
+                Option("cuda_graph", "bool", False, "the whole loop as one CUDA graph (CUDA only)"),
+                Option("check_finite", "bool", True, "stop on a non-finite model output (one read per step)"),
+            ),
+            windowed=False,
+            build=_sequential,
+        ),
+        MethodSpec("fp", "fixed point on the order-k equations", (*_ENGINE, _ORDER), True, _engine("fp", _fp_rule)),
+        MethodSpec(
+            "picard",
+            "Picard iteration (ParaDiGMS): unit weights over the window",
+            _ENGINE,
+            True,
+            _engine("picard", _picard_rule),
+        ),
+        MethodSpec(
+            "aa",
+            "standard Anderson acceleration (one global least squares)",
+            (*_ENGINE, *_ANDERSON),
+            True,
+            _engine("aa", _anderson_rule(False)),
+        ),
+        MethodSpec(
+            "taa",
+            "ParaTAA: triangular Anderson acceleration on the order-k equations",
+            (*_ENGINE, *_ANDERSON),
+            True,
+            _engine("taa", _anderson_rule(True)),
+        ),
+        MethodSpec("srds", "SRDS: Parareal over blocks of steps", _SRDS_OPTIONS, False, _srds(False)),
+        MethodSpec("srds_pipelined", "SRDS with the pipelined (wavefront) schedule", _SRDS_OPTIONS, False, _srds(True)),
+    )
+}
 
 METHODS = tuple(REGISTRY)
 WINDOWED_METHODS = tuple(n for n, s in REGISTRY.items() if s.windowed)

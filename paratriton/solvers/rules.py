@@ -32,14 +32,22 @@ from ..ops.window_taa import naive as _taa_naive
 # the kernels an iteration runs: the registered ops (Triton on CUDA, C++ or the references on the CPU), or the
 # plain-torch references themselves (``backend="reference"``: the oracle, capturable too)
 KERNELS = {
-    "auto": SimpleNamespace(residual=ops.window_residual, fixed_point=ops.window_fixed_point,
-                            taa_push=ops.window_taa.push, taa_plan=ops.window_taa.plan,
-                            taa_update=ops.window_taa.update,
-                            lstsq=torch.ops.paratriton.masked_lstsq),
-    "reference": SimpleNamespace(residual=_res_naive.window_residual, fixed_point=_fp_naive.window_fixed_point,
-                                 taa_push=_taa_naive.window_taa_push, taa_plan=_taa_naive.window_taa_plan,
-                                 taa_update=_taa_naive.window_taa_update,
-                                 lstsq=_lstsq_naive.masked_lstsq),
+    "auto": SimpleNamespace(
+        residual=ops.window_residual,
+        fixed_point=ops.window_fixed_point,
+        taa_push=ops.window_taa.push,
+        taa_plan=ops.window_taa.plan,
+        taa_update=ops.window_taa.update,
+        lstsq=torch.ops.paratriton.masked_lstsq,
+    ),
+    "reference": SimpleNamespace(
+        residual=_res_naive.window_residual,
+        fixed_point=_fp_naive.window_fixed_point,
+        taa_push=_taa_naive.window_taa_push,
+        taa_plan=_taa_naive.window_taa_plan,
+        taa_update=_taa_naive.window_taa_update,
+        lstsq=_lstsq_naive.masked_lstsq,
+    ),
 }
 
 
@@ -76,8 +84,9 @@ class FixedPointRule:
 
     def update(self, v: WindowView, buf: dict) -> None:
         H = v.out.shape[0]
-        v.kernels.fixed_point(v.x, v.out, v.noise, v.a, v.b, v.c, v.lo, v.top,
-                               H if self.order is None else self.order, self.unit_weights)
+        v.kernels.fixed_point(
+            v.x, v.out, v.noise, v.a, v.b, v.c, v.lo, v.top, H if self.order is None else self.order, self.unit_weights
+        )
 
 
 @dataclass(frozen=True)
@@ -95,12 +104,14 @@ class AndersonRule:
         M = self.history + 1
         # ring over iterations, indexed by step: slot it % M holds (R, Y = x + R) of every live step of iteration
         # it; a step stays in the window from its entry until it freezes, so its newest count_s slots are its own
-        return dict(hist_R=torch.empty(M, T, B, D, dtype=dtype, device=device),
-                    hist_Y=torch.empty(M, T, B, D, dtype=dtype, device=device),
-                    count=torch.empty(T, dtype=torch.long, device=device),
-                    slot=torch.empty((), dtype=torch.long, device=device),
-                    prev_rms=torch.empty(T, dtype=dtype, device=device),
-                    prev_accel=torch.empty(T, dtype=torch.bool, device=device))
+        return dict(
+            hist_R=torch.empty(M, T, B, D, dtype=dtype, device=device),
+            hist_Y=torch.empty(M, T, B, D, dtype=dtype, device=device),
+            count=torch.empty(T, dtype=torch.long, device=device),
+            slot=torch.empty((), dtype=torch.long, device=device),
+            prev_rms=torch.empty(T, dtype=dtype, device=device),
+            prev_accel=torch.empty(T, dtype=torch.bool, device=device),
+        )
 
     def reset(self, buf: dict) -> None:
         for t in buf.values():
@@ -108,10 +119,33 @@ class AndersonRule:
 
     def update(self, v: WindowView, buf: dict) -> None:
         H, M = v.out.shape[0], self.history + 1
-        G, h = v.kernels.taa_push(v.x, v.out, v.noise, v.a, v.b, v.c, v.lo, v.top, buf["hist_R"], buf["hist_Y"],
-                                  buf["slot"], H if self.order is None else self.order, self.unit_weights)
-        num_cols, first = v.kernels.taa_plan(v.rms, buf["count"], buf["prev_rms"], buf["prev_accel"], v.lo,
-                                             v.anchor, v.top, M, self.safeguard, self.triangular)
+        G, h = v.kernels.taa_push(
+            v.x,
+            v.out,
+            v.noise,
+            v.a,
+            v.b,
+            v.c,
+            v.lo,
+            v.top,
+            buf["hist_R"],
+            buf["hist_Y"],
+            buf["slot"],
+            H if self.order is None else self.order,
+            self.unit_weights,
+        )
+        num_cols, first = v.kernels.taa_plan(
+            v.rms,
+            buf["count"],
+            buf["prev_rms"],
+            buf["prev_accel"],
+            v.lo,
+            v.anchor,
+            v.top,
+            M,
+            self.safeguard,
+            self.triangular,
+        )
         if not self.triangular:  # one problem, the lowest accelerated step's, whose mask covers all of them
             G, h = G[first].expand_as(G), h[first].expand_as(h)
         gamma = v.kernels.lstsq(G, h, num_cols, self.ridge)

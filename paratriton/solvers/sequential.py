@@ -12,8 +12,15 @@ from ..schedule import SamplerCoefficients
 from ._common import IterationInfo, ModelCaller, NonFiniteError, SolveResult, check_problem
 
 
-def diagnose_step(i: int, iteration: int, x_next: torch.Tensor, out: torch.Tensor, noise_i: torch.Tensor | None,
-                  coeffs: SamplerCoefficients, x_i: torch.Tensor | None = None) -> NonFiniteError:
+def diagnose_step(
+    i: int,
+    iteration: int,
+    x_next: torch.Tensor,
+    out: torch.Tensor,
+    noise_i: torch.Tensor | None,
+    coeffs: SamplerCoefficients,
+    x_i: torch.Tensor | None = None,
+) -> NonFiniteError:
     """The error for step ``i`` whose state ``x_i`` (or model output) is NaN/inf: names the step, the iteration and
     which input was non-finite (the model's input state, the model output, the noise or the coefficients)."""
     where = f"at step(s) [{i}] in iteration {iteration}"
@@ -28,9 +35,11 @@ def diagnose_step(i: int, iteration: int, x_next: torch.Tensor, out: torch.Tenso
     if bad:
         return NonFiniteError(f"the coefficients {bad} are NaN/inf {where}{tail}")
     big = x_i.abs().max().item() if x_i is not None and bool(torch.isfinite(x_i).all()) else float("inf")
-    return NonFiniteError(f"the state x_{i} overflowed (max |x| = {big:.3g}) {where}: a_i x_(i+1) + b_i m + c_i xi "
-                          f"is not finite in {x_next.dtype} although the model output, the noise and the "
-                          f"coefficients were finite (the model output reached {out.abs().max().item():.3g}){tail}")
+    return NonFiniteError(
+        f"the state x_{i} overflowed (max |x| = {big:.3g}) {where}: a_i x_(i+1) + b_i m + c_i xi "
+        f"is not finite in {x_next.dtype} although the model output, the noise and the "
+        f"coefficients were finite (the model output reached {out.abs().max().item():.3g}){tail}"
+    )
 
 
 def first_bad_step(x: torch.Tensor, T: int) -> int | None:
@@ -39,10 +48,16 @@ def first_bad_step(x: torch.Tensor, T: int) -> int | None:
     return int(bad.max()) if bad.numel() else None
 
 
-def solve_sequential(model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor,
-                     noise: torch.Tensor | None = None, *, state_dtype: torch.dtype = torch.float64,
-                     callback: Callable[[IterationInfo], None] | None = None,
-                     check_finite: bool = True) -> SolveResult:
+def solve_sequential(
+    model: Denoiser,
+    coeffs: SamplerCoefficients,
+    x_T: torch.Tensor,
+    noise: torch.Tensor | None = None,
+    *,
+    state_dtype: torch.dtype = torch.float64,
+    callback: Callable[[IterationInfo], None] | None = None,
+    check_finite: bool = True,
+) -> SolveResult:
     """Run ``x_i = a_i x_{i+1} + b_i m(x_{i+1}, i) + c_i xi_i`` for ``i = T-1 .. 0``, one model call per step.
 
     Never returns a non-finite sample: ``check_finite`` syncs once per step to stop at the first NaN/inf model
@@ -64,17 +79,18 @@ def solve_sequential(model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Te
         return None if noise is None else noise[i].reshape(B, D)
 
     for i in range(T - 1, -1, -1):
-        m_out = call(x[i + 1:i + 2], steps[i:i + 1])[0].to(state_dtype)
+        m_out = call(x[i + 1 : i + 2], steps[i : i + 1])[0].to(state_dtype)
         x[i] = coeffs.step(i, x[i + 1], m_out, noise_of(i))
         if check_finite and not bool(torch.isfinite(m_out).all() & torch.isfinite(x[i]).all()):
             raise diagnose_step(i, T - 1 - i, x[i + 1], m_out, noise_of(i), coeffs, x[i])
         residuals[T - 1 - i, i] = 0.0
         if callback is not None:
-            callback(IterationInfo(T - i, (i, i + 1), i, torch.zeros(1, B, dtype=state_dtype),
-                                   x.reshape(T + 1, B, *shape)))
+            callback(
+                IterationInfo(T - i, (i, i + 1), i, torch.zeros(1, B, dtype=state_dtype), x.reshape(T + 1, B, *shape))
+            )
     if not check_finite and not bool(torch.isfinite(x).all()):
         i = first_bad_step(x, T)
-        out = call(x[i + 1:i + 2], steps[i:i + 1])[0].to(state_dtype)
+        out = call(x[i + 1 : i + 2], steps[i : i + 1])[0].to(state_dtype)
         raise diagnose_step(i, T - 1 - i, x[i + 1], out, noise_of(i), coeffs, x[i])
     traj = x.reshape(T + 1, B, *shape)
     return SolveResult(traj[0], traj, T, T, residuals, True, "sequential", [(i, i + 1) for i in range(T - 1, -1, -1)])
@@ -86,19 +102,41 @@ class SequentialSolver:
 
     method = "sequential"
 
-    def __init__(self, *, state_dtype: torch.dtype | None = None,
-                 callback: Callable[[IterationInfo], None] | None = None, cuda_graph: bool = False,
-                 check_finite: bool = True) -> None:
-        self.state_dtype, self.callback, self.cuda_graph, self.check_finite = (state_dtype, callback, cuda_graph,
-                                                                               check_finite)
+    def __init__(
+        self,
+        *,
+        state_dtype: torch.dtype | None = None,
+        callback: Callable[[IterationInfo], None] | None = None,
+        cuda_graph: bool = False,
+        check_finite: bool = True,
+    ) -> None:
+        self.state_dtype, self.callback, self.cuda_graph, self.check_finite = (
+            state_dtype,
+            callback,
+            cuda_graph,
+            check_finite,
+        )
 
-    def solve(self, model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor,
-              noise: torch.Tensor | None = None, init: torch.Tensor | None = None) -> SolveResult:
+    def solve(
+        self,
+        model: Denoiser,
+        coeffs: SamplerCoefficients,
+        x_T: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        init: torch.Tensor | None = None,
+    ) -> SolveResult:
         if init is not None:
             raise ValueError("init (warm start) does not apply to method='sequential'")
         if self.cuda_graph and x_T.device.type == "cuda":
             from .graphed_sequential import GraphedSequential
 
             return GraphedSequential(model, coeffs, x_T, noise, state_dtype=self.state_dtype or torch.float32).run()
-        return solve_sequential(model, coeffs, x_T, noise, state_dtype=self.state_dtype or torch.float64,
-                                callback=self.callback, check_finite=self.check_finite)
+        return solve_sequential(
+            model,
+            coeffs,
+            x_T,
+            noise,
+            state_dtype=self.state_dtype or torch.float64,
+            callback=self.callback,
+            check_finite=self.check_finite,
+        )

@@ -86,11 +86,30 @@ import torch
 
 from ..model import Denoiser
 from ..schedule import SamplerCoefficients, _affine_prediction
-from ._common import (IterationInfo, ModelCaller, NonFiniteError, SolveResult, _check_int, check_problem,
-                      default_tol_abs, set_common_options)
+from ._common import (
+    IterationInfo,
+    ModelCaller,
+    NonFiniteError,
+    SolveResult,
+    _check_int,
+    check_problem,
+    default_tol_abs,
+    set_common_options,
+)
 
-__all__ = ["SRDS", "SRDSPipelined", "SRDSResult", "Round", "build_schedule", "default_blocks", "allowed_blocks",
-           "coarse_coefficients", "critical_path_model", "srds_benchmark", "main"]
+__all__ = [
+    "SRDS",
+    "SRDSPipelined",
+    "SRDSResult",
+    "Round",
+    "build_schedule",
+    "default_blocks",
+    "allowed_blocks",
+    "coarse_coefficients",
+    "critical_path_model",
+    "srds_benchmark",
+    "main",
+]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -146,8 +165,10 @@ def _check_blocks(blocks: int | None, num_steps: int) -> int:
         return default_blocks(num_steps)
     blocks = _check_int("blocks", blocks, 1)
     if num_steps % blocks:
-        raise ValueError(f"blocks must divide the number of steps T={num_steps}; allowed values: "
-                         f"{allowed_blocks(num_steps)}, got {blocks}")
+        raise ValueError(
+            f"blocks must divide the number of steps T={num_steps}; allowed values: "
+            f"{allowed_blocks(num_steps)}, got {blocks}"
+        )
     return blocks
 
 
@@ -176,8 +197,7 @@ def _frozen_x0_steps(coeffs: SamplerCoefficients) -> tuple[torch.Tensor, torch.T
     return a - b * p / q, b / q, torch.tensor(True)
 
 
-def coarse_coefficients(coeffs: SamplerCoefficients, blocks: int
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def coarse_coefficients(coeffs: SamplerCoefficients, blocks: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The coarse jump of every block: ``G_q(X) = A_q X + B_q m(X, (q+1)S-1) + E_q``.
 
     Returns ``A [K], B [K]`` (float64, CPU) and ``a' [T]``, the per-step factors that carry the noise into
@@ -227,8 +247,9 @@ class Round:
     forms: list[tuple[int, int]]
 
 
-def build_schedule(blocks: int, block_size: int, max_iters: int, *, pipelined: bool,
-                   warm_start: bool = False) -> list[Round]:
+def build_schedule(
+    blocks: int, block_size: int, max_iters: int, *, pipelined: bool, warm_start: bool = False
+) -> list[Round]:
     """Simulate the dependency graph of SRDS up to iteration ``min(max_iters, blocks)`` and return its rounds.
 
     Plain: fine steps ``j >= 1`` of the solves from ``X^p`` wait until the sweep of iteration ``p`` has formed
@@ -274,8 +295,9 @@ def build_schedule(blocks: int, block_size: int, max_iters: int, *, pipelined: b
             if pipelined or lastp[0] >= p:
                 rows.append((q, p, j))
         if not rows:
-            raise RuntimeError(f"SRDS schedule stalled (blocks={K}, block_size={S}, max_iters={max_iters}); "
-                               "this is a bug")
+            raise RuntimeError(
+                f"SRDS schedule stalled (blocks={K}, block_size={S}, max_iters={max_iters}); this is a bug"
+            )
         for q, p, j in rows:
             last = j == S - 1
             if j == 0:
@@ -327,9 +349,17 @@ class SRDS:
     method = "srds"
     pipelined = False
 
-    def __init__(self, *, blocks: int | None = None, tol_abs: float | None = None, tol_rel: float = 1e-3,
-                 max_iters: int | None = None, state_dtype: torch.dtype | None = None,
-                 callback: Callable[[IterationInfo], None] | None = None, backend: str = "torch") -> None:
+    def __init__(
+        self,
+        *,
+        blocks: int | None = None,
+        tol_abs: float | None = None,
+        tol_rel: float = 1e-3,
+        max_iters: int | None = None,
+        state_dtype: torch.dtype | None = None,
+        callback: Callable[[IterationInfo], None] | None = None,
+        backend: str = "torch",
+    ) -> None:
         if backend not in ("torch", "triton"):
             raise ValueError(f"backend must be 'torch' or 'triton', got {backend!r}")
         self.blocks = None if blocks is None else _check_int("blocks", blocks, 1)
@@ -337,8 +367,7 @@ class SRDS:
 
     window_shrunk_to: int | None = None
 
-    def _call_rows(self, call: ModelCaller, inp: torch.Tensor, steps: torch.Tensor, dev: torch.device
-                   ) -> torch.Tensor:
+    def _call_rows(self, call: ModelCaller, inp: torch.Tensor, steps: torch.Tensor, dev: torch.device) -> torch.Tensor:
         """One batched model call on ``inp [n, B, D]``; out of memory splits it into calls of half as many steps
         (rows are independent, so the outputs, and the answer, do not change) and keeps that limit for the solve."""
         n = inp.shape[0]
@@ -347,19 +376,29 @@ class SRDS:
             try:
                 if lim == n:
                     return call(inp, steps)
-                return torch.cat([call(inp[i:i + lim], steps[i:i + lim]) for i in range(0, n, lim)])
+                return torch.cat([call(inp[i : i + lim], steps[i : i + lim]) for i in range(0, n, lim)])
             except torch.OutOfMemoryError as e:
                 if lim == 1:
-                    raise torch.OutOfMemoryError(f"out of memory even with one step ({inp.shape[1]} trajectories) "
-                                                 f"per model call: {e}") from e
+                    raise torch.OutOfMemoryError(
+                        f"out of memory even with one step ({inp.shape[1]} trajectories) per model call: {e}"
+                    ) from e
                 self.window_shrunk_to = max(1, lim // 2)
-                warnings.warn(f"out of memory with {lim} steps per model call: continuing with "
-                              f"{self.window_shrunk_to}", RuntimeWarning, stacklevel=3)
+                warnings.warn(
+                    f"out of memory with {lim} steps per model call: continuing with {self.window_shrunk_to}",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
                 if dev.type == "cuda":
                     torch.cuda.empty_cache()
 
-    def solve(self, model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor,
-              noise: torch.Tensor | None = None, init: torch.Tensor | None = None) -> SRDSResult:
+    def solve(
+        self,
+        model: Denoiser,
+        coeffs: SamplerCoefficients,
+        x_T: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        init: torch.Tensor | None = None,
+    ) -> SRDSResult:
         """Sample ``B`` trajectories from ``x_T [B, *sample_shape]``.
 
         noise: ``[T, B, *sample_shape]`` pre-drawn standard normals (required when the sampler adds noise).
@@ -427,7 +466,7 @@ class SRDS:
         windows: list[tuple[int, int]] = []
         rows_per_call: list[int] = []
         for rd, (o, n, oi, ni) in zip(rounds, meta):
-            steps, iters = idx[o:o + n], idx[o + n:o + 2 * n]
+            steps, iters = idx[o : o + n], idx[o + n : o + 2 * n]
             inp = torch.stack([X[(q + 1, p)] if j == 0 else state[(q, p)] for q, p, j in rd.rows])
             out = self._call_rows(call, inp, steps, dev).to(dt)
             nfe += n
@@ -439,7 +478,7 @@ class SRDS:
             if xi is not None and stochastic:
                 new = new + c[steps, None, None] * xi[steps].to(dt)
             if ni:
-                x.index_copy_(0, idx[oi + ni:oi + 2 * ni], new.index_select(0, idx[oi:oi + ni]))
+                x.index_copy_(0, idx[oi + ni : oi + 2 * ni], new.index_select(0, idx[oi : oi + ni]))
             for r, (q, p, j) in enumerate(rd.rows):
                 if j == 0:
                     m0[(q, p)] = out[r]
@@ -481,29 +520,44 @@ class SRDS:
                     windows.append((0, hi))
                     converged = p >= K or inc_val <= threshold0
                     if self.callback is not None:
-                        self.callback(IterationInfo(p, (0, hi), (K - p) * S, res[p - 1, :hi].to(dt),
-                                                    x.reshape(T + 1, B, *shape)))
+                        self.callback(
+                            IterationInfo(p, (0, hi), (K - p) * S, res[p - 1, :hi].to(dt), x.reshape(T + 1, B, *shape))
+                        )
                     if converged:  # several iterations can finish in one call (one-step blocks)
                         break
             if converged or done_iters >= P:
                 break
 
         traj = x.reshape(T + 1, B, *shape)
-        return SRDSResult(sample=traj[0], trajectory=traj, iterations=done_iters, nfe=nfe,
-                          residuals=res[:done_iters].amax(dim=-1).cpu(), converged=converged, method=self.method,
-                          window_history=windows, critical_path=call.calls, blocks=K,
-                          increments=torch.tensor(increments, dtype=torch.float64), rows_per_call=rows_per_call)
+        return SRDSResult(
+            sample=traj[0],
+            trajectory=traj,
+            iterations=done_iters,
+            nfe=nfe,
+            residuals=res[:done_iters].amax(dim=-1).cpu(),
+            converged=converged,
+            method=self.method,
+            window_history=windows,
+            critical_path=call.calls,
+            blocks=K,
+            increments=torch.tensor(increments, dtype=torch.float64),
+            rows_per_call=rows_per_call,
+        )
 
     @staticmethod
     def _raise_nonfinite(bad_count: torch.Tensor, bad_iter: torch.Tensor, iteration: int) -> None:
         steps = bad_count.nonzero().flatten().tolist()
         if not steps:
-            raise NonFiniteError(f"the SRDS iterates are NaN/inf in iteration {iteration} (they diverged; the model "
-                                 "outputs were finite); the sampler stopped and returns no image")
+            raise NonFiniteError(
+                f"the SRDS iterates are NaN/inf in iteration {iteration} (they diverged; the model "
+                "outputs were finite); the sampler stopped and returns no image"
+            )
         its = bad_iter[steps].tolist()
         desc = ", ".join(f"step {s} (iteration {i})" for s, i in list(zip(steps, its))[:8])
-        raise NonFiniteError(f"the model output is NaN/inf at {desc}{' ...' if len(steps) > 8 else ''}; "
-                             f"detected at the end of iteration {iteration}; the sampler stopped and returns no image")
+        raise NonFiniteError(
+            f"the model output is NaN/inf at {desc}{' ...' if len(steps) > 8 else ''}; "
+            f"detected at the end of iteration {iteration}; the sampler stopped and returns no image"
+        )
 
 
 class SRDSPipelined(SRDS):
@@ -516,8 +570,15 @@ class SRDSPipelined(SRDS):
 # ------------------------------------------------------------------------------------------------------------
 # benchmark hook
 # ------------------------------------------------------------------------------------------------------------
-def srds_benchmark(num_steps: tuple[int, ...] = (25, 100, 1000), *, eta: float = 0.0, tol: float = 1e-3,
-                   batch: int = 2, seed: int = 0, blocks: int | None = None) -> list[dict]:
+def srds_benchmark(
+    num_steps: tuple[int, ...] = (25, 100, 1000),
+    *,
+    eta: float = 0.0,
+    tol: float = 1e-3,
+    batch: int = 2,
+    seed: int = 0,
+    blocks: int | None = None,
+) -> list[dict]:
     """Latency of SRDS on the analytic default problem (``python -m paratriton sample``'s Gaussian mixture, shape
     ``[batch, 4, 8, 8]``, ``default_schedule(T, eta)``), one row per ``T``.
 
@@ -545,13 +606,23 @@ def srds_benchmark(num_steps: tuple[int, ...] = (25, 100, 1000), *, eta: float =
         pipe = SRDSPipelined(blocks=blocks, tol_abs=tol, tol_rel=tol).solve(model, coeffs, x_T, noise)
         K, P = plain.blocks, plain.iterations
         assert pipe.iterations == P and pipe.converged == plain.converged
-        rows.append({"T": T, "K": K, "P": P, "err_per_iter": " ".join(f"{e:.0e}" for e in errs),
-                     "calls_plain": plain.critical_path, "calls_pipe": pipe.critical_path,
-                     "nfe_plain": plain.nfe, "nfe_pipe": pipe.nfe,
-                     "speedup_plain": f"{T / plain.critical_path:.2f}", "speedup_pipe": f"{T / pipe.critical_path:.2f}",
-                     "peers_plain": K + P * (T // K + K),
-                     "calls_P1": f"{critical_path_model(T, K, 1, pipelined=False)}/"
-                                 f"{critical_path_model(T, K, 1, pipelined=True)}"})
+        rows.append(
+            {
+                "T": T,
+                "K": K,
+                "P": P,
+                "err_per_iter": " ".join(f"{e:.0e}" for e in errs),
+                "calls_plain": plain.critical_path,
+                "calls_pipe": pipe.critical_path,
+                "nfe_plain": plain.nfe,
+                "nfe_pipe": pipe.nfe,
+                "speedup_plain": f"{T / plain.critical_path:.2f}",
+                "speedup_pipe": f"{T / pipe.critical_path:.2f}",
+                "peers_plain": K + P * (T // K + K),
+                "calls_P1": f"{critical_path_model(T, K, 1, pipelined=False)}/"
+                f"{critical_path_model(T, K, 1, pipelined=True)}",
+            }
+        )
     return rows
 
 

@@ -6,6 +6,7 @@ import torch
 
 from ..schedule import SamplerCoefficients
 
+
 class GaussianMixture:
     """Data ``x0 ~ sum_k w_k N(mu_k, s^2 I)``; noised ``x = alpha x0 + sigma eps`` stays a Gaussian mixture, so
     ``E[x0 | x]`` and ``E[eps | x]`` are exact softmax-weighted sums.
@@ -27,8 +28,9 @@ class GaussianMixture:
         self.std = float(std)
 
     @classmethod
-    def random(cls, sample_shape: tuple[int, ...], num_components: int = 4, std: float = 0.3, seed: int = 0,
-               scale: float = 1.0) -> "GaussianMixture":
+    def random(
+        cls, sample_shape: tuple[int, ...], num_components: int = 4, std: float = 0.3, seed: int = 0, scale: float = 1.0
+    ) -> "GaussianMixture":
         g = torch.Generator().manual_seed(seed)
         means = scale * torch.randn(num_components, *sample_shape, generator=g, dtype=torch.float64)
         weights = torch.rand(num_components, generator=g, dtype=torch.float64) + 0.5
@@ -95,8 +97,10 @@ class GaussianMixture:
         z = torch.randn(n, *self.sample_shape, generator=generator, dtype=torch.float64)
         return self.means.cpu()[k] + self.std * z
 
-def default_schedule(num_steps: int, eta: float = 0.0, num_train_timesteps: int = 1000,
-                     beta_start: float = 1e-4, beta_end: float = 0.02) -> SamplerCoefficients:
+
+def default_schedule(
+    num_steps: int, eta: float = 0.0, num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+) -> SamplerCoefficients:
     """DDIM (``eta``) coefficients of the linear-beta schedule with trailing spacing, without diffusers."""
     betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)
     ac = torch.cumprod(1 - betas, 0)
@@ -111,4 +115,3 @@ def default_schedule(num_steps: int, eta: float = 0.0, num_train_timesteps: int 
     a = ab_prev.sqrt() / alpha
     b = d - ab_prev.sqrt() * sigma / alpha
     return SamplerCoefficients(a, b, std, var.clamp_min(0).sqrt(), ts.double(), alpha, sigma, "epsilon")
-

@@ -95,8 +95,9 @@ def import_kernels_interpreted() -> list[str]:
                 importlib.import_module(n)
                 done.append(n)
             except Exception as e:  # noqa: BLE001 -- e.g. a work-in-progress kernel module
-                warnings.warn(f"tests/ops: could not import the kernel module {n}: {type(e).__name__}: {e}",
-                              stacklevel=1)
+                warnings.warn(
+                    f"tests/ops: could not import the kernel module {n}: {type(e).__name__}: {e}", stacklevel=1
+                )
     finally:
         if prev is None:
             os.environ.pop("TRITON_INTERPRET", None)
@@ -112,14 +113,19 @@ def setup() -> None:
     global SETUP_ERROR
     if not CUDA:
         if triton_is_interpreted() is False:
-            SETUP_ERROR = ("triton was imported (for compiled kernels) before tests/ops/conftest.py could set "
-                           "TRITON_INTERPRET=1; on a CPU-only machine run the op tests in a process of their own or "
-                           "with TRITON_INTERPRET=1 set")
+            SETUP_ERROR = (
+                "triton was imported (for compiled kernels) before tests/ops/conftest.py could set "
+                "TRITON_INTERPRET=1; on a CPU-only machine run the op tests in a process of their own or "
+                "with TRITON_INTERPRET=1 set"
+            )
             return
         import_kernels_interpreted()
     elif os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        warnings.warn("TRITON_INTERPRET is set on a CUDA machine: the op tests run the interpreter, not the compiled "
-                      "kernels (unset it to test the compiled Triton kernels)", stacklevel=1)
+        warnings.warn(
+            "TRITON_INTERPRET is set on a CUDA machine: the op tests run the interpreter, not the compiled "
+            "kernels (unset it to test the compiled Triton kernels)",
+            stacklevel=1,
+        )
 
 
 def to(t, device=None):

@@ -24,8 +24,15 @@ def ints(values):
     return torch.tensor(values, device=DEVICE)
 
 
-@pytest.mark.parametrize("m,n,B,D,dtype", [(1, 1, 1, 5, torch.float64), (2, 4, 2, 70, torch.float64),
-                                           (5, 3, 1, 33, torch.float32), (3, 5, 2, 40, torch.float16)])
+@pytest.mark.parametrize(
+    "m,n,B,D,dtype",
+    [
+        (1, 1, 1, 5, torch.float64),
+        (2, 4, 2, 70, torch.float64),
+        (5, 3, 1, 33, torch.float32),
+        (3, 5, 2, 40, torch.float16),
+    ],
+)
 def test_gram_matches_reference(m, n, B, D, dtype, rel):
     dR, R = rnd(m, n, B, D, seed=1, dtype=dtype), rnd(n, B, D, seed=2, dtype=dtype)
     G, h = anderson_gram(dR.double(), R.double())  # float64 oracle of the same values
@@ -125,8 +132,15 @@ def test_ring_update_in_place(M, slot, rel):
     assert not x.is_contiguous()
 
 
-@pytest.mark.parametrize("M,slot,order,noise,model", [(3, 1, 5, True, torch.float16), (2, 0, 2, False, torch.float32),
-                                                      (6, 5, 5, True, torch.float16), (1, 0, 5, True, torch.float16)])
+@pytest.mark.parametrize(
+    "M,slot,order,noise,model",
+    [
+        (3, 1, 5, True, torch.float16),
+        (2, 0, 2, False, torch.float32),
+        (6, 5, 5, True, torch.float16),
+        (1, 0, 5, True, torch.float16),
+    ],
+)
 def test_fused_residual_gram_and_history_push(M, slot, order, noise, model, rel):
     n, B, D = 5, 2, 45
     x = rnd(n + 1, B, D, seed=50)

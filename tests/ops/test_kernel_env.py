@@ -24,7 +24,10 @@ def _kernels():
         if mod is None:
             continue
         for k, v in vars(mod).items():
-            if isinstance(v, (JITFunction, InterpretedFunction)) and getattr(getattr(v, "fn", None), "__module__", name) == name:
+            if (
+                isinstance(v, (JITFunction, InterpretedFunction))
+                and getattr(getattr(v, "fn", None), "__module__", name) == name
+            ):
                 found[f"{name}.{k}"] = v
     return found
 
@@ -61,8 +64,7 @@ def test_a_kernel_runs_on_the_test_device():
     h = torch.ones(3, 1, 2, dtype=torch.float64, device=DEVICE)
     out = masked_lstsq_triton(G, h, torch.tensor([0, 1, 2], device=DEVICE), 0.0, 0.0)
     assert out.device.type == DEVICE.type
-    torch.testing.assert_close(out.cpu(), torch.tensor([[[0.0, 0.0]], [[0.5, 0.0]], [[0.5, 0.5]]],
-                                                       dtype=torch.float64))
+    torch.testing.assert_close(out.cpu(), torch.tensor([[[0.0, 0.0]], [[0.5, 0.0]], [[0.5, 0.5]]], dtype=torch.float64))
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")

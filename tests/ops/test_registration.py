@@ -30,8 +30,10 @@ def window(n=4, B=2, D=6, M=3, model=torch.float16, seed=0, device="cpu"):
     r = lambda *s, sd, dt=torch.float64: rnd(*s, seed=sd, dtype=dt, device=device)  # noqa: E731
     x, mo, xi = r(n + 1, B, D, sd=seed), r(n, B, D, sd=seed + 1, dt=model), r(n, B, D, sd=seed + 2)
     a = (1 + 0.1 * torch.rand(n, generator=g, dtype=torch.float64)).to(device)
-    b, c = (-torch.rand(n, generator=g, dtype=torch.float64)).to(device), torch.rand(n, generator=g,
-                                                                                      dtype=torch.float64).to(device)
+    b, c = (
+        (-torch.rand(n, generator=g, dtype=torch.float64)).to(device),
+        torch.rand(n, generator=g, dtype=torch.float64).to(device),
+    )
     thr = torch.full((n,), 0.3, dtype=torch.float64, device=device)
     return x, mo, xi, a, b, c, thr, r(M, n, B, D, sd=seed + 3), r(M, n, B, D, sd=seed + 4)
 
@@ -50,8 +52,16 @@ def test_opcheck_every_op(device):
         (ops.order_k_residual, (r(n, B, D), a, 2, False)),
         (ops.order_k_residual, (r(n, B, D), a, 9, True)),
         (ops.anderson_gram, (r(m, n, B, D), r(n, B, D))),
-        (ops.masked_lstsq, (torch.eye(m, dtype=torch.float64, device=device).repeat(n, B, 1, 1) * 2, r(n, B, m),
-                            torch.tensor([0, 1, 2, 2], device=device), 1e-3, 1e-30)),
+        (
+            ops.masked_lstsq,
+            (
+                torch.eye(m, dtype=torch.float64, device=device).repeat(n, B, 1, 1) * 2,
+                r(n, B, m),
+                torch.tensor([0, 1, 2, 2], device=device),
+                1e-3,
+                1e-30,
+            ),
+        ),
         (ops.anderson_update, (r(n, B, D), r(n, B, D), r(m, n, B, D), r(m, n, B, D), r(n, B, m))),
         (ops.taa_residual, (x, mo, xi, a, b, c, thr, hR, hY, 1, n, False)),
         (ops.taa_update, (r(n, B, D), hY, r(n, B, m), 2)),
@@ -123,21 +133,40 @@ def gm_problem(request):
     return cf, gm.denoiser(cf), x_T, noise
 
 
-@pytest.mark.parametrize("method,opts", [("taa", {}), ("taa", dict(window=5, history=3, order=2)),
-                                         ("aa", dict(history=2)), ("fp", dict(order=3)), ("picard", {})])
+@pytest.mark.parametrize(
+    "method,opts",
+    [
+        ("taa", {}),
+        ("taa", dict(window=5, history=3, order=2)),
+        ("aa", dict(history=2)),
+        ("fp", dict(order=3)),
+        ("picard", {}),
+    ],
+)
 def test_solver_backend_auto_equals_reference(gm_problem, method, opts):
     """backend="auto" (the registered ops: C++/references on the CPU, Triton on CUDA) against the plain-torch
     references, in float64 state on either device."""
     cf, model, x_T, noise = gm_problem
-    res = {be: pt.solve(model, cf, x_T, noise, method=method, tol_abs=1e-9, tol_rel=1e-9, backend=be,
-                        state_dtype=torch.float64, **opts)
-           for be in ("reference", "auto")}
+    res = {
+        be: pt.solve(
+            model,
+            cf,
+            x_T,
+            noise,
+            method=method,
+            tol_abs=1e-9,
+            tol_rel=1e-9,
+            backend=be,
+            state_dtype=torch.float64,
+            **opts,
+        )
+        for be in ("reference", "auto")
+    }
     assert res["reference"].iterations == res["auto"].iterations
     assert res["auto"].converged
     assert res["auto"].sample.device == x_T.device
     torch.testing.assert_close(res["auto"].sample, res["reference"].sample, rtol=0, atol=1e-12)
-    torch.testing.assert_close(res["auto"].residuals, res["reference"].residuals, rtol=1e-6, atol=1e-14,
-                               equal_nan=True)
+    torch.testing.assert_close(res["auto"].residuals, res["reference"].residuals, rtol=1e-6, atol=1e-14, equal_nan=True)
 
 
 def test_backend_is_validated():

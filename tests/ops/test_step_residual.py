@@ -28,18 +28,21 @@ def make(n, B, D, state=torch.float64, model=torch.float16, noise=True, strided=
     return x, mo, xi, a.to(DEVICE), b.to(DEVICE), c.to(DEVICE)
 
 
-@pytest.mark.parametrize("n,B,D,model,noise,strided", [
-    (1, 1, 1, torch.float16, True, False),      # one-step window, one value
-    (5, 2, 131, torch.float16, True, False),    # D not a multiple of the block, B > 1
-    (4, 3, 70, torch.float32, False, True),     # no noise (DDIM), non-contiguous inputs
-    (3, 1, 40, torch.bfloat16, True, False),
-])
+@pytest.mark.parametrize(
+    "n,B,D,model,noise,strided",
+    [
+        (1, 1, 1, torch.float16, True, False),  # one-step window, one value
+        (5, 2, 131, torch.float16, True, False),  # D not a multiple of the block, B > 1
+        (4, 3, 70, torch.float32, False, True),  # no noise (DDIM), non-contiguous inputs
+        (3, 1, 40, torch.bfloat16, True, False),
+    ],
+)
 def test_residual_rms_top_and_order_k_match_reference(n, B, D, model, noise, strided, rel):
     x, mo, xi, a, b, c = make(n, B, D, model=model, noise=noise, strided=strided)
     r, rms, _ = step_residual(x, mo, xi, a, b, c, torch.zeros(n, dtype=torch.float64, device=DEVICE))
     # thresholds that split the steps: the top unconverged step is known exactly
     thr = rms.amax(1).clone()
-    thr[:: 2] = 0.0
+    thr[::2] = 0.0
     top_ref = step_residual(x, mo, xi, a, b, c, thr)[2]
     for order in sorted({n, max(1, n - 2), 1}):
         for unit in (False, True):

@@ -62,16 +62,20 @@ def tol_of(state, model):
 # ---------------------------------------------------------------------------------------------------- residual
 
 
-@pytest.mark.parametrize("T,H,B,D,lo,anchor,noise,strided,nan_row", [
-    (10, 4, 2, 7, 3, 6, True, False, 3),       # padded row above the anchor holds a NaN: masked, not bad
-    (10, 10, 1, 33, 0, 10, False, False, None),  # H = T, full window
-    (8, 1, 3, 1, 5, 9, True, False, None),     # one-step window, D = 1
-    (12, 5, 2, 1000, 2, 4, True, True, 4),     # non-contiguous, padded rows
-    (9, 4, 2, 5, 3, 6, True, False, 1),        # NaN in an active row: unconverged and bad
-    (9, 4, 1, 5, 4, 3, False, False, None),    # lo >= anchor: no active row, top = lo
-])
-@pytest.mark.parametrize("state,model", [(torch.float64, torch.float64), (torch.float32, torch.float16),
-                                         (torch.float32, torch.bfloat16)])
+@pytest.mark.parametrize(
+    "T,H,B,D,lo,anchor,noise,strided,nan_row",
+    [
+        (10, 4, 2, 7, 3, 6, True, False, 3),  # padded row above the anchor holds a NaN: masked, not bad
+        (10, 10, 1, 33, 0, 10, False, False, None),  # H = T, full window
+        (8, 1, 3, 1, 5, 9, True, False, None),  # one-step window, D = 1
+        (12, 5, 2, 1000, 2, 4, True, True, 4),  # non-contiguous, padded rows
+        (9, 4, 2, 5, 3, 6, True, False, 1),  # NaN in an active row: unconverged and bad
+        (9, 4, 1, 5, 4, 3, False, False, None),  # lo >= anchor: no active row, top = lo
+    ],
+)
+@pytest.mark.parametrize(
+    "state,model", [(torch.float64, torch.float64), (torch.float32, torch.float16), (torch.float32, torch.bfloat16)]
+)
 def test_window_residual(T, H, B, D, lo, anchor, noise, strided, nan_row, state, model):
     x, mo, xi, a, b, c, _, _ = make(T, H, B, D, state=state, model=model, noise=noise, strided=strided)
     if nan_row is not None:
@@ -93,8 +97,9 @@ def test_window_residual(T, H, B, D, lo, anchor, noise, strided, nan_row, state,
 def test_window_residual_top_in_the_middle():
     T, H, B, D, lo = 12, 6, 2, 9, 3
     x, mo, xi, a, b, c, _, _ = make(T, H, B, D)
-    rms0, _, _ = res_naive.window_residual(x, mo, xi, a, b, c, torch.zeros(T, dtype=x.dtype, device=DEVICE),
-                                           i64(lo), i64(T))
+    rms0, _, _ = res_naive.window_residual(
+        x, mo, xi, a, b, c, torch.zeros(T, dtype=x.dtype, device=DEVICE), i64(lo), i64(T)
+    )
     thr = torch.full((T,), 1e9, dtype=x.dtype, device=DEVICE)
     thr[lo + 2] = 0.5 * rms0[2, 1]  # only step lo + 2 fails, and only for trajectory 1
     rms, top, bad = window_residual_triton(x, mo, xi, a, b, c, thr, i64(lo), i64(T))
@@ -106,14 +111,14 @@ def test_window_residual_top_in_the_middle():
 
 WALK_CASES = [
     # T, H, B, D, lo, top - lo, order, unit, noise, M, slot, strided
-    (10, 4, 2, 7, 3, 2, 1, False, True, 2, 1, False),      # order 1, padded rows above top
+    (10, 4, 2, 7, 3, 2, 1, False, True, 2, 1, False),  # order 1, padded rows above top
     (10, 10, 1, 33, 0, 9, 10, False, False, 3, 0, False),  # H = T, order = H (whole window), nothing frozen
-    (8, 1, 3, 1, 5, 0, 3, True, True, 4, 2, False),        # one step, D = 1
-    (12, 7, 2, 300, 2, 4, 3, False, True, 6, 5, True),     # banded, top in the middle, M = 6, non-contiguous
-    (12, 7, 2, 300, 2, 2, 2, True, False, 9, 3, False),    # banded unit weights, M = 9 (8 secant columns)
-    (12, 7, 2, 30, 2, 6, 50, False, True, 5, 0, False),    # order >= H, M = 5
-    (11, 9, 1, 1000, 1, 0, 3, False, True, 2, 0, False),   # top at lo
-    (16, 13, 2, 17, 2, 10, 2, False, True, 3, 2, True),    # sliding lo, odd H
+    (8, 1, 3, 1, 5, 0, 3, True, True, 4, 2, False),  # one step, D = 1
+    (12, 7, 2, 300, 2, 4, 3, False, True, 6, 5, True),  # banded, top in the middle, M = 6, non-contiguous
+    (12, 7, 2, 300, 2, 2, 2, True, False, 9, 3, False),  # banded unit weights, M = 9 (8 secant columns)
+    (12, 7, 2, 30, 2, 6, 50, False, True, 5, 0, False),  # order >= H, M = 5
+    (11, 9, 1, 1000, 1, 0, 3, False, True, 2, 0, False),  # top at lo
+    (16, 13, 2, 17, 2, 10, 2, False, True, 3, 2, True),  # sliding lo, odd H
 ]
 CONFIGS = [None, (4, 32, 4, 1), (1, 16, 1, 1)]  # defaults, order < BLOCK_P (k inside a tile), one-row tiles
 
@@ -146,8 +151,7 @@ def test_window_taa_push(T, H, B, D, lo, dtop, order, unit, noise, M, slot, stri
     top = lo + dtop
     frozen_nans(mo, hR, lo, top, H, slot, M)
     hR0, hY0 = hR.clone(), hY.clone()
-    G, h = window_taa_push_triton(x, mo, xi, a, b, c, i64(lo), i64(top), hR, hY, i64(slot), order, unit,
-                                  config=config)
+    G, h = window_taa_push_triton(x, mo, xi, a, b, c, i64(lo), i64(top), hR, hY, i64(slot), order, unit, config=config)
     G0, h0 = taa_naive.window_taa_push(x, mo, xi, a, b, c, i64(lo), i64(top), hR0, hY0, i64(slot), order, unit)
     assert G.shape == G0.shape and h.shape == h0.shape and G.dtype == G0.dtype
     close(hR, hR0, 1e-12)  # the whole ring: slot `slot` rows lo .. lo+H-1 written, nothing else touched
@@ -179,13 +183,16 @@ def test_float32_state_half_model(model, order):
 # ------------------------------------------------------------------------------------------------------ update
 
 
-@pytest.mark.parametrize("T,H,B,D,lo,dtop,M,slot,strided", [
-    (10, 4, 2, 7, 3, 2, 2, 1, False),
-    (10, 10, 1, 33, 0, 9, 3, 0, False),
-    (8, 1, 3, 1, 5, 0, 4, 3, False),
-    (12, 7, 2, 300, 2, 4, 9, 5, True),
-    (11, 9, 1, 1000, 1, 0, 5, 4, False),
-])
+@pytest.mark.parametrize(
+    "T,H,B,D,lo,dtop,M,slot,strided",
+    [
+        (10, 4, 2, 7, 3, 2, 2, 1, False),
+        (10, 10, 1, 33, 0, 9, 3, 0, False),
+        (8, 1, 3, 1, 5, 0, 4, 3, False),
+        (12, 7, 2, 300, 2, 4, 9, 5, True),
+        (11, 9, 1, 1000, 1, 0, 5, 4, False),
+    ],
+)
 def test_window_taa_update(T, H, B, D, lo, dtop, M, slot, strided):
     x, _, _, _, _, _, _, hY = make(T, H, B, D, strided=strided, M=M)
     g = torch.Generator().manual_seed(5)
@@ -253,8 +260,9 @@ def test_opcheck_window_ops(device):
         torch.library.opcheck(op, args)
 
 
-@pytest.mark.parametrize("H,B,lo,anchor,top", [(1, 1, 0, 1, 0), (7, 3, 2, 9, 5), (300, 2, 0, 280, 200),
-                                               (5, 1, 4, 6, 4)])
+@pytest.mark.parametrize(
+    "H,B,lo,anchor,top", [(1, 1, 0, 1, 0), (7, 3, 2, 9, 5), (300, 2, 0, 280, 200), (5, 1, 4, 6, 4)]
+)
 @pytest.mark.parametrize("safeguard", [True, False])
 @pytest.mark.parametrize("triangular", [True, False])
 @pytest.mark.parametrize("ring", [2, 4])

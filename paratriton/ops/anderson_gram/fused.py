@@ -65,10 +65,23 @@ def _load_col(ptr, j: tl.constexpr, s_j, off, mask, dt: tl.constexpr):
 
 @triton.jit
 def _gram_direct_kernel(
-    part_ptr, dR_ptr, R_ptr,
-    n, D, nblk,
-    s_cj, s_cp, s_cb, s_cd, s_Rp, s_Rb, s_Rd,
-    MH: tl.constexpr, NG: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
+    part_ptr,
+    dR_ptr,
+    R_ptr,
+    n,
+    D,
+    nblk,
+    s_cj,
+    s_cp,
+    s_cb,
+    s_cd,
+    s_Rp,
+    s_Rb,
+    s_Rd,
+    MH: tl.constexpr,
+    NG: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """Partial Gram products of explicit columns ``dR [MH, n, B, D]`` and ``R [n, B, D]`` (one program per D block)."""
     dt: tl.constexpr = part_ptr.dtype.element_ty
@@ -100,8 +113,14 @@ def _gram_direct_kernel(
 
 @triton.jit
 def _block_sum_kernel(
-    part_ptr, tot_ptr, n, nblk, g_start,
-    NG: tl.constexpr, P_CHUNK: tl.constexpr, BLK_CHUNK: tl.constexpr,
+    part_ptr,
+    tot_ptr,
+    n,
+    nblk,
+    g_start,
+    NG: tl.constexpr,
+    P_CHUNK: tl.constexpr,
+    BLK_CHUNK: tl.constexpr,
 ):
     """Program ``(b, g, chunk)``: ``tot[b, g, p] = sum_blk part[b, blk, g, p]`` for ``P_CHUNK`` steps ``p``."""
     b = tl.program_id(0).to(tl.int64)
@@ -118,9 +137,20 @@ def _block_sum_kernel(
 
 @triton.jit
 def _gram_finish_kernel(
-    tot_ptr, G_ptr, h_ptr, rms_ptr, thr_ptr, top_ptr,
-    n, B, D, g_start,
-    MH: tl.constexpr, NG: tl.constexpr, N_PAD: tl.constexpr, WITH_SUMSQ: tl.constexpr,
+    tot_ptr,
+    G_ptr,
+    h_ptr,
+    rms_ptr,
+    thr_ptr,
+    top_ptr,
+    n,
+    B,
+    D,
+    g_start,
+    MH: tl.constexpr,
+    NG: tl.constexpr,
+    N_PAD: tl.constexpr,
+    WITH_SUMSQ: tl.constexpr,
 ):
     """Program ``(b, g)``: from the per-step totals, either the RMS and the top unconverged step (``g = 0``) or the
     suffix sum over steps (``sum_{q >= p}``) written into ``G [n, B, MH, MH]`` / ``h [n, B, MH]``.
@@ -166,9 +196,19 @@ def _store_suffix(G_ptr, h_ptr, g, acc, q, jmask, b, B, MH: tl.constexpr):
         tl.store(G_ptr + ((q * B + b) * MH + gj) * MH + gi, suffix, mask=jmask)
 
 
-def launch_reduce(part: torch.Tensor, G: torch.Tensor, h: torch.Tensor, rms: torch.Tensor | None,
-                  threshold: torch.Tensor | None, top: torch.Tensor | None, n: int, B: int, D: int, mh: int,
-                  with_sumsq: bool) -> None:
+def launch_reduce(
+    part: torch.Tensor,
+    G: torch.Tensor,
+    h: torch.Tensor,
+    rms: torch.Tensor | None,
+    threshold: torch.Tensor | None,
+    top: torch.Tensor | None,
+    n: int,
+    B: int,
+    D: int,
+    mh: int,
+    with_sumsq: bool,
+) -> None:
     """Reduce ``part [B, nblk, NG, n]`` into ``G [n, B, mh, mh]``, ``h [n, B, mh]`` (contiguous, part's dtype) and,
     when ``with_sumsq``, ``rms [n, B]`` plus an atomic max into ``top`` (which must hold -1 beforehand).
 
@@ -182,18 +222,31 @@ def launch_reduce(part: torch.Tensor, G: torch.Tensor, h: torch.Tensor, rms: tor
     p_chunk = min(triton.next_power_of_2(n), 16)
     blk_chunk = max(1, min(triton.next_power_of_2(nblk), 2048 // p_chunk))
     _block_sum_kernel[(B, ng - g_start, triton.cdiv(n, p_chunk))](
-        part, tot, n, nblk, g_start, NG=ng, P_CHUNK=p_chunk, BLK_CHUNK=blk_chunk, num_warps=4)
+        part, tot, n, nblk, g_start, NG=ng, P_CHUNK=p_chunk, BLK_CHUNK=blk_chunk, num_warps=4
+    )
     dummy = part
     _gram_finish_kernel[(B, ng - g_start)](
-        tot, G if G.numel() else dummy, h if h.numel() else dummy,
-        rms if rms is not None else dummy, threshold if threshold is not None else dummy,
+        tot,
+        G if G.numel() else dummy,
+        h if h.numel() else dummy,
+        rms if rms is not None else dummy,
+        threshold if threshold is not None else dummy,
         top if top is not None else dummy,
-        n, B, D, g_start, MH=max(mh, 1), NG=ng, N_PAD=triton.next_power_of_2(max(n, 1)),
-        WITH_SUMSQ=with_sumsq, num_warps=4)
+        n,
+        B,
+        D,
+        g_start,
+        MH=max(mh, 1),
+        NG=ng,
+        N_PAD=triton.next_power_of_2(max(n, 1)),
+        WITH_SUMSQ=with_sumsq,
+        num_warps=4,
+    )
 
 
-def anderson_gram_triton(dR: torch.Tensor, R: torch.Tensor, *, block_p: int = 8, block_d: int = 128,
-                         num_warps: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+def anderson_gram_triton(
+    dR: torch.Tensor, R: torch.Tensor, *, block_p: int = 8, block_d: int = 128, num_warps: int = 4
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton version of ``naive.anderson_gram``: dR ``[m, n, B, D]``, R ``[n, B, D]`` (any float dtypes, any
     strides) -> ``G [n, B, m, m]``, ``h [n, B, m]`` in ``promote(dR.dtype, float32)``."""
     m, n, B, D = dR.shape
@@ -211,7 +264,19 @@ def anderson_gram_triton(dR: torch.Tensor, R: torch.Tensor, *, block_p: int = 8,
     ng = num_slots(m)
     part = torch.empty(B, nblk, ng, n, dtype=acc, device=dR.device)
     _gram_direct_kernel[(B * nblk,)](
-        part, dR, R, n, D, nblk, *dR.stride(), *R.stride(),
-        MH=m, NG=ng, BLOCK_P=block_p, BLOCK_D=block_d, num_warps=num_warps)
+        part,
+        dR,
+        R,
+        n,
+        D,
+        nblk,
+        *dR.stride(),
+        *R.stride(),
+        MH=m,
+        NG=ng,
+        BLOCK_P=block_p,
+        BLOCK_D=block_d,
+        num_warps=num_warps,
+    )
     launch_reduce(part, G, h, None, None, None, n, B, D, m, with_sumsq=False)
     return G, h

@@ -9,8 +9,9 @@ from .naive import anderson_update
 
 
 @torch.library.custom_op("paratriton::anderson_update", mutates_args=())
-def anderson_update_op(x: torch.Tensor, R: torch.Tensor, dX: torch.Tensor, dR: torch.Tensor,
-                       gamma: torch.Tensor) -> torch.Tensor:
+def anderson_update_op(
+    x: torch.Tensor, R: torch.Tensor, dX: torch.Tensor, dR: torch.Tensor, gamma: torch.Tensor
+) -> torch.Tensor:
     """Registered ``anderson_update``: x, R ``[n, B, D]``, dX, dR ``[m, n, B, D]``, gamma ``[n, B, m]`` -> new x."""
     return anderson_update(x, R, dX, dR, gamma)
 

@@ -17,12 +17,46 @@ from .._triton_grid import batch_and_d_block
 
 @triton.jit
 def _update_kernel(
-    out_ptr, x_ptr, R_ptr, dX_ptr, dR_ptr, Y_ptr, g_ptr,
-    n, D, nblk, slot, M_ring,
-    s_op, s_ob, s_od, s_xp, s_xb, s_xd, s_Rp, s_Rb, s_Rd,
-    s_cj, s_cp, s_cb, s_cd, s_ej, s_ep, s_eb, s_ed,
-    s_Ys, s_Yp, s_Yb, s_Yd, s_gp, s_gb, s_gj,
-    RING: tl.constexpr, MH: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
+    out_ptr,
+    x_ptr,
+    R_ptr,
+    dX_ptr,
+    dR_ptr,
+    Y_ptr,
+    g_ptr,
+    n,
+    D,
+    nblk,
+    slot,
+    M_ring,
+    s_op,
+    s_ob,
+    s_od,
+    s_xp,
+    s_xb,
+    s_xd,
+    s_Rp,
+    s_Rb,
+    s_Rd,
+    s_cj,
+    s_cp,
+    s_cb,
+    s_cd,
+    s_ej,
+    s_ep,
+    s_eb,
+    s_ed,
+    s_Ys,
+    s_Yp,
+    s_Yb,
+    s_Yd,
+    s_gp,
+    s_gb,
+    s_gj,
+    RING: tl.constexpr,
+    MH: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     dt: tl.constexpr = out_ptr.dtype.element_ty
     pid, b, blk, offs_d, dmask = batch_and_d_block(nblk, D, BLOCK_D)
@@ -49,10 +83,12 @@ def _update_kernel(
         acc += tl.load(R_ptr + p[:, None] * s_Rp + b * s_Rb + offs_d[None, :] * s_Rd, mask=mask, other=0.0).to(dt)
         for j in tl.static_range(MH):
             gj = tl.load(g_ptr + p * s_gp + b * s_gb + j * s_gj, mask=pvalid, other=0.0).to(dt)
-            dx = tl.load(dX_ptr + j * s_cj + p[:, None] * s_cp + b * s_cb + offs_d[None, :] * s_cd, mask=mask,
-                         other=0.0).to(dt)
-            dr = tl.load(dR_ptr + j * s_ej + p[:, None] * s_ep + b * s_eb + offs_d[None, :] * s_ed, mask=mask,
-                         other=0.0).to(dt)
+            dx = tl.load(
+                dX_ptr + j * s_cj + p[:, None] * s_cp + b * s_cb + offs_d[None, :] * s_cd, mask=mask, other=0.0
+            ).to(dt)
+            dr = tl.load(
+                dR_ptr + j * s_ej + p[:, None] * s_ep + b * s_eb + offs_d[None, :] * s_ed, mask=mask, other=0.0
+            ).to(dt)
             acc = acc - (dx + dr) * gj[:, None]
     tl.store(out_ptr + p[:, None] * s_op + b * s_ob + offs_d[None, :] * s_od, acc, mask=mask)
 
@@ -62,9 +98,17 @@ def _grid(n: int, B: int, D: int, block_p: int, block_d: int) -> tuple[tuple[int
     return (B * nblk, triton.cdiv(n, block_p)), nblk
 
 
-def anderson_update_triton(x: torch.Tensor, R: torch.Tensor, dX: torch.Tensor, dR: torch.Tensor,
-                           gamma: torch.Tensor, *, block_p: int = 4, block_d: int = 256,
-                           num_warps: int = 4) -> torch.Tensor:
+def anderson_update_triton(
+    x: torch.Tensor,
+    R: torch.Tensor,
+    dX: torch.Tensor,
+    dR: torch.Tensor,
+    gamma: torch.Tensor,
+    *,
+    block_p: int = 4,
+    block_d: int = 256,
+    num_warps: int = 4,
+) -> torch.Tensor:
     """Triton version of ``naive.anderson_update``: x, R ``[n, B, D]``, dX, dR ``[m, n, B, D]``, gamma ``[n, B, m]``
     -> new ``[n, B, D]`` tensor in x's dtype."""
     n, B, D = x.shape
@@ -74,14 +118,47 @@ def anderson_update_triton(x: torch.Tensor, R: torch.Tensor, dX: torch.Tensor, d
         return out
     grid, nblk = _grid(n, B, D, block_p, block_d)
     _update_kernel[grid](
-        out, x, R, dX, dR, x, gamma, n, D, nblk, 0, 1,
-        *out.stride(), *x.stride(), *R.stride(), *dX.stride(), *dR.stride(), 0, 0, 0, 0, *gamma.stride(),
-        RING=False, MH=m, BLOCK_P=block_p, BLOCK_D=block_d, num_warps=num_warps)
+        out,
+        x,
+        R,
+        dX,
+        dR,
+        x,
+        gamma,
+        n,
+        D,
+        nblk,
+        0,
+        1,
+        *out.stride(),
+        *x.stride(),
+        *R.stride(),
+        *dX.stride(),
+        *dR.stride(),
+        0,
+        0,
+        0,
+        0,
+        *gamma.stride(),
+        RING=False,
+        MH=m,
+        BLOCK_P=block_p,
+        BLOCK_D=block_d,
+        num_warps=num_warps,
+    )
     return out
 
 
-def ring_update_triton(x: torch.Tensor, hist_Y: torch.Tensor, gamma: torch.Tensor, slot: int, *,
-                       block_p: int = 4, block_d: int = 256, num_warps: int = 4) -> None:
+def ring_update_triton(
+    x: torch.Tensor,
+    hist_Y: torch.Tensor,
+    gamma: torch.Tensor,
+    slot: int,
+    *,
+    block_p: int = 4,
+    block_d: int = 256,
+    num_warps: int = 4,
+) -> None:
     """In place ``x = Y_0 - sum_j gamma_j (Y_j - Y_{j+1})`` with ``Y_j = hist_Y[(slot - j) % M]``.
 
     x: ``[n, B, D]`` (any strides), hist_Y: ``[M, n, B, D]``, gamma: ``[n, B, M-1]``.
@@ -93,6 +170,28 @@ def ring_update_triton(x: torch.Tensor, hist_Y: torch.Tensor, gamma: torch.Tenso
     grid, nblk = _grid(n, B, D, block_p, block_d)
     z4 = (0, 0, 0, 0)
     _update_kernel[grid](
-        x, x, x, x, x, hist_Y, gamma, n, D, nblk, slot, M,
-        *x.stride(), *x.stride(), *x.stride(), *z4, *z4, *hist_Y.stride(), *gamma.stride(),
-        RING=True, MH=M - 1, BLOCK_P=block_p, BLOCK_D=block_d, num_warps=num_warps)
+        x,
+        x,
+        x,
+        x,
+        x,
+        hist_Y,
+        gamma,
+        n,
+        D,
+        nblk,
+        slot,
+        M,
+        *x.stride(),
+        *x.stride(),
+        *x.stride(),
+        *z4,
+        *z4,
+        *hist_Y.stride(),
+        *gamma.stride(),
+        RING=True,
+        MH=M - 1,
+        BLOCK_P=block_p,
+        BLOCK_D=block_d,
+        num_warps=num_warps,
+    )

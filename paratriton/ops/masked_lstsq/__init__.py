@@ -9,8 +9,9 @@ from .naive import masked_lstsq
 
 
 @torch.library.custom_op("paratriton::masked_lstsq", mutates_args=())
-def masked_lstsq_op(G: torch.Tensor, h: torch.Tensor, num_cols: torch.Tensor, ridge: float = 1e-3,
-                    floor: float = 1e-30) -> torch.Tensor:
+def masked_lstsq_op(
+    G: torch.Tensor, h: torch.Tensor, num_cols: torch.Tensor, ridge: float = 1e-3, floor: float = 1e-30
+) -> torch.Tensor:
     """Registered ``masked_lstsq``: G ``[n, B, m, m]``, h ``[n, B, m]``, num_cols ``[n]`` int -> gamma ``[n, B, m]``."""
     return masked_lstsq(G, h, num_cols, ridge, floor)
 

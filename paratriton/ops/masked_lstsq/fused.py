@@ -14,10 +14,25 @@ import triton.language as tl
 
 @triton.jit
 def _masked_lstsq_kernel(
-    out_ptr, G_ptr, h_ptr, nc_ptr,
-    n, B, ridge, floor,
-    s_Gp, s_Gb, s_Gi, s_Gj, s_hp, s_hb, s_hj, s_np,
-    MH: tl.constexpr, MP: tl.constexpr, BS: tl.constexpr,
+    out_ptr,
+    G_ptr,
+    h_ptr,
+    nc_ptr,
+    n,
+    B,
+    ridge,
+    floor,
+    s_Gp,
+    s_Gb,
+    s_Gi,
+    s_Gj,
+    s_hp,
+    s_hb,
+    s_hj,
+    s_np,
+    MH: tl.constexpr,
+    MP: tl.constexpr,
+    BS: tl.constexpr,
 ):
     dt: tl.constexpr = out_ptr.dtype.element_ty
     s = tl.program_id(0) * BS + tl.arange(0, BS)
@@ -28,7 +43,9 @@ def _masked_lstsq_kernel(
     nc = tl.load(nc_ptr + p * s_np, mask=smask, other=0).to(tl.int32)
     valid = (i[None, :] < nc[:, None]) & (i[None, :] < MH) & smask[:, None]  # [BS, MP]
     pair = valid[:, :, None] & valid[:, None, :]
-    gptr = G_ptr + p[:, None, None] * s_Gp + bb[:, None, None] * s_Gb + i[None, :, None] * s_Gi + i[None, None, :] * s_Gj
+    gptr = (
+        G_ptr + p[:, None, None] * s_Gp + bb[:, None, None] * s_Gb + i[None, :, None] * s_Gi + i[None, None, :] * s_Gj
+    )
     A = tl.load(gptr, mask=pair, other=0.0).to(dt)
     eye = i[None, :, None] == i[None, None, :]
     trace = tl.sum(tl.sum(tl.where(eye, A, 0.0), axis=2), axis=1)
@@ -51,8 +68,15 @@ def _masked_lstsq_kernel(
     tl.store(out_ptr + s.to(tl.int64)[:, None] * MH + i[None, :], gamma, mask=smask[:, None] & (i[None, :] < MH))
 
 
-def masked_lstsq_triton(G: torch.Tensor, h: torch.Tensor, num_cols: torch.Tensor, ridge: float = 1e-3,
-                        floor: float = 1e-30, *, block: int | None = None) -> torch.Tensor:
+def masked_lstsq_triton(
+    G: torch.Tensor,
+    h: torch.Tensor,
+    num_cols: torch.Tensor,
+    ridge: float = 1e-3,
+    floor: float = 1e-30,
+    *,
+    block: int | None = None,
+) -> torch.Tensor:
     """Triton version of ``naive.masked_lstsq``: G ``[n, B, m, m]``, h ``[n, B, m]``, num_cols ``[n]`` int ->
     gamma ``[n, B, m]`` in G's dtype (computed in at least float32)."""
     n, B, m = G.shape[0], G.shape[1], G.shape[-1]
@@ -67,6 +91,20 @@ def masked_lstsq_triton(G: torch.Tensor, h: torch.Tensor, num_cols: torch.Tensor
     # a [BS, MP, MP] tile per program: keep it near 8 values per thread so nothing spills
     block = block or max(8, 1024 // (mp * mp))
     _masked_lstsq_kernel[(triton.cdiv(n * B, block),)](
-        out, G, h, num_cols, n, B, float(ridge), float(floor), *G.stride(), *h.stride(), num_cols.stride(0),
-        MH=m, MP=mp, BS=block, num_warps=4)
+        out,
+        G,
+        h,
+        num_cols,
+        n,
+        B,
+        float(ridge),
+        float(floor),
+        *G.stride(),
+        *h.stride(),
+        num_cols.stride(0),
+        MH=m,
+        MP=mp,
+        BS=block,
+        num_warps=4,
+    )
     return out if out_dt == work_dt else out.to(out_dt)

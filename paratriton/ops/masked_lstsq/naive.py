@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def masked_lstsq(G: torch.Tensor, h: torch.Tensor, num_cols: torch.Tensor, ridge: float = 1e-3,
-                 floor: float = 1e-30) -> torch.Tensor:
+def masked_lstsq(
+    G: torch.Tensor, h: torch.Tensor, num_cols: torch.Tensor, ridge: float = 1e-3, floor: float = 1e-30
+) -> torch.Tensor:
     """Solve ``(G_p + lambda_p I) gamma_p = h_p`` on the first ``num_cols[p]`` columns, zero elsewhere.
 
     G: ``[n, B, m, m]``, h: ``[n, B, m]`` (fp32 or fp64), num_cols: ``[n]`` int in ``[0, m]``.

@@ -27,8 +27,9 @@ def _(r, a, order, unit_weights=False):
 
     if order < 1:
         raise ValueError(f"order must be >= 1, got {order}")
-    return residual_pass(r, None, None, a, None, None, None, order=order, unit_weights=unit_weights,
-                         write_R=True, from_r=True)["R"]
+    return residual_pass(
+        r, None, None, a, None, None, None, order=order, unit_weights=unit_weights, write_R=True, from_r=True
+    )["R"]
 
 
 __all__ = ["order_k_residual", "order_k_weights", "order_k_residual_op"]

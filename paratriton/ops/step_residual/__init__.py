@@ -9,9 +9,15 @@ from .naive import step_residual
 
 
 @torch.library.custom_op("paratriton::step_residual", mutates_args=())
-def step_residual_op(x: torch.Tensor, model_out: torch.Tensor, noise: torch.Tensor | None, a: torch.Tensor,
-                     b: torch.Tensor, c: torch.Tensor, threshold: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def step_residual_op(
+    x: torch.Tensor,
+    model_out: torch.Tensor,
+    noise: torch.Tensor | None,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    threshold: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Registered ``step_residual``: x ``[n+1, B, D]``, model_out/noise ``[n, B, D]``, a/b/c/threshold ``[n]`` ->
     ``r [n, B, D]``, ``rms [n, B]`` (state dtype), ``top`` (0-d int64, stays on the device)."""
     return step_residual(x, model_out, noise, a, b, c, threshold)

@@ -15,7 +15,6 @@ import triton
 import triton.language as tl
 
 from .._triton_grid import batch_and_d_block
-
 from ..anderson_gram.fused import _gram_tile, launch_reduce, num_slots
 
 
@@ -26,9 +25,31 @@ def _affine_combine(a1, b1, a2, b2):
 
 
 @triton.jit
-def _order1(x_ptr, m_ptr, xi_ptr, a_ptr, b_ptr, c_ptr, p64, pvalid, b, offs_d, mask,
-            s_xp, s_xb, s_xd, s_mp, s_mb, s_md, s_np, s_nb, s_nd,
-            FROM_R: tl.constexpr, HAS_NOISE: tl.constexpr, dt: tl.constexpr):
+def _order1(
+    x_ptr,
+    m_ptr,
+    xi_ptr,
+    a_ptr,
+    b_ptr,
+    c_ptr,
+    p64,
+    pvalid,
+    b,
+    offs_d,
+    mask,
+    s_xp,
+    s_xb,
+    s_xd,
+    s_mp,
+    s_mb,
+    s_md,
+    s_np,
+    s_nb,
+    s_nd,
+    FROM_R: tl.constexpr,
+    HAS_NOISE: tl.constexpr,
+    dt: tl.constexpr,
+):
     """Order-1 residual tile ``[BLOCK_P, BLOCK_D]`` of steps ``p64`` (zero where masked) and ``x_p`` beside it."""
     xo = x_ptr + p64[:, None] * s_xp + b * s_xb + offs_d[None, :] * s_xd
     x_lo = tl.load(xo, mask=mask, other=0.0).to(dt)
@@ -56,18 +77,64 @@ def _ring_load(H_ptr, slot, j: tl.constexpr, M_ring, s_Hs, off, mask, dt: tl.con
 @triton.jit
 def _residual_kernel(
     # outputs
-    r_out, R_out, Y_out, part_ptr, top_ptr,
+    r_out,
+    R_out,
+    Y_out,
+    part_ptr,
+    top_ptr,
     # inputs
-    x_ptr, m_ptr, xi_ptr, a_ptr, b_ptr, c_ptr, wk_ptr, H_ptr,
+    x_ptr,
+    m_ptr,
+    xi_ptr,
+    a_ptr,
+    b_ptr,
+    c_ptr,
+    wk_ptr,
+    H_ptr,
     # sizes and ring position
-    n, D, nblk, order, slot, M_ring,
+    n,
+    D,
+    nblk,
+    order,
+    slot,
+    M_ring,
     # strides (elements)
-    s_xp, s_xb, s_xd, s_mp, s_mb, s_md, s_np, s_nb, s_nd,
-    s_rp, s_rb, s_rd, s_Rp, s_Rb, s_Rd, s_Yp, s_Yb, s_Yd, s_Hs, s_Hp, s_Hb, s_Hd,
-    FROM_R: tl.constexpr, HAS_NOISE: tl.constexpr, SUMSQ: tl.constexpr, WRITE_R1: tl.constexpr,
-    ORDER_K: tl.constexpr, WRITE_RK: tl.constexpr, BANDED: tl.constexpr, UNIT: tl.constexpr, WRITE_Y: tl.constexpr,
+    s_xp,
+    s_xb,
+    s_xd,
+    s_mp,
+    s_mb,
+    s_md,
+    s_np,
+    s_nb,
+    s_nd,
+    s_rp,
+    s_rb,
+    s_rd,
+    s_Rp,
+    s_Rb,
+    s_Rd,
+    s_Yp,
+    s_Yb,
+    s_Yd,
+    s_Hs,
+    s_Hp,
+    s_Hb,
+    s_Hd,
+    FROM_R: tl.constexpr,
+    HAS_NOISE: tl.constexpr,
+    SUMSQ: tl.constexpr,
+    WRITE_R1: tl.constexpr,
+    ORDER_K: tl.constexpr,
+    WRITE_RK: tl.constexpr,
+    BANDED: tl.constexpr,
+    UNIT: tl.constexpr,
+    WRITE_Y: tl.constexpr,
     MH: tl.constexpr,
-    NG: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, NUM_STAGES: tl.constexpr,
+    NG: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
     dt: tl.constexpr = x_ptr.dtype.element_ty
     pid, b, blk, offs_d, dmask = batch_and_d_block(nblk, D, BLOCK_D)
@@ -83,8 +150,31 @@ def _residual_kernel(
         pvalid = p >= 0
         p64 = p.to(tl.int64)
         mask = pvalid[:, None] & dmask[None, :]
-        r, x_lo = _order1(x_ptr, m_ptr, xi_ptr, a_ptr, b_ptr, c_ptr, p64, pvalid, b, offs_d, mask,
-                          s_xp, s_xb, s_xd, s_mp, s_mb, s_md, s_np, s_nb, s_nd, FROM_R, HAS_NOISE, dt)
+        r, x_lo = _order1(
+            x_ptr,
+            m_ptr,
+            xi_ptr,
+            a_ptr,
+            b_ptr,
+            c_ptr,
+            p64,
+            pvalid,
+            b,
+            offs_d,
+            mask,
+            s_xp,
+            s_xb,
+            s_xd,
+            s_mp,
+            s_mb,
+            s_md,
+            s_np,
+            s_nb,
+            s_nd,
+            FROM_R,
+            HAS_NOISE,
+            dt,
+        )
         if MH > 0:
             # issue the history loads together with the others: one memory round trip per tile, not two
             off = p64[:, None] * s_Hp + b * s_Hb + offs_d[None, :] * s_Hd
@@ -115,8 +205,31 @@ def _residual_kernel(
                 q64 = p64 + order
                 qvalid = pvalid & (q64 < n)
                 qmask = qvalid[:, None] & dmask[None, :]
-                rq, _unused = _order1(x_ptr, m_ptr, xi_ptr, a_ptr, b_ptr, c_ptr, q64, qvalid, b, offs_d, qmask,
-                                      s_xp, s_xb, s_xd, s_mp, s_mb, s_md, s_np, s_nb, s_nd, FROM_R, HAS_NOISE, dt)
+                rq, _unused = _order1(
+                    x_ptr,
+                    m_ptr,
+                    xi_ptr,
+                    a_ptr,
+                    b_ptr,
+                    c_ptr,
+                    q64,
+                    qvalid,
+                    b,
+                    offs_d,
+                    qmask,
+                    s_xp,
+                    s_xb,
+                    s_xd,
+                    s_mp,
+                    s_mb,
+                    s_md,
+                    s_np,
+                    s_nb,
+                    s_nd,
+                    FROM_R,
+                    HAS_NOISE,
+                    dt,
+                )
                 wk = tl.load(wk_ptr + p64, mask=qvalid, other=0.0).to(dt)
                 rr = r - wk[:, None] * rq
             A, Bv = tl.associative_scan((tl.broadcast_to(w[:, None], (BLOCK_P, BLOCK_D)), rr), 0, _affine_combine)
@@ -159,12 +272,25 @@ def default_config(mh: int, state_dtype: torch.dtype) -> tuple[int, int, int, in
     return (2, 128, 2, 3) if mh <= 3 else (4, 256, 4, 1)
 
 
-def residual_pass(x: torch.Tensor, model_out: torch.Tensor | None, noise: torch.Tensor | None,
-                  a: torch.Tensor, b: torch.Tensor | None, c: torch.Tensor | None,
-                  threshold: torch.Tensor | None, *, order: int | None = None, unit_weights: bool = False,
-                  write_r: bool = False, write_R: bool = False, from_r: bool = False,
-                  hist_R: torch.Tensor | None = None, hist_Y: torch.Tensor | None = None, slot: int = 0,
-                  config: tuple[int, int, int, int] | None = None) -> dict[str, torch.Tensor]:
+def residual_pass(
+    x: torch.Tensor,
+    model_out: torch.Tensor | None,
+    noise: torch.Tensor | None,
+    a: torch.Tensor,
+    b: torch.Tensor | None,
+    c: torch.Tensor | None,
+    threshold: torch.Tensor | None,
+    *,
+    order: int | None = None,
+    unit_weights: bool = False,
+    write_r: bool = False,
+    write_R: bool = False,
+    from_r: bool = False,
+    hist_R: torch.Tensor | None = None,
+    hist_Y: torch.Tensor | None = None,
+    slot: int = 0,
+    config: tuple[int, int, int, int] | None = None,
+) -> dict[str, torch.Tensor]:
     """Launch the residual pass (and its reduction) on a window of ``n`` steps, ``B`` trajectories of ``D`` values.
 
     x:         ``[n+1, B, D]`` states (``x[n]`` is the anchor), or with ``from_r`` the order-1 residuals ``[n, B, D]``
@@ -201,8 +327,11 @@ def residual_pass(x: torch.Tensor, model_out: torch.Tensor | None, noise: torch.
         out["R"] = R
     if sumsq:
         out["rms"] = torch.empty(n, B, dtype=dt, device=dev)
-        out["top"] = torch.full((), -1, dtype=torch.int64, device=dev) if n * B == 0 else \
-            torch.empty((), dtype=torch.int64, device=dev)
+        out["top"] = (
+            torch.full((), -1, dtype=torch.int64, device=dev)
+            if n * B == 0
+            else torch.empty((), dtype=torch.int64, device=dev)
+        )
     if ring:
         # every entry is written by the reduction (zeros only when nothing is launched)
         alloc = torch.empty if n * B * D > 0 else torch.zeros
@@ -225,17 +354,60 @@ def residual_pass(x: torch.Tensor, model_out: torch.Tensor | None, noise: torch.
     H = hist_R if ring else dummy
     st = lambda t: tuple(t.stride()) if t is not None else (0, 0, 0)  # noqa: E731
     _residual_kernel[(B * nblk,)](
-        r if r is not None else dummy, R if R is not None else dummy, Y, part,
+        r if r is not None else dummy,
+        R if R is not None else dummy,
+        Y,
+        part,
         out["top"] if sumsq else dummy,
-        x, model_out if model_out is not None else dummy, noise if noise is not None else dummy,
-        a, b if b is not None else a, c if c is not None else a, wk, H,
-        n, D, nblk, order if order is not None else 0, slot, mh + 1,
-        *x.stride(), *st(model_out), *st(noise), *st(r), *st(R), *(st(Y) if ring else (0, 0, 0)),
+        x,
+        model_out if model_out is not None else dummy,
+        noise if noise is not None else dummy,
+        a,
+        b if b is not None else a,
+        c if c is not None else a,
+        wk,
+        H,
+        n,
+        D,
+        nblk,
+        order if order is not None else 0,
+        slot,
+        mh + 1,
+        *x.stride(),
+        *st(model_out),
+        *st(noise),
+        *st(r),
+        *st(R),
+        *(st(Y) if ring else (0, 0, 0)),
         *(hist_R.stride() if ring else (0, 0, 0, 0)),
-        FROM_R=from_r, HAS_NOISE=noise is not None, SUMSQ=sumsq, WRITE_R1=r is not None,
-        ORDER_K=order is not None, WRITE_RK=R is not None, BANDED=banded, UNIT=unit_weights, WRITE_Y=ring,
-        MH=mh, NG=ng, BLOCK_P=block_p, BLOCK_D=block_d, NUM_STAGES=num_stages, num_warps=num_warps)
+        FROM_R=from_r,
+        HAS_NOISE=noise is not None,
+        SUMSQ=sumsq,
+        WRITE_R1=r is not None,
+        ORDER_K=order is not None,
+        WRITE_RK=R is not None,
+        BANDED=banded,
+        UNIT=unit_weights,
+        WRITE_Y=ring,
+        MH=mh,
+        NG=ng,
+        BLOCK_P=block_p,
+        BLOCK_D=block_d,
+        NUM_STAGES=num_stages,
+        num_warps=num_warps,
+    )
     if sumsq or ring:
-        launch_reduce(part, out.get("G", part[:0]), out.get("h", part[:0]), out.get("rms"), threshold,
-                      out.get("top"), n, B, D, mh, with_sumsq=sumsq)
+        launch_reduce(
+            part,
+            out.get("G", part[:0]),
+            out.get("h", part[:0]),
+            out.get("rms"),
+            threshold,
+            out.get("top"),
+            n,
+            B,
+            D,
+            mh,
+            with_sumsq=sumsq,
+        )
     return out

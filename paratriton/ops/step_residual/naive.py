@@ -5,9 +5,15 @@ from __future__ import annotations
 import torch
 
 
-def step_residual(x: torch.Tensor, model_out: torch.Tensor, noise: torch.Tensor | None, a: torch.Tensor,
-                  b: torch.Tensor, c: torch.Tensor, threshold: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def step_residual(
+    x: torch.Tensor,
+    model_out: torch.Tensor,
+    noise: torch.Tensor | None,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    threshold: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Order-1 residuals ``r_p = a_p x_{p+1} + b_p m_p + c_p xi_p - x_p`` of a window of ``n`` steps.
 
     x:          ``[n+1, B, D]`` window states, ``x[n]`` is the frozen anchor (state dtype, usually float64)

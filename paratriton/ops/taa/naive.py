@@ -19,10 +19,20 @@ def ring_order(slot: int, M: int) -> list[int]:
     return [(slot - j) % M for j in range(M)]
 
 
-def taa_residual(x: torch.Tensor, model_out: torch.Tensor, noise: torch.Tensor | None, a: torch.Tensor,
-                 b: torch.Tensor, c: torch.Tensor, threshold: torch.Tensor, hist_R: torch.Tensor,
-                 hist_Y: torch.Tensor, slot: int, order: int, unit_weights: bool = False
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def taa_residual(
+    x: torch.Tensor,
+    model_out: torch.Tensor,
+    noise: torch.Tensor | None,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    threshold: torch.Tensor,
+    hist_R: torch.Tensor,
+    hist_Y: torch.Tensor,
+    slot: int,
+    order: int,
+    unit_weights: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Residual pass + order-k residual + history push + Anderson Gram, in place on the ring.
 
     x: ``[n+1, B, D]`` (state dtype), model_out/noise: ``[n, B, D]``, a/b/c/threshold: ``[n]``,

@@ -40,8 +40,7 @@ def _affine_combine(a1, b1, a2, b2):
 
 
 @triton.jit
-def _ring_load(h_ptr, slot, j: tl.constexpr, M: tl.constexpr, T, B, D, idx, bb, offs_d, mask,
-               acc: tl.constexpr):
+def _ring_load(h_ptr, slot, j: tl.constexpr, M: tl.constexpr, T, B, D, idx, bb, offs_d, mask, acc: tl.constexpr):
     """Rows ``idx`` of the ``j``-th newest ring slot ``(slot - j) mod M`` of ``h [M, T, B, D]``, in ``acc``."""
     s = (slot + M - j) % M
     return tl.load(h_ptr + ((s * T + idx[:, None]) * B + bb) * D + offs_d[None, :], mask=mask, other=0.0).to(acc)
@@ -113,12 +112,36 @@ def _gram_rows(P, gidx, R, c0, c1, c2, c3, c4, c5, c6, c7, MH: tl.constexpr):
 
 @triton.jit(do_not_specialize=["H", "T", "k"])
 def _walk_kernel(
-    x_ptr, m_ptr, xi_ptr, a_ptr, b_ptr, c_ptr, lo_ptr, top_ptr, slot_ptr,
-    hR_ptr, hY_ptr, part_ptr, scr_ptr,
-    H, T, B, D, nblk, k,
-    HAS_NOISE: tl.constexpr, UNIT: tl.constexpr, ORDER1: tl.constexpr, BANDED: tl.constexpr,
-    PUSH: tl.constexpr, M: tl.constexpr, NG: tl.constexpr, NGP: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, NUM_STAGES: tl.constexpr,
+    x_ptr,
+    m_ptr,
+    xi_ptr,
+    a_ptr,
+    b_ptr,
+    c_ptr,
+    lo_ptr,
+    top_ptr,
+    slot_ptr,
+    hR_ptr,
+    hY_ptr,
+    part_ptr,
+    scr_ptr,
+    H,
+    T,
+    B,
+    D,
+    nblk,
+    k,
+    HAS_NOISE: tl.constexpr,
+    UNIT: tl.constexpr,
+    ORDER1: tl.constexpr,
+    BANDED: tl.constexpr,
+    PUSH: tl.constexpr,
+    M: tl.constexpr,
+    NG: tl.constexpr,
+    NGP: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
     dt: tl.constexpr = x_ptr.dtype.element_ty
     _pid, bb, blk, offs_d, dmask = batch_and_d_block(nblk, D, BLOCK_D)
@@ -215,12 +238,10 @@ def _walk_kernel(
             c5 = h5 - h6
             c6 = h6 - h7
             c7 = h7 - h8
-            P = _gram_rows(tl.zeros([NGP, BLOCK_P], dtype=acc), gidx, R.to(acc), c0, c1, c2, c3, c4, c5, c6, c7,
-                           M - 1)
+            P = _gram_rows(tl.zeros([NGP, BLOCK_P], dtype=acc), gidx, R.to(acc), c0, c1, c2, c3, c4, c5, c6, c7, M - 1)
             S = tl.cumsum(P, axis=1) + gcarry[:, None]  # rows descend: the cumsum is the suffix sum over steps
             gcarry = gcarry + tl.sum(P, axis=1)
-            tl.store(part_ptr + pbase + gidx[:, None] * H + p[None, :], S,
-                     mask=(gidx < NG)[:, None] & pvalid[None, :])
+            tl.store(part_ptr + pbase + gidx[:, None] * H + p[None, :], S, mask=(gidx < NG)[:, None] & pvalid[None, :])
         else:
             tl.debug_barrier()  # every thread has read this tile's x before any row of it is overwritten
             tl.store(x_ptr + xo, (x_lo + R).to(x_ptr.dtype.element_ty), mask=lmask)
@@ -241,8 +262,24 @@ def walk_config(B: int, D: int, mh: int) -> tuple[int, int, int, int]:
     return block_p, block_d, num_warps, num_stages
 
 
-def launch_walk(x, model_out, noise, a, b, c, lo, top, order, unit_weights, *, hist_R=None, hist_Y=None, slot=None,
-                part_dtype=None, config=None):
+def launch_walk(
+    x,
+    model_out,
+    noise,
+    a,
+    b,
+    c,
+    lo,
+    top,
+    order,
+    unit_weights,
+    *,
+    hist_R=None,
+    hist_Y=None,
+    slot=None,
+    part_dtype=None,
+    config=None,
+):
     """Launch ``_walk_kernel`` on contiguous tensors; returns ``(part, nblk)`` (``part`` None without a ring)."""
     H, B, D = model_out.shape
     T = x.shape[0] - 1
@@ -262,24 +299,67 @@ def launch_walk(x, model_out, noise, a, b, c, lo, top, order, unit_weights, *, h
     if B * nblk * H == 0:
         return part, nblk
     _walk_kernel[(B * nblk,)](
-        x, model_out, noise if noise is not None else x, a, b, c, lo, top, slot if push else lo,
-        hist_R if push else x, hist_Y if push else x, part if push else x, scr,
-        H, T, B, D, nblk, k,
-        HAS_NOISE=noise is not None, UNIT=unit_weights, ORDER1=k == 1, BANDED=banded, PUSH=push, M=M, NG=ng,
-        NGP=triton.next_power_of_2(ng), BLOCK_P=block_p, BLOCK_D=block_d, NUM_STAGES=num_stages,
-        num_warps=num_warps)
+        x,
+        model_out,
+        noise if noise is not None else x,
+        a,
+        b,
+        c,
+        lo,
+        top,
+        slot if push else lo,
+        hist_R if push else x,
+        hist_Y if push else x,
+        part if push else x,
+        scr,
+        H,
+        T,
+        B,
+        D,
+        nblk,
+        k,
+        HAS_NOISE=noise is not None,
+        UNIT=unit_weights,
+        ORDER1=k == 1,
+        BANDED=banded,
+        PUSH=push,
+        M=M,
+        NG=ng,
+        NGP=triton.next_power_of_2(ng),
+        BLOCK_P=block_p,
+        BLOCK_D=block_d,
+        NUM_STAGES=num_stages,
+        num_warps=num_warps,
+    )
     return part, nblk
 
 
 def contiguous_inputs(x, model_out, noise, a, b, c, lo, top):
     """The read-only inputs contiguous (copies only where they are not), scalars as 0-d views."""
-    return (model_out.contiguous(), None if noise is None else noise.contiguous(), a.contiguous(), b.contiguous(),
-            c.contiguous(), lo.reshape(()), top.reshape(()))
+    return (
+        model_out.contiguous(),
+        None if noise is None else noise.contiguous(),
+        a.contiguous(),
+        b.contiguous(),
+        c.contiguous(),
+        lo.reshape(()),
+        top.reshape(()),
+    )
 
 
-def window_fixed_point_triton(x: torch.Tensor, model_out: torch.Tensor, noise: torch.Tensor | None, a: torch.Tensor,
-                              b: torch.Tensor, c: torch.Tensor, lo: torch.Tensor, top: torch.Tensor, order: int,
-                              unit_weights: bool = False, config: tuple[int, int, int, int] | None = None) -> None:
+def window_fixed_point_triton(
+    x: torch.Tensor,
+    model_out: torch.Tensor,
+    noise: torch.Tensor | None,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    lo: torch.Tensor,
+    top: torch.Tensor,
+    order: int,
+    unit_weights: bool = False,
+    config: tuple[int, int, int, int] | None = None,
+) -> None:
     """Triton ``naive.window_fixed_point``: in place ``x_s += R_s`` for ``lo <= s <= top`` (one launch, no sync).
     ``config``: ``(BLOCK_P, BLOCK_D, num_warps, num_stages)``, default ``walk_config``."""
     model_out, noise, a, b, c, lo, top = contiguous_inputs(x, model_out, noise, a, b, c, lo, top)

@@ -8,9 +8,18 @@ from .._window import order1_rows, window_rows
 from ..order_k_residual.naive import order_k_residual
 
 
-def masked_order_k(x: torch.Tensor, model_out: torch.Tensor, noise: torch.Tensor | None, a: torch.Tensor,
-                   b: torch.Tensor, c: torch.Tensor, lo: torch.Tensor, top: torch.Tensor, order: int,
-                   unit_weights: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def masked_order_k(
+    x: torch.Tensor,
+    model_out: torch.Tensor,
+    noise: torch.Tensor | None,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    lo: torch.Tensor,
+    top: torch.Tensor,
+    order: int,
+    unit_weights: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Order-k residuals ``R [H, B, D]`` of steps ``lo .. lo+H-1`` with every order-1 residual above ``top`` set to
     zero (those steps are frozen), the states ``x[idx]``, the row indices ``idx`` and the mask ``idx <= top``."""
     H = model_out.shape[0]
@@ -22,9 +31,18 @@ def masked_order_k(x: torch.Tensor, model_out: torch.Tensor, noise: torch.Tensor
     return R, xw, idx, live
 
 
-def window_fixed_point(x: torch.Tensor, model_out: torch.Tensor, noise: torch.Tensor | None, a: torch.Tensor,
-                       b: torch.Tensor, c: torch.Tensor, lo: torch.Tensor, top: torch.Tensor, order: int,
-                       unit_weights: bool = False) -> None:
+def window_fixed_point(
+    x: torch.Tensor,
+    model_out: torch.Tensor,
+    noise: torch.Tensor | None,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    lo: torch.Tensor,
+    top: torch.Tensor,
+    order: int,
+    unit_weights: bool = False,
+) -> None:
     """In place ``x_s += R_s`` for ``lo <= s <= top``; steps above ``top`` keep their value.
 
     Shapes as ``window_residual``; ``order``: k of the order-k equations (``>= H`` sums the whole window);

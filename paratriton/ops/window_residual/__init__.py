@@ -9,9 +9,17 @@ from . import naive
 
 
 @torch.library.custom_op("paratriton::window_residual", mutates_args=())
-def window_residual(x: torch.Tensor, model_out: torch.Tensor, noise: torch.Tensor | None, a: torch.Tensor,
-                    b: torch.Tensor, c: torch.Tensor, threshold: torch.Tensor, lo: torch.Tensor,
-                    anchor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def window_residual(
+    x: torch.Tensor,
+    model_out: torch.Tensor,
+    noise: torch.Tensor | None,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    threshold: torch.Tensor,
+    lo: torch.Tensor,
+    anchor: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Shapes in ``naive.window_residual``: returns ``rms [H, B]``, ``top`` (0-d int64), ``bad`` (0-d bool)."""
     return naive.window_residual(x, model_out, noise, a, b, c, threshold, lo, anchor)
 
@@ -19,8 +27,11 @@ def window_residual(x: torch.Tensor, model_out: torch.Tensor, noise: torch.Tenso
 @window_residual.register_fake
 def _(x, model_out, noise, a, b, c, threshold, lo, anchor):
     H, B = model_out.shape[0], model_out.shape[1]
-    return (x.new_empty(H, B), torch.empty((), dtype=torch.int64, device=x.device),
-            torch.empty((), dtype=torch.bool, device=x.device))
+    return (
+        x.new_empty(H, B),
+        torch.empty((), dtype=torch.int64, device=x.device),
+        torch.empty((), dtype=torch.bool, device=x.device),
+    )
 
 
 def _register_cuda() -> None:

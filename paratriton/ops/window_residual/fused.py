@@ -20,9 +20,24 @@ import triton.language as tl
 
 
 @triton.jit(do_not_specialize=["H", "nsplit", "chunks"])
-def _sumsq_kernel(part_ptr, x_ptr, m_ptr, xi_ptr, a_ptr, b_ptr, c_ptr, lo_ptr,
-                  H, B, D, nsplit, chunks,
-                  HAS_NOISE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
+def _sumsq_kernel(
+    part_ptr,
+    x_ptr,
+    m_ptr,
+    xi_ptr,
+    a_ptr,
+    b_ptr,
+    c_ptr,
+    lo_ptr,
+    H,
+    B,
+    D,
+    nsplit,
+    chunks,
+    HAS_NOISE: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     dt: tl.constexpr = x_ptr.dtype.element_ty
     pid = tl.program_id(0)
     bb = (pid // nsplit).to(tl.int64)
@@ -53,8 +68,9 @@ def _sumsq_kernel(part_ptr, x_ptr, m_ptr, xi_ptr, a_ptr, b_ptr, c_ptr, lo_ptr,
 
 
 @triton.jit(do_not_specialize=["H", "nsplit"])
-def _rms_top_kernel(part_ptr, rms_ptr, top_ptr, bad_ptr, thr_ptr, lo_ptr, anchor_ptr,
-                    H, B, D, nsplit, CH: tl.constexpr):
+def _rms_top_kernel(
+    part_ptr, rms_ptr, top_ptr, bad_ptr, thr_ptr, lo_ptr, anchor_ptr, H, B, D, nsplit, CH: tl.constexpr
+):
     lo = tl.load(lo_ptr)
     anchor = tl.load(anchor_ptr)
     best = lo
@@ -88,9 +104,17 @@ def sumsq_config(H: int, B: int, D: int) -> tuple[int, int, int, int]:
     return block_p, block_d, num_warps, triton.cdiv(nchunks, triton.cdiv(nchunks, nsplit))
 
 
-def window_residual_triton(x: torch.Tensor, model_out: torch.Tensor, noise: torch.Tensor | None, a: torch.Tensor,
-                           b: torch.Tensor, c: torch.Tensor, threshold: torch.Tensor, lo: torch.Tensor,
-                           anchor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def window_residual_triton(
+    x: torch.Tensor,
+    model_out: torch.Tensor,
+    noise: torch.Tensor | None,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    threshold: torch.Tensor,
+    lo: torch.Tensor,
+    anchor: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton ``naive.window_residual``: ``rms [H, B]`` (x's dtype), ``top`` (0-d int64), ``bad`` (0-d bool).
     Nothing is read on the host and nothing syncs."""
     H, B, D = model_out.shape
@@ -107,8 +131,23 @@ def window_residual_triton(x: torch.Tensor, model_out: torch.Tensor, noise: torc
     part = torch.empty(B, nsplit, H, dtype=x.dtype, device=dev)
     if B * H > 0:
         _sumsq_kernel[(B * nsplit, triton.cdiv(H, block_p))](
-            part, x, model_out, noise if noise is not None else x, a, b, c, lo,
-            H, B, D, nsplit, chunks,
-            HAS_NOISE=noise is not None, BLOCK_P=block_p, BLOCK_D=block_d, num_warps=num_warps)
+            part,
+            x,
+            model_out,
+            noise if noise is not None else x,
+            a,
+            b,
+            c,
+            lo,
+            H,
+            B,
+            D,
+            nsplit,
+            chunks,
+            HAS_NOISE=noise is not None,
+            BLOCK_P=block_p,
+            BLOCK_D=block_d,
+            num_warps=num_warps,
+        )
     _rms_top_kernel[(1,)](part, rms, top, bad, threshold, lo, anchor, H, B, D, nsplit, CH=256, num_warps=4)
     return rms, top, bad

@@ -7,9 +7,17 @@ import torch
 from .._window import order1_rows, window_rows
 
 
-def window_residual(x: torch.Tensor, model_out: torch.Tensor, noise: torch.Tensor | None, a: torch.Tensor,
-                    b: torch.Tensor, c: torch.Tensor, threshold: torch.Tensor, lo: torch.Tensor,
-                    anchor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def window_residual(
+    x: torch.Tensor,
+    model_out: torch.Tensor,
+    noise: torch.Tensor | None,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    threshold: torch.Tensor,
+    lo: torch.Tensor,
+    anchor: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Residual RMS of the window and its highest unconverged step.
 
     x: ``[T+1, B, D]`` trajectory (state dtype); model_out: ``[H, B, D]`` model outputs of steps ``lo .. lo+H-1``

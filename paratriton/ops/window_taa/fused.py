@@ -21,8 +21,9 @@ from ..window_fixed_point.fused import contiguous_inputs, launch_walk, num_slots
 
 
 @triton.jit(do_not_specialize=["H", "nblk"])
-def _gram_reduce_kernel(part_ptr, G_ptr, h_ptr, H, B, nblk,
-                        MH: tl.constexpr, NG: tl.constexpr, CH: tl.constexpr, BC: tl.constexpr):
+def _gram_reduce_kernel(
+    part_ptr, G_ptr, h_ptr, H, B, nblk, MH: tl.constexpr, NG: tl.constexpr, CH: tl.constexpr, BC: tl.constexpr
+):
     """Program ``(b, chunk)``: ``CH`` flat (slot, step) entries ``j = g * H + p`` summed over the D blocks."""
     bb = tl.program_id(0).to(tl.int64)
     j = (tl.program_id(1) * CH + tl.arange(0, CH)).to(tl.int64)
@@ -51,8 +52,22 @@ def _gram_reduce_kernel(part_ptr, G_ptr, h_ptr, H, B, nblk,
 
 
 @triton.jit(do_not_specialize=["H", "T"])
-def _update_kernel(x_ptr, Y_ptr, g_ptr, slot_ptr, lo_ptr, top_ptr, H, T, B, D, nblk,
-                   M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
+def _update_kernel(
+    x_ptr,
+    Y_ptr,
+    g_ptr,
+    slot_ptr,
+    lo_ptr,
+    top_ptr,
+    H,
+    T,
+    B,
+    D,
+    nblk,
+    M: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     dt: tl.constexpr = Y_ptr.dtype.element_ty
     _pid, bb, _blk, offs_d, dmask = batch_and_d_block(nblk, D, BLOCK_D)
     p = (tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
@@ -75,8 +90,7 @@ def _update_kernel(x_ptr, Y_ptr, g_ptr, slot_ptr, lo_ptr, top_ptr, H, T, B, D, n
         nxt = tl.load(Y_ptr + sj * T * B * D + yo, mask=amask, other=0.0).to(dt)
         corr += gj[:, None] * (prev - nxt)
         prev = nxt
-    tl.store(x_ptr + (idx[:, None] * B + bb) * D + offs_d[None, :], (acc - corr).to(x_ptr.dtype.element_ty),
-             mask=mask)
+    tl.store(x_ptr + (idx[:, None] * B + bb) * D + offs_d[None, :], (acc - corr).to(x_ptr.dtype.element_ty), mask=mask)
 
 
 def reduce_config(nblk: int) -> tuple[int, int]:
@@ -86,11 +100,22 @@ def reduce_config(nblk: int) -> tuple[int, int]:
     return ch, max(1, min(triton.next_power_of_2(max(nblk, 1)), 4096 // ch))
 
 
-def window_taa_push_triton(x: torch.Tensor, model_out: torch.Tensor, noise: torch.Tensor | None, a: torch.Tensor,
-                           b: torch.Tensor, c: torch.Tensor, lo: torch.Tensor, top: torch.Tensor,
-                           hist_R: torch.Tensor, hist_Y: torch.Tensor, slot: torch.Tensor, order: int,
-                           unit_weights: bool = False, config: tuple[int, int, int, int] | None = None
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
+def window_taa_push_triton(
+    x: torch.Tensor,
+    model_out: torch.Tensor,
+    noise: torch.Tensor | None,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    lo: torch.Tensor,
+    top: torch.Tensor,
+    hist_R: torch.Tensor,
+    hist_Y: torch.Tensor,
+    slot: torch.Tensor,
+    order: int,
+    unit_weights: bool = False,
+    config: tuple[int, int, int, int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton ``naive.window_taa_push``: writes ring slot ``slot`` and returns ``G [H, B, m, m]``, ``h [H, B, m]``
     (``promote(hist_R.dtype, float32)``). Two launches, no sync."""
     H, B = model_out.shape[0], model_out.shape[1]
@@ -101,27 +126,49 @@ def window_taa_push_triton(x: torch.Tensor, model_out: torch.Tensor, noise: torc
     x = x.contiguous()
     hR = hist_R if hist_R.is_contiguous() else hist_R.contiguous()
     hY = hist_Y if hist_Y.is_contiguous() else hist_Y.contiguous()
-    part, nblk = launch_walk(x, model_out, noise, a, b, c, lo, top, order, unit_weights, hist_R=hR, hist_Y=hY,
-                             slot=slot.reshape(()), part_dtype=acc, config=config)
+    part, nblk = launch_walk(
+        x,
+        model_out,
+        noise,
+        a,
+        b,
+        c,
+        lo,
+        top,
+        order,
+        unit_weights,
+        hist_R=hR,
+        hist_Y=hY,
+        slot=slot.reshape(()),
+        part_dtype=acc,
+        config=config,
+    )
     if hR is not hist_R:
         hist_R.copy_(hR)
     if hY is not hist_Y:
         hist_Y.copy_(hY)
     ng = num_slots(m)
     if H * B == 0 or nblk == 0:
-        return (torch.zeros(H, B, m, m, dtype=acc, device=x.device),
-                torch.zeros(H, B, m, dtype=acc, device=x.device))
+        return (torch.zeros(H, B, m, m, dtype=acc, device=x.device), torch.zeros(H, B, m, dtype=acc, device=x.device))
     G = torch.empty(H, B, m, m, dtype=acc, device=x.device)
     h = torch.empty(H, B, m, dtype=acc, device=x.device)
     ch, bc = reduce_config(nblk)
-    _gram_reduce_kernel[(B, triton.cdiv(ng * H, ch))](part, G, h, H, B, nblk, MH=m, NG=ng, CH=ch, BC=bc,
-                                                      num_warps=4)
+    _gram_reduce_kernel[(B, triton.cdiv(ng * H, ch))](part, G, h, H, B, nblk, MH=m, NG=ng, CH=ch, BC=bc, num_warps=4)
     return G, h
 
 
-def window_taa_update_triton(x: torch.Tensor, hist_Y: torch.Tensor, gamma: torch.Tensor, slot: torch.Tensor,
-                             lo: torch.Tensor, top: torch.Tensor, *, block_p: int = 4, block_d: int = 256,
-                             num_warps: int = 4) -> None:
+def window_taa_update_triton(
+    x: torch.Tensor,
+    hist_Y: torch.Tensor,
+    gamma: torch.Tensor,
+    slot: torch.Tensor,
+    lo: torch.Tensor,
+    top: torch.Tensor,
+    *,
+    block_p: int = 4,
+    block_d: int = 256,
+    num_warps: int = 4,
+) -> None:
     """Triton ``naive.window_taa_update``: in place on the live rows ``lo .. top`` of x (one launch, no sync)."""
     H = gamma.shape[0]
     T1, B, D = x.shape
@@ -134,16 +181,45 @@ def window_taa_update_triton(x: torch.Tensor, hist_Y: torch.Tensor, gamma: torch
     nblk = triton.cdiv(D, block_d)
     if H * B * nblk > 0:
         _update_kernel[(B * nblk, triton.cdiv(H, block_p))](
-            xc, Y, gamma, slot.reshape(()), lo.reshape(()), top.reshape(()), H, T1 - 1, B, D, nblk,
-            M=M, BLOCK_P=block_p, BLOCK_D=block_d, num_warps=num_warps)
+            xc,
+            Y,
+            gamma,
+            slot.reshape(()),
+            lo.reshape(()),
+            top.reshape(()),
+            H,
+            T1 - 1,
+            B,
+            D,
+            nblk,
+            M=M,
+            BLOCK_P=block_p,
+            BLOCK_D=block_d,
+            num_warps=num_warps,
+        )
     if xc is not x:
         x.copy_(xc)
 
 
 @triton.jit(do_not_specialize=["H", "B"])
-def _plan_kernel(rms_ptr, count_ptr, prev_rms_ptr, prev_acc_ptr, lo_ptr, anchor_ptr, top_ptr, nc_ptr, first_ptr,
-                 H, B, M: tl.constexpr, SAFEGUARD: tl.constexpr, GLOBAL: tl.constexpr, BLOCK: tl.constexpr,
-                 BLOCK_B: tl.constexpr):
+def _plan_kernel(
+    rms_ptr,
+    count_ptr,
+    prev_rms_ptr,
+    prev_acc_ptr,
+    lo_ptr,
+    anchor_ptr,
+    top_ptr,
+    nc_ptr,
+    first_ptr,
+    H,
+    B,
+    M: tl.constexpr,
+    SAFEGUARD: tl.constexpr,
+    GLOBAL: tl.constexpr,
+    BLOCK: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+):
     """One program walks the window in blocks: count, pair numbers, safeguard memory, ``num_cols``, ``first``."""
     lo = tl.load(lo_ptr)
     anchor = tl.load(anchor_ptr)
@@ -163,8 +239,9 @@ def _plan_kernel(rms_ptr, count_ptr, prev_rms_ptr, prev_acc_ptr, lo_ptr, anchor_
             nan = tl.zeros([BLOCK], dtype=tl.int32)
             for b0 in range(0, B, BLOCK_B):
                 bb = b0 + tl.arange(0, BLOCK_B)
-                v = tl.load(rms_ptr + p[:, None] * B + bb[None, :], mask=pm[:, None] & (bb < B)[None, :],
-                            other=float("-inf"))
+                v = tl.load(
+                    rms_ptr + p[:, None] * B + bb[None, :], mask=pm[:, None] & (bb < B)[None, :], other=float("-inf")
+                )
                 worst = tl.maximum(worst, tl.max(v, axis=1))
                 nan = tl.maximum(nan, tl.max((v != v).to(tl.int32), axis=1))
             worst = tl.where(nan > 0, float("nan"), worst)  # as torch's amax: a NaN residual is the worst
@@ -187,17 +264,40 @@ def _plan_kernel(rms_ptr, count_ptr, prev_rms_ptr, prev_acc_ptr, lo_ptr, anchor_
             tl.store(nc_ptr + p, tl.where(nc > 0, nf, 0), mask=pm)
 
 
-def window_taa_plan_triton(rms: torch.Tensor, count: torch.Tensor, prev_rms: torch.Tensor,
-                           prev_accel: torch.Tensor, lo: torch.Tensor, anchor: torch.Tensor, top: torch.Tensor,
-                           ring: int, safeguard: bool = True, triangular: bool = True
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
+def window_taa_plan_triton(
+    rms: torch.Tensor,
+    count: torch.Tensor,
+    prev_rms: torch.Tensor,
+    prev_accel: torch.Tensor,
+    lo: torch.Tensor,
+    anchor: torch.Tensor,
+    top: torch.Tensor,
+    ring: int,
+    safeguard: bool = True,
+    triangular: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``naive.window_taa_plan`` in one launch (count, prev_rms and prev_accel updated in place)."""
     H, B = rms.shape
     rms = rms.contiguous()
     num_cols = torch.empty(H, dtype=torch.int64, device=rms.device)
     first = torch.empty((), dtype=torch.int64, device=rms.device)
     acc = prev_accel.view(torch.int8)  # bool storage read and written as bytes
-    _plan_kernel[(1,)](rms, count, prev_rms, acc, lo, anchor, top, num_cols, first, H, B, M=ring,
-                       SAFEGUARD=bool(safeguard), GLOBAL=not triangular, BLOCK=256,
-                       BLOCK_B=min(16, triton.next_power_of_2(B)))
+    _plan_kernel[(1,)](
+        rms,
+        count,
+        prev_rms,
+        acc,
+        lo,
+        anchor,
+        top,
+        num_cols,
+        first,
+        H,
+        B,
+        M=ring,
+        SAFEGUARD=bool(safeguard),
+        GLOBAL=not triangular,
+        BLOCK=256,
+        BLOCK_B=min(16, triton.next_power_of_2(B)),
+    )
     return num_cols, first

@@ -14,10 +14,21 @@ from ..anderson_gram.naive import anderson_gram
 from ..window_fixed_point.naive import masked_order_k
 
 
-def window_taa_push(x: torch.Tensor, model_out: torch.Tensor, noise: torch.Tensor | None, a: torch.Tensor,
-                    b: torch.Tensor, c: torch.Tensor, lo: torch.Tensor, top: torch.Tensor, hist_R: torch.Tensor,
-                    hist_Y: torch.Tensor, slot: torch.Tensor, order: int, unit_weights: bool = False
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def window_taa_push(
+    x: torch.Tensor,
+    model_out: torch.Tensor,
+    noise: torch.Tensor | None,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    lo: torch.Tensor,
+    top: torch.Tensor,
+    hist_R: torch.Tensor,
+    hist_Y: torch.Tensor,
+    slot: torch.Tensor,
+    order: int,
+    unit_weights: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Write ``R`` and ``Y`` of steps ``lo .. lo+H-1`` into ring slot ``slot`` and return the suffix-summed Gram
     ``G [H, B, m, m]`` and ``h [H, B, m]`` (``m = M - 1``, float32 or better) of the ``m`` newest differences
     ``dR_j = R_j - R_{j+1}``, summed over the steps ``s`` with ``p <= s <= top`` (``R`` is masked as in
@@ -33,8 +44,9 @@ def window_taa_push(x: torch.Tensor, model_out: torch.Tensor, noise: torch.Tenso
     return anderson_gram(dR, R)
 
 
-def window_taa_update(x: torch.Tensor, hist_Y: torch.Tensor, gamma: torch.Tensor, slot: torch.Tensor,
-                      lo: torch.Tensor, top: torch.Tensor) -> None:
+def window_taa_update(
+    x: torch.Tensor, hist_Y: torch.Tensor, gamma: torch.Tensor, slot: torch.Tensor, lo: torch.Tensor, top: torch.Tensor
+) -> None:
     """In place ``x_s = Y_0 - sum_j gamma_j (Y_j - Y_{j+1})`` for ``lo <= s <= top`` (``Y_j`` the ``j``-th newest
     ring slot); gamma ``[H, B, m]``; steps above ``top`` keep their value."""
     H, M = gamma.shape[0], hist_Y.shape[0]
@@ -44,9 +56,18 @@ def window_taa_update(x: torch.Tensor, hist_Y: torch.Tensor, gamma: torch.Tensor
     x.index_copy_(0, idx, torch.where((idx <= top)[:, None, None], new.to(x.dtype), x.index_select(0, idx)))
 
 
-def window_taa_plan(rms: torch.Tensor, count: torch.Tensor, prev_rms: torch.Tensor, prev_accel: torch.Tensor,
-                    lo: torch.Tensor, anchor: torch.Tensor, top: torch.Tensor, ring: int, safeguard: bool = True,
-                    triangular: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def window_taa_plan(
+    rms: torch.Tensor,
+    count: torch.Tensor,
+    prev_rms: torch.Tensor,
+    prev_accel: torch.Tensor,
+    lo: torch.Tensor,
+    anchor: torch.Tensor,
+    top: torch.Tensor,
+    ring: int,
+    safeguard: bool = True,
+    triangular: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Which window steps take the Anderson step, and with how many secant pairs (``num_cols [H]`` int64).
 
     rms: ``[H, B]`` residual RMS of steps ``lo .. lo+H-1``; count ``[T]`` int64 (iterations each step has been
