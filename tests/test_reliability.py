@@ -343,6 +343,34 @@ def test_graphed_engine_halves_the_window_on_out_of_memory_and_resets_it():
     assert solver.window_shrunk_to is None and res2.converged
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("method,window", [("taa", None), ("picard", 8)])
+def test_captured_engine_recaptures_at_a_smaller_window_on_out_of_memory(method, window):
+    """CUDA graphs: a model that runs out of memory above a batch size (raised in the warm-up run before capture)
+    makes the engine re-capture at half the window and give the same sample as with enough memory."""
+    dev = torch.device("cuda")
+    cf = default_schedule(24, eta=1.0)
+    model = GaussianMixture.random((2, 3, 3), 3, std=0.3, seed=0).to(dev).denoiser(cf)
+    g = torch.Generator().manual_seed(11)
+    x_T = torch.randn(2, 2, 3, 3, generator=g, dtype=torch.float64).to(dev)
+    noise = torch.randn(24, 2, 2, 3, 3, generator=g, dtype=torch.float64).to(dev)
+    limit = 5  # rows per call the "device" can hold
+
+    def small_device(x, s):
+        if x.shape[0] > limit * 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return model(x, s)
+
+    kw = dict(window=window, tol_abs=1e-10, tol_rel=1e-10, state_dtype=torch.float64)
+    ref = make_solver(method, cuda_graph=True, **kw).solve(model, cf, x_T, noise)
+    solver = make_solver(method, cuda_graph=True, **kw)
+    with pytest.warns(RuntimeWarning, match="out of memory"):
+        res = solver.solve(small_device, cf, x_T, noise)
+    assert res.converged and solver.window_shrunk_to is not None and solver.window_shrunk_to <= limit
+    assert solver._graphs and all(H <= limit for H, _ in solver._graphs)  # captured again, at the smaller size
+    assert (res.sample - ref.sample).square().mean().sqrt() <= 1e-8
+
+
 @pytest.mark.parametrize("method", ["srds", "srds_pipelined"])
 def test_srds_splits_its_model_call_on_out_of_memory(method):
     cf, model, x_T, noise = gm_problem(T=16, eta=1.0, B=2)
