@@ -21,6 +21,7 @@ def _masked_lstsq_kernel(
     n,
     B,
     ridge,
+    ridge_lo,
     floor,
     s_Gp,
     s_Gb,
@@ -50,7 +51,8 @@ def _masked_lstsq_kernel(
     eye = i[None, :, None] == i[None, None, :]
     trace = tl.sum(tl.sum(tl.where(eye, A, 0.0), axis=2), axis=1)
     k = tl.maximum(nc, 1).to(dt)
-    lam = ridge * trace / k + floor
+    # Triton passes Python floats as float32: the ridge arrives as two float32 parts, summed in the state dtype
+    lam = (trace * ridge + trace * ridge_lo) / k + floor
     # masked (and padding) columns get an identity row, so their gamma is exactly 0
     diag = tl.where(valid, lam[:, None], 1.0)
     A = A + tl.where(eye, diag[:, :, None], 0.0)
@@ -66,6 +68,12 @@ def _masked_lstsq_kernel(
     d = tl.sum(tl.where(eye, A, 0.0), axis=2)
     gamma = rhs / d
     tl.store(out_ptr + s.to(tl.int64)[:, None] * MH + i[None, :], gamma, mask=smask[:, None] & (i[None, :] < MH))
+
+
+def _float32_parts(v: float) -> tuple[float, float]:
+    """``v = hi + lo`` with ``hi`` and ``lo`` float32 values (``hi + lo`` carries about 48 bits of ``v``)."""
+    hi = float(torch.tensor(v, dtype=torch.float32))
+    return hi, float(torch.tensor(v - hi, dtype=torch.float32))
 
 
 def masked_lstsq_triton(
@@ -97,7 +105,7 @@ def masked_lstsq_triton(
         num_cols,
         n,
         B,
-        float(ridge),
+        *_float32_parts(ridge),
         float(floor),
         *G.stride(),
         *h.stride(),
