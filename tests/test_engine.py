@@ -251,3 +251,22 @@ def test_reference_backend_gives_the_registered_ops_iterates():
         b = pt.solve(model, cf, x_T, noise, method=method, window=9, tol_abs=1e-8, tol_rel=1e-8, backend="reference")
         assert a.iterations == b.iterations
         torch.testing.assert_close(a.trajectory, b.trajectory, rtol=0, atol=1e-12)
+
+
+@pytest.mark.gpu
+def test_a_model_on_another_device_than_the_state():
+    """A CUDA model with CPU x_T / noise (the README's default-model snippet on a GPU machine): the outputs come
+    back to the state's device and the sample is the sequential one."""
+    cf, model, x_T, noise = problem("ddpm", 10, 2)
+    gm = GaussianMixture.random((2, 3, 3), 3, std=0.3, seed=0).to("cuda")
+    cuda_model = gm.denoiser(cf)
+
+    def remote(x, s):
+        return cuda_model(x.cuda(), s.cuda())
+
+    ref = pt.solve(model, cf, x_T, noise, method="sequential")
+    for method in ("taa", "picard", "sequential"):
+        tol = {} if method == "sequential" else dict(tol_abs=1e-10, tol_rel=1e-10)
+        got = pt.solve(remote, cf, x_T, noise, method=method, **tol)
+        assert got.sample.device.type == "cpu"
+        assert (got.sample - ref.sample).square().mean().sqrt() <= 1e-8

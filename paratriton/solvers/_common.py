@@ -251,6 +251,8 @@ class ModelCaller:
             )
         if not out.is_floating_point():
             raise ValueError(f"model output must be floating point, got {out.dtype}")
+        if out.device != x.device:  # a model on another device than the state (e.g. a CUDA model, CPU x_T)
+            out = out.to(x.device)
         return out.reshape(n, B, -1)
 
 
