@@ -119,7 +119,6 @@ class Engine:
             T=T,
             B=B,
             shape=shape,
-            dtype=dt,
             sliding=self.window is not None and self.window < T,
             x=torch.empty(T + 1, B, D, dtype=dt, device=dev),
             a=a,
