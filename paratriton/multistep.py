@@ -1,0 +1,666 @@
+"""k-tap step operators traced from diffusers schedulers (multistep, sigma-space, Runge-Kutta).
+
+The operator
+------------
+Every sampler here is written, exactly, as one affine recurrence over the *model evaluations*::
+
+    x_i = a_i x_{i+1} + sum_{j<k} b[i, j] m_{i+j} + c_i xi_i,      m_n = model(input_scale_n * x_{n+1}, step n)
+
+for ``i = T-1`` (first evaluation, noisiest) down to ``0`` (last). One step = one model evaluation = one
+``scheduler.step()`` call, so ``T = len(scheduler.timesteps)``: Heun's two stages and PNDM's Runge-Kutta
+warm-up evaluations are steps of their own, each with its own state. ``x_T`` is the initial latent exactly as the
+stock loop starts it (already multiplied by ``init_noise_sigma``), ``x_{i}`` is what the ``(T-1-i)``-th
+``step()`` call returns, and ``x_0`` the sample. ``m_{i+j}`` (``j >= 1``) are the raw model outputs of the
+*earlier* (noisier) evaluations, already computed along the trajectory; ``b[i, j] = 0`` where ``i + j >= T``.
+
+Why it is linear
+----------------
+Given the scheduler's scalar state (sigmas, alphas, the per-step solver order), every supported ``step()`` is a
+linear map of ``(sample, model_output, noise)`` and of the history it keeps (earlier model outputs converted to data
+or noise predictions, the previous sample for UniPC's corrector and PNDM's ``cur_sample``): conversions such as
+``x0 = (x - sigma m) / alpha`` and the exponential-integrator / Adams / Runge-Kutta combinations only ever multiply
+tensors by scalars and add them. By induction every state ``x_i`` is a fixed linear combination of ``x_T``, the model
+outputs ``m_{i..T-1}`` and the step noises ``xi_{i..T-1}``: a lower-triangular "dense row" ``R_i``.
+
+How the coefficients are found (the tracer)
+-------------------------------------------
+The scheduler is deep-copied (the user's is never touched), its float tensors are upcast to float64, and its own
+loop (``scale_model_input``, ``step`` per timestep) is run once on *basis* tensors of shape ``[1, N, 1, 1]`` with
+``N = 1 + 2T``: ``x_T = e_0``, the output of step ``i`` is ``e_{1+i}``, the noise drawn in step ``i`` (through
+``randn_tensor``, patched in the scheduler's module for the duration, always restored) is ``e_{1+T+i}``. Each traced
+state's channel entries are then exactly its dense row ``R_i``. While tracing, a ``torch`` function mode keeps float32
+casts inside ``step()`` (diffusers upcasts ``sample`` to float32) at float64, so the trace is float64 throughout.
+
+From the rows: ``a_i = R_i[x_T] / R_{i+1}[x_T]`` (the ``x_T`` weight of ``x_{i+1}`` must be nonzero), then
+``r_i = R_i - a_i R_{i+1}`` has no ``x_T`` part and must be supported on ``m_i .. m_{i+k_i-1}`` and ``xi_i`` alone;
+``k_i`` is the smallest such window (entries below ``1e-11`` of the row's scale count as zero), ``k = max_i k_i``,
+``b[i, j] = r_i[m_{i+j}]``, ``c_i = r_i[xi_i]``. Because ``r_i`` is read off per *global* step, the warm-up
+(lower orders at the start), ``lower_order_final``, ``euler_at_final``, the skipped last corrector of UniPC and
+PNDM's switch from Runge-Kutta to PLMS are all in the coefficients already; nothing depends on a window position.
+A state that needs the noise of another step (``r_i`` with weight on ``xi_j``, ``j != i``) is refused with an
+error (it does not happen for the supported schedulers).
+
+Linearity is verified, not assumed: the loop is run a second time on random dense tensors (``[2, 3, 4, 4]``, large
+enough to trip clipping) with random model outputs and noises and must equal the rows' prediction; a nonlinear
+option (thresholding, clip_sample, learned variances ...) that the option check did not name fails there.
+
+The model call: ``input_scale_i`` is ``scale_model_input``'s factor (checked to be a scalar multiple of its input),
+``signal_scale_i, noise_scale_i`` the levels of the model input ``z = input_scale_i x_{i+1} = signal x0 + noise
+eps`` the scheduler assumes at that step (VP schedulers: ``alpha_t, sigma_t``; sigma-space schedulers:
+``1/sqrt(1+sigma^2), sigma/sqrt(1+sigma^2)``), so the analytic Gaussian-mixture denoiser is exact.
+
+Noise (``EulerAncestralDiscreteScheduler``, ``DPMSolverMultistepScheduler`` with ``sde-*``)
+-------------------------------------------------------------------------------------------
+The stock loop draws one ``randn_tensor(model_output.shape, generator=..., device=..., dtype=...)`` per ``step()``
+call, in evaluation order (step ``T-1`` first, then ``T-2``, ..., ``0``), shape = the latents' shape ``[B, *S]``,
+dtype ``model_output.dtype`` for Euler ancestral and float32 for DPM-Solver SDE (``noise_dtype``); DPM-Solver SDE
+draws at *every* step, also where the coefficient is 0 (the final step to sigma 0), so ``noise_draw_steps`` lists
+every step that consumes a draw from the generator. To reproduce the stock image, draw ``xi_i`` for ``i`` in
+``noise_draw_steps`` (in that order) with the same generator, shape and dtype, and pass ``noise [T, B, *S]`` with
+``noise[i] = xi_i`` (zeros elsewhere).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import math
+import sys
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterator
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+__all__ = [
+    "MultistepCoefficients",
+    "multistep_from_scheduler",
+    "MULTISTEP_SCHEDULERS",
+    "float64_scheduler",
+    "float64_mode",
+]
+
+MULTISTEP_SCHEDULERS = (
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "DPMSolverMultistepScheduler",
+    "UniPCMultistepScheduler",
+    "HeunDiscreteScheduler",
+    "PNDMScheduler",
+    "LMSDiscreteScheduler",
+    "DEISMultistepScheduler",
+)
+# sigma-space (variance exploding) schedulers: the state is x = x0 + sigma eps, the model sees x / sqrt(1 + sigma^2)
+_VE_SCHEDULERS = (
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "HeunDiscreteScheduler",
+    "LMSDiscreteScheduler",
+)
+_PREDICTIONS = {"epsilon": "epsilon", "v_prediction": "v_prediction", "sample": "sample", "flow_prediction": "flow"}
+_TAP_TOL = 1e-11  # relative size below which a traced coefficient counts as exactly zero
+_LINEAR_TOL = 1e-9  # relative mismatch of the random-input re-run that marks a step as nonlinear
+
+
+# ----------------------------------------------------------------------------------------------------- the operator
+@dataclass(frozen=True)
+class MultistepCoefficients:
+    """A k-tap ``StepOperator``: ``x_i = a_i x_{i+1} + sum_{j<k} b[i, j] m_{i+j} + c_i xi_i``.
+
+    All tensors are float64 and indexed by step ``i`` (``T-1`` first/noisiest, ``0`` last):
+
+    a [T], b [T, k], c [T]: the recurrence; ``b[i, j]`` multiplies the raw model output ``m_{i+j}`` of step
+                      ``i + j`` (``j = 0``: the step's own output; ``b[i, j] = 0`` where ``i + j >= T``).
+    input_scale [T]:  the model is called as ``m_i = model(input_scale_i * x_{i+1}, i)`` (``scale_model_input``).
+    posterior_std [T]: the DDPM-style posterior std of the state ``x_i`` given ``x_{i+1}`` and ``x0`` for the state's
+                      levels ``x = alpha x0 + sigma eps`` (VP: ``sqrt((1-ab_i)/(1-ab_{i+1}) (1-ab_{i+1}/ab_i))``;
+                      sigma-space: ``sigma_i sqrt(sigma_{i+1}^2 - sigma_i^2) / sigma_{i+1}``); it scales the
+                      convergence threshold ``max(tol_abs, tol_rel * posterior_std_i)``. It is 0 where a step does not
+                      lower the noise level (Heun's second stage, PNDM's repeated Runge-Kutta evaluations, the last
+                      step to sigma 0), where only ``tol_abs`` applies.
+    timesteps [T]:    the model timestep of step ``i`` (what the network is called with).
+    signal_scale, noise_scale [T]: the levels of the *model input* ``z = input_scale_i x_{i+1} = signal x0 +
+                      noise eps`` that the scheduler assumes at step ``i``.
+    prediction_type:  "epsilon", "v_prediction", "sample" or "flow" (velocity ``eps - x0``).
+    output_kind, output_scale [T], output_mix [T]: what a tap reads. The "model output" ``M_i`` of the recurrence
+                      is the raw network output ``m_i = model(input_scale_i x_{i+1}, i)`` mapped per step as
+                      ``M_i = output_scale_i m_i + output_mix_i x_{i+1}``: "raw" (``1, 0``: ``M_i = m_i``), "data"
+                      (the data prediction ``x0_hat``) or "noise" (``eps_hat``). The tracer picks the kind with the
+                      fewest taps (DPM-Solver++ on an epsilon model: "data", 2 taps; raw outputs would need all).
+    taps:             ``k`` (instance attribute), the most outputs ``M`` any step reads; ``step_taps [T]`` per step.
+    scheduler:        the scheduler's class name; noise_draw_steps: the steps whose ``step()`` draws one
+                      ``randn_tensor`` in the stock loop, in draw order; noise_dtype: its dtype ("model" = the model
+                      output's dtype, or "float32"); None when nothing is drawn.
+    """
+
+    a: torch.Tensor
+    b: torch.Tensor
+    c: torch.Tensor
+    input_scale: torch.Tensor
+    posterior_std: torch.Tensor
+    timesteps: torch.Tensor
+    signal_scale: torch.Tensor
+    noise_scale: torch.Tensor
+    prediction_type: str
+    output_kind: str
+    output_scale: torch.Tensor
+    output_mix: torch.Tensor
+    scheduler: str = ""
+    noise_draw_steps: tuple[int, ...] = ()
+    noise_dtype: str | None = None
+    taps: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        n = self.a.shape[0]
+        if self.a.ndim != 1 or n < 1:
+            raise ValueError(f"MultistepCoefficients.a must have shape [T] with T >= 1, got {tuple(self.a.shape)}")
+        if self.b.ndim != 2 or self.b.shape[0] != n or self.b.shape[1] < 1:
+            raise ValueError(f"MultistepCoefficients.b must have shape [{n}, k] with k >= 1, got {tuple(self.b.shape)}")
+        for name in _VECTORS[1:]:
+            t = getattr(self, name)
+            if t.ndim != 1 or t.shape[0] != n:
+                raise ValueError(f"MultistepCoefficients.{name} must have shape [{n}], got {tuple(t.shape)}")
+        for name in ("b",) + tuple(n for n in _VECTORS if n != "timesteps"):
+            t = getattr(self, name)
+            if not t.is_floating_point():
+                raise ValueError(f"MultistepCoefficients.{name} must be a floating-point tensor, got {t.dtype}")
+            finite = torch.isfinite(t)
+            if not bool(finite.all()):
+                steps = sorted({int(s) for s in (~finite).nonzero()[:, 0].tolist()})
+                raise ValueError(
+                    f"MultistepCoefficients.{name} is NaN/inf at step(s) {steps[:8]}"
+                    f"{' ...' if len(steps) > 8 else ''}: the coefficients must be finite"
+                )
+        if bool((self.posterior_std < 0).any()):
+            raise ValueError("MultistepCoefficients.posterior_std must be >= 0 (it scales the convergence threshold)")
+        k = self.b.shape[1]
+        rows = torch.arange(n)[:, None] + torch.arange(k)[None, :]
+        if bool((self.b[rows >= n] != 0).any()):
+            raise ValueError("MultistepCoefficients.b[i, j] must be 0 where i + j >= T (no model output there)")
+        if self.output_kind not in ("raw", "data", "noise"):
+            raise ValueError(f"output_kind must be 'raw', 'data' or 'noise', got {self.output_kind!r}")
+        if bool((self.output_scale == 0).any()):
+            raise ValueError("MultistepCoefficients.output_scale must be nonzero (the raw output must be recoverable)")
+        if self.prediction_type not in ("epsilon", "v_prediction", "sample", "flow"):
+            raise ValueError(f"prediction_type {self.prediction_type!r} is not supported")
+        object.__setattr__(self, "taps", int(k))
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.a.shape[0])
+
+    @property
+    def is_stochastic(self) -> bool:
+        return bool((self.c != 0).any())
+
+    @property
+    def step_taps(self) -> torch.Tensor:
+        """``[T]`` int64: how many outputs step ``i`` reads (1 + the last ``j`` with ``b[i, j] != 0``; 1 if none)."""
+        nz = (self.b != 0).to(torch.int64) * torch.arange(1, self.taps + 1)
+        return nz.max(1).values.clamp_min(1)
+
+    def to(self, device: torch.device | str) -> "MultistepCoefficients":
+        return replace(self, **{k: getattr(self, k).to(device) for k in ("b",) + _VECTORS})
+
+    def tap_output(self, i: int, x_next: torch.Tensor, model_out: torch.Tensor) -> torch.Tensor:
+        """``M_i = output_scale_i m_i + output_mix_i x_{i+1}`` in ``x_next``'s dtype (``m_i`` the raw output)."""
+        u, v = self._host_output
+        out = model_out.to(x_next.dtype)
+        if u[i] != 1.0:
+            out = u[i] * out
+        return out + v[i] * x_next if v[i] != 0.0 else out
+
+    def model_input(self, i: int, x_next: torch.Tensor) -> torch.Tensor:
+        """``input_scale_i x_{i+1}``: what the network is called with at step ``i``."""
+        s = self._host_input_scale[i]
+        return x_next if s == 1.0 else s * x_next
+
+    def coefficients(
+        self, dtype: torch.dtype, device: torch.device | str
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``a [T], b [T, k], c [T]`` in ``dtype`` on ``device``; ``b[i, j]`` multiplies ``m_{i+j}``."""
+        return tuple(v.to(device=device, dtype=dtype) for v in (self.a, self.b, self.c))
+
+    def step(
+        self,
+        i: int,
+        x_next: torch.Tensor,
+        outputs: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...],
+        noise: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """One sequential step ``x_{i+1} -> x_i`` (result in ``x_next``'s dtype).
+
+        outputs: the tap outputs ``M_i, M_{i+1}, ..., M_{i+n-1}`` in that order (``outputs[j] = M_{i+j}``, newest
+        first; ``M = tap_output(...)`` of the raw model outputs, which is the raw output itself when
+        ``output_kind == "raw"``), each shaped like ``x_next``, as a sequence or stacked ``[n, *x_next.shape]``;
+        ``n`` may be less than ``taps`` near the first step (``i + j >= T`` has no output and weight 0); a missing output with a nonzero
+        weight is an error. A bare tensor shaped like ``x_next`` is ``M_i`` alone (a one-tap call).
+        noise: ``xi_i`` shaped like ``x_next`` (or None for a deterministic step).
+        """
+        a, b, c = self._host
+        if torch.is_tensor(outputs) and outputs.shape == x_next.shape:
+            outputs = (outputs,)
+        n = len(outputs)
+        out = a[i] * x_next
+        for j, w in enumerate(b[i]):
+            if w == 0.0:
+                continue
+            if j >= n:
+                raise ValueError(
+                    f"step {i} reads the model output m_{i + j} (weight {w:.3g}) but only {n} output(s) were given"
+                )
+            out = out + w * outputs[j].to(x_next.dtype)
+        if noise is not None and c[i] != 0.0:
+            out = out + c[i] * noise.to(x_next.dtype)
+        return out
+
+    @functools.cached_property
+    def _host(self) -> tuple[list[float], list[list[float]], list[float]]:
+        return self.a.tolist(), self.b.tolist(), self.c.tolist()
+
+    @functools.cached_property
+    def _host_input_scale(self) -> list[float]:
+        return self.input_scale.tolist()
+
+    @functools.cached_property
+    def _host_output(self) -> tuple[list[float], list[float]]:
+        return self.output_scale.tolist(), self.output_mix.tolist()
+
+
+_VECTORS = (
+    "a",
+    "c",
+    "input_scale",
+    "posterior_std",
+    "timesteps",
+    "signal_scale",
+    "noise_scale",
+    "output_scale",
+    "output_mix",
+)
+
+
+# ------------------------------------------------------------------------------------ float64 tracing machinery
+def float64_scheduler(scheduler: Any) -> Any:
+    """A deep copy of ``scheduler`` whose floating-point tensors (sigmas, alphas_cumprod, float timesteps ...) are
+    float64; the values are the scheduler's own (float32 sigmas stay the same numbers). Integer tensors are kept."""
+    sched = copy.deepcopy(scheduler)
+    for name, value in list(vars(sched).items()):
+        if torch.is_tensor(value) and value.is_floating_point():
+            setattr(sched, name, value.detach().to("cpu", torch.float64))
+    return sched
+
+
+class _Float64Mode(TorchFunctionMode):
+    """Turns every float32 (and float16/bfloat16) dtype argument of a torch call into float64."""
+
+    _LOW = (torch.float32, torch.float16, torch.bfloat16)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        args = tuple(torch.float64 if isinstance(a, torch.dtype) and a in self._LOW else a for a in args)
+        if kwargs.get("dtype") in self._LOW:
+            kwargs["dtype"] = torch.float64
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def float64_mode() -> Iterator[None]:
+    """Run a scheduler's ``step()`` in float64: float32 casts inside it (``sample.to(torch.float32)``) and new
+    tensors stay float64 (default dtype float64 for the duration; both restored on exit)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        with _Float64Mode():
+            yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+@contextlib.contextmanager
+def _patched_randn(scheduler: Any, supply) -> Iterator[None]:
+    """Replace ``randn_tensor`` in the scheduler's module by ``supply(shape, dtype)`` (always restored)."""
+    module = sys.modules[type(scheduler).__module__]
+    had = hasattr(module, "randn_tensor")
+    old = getattr(module, "randn_tensor", None)
+
+    def fake(shape, generator=None, device=None, dtype=None, layout=None):
+        return supply(tuple(shape), dtype)
+
+    module.randn_tensor = fake
+    try:
+        yield
+    finally:
+        if had:
+            module.randn_tensor = old
+        else:
+            del module.randn_tensor
+
+
+def _scalar_scale(z: torch.Tensor, x: torch.Tensor, name: str) -> float:
+    """The ``s`` with ``z = s x`` (``scale_model_input`` must be a scalar multiple)."""
+    xf, zf = x.reshape(-1), z.reshape(-1)
+    s = float((zf @ xf) / (xf @ xf))
+    if not bool(((zf - s * xf).abs() <= 1e-12 * max(zf.abs().max().item(), 1e-300)).all()):
+        raise ValueError(f"{name}.scale_model_input is not a scalar multiple of its input: not supported")
+    return s
+
+
+# ------------------------------------------------------------------------------------------------- option checks
+def _check_options(scheduler: Any) -> None:
+    name = type(scheduler).__name__
+    cfg = scheduler.config
+    supported = (
+        "supported: EulerDiscrete (sigmas: default/Karras/exponential/beta, any timestep_spacing/timestep_type), "
+        "EulerAncestralDiscrete, DPMSolverMultistep (dpmsolver/dpmsolver++/sde-dpmsolver/sde-dpmsolver++, orders "
+        "1-3, midpoint/heun, lower_order_final, euler_at_final, Karras/exponential/beta/lu/flow sigmas, "
+        "final_sigmas_type), UniPCMultistep (bh1/bh2, orders 1-3, disable_corrector, predict_x0), HeunDiscrete, "
+        "PNDM (PRK or skip_prk_steps), LMSDiscrete, DEISMultistep; prediction types epsilon, v_prediction, sample "
+        "(and flow_prediction where the scheduler has it), no thresholding or clipping"
+    )
+    if getattr(cfg, "thresholding", False):
+        raise ValueError(
+            f"{name}(thresholding=True) makes the step nonlinear in the model output (a per-sample quantile) and is "
+            f"not supported by parallel samplers; set thresholding=False ({supported})"
+        )
+    if getattr(cfg, "clip_sample", False):
+        raise ValueError(
+            f"{name}(clip_sample=True) makes the step nonlinear in the model output and is not supported by "
+            f"parallel samplers; set clip_sample=False ({supported})"
+        )
+    vt = getattr(cfg, "variance_type", None)
+    if vt in ("learned", "learned_range"):
+        raise ValueError(
+            f"{name}(variance_type={vt!r}) splits the model output into mean and variance channels and is not "
+            "supported by parallel samplers; use variance_type=None with a model predicting only the mean "
+            f"({supported})"
+        )
+    if name == "UniPCMultistepScheduler" and getattr(cfg, "solver_p", None) is not None:
+        raise ValueError(
+            f"UniPCMultistepScheduler(solver_p=...) (another scheduler as predictor) is not supported ({supported})"
+        )
+    pt = cfg.prediction_type
+    if pt not in _PREDICTIONS:
+        raise ValueError(f"{name}(prediction_type={pt!r}) is not supported; use one of {tuple(_PREDICTIONS)}")
+
+
+# --------------------------------------------------------------------------------------------------- the tracer
+@dataclass
+class _Probe:
+    """What one plain run of the loop tells about the scheduler (per step ``i``, float64)."""
+
+    input_scale: torch.Tensor  # [T]
+    timesteps: torch.Tensor  # [T]
+    level_alpha: torch.Tensor  # [T+1]: state levels x_i = alpha_i x0 + sigma_i eps (i = T: the initial state)
+    level_sigma: torch.Tensor  # [T+1]
+    draws: list[int]  # steps that drew noise, in draw order
+    noise_dtype: str | None
+
+
+def _state_level(sched: Any, name: str, n: int, t: Any) -> tuple[float, float]:
+    """``(alpha, sigma)`` of the state the model is called on at evaluation ``n`` (timestep ``t``)."""
+    if name == "PNDMScheduler":
+        ac = float(sched.alphas_cumprod[int(t)])
+        return math.sqrt(ac), math.sqrt(1.0 - ac)
+    idx = sched.step_index if getattr(sched, "step_index", None) is not None else n
+    sigma = sched.sigmas[idx]
+    if name in _VE_SCHEDULERS:
+        return 1.0, float(sigma)
+    alpha_t, sigma_t = sched._sigma_to_alpha_sigma_t(sigma)
+    return float(alpha_t), float(sigma_t)
+
+
+def _final_level(sched: Any, name: str) -> tuple[float, float]:
+    if name == "PNDMScheduler":
+        ac = float(sched.final_alpha_cumprod)
+        return math.sqrt(ac), math.sqrt(max(1.0 - ac, 0.0))
+    sigma = sched.sigmas[-1]
+    if name in _VE_SCHEDULERS:
+        return 1.0, float(sigma)
+    alpha_t, sigma_t = sched._sigma_to_alpha_sigma_t(sigma)
+    return float(alpha_t), float(sigma_t)
+
+
+def _run_loop(sched: Any, x: torch.Tensor, outputs, noises, record: dict | None) -> list[torch.Tensor]:
+    """The stock loop on ``sched`` (float64 mode): ``outputs(n, x, z)`` is evaluation ``n``'s model output for the
+    state ``x`` and model input ``z``, ``noises(n, shape)`` its ``randn_tensor`` draw; returns the states after each
+    evaluation (``[x_T, x_{T-1}, ..., x_0]``)."""
+    name = type(sched).__name__
+    states = [x]
+    current = [0]
+
+    def supply(shape, dtype):
+        n = current[0]
+        if record is not None:
+            record.setdefault("draws", []).append(n)
+            record.setdefault("dtypes", []).append(dtype)
+        return noises(n, shape)
+
+    with _patched_randn(sched, supply), float64_mode():
+        for n, t in enumerate(sched.timesteps):
+            current[0] = n
+            z = sched.scale_model_input(x, t)
+            if record is not None:
+                record.setdefault("scale", []).append(_scalar_scale(z, x, name))
+                record.setdefault("level", []).append(_state_level(sched, name, n, t))
+            x = sched.step(outputs(n, x, z), t, x, return_dict=False)[0]
+            states.append(x)
+    return states
+
+
+def _basis(N: int, j: int) -> torch.Tensor:
+    e = torch.zeros(1, N, 1, 1, dtype=torch.float64)
+    e[0, j] = 1.0
+    return e
+
+
+def _probe(scheduler: Any) -> _Probe:
+    name = type(scheduler).__name__
+    T = len(scheduler.timesteps)
+    N = 1 + 2 * T
+    record: dict = {}
+    sched = float64_scheduler(scheduler)
+
+    def noise(n: int, shape: tuple) -> torch.Tensor:
+        if tuple(shape) != (1, N, 1, 1):
+            raise ValueError(f"{name}.step drew noise of shape {shape}, not the sample's shape: not supported")
+        return _basis(N, 1 + T + (T - 1 - n))
+
+    _run_loop(sched, _basis(N, 0), lambda n, x, z: _basis(N, 1 + (T - 1 - n)), noise, record)
+    draws = [T - 1 - n for n in record.get("draws", [])]
+    if len(set(draws)) != len(draws):
+        raise ValueError(f"{name}.step draws noise more than once per call: not supported")
+    dtypes = set(record.get("dtypes", []))
+    noise_dtype = None
+    if dtypes:
+        noise_dtype = "float32" if torch.float32 in dtypes else "model"
+    lv = [_final_level(sched, name)] + [record["level"][T - 1 - i] for i in range(T)]  # lv[i]: level of x_i
+    return _Probe(
+        torch.tensor(record["scale"][::-1], dtype=torch.float64),
+        torch.as_tensor(sched.timesteps).to(torch.float64).flip(0),
+        torch.tensor([v[0] for v in lv], dtype=torch.float64),
+        torch.tensor([v[1] for v in lv], dtype=torch.float64),
+        draws,
+        noise_dtype,
+    )
+
+
+def _trace_rows(scheduler: Any, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``[T+1, N]`` dense rows of ``x_0 .. x_T`` over ``(x_T, M_0..M_{T-1}, xi_0..xi_{T-1})`` where the model output
+    of step ``i`` is ``m_i = (M_i - v_i x_{i+1}) / u_i`` (``M_i = u_i m_i + v_i x_{i+1}`` the tap's output)."""
+    T = len(scheduler.timesteps)
+    N = 1 + 2 * T
+    uh, vh = u.tolist(), v.tolist()
+
+    def output(n: int, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        i = T - 1 - n
+        return (_basis(N, 1 + i) - vh[i] * x) / uh[i]
+
+    states = _run_loop(
+        float64_scheduler(scheduler), _basis(N, 0), output, lambda n, shape: _basis(N, 1 + T + (T - 1 - n)), None
+    )
+    return torch.stack([s.reshape(N).to(torch.float64) for s in states[::-1]])
+
+
+def _check_linear(scheduler: Any, rows: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> None:
+    """Re-run the loop on random dense inputs; the rows must predict every state (else a nonlinear option)."""
+    name = type(scheduler).__name__
+    T = rows.shape[0] - 1
+    g = torch.Generator().manual_seed(1234)
+    shape = (2, 3, 4, 4)
+    basis = torch.randn(1 + 2 * T, *shape, generator=g, dtype=torch.float64) * 3.0
+    basis[0] *= 5.0  # x_T large, as in sigma space
+    uh, vh = u.tolist(), v.tolist()
+
+    def output(n: int, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        i = T - 1 - n
+        return (basis[1 + i] - vh[i] * x) / uh[i]
+
+    states = _run_loop(
+        float64_scheduler(scheduler), basis[0].clone(), output, lambda n, s: basis[1 + T + (T - 1 - n)].clone(), None
+    )
+    flat = basis.reshape(basis.shape[0], -1)
+    for n, s in enumerate(states):
+        i = T - n
+        want = (rows[i] @ flat).reshape(shape)
+        err = (s.to(torch.float64) - want).abs().max().item()
+        scale = max((rows[i].abs() @ flat.abs()).max().item(), 1e-300)
+        if not err <= _LINEAR_TOL * scale:
+            raise ValueError(
+                f"{name} with config {dict(scheduler.config)} is not linear in (sample, model output, noise) at "
+                f"evaluation {n} (relative mismatch {err / scale:.2e}): some option makes the step nonlinear and "
+                "parallel samplers cannot use it"
+            )
+
+
+def _fit_taps(name: str, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | str:
+    """``a [T], b [T, k], c [T]`` from the dense rows, or the reason they do not fit the k-tap form."""
+    T = rows.shape[0] - 1
+    a = torch.zeros(T, dtype=torch.float64)
+    c = torch.zeros(T, dtype=torch.float64)
+    taps: list[torch.Tensor] = []
+    for i in range(T - 1, -1, -1):
+        nxt, cur = rows[i + 1], rows[i]
+        scale_next = nxt.abs().max().item()
+        if not abs(nxt[0].item()) > _TAP_TOL * scale_next:
+            return f"the state x_{i + 1} has no weight on x_T, so step {i} is not a x_{{i+1}} + sum b M + c xi"
+        a[i] = cur[0] / nxt[0]
+        r = cur - a[i] * nxt
+        scale = max(cur.abs().max().item(), abs(a[i].item()) * scale_next, 1e-300)
+        r = torch.where(r.abs() <= _TAP_TOL * scale, torch.zeros_like(r), r)
+        noise_part = r[1 + T :].clone()
+        c[i] = noise_part[i]
+        noise_part[i] = 0
+        if bool((noise_part != 0).any()):
+            others = (noise_part != 0).nonzero().flatten().tolist()
+            return f"step {i} depends on the noise of step(s) {others[:6]} besides its own"
+        m = r[1 : 1 + T]
+        if bool((m[:i] != 0).any()):
+            return f"step {i} reads a model output of a later step"
+        nz = (m != 0).nonzero().flatten()
+        k_i = int(nz.max()) - i + 1 if nz.numel() else 1
+        taps.append(m[i : i + k_i])
+    k = max(t.numel() for t in taps)
+    b = torch.zeros(T, k, dtype=torch.float64)
+    for i, t in zip(range(T - 1, -1, -1), taps):
+        b[i, : t.numel()] = t
+    return a, b, c
+
+
+def _output_transforms(pt: str, probe: _Probe) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Candidate tap outputs ``M_i = u_i m_i + v_i x_{i+1}``: the raw output, the data prediction ``x0_hat`` and the
+    noise prediction ``eps_hat`` (both affine in the model input ``z = s x`` for the step's levels)."""
+    s = probe.input_scale
+    al, sg = probe.level_alpha[1:] * s, probe.level_sigma[1:] * s  # model-input levels
+    one, zero = torch.ones_like(s), torch.zeros_like(s)
+    if pt == "epsilon":
+        p, q, r, w = 1 / al, -sg / al, zero, one
+    elif pt == "sample":
+        p, q, r, w = zero, one, 1 / sg, -al / sg
+    elif pt == "v_prediction":
+        p, q, r, w = al, -sg, sg, al
+    else:  # flow: m = eps - x0, z = al x0 + sg eps
+        p, q = 1 / (al + sg), -sg / (al + sg)
+        r, w = 1 / (al + sg), al / (al + sg)
+    out = {"raw": (one, zero)}
+    for kind, (uu, vv) in (("data", (q, p * s)), ("noise", (w, r * s))):
+        if bool(torch.isfinite(uu).all() & torch.isfinite(vv).all() & (uu != 0).all()):
+            out[kind] = (uu, vv)
+    return out
+
+
+def _posterior_std(alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """``[T]``: the std of ``x_i`` given ``x_{i+1}`` and ``x0`` when ``x_n = alpha_n x0 + sigma_n eps`` and the
+    forward transition ``x_{i+1} | x_i`` is Gaussian: ``sigma_i sqrt(1 - (alpha_{i+1} sigma_i / (alpha_i
+    sigma_{i+1}))^2)`` (0 where the level does not drop)."""
+    a_t, s_t = alpha[:-1], sigma[:-1]  # x_i (less noisy)
+    a_s, s_s = alpha[1:], sigma[1:]  # x_{i+1}
+    ratio = torch.where(s_s > 0, (a_s * s_t) / (a_t * s_s).clamp_min(1e-300), torch.ones_like(s_s))
+    return (s_t * (1 - ratio.square()).clamp_min(0).sqrt()).nan_to_num(0.0)
+
+
+def multistep_from_scheduler(
+    scheduler: Any, num_inference_steps: int | None = None, **set_timesteps_kwargs: Any
+) -> MultistepCoefficients:
+    """Trace ``scheduler`` (one of ``MULTISTEP_SCHEDULERS``) into a ``MultistepCoefficients``.
+
+    With ``num_inference_steps`` a copy's ``set_timesteps`` is called (extra keyword arguments, e.g. ``mu``, are
+    passed on); without it the scheduler must have its timesteps set. The scheduler is never modified.
+    """
+    name = type(scheduler).__name__
+    if name not in MULTISTEP_SCHEDULERS:
+        raise ValueError(f"scheduler {name} is not a traceable multistep scheduler; supported: {MULTISTEP_SCHEDULERS}")
+    _check_options(scheduler)
+    scheduler = copy.deepcopy(scheduler)
+    if num_inference_steps is not None:
+        if int(num_inference_steps) < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        scheduler.set_timesteps(int(num_inference_steps), **set_timesteps_kwargs)
+    elif getattr(scheduler, "num_inference_steps", None) is None:
+        raise ValueError(f"{name}.set_timesteps has not been called: pass num_inference_steps")
+    if getattr(scheduler, "step_index", None) is not None or getattr(scheduler, "counter", 0):
+        raise ValueError(f"{name} has already been stepped: pass a fresh scheduler (or num_inference_steps)")
+    probe = _probe(scheduler)
+    pt = _PREDICTIONS[scheduler.config.prediction_type]
+    best: tuple | None = None
+    reasons = []
+    for kind, (u, v) in _output_transforms(pt, probe).items():
+        rows = _trace_rows(scheduler, u, v)
+        if not bool(torch.isfinite(rows).all()):
+            i = int((~torch.isfinite(rows)).any(1).nonzero().max())
+            raise ValueError(
+                f"{name} with config {dict(scheduler.config)} gives NaN/inf states in its own step() loop (first at "
+                f"step {i}, i.e. call {len(scheduler.timesteps) - i}): the stock sampler fails with these options "
+                "(e.g. UniPC bh1 with final_sigmas_type='zero'), so there is nothing to reproduce"
+            )
+        fit = _fit_taps(name, rows)
+        if isinstance(fit, str):
+            reasons.append(f"{kind} outputs: {fit}")
+            continue
+        if best is None or fit[1].shape[1] < best[2][1].shape[1]:
+            best = (kind, (u, v, rows), fit)
+    if best is None:
+        raise ValueError(f"{name} does not fit the k-tap step operator: " + "; ".join(reasons))
+    kind, (u, v, rows), (a, b, c) = best
+    _check_linear(scheduler, rows, u, v)
+    signal = probe.input_scale * probe.level_alpha[1:]
+    noise = probe.input_scale * probe.level_sigma[1:]
+    post = _posterior_std(probe.level_alpha, probe.level_sigma)
+    return MultistepCoefficients(
+        a,
+        b,
+        c,
+        probe.input_scale,
+        post,
+        probe.timesteps,
+        signal,
+        noise,
+        pt,
+        kind,
+        u,
+        v,
+        name,
+        tuple(probe.draws),
+        probe.noise_dtype,
+    )
