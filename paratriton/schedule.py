@@ -18,9 +18,28 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["StepOperator", "SamplerCoefficients", "coefficients_from_scheduler", "SUPPORTED_SCHEDULERS"]
+__all__ = [
+    "StepOperator",
+    "SamplerCoefficients",
+    "coefficients_from_scheduler",
+    "SUPPORTED_SCHEDULERS",
+    "TRACED_SCHEDULERS",
+]
 
+# the schedulers ``parallelize`` and the engine accept today (one-tap operators)
 SUPPORTED_SCHEDULERS = ("DDIMScheduler", "DDPMScheduler", "FlowMatchEulerDiscreteScheduler")
+# the schedulers ``coefficients_from_scheduler`` also traces into k-tap ``MultistepCoefficients``
+# (``paratriton.multistep``; the sequential samplers step them, the engine's k-tap stencil is in progress)
+TRACED_SCHEDULERS = (
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "DPMSolverMultistepScheduler",
+    "UniPCMultistepScheduler",
+    "HeunDiscreteScheduler",
+    "PNDMScheduler",
+    "LMSDiscreteScheduler",
+    "DEISMultistepScheduler",
+)
 _PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
@@ -30,7 +49,10 @@ class StepOperator(Protocol):
 
     ``taps`` is how many model outputs (its own and those of the ``taps - 1`` later steps, already computed
     along the trajectory) a step reads: 1 for first-order samplers (DDIM, DDPM, flow-match Euler), more for
-    multistep ones (DPM-Solver++, UniPC). The sequential samplers call ``step``; the engine reads
+    multistep ones (DPM-Solver++, UniPC; ``paratriton.multistep.MultistepCoefficients``). The model is called as
+    ``m_i = model(input_scale_i x_{i+1}, i)`` and a tap reads ``M_i = output_scale_i m_i + output_mix_i x_{i+1}``
+    (``tap_output``; the identity for one-tap operators); ``step(i, x_next, outputs, noise)`` takes
+    ``outputs[j] = M_{i+j}``. The sequential samplers call ``step``; the engine reads
     ``coefficients`` and runs the one-tap case through its kernels (a multistep operator adds a k-tap stencil
     there; ``../shared/design/multistep.md``).
     """
@@ -43,9 +65,11 @@ class StepOperator(Protocol):
     @property
     def is_stochastic(self) -> bool: ...
 
-    def step(
-        self, i: int, x_next: torch.Tensor, model_out: torch.Tensor, noise: torch.Tensor | None
-    ) -> torch.Tensor: ...
+    def step(self, i: int, x_next: torch.Tensor, outputs, noise: torch.Tensor | None) -> torch.Tensor: ...
+
+    def model_input(self, i: int, x_next: torch.Tensor) -> torch.Tensor: ...
+
+    def tap_output(self, i: int, x_next: torch.Tensor, model_out: torch.Tensor) -> torch.Tensor: ...
 
     def coefficients(
         self, dtype: torch.dtype, device: torch.device | str
@@ -108,6 +132,31 @@ class SamplerCoefficients:
     def is_stochastic(self) -> bool:
         return bool((self.c != 0).any())
 
+    output_kind: ClassVar[str] = "raw"
+
+    @property
+    def input_scale(self) -> torch.Tensor:
+        """``[T]`` ones: the model is called on ``x_{i+1}`` itself (as ``MultistepCoefficients.input_scale``)."""
+        return torch.ones_like(self.a)
+
+    @property
+    def output_scale(self) -> torch.Tensor:
+        """``[T]`` ones: the taps read the raw model output (as ``MultistepCoefficients.output_scale``)."""
+        return torch.ones_like(self.a)
+
+    @property
+    def output_mix(self) -> torch.Tensor:
+        """``[T]`` zeros (as ``MultistepCoefficients.output_mix``)."""
+        return torch.zeros_like(self.a)
+
+    def model_input(self, i: int, x_next: torch.Tensor) -> torch.Tensor:
+        """What the network is called with at step ``i``: ``x_{i+1}`` itself."""
+        return x_next
+
+    def tap_output(self, i: int, x_next: torch.Tensor, model_out: torch.Tensor) -> torch.Tensor:
+        """The tap's output ``M_i``: the raw model output (in ``x_next``'s dtype)."""
+        return model_out.to(x_next.dtype)
+
     def to(self, device: torch.device | str) -> "SamplerCoefficients":
         return replace(
             self,
@@ -117,10 +166,13 @@ class SamplerCoefficients:
             },
         )
 
-    def step(self, i: int, x_next: torch.Tensor, model_out: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+    def step(self, i: int, x_next: torch.Tensor, model_out, noise: torch.Tensor | None) -> torch.Tensor:
         """One sequential step ``x_{i+1} -> x_i`` (result in ``x_next``'s dtype). The coefficients are read as
-        host floats, once per operator (no device read per step)."""
+        host floats, once per operator (no device read per step). ``model_out``: ``m_i`` (a tensor shaped like
+        ``x_next``, or a sequence / stack whose first entry is ``m_i``, as the k-tap operators take)."""
         a, b, c = self._host
+        if not torch.is_tensor(model_out) or model_out.shape != x_next.shape:
+            model_out = model_out[0]
         out = a[i] * x_next + b[i] * model_out.to(x_next.dtype)
         if noise is not None and c[i] != 0.0:
             out = out + c[i] * noise.to(x_next.dtype)
@@ -262,16 +314,32 @@ _EXTRACTORS = {"DDIMScheduler": _ddim, "DDPMScheduler": _ddpm, "FlowMatchEulerDi
 
 def coefficients_from_scheduler(
     scheduler, num_inference_steps: int | None = None, *, eta: float | None = None, **set_timesteps_kwargs
-) -> SamplerCoefficients:
+):
     """Extract float64 sampler coefficients from a diffusers scheduler.
+
+    DDIM, DDPM and flow-match Euler give a one-tap ``SamplerCoefficients``; the other ``SUPPORTED_SCHEDULERS``
+    (Euler, Euler ancestral, DPM-Solver, UniPC, Heun, PNDM, LMS, DEIS) are traced into a k-tap
+    ``paratriton.multistep.MultistepCoefficients`` (one step per model evaluation: ``T = len(timesteps)``).
 
     With ``num_inference_steps`` the scheduler is copied and ``set_timesteps`` is called on the copy (extra keyword
     arguments, e.g. ``mu`` for dynamically shifted flow matching, are passed on); without it the scheduler must
     already have its timesteps set. ``eta`` applies to ``DDIMScheduler`` only (0 = DDIM, 1 = DDPM posterior noise).
     """
     name = type(scheduler).__name__
+    if name in TRACED_SCHEDULERS:
+        from .multistep import multistep_from_scheduler
+
+        if eta is not None:
+            raise ValueError(
+                f"eta is not an option of {name} (it applies to DDIMScheduler only); its noise, if any, is set by "
+                "the scheduler's own options"
+            )
+        return multistep_from_scheduler(scheduler, num_inference_steps, **set_timesteps_kwargs)
     if name not in _EXTRACTORS:
-        raise ValueError(f"scheduler {name} is not supported by parallel samplers; supported: {SUPPORTED_SCHEDULERS}")
+        raise ValueError(
+            f"scheduler {name} is not supported by parallel samplers; supported: "
+            f"{SUPPORTED_SCHEDULERS + TRACED_SCHEDULERS}"
+        )
     if name != "FlowMatchEulerDiscreteScheduler":
         _check_no_clipping(scheduler)
     if num_inference_steps is not None:

@@ -8,13 +8,15 @@ import torch
 
 from .._cuda_graph import NestedCUDAGraphError, capture, warn_nested_graphs
 from ..model import Denoiser
-from ..schedule import SamplerCoefficients
+from ..schedule import StepOperator
 from ._common import ModelCaller, NonFiniteError, SolveResult, check_problem
-from .sequential import diagnose_step, first_bad_step
+from .sequential import diagnose_step, first_bad_step, one_tap_view
 
 
 class GraphedSequential:
-    """Capture all ``T`` steps ``x_i = a_i x_{i+1} + b_i m(x_{i+1}, i) + c_i xi_i`` into one CUDA graph, then replay.
+    """Capture all ``T`` steps ``x_i = a_i x_{i+1} + sum_j b[i, j] M_{i+j} + c_i xi_i`` into one CUDA graph, then
+    replay (``M_i = output_scale_i m_i + output_mix_i x_{i+1}``, ``m_i = model(input_scale_i x_{i+1}, i)``: the
+    identity maps for one-tap operators; every tap output is kept in a ``[T, B, D]`` buffer).
 
     ``prepare`` captures (the model must be capturable: static shapes, no host syncs); ``run`` replays and
     returns the trajectory. Off CUDA (or with ``use_cuda_graph=False``, or around a model that replays CUDA graphs
@@ -25,7 +27,7 @@ class GraphedSequential:
     def __init__(
         self,
         model: Denoiser,
-        coeffs: SamplerCoefficients,
+        coeffs: StepOperator,
         x_T: torch.Tensor,
         noise: torch.Tensor | None = None,
         *,
@@ -34,12 +36,25 @@ class GraphedSequential:
     ) -> None:
         if state_dtype not in (torch.float32, torch.float64):
             raise ValueError(f"state_dtype must be torch.float32 or torch.float64, got {state_dtype}")
-        check_problem(coeffs, x_T, noise)
+        check_problem(one_tap_view(coeffs), x_T, noise)
         T, B, self.shape = coeffs.num_steps, x_T.shape[0], tuple(x_T.shape[1:])
         D, dev = math.prod(self.shape), x_T.device
         cf = coeffs.to(dev)
         self.T, self.B = T, B
         self.a, self.b, self.c = (v.to(state_dtype) for v in (cf.a, cf.b, cf.c))
+        if self.b.ndim == 1:
+            self.b = self.b[:, None]
+        # host structure (which taps and maps are not the identity), fixed at capture
+        self.taps = [[j for j, w in enumerate(row) if w != 0.0] for row in coeffs.b.reshape(T, -1).tolist()]
+        self.scale_in, self.scale_out, self.mix = (
+            getattr(cf, n).to(state_dtype) for n in ("input_scale", "output_scale", "output_mix")
+        )
+        self.host_maps = [
+            (s != 1.0, u != 1.0, v != 0.0)
+            for s, u, v in zip(coeffs.input_scale.tolist(), coeffs.output_scale.tolist(), coeffs.output_mix.tolist())
+        ]
+        self.multi = int(coeffs.taps) > 1 or any(any(f) for f in self.host_maps)
+        self.M = torch.zeros(T, B, D, dtype=state_dtype, device=dev) if self.multi else None
         self.stochastic = noise is not None and coeffs.is_stochastic
         self.xi = noise.reshape(T, B, D).to(state_dtype, copy=True) if self.stochastic else None
         self.x = torch.empty(T + 1, B, D, dtype=state_dtype, device=dev)
@@ -54,11 +69,23 @@ class GraphedSequential:
             except NestedCUDAGraphError:  # a reduce-overhead compiled model: its own graphs, our loop eager
                 warn_nested_graphs()
 
+    def _model_input(self, i: int) -> torch.Tensor:
+        xin = self.x[i + 1 : i + 2]
+        return self.scale_in[i] * xin if self.host_maps[i][0] else xin
+
     def _loop(self) -> None:
         x = self.x
         for i in range(self.T - 1, -1, -1):
-            out = self.call(x[i + 1 : i + 2], self.steps[i : i + 1])[0].to(x.dtype)
-            nxt = self.a[i] * x[i + 1] + self.b[i] * out
+            out = self.call(self._model_input(i), self.steps[i : i + 1])[0].to(x.dtype)
+            if not self.multi:
+                nxt = self.a[i] * x[i + 1] + self.b[i, 0] * out
+            else:
+                _, scaled, mixed = self.host_maps[i]
+                m = self.scale_out[i] * out if scaled else out
+                self.M[i] = m + self.mix[i] * x[i + 1] if mixed else m
+                nxt = self.a[i] * x[i + 1]
+                for j in self.taps[i]:
+                    nxt = nxt + self.b[i, j] * self.M[i + j]
             x[i] = nxt + self.c[i] * self.xi[i] if self.stochastic else nxt
 
     def load(self, x_T: torch.Tensor, noise: torch.Tensor | None = None) -> None:
@@ -89,7 +116,7 @@ class GraphedSequential:
             self._loop()
         if not torch.isfinite(self.x).all():
             i = first_bad_step(self.x, self.T)
-            out = self.call(self.x[i + 1 : i + 2], self.steps[i : i + 1])[0].to(self.x.dtype)
+            out = self.call(self._model_input(i), self.steps[i : i + 1])[0].to(self.x.dtype)
             raise diagnose_step(
                 i, self.T - 1 - i, self.x[i + 1], out, None if self.xi is None else self.xi[i], self.coeffs, self.x[i]
             )

@@ -1,4 +1,12 @@
-"""The sequential sampler: the ground truth every parallel solver must reproduce."""
+"""The sequential sampler: the ground truth every parallel solver must reproduce.
+
+It steps any ``StepOperator``: the one-tap ``SamplerCoefficients`` and the k-tap
+``paratriton.multistep.MultistepCoefficients`` alike. Per step ``i = T-1 .. 0``::
+
+    m_i = model(input_scale_i * x_{i+1}, i)                  (coeffs.model_input)
+    M_i = output_scale_i * m_i + output_mix_i * x_{i+1}      (coeffs.tap_output; M_i = m_i for one-tap operators)
+    x_i = a_i x_{i+1} + sum_{j<k} b[i, j] M_{i+j} + c_i xi_i (coeffs.step, with the last k outputs kept)
+"""
 
 from __future__ import annotations
 
@@ -8,8 +16,28 @@ from typing import Callable
 import torch
 
 from ..model import Denoiser
-from ..schedule import SamplerCoefficients
+from ..schedule import SamplerCoefficients, StepOperator
 from ._common import IterationInfo, ModelCaller, NonFiniteError, SolveResult, check_problem
+
+
+def one_tap_view(coeffs: StepOperator) -> SamplerCoefficients:
+    """``coeffs`` itself if one-tap ``SamplerCoefficients``, else a one-tap stand-in with the same ``T``, ``a``,
+    ``c``, ``posterior_std`` and levels (``b`` = the own-output weight ``b[:, 0]``) for the shared input checks."""
+    if isinstance(coeffs, SamplerCoefficients):
+        return coeffs
+    if not isinstance(coeffs, StepOperator) or not hasattr(coeffs, "b"):
+        raise TypeError(f"coeffs must be a StepOperator (SamplerCoefficients, MultistepCoefficients), got {coeffs!r}")
+    b = coeffs.b[:, 0] if coeffs.b.ndim == 2 else coeffs.b
+    return SamplerCoefficients(
+        coeffs.a,
+        b,
+        coeffs.c,
+        coeffs.posterior_std,
+        coeffs.timesteps,
+        coeffs.signal_scale,
+        coeffs.noise_scale,
+        coeffs.prediction_type,
+    )
 
 
 def diagnose_step(
@@ -18,7 +46,7 @@ def diagnose_step(
     x_next: torch.Tensor,
     out: torch.Tensor,
     noise_i: torch.Tensor | None,
-    coeffs: SamplerCoefficients,
+    coeffs: StepOperator,
     x_i: torch.Tensor | None = None,
 ) -> NonFiniteError:
     """The error for step ``i`` whose state ``x_i`` (or model output) is NaN/inf: names the step, the iteration and
@@ -31,7 +59,7 @@ def diagnose_step(
         return NonFiniteError(f"the model output is NaN/inf {where} (its input was finite){tail}")
     if noise_i is not None and not bool(torch.isfinite(noise_i).all()):
         return NonFiniteError(f"the noise is NaN/inf {where}{tail}")
-    bad = [n for n in ("a", "b", "c") if not math.isfinite(float(getattr(coeffs, n)[i]))]
+    bad = [n for n in ("a", "b", "c") if not bool(torch.isfinite(getattr(coeffs, n)[i]).all())]
     if bad:
         return NonFiniteError(f"the coefficients {bad} are NaN/inf {where}{tail}")
     big = x_i.abs().max().item() if x_i is not None and bool(torch.isfinite(x_i).all()) else float("inf")
@@ -50,7 +78,7 @@ def first_bad_step(x: torch.Tensor, T: int) -> int | None:
 
 def solve_sequential(
     model: Denoiser,
-    coeffs: SamplerCoefficients,
+    coeffs: StepOperator,
     x_T: torch.Tensor,
     noise: torch.Tensor | None = None,
     *,
@@ -58,7 +86,9 @@ def solve_sequential(
     callback: Callable[[IterationInfo], None] | None = None,
     check_finite: bool = True,
 ) -> SolveResult:
-    """Run ``x_i = a_i x_{i+1} + b_i m(x_{i+1}, i) + c_i xi_i`` for ``i = T-1 .. 0``, one model call per step.
+    """Run ``x_i = a_i x_{i+1} + sum_j b[i, j] M_{i+j} + c_i xi_i`` for ``i = T-1 .. 0``, one model call per step
+    (``M_i`` from ``m_i = model(input_scale_i x_{i+1}, i)``, see the module docstring; the last ``taps`` outputs are
+    kept). ``x_T [B, *S]``, ``noise [T, B, *S]`` or None; the trajectory is ``[T+1, B, *S]``.
 
     Never returns a non-finite sample: ``check_finite`` syncs once per step to stop at the first NaN/inf model
     output or state (turn it off to time the loop: the whole trajectory is then checked once at the end, and the
@@ -66,10 +96,12 @@ def solve_sequential(
     """
     if state_dtype not in (torch.float32, torch.float64):
         raise ValueError(f"state_dtype must be torch.float32 or torch.float64, got {state_dtype}")
-    check_problem(coeffs, x_T, noise)
+    check_problem(one_tap_view(coeffs), x_T, noise)
     T, B, shape = coeffs.num_steps, x_T.shape[0], tuple(x_T.shape[1:])
     D = math.prod(shape)
+    taps = int(coeffs.taps)
     call = ModelCaller(model, shape, B, clamp=False)
+    outs: list[torch.Tensor] = []  # the tap outputs M_i, M_{i+1}, ... of the last ``taps`` steps, newest first
     x = torch.empty(T + 1, B, D, dtype=state_dtype, device=x_T.device)
     x[T] = x_T.reshape(B, D)
     steps = torch.arange(T, device=x_T.device)
@@ -79,8 +111,9 @@ def solve_sequential(
         return None if noise is None else noise[i].reshape(B, D)
 
     for i in range(T - 1, -1, -1):
-        m_out = call(x[i + 1 : i + 2], steps[i : i + 1])[0].to(state_dtype)
-        x[i] = coeffs.step(i, x[i + 1], m_out, noise_of(i))
+        m_out = call(coeffs.model_input(i, x[i + 1 : i + 2]), steps[i : i + 1])[0].to(state_dtype)
+        outs = [coeffs.tap_output(i, x[i + 1], m_out), *outs[: taps - 1]]
+        x[i] = coeffs.step(i, x[i + 1], outs, noise_of(i))
         if check_finite and not bool(torch.isfinite(m_out).all() & torch.isfinite(x[i]).all()):
             raise diagnose_step(i, T - 1 - i, x[i + 1], m_out, noise_of(i), coeffs, x[i])
         residuals[T - 1 - i, i] = 0.0
@@ -90,7 +123,7 @@ def solve_sequential(
             )
     if not check_finite and not bool(torch.isfinite(x).all()):
         i = first_bad_step(x, T)
-        out = call(x[i + 1 : i + 2], steps[i : i + 1])[0].to(state_dtype)
+        out = call(coeffs.model_input(i, x[i + 1 : i + 2]), steps[i : i + 1])[0].to(state_dtype)
         raise diagnose_step(i, T - 1 - i, x[i + 1], out, noise_of(i), coeffs, x[i])
     traj = x.reshape(T + 1, B, *shape)
     return SolveResult(traj[0], traj, T, T, residuals, True, "sequential", [(i, i + 1) for i in range(T - 1, -1, -1)])
@@ -120,7 +153,7 @@ class SequentialSolver:
     def solve(
         self,
         model: Denoiser,
-        coeffs: SamplerCoefficients,
+        coeffs: StepOperator,
         x_T: torch.Tensor,
         noise: torch.Tensor | None = None,
         init: torch.Tensor | None = None,
