@@ -486,28 +486,40 @@ def test_progress_bar_shows_iteration_window_residual_and_can_be_disabled():
     assert not getattr(pipe, "_progress_bar_config", {}).get("file")
 
 
-def test_callback_on_step_end_once_per_iteration_with_current_estimate():
+def test_callback_on_step_end_has_the_stock_meaning():
+    # once per loop step, with the step index, its timestep and its latents: what the stock loop passes
     pipe = make_sd(_ddim())
     par = paratriton.parallelize(pipe, **TOL)
-    seen = []
+    seen: dict[str, list] = {"stock": [], "par": []}
 
-    def cb(p, i, t, kwargs):
-        assert p is par
-        seen.append((i, int(t), kwargs["latents"].clone()))
-        return kwargs
+    def recorder(key):
+        def cb(p, i, t, kwargs):
+            assert p.guidance_scale == 3.0 and p.num_timesteps == STEPS  # the call's own pipeline state
+            seen[key].append((i, int(t), kwargs["latents"].clone()))
+            return kwargs
 
-    out = par(**sd_inputs(2, True, output_type="latent"), generator=_gen(), callback_on_step_end=cb).images
-    result = par.paratriton.last_result
-    assert [s[0] for s in seen] == list(range(result.iterations))
-    assert all(s[2].shape == (2, 4, 8, 8) and s[2].dtype == torch.float32 for s in seen)
-    assert torch.allclose(seen[-1][2], out)  # the last estimate is the returned sample
+        return cb
+
+    inputs = sd_inputs(2, True, output_type="latent")
+    ref = pipe(**inputs, generator=_gen(), callback_on_step_end=recorder("stock")).images
+    out = par(**inputs, generator=_gen(), callback_on_step_end=recorder("par")).images
+    assert [s[:2] for s in seen["par"]] == [s[:2] for s in seen["stock"]]
+    assert [s[0] for s in seen["par"]] == list(range(STEPS))
+    for (_, _, a), (_, _, b) in zip(seen["stock"], seen["par"]):
+        assert_same(a, b)
+    assert_same(ref, out)
+    assert torch.equal(seen["par"][-1][2], out)  # the last step's latents are the returned sample
     # pipelines without callback_on_step_end in their stock loop get it too (DiT)
     count = []
     dit = paratriton.parallelize(make_dit(_ddim()), **TOL)
     dit(**dit_inputs(1, True), generator=_gen(), callback_on_step_end=lambda *a: count.append(a[1]) or {})
-    assert count == list(range(dit.paratriton.last_result.iterations))
+    assert count == list(range(STEPS))
     with pytest.raises(ValueError, match="callback_on_step_end_tensor_inputs"):
-        par(**sd_inputs(1, False), callback_on_step_end=cb, callback_on_step_end_tensor_inputs=["prompt_embeds"])
+        par(
+            **sd_inputs(1, False),
+            callback_on_step_end=recorder("x"),
+            callback_on_step_end_tensor_inputs=["prompt_embeds"],
+        )
     # step-aware guidance cannot apply to a parallel solve
     from diffusers.callbacks import SDCFGCutoffCallback
 
@@ -599,25 +611,43 @@ def _concurrent_calls(pars: list, reps: int, wait_s: float) -> tuple[list, list,
 
 
 @pytest.mark.parametrize("share", ["two_parallelize", "second_pipe"])
-def test_threads_sharing_components_leave_the_stock_pipeline_unpatched(share):
-    # two parallel pipelines over the same unet and scheduler, called from two threads at once: the calls
-    # serialise (one lock per patched object), so neither leaves its patch on the shared components
+def test_threads_sharing_components_run_concurrently_and_patch_nothing(share):
+    # two parallel pipelines over the same unet and scheduler, called from two threads at once, beside stock calls
+    # of the original from a third: nothing shared is patched (per-call proxy and scheduler copy), so the calls
+    # overlap mid-solve (each meets the other inside its solve) and every image is the stock one
+    import threading
+
     pipe = _ddpm_pipe()
     ref = _images(pipe(**UNCOND, generator=_gen()))
+    unet_dict, sched_dict = dict(pipe.unet.__dict__), dict(pipe.scheduler.__dict__)
     other = pipe if share == "two_parallelize" else _quiet(DDPMPipeline(unet=pipe.unet, scheduler=pipe.scheduler))
     pars = [paratriton.parallelize(pipe, **TOL), paratriton.parallelize(other, "picard", **TOL)]
-    reps = 3
-    images, met, errors = _concurrent_calls(pars, reps, wait_s=0.3)
-    left = {"unet.forward": pipe.unet.__dict__.get("forward"), "scheduler.step": pipe.scheduler.__dict__.get("step")}
-    assert left == {"unet.forward": None, "scheduler.step": None}, "a patch was left on the shared components"
-    assert torch.equal(_images(pipe(**UNCOND, generator=_gen())), ref)  # the stock result, twice
-    assert torch.equal(_images(pipe(**UNCOND, generator=_gen())), ref)
+    stop, stock_outs = threading.Event(), []
+
+    def stock_caller():
+        while not stop.is_set():
+            stock_outs.append(_images(pipe(**UNCOND, generator=_gen())))
+
+    stock_thread = threading.Thread(target=stock_caller)
+    stock_thread.start()
+    reps = 2
+    try:
+        images, met, errors = _concurrent_calls(pars, reps, wait_s=30)
+    finally:
+        stop.set()
+        stock_thread.join(60)
     assert not errors, f"a parallel call raised: {errors[0]!r}"
+    assert met == [[True] * reps] * 2  # both inside a solve at once
+    assert pipe.unet.__dict__.keys() == unet_dict.keys() and all(
+        pipe.unet.__dict__[k] is v for k, v in unet_dict.items()
+    )
+    assert pipe.scheduler.__dict__.keys() == sched_dict.keys()
+    assert stock_outs and all(torch.equal(o, ref) for o in stock_outs)  # stock calls meanwhile: the stock image
+    assert torch.equal(_images(pipe(**UNCOND, generator=_gen())), ref)
     for outs in images:
         assert len(outs) == reps
         for out in outs:
             assert_same(ref, out)
-    assert met == [[False] * reps] * 2  # never both inside a patched call at once
 
 
 def test_threads_on_disjoint_components_run_concurrently():
@@ -942,7 +972,7 @@ def test_plan_pipeline_times_every_method_and_builds_the_fastest(monkeypatch, ca
 
 
 def test_plan_pipeline_graphed_and_forced_sequential(monkeypatch):
-    from paratriton.pipelines import _wrap
+    from paratriton.pipelines import _call as _wrap
 
     pipe = _ddpm_pipe()
     real = _wrap.choose_window  # planner.choose_window, as the window="auto" path reads it

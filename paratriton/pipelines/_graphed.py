@@ -74,7 +74,7 @@ class GraphedSolvers:
 
 def graphed_solvers(
     state: ParallelState,
-    model: torch.nn.Module,
+    model_key: tuple,
     branches,
     guidance: tuple,
     make_denoiser: Callable,
@@ -83,9 +83,14 @@ def graphed_solvers(
     noise: torch.Tensor | None,
 ) -> GraphedSolvers:
     """The parallel pipeline's cached ``GraphedSolvers`` (``state.graphed``) for this problem, loaded with this
-    call's conditioning; a new one (replacing the old) when the problem differs."""
+    call's conditioning; a new one (replacing the old) when the problem differs.
+
+    ``model_key`` is ``_guards.model_fingerprint(model)``: the storages and versions of every parameter and buffer,
+    the module tree, attention processors, adapters and hooks. A graph replays what it captured, so after LoRA
+    fusing, ``set_adapters``, a processor swap, fused projections or ``.to()`` the key differs and it recaptures.
+    """
     key = (
-        id(model),
+        model_key,
         branches.latent_name,
         tree_signature(branches.kwargs),
         branches.g,

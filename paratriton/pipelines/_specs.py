@@ -35,6 +35,11 @@ class PipelineSpec:
     step_eta:        the loop passes the call's ``eta`` to ``scheduler.step`` (DDIM only)
     flow_timestep:   the model takes ``t / 1000`` in the latents' dtype (Flux)
     check:           ``(pipe, call_args) -> None``; raises for call options the parallel loop cannot honour
+    loop_end:        ``(pipe, call_args, scheduler_timesteps) -> k1``: the loop stops before index ``k1`` (SDXL's
+                     ``denoising_end``); None: it runs to the end. Where it starts is read from the run (the
+                     first model call's timestep), so img2img's ``strength`` needs no entry
+    latent_channels: ``pipe -> C``: the model input carries conditioning channels after the ``C`` latent ones
+                     (inpainting UNets: mask and masked-image latents); None: all channels are latents
     """
 
     denoiser: str
@@ -46,6 +51,8 @@ class PipelineSpec:
     step_eta: bool = True
     flow_timestep: bool = False
     check: Callable[[Any, dict], None] | None = None
+    loop_end: Callable[[Any, dict, Any], int] | None = None
+    latent_channels: Callable[[Any], int] | None = None
 
 
 def _no_guidance(pipe, args: dict) -> tuple[bool, float, float]:

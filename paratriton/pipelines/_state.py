@@ -6,6 +6,7 @@ this state, and every parallel call reads its method and options here and writes
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +28,9 @@ class ParallelState:
                      ``window_history`` and the float64 trajectory ``[T+1, B, *latent_shape]``), None before;
     window_choices:  ``window="auto"``: the ``WindowChoice`` timed per problem, keyed by
                      ``(steps, x_T shape, device, method, cuda_graph)``; reused by later calls of that shape;
-    graphed:         ``cuda_graph=True``: the captured solvers of the last problem (one problem shape is kept).
+    graphed:         ``cuda_graph=True``: the captured solvers of the last problem (one problem shape is kept);
+    lock:            held for the length of a call: calls of one parallel pipeline share the above, so calls from
+                     several threads take turns (other parallel pipelines and stock calls do not wait).
     """
 
     method: str
@@ -35,3 +38,4 @@ class ParallelState:
     last_result: SolveResult | None = None
     window_choices: dict[tuple, WindowChoice] = field(default_factory=dict)
     graphed: GraphedSolvers | None = field(default=None, repr=False)
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)

@@ -1,0 +1,577 @@
+"""One parallel pipeline call: a private stand-in pipeline, a proxy network, a scheduler copy, the solve, the replay.
+
+Why this shape
+--------------
+The stock ``__call__`` runs unchanged (prompt encoding, input checks, latent preparation, timesteps, decoding,
+``output_type``, ...), but on a **per-call shallow copy** of the pipeline whose denoiser attribute is a
+``_ModelProxy`` and whose scheduler is a deep copy with a replaying ``step``. Nothing shared is patched: the
+user's pipeline, the parallel pipeline, their modules and their scheduler are never written to (the stock call
+sets ``_guidance_scale``, ``_interrupt``, timesteps, ... on the private copies only). So a stock call, another
+parallel call from another thread, or an exception raised halfway can never observe or leave a patch.
+
+* The proxy's **first** call hands over everything the loop body has prepared (the initial latents, the CFG-batched
+  conditioning). The step noise of DDPM-style samplers is drawn now, in the order and with the ``randn_tensor``
+  calls the stock ``scheduler.step`` would make. Then the trajectory is solved: one batched call of the **real**
+  network per iteration, through ``nn.Module.__call__`` (so forward hooks, ``.compile()`` and accelerate's offload
+  hooks see every batched call). Later loop calls get zeros shaped like the network's output.
+* The scheduler copy's ``step`` replays the solved trajectory into the stock loop, which ends on the solved
+  ``x_0`` and decodes it as usual. Each replayed step checks what the parallel solve assumed: one network call per
+  step, the timestep, the generator and ``eta`` the loop hands to ``step``, and that the loop did not change the
+  latents between steps (a legacy callback, a subclass or an inpainting blend would): otherwise it raises instead
+  of returning a silently different image.
+* Where the loop starts and ends is read from the run: the first network call's timestep gives the start (img2img's
+  ``strength``, the refiner's ``denoising_start``), ``PipelineSpec.loop_end`` the end (SDXL's ``denoising_end``):
+  the parallel solve covers exactly the steps the stock loop would take.
+* ``callback_on_step_end(pipe, i, t, {"latents": ...})`` keeps its stock meaning: once per loop step ``i`` with
+  that step's timestep and its (converged) latents, called as steps converge. ``pipe`` is the call's pipeline (the
+  private copy, with the call's ``guidance_scale``, ``num_timesteps``, ...); ``pipe._interrupt = True`` stops the
+  solve and returns the latents of step ``i``, as the stock loop does. A callback that returns or edits
+  ``latents`` raises: a parallel solve cannot apply an edit to one step.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..model import ClassifierFreeGuidance
+from ..planner import WindowChoice, choose_window
+from ..schedule import SamplerCoefficients, coefficients_from_scheduler
+from ..solvers import SolveResult, solve
+from ._graphed import graphed_solvers
+from ._guards import check_no_stateful_hooks, model_fingerprint
+from ._options import pipeline_options
+from ._specs import PipelineSpec
+from ._state import ParallelState
+from ._trees import copy_tree
+
+logger = logging.getLogger("paratriton.pipelines")
+
+# model kwargs that are not per-row although their leading dimension can equal the batch (Flux's 2-D position ids)
+_NOT_PER_ROW = frozenset({"txt_ids", "img_ids"})
+# the conditioning key under which inpainting's extra input channels (mask, masked image latents) travel
+_EXTRA_CHANNELS = "__paratriton_extra_channels__"
+_COEFF_FIELDS = ("a", "b", "c", "posterior_std", "timesteps", "signal_scale", "noise_scale")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# small helpers
+# --------------------------------------------------------------------------------------------------------------
+def _bind_forward(model: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[str, dict]:
+    """Name every argument of a ``model(...)`` call: returns (latent argument name, {name: value})."""
+    target = getattr(model, "_orig_mod", model)  # torch.compile wrapper: the signature is the wrapped module's
+    sig = inspect.signature(type(target).forward)
+    bound = sig.bind(target, *args, **kwargs)
+    params = list(sig.parameters.values())
+    named: dict[str, Any] = {}
+    for name, value in list(bound.arguments.items())[1:]:  # drop self
+        kind = sig.parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            named.update(value)
+        elif kind is inspect.Parameter.VAR_POSITIONAL:
+            if value:
+                raise TypeError(f"{type(target).__name__}.forward got extra positional arguments; not supported")
+        else:
+            named[name] = value
+    return params[1].name, named
+
+
+def _repeat_rows(value: Any, g: int, B: int, W: int) -> Any:
+    """Repeat per-row conditioning ``[g * B, ...]`` to the solver's rows ``[g, W, B, ...]`` (step-major).
+
+    The stock loop batches ``g`` guidance branches of ``B`` samples; the solver evaluates ``W`` steps of each, with
+    rows ordered ``(branch, window position, sample)``. Tensors whose leading dimension is not ``g * B`` (scalars,
+    broadcast tensors) pass through unchanged; dicts, lists and tuples are searched.
+    """
+    if torch.is_tensor(value):
+        if value.ndim >= 1 and value.shape[0] == g * B:
+            rest = tuple(value.shape[1:])
+            return value.reshape(g, 1, B, *rest).expand(g, W, B, *rest).reshape(g * W * B, *rest)
+        return value
+    if isinstance(value, dict):
+        return {k: _repeat_rows(v, g, B, W) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_repeat_rows(v, g, B, W) for v in value)
+    return value
+
+
+def _first_tensor(out: Any) -> torch.Tensor:
+    return out if torch.is_tensor(out) else out[0]  # tuple or diffusers BaseOutput (which indexes like a tuple)
+
+
+def _like(raw: Any, tensor: torch.Tensor) -> Any:
+    """Wrap ``tensor`` in the same container the model returned (tensor, tuple or BaseOutput)."""
+    if torch.is_tensor(raw):
+        return tensor
+    if isinstance(raw, tuple):
+        return (tensor,)
+    first = next(iter(raw.keys()))
+    return type(raw)(**{first: tensor})
+
+
+def _step_draws(scheduler, timestep: torch.Tensor, eta: float | None) -> bool:
+    """Whether the stock ``scheduler.step`` draws noise at this timestep (mirrors diffusers 0.42.1)."""
+    name = type(scheduler).__name__
+    if name == "DDPMScheduler":
+        return bool(timestep > 0)
+    if name == "DDIMScheduler":
+        return eta is not None and eta > 0
+    return bool(scheduler.config.stochastic_sampling)  # FlowMatchEulerDiscreteScheduler
+
+
+def _slice_steps(coeffs: SamplerCoefficients, lo: int, hi: int) -> SamplerCoefficients:
+    """The sub-problem of solver steps ``lo .. hi-1`` (a one-tap operator's steps are independent rows)."""
+    if (lo, hi) == (0, coeffs.num_steps):
+        return coeffs
+    if getattr(coeffs, "taps", 1) != 1:
+        raise ValueError(
+            f"{type(coeffs).__name__} reads {coeffs.taps} earlier outputs: a partial trajectory "
+            "(img2img strength, denoising_start/end) is supported for one-step samplers only"
+        )
+    return type(coeffs)(**{f: getattr(coeffs, f)[lo:hi] for f in _COEFF_FIELDS}, prediction_type=coeffs.prediction_type)
+
+
+class _Interrupted(Exception):
+    """Raised from the solver callback when ``callback_on_step_end`` set ``pipe._interrupt``."""
+
+    def __init__(self, step: int, trajectory: torch.Tensor) -> None:
+        super().__init__(step)
+        self.step, self.trajectory = step, trajectory
+
+
+class _PipelineDenoiser:
+    """The pipeline's network as a paratriton denoiser of the stacked guidance branches.
+
+    ``x [g * W * B, *S]`` (solver dtype) and ``step_index [g * W * B]`` -> ``[g * W * B, *S]`` (model dtype), rows
+    ordered ``(branch, window position, sample)``; the stock call's conditioning ``kwargs`` is repeated along the
+    window. ``model`` is called as a module (``nn.Module.__call__``: hooks and ``compile`` apply). Only tensors are
+    read per call, so the call can be captured in a CUDA graph: later pipeline calls copy their conditioning into
+    ``kwargs`` in place (``load``) and replay.
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        latent_name: str,
+        kwargs: dict,
+        ts_by_step: torch.Tensor,
+        g: int,
+        B: int,
+        N0: int,
+        x_dtype: torch.dtype,
+        flow_timestep: bool,
+        learned_sigma_channels: int | None,
+    ) -> None:
+        self.forward, self.latent_name, self.kwargs, self.ts_by_step = model, latent_name, kwargs, ts_by_step
+        self.g, self.B, self.N0, self.x_dtype = g, B, N0, x_dtype
+        self.flow_timestep, self.learned_sigma_channels = flow_timestep, learned_sigma_channels
+        self.dummy: Any = None  # what later stock calls get back: zeros shaped like a stock call's output
+
+    def __call__(self, x: torch.Tensor, step_index: torch.Tensor) -> torch.Tensor:
+        g, B = self.g, self.B
+        W = x.shape[0] // (g * B)
+        t = self.ts_by_step[step_index]
+        if self.flow_timestep:  # Flux: t.expand(B).to(latents.dtype) / 1000, exactly as the stock loop
+            t = t.to(self.x_dtype) / 1000
+        kw = {k: (v if k in _NOT_PER_ROW else _repeat_rows(v, g, B, W)) for k, v in self.kwargs.items()}
+        sample = x.to(self.x_dtype)
+        extra = kw.pop(_EXTRA_CHANNELS, None)
+        if extra is not None:  # inpainting: [latents, mask, masked image latents] along channels, as the loop does
+            sample = torch.cat([sample, extra], dim=1)
+        raw = self.forward(**{self.latent_name: sample, "timestep": t}, **kw)
+        out = _first_tensor(raw)
+        if self.dummy is None:
+            self.dummy = _like(raw, out.new_zeros((self.N0, *out.shape[1:])))
+        if self.learned_sigma_channels is not None:
+            out = out[:, : self.learned_sigma_channels]
+        return out
+
+    def load(self, kwargs: dict) -> None:
+        """Copy another call's conditioning (same structure and shapes) into this one's tensors."""
+        copy_tree(self.kwargs, kwargs)
+
+
+def _guided(branches: Callable, do_cfg: bool, scale: float, rescale: float, cond_first: bool) -> Callable:
+    return ClassifierFreeGuidance(branches, scale, rescale, cond_first=cond_first) if do_cfg else branches
+
+
+class _ModelProxy(torch.nn.Module):
+    """Stands in for the pipeline's network on the per-call pipeline copy (never on a shared object).
+
+    Reads of anything else (``config``, ``dtype``, ``device``, ``cache_context``, accelerate's ``_hf_hook``) go to
+    the real network, so the stock ``__call__`` sees its own module; only calls are answered by the parallel call.
+    """
+
+    def __init__(self, call: _ParallelCall, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = model  # a registered child, so .modules() / .device walk the real network
+        object.__setattr__(self, "_paratriton_call", call)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["inner"], name)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self._paratriton_call.model_call(args, kwargs)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# one parallel call
+# --------------------------------------------------------------------------------------------------------------
+class _ParallelCall:
+    """One parallel pipeline call (see the module docstring).
+
+    ``par`` is the parallel pipeline (read, never written); ``state`` its ``ParallelState``, which gives the method
+    and options and gets the result, the window choices and the graph cache back; ``wrapped`` the pipeline class
+    whose ``__call__`` runs (the user's class: its overrides of helper methods apply).
+    """
+
+    def __init__(
+        self,
+        par,
+        wrapped: type,
+        state: ParallelState,
+        spec: PipelineSpec,
+        call_args: dict,
+        callback: Callable | None,
+        progress_config: dict,
+    ) -> None:
+        self.state, self.spec, self.call_args = state, spec, call_args
+        self.callback, self.progress_config = callback, progress_config
+        self.model: torch.nn.Module = getattr(par, spec.denoiser)
+        check_no_stateful_hooks(self.model, f"{type(par).__name__}.{spec.denoiser}")
+        # the call's own scheduler: set_timesteps, begin_index and the replaying step stay on this copy
+        self.scheduler = copy.deepcopy(par.scheduler)
+        self.scheduler.step = self.scheduler_step  # an instance attribute of a private object
+        self.proxy = _ModelProxy(self, self.model)
+        pipe = wrapped.__new__(wrapped)
+        d = dict(par.__dict__)
+        d.pop("paratriton", None)
+        d[spec.denoiser], d["scheduler"] = self.proxy, self.scheduler
+        d["_progress_bar_config"] = {**progress_config, "disable": True}  # the replay is not progress
+        d["_interrupt"] = False  # the stock calls that honour it reset it too; DiT and DDPM have none
+        # enable_model_cpu_offload's re-arming must act on the real components, not on this copy's proxy
+        d["maybe_free_model_hooks"] = par.maybe_free_model_hooks
+        pipe.__dict__.update(d)  # __dict__, not setattr: DiffusionPipeline.__setattr__ would write the shared config
+        self.pipe = pipe
+        self.solved = False
+        self.result: SolveResult | None = None
+        self.trajectory: torch.Tensor | None = None
+        self.dummy: Any = None
+        self.replayed = 0
+        self.calls_since_step = 0
+        self.last_out: torch.Tensor | None = None
+        self.interrupted_at: int | None = None
+        self.in_callback = False
+        self.reported = 0
+
+    # -- the proxy network: solve on the first stock call -------------------------------------------------------
+    def model_call(self, args: tuple, kwargs: dict) -> Any:
+        if self.in_callback:  # a callback calling pipe.unet(...) gets the real network
+            return self.model(*args, **kwargs)
+        self.calls_since_step += 1
+        if not self.solved:
+            self._solve(args, kwargs)
+        return self.dummy
+
+    def _coefficients(self, sched, eta: float | None) -> SamplerCoefficients:
+        if getattr(sched, "custom_timesteps", False) and getattr(sched, "num_inference_steps", None) is None:
+            # DDPM with timesteps=[...] leaves num_inference_steps unset although its step follows the list; the
+            # coefficients follow the list as well (the next-smaller timestep), so tell the extractor the count
+            sched = copy.copy(sched)
+            sched.num_inference_steps = len(sched.timesteps)
+        return coefficients_from_scheduler(sched, eta=eta)
+
+    def _loop_range(self, t_in: Any, sched_ts: torch.Tensor) -> tuple[int, int]:
+        """Loop indices ``k0 .. k1-1`` of ``sched_ts`` the stock loop steps through."""
+        T_full = len(sched_ts)
+        k0 = 0
+        if torch.is_tensor(t_in) and t_in.numel() and T_full > 1:
+            t0 = float(t_in.reshape(-1)[0]) * (1000.0 if self.spec.flow_timestep else 1.0)
+            k0 = int((sched_ts.detach().to("cpu", torch.float64) - t0).abs().argmin())
+        k1 = T_full if self.spec.loop_end is None else self.spec.loop_end(self.pipe, self.call_args, sched_ts)
+        if not 0 <= k0 < k1 <= T_full:
+            raise RuntimeError(f"the stock loop's steps {k0}..{k1 - 1} are not within its {T_full} timesteps")
+        return k0, k1
+
+    def _solve(self, args: tuple, kwargs: dict) -> None:
+        self.solved = True
+        spec, pipe, sched = self.spec, self.pipe, self.scheduler
+        latent_name, named = _bind_forward(self.model, args, kwargs)
+        x_in = named.pop(latent_name)
+        t_in = named.pop("timestep", None)
+        do_cfg, scale, rescale = spec.guidance(pipe, self.call_args)
+        g = 2 if do_cfg else 1
+        N0 = x_in.shape[0]
+        if N0 % g:
+            raise RuntimeError(f"{type(pipe).__name__}: model batch {N0} is not a multiple of the {g} CFG branches")
+        B = N0 // g
+        C = spec.latent_channels(pipe) if spec.latent_channels is not None else None
+        if C is not None and x_in.ndim >= 2 and x_in.shape[1] > C:  # inpainting: mask and image channels
+            named[_EXTRA_CHANNELS] = x_in[:, C:]
+            x_in = x_in[:, :C]
+        sample_shape = tuple(x_in.shape[1:])
+        x_dtype, device = x_in.dtype, x_in.device
+
+        eta = None
+        if type(sched).__name__ == "DDIMScheduler":
+            eta = float(self.call_args.get("eta", 0.0) or 0.0) if spec.step_eta else 0.0
+        self.eta = eta
+        full = self._coefficients(sched, eta)
+        sched_ts = sched.timesteps  # the order the stock loop visits: step i = T - 1 - k at loop index k
+        T_full = full.num_steps
+        if len(sched_ts) != T_full or not torch.equal(
+            sched_ts.detach().to("cpu", torch.float64).flip(0), full.timesteps
+        ):
+            raise RuntimeError("the scheduler's timesteps do not match the extracted coefficients")
+        k0, k1 = self._loop_range(t_in, sched_ts)
+        coeffs = _slice_steps(full, T_full - k1, T_full - k0)
+        T = k1 - k0
+        self.T, self.B, self.x_dtype, self.k0 = T, B, x_dtype, k0
+        self.loop_ts = sched_ts[k0:k1]
+        self.ts_by_step = self.loop_ts.flip(0).to(device)
+        self.x_start = x_in[:B]
+
+        noise = self._draw_noise(T, N0 if spec.step_rows_cfg else B, B, sample_shape, x_dtype, device, eta)
+
+        learned_sigma = spec.learned_sigma and getattr(self.model.config, "out_channels", None) == 2 * (
+            sample_shape[0] if sample_shape else 0
+        )
+        branches = _PipelineDenoiser(
+            self.model,
+            latent_name,
+            named,
+            self.ts_by_step,
+            g,
+            B,
+            N0,
+            x_dtype,
+            spec.flow_timestep,
+            sample_shape[0] if learned_sigma else None,
+        )
+        x_T = x_in[:B].to(torch.float64)  # CFG-doubled inputs: both halves are the same latents
+        method, options = self.state.method, dict(self.state.options)
+        graphed = options.pop("cuda_graph", False)
+        with self._progress(T) as bar:
+            self.bar = bar
+            try:
+                if graphed:
+                    self.result = self._solve_graphed(
+                        branches, (do_cfg, scale, rescale), coeffs, x_T, noise, method, options
+                    )
+                else:
+                    denoiser = _guided(branches, do_cfg, scale, rescale, spec.cond_first)
+                    if options.get("window") == "auto":
+                        method, options["window"] = self._auto_window(denoiser, coeffs, x_T, noise, method, options)
+                        if method == "sequential":
+                            options = {k: v for k, v in options.items() if k in pipeline_options(method, False)}
+                    self.result = solve(
+                        denoiser, coeffs, x_T, noise, method=method, callback=self._on_iteration, **options
+                    )
+                    self.dummy = branches.dummy
+            except _Interrupted as stop:
+                self.interrupted_at, self.trajectory = stop.step, stop.trajectory
+                self.dummy = self.dummy if self.dummy is not None else branches.dummy
+                self.state.last_result = None
+                logger.info("paratriton: interrupted by callback_on_step_end at step %d", stop.step)
+                return
+        if not self.result.converged:
+            logger.warning(
+                "paratriton: %s stopped after %d iterations before every step converged "
+                "(max_iters); the image is the current estimate",
+                self.result.method,
+                self.result.iterations,
+            )
+        self.trajectory = self.result.trajectory
+        self.state.last_result = self.result
+
+    def _auto_window(
+        self, denoiser, coeffs, x_T, noise, method, options, cuda_graph: bool = False
+    ) -> tuple[str, int | None]:
+        """``window="auto"``: time the candidate windows and the sequential sampler once per problem shape (on a
+        calibration problem with other noise), keep the choice in ``state.window_choices``, and reuse it."""
+        key = (coeffs.num_steps, tuple(x_T.shape), str(x_T.device), method, cuda_graph)
+        cache: dict[tuple, WindowChoice] = self.state.window_choices
+        if key not in cache:
+            g = torch.Generator().manual_seed(1234)
+            cal_x = torch.randn(x_T.shape, generator=g, dtype=x_T.dtype).to(x_T.device)
+            cal_noise = (
+                None if noise is None else torch.randn(noise.shape, generator=g, dtype=noise.dtype).to(noise.device)
+            )
+            rest = {k: v for k, v in options.items() if k != "window"}
+            cache[key] = choose_window(denoiser, coeffs, cal_x, cal_noise, method, cuda_graph=cuda_graph, **rest)
+            logger.info("paratriton: window='auto': %s", cache[key].reason)
+        choice = cache[key]
+        return choice.method, choice.window
+
+    def _solve_graphed(
+        self,
+        branches: _PipelineDenoiser,
+        guidance: tuple,
+        coeffs: SamplerCoefficients,
+        x_T: torch.Tensor,
+        noise: torch.Tensor | None,
+        method: str,
+        options: dict,
+    ):
+        """``cuda_graph=True``: solve with the pipeline's cached, CUDA-graphed solvers (see ``_graphed``)."""
+        do_cfg, scale, rescale = guidance
+        cond_first = self.spec.cond_first
+        entry = graphed_solvers(
+            self.state,
+            model_fingerprint(self.model),
+            branches,
+            (*guidance, cond_first),
+            lambda b: _guided(b, do_cfg, scale, rescale, cond_first),
+            coeffs,
+            x_T,
+            noise,
+        )
+        self.dummy = entry.branches.dummy
+        if options.get("window") == "auto":
+            method, options["window"] = self._auto_window(
+                entry.denoiser, entry.coeffs, x_T, noise, method, options, cuda_graph=True
+            )
+            if method == "sequential":
+                options = {k: v for k, v in options.items() if k in pipeline_options(method, True)}
+        result = entry.solve(method, options, x_T, noise, self._on_iteration)
+        self.dummy = entry.branches.dummy
+        return result
+
+    def _draw_noise(
+        self, T: int, rows: int, B: int, sample_shape: tuple, x_dtype, device, eta: float | None
+    ) -> torch.Tensor | None:
+        """Pre-draw the step noise ``[T, B, *S]`` (float64) exactly as the stock ``scheduler.step`` calls would."""
+        # deferred: diffusers is heavy and optional (``import paratriton`` never imports it)
+        from diffusers.utils.torch_utils import randn_tensor
+
+        sched = self.scheduler
+        draws = [_step_draws(sched, self.loop_ts[k], eta) for k in range(T)]
+        if not any(draws):
+            return None
+        self.step_generator = self.call_args.get("generator") if self.spec.step_generator else None
+        # DDPM/DDIM draw in model_output's dtype, flow matching in the float32 it upcasts the sample to
+        dtype = torch.float32 if type(sched).__name__ == "FlowMatchEulerDiscreteScheduler" else x_dtype
+        noise = torch.zeros(T, B, *sample_shape, dtype=torch.float64, device=device)
+        for k in range(T):  # loop order k = 0 .. T-1 is step i = T-1 .. 0
+            if draws[k]:
+                xi = randn_tensor((rows, *sample_shape), generator=self.step_generator, device=device, dtype=dtype)
+                noise[T - 1 - k] = xi[:B]  # DiT steps the [cond; uncond] pair and keeps the cond half
+        return noise
+
+    # -- progress bar and callback_on_step_end ------------------------------------------------------------------
+    def _progress(self, T: int):
+        config = {"desc": f"paratriton {self.state.method}", **self.progress_config}
+        return tqdm(total=T, **config)
+
+    def _on_iteration(self, info) -> None:
+        bar, T = self.bar, self.T
+        if not bar.disable:
+            lo, hi = info.window
+            rms = info.residual_rms[torch.isfinite(info.residual_rms)]  # solvers mark unevaluated steps with NaN
+            res = f"{float(rms.max()):.2e}" if rms.numel() else "-"
+            bar.set_postfix_str(f"iter {info.iteration}, window {lo}..{hi - 1}, max residual {res}", refresh=False)
+            bar.update(max(T - info.frozen_from - bar.n, 0))  # the bar counts converged (final) steps
+        if self.callback is None:
+            return
+        final = T - info.frozen_from  # loop steps 0 .. final-1 have converged (solver steps >= frozen_from)
+        if final <= self.reported:
+            return
+        traj = info.trajectory
+        for j in range(self.reported, final):
+            self.reported = j + 1
+            self._call_back(j, traj)
+
+    def _call_back(self, j: int, traj: torch.Tensor) -> None:
+        """``callback_on_step_end`` for loop step ``j``, as the stock loop calls it after that step."""
+        latents = traj[self.T - 1 - j].to(self.x_dtype)
+        kept = latents.clone()
+        self.in_callback = True
+        try:
+            out = self.callback(self.pipe, j, self.loop_ts[j], {"latents": latents})
+        finally:
+            self.in_callback = False
+        returned = out.get("latents", latents) if isinstance(out, dict) else latents
+        if not torch.equal(latents, kept) or (
+            returned is not latents and not (torch.is_tensor(returned) and torch.equal(returned, kept))
+        ):
+            raise ValueError(
+                f"callback_on_step_end changed 'latents' at step {j}: a parallel solve computes every step at once "
+                "and cannot apply an edit to one step. Return the callback_kwargs unchanged (or an empty dict), or "
+                "use the stock pipeline for latent edits."
+            )
+        if getattr(self.pipe, "_interrupt", False):
+            raise _Interrupted(j, traj)
+
+    # -- the scheduler copy's step: replay the solved trajectory -----------------------------------------------
+    def scheduler_step(
+        self,
+        model_output: torch.Tensor,
+        timestep: Any,
+        sample: torch.Tensor,
+        *args: Any,
+        return_dict: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        # deferred: diffusers is heavy and optional (``import paratriton`` never imports it)
+        from diffusers.schedulers.scheduling_utils import SchedulerOutput
+
+        if not self.solved:
+            raise RuntimeError("scheduler.step was called before the model: this pipeline's loop is not supported")
+        j = self.replayed
+        if j >= self.T or float(torch.as_tensor(timestep)) != float(self.loop_ts[j]):
+            raise RuntimeError(
+                f"the stock loop stepped timestep {timestep} at loop index {j}, but the solved "
+                f"trajectory has {self.T} steps with timesteps {self.loop_ts.tolist()}"
+            )
+        if self.calls_since_step != 1:
+            raise RuntimeError(
+                f"the loop called the network {self.calls_since_step} times before step {j}; the parallel solve "
+                "assumes one (CFG-batched) call per step"
+            )
+        self.calls_since_step = 0
+        self._check_step_kwargs(kwargs)
+        rows = sample.shape[0] // self.B
+        expected = self.x_start if self.last_out is None else self.last_out[: self.B]
+        if sample.shape[1:] != expected.shape[1:] or not torch.equal(sample[: self.B], expected.to(sample.dtype)):
+            raise RuntimeError(
+                f"the loop changed the latents before step {j} (a legacy callback, a subclass, or an inpainting "
+                "blend with a 4-channel UNet): the parallel solve cannot apply changes made between steps"
+            )
+        self.replayed += 1
+        if self.interrupted_at is not None:  # every replayed step ends on the interrupted step's latents
+            x = self.trajectory[self.T - 1 - self.interrupted_at]
+        else:
+            x = self.trajectory[self.T - 1 - j]
+        prev = x.to(sample.dtype).repeat(rows, *([1] * (x.ndim - 1)))
+        self.last_out = prev
+        return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
+
+    def _check_step_kwargs(self, kwargs: dict) -> None:
+        """What the loop hands ``step`` must be what the step noise was drawn with."""
+        if "generator" in kwargs and getattr(self, "step_generator", kwargs["generator"]) is not kwargs["generator"]:
+            raise RuntimeError(
+                "the loop passes another generator to scheduler.step than the parallel solve drew the step noise "
+                "from: a subclass changed prepare_extra_step_kwargs?"
+            )
+        if self.eta is not None and "eta" in kwargs and float(kwargs["eta"] or 0.0) != self.eta:
+            raise RuntimeError(f"the loop passes eta={kwargs['eta']} to scheduler.step, the solve used {self.eta}")
+
+    # -- run the stock __call__ on the private copy ------------------------------------------------------------
+    def run(self, stock_call: Callable, kwargs: dict) -> Any:
+        out = stock_call(self.pipe, **kwargs)
+        if self.solved:
+            done = self.replayed == self.T or (self.interrupted_at is not None and self.replayed >= 1)
+            if not done:
+                raise RuntimeError(f"the stock loop replayed {self.replayed} of {self.T} solved steps")
+            if self.calls_since_step:
+                raise RuntimeError("the loop called the network after its last step")
+        return out
