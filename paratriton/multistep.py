@@ -234,8 +234,8 @@ class MultistepCoefficients:
         outputs: the tap outputs ``M_i, M_{i+1}, ..., M_{i+n-1}`` in that order (``outputs[j] = M_{i+j}``, newest
         first; ``M = tap_output(...)`` of the raw model outputs, which is the raw output itself when
         ``output_kind == "raw"``), each shaped like ``x_next``, as a sequence or stacked ``[n, *x_next.shape]``;
-        ``n`` may be less than ``taps`` near the first step (``i + j >= T`` has no output and weight 0); a missing output with a nonzero
-        weight is an error. A bare tensor shaped like ``x_next`` is ``M_i`` alone (a one-tap call).
+        ``n`` may be less than ``taps`` near the first step (``i + j >= T`` has no output and weight 0); a missing
+        output with a nonzero weight is an error. A bare tensor shaped like ``x_next`` is ``M_i`` alone.
         noise: ``xi_i`` shaped like ``x_next`` (or None for a deterministic step).
         """
         a, b, c = self._host
@@ -444,9 +444,24 @@ def _run_loop(sched: Any, x: torch.Tensor, outputs, noises, record: dict | None)
             if record is not None:
                 record.setdefault("scale", []).append(_scalar_scale(z, x, name))
                 record.setdefault("level", []).append(_state_level(sched, name, n, t))
-            x = sched.step(outputs(n, x, z), t, x, return_dict=False)[0]
+            try:
+                x = sched.step(outputs(n, x, z), t, x, return_dict=False)[0]
+            except (RuntimeError, ValueError, IndexError, ZeroDivisionError) as e:
+                raise ValueError(
+                    f"{name}{_options_text(sched)}.step fails in its own loop at call {n + 1} of "
+                    f"{len(sched.timesteps)} ({type(e).__name__}: {e}): the stock sampler does not run with these "
+                    "options, so there is nothing to reproduce"
+                ) from e
             states.append(x)
     return states
+
+
+def _options_text(sched: Any) -> str:
+    """``(option=value, ...)``: the scheduler's non-default config entries."""
+    cfg = dict(sched.config)
+    defaulted = set(cfg.pop("_use_default_values", []))
+    opts = ", ".join(f"{k}={v!r}" for k, v in cfg.items() if k not in defaulted and not k.startswith("_"))
+    return f"({opts})"
 
 
 def _basis(N: int, j: int) -> torch.Tensor:
@@ -528,7 +543,7 @@ def _check_linear(scheduler: Any, rows: torch.Tensor, u: torch.Tensor, v: torch.
         scale = max((rows[i].abs() @ flat.abs()).max().item(), 1e-300)
         if not err <= _LINEAR_TOL * scale:
             raise ValueError(
-                f"{name} with config {dict(scheduler.config)} is not linear in (sample, model output, noise) at "
+                f"{name}{_options_text(scheduler)} is not linear in (sample, model output, noise) at "
                 f"evaluation {n} (relative mismatch {err / scale:.2e}): some option makes the step nonlinear and "
                 "parallel samplers cannot use it"
             )
@@ -630,7 +645,7 @@ def multistep_from_scheduler(
         if not bool(torch.isfinite(rows).all()):
             i = int((~torch.isfinite(rows)).any(1).nonzero().max())
             raise ValueError(
-                f"{name} with config {dict(scheduler.config)} gives NaN/inf states in its own step() loop (first at "
+                f"{name}{_options_text(scheduler)} gives NaN/inf states in its own step() loop (first at "
                 f"step {i}, i.e. call {len(scheduler.timesteps) - i}): the stock sampler fails with these options "
                 "(e.g. UniPC bh1 with final_sigmas_type='zero'), so there is nothing to reproduce"
             )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..schedule import SamplerCoefficients
+from ..schedule import SamplerCoefficients, StepOperator
 
 
 class GaussianMixture:
@@ -59,8 +59,12 @@ class GaussianMixture:
         x0_k = mu[None] + (al * self.std**2 / var)[:, :, None] * diff  # E[x0 | x, k]
         return torch.einsum("nk,nkd->nd", post, x0_k).reshape(x.shape)
 
-    def denoiser(self, coeffs: SamplerCoefficients):
-        """The exact model for a sampler: ``model(x, step_index)`` returning ``coeffs.prediction_type`` output."""
+    def denoiser(self, coeffs: StepOperator):
+        """The exact model for a sampler: ``model(z, step_index)`` returning ``coeffs.prediction_type`` output.
+
+        ``z`` is the *model input* of step ``step_index``: ``input_scale_i x_{i+1}`` (``x_{i+1}`` itself for the
+        one-tap ``SamplerCoefficients``; sigma-space schedulers such as Euler call it on ``x / sqrt(1 + sigma^2)``),
+        whose levels ``z = signal_scale_i x0 + noise_scale_i eps`` both operator kinds carry."""
         alpha_all, sigma_all = coeffs.signal_scale, coeffs.noise_scale
         pt = coeffs.prediction_type
 
