@@ -741,9 +741,6 @@ def test_pipeline_options_the_parallel_loop_cannot_honour():
     neg = {"negative_prompt_embeds": torch.randn(1, 7, 32), "negative_pooled_prompt_embeds": torch.randn(1, 32)}
     with pytest.raises(ValueError, match="true_cfg_scale"):
         flux(**flux_inputs(1, True), true_cfg_scale=2.0, **neg)
-    sdxl = paratriton.parallelize(make_sdxl(_ddim()))
-    with pytest.raises(ValueError, match="denoising_end"):
-        sdxl(**sdxl_inputs(1, False), denoising_end=0.5)
 
 
 def test_import_paratriton_does_not_import_diffusers():

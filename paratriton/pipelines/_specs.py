@@ -60,9 +60,11 @@ def _no_guidance(pipe, args: dict) -> tuple[bool, float, float]:
 
 
 def _guidance_from_properties(pipe, args: dict) -> tuple[bool, float, float]:
-    # SD/SDXL set _guidance_scale/_guidance_rescale before the loop; do_classifier_free_guidance also accounts
-    # for guidance-embedding UNets (time_cond_proj_dim), which never batch [uncond; cond]
-    return bool(pipe.do_classifier_free_guidance), float(pipe.guidance_scale), float(pipe.guidance_rescale)
+    # SD/SDXL/SD3 set _guidance_scale (and SD/SDXL _guidance_rescale) before the loop; do_classifier_free_guidance
+    # also accounts for guidance-embedding UNets (time_cond_proj_dim), which never batch [uncond; cond]. SD img2img,
+    # SD inpainting and SD3 have no guidance rescale.
+    rescale = float(getattr(pipe, "guidance_rescale", 0.0) or 0.0)
+    return bool(pipe.do_classifier_free_guidance), float(pipe.guidance_scale), rescale
 
 
 def _guidance_from_scale_arg(pipe, args: dict) -> tuple[bool, float, float]:
@@ -71,11 +73,36 @@ def _guidance_from_scale_arg(pipe, args: dict) -> tuple[bool, float, float]:
     return scale > 1.0, scale, 0.0
 
 
-def _check_sdxl(pipe, args: dict) -> None:
-    if args.get("denoising_end") is not None:
+def _sdxl_loop_end(pipe, args: dict, timesteps) -> int:
+    """SDXL's ``denoising_end`` (base and img2img/inpainting, diffusers' own rule): the loop keeps the timesteps
+    ``>= round(N - denoising_end * N)`` and stops before the rest (the refiner takes them with
+    ``denoising_start``)."""
+    end = getattr(pipe, "denoising_end", None)
+    if isinstance(end, float) and 0 < end < 1:
+        n = pipe.scheduler.config.num_train_timesteps
+        cutoff = int(round(n - end * n))
+        return int((timesteps >= cutoff).sum())
+    return len(timesteps)
+
+
+def _vae_latent_channels(pipe) -> int:
+    return int(pipe.vae.config.latent_channels)
+
+
+def _check_inpaint(pipe, args: dict) -> None:
+    if pipe.unet.config.in_channels == _vae_latent_channels(pipe):
         raise ValueError(
-            "denoising_end is not supported by the parallel StableDiffusionXLPipeline (it truncates the "
-            "loop after the timesteps are set); leave it None"
+            f"{type(pipe).__name__} with a {pipe.unet.config.in_channels}-channel UNet blends the known region back "
+            "into the latents after every step, which is not one affine sampler step: not supported by the parallel "
+            "loop. Use an inpainting UNet (9 input channels: latents, mask, masked image latents)"
+        )
+
+
+def _check_sd3(pipe, args: dict) -> None:
+    if args.get("skip_guidance_layers") is not None:
+        raise ValueError(
+            "skip_guidance_layers (skip-layer guidance) is not supported by the parallel StableDiffusion3Pipeline: it "
+            "makes a third, step-dependent model call; leave it None"
         )
 
 
@@ -97,9 +124,27 @@ def _check_flux(pipe, args: dict) -> None:
         )
 
 
+_SD = PipelineSpec("unet", _guidance_from_properties)
+_SDXL = PipelineSpec("unet", _guidance_from_properties, loop_end=_sdxl_loop_end)
 SPECS: dict[str, PipelineSpec] = {
-    "StableDiffusionPipeline": PipelineSpec("unet", _guidance_from_properties),
-    "StableDiffusionXLPipeline": PipelineSpec("unet", _guidance_from_properties, check=_check_sdxl),
+    "StableDiffusionPipeline": _SD,
+    # img2img: the loop starts at the strength's timestep, which the parallel call reads from the run
+    "StableDiffusionImg2ImgPipeline": _SD,
+    "StableDiffusionInpaintPipeline": PipelineSpec(
+        "unet", _guidance_from_properties, latent_channels=_vae_latent_channels, check=_check_inpaint
+    ),
+    "StableDiffusionXLPipeline": _SDXL,
+    "StableDiffusionXLImg2ImgPipeline": _SDXL,  # also the refiner (denoising_start)
+    "StableDiffusionXLInpaintPipeline": PipelineSpec(
+        "unet",
+        _guidance_from_properties,
+        loop_end=_sdxl_loop_end,
+        latent_channels=_vae_latent_channels,
+        check=_check_inpaint,
+    ),
+    "StableDiffusion3Pipeline": PipelineSpec(
+        "transformer", _guidance_from_properties, step_generator=False, step_eta=False, check=_check_sd3
+    ),
     "PixArtAlphaPipeline": PipelineSpec(
         "transformer", _guidance_from_scale_arg, learned_sigma=True, check=_check_pixart
     ),

@@ -1,0 +1,240 @@
+"""The pipelines people run beyond text-to-image, each against the stock pipeline with the same generator.
+
+img2img (SD, SDXL: ``strength`` is a shorter trajectory from the noised input, solved in parallel), inpainting with
+a 9-channel UNet (SD, SDXL), SDXL base with ``denoising_end`` handing its latents to the refiner's
+``denoising_start``, and ``StableDiffusion3Pipeline`` (flow matching with CFG). Tiny random-weight components built
+from configs (CPU, offline), as in ``test_pipelines.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+import paratriton
+
+diffusers = pytest.importorskip("diffusers")
+pytest.importorskip("transformers", reason="diffusers' text pipelines need transformers")
+from test_pipelines import (  # noqa: E402 - the shared tiny pipelines (pytest puts tests/ on sys.path)
+    STEPS,
+    _ddim,
+    _ddpm,
+    _gen,
+    _images,
+    _quiet,
+    _tiny_vae,
+    assert_same,
+    make_sd,
+    make_sdxl,
+    run_pair,
+    sd_inputs,
+    sdxl_inputs,
+)
+
+logging.getLogger("diffusers").setLevel(logging.ERROR)
+
+SCHEDS = {"ddim": _ddim, "ddpm": _ddpm}
+
+
+def _image(batch: int = 1, seed: int = 7) -> torch.Tensor:
+    return torch.rand(batch, 3, 16, 16, generator=torch.Generator().manual_seed(seed))  # in [0, 1], as a user's
+
+
+def _mask(batch: int = 1) -> torch.Tensor:
+    m = torch.zeros(batch, 1, 16, 16)
+    m[..., 4:12, 2:10] = 1.0  # repaint a square
+    return m
+
+
+def _loop_steps(par) -> int:
+    return par.paratriton.last_result.trajectory.shape[0] - 1
+
+
+def _inpaint_unet(sdxl: bool):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    if sdxl:
+        return UNet2DConditionModel(
+            block_out_channels=(2, 4),
+            layers_per_block=2,
+            sample_size=16,
+            in_channels=9,
+            out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            transformer_layers_per_block=(1, 2),
+            projection_class_embeddings_input_dim=80,
+            cross_attention_dim=64,
+            norm_num_groups=1,
+        ).eval()
+    return UNet2DConditionModel(
+        block_out_channels=(4, 8),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=9,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=8,
+        norm_num_groups=2,
+    ).eval()
+
+
+def _sd_family(cls_name: str, scheduler, unet=None):
+    import diffusers as d
+
+    base = make_sd(scheduler)
+    comps = base.components
+    if unet is not None:
+        comps["unet"] = unet
+    return _quiet(getattr(d, cls_name)(**comps, requires_safety_checker=False))
+
+
+def _sdxl_family(cls_name: str, scheduler, unet=None):
+    import diffusers as d
+
+    comps = make_sdxl(scheduler).components
+    if unet is not None:
+        comps["unet"] = unet
+    return _quiet(getattr(d, cls_name)(**comps, requires_aesthetics_score=False))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# img2img: strength = a shorter trajectory from the noised input
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sched", list(SCHEDS))
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_img2img_matches_stock(family, sched):
+    if family == "sd":
+        pipe = _sd_family("StableDiffusionImg2ImgPipeline", SCHEDS[sched]())
+        inputs = sd_inputs(1, True, output_type="latent", image=_image(), strength=0.6)
+    else:
+        pipe = _sdxl_family("StableDiffusionXLImg2ImgPipeline", SCHEDS[sched]())
+        inputs = sdxl_inputs(1, True, output_type="latent", image=_image(), strength=0.6)
+    ref, out, par = run_pair(pipe, inputs)
+    assert par.paratriton.last_result.converged
+    assert _loop_steps(par) == int(STEPS * 0.6)  # only the steps after the strength's timestep
+    assert_same(ref, out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# inpainting (9-channel UNets: the mask and masked-image latents are conditioning channels)
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("strength", [1.0, 0.75])
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_inpainting_matches_stock(family, strength):
+    extra = {"image": _image(), "mask_image": _mask(), "strength": strength, "output_type": "latent"}
+    if family == "sd":
+        pipe = _sd_family("StableDiffusionInpaintPipeline", _ddpm(), unet=_inpaint_unet(False))
+        inputs = sd_inputs(1, True, **extra)
+    else:
+        pipe = _sdxl_family("StableDiffusionXLInpaintPipeline", _ddpm(), unet=_inpaint_unet(True))
+        inputs = sdxl_inputs(1, True, **extra)
+    ref, out, par = run_pair(pipe, inputs)
+    assert _loop_steps(par) == int(STEPS * strength)
+    assert_same(ref, out)
+
+
+def test_inpainting_with_a_4_channel_unet_is_refused():
+    pipe = _sd_family("StableDiffusionInpaintPipeline", _ddim())
+    par = paratriton.parallelize(pipe)
+    with pytest.raises(ValueError, match="4-channel UNet blends"):
+        par(**sd_inputs(1, False, image=_image(), mask_image=_mask()))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SDXL base (denoising_end) + refiner (denoising_start)
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sched", list(SCHEDS))
+def test_sdxl_denoising_end_then_refiner_matches_stock(sched):
+    base = make_sdxl(SCHEDS[sched]())
+    refiner = _sdxl_family("StableDiffusionXLImg2ImgPipeline", SCHEDS[sched]())
+    fast_base, fast_refiner = (paratriton.parallelize(p, tol_abs=1e-7, tol_rel=1e-7) for p in (base, refiner))
+    outs = {}
+    for name, (b, r) in {"stock": (base, refiner), "par": (fast_base, fast_refiner)}.items():
+        g = _gen()
+        latents = b(**sdxl_inputs(1, True, denoising_end=0.7, output_type="latent"), generator=g).images
+        image = r(**sdxl_inputs(1, True, image=latents, denoising_start=0.7, output_type="latent"), generator=g)
+        outs[name] = (latents, _images(image))
+    assert _loop_steps(fast_base) + _loop_steps(fast_refiner) == STEPS  # the two halves of one trajectory
+    assert 0 < _loop_steps(fast_base) < STEPS
+    assert_same(outs["stock"][0], outs["par"][0])
+    assert_same(outs["stock"][1], outs["par"][1])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stable Diffusion 3: flow matching with CFG
+# ---------------------------------------------------------------------------------------------------------------
+def make_sd3(scheduler):
+    from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(
+        sample_size=8,
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_projection_dim=32,
+        joint_attention_dim=32,
+        pooled_projection_dim=64,
+        out_channels=4,
+    ).eval()
+    vae = _tiny_vae(shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False, use_post_quant_conv=False)
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        text_encoder_3=None,
+        tokenizer_3=None,
+    )
+    return _quiet(pipe)
+
+
+def sd3_inputs(batch: int, cfg: bool, **kw):
+    g = torch.Generator().manual_seed(104)
+    out = {
+        "prompt_embeds": torch.randn(batch, 6, 32, generator=g),
+        "pooled_prompt_embeds": torch.randn(batch, 64, generator=g),
+        "height": 16,
+        "width": 16,
+        "num_inference_steps": STEPS,
+        "guidance_scale": 4.0 if cfg else 1.0,
+    }
+    if cfg:
+        out["negative_prompt_embeds"] = torch.randn(batch, 6, 32, generator=g)
+        out["negative_pooled_prompt_embeds"] = torch.randn(batch, 64, generator=g)
+    out.update(kw)
+    return out
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("sched", [{}, {"shift": 3.0}, {"stochastic_sampling": True}], ids=["euler", "shift", "sde"])
+@pytest.mark.parametrize("cfg", [False, True], ids=["nocfg", "cfg"])
+def test_sd3_matches_stock(cfg, sched, batch):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    pipe = make_sd3(FlowMatchEulerDiscreteScheduler(**sched))
+    ref, out, par = run_pair(pipe, sd3_inputs(batch, cfg, output_type="latent"))
+    assert par.paratriton.last_result.converged
+    assert_same(ref, out)
+
+
+def test_sd3_skip_layer_guidance_is_refused():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    par = paratriton.parallelize(make_sd3(FlowMatchEulerDiscreteScheduler()))
+    with pytest.raises(ValueError, match="skip_guidance_layers"):
+        par(**sd3_inputs(1, True), skip_guidance_layers=[0])
