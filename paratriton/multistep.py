@@ -32,9 +32,21 @@ state's channel entries are then exactly its dense row ``R_i``. While tracing, a
 casts inside ``step()`` (diffusers upcasts ``sample`` to float32) at float64, so the trace is float64 throughout.
 
 From the rows: ``a_i = R_i[x_T] / R_{i+1}[x_T]`` (the ``x_T`` weight of ``x_{i+1}`` must be nonzero), then
-``r_i = R_i - a_i R_{i+1}`` has no ``x_T`` part and must be supported on ``m_i .. m_{i+k_i-1}`` and ``xi_i`` alone;
+``r_i = R_i - a_i R_{i+1}`` has no ``x_T`` part and must be supported on ``M_i .. M_{i+k_i-1}`` and ``xi_i`` alone;
 ``k_i`` is the smallest such window (entries below ``1e-11`` of the row's scale count as zero), ``k = max_i k_i``,
-``b[i, j] = r_i[m_{i+j}]``, ``c_i = r_i[xi_i]``. Because ``r_i`` is read off per *global* step, the warm-up
+``b[i, j] = r_i[M_{i+j}]``, ``c_i = r_i[xi_i]``.
+
+What a tap reads (``M``): with the raw outputs ``M_n = m_n`` a multistep solver that combines *converted*
+predictions (DPM-Solver++ on an epsilon model: ``D_n = (x_{n+1} - sigma_n m_n) / alpha_n``) has no finite
+bandwidth, since ``D_{i+1}`` carries ``x_{i+2}``, whose elimination through step ``i+1`` brings in ``x_{i+3}``, and
+so on (the raw-output taps decay geometrically over the whole history). So the tracer also tries the per-step affine
+maps ``M_n = output_scale_n m_n + output_mix_n x_{n+1}`` that give the data prediction ``x0_hat`` and the noise
+prediction ``eps_hat`` of step ``n`` (from the model-input levels and the prediction type): it feeds the loop
+``m_n = (e_{1+n} - output_mix_n x_{n+1}) / output_scale_n`` so the rows are over ``M``, and keeps the kind with the
+fewest taps (ties: an exact fit first, then raw, data, noise). DPM-Solver++ 2M then has ``k = 2``, with the
+textbook coefficients (``a = sigma_t / sigma_s``, ``b_0 = -alpha_t (e^{-h} - 1)(1 + 1/(2r))``, ``b_1 = alpha_t
+(e^{-h} - 1) / (2r)``). The solvers apply the map right after each model call (``tap_output``); it is part of "the
+model" of step ``n`` and adds no unknowns. Because ``r_i`` is read off per *global* step, the warm-up
 (lower orders at the start), ``lower_order_final``, ``euler_at_final``, the skipped last corrector of UniPC and
 PNDM's switch from Runge-Kutta to PLMS are all in the coefficients already; nothing depends on a window position.
 A state that needs the noise of another step (``r_i`` with weight on ``xi_j``, ``j != i``) is refused with an
@@ -549,12 +561,14 @@ def _check_linear(scheduler: Any, rows: torch.Tensor, u: torch.Tensor, v: torch.
             )
 
 
-def _fit_taps(name: str, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | str:
-    """``a [T], b [T, k], c [T]`` from the dense rows, or the reason they do not fit the k-tap form."""
+def _fit_taps(name: str, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float] | str:
+    """``a [T], b [T, k], c [T]`` and the largest relative weight dropped as zero from the dense rows, or the reason
+    they do not fit the k-tap form."""
     T = rows.shape[0] - 1
     a = torch.zeros(T, dtype=torch.float64)
     c = torch.zeros(T, dtype=torch.float64)
     taps: list[torch.Tensor] = []
+    dropped = 0.0
     for i in range(T - 1, -1, -1):
         nxt, cur = rows[i + 1], rows[i]
         scale_next = nxt.abs().max().item()
@@ -563,7 +577,9 @@ def _fit_taps(name: str, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
         a[i] = cur[0] / nxt[0]
         r = cur - a[i] * nxt
         scale = max(cur.abs().max().item(), abs(a[i].item()) * scale_next, 1e-300)
-        r = torch.where(r.abs() <= _TAP_TOL * scale, torch.zeros_like(r), r)
+        small = r.abs() <= _TAP_TOL * scale
+        dropped = max(dropped, r.abs()[small].sum().item() / scale)
+        r = torch.where(small, torch.zeros_like(r), r)
         noise_part = r[1 + T :].clone()
         c[i] = noise_part[i]
         noise_part[i] = 0
@@ -580,7 +596,7 @@ def _fit_taps(name: str, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     b = torch.zeros(T, k, dtype=torch.float64)
     for i, t in zip(range(T - 1, -1, -1), taps):
         b[i, : t.numel()] = t
-    return a, b, c
+    return a, b, c, dropped
 
 
 def _output_transforms(pt: str, probe: _Probe) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -653,11 +669,14 @@ def multistep_from_scheduler(
         if isinstance(fit, str):
             reasons.append(f"{kind} outputs: {fit}")
             continue
-        if best is None or fit[1].shape[1] < best[2][1].shape[1]:
-            best = (kind, (u, v, rows), fit)
+        # fewest taps; among equals an exact fit (nothing but rounding dropped) before a truncated one, then the
+        # order raw, data, noise
+        key = (fit[1].shape[1], fit[3] > 1e-14)
+        if best is None or key < best[0]:
+            best = (key, kind, (u, v, rows), fit)
     if best is None:
         raise ValueError(f"{name} does not fit the k-tap step operator: " + "; ".join(reasons))
-    kind, (u, v, rows), (a, b, c) = best
+    _, kind, (u, v, rows), (a, b, c, _) = best
     _check_linear(scheduler, rows, u, v)
     signal = probe.input_scale * probe.level_alpha[1:]
     noise = probe.input_scale * probe.level_sigma[1:]

@@ -370,3 +370,29 @@ def test_nonlinear_step_is_detected_without_the_option_check() -> None:
         s = _make("EulerDiscreteScheduler", {}, 4)
         s.step(torch.zeros(1, 1), s.timesteps[0], torch.zeros(1, 1))
         multistep_from_scheduler(s)
+
+
+@pytest.mark.parametrize(
+    "idx", [i for i, (n, c) in enumerate(CONFIGS) if not c or "sde" in str(c.get("algorithm_type", ""))], ids=str
+)
+def test_graphed_sequential_steps_k_tap_operators(idx: int) -> None:
+    """The graphed sequential sampler's loop (eager off CUDA; captured on CUDA) gives the eager sampler's result."""
+    from paratriton.solvers.graphed_sequential import GraphedSequential
+
+    coeffs = _operator(idx, 7)
+    g = torch.Generator().manual_seed(5)
+    x_T = torch.randn(3, *SHAPE, generator=g, dtype=torch.float64)
+    noise = _draw_noise(coeffs, 3, g, torch.float64) if coeffs.is_stochastic else None
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def model(z, i):
+        return fake_net(z, coeffs.timesteps.to(z.device)[i])
+
+    want = paratriton.solve(model, coeffs, x_T, noise, method="sequential").trajectory
+    x_T, noise = x_T.to(dev), None if noise is None else noise.to(dev)
+    got = GraphedSequential(model, coeffs, x_T, noise, state_dtype=torch.float64).run().trajectory
+    _close(got.cpu(), want, 1e-12)
+    via_solve = paratriton.solve(
+        model, coeffs, x_T, noise, method="sequential", cuda_graph=True, state_dtype=torch.float64
+    )
+    _close(via_solve.trajectory.cpu(), want, 1e-12)
