@@ -736,13 +736,6 @@ def test_bad_options_raise_naming_the_parameter(method, options, exc, match):
         paratriton.parallelize(_ddpm_pipe(), method, **options)
 
 
-def test_pipeline_options_the_parallel_loop_cannot_honour():
-    flux = paratriton.parallelize(make_flux(FlowMatchEulerDiscreteScheduler()))
-    neg = {"negative_prompt_embeds": torch.randn(1, 7, 32), "negative_pooled_prompt_embeds": torch.randn(1, 32)}
-    with pytest.raises(ValueError, match="true_cfg_scale"):
-        flux(**flux_inputs(1, True), true_cfg_scale=2.0, **neg)
-
-
 def test_import_paratriton_does_not_import_diffusers():
     import subprocess
     import sys

@@ -272,6 +272,10 @@ class _ParallelCall:
         self.interrupted_at: int | None = None
         self.in_callback = False
         self.reported = 0
+        # true CFG (Flux's true_cfg_scale with a negative prompt): the loop calls the network twice per step
+        self.true_cfg_scale = spec.true_cfg(self.pipe, call_args) if spec.true_cfg is not None else None
+        self.calls_per_step = 1 if self.true_cfg_scale is None else 2
+        self.pending: tuple | None = None
 
     # -- the proxy network: solve on the first stock call -------------------------------------------------------
     def model_call(self, args: tuple, kwargs: dict) -> Any:
@@ -279,8 +283,42 @@ class _ParallelCall:
             return self.model(*args, **kwargs)
         self.calls_since_step += 1
         if not self.solved:
+            if self.calls_per_step == 2 and self.pending is None:
+                # true CFG (Flux): the conditional call comes first; the solve needs the negative call's inputs too
+                self.pending = (args, kwargs)
+                return self._zeros_like_input(args, kwargs)
             self._solve(args, kwargs)
+        if self.calls_per_step == 2:
+            return self._zeros_like_input(args, kwargs)  # each branch call has B rows, not the 2B the solve batches
         return self.dummy
+
+    def _zeros_like_input(self, args: tuple, kwargs: dict) -> Any:
+        name, named = _bind_forward(self.model, args, kwargs)
+        if named.get("return_dict", True):
+            raise RuntimeError("true CFG: the loop is expected to call the network with return_dict=False")
+        return (torch.zeros_like(named[name]),)  # Flux's transformer returns its (packed) input's shape
+
+    def _merge_branches(self, args: tuple, kwargs: dict) -> tuple[str, dict]:
+        """True CFG: the conditional call's and the negative call's inputs as one ``[neg; cond]`` batch."""
+        latent_name, neg = _bind_forward(self.model, args, kwargs)
+        _, cond = _bind_forward(self.model, *self.pending)
+        if not torch.equal(neg[latent_name], cond[latent_name]):
+            raise RuntimeError("true CFG: the two calls of a step got different latents")
+        merged: dict[str, Any] = {latent_name: torch.cat([neg[latent_name], cond[latent_name]])}
+        for key in cond.keys() | neg.keys():
+            a, b = neg.get(key), cond.get(key)
+            if key == latent_name:
+                continue
+            if key in _NOT_PER_ROW or not torch.is_tensor(a) or key == "timestep":
+                same = torch.equal(a, b) if torch.is_tensor(a) and torch.is_tensor(b) else a is b or a == b
+                if not same:
+                    raise RuntimeError(f"true CFG: the conditional and negative calls differ in {key!r}, not per row")
+                merged[key] = torch.cat([a, b]) if key == "timestep" else a
+            elif a.shape != b.shape:
+                raise RuntimeError(f"true CFG: {key!r} has shape {tuple(b.shape)} and {tuple(a.shape)} in the calls")
+            else:
+                merged[key] = torch.cat([a, b])
+        return latent_name, merged
 
     def _coefficients(self, sched, eta: float | None) -> SamplerCoefficients:
         if getattr(sched, "custom_timesteps", False) and getattr(sched, "num_inference_steps", None) is None:
@@ -305,10 +343,14 @@ class _ParallelCall:
     def _solve(self, args: tuple, kwargs: dict) -> None:
         self.solved = True
         spec, pipe, sched = self.spec, self.pipe, self.scheduler
-        latent_name, named = _bind_forward(self.model, args, kwargs)
+        if self.pending is not None:  # true CFG: two calls per step, batched as [neg; cond] by the solve
+            latent_name, named = self._merge_branches(args, kwargs)
+            do_cfg, scale, rescale = True, self.true_cfg_scale, 0.0
+        else:
+            latent_name, named = _bind_forward(self.model, args, kwargs)
+            do_cfg, scale, rescale = spec.guidance(pipe, self.call_args)
         x_in = named.pop(latent_name)
         t_in = named.pop("timestep", None)
-        do_cfg, scale, rescale = spec.guidance(pipe, self.call_args)
         g = 2 if do_cfg else 1
         N0 = x_in.shape[0]
         if N0 % g:
@@ -532,10 +574,10 @@ class _ParallelCall:
                 f"the stock loop stepped timestep {timestep} at loop index {j}, but the solved "
                 f"trajectory has {self.T} steps with timesteps {self.loop_ts.tolist()}"
             )
-        if self.calls_since_step != 1:
+        if self.calls_since_step != self.calls_per_step:
             raise RuntimeError(
                 f"the loop called the network {self.calls_since_step} times before step {j}; the parallel solve "
-                "assumes one (CFG-batched) call per step"
+                f"assumes {self.calls_per_step} per step"
             )
         self.calls_since_step = 0
         self._check_step_kwargs(kwargs)

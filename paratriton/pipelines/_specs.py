@@ -40,6 +40,9 @@ class PipelineSpec:
                      first model call's timestep), so img2img's ``strength`` needs no entry
     latent_channels: ``pipe -> C``: the model input carries conditioning channels after the ``C`` latent ones
                      (inpainting UNets: mask and masked-image latents); None: all channels are latents
+    true_cfg:        ``(pipe, call_args) -> scale or None``: the loop calls the network twice per step, conditional
+                     then negative, and combines ``neg + scale * (cond - neg)`` (Flux's ``true_cfg_scale``); the
+                     solve batches both calls as ``[neg; cond]`` rows
     """
 
     denoiser: str
@@ -53,6 +56,7 @@ class PipelineSpec:
     check: Callable[[Any, dict], None] | None = None
     loop_end: Callable[[Any, dict, Any], int] | None = None
     latent_channels: Callable[[Any], int] | None = None
+    true_cfg: Callable[[Any, dict], float | None] | None = None
 
 
 def _no_guidance(pipe, args: dict) -> tuple[bool, float, float]:
@@ -112,16 +116,13 @@ def _check_pixart(pipe, args: dict) -> None:
         raise ValueError("num_inference_steps must be >= 2 for the parallel PixArtAlphaPipeline, got 1")
 
 
-def _check_flux(pipe, args: dict) -> None:
+def _flux_true_cfg(pipe, args: dict) -> float | None:
+    # diffusers 0.42.1: do_true_cfg = true_cfg_scale > 1 and has_neg_prompt
     has_neg = args.get("negative_prompt") is not None or (
         args.get("negative_prompt_embeds") is not None and args.get("negative_pooled_prompt_embeds") is not None
     )
-    if float(args.get("true_cfg_scale", 1.0)) > 1.0 and has_neg:
-        raise ValueError(
-            "true CFG (true_cfg_scale > 1 with a negative prompt) is not supported by the parallel "
-            "FluxPipeline: it makes two model calls per step; use the guidance-distilled "
-            "guidance_scale, or true_cfg_scale=1.0"
-        )
+    scale = float(args.get("true_cfg_scale", 1.0))
+    return scale if scale > 1.0 and has_neg else None
 
 
 _SD = PipelineSpec("unet", _guidance_from_properties)
@@ -158,7 +159,7 @@ SPECS: dict[str, PipelineSpec] = {
         step_eta=False,
     ),
     "FluxPipeline": PipelineSpec(
-        "transformer", _no_guidance, step_generator=False, step_eta=False, flow_timestep=True, check=_check_flux
+        "transformer", _no_guidance, step_generator=False, step_eta=False, flow_timestep=True, true_cfg=_flux_true_cfg
     ),
     "DDPMPipeline": PipelineSpec("unet", _no_guidance, step_eta=False),
     "DDIMPipeline": PipelineSpec("unet", _no_guidance),
