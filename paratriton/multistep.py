@@ -128,9 +128,9 @@ class MultistepCoefficients:
     posterior_std [T]: the DDPM-style posterior std of the state ``x_i`` given ``x_{i+1}`` and ``x0`` for the state's
                       levels ``x = alpha x0 + sigma eps`` (VP: ``sqrt((1-ab_i)/(1-ab_{i+1}) (1-ab_{i+1}/ab_i))``;
                       sigma-space: ``sigma_i sqrt(sigma_{i+1}^2 - sigma_i^2) / sigma_{i+1}``); it scales the
-                      convergence threshold ``max(tol_abs, tol_rel * posterior_std_i)``. It is 0 where a step does not
-                      lower the noise level (Heun's second stage, PNDM's repeated Runge-Kutta evaluations, the last
-                      step to sigma 0), where only ``tol_abs`` applies.
+                      convergence threshold ``max(tol_abs, tol_rel * posterior_std_i)``. A step that keeps the level
+                      (Heun's second stage, PNDM's repeated Runge-Kutta evaluation) has the value of the step before
+                      it; the last step to sigma 0 has 0 (as DDIM's), where only ``tol_abs`` applies.
     timesteps [T]:    the model timestep of step ``i`` (what the network is called with).
     signal_scale, noise_scale [T]: the levels of the *model input* ``z = input_scale_i x_{i+1} = signal x0 +
                       noise eps`` that the scheduler assumes at step ``i``.
@@ -624,11 +624,17 @@ def _output_transforms(pt: str, probe: _Probe) -> dict[str, tuple[torch.Tensor, 
 def _posterior_std(alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """``[T]``: the std of ``x_i`` given ``x_{i+1}`` and ``x0`` when ``x_n = alpha_n x0 + sigma_n eps`` and the
     forward transition ``x_{i+1} | x_i`` is Gaussian: ``sigma_i sqrt(1 - (alpha_{i+1} sigma_i / (alpha_i
-    sigma_{i+1}))^2)`` (0 where the level does not drop)."""
+    sigma_{i+1}))^2)``. A step that keeps the level (Heun's second stage, PNDM's repeated Runge-Kutta evaluation)
+    takes the value of the step before it in sampling order (the stage pair is one step of the noise schedule)."""
     a_t, s_t = alpha[:-1], sigma[:-1]  # x_i (less noisy)
     a_s, s_s = alpha[1:], sigma[1:]  # x_{i+1}
     ratio = torch.where(s_s > 0, (a_s * s_t) / (a_t * s_s).clamp_min(1e-300), torch.ones_like(s_s))
-    return (s_t * (1 - ratio.square()).clamp_min(0).sqrt()).nan_to_num(0.0)
+    post = (s_t * (1 - ratio.square()).clamp_min(0).sqrt()).nan_to_num(0.0)
+    same = ((s_t - s_s).abs() <= 1e-12 * s_s.abs()) & ((a_t - a_s).abs() <= 1e-12 * a_s.abs()) & (s_t > 0)
+    for i in range(post.shape[0] - 2, -1, -1):
+        if bool(same[i]):
+            post[i] = post[i + 1]
+    return post
 
 
 def multistep_from_scheduler(

@@ -396,3 +396,16 @@ def test_graphed_sequential_steps_k_tap_operators(idx: int) -> None:
         model, coeffs, x_T, noise, method="sequential", cuda_graph=True, state_dtype=torch.float64
     )
     _close(via_solve.trajectory.cpu(), want, 1e-12)
+
+
+def test_posterior_std() -> None:
+    """VP: the DDPM posterior std between the steps' levels; Heun's second stage shares its first stage's value."""
+    from paratriton.schedule import _vp_posterior_std
+
+    coeffs = coefficients_from_scheduler(diffusers.DPMSolverMultistepScheduler(final_sigmas_type="sigma_min"), 8)
+    ab_in = (coeffs.signal_scale / coeffs.input_scale) ** 2  # levels of x_{i+1}
+    want = _vp_posterior_std(ab_in[1:], ab_in[:-1])  # steps i >= 1: from x_{i+1} (ab_in[i]) to x_i (ab_in[i-1])
+    assert torch.allclose(coeffs.posterior_std[1:], want, rtol=1e-9)
+    heun = coefficients_from_scheduler(diffusers.HeunDiscreteScheduler(), 6)
+    post = heun.posterior_std.flip(0)  # sampling order: stage 1, stage 2, stage 1, ...
+    assert (post[:-1] > 0).all() and torch.equal(post[1:-1:2], post[0:-2:2]) and post[-1] == 0
