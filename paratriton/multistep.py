@@ -61,6 +61,23 @@ The model call: ``input_scale_i`` is ``scale_model_input``'s factor (checked to 
 eps`` the scheduler assumes at that step (VP schedulers: ``alpha_t, sigma_t``; sigma-space schedulers:
 ``1/sqrt(1+sigma^2), sigma/sqrt(1+sigma^2)``), so the analytic Gaussian-mixture denoiser is exact.
 
+Taps found (diffusers 0.42, ``k`` = the most any step reads; warm-up and final steps read fewer, ``step_taps``)
+------------------------------------------------------------------------------------------------------------
+Euler, Euler ancestral: 1 (raw). Heun: 2 (raw; ``T = 2N - 1`` evaluations, stage 2 reads its stage-1 output).
+DPM-Solver++ / SDE-DPM-Solver++ order 1/2/3: 1/2/3 (data). DPM-Solver (noise algorithm): order (raw). UniPC
+order 1/2/3 (bh1 or bh2): 2/3/4 (data; its corrector at step ``i`` also reads the output at the predicted point;
+``disable_corrector`` on every step: order). DEIS order 1/2/3: 1/2/3 (raw). LMS: 4 (raw). PNDM with
+``skip_prk_steps``: 5 (raw; the PLMS history plus the repeated first evaluation, ``T = N + 1``); with the Runge-Kutta
+warm-up: 13 (raw; ``T = N + 9``, the first PLMS steps read the first-stage outputs of the three RK steps, 4
+evaluations apart; every later step reads 4).
+
+Not supported (a ``ValueError`` names it): thresholding, ``clip_sample``, learned variances, UniPC ``solver_p``, a
+``scale_model_input`` that is not a scalar multiple, any step nonlinear in its inputs, ``step()`` options beyond its
+defaults (Euler's ``s_churn`` and friends are traced at 0), and the option sets on which the stock loop itself fails
+(UniPC bh1 with ``final_sigmas_type='zero'`` gives NaN; order 3 without ``lower_order_final`` hits a singular solve;
+PNDM's Runge-Kutta warm-up needs ``T >= 3``). Other schedulers (DPMSolverSinglestep, KDPM2, DDIM inverse, ...) are
+not traced; singlestep and KDPM2 would fit the same tracer but are not verified here.
+
 Noise (``EulerAncestralDiscreteScheduler``, ``DPMSolverMultistepScheduler`` with ``sde-*``)
 -------------------------------------------------------------------------------------------
 The stock loop draws one ``randn_tensor(model_output.shape, generator=..., device=..., dtype=...)`` per ``step()``

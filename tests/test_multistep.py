@@ -58,6 +58,7 @@ CONFIGS = [
     ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 1}),
     ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
     ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_type": "heun"}),
+    ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}),
     ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}),
     (
         "DPMSolverMultistepScheduler",
