@@ -1,4 +1,14 @@
-"""Models shipped with paratriton: the default class-conditional digits diffusion model (see ``default.py``)."""
+"""Models shipped with paratriton: the default class-conditional digits diffusion model (``default.py``) and a
+class-conditional DiT of 32x32 RGB crops of scikit-image's photographs (``dit_crops.py``).
+
+    from paratriton.models import load
+    pipe = load()             # "digits", the default: DigitsPipeline
+    pipe = load("dit-crops")  # DiTCropsPipeline, the same API
+"""
+
+from __future__ import annotations
+
+import torch
 
 from .default import (
     NUM_CLASSES,
@@ -16,9 +26,46 @@ from .default import (
     to_pil,
     verify_weights,
 )
+from .dit_crops import (
+    CropClassifier,
+    DiTCropsPipeline,
+    load_crop_classifier,
+    load_dit_crops,
+)
+
+MODELS = ("digits", "dit-crops")
+
+
+def load(name: str = "digits", device: str | torch.device | None = None, dtype: torch.dtype | None = None):
+    """A shipped model as a ready pipeline (offline): ``"digits"`` (the default, ``load_default``: 32x32 gray digits,
+    10 classes) or ``"dit-crops"`` (``load_dit_crops``: 32x32 RGB crops, 16 classes). ``device`` defaults to CUDA if
+    available, else the CPU; ``dtype`` to float32. Both pipelines take ``(class_labels, num_inference_steps,
+    guidance_scale, generator, method, ...)`` and give ``pipe.denoiser(coeffs, labels)`` / ``pipe.problem(B, T)``."""
+    if name == "digits":
+        return load_default(device=device, dtype=dtype)
+    if name == "dit-crops":
+        return load_dit_crops(device=device, dtype=dtype)
+    raise ValueError(f"name must be one of {MODELS}, got {name!r}")
+
+
+def load_model_classifier(name: str = "digits", device: str | torch.device | None = None):
+    """The classifier of a shipped model's quality check: ``DigitClassifier`` or ``CropClassifier``."""
+    if name == "digits":
+        return load_classifier(device)
+    if name == "dit-crops":
+        return load_crop_classifier(device)
+    raise ValueError(f"name must be one of {MODELS}, got {name!r}")
+
 
 __all__ = [
+    "load",
+    "load_model_classifier",
+    "MODELS",
     "load_default",
+    "load_dit_crops",
+    "load_crop_classifier",
+    "DiTCropsPipeline",
+    "CropClassifier",
     "load_classifier",
     "DigitsPipeline",
     "DigitClassifier",
