@@ -269,3 +269,52 @@ def test_flux_true_cfg_matches_stock(guidance_embeds, sched):
     assert max(rows[2 * STEPS :]) == 2 * 2 * STEPS  # parallel: both branches of every step in one call
     plain = _images(pipe(**{**inputs, "true_cfg_scale": 1.0}, generator=_gen()))
     assert (plain - ref).abs().max() > 1e-2  # true CFG changes the image: the comparison is not vacuous
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ControlNet (SD, SDXL): the ControlNet call is part of every model call, its per-step scale included
+# ---------------------------------------------------------------------------------------------------------------
+def _controlnet_from(unet):
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(1)
+    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(4, 8)).eval()
+    # ControlNets start with zero output convolutions (no effect at all): randomise them so the test can fail
+    zero_init = [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]
+    with torch.no_grad():
+        for module in zero_init:
+            for p in module.parameters():
+                p.normal_(0.0, 0.3)
+    return net
+
+
+def _controlnet_pipe(family: str, scheduler):
+    from diffusers import StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline
+
+    if family == "sd":
+        comps = make_sd(scheduler).components
+        comps["controlnet"] = _controlnet_from(comps["unet"])
+        return _quiet(StableDiffusionControlNetPipeline(**comps, requires_safety_checker=False))
+    comps = make_sdxl(scheduler).components
+    comps["controlnet"] = _controlnet_from(comps["unet"])
+    return _quiet(StableDiffusionXLControlNetPipeline(**comps))
+
+
+@pytest.mark.parametrize("schedule", ["full", "windowed"])
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_controlnet_matches_stock(family, schedule):
+    pipe = _controlnet_pipe(family, _ddpm())
+    extra = {"image": _image(), "output_type": "latent", "controlnet_conditioning_scale": 0.7}
+    if schedule == "windowed":  # the ControlNet acts on the middle half of the steps only (controlnet_keep)
+        extra.update(control_guidance_start=0.25, control_guidance_end=0.75)
+    inputs = (sd_inputs if family == "sd" else sdxl_inputs)(1, True, **extra)
+    ref, out, par = run_pair(pipe, inputs)
+    assert_same(ref, out)
+    off = _images(pipe(**{**inputs, "controlnet_conditioning_scale": 0.0}, generator=_gen()))
+    assert (off - ref).abs().max() > 1e-2  # the ControlNet matters: the comparison is not vacuous
+
+
+def test_controlnet_guess_mode_is_refused():
+    par = paratriton.parallelize(_controlnet_pipe("sd", _ddim()))
+    with pytest.raises(ValueError, match="guess_mode"):
+        par(**sd_inputs(1, True, image=_image()), guess_mode=True)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +58,9 @@ logger = logging.getLogger("paratriton.pipelines")
 _NOT_PER_ROW = frozenset({"txt_ids", "img_ids"})
 # the conditioning key under which inpainting's extra input channels (mask, masked image latents) travel
 _EXTRA_CHANNELS = "__paratriton_extra_channels__"
+# ControlNet: the controlnet call's conditioning and the per-step scale travel with the UNet's conditioning
+_CONTROL = "__paratriton_control__"
+_RESIDUALS = ("down_block_additional_residuals", "mid_block_additional_residual")
 _COEFF_FIELDS = ("a", "b", "c", "posterior_std", "timesteps", "signal_scale", "noise_scale")
 
 
@@ -172,6 +176,8 @@ class _PipelineDenoiser:
         self.g, self.B, self.N0, self.x_dtype = g, B, N0, x_dtype
         self.flow_timestep, self.learned_sigma_channels = flow_timestep, learned_sigma_channels
         self.dummy: Any = None  # what later stock calls get back: zeros shaped like a stock call's output
+        self.controlnet: Callable | None = None  # ControlNet: the real controlnet module and its latent argument
+        self.control_latent = "sample"
 
     def __call__(self, x: torch.Tensor, step_index: torch.Tensor) -> torch.Tensor:
         g, B = self.g, self.B
@@ -180,10 +186,15 @@ class _PipelineDenoiser:
         if self.flow_timestep:  # Flux: t.expand(B).to(latents.dtype) / 1000, exactly as the stock loop
             t = t.to(self.x_dtype) / 1000
         kw = {k: (v if k in _NOT_PER_ROW else _repeat_rows(v, g, B, W)) for k, v in self.kwargs.items()}
+        if _CONTROL in kw:  # the per-step scale is indexed by step, not repeated per row
+            kw[_CONTROL] = {**kw[_CONTROL], "scale_by_step": self.kwargs[_CONTROL]["scale_by_step"]}
         sample = x.to(self.x_dtype)
         extra = kw.pop(_EXTRA_CHANNELS, None)
         if extra is not None:  # inpainting: [latents, mask, masked image latents] along channels, as the loop does
             sample = torch.cat([sample, extra], dim=1)
+        control = kw.pop(_CONTROL, None)
+        if control is not None:  # ControlNet: its call is part of the model call, on the same rows
+            kw.update(self._control(sample, t, step_index, control))
         raw = self.forward(**{self.latent_name: sample, "timestep": t}, **kw)
         out = _first_tensor(raw)
         if self.dummy is None:
@@ -191,6 +202,20 @@ class _PipelineDenoiser:
         if self.learned_sigma_channels is not None:
             out = out[:, : self.learned_sigma_channels]
         return out
+
+    def _control(self, sample: torch.Tensor, t: torch.Tensor, step_index: torch.Tensor, control: dict) -> dict:
+        """The ControlNet residuals for these rows, scaled per row by the step's ``conditioning_scale`` (the stock
+        loop's ``controlnet_conditioning_scale * controlnet_keep[i]``; the net itself runs at scale 1)."""
+        ckw = dict(control["kwargs"])
+        down, mid = self.controlnet(
+            **{self.control_latent: sample, "timestep": t}, **ckw, conditioning_scale=1.0, return_dict=False
+        )
+        scale = control["scale_by_step"][step_index]
+        view = (-1,) + (1,) * (mid.ndim - 1)
+        return {
+            "down_block_additional_residuals": [d * scale.to(d.dtype).view(view) for d in down],
+            "mid_block_additional_residual": mid * scale.to(mid.dtype).view(view),
+        }
 
     def load(self, kwargs: dict) -> None:
         """Copy another call's conditioning (same structure and shapes) into this one's tensors."""
@@ -202,16 +227,21 @@ def _guided(branches: Callable, do_cfg: bool, scale: float, rescale: float, cond
 
 
 class _ModelProxy(torch.nn.Module):
-    """Stands in for the pipeline's network on the per-call pipeline copy (never on a shared object).
+    """Stands in for a network of the pipeline (the denoiser, a ControlNet) on the per-call pipeline copy, never on
+    a shared object.
 
     Reads of anything else (``config``, ``dtype``, ``device``, ``cache_context``, accelerate's ``_hf_hook``) go to
-    the real network, so the stock ``__call__`` sees its own module; only calls are answered by the parallel call.
+    the real network, so the stock ``__call__`` sees its own module; only calls are answered, by ``handler``.
     """
 
-    def __init__(self, call: _ParallelCall, model: torch.nn.Module) -> None:
+    def __init__(self, handler: Callable[[tuple, dict], Any], model: torch.nn.Module) -> None:
         super().__init__()
         self.inner = model  # a registered child, so .modules() / .device walk the real network
-        object.__setattr__(self, "_paratriton_call", call)
+        object.__setattr__(self, "_paratriton_handler", handler)
+
+    @property
+    def __class__(self) -> type:  # isinstance(proxy, ControlNetModel) as the stock loop checks (type() is unchanged)
+        return type(self._modules["inner"])
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -220,7 +250,7 @@ class _ModelProxy(torch.nn.Module):
             return getattr(self._modules["inner"], name)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self._paratriton_call.model_call(args, kwargs)
+        return self._paratriton_handler(args, kwargs)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -251,11 +281,19 @@ class _ParallelCall:
         # the call's own scheduler: set_timesteps, begin_index and the replaying step stay on this copy
         self.scheduler = copy.deepcopy(par.scheduler)
         self.scheduler.step = self.scheduler_step  # an instance attribute of a private object
-        self.proxy = _ModelProxy(self, self.model)
+        self.proxy = _ModelProxy(self.model_call, self.model)
+        self.controlnet: torch.nn.Module | None = getattr(par, spec.controlnet) if spec.controlnet else None
+        if self.controlnet is not None:
+            check_no_stateful_hooks(self.controlnet, f"{type(par).__name__}.{spec.controlnet}")
         pipe = wrapped.__new__(wrapped)
         d = dict(par.__dict__)
         d.pop("paratriton", None)
         d[spec.denoiser], d["scheduler"] = self.proxy, self.scheduler
+        if self.controlnet is not None:
+            d[spec.controlnet] = _ModelProxy(self.control_call, self.controlnet)
+        self.control_pending: tuple | None = None
+        self.control_dummy: Any = None
+        self.control_calls = 0
         d["_progress_bar_config"] = {**progress_config, "disable": True}  # the replay is not progress
         d["_interrupt"] = False  # the stock calls that honour it reset it too; DiT and DDPM have none
         # enable_model_cpu_offload's re-arming must act on the real components, not on this copy's proxy
@@ -291,6 +329,52 @@ class _ParallelCall:
         if self.calls_per_step == 2:
             return self._zeros_like_input(args, kwargs)  # each branch call has B rows, not the 2B the solve batches
         return self.dummy
+
+    def control_call(self, args: tuple, kwargs: dict) -> Any:
+        """The ControlNet proxy: its first call (before the UNet's) is recorded and run for real, so the UNet's first
+        call gets residuals of the right structure; the solve then runs the ControlNet inside every model call."""
+        if self.in_callback:
+            return self.controlnet(*args, **kwargs)
+        self.control_calls += 1
+        if self.solved:
+            return self.control_dummy
+        if self.control_pending is not None:
+            raise RuntimeError("the loop called the ControlNet twice before the UNet")
+        self.control_pending = (args, kwargs)
+        out = self.controlnet(*args, **kwargs)
+        down, mid = out
+        self.control_dummy = ([torch.zeros_like(d) for d in down], torch.zeros_like(mid))
+        return out
+
+    def _control_conditioning(self, x_in: torch.Tensor, T: int) -> dict:
+        """The recorded ControlNet call as conditioning: its kwargs (per row) and the scale of every solver step."""
+        if self.control_pending is None:
+            raise RuntimeError("the loop called the UNet before its ControlNet")
+        name, named = _bind_forward(self.controlnet, *self.control_pending)
+        if named.get("guess_mode"):
+            raise ValueError("guess_mode (or a ControlNet with global_pool_conditions) is not supported")
+        cx = named.pop(name)
+        named.pop("timestep", None)
+        first_scale = named.pop("conditioning_scale", 1.0)
+        named.pop("return_dict", None)
+        named.pop("guess_mode", None)
+        if cx.shape != x_in.shape or not torch.equal(cx, x_in):
+            raise RuntimeError("the ControlNet and the UNet got different latents: not supported")
+        scale, start, end = (
+            self.call_args.get(k)
+            for k in ("controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end")
+        )
+        scale, start, end = (v[0] if isinstance(v, (list, tuple)) else v for v in (scale, start, end))
+        # diffusers 0.42.1: controlnet_keep[i] = 1 - float(i / T < start or (i + 1) / T > end), over the loop's steps
+        keep = [1.0 - float(k / T < start or (k + 1) / T > end) for k in range(T)]
+        if not math.isclose(float(first_scale), float(scale) * keep[0], rel_tol=1e-6, abs_tol=1e-12):
+            raise RuntimeError(
+                f"the ControlNet's first conditioning_scale {first_scale} is not controlnet_conditioning_scale * "
+                f"keep ({scale} * {keep[0]}): this loop's ControlNet schedule is not the stock one"
+            )
+        by_loop = torch.tensor([float(scale) * k for k in keep], dtype=torch.float64, device=x_in.device)
+        self.control_latent = name
+        return {"kwargs": named, "scale_by_step": by_loop.flip(0)}
 
     def _zeros_like_input(self, args: tuple, kwargs: dict) -> Any:
         name, named = _bind_forward(self.model, args, kwargs)
@@ -351,6 +435,10 @@ class _ParallelCall:
             do_cfg, scale, rescale = spec.guidance(pipe, self.call_args)
         x_in = named.pop(latent_name)
         t_in = named.pop("timestep", None)
+        if self.controlnet is not None:
+            for key in _RESIDUALS:  # recomputed for every row of every model call
+                named.pop(key, None)
+        x_full = x_in
         g = 2 if do_cfg else 1
         N0 = x_in.shape[0]
         if N0 % g:
@@ -383,6 +471,8 @@ class _ParallelCall:
         self.x_start = x_in[:B]
 
         noise = self._draw_noise(T, N0 if spec.step_rows_cfg else B, B, sample_shape, x_dtype, device, eta)
+        if self.controlnet is not None:
+            named[_CONTROL] = self._control_conditioning(x_full, T)
 
         learned_sigma = spec.learned_sigma and getattr(self.model.config, "out_channels", None) == 2 * (
             sample_shape[0] if sample_shape else 0
@@ -399,6 +489,8 @@ class _ParallelCall:
             spec.flow_timestep,
             sample_shape[0] if learned_sigma else None,
         )
+        if self.controlnet is not None:
+            branches.controlnet, branches.control_latent = self.controlnet, self.control_latent
         x_T = x_in[:B].to(torch.float64)  # CFG-doubled inputs: both halves are the same latents
         method, options = self.state.method, dict(self.state.options)
         graphed = options.pop("cuda_graph", False)
@@ -469,7 +561,7 @@ class _ParallelCall:
         cond_first = self.spec.cond_first
         entry = graphed_solvers(
             self.state,
-            model_fingerprint(self.model),
+            (model_fingerprint(self.model), None if self.controlnet is None else model_fingerprint(self.controlnet)),
             branches,
             (*guidance, cond_first),
             lambda b: _guided(b, do_cfg, scale, rescale, cond_first),
@@ -580,6 +672,10 @@ class _ParallelCall:
                 f"assumes {self.calls_per_step} per step"
             )
         self.calls_since_step = 0
+        if self.controlnet is not None:
+            if self.control_calls != 1:
+                raise RuntimeError(f"the loop called the ControlNet {self.control_calls} times before step {j}")
+            self.control_calls = 0
         self._check_step_kwargs(kwargs)
         rows = sample.shape[0] // self.B
         expected = self.x_start if self.last_out is None else self.last_out[: self.B]

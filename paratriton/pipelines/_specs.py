@@ -43,6 +43,8 @@ class PipelineSpec:
     true_cfg:        ``(pipe, call_args) -> scale or None``: the loop calls the network twice per step, conditional
                      then negative, and combines ``neg + scale * (cond - neg)`` (Flux's ``true_cfg_scale``); the
                      solve batches both calls as ``[neg; cond]`` rows
+    controlnet:      attribute holding a ControlNet called before the denoiser every step; the solve runs it inside
+                     every model call on the same rows and hands its residuals to the denoiser
     """
 
     denoiser: str
@@ -57,6 +59,7 @@ class PipelineSpec:
     loop_end: Callable[[Any, dict, Any], int] | None = None
     latent_channels: Callable[[Any], int] | None = None
     true_cfg: Callable[[Any, dict], float | None] | None = None
+    controlnet: str | None = None
 
 
 def _no_guidance(pipe, args: dict) -> tuple[bool, float, float]:
@@ -127,6 +130,22 @@ def _flux_true_cfg(pipe, args: dict) -> float | None:
 
 _SD = PipelineSpec("unet", _guidance_from_properties)
 _SDXL = PipelineSpec("unet", _guidance_from_properties, loop_end=_sdxl_loop_end)
+
+
+def _check_controlnet(pipe, args: dict) -> None:
+    net = pipe.controlnet
+    if type(net).__name__ != "ControlNetModel":
+        raise ValueError(
+            f"{type(net).__name__} is not supported by the parallel {type(pipe).__name__}: one ControlNetModel only "
+            "(MultiControlNetModel and union ControlNets are not)"
+        )
+    if args.get("guess_mode") or net.config.global_pool_conditions:
+        raise ValueError(
+            f"guess_mode (or a ControlNet with global_pool_conditions) is not supported by the parallel "
+            f"{type(pipe).__name__}: the ControlNet then sees only the conditional rows"
+        )
+
+
 SPECS: dict[str, PipelineSpec] = {
     "StableDiffusionPipeline": _SD,
     # img2img: the loop starts at the strength's timestep, which the parallel call reads from the run
@@ -142,6 +161,12 @@ SPECS: dict[str, PipelineSpec] = {
         loop_end=_sdxl_loop_end,
         latent_channels=_vae_latent_channels,
         check=_check_inpaint,
+    ),
+    "StableDiffusionControlNetPipeline": PipelineSpec(
+        "unet", _guidance_from_properties, controlnet="controlnet", check=_check_controlnet
+    ),
+    "StableDiffusionXLControlNetPipeline": PipelineSpec(
+        "unet", _guidance_from_properties, loop_end=_sdxl_loop_end, controlnet="controlnet", check=_check_controlnet
     ),
     "StableDiffusion3Pipeline": PipelineSpec(
         "transformer", _guidance_from_properties, step_generator=False, step_eta=False, check=_check_sd3
