@@ -6,6 +6,10 @@ A *denoiser* is any callable ``model(x, step_index) -> output`` with
     step_index:  ``[N]`` int64 tensor, the sampler step ``i`` of each row (``0`` = last step),
     output:      ``[N, *sample_shape]``, the raw network output in the sampler's prediction type.
 
+A denoiser may carry ``compute_dtype`` (e.g. ``torch.bfloat16``): the precision its network computes in, when its
+output is cast to a wider dtype. The parallel solvers then stop at that precision's rounding floor
+(``solvers/tolerance.py``); an fp16/bf16 output dtype says the same by itself.
+
 Solvers batch a window of steps over ``B`` trajectories into one call; rows are ordered step-major
 (``row = w * B + b`` for window position ``w`` and trajectory ``b``), so ``row % B`` is the trajectory.
 """
@@ -65,6 +69,8 @@ class ClassifierFreeGuidance:
         self.guidance_rescale = float(guidance_rescale)
         self.cond_first = cond_first
         self.pass_branch = pass_branch
+        # the network's precision, for the solvers' rounding floor (``solvers/tolerance.py``); None: full precision
+        self.compute_dtype = getattr(branch_model, "compute_dtype", None)
 
     def __call__(self, x: torch.Tensor, step_index: torch.Tensor) -> torch.Tensor:
         x2, s2 = torch.cat([x, x]), torch.cat([step_index, step_index])

@@ -253,6 +253,7 @@ class DigitsPipeline(_pipeline_base()):
         from ..model import ClassifierFreeGuidance
 
         scale = self.default_guidance_scale if guidance_scale is None else float(guidance_scale)
+        compute_dtype = next(self.unet.parameters()).dtype  # a bf16/fp16 network: the solvers stop at its floor
         lab = self.labels(class_labels)
         B = lab.numel()
         ts = coeffs.timesteps.to(torch.long)
@@ -261,6 +262,7 @@ class DigitsPipeline(_pipeline_base()):
             rows = torch.arange(x.shape[0]) % B
             return self.eps(x, ts[step_index.cpu()], lab[rows])
 
+        conditional.compute_dtype = compute_dtype
         if scale == 1.0:
             return conditional
 
@@ -270,6 +272,7 @@ class DigitsPipeline(_pipeline_base()):
             y = torch.cat([torch.full((n,), self.null_class, dtype=torch.long), lab[rows]])
             return self.eps(x2, ts[step2.cpu()], y)
 
+        branches.compute_dtype = compute_dtype
         return ClassifierFreeGuidance(branches, scale)
 
     @property

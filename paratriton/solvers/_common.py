@@ -25,7 +25,11 @@ class SolveResult:
     nfe:         model evaluations per trajectory (a guided call counts once)
     residuals:   ``[iterations, T]`` float64 on the CPU: per step the largest RMS order-1 residual over the batch,
                  NaN for steps outside the window in that iteration
-    converged:   every step met the tolerance (False when stopped by ``max_iters``)
+    converged:   every step's residual is within its threshold at the returned trajectory (False when stopped
+                 by ``max_iters``)
+    precision_limited: a low-precision (fp16/bf16) model's rounding floor was above the tolerance at some step,
+                 and the solver stopped at the floor there
+    precision_floor: that floor, as an RMS distance at the sample (None for float32/float64 models)
     """
 
     sample: torch.Tensor
@@ -36,6 +40,8 @@ class SolveResult:
     converged: bool
     method: str
     window_history: list[tuple[int, int]] = field(default_factory=list)
+    precision_limited: bool = False
+    precision_floor: float | None = None
 
 
 class IterationInfo:
@@ -118,11 +124,23 @@ def default_tol_abs(num_steps: int) -> float:
 
 
 def set_common_options(
-    solver, tol_abs: float | None, tol_rel: float, max_iters: int | None, state_dtype: torch.dtype, callback
+    solver,
+    tol: float | None,
+    tol_abs: float | None,
+    tol_rel: float | None,
+    max_iters: int | None,
+    state_dtype: torch.dtype,
+    callback,
 ) -> None:
-    """Validate and set the options every solver shares (``tol_abs=None``: ``default_tol_abs(T)`` at solve time)."""
+    """Validate and set the options every solver shares (tolerances: ``tolerance.step_thresholds``)."""
+    solver.tol = None if tol is None else _check_positive("tol", tol)
     solver.tol_abs = None if tol_abs is None else _check_positive("tol_abs", tol_abs)
-    solver.tol_rel = _check_positive("tol_rel", tol_rel)
+    solver.tol_rel = None if tol_rel is None else _check_positive("tol_rel", tol_rel)
+    if solver.tol is not None and (solver.tol_abs is not None or solver.tol_rel is not None):
+        raise ValueError(
+            "tol (a target RMS distance of the sample to the sequential sample) and tol_abs/tol_rel (per-step "
+            "residual thresholds) exclude each other: pass one or the other"
+        )
     solver.max_iters = None if max_iters is None else _check_int("max_iters", max_iters, 1)
     if state_dtype not in (torch.float64, torch.float32):
         raise ValueError(f"state_dtype must be torch.float64 or torch.float32, got {state_dtype}")

@@ -29,8 +29,16 @@ import torch
 from .._cuda_graph import NestedCUDAGraphError, capture, warn_nested_graphs
 from ..model import Denoiser
 from ..schedule import SamplerCoefficients
-from ._common import IterationInfo, ModelCaller, NonFiniteError, SolveResult, check_problem, default_tol_abs
+from ._common import IterationInfo, ModelCaller, NonFiniteError, SolveResult, check_problem
 from .rules import KERNELS, AndersonRule, FixedPointRule, WindowView
+from .tolerance import (
+    FLOOR_PROBES,
+    FLOOR_ROUNDINGS,
+    final_floor,
+    step_thresholds,
+    unit_roundoff,
+    warn_precision_floor,
+)
 
 
 def bucket_sizes(T: int, buckets: int) -> list[int]:
@@ -43,8 +51,10 @@ class Engine:
 
     rule:       ``FixedPointRule`` or ``AndersonRule`` (``registry.py`` builds them from method names).
     window:     None (all ``T`` steps) or a sliding window of ``W`` steps.
-    tol_abs, tol_rel: step ``i`` converged when ``RMS(r_i) <= max(tol_abs, tol_rel * posterior_std_i)``
-                (``tol_abs=None``: ``default_tol_abs(T)``).
+    tol:        target RMS distance of the sample to the sequential sample (default ``DEFAULT_TOL``), mapped onto
+                per-step residual thresholds (``tolerance.py``); a low-precision model's rounding floor raises them.
+    tol_abs, tol_rel: the expert per-step form instead: step ``i`` converged when ``RMS(r_i) <= max(tol_abs,
+                tol_rel * posterior_std_i)``.
     state_dtype: float32 or float64 (None: float32 on CUDA, float64 elsewhere).
     cuda_graph: the graphed schedule: each window size captured once (on CUDA; the model must be capturable),
                 ``iters_per_sync`` iterations per host read. Off CUDA the same static program runs uncaptured.
@@ -57,8 +67,9 @@ class Engine:
         *,
         method: str,
         window: int | None = None,
+        tol: float | None = None,
         tol_abs: float | None = None,
-        tol_rel: float = 1e-3,
+        tol_rel: float | None = None,
         max_iters: int | None = None,
         state_dtype: torch.dtype | None = None,
         callback: Callable[[IterationInfo], None] | None = None,
@@ -68,7 +79,7 @@ class Engine:
         backend: str = "auto",
     ) -> None:
         self.rule, self.method, self.window = rule, method, window
-        self.tol_abs, self.tol_rel, self.max_iters = tol_abs, tol_rel, max_iters
+        self.tol, self.tol_abs, self.tol_rel, self.max_iters = tol, tol_abs, tol_rel, max_iters
         self.state_dtype, self.callback = state_dtype, callback
         self.cuda_graph, self.buckets, self.iters_per_sync = cuda_graph, buckets, iters_per_sync
         self.backend = backend
@@ -100,6 +111,7 @@ class Engine:
         n = s["n_it"].view(1)
         s["log_F"].index_copy_(0, n, F.view(1))
         s["rms_all"].index_copy_(0, idx, rms)
+        s["rms_all"].index_fill_(0, top.view(1), 0.0)  # the top step took the exact step: its residual is now 0
         s["log_res"].index_put_((n.expand(H), idx), rms.amax(1))  # steps outside the window: NaN, on the host
         s["n_it"].add_(F > 0)
         F.copy_(top)  # top >= lo >= 0
@@ -112,9 +124,8 @@ class Engine:
         D, dev = math.prod(shape), x_T.device
         dt = self.state_dtype or (torch.float32 if dev.type == "cuda" else torch.float64)
         cap = (T if self.max_iters is None else self.max_iters) + self.iters_per_sync  # + no-op iterations' slots
-        cf = coeffs.to(dev)
         a, b, c = coeffs.coefficients(dt, dev)
-        tol_abs = default_tol_abs(T) if self.tol_abs is None else self.tol_abs
+        thr = step_thresholds(coeffs, self.tol, self.tol_abs, self.tol_rel).to(dev, dt)
         self._s = dict(
             T=T,
             B=B,
@@ -124,7 +135,10 @@ class Engine:
             a=a,
             b=b,
             c=c,
-            thr=torch.clamp(self.tol_rel * cf.posterior_std, min=tol_abs).to(dt),
+            thr0=thr,
+            thr=thr.clone(),
+            floor=torch.zeros(T, dtype=dt, device=dev),
+            dtype_model=getattr(model, "compute_dtype", None),
             xi=None if noise is None else torch.empty(T, B, D, dtype=dt, device=dev),
             F=torch.empty((), dtype=torch.long, device=dev),
             U=torch.empty((), dtype=torch.long, device=dev),
@@ -151,8 +165,10 @@ class Engine:
         if s["xi"] is not None:
             s["xi"].copy_(noise.reshape(s["xi"].shape))
         self.rule.reset(s["rule"])
-        for k in ("bad", "n_it"):
+        for k in ("bad", "n_it", "floor"):
             s[k].zero_()
+        s["thr"].copy_(s["thr0"])
+        s["floor_next"], s["floor_on"] = 1, True
         s["F"].fill_(T)
         s["U"].fill_(T - 1 if s["sliding"] and init is None else -1)
 
@@ -259,6 +275,9 @@ class Engine:
                 nfe += top - lo
                 windows.append((lo, top))
             F_host, it = F_new, n
+            if s["floor_on"] and F_host > 0 and it >= s["floor_next"]:  # iterations 1, 2, 4, 8, ...
+                s["floor_next"] = 2 * it
+                self._measure_floor(F_host)
             if self.callback is not None and windows:
                 lo, hi = windows[-1]
                 self.callback(
@@ -275,9 +294,58 @@ class Engine:
         for row, (lo, hi) in zip(res, windows):  # per step the largest RMS over the batch, NaN outside the window
             row[:lo] = float("nan")
             row[hi:] = float("nan")
-        return SolveResult(
+        result = SolveResult(
             traj[0], traj, it, nfe, res, F_host == 0, self.method + ("(graphed)" if static else ""), windows
         )
+        self._report_precision(result, coeffs)
+        return result
+
+    def _measure_floor(self, F_host: int) -> None:
+        """A low-precision model's rounding floor, measured where the iterates are exact (a small extra call).
+
+        Its output is a rough function of its input at the level of one rounding. The ``FLOOR_PROBES`` steps just
+        below the anchor ``F`` have (nearly) exact inputs: the frozen state and the states the exact step just
+        produced. Perturb those inputs by one unit roundoff (relative) and take ``floor_i = FLOOR_ROUNDINGS * |b_i|
+        * RMS(m(x (1 + u xi)) - m(x))`` (largest over the batch) there, and the lowest probe's value for every
+        step below; every live step is then tested against ``max(threshold_i, floor_i)`` (``tolerance.py``).
+        Measured after iterations 1, 2, 4, 8, ..., as the anchor descends. Float32/float64 models: nothing.
+        """
+        s = self._s
+        out = self._last[0]
+        dtype = out.dtype if unit_roundoff(out.dtype) else s["dtype_model"]
+        u = unit_roundoff(dtype)
+        if u is None:
+            s["floor_on"] = False
+            return
+        s["dtype_model"] = dtype
+        x, dev = s["x"], s["x"].device
+        lo = max(F_host - FLOOR_PROBES, 0)
+        steps = torch.arange(lo, F_host, device=dev)
+        inp = x[lo + 1 : F_host + 1]
+        gen = torch.Generator(device=dev).manual_seed(int(F_host))
+        xi = torch.randn(inp.shape, generator=gen, device=dev, dtype=inp.dtype)
+        m0, m1 = s["call"](torch.cat([inp, inp * (1 + u * xi)]), torch.cat([steps, steps])).float().chunk(2)
+        jump = (m1 - m0).square().mean(2).sqrt().amax(1).to(s["floor"].dtype)  # [probes]
+        floor = FLOOR_ROUNDINGS * s["b"][lo:F_host].abs() * jump
+        s["floor"][lo:F_host] = floor
+        s["floor"][:lo] = floor[0]  # below the probes: the lowest probe's (refined as the anchor descends)
+        s["thr"].copy_(torch.maximum(s["thr0"], s["floor"]))
+
+    def _report_precision(self, result: SolveResult, coeffs: SamplerCoefficients) -> None:
+        """For a low-precision model: the rounding floor at the sample, and whether it bound at some step."""
+        s = self._s
+        floor = s["floor"].to("cpu", torch.float64)
+        if bool((floor > 0).any()):
+            result.precision_floor = final_floor(coeffs, floor)
+            result.precision_limited = bool((floor > s["thr0"].to("cpu", torch.float64)).any())
+            if result.precision_limited:
+                dtype = s["dtype_model"]
+                tol = (
+                    f"tol={self.tol}"
+                    if self.tol_abs is None and self.tol_rel is None
+                    else (f"tol_abs={self.tol_abs}, tol_rel={self.tol_rel}")
+                )
+                warn_precision_floor(dtype, result.precision_floor, tol)
 
     def _raise_nonfinite(self, it: int, k: int, anchor: int) -> None:
         """Name the steps (of the last iteration run) and whether the model or the iterates went non-finite."""

@@ -75,13 +75,28 @@ class Option:
 
 _TOL = (
     Option(
+        "tol",
+        "float",
+        None,
+        "target RMS distance of the sample to the sequential sample, in the sample's units (None: 1e-3 unless "
+        "tol_abs/tol_rel are given)",
+        none_ok=True,
+    ),
+    Option(
         "tol_abs",
         "float",
         None,
-        "absolute RMS residual threshold per step (None: 1e-3, scaled by 100/T beyond 100 steps)",
+        "expert: absolute per-step RMS residual threshold instead of tol (None with tol_rel set: 1e-3, scaled by "
+        "100/T beyond 100 steps)",
         none_ok=True,
     ),
-    Option("tol_rel", "float", 1e-3, "threshold relative to the step's posterior std"),
+    Option(
+        "tol_rel",
+        "float",
+        None,
+        "expert: per-step threshold relative to the step's posterior std instead of tol (None with tol_abs set: 1e-3)",
+        none_ok=True,
+    ),
     Option("max_iters", "int", None, "stop after this many iterations (None: at most T)", lo=1, none_ok=True),
 )
 _RUN = (
@@ -135,7 +150,15 @@ class MethodSpec:
             raise TypeError(
                 f"options {unknown} do not apply to method={self.name!r}; its options are {list(self.option_names)}"
             )
-        return {o.name: o.check(options.get(o.name, o.default)) for o in self.options}
+        checked = {o.name: o.check(options.get(o.name, o.default)) for o in self.options}
+        if checked.get("tol") is not None and (
+            checked.get("tol_abs") is not None or checked.get("tol_rel") is not None
+        ):
+            raise ValueError(
+                "tol (a target RMS distance of the sample to the sequential sample) and tol_abs/tol_rel (per-step "
+                "residual thresholds) exclude each other: pass one or the other"
+            )
+        return checked
 
     def make(self, **options: Any) -> Any:
         """Build the solver (an object with ``.solve(model, coeffs, x_T, noise, init=None)``)."""
@@ -150,6 +173,7 @@ def _engine(method: str, rule_of: Callable[[dict], Any]) -> Callable[[dict], Any
             k: o[k]
             for k in (
                 "window",
+                "tol",
                 "tol_abs",
                 "tol_rel",
                 "max_iters",

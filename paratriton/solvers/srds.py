@@ -93,9 +93,9 @@ from ._common import (
     SolveResult,
     _check_int,
     check_problem,
-    default_tol_abs,
     set_common_options,
 )
+from .tolerance import sample_tolerance
 
 __all__ = [
     "SRDS",
@@ -353,8 +353,9 @@ class SRDS:
         self,
         *,
         blocks: int | None = None,
+        tol: float | None = None,
         tol_abs: float | None = None,
-        tol_rel: float = 1e-3,
+        tol_rel: float | None = None,
         max_iters: int | None = None,
         state_dtype: torch.dtype | None = None,
         callback: Callable[[IterationInfo], None] | None = None,
@@ -363,7 +364,7 @@ class SRDS:
         if backend not in ("torch", "triton"):
             raise ValueError(f"backend must be 'torch' or 'triton', got {backend!r}")
         self.blocks = None if blocks is None else _check_int("blocks", blocks, 1)
-        set_common_options(self, tol_abs, tol_rel, max_iters, state_dtype or torch.float64, callback)
+        set_common_options(self, tol, tol_abs, tol_rel, max_iters, state_dtype or torch.float64, callback)
 
     window_shrunk_to: int | None = None
 
@@ -426,8 +427,7 @@ class SRDS:
         xi = None if noise is None else noise.reshape(T, B, D)
         A_h, Bc_h, a1 = coarse_coefficients(coeffs, K)
         A_q, B_q = A_h.tolist(), Bc_h.tolist()  # host floats: scalar multiplies need no device read
-        tol_abs = default_tol_abs(T) if self.tol_abs is None else self.tol_abs
-        threshold0 = max(tol_abs, self.tol_rel * float(coeffs.posterior_std[0]))
+        threshold0 = sample_tolerance(coeffs, self.tol, self.tol_abs, self.tol_rel)
         E = _coarse_noise(a1.to(dev, dt), c, xi, K) if (stochastic and not warm) else None
 
         # every index the rounds need, built on the host and copied to the device once (a per-round host->device
