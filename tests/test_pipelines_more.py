@@ -318,3 +318,53 @@ def test_controlnet_guess_mode_is_refused():
     par = paratriton.parallelize(_controlnet_pipe("sd", _ddim()))
     with pytest.raises(ValueError, match="guess_mode"):
         par(**sd_inputs(1, True, image=_image()), guess_mode=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# cuda_graph=True on the new paths (on the CPU the same static program runs without graphs): the conditioning they
+# add (inpainting channels, the ControlNet's inputs and per-step scale, true CFG's merged branches) is copied into
+# the cached solver's tensors, so a second call with other inputs replays correctly
+# ---------------------------------------------------------------------------------------------------------------
+def _graphed_case(name: str):
+    if name == "controlnet":
+        pipe = _controlnet_pipe("sd", _ddpm())
+
+        def inputs(seed):
+            return sd_inputs(1, True, image=_image(seed=seed), output_type="latent", control_guidance_end=0.5)
+
+    elif name == "inpaint":
+        pipe = _sd_family("StableDiffusionInpaintPipeline", _ddpm(), unet=_inpaint_unet(False))
+
+        def inputs(seed):
+            return sd_inputs(1, True, image=_image(seed=seed), mask_image=_mask(), strength=0.75, output_type="latent")
+
+    else:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+        from test_pipelines import flux_inputs, make_flux
+
+        pipe = make_flux(FlowMatchEulerDiscreteScheduler(), False)
+
+        def inputs(seed):
+            g = torch.Generator().manual_seed(seed)
+            neg = {
+                "negative_prompt_embeds": torch.randn(1, 7, 32, generator=g),
+                "negative_pooled_prompt_embeds": torch.randn(1, 32, generator=g),
+            }
+            return flux_inputs(1, False, true_cfg_scale=2.5, output_type="latent", **neg)
+
+    return pipe, inputs
+
+
+@pytest.mark.parametrize("name", ["controlnet", "inpaint", "flux_true_cfg"])
+def test_cuda_graph_new_paths_match_stock_and_replay(name):
+    pipe, inputs = _graphed_case(name)
+    par = paratriton.parallelize(pipe, "picard", window=4, cuda_graph=True, tol_abs=1e-7, tol_rel=1e-7)
+    for seed in (1, 2):  # the second call replays the cached solver with new conditioning
+        torch.manual_seed(0)
+        ref = _images(pipe(**inputs(seed), generator=_gen(seed)))
+        torch.manual_seed(0)
+        out = _images(par(**inputs(seed), generator=_gen(seed)))
+        assert_same(ref, out)
+        if seed == 1:
+            entry = par.paratriton.graphed
+    assert par.paratriton.graphed is entry and par.paratriton.last_result.method == "picard(graphed)"

@@ -4,9 +4,11 @@ imported only when a pipeline is parallelized, so ``import paratriton`` stays li
 
 Layout (imports go one way, down this list; nothing imports ``_plan``):
 ``_plan.py``: ``plan`` (``paratriton.plan``: pipelines here, denoisers to ``paratriton.planner``), ``plan_pipeline``,
-``PipelinePlan``; ``_wrap.py``: ``parallelize``, the parallel pipeline class and one parallel call;
-``_graphed.py``: the CUDA-graphed solvers cached per problem; ``_options.py``: methods and options, from the solver
-registry; ``_state.py``: ``ParallelState``, what a parallel pipeline owns (``fast.paratriton``); ``_specs.py``: the
+``PipelinePlan``; ``_wrap.py``: ``parallelize`` and the parallel pipeline class; ``_call.py``: one parallel call (the
+per-call pipeline copy, the proxy network, the scheduler copy that replays, the solve); ``_graphed.py``: the
+CUDA-graphed solvers cached per problem; ``_guards.py``: the model fingerprint the graph cache is keyed on, the
+stateful-hook check, the diffusers version check; ``_options.py``: methods and options, from the solver registry;
+``_state.py``: ``ParallelState``, what a parallel pipeline owns (``fast.paratriton``); ``_specs.py``: the
 per-pipeline loop facts; ``_trees.py``: nested conditioning helpers.
 """
 
