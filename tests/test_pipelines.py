@@ -746,8 +746,7 @@ def test_import_paratriton_does_not_import_diffusers():
 
 def test_low_precision_model_keeps_its_dtype():
     # the solver state is float64; the model sees (and returns) its own dtype, and parallelize casts nothing.
-    # The parallel solve calls the model's (saved) bound ``forward`` directly, not ``unet(...)``, so a forward hook
-    # would only see the stock loop's calls: record inside an instance ``forward`` the solve itself calls.
+    # Recorded inside an instance ``forward``, which nn.Module.__call__ runs for the stock loop and the solve alike.
     unet = make_unet2d().to(torch.bfloat16)
     pipe = _quiet(DDIMPipeline(unet=unet, scheduler=_ddim()))
     seen = []
@@ -766,8 +765,9 @@ def test_low_precision_model_keeps_its_dtype():
     out = _images(par(**inputs, generator=_gen()))
     result = par.paratriton.last_result
     assert stock_calls == [(torch.bfloat16, 2, torch.bfloat16)] * STEPS
-    # the solver's own calls: one per iteration, a window of steps x 2 samples in rows, all in bfloat16
-    assert len(seen) == result.iterations and max(rows for _, rows, _ in seen) == 2 * STEPS
+    # the solver's own calls: one per iteration (plus the engine's rounding-floor measurement of a low-precision
+    # model), a window of steps x 2 samples in rows, all in bfloat16
+    assert len(seen) >= result.iterations and max(rows for _, rows, _ in seen) == 2 * STEPS
     assert {(dt, out_dt) for dt, _, out_dt in seen} == {(torch.bfloat16, torch.bfloat16)}
     assert unet.forward is recording_forward  # restored after the call
     assert par.unet.dtype == torch.bfloat16 and pipe.unet.dtype == torch.bfloat16
