@@ -564,11 +564,11 @@ def test_each_parallel_pipeline_owns_its_state():
 
 def _concurrent_calls(pars: list, reps: int, wait_s: float) -> tuple[list, list, list]:
     """Call every parallel pipeline in ``pars`` from its own thread, ``reps`` times; returns (images per pipeline,
-    whether each call met the others inside its patched region, what the calls raised).
+    whether each call met the others inside its solve, what the calls raised).
 
     Every repetition starts on a barrier, and each call's first ``callback_on_step_end`` (which runs inside the
-    solve, with the model and scheduler patched) waits up to ``wait_s`` on a second barrier: calls that can run
-    at once are certain to overlap while patched; calls that are serialised time out there and go on.
+    solve) waits up to ``wait_s`` on a second barrier: calls that can run at once are certain to overlap mid-solve;
+    calls that are serialised time out there and go on.
     """
     import threading
 
