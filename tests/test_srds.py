@@ -58,12 +58,13 @@ class CountingModel:
 def test_matches_sequential(method, T, blocks, eta):
     coeffs, model, x_T, noise, ref = problem(T, eta)
     res = paratriton.solve(model, coeffs, x_T, noise, method=method, blocks=blocks, tol_abs=1e-10, tol_rel=1e-10)
-    assert isinstance(res, SRDSResult) and res.method == method and res.blocks == blocks
+    assert isinstance(res, SRDSResult) and res.method in (method, method + "(pipelined)") and res.blocks == blocks
     assert res.converged and 1 <= res.iterations <= blocks
     assert rms(res.sample, ref.sample) <= 1e-8
     assert res.sample.shape == x_T.shape and res.trajectory.shape == (T + 1, *x_T.shape)
-    # the accounting is the schedule's closed form for the iterations it took
-    assert res.critical_path == critical_path_model(T, blocks, res.iterations, pipelined=method != "srds")
+    # the accounting is the closed form of the schedule it ran, and never more sequential calls than T
+    assert res.critical_path == critical_path_model(T, blocks, res.iterations, pipelined=res.method != "srds")
+    assert res.critical_path <= T
 
 
 @pytest.mark.parametrize("sched", ["ddpm", "ddim-sd-v", "flow"])
@@ -111,13 +112,16 @@ def test_exact_front_after_each_iteration(method, eta):
             assert rms(info.trajectory[(K - p - 1) * S], ref.trajectory[(K - p - 1) * S]) > 1e-15
         seen.append(p)
 
-    # a tolerance no increment can meet before the end: run all K iterations
+    # a tolerance no increment can meet before the end: run all K iterations (the plain schedule: 2, the most
+    # whose worst case stays within T sequential calls, so that it runs as plain)
+    P = 2 if method == "srds" else K
     res = paratriton.solve(
-        model, coeffs, x_T, noise, method=method, blocks=K, tol_abs=1e-300, tol_rel=1e-300, callback=cb
+        model, coeffs, x_T, noise, method=method, blocks=K, tol_abs=1e-300, tol_rel=1e-300, callback=cb, max_iters=P
     )
-    assert seen == list(range(1, K + 1)) and res.iterations == K and res.converged
-    assert rms(res.trajectory, ref.trajectory) <= 1e-12  # at p = K everything, interiors included, is exact
-    assert res.critical_path == critical_path_model(T, K, K, pipelined=method != "srds")
+    assert res.method == method and seen == list(range(1, P + 1)) and res.iterations == P
+    if P == K:
+        assert res.converged and rms(res.trajectory, ref.trajectory) <= 1e-12  # at p = K all is exact
+    assert res.critical_path == critical_path_model(T, K, P, pipelined=method != "srds") <= T
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0], ids=["ddim", "ddpm"])
@@ -180,15 +184,17 @@ def test_counts_are_honest(method):
     S = T // K
     coeffs, model, x_T, noise, ref = problem(T, 0.0, batch=B)
     cm = CountingModel(model)
-    res = paratriton.solve(cm, coeffs, x_T, noise, method=method, blocks=K, tol_abs=1e-300, tol_rel=1e-300)
-    assert res.critical_path == len(cm.rows) == len(res.rows_per_call)
+    P = 2 if method == "srds" else K  # plain: the most iterations whose worst case stays within T calls
+    res = paratriton.solve(cm, coeffs, x_T, noise, method=method, blocks=K, tol_abs=1e-300, tol_rel=1e-300, max_iters=P)
+    assert res.critical_path == len(cm.rows) == len(res.rows_per_call) <= T
     assert res.nfe * B == sum(cm.rows) and [r * B for r in res.rows_per_call] == cm.rows
     if method == "srds":
+        assert res.method == "srds"
         # predictor: K single-block calls; iteration 1: S-1 calls with all K blocks, then a sweep of K-1
         assert res.rows_per_call[:K] == [1] * K
         assert res.rows_per_call[K : K + S - 1] == [K] * (S - 1)
         assert res.rows_per_call[K + S - 1 : 2 * K + S - 2] == [1] * (K - 1)
-        assert res.nfe == K + sum((S - 1) * (K - p + 1) + (K - p) for p in range(1, K + 1))
+        assert res.nfe == K + sum((S - 1) * (K - p + 1) + (K - p) for p in range(1, P + 1))
     else:
         assert res.critical_path == T and res.max_rows_per_call > 1
 
@@ -329,4 +335,5 @@ def test_benchmark_hook():
     (row,) = srds_benchmark((16,), tol=1e-4, batch=1)
     assert row["K"] == 4 and 1 <= row["P"] <= 4 and len(row["err_per_iter"].split()) == row["P"]
     assert row["calls_plain"] == critical_path_model(16, 4, row["P"], pipelined=False)
+    assert row["plain_ran_as"] in ("srds", "srds(pipelined)")
     assert row["calls_pipe"] == critical_path_model(16, 4, row["P"], pipelined=True) <= 16
