@@ -120,7 +120,15 @@ _ENGINE = (
 )
 _ORDER = Option("order", "int", None, "k of the order-k equations (None: the whole window)", lo=1, none_ok=True)
 _ANDERSON = (
-    _ORDER,
+    Option(
+        "base",
+        "choice",
+        "picard",
+        "the map accelerated: 'picard' (unit weights, ParaDiGMS; the default, fewest iterations in the issue-23 "
+        "sweep) or 'order' (the order-k equations' affine weights, the ParaTAA paper's)",
+        choices=("picard", "order"),
+    ),
+    Option("order", "int", None, "k of the band of the base map's sums (None: the whole window)", lo=1, none_ok=True),
     Option("history", "int", 2, "Anderson secant pairs", lo=1, hi=8),
     Option("ridge", "float", 1e-3, "relative ridge of the least squares"),
     Option(
@@ -207,7 +215,12 @@ def _anderson_rule(triangular: bool):
         from .rules import AndersonRule
 
         return AndersonRule(
-            order=o["order"], history=o["history"], ridge=o["ridge"], safeguard=o["safeguard"], triangular=triangular
+            order=o["order"],
+            unit_weights=o["base"] == "picard",
+            history=o["history"],
+            ridge=o["ridge"],
+            safeguard=o["safeguard"],
+            triangular=triangular,
         )
 
     return rule
@@ -258,14 +271,14 @@ REGISTRY: dict[str, MethodSpec] = {
         ),
         MethodSpec(
             "aa",
-            "standard Anderson acceleration (one global least squares)",
+            "standard Anderson acceleration (one global least squares) of the same base maps",
             (*_ENGINE, *_ANDERSON),
             True,
             _engine("aa", _anderson_rule(False)),
         ),
         MethodSpec(
             "taa",
-            "ParaTAA: triangular Anderson acceleration on the order-k equations",
+            "triangular Anderson acceleration (ParaTAA) of the Picard map (base='picard') or the order-k map",
             (*_ENGINE, *_ANDERSON),
             True,
             _engine("taa", _anderson_rule(True)),
