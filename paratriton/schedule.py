@@ -23,13 +23,14 @@ __all__ = [
     "SamplerCoefficients",
     "coefficients_from_scheduler",
     "SUPPORTED_SCHEDULERS",
+    "ONE_TAP_SCHEDULERS",
     "TRACED_SCHEDULERS",
 ]
 
-# the schedulers ``parallelize`` and the engine accept today (one-tap operators)
-SUPPORTED_SCHEDULERS = ("DDIMScheduler", "DDPMScheduler", "FlowMatchEulerDiscreteScheduler")
-# the schedulers ``coefficients_from_scheduler`` also traces into k-tap ``MultistepCoefficients``
-# (``paratriton.multistep``; the sequential samplers step them, the engine's k-tap stencil is in progress)
+# the schedulers read analytically into one-tap ``SamplerCoefficients``
+ONE_TAP_SCHEDULERS = ("DDIMScheduler", "DDPMScheduler", "FlowMatchEulerDiscreteScheduler")
+# the schedulers ``coefficients_from_scheduler`` traces into k-tap ``MultistepCoefficients`` (``paratriton.multistep``;
+# the sequential samplers and the engine's methods taa/picard/fp/aa solve them; SRDS does not)
 TRACED_SCHEDULERS = (
     "EulerDiscreteScheduler",
     "EulerAncestralDiscreteScheduler",
@@ -40,6 +41,8 @@ TRACED_SCHEDULERS = (
     "LMSDiscreteScheduler",
     "DEISMultistepScheduler",
 )
+# every scheduler ``coefficients_from_scheduler`` and ``parallelize`` accept
+SUPPORTED_SCHEDULERS = ONE_TAP_SCHEDULERS + TRACED_SCHEDULERS
 _PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
@@ -337,8 +340,7 @@ def coefficients_from_scheduler(
         return multistep_from_scheduler(scheduler, num_inference_steps, **set_timesteps_kwargs)
     if name not in _EXTRACTORS:
         raise ValueError(
-            f"scheduler {name} is not supported by parallel samplers; supported: "
-            f"{SUPPORTED_SCHEDULERS + TRACED_SCHEDULERS}"
+            f"scheduler {name} is not supported by parallel samplers; supported: {SUPPORTED_SCHEDULERS}"
         )
     if name != "FlowMatchEulerDiscreteScheduler":
         _check_no_clipping(scheduler)

@@ -32,6 +32,7 @@ parallel call from another thread, or an exception raised halfway can never obse
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import logging
 import math
@@ -43,7 +44,7 @@ from tqdm.auto import tqdm
 
 from ..model import ClassifierFreeGuidance
 from ..planner import WindowChoice, choose_window
-from ..schedule import SamplerCoefficients, coefficients_from_scheduler
+from ..schedule import TRACED_SCHEDULERS, SamplerCoefficients, coefficients_from_scheduler
 from ..solvers import SolveResult, solve
 from ._graphed import graphed_solvers
 from ._guards import check_no_stateful_hooks, model_fingerprint
@@ -62,6 +63,10 @@ _EXTRA_CHANNELS = "__paratriton_extra_channels__"
 _CONTROL = "__paratriton_control__"
 _RESIDUALS = ("down_block_additional_residuals", "mid_block_additional_residual")
 _COEFF_FIELDS = ("a", "b", "c", "posterior_std", "timesteps", "signal_scale", "noise_scale")
+# the per-step fields of a k-tap ``MultistepCoefficients`` (``b`` is [T, k])
+_MULTISTEP_FIELDS = _COEFF_FIELDS + ("input_scale", "output_scale", "output_mix")
+# instance attributes the call sets on its scheduler copy (never traced: the tracer deep-copies the scheduler)
+_OVERRIDES = ("step", "scale_model_input")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -129,16 +134,47 @@ def _step_draws(scheduler, timestep: torch.Tensor, eta: float | None) -> bool:
     return bool(scheduler.config.stochastic_sampling)  # FlowMatchEulerDiscreteScheduler
 
 
-def _slice_steps(coeffs: SamplerCoefficients, lo: int, hi: int) -> SamplerCoefficients:
-    """The sub-problem of solver steps ``lo .. hi-1`` (a one-tap operator's steps are independent rows)."""
-    if (lo, hi) == (0, coeffs.num_steps):
+def _slice_steps(coeffs, lo: int, hi: int):
+    """The sub-problem of solver steps ``lo .. hi-1`` (a one-tap operator's steps are independent rows).
+
+    A k-tap operator (``MultistepCoefficients``) is traced over the scheduler's whole timestep list. A loop that
+    stops early (``lo > 0``: SDXL's ``denoising_end``) runs exactly its first steps, so the slice is exact. A loop
+    that starts late (``hi < T``: img2img's ``strength``, the refiner's ``denoising_start``) starts the scheduler's
+    history (warm-up orders, stored outputs) at its own first step: exact for one-tap operators only.
+    """
+    T = coeffs.num_steps
+    if (lo, hi) == (0, T):
         return coeffs
-    if getattr(coeffs, "taps", 1) != 1:
-        raise ValueError(
-            f"{type(coeffs).__name__} reads {coeffs.taps} earlier outputs: a partial trajectory "
-            "(img2img strength, denoising_start/end) is supported for one-step samplers only"
+    if isinstance(coeffs, SamplerCoefficients):
+        return type(coeffs)(
+            **{f: getattr(coeffs, f)[lo:hi] for f in _COEFF_FIELDS}, prediction_type=coeffs.prediction_type
         )
-    return type(coeffs)(**{f: getattr(coeffs, f)[lo:hi] for f in _COEFF_FIELDS}, prediction_type=coeffs.prediction_type)
+    if hi < T and coeffs.taps != 1:
+        raise ValueError(
+            f"{coeffs.scheduler} reads up to {coeffs.taps} model outputs per step and starts its history (warm-up "
+            "orders, stored outputs) at the loop's first step: a loop that starts late (img2img strength, "
+            "denoising_start) is supported only for one-output-per-step samplers (DDIMScheduler, DDPMScheduler, "
+            "FlowMatchEulerDiscreteScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, "
+            "DPMSolverMultistep/DEISMultistep with solver_order=1)"
+        )
+    draws = tuple(i - lo for i in coeffs.noise_draw_steps if lo <= i < hi)
+    return dataclasses.replace(
+        coeffs,
+        **{f: getattr(coeffs, f)[lo:hi] for f in _MULTISTEP_FIELDS},
+        noise_draw_steps=draws,
+        noise_dtype=coeffs.noise_dtype if draws else None,
+    )
+
+
+def _traceable(sched):
+    """A scheduler like the call's copy ``sched`` without its overrides (``step``, ``scale_model_input``) and with
+    the step index the loop's first ``scale_model_input`` set cleared: what the tracer deep-copies and steps."""
+    clean = object.__new__(type(sched))
+    clean.__dict__.update({k: v for k, v in sched.__dict__.items() if k not in _OVERRIDES})
+    for name in ("_step_index", "_begin_index"):
+        if name in clean.__dict__:
+            clean.__dict__[name] = None
+    return clean
 
 
 class _Interrupted(Exception):
@@ -281,6 +317,12 @@ class _ParallelCall:
         # the call's own scheduler: set_timesteps, begin_index and the replaying step stay on this copy
         self.scheduler = copy.deepcopy(par.scheduler)
         self.scheduler.step = self.scheduler_step  # an instance attribute of a private object
+        # scale_model_input (Euler, Heun, LMS: x / sqrt(1 + sigma^2)) is part of the model call the solve makes: the
+        # copy records its last input before the first network call, the unscaled latents the trajectory starts at
+        self.scaled: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.stock_scale = getattr(self.scheduler, "scale_model_input", None)
+        if self.stock_scale is not None:
+            self.scheduler.scale_model_input = self.scheduler_scale_input
         self.proxy = _ModelProxy(self.model_call, self.model)
         self.controlnet: torch.nn.Module | None = getattr(par, spec.controlnet) if spec.controlnet else None
         if self.controlnet is not None:
@@ -404,7 +446,37 @@ class _ParallelCall:
                 merged[key] = torch.cat([a, b])
         return latent_name, merged
 
-    def _coefficients(self, sched, eta: float | None) -> SamplerCoefficients:
+    def scheduler_scale_input(self, sample: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        out = self.stock_scale(sample, *args, **kwargs)
+        if not self.solved:
+            self.scaled = (sample, out)
+        return out
+
+    def _unscaled_latents(self, x_in: torch.Tensor, coeffs) -> torch.Tensor:
+        """The loop's latents ``x_{i+1}`` behind the network's first input ``x_in`` (``scale_model_input``'s)."""
+        if self.scaled is not None:
+            before, after = self.scaled
+            if after.shape == x_in.shape and torch.equal(after, x_in):
+                return before
+            if bool((coeffs.input_scale != 1).any()):
+                raise RuntimeError(
+                    "the network's first input is not scheduler.scale_model_input's output: this pipeline's loop "
+                    "changes the scaled latents, which the parallel solve cannot reproduce with "
+                    f"{type(self.scheduler).__name__}"
+                )
+            return x_in
+        if bool((coeffs.input_scale != 1).any()):
+            raise ValueError(
+                f"{type(self.pipe).__name__} does not call scheduler.scale_model_input before its network, but "
+                f"{type(self.scheduler).__name__} scales the model input: the stock loop is not the traced sampler. "
+                "Use a scheduler whose scale_model_input is the identity (DDIM, DDPM, DPMSolverMultistep, UniPC, "
+                "PNDM, DEIS)"
+            )
+        return x_in
+
+    def _coefficients(self, sched, eta: float | None):
+        if type(sched).__name__ in TRACED_SCHEDULERS:
+            return coefficients_from_scheduler(_traceable(sched))
         if getattr(sched, "custom_timesteps", False) and getattr(sched, "num_inference_steps", None) is None:
             # DDPM with timesteps=[...] leaves num_inference_steps unset although its step follows the list; the
             # coefficients follow the list as well (the next-smaller timestep), so tell the extractor the count
@@ -456,6 +528,16 @@ class _ParallelCall:
             eta = float(self.call_args.get("eta", 0.0) or 0.0) if spec.step_eta else 0.0
         self.eta = eta
         full = self._coefficients(sched, eta)
+        multistep = not isinstance(full, SamplerCoefficients)
+        if multistep and spec.step_on_model_input and bool((full.input_scale != 1).any()):
+            raise ValueError(
+                f"{type(pipe).__name__} hands scheduler.step the scaled model input instead of the latents, so with "
+                f"{type(sched).__name__} (whose scale_model_input is not the identity) its loop is not the "
+                "scheduler's sampler and the parallel solve cannot reproduce it; supported here: DDIMScheduler, "
+                "DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler, PNDMScheduler, "
+                "DEISMultistepScheduler"
+            )
+        x_in = self._unscaled_latents(x_in, full) if multistep else x_in
         sched_ts = sched.timesteps  # the order the stock loop visits: step i = T - 1 - k at loop index k
         T_full = full.num_steps
         if len(sched_ts) != T_full or not torch.equal(
@@ -470,7 +552,14 @@ class _ParallelCall:
         self.ts_by_step = self.loop_ts.flip(0).to(device)
         self.x_start = x_in[:B]
 
-        noise = self._draw_noise(T, N0 if spec.step_rows_cfg else B, B, sample_shape, x_dtype, device, eta)
+        if multistep:
+            draws = list(coeffs.noise_draw_steps)
+            noise_dtype = torch.float32 if coeffs.noise_dtype == "float32" else x_dtype
+        else:
+            draws = [T - 1 - k for k in range(T) if _step_draws(sched, self.loop_ts[k], eta)]
+            # DDPM/DDIM draw in model_output's dtype, flow matching in the float32 it upcasts the sample to
+            noise_dtype = torch.float32 if type(sched).__name__ == "FlowMatchEulerDiscreteScheduler" else x_dtype
+        noise = self._draw_noise(T, N0 if spec.step_rows_cfg else B, B, sample_shape, noise_dtype, device, draws)
         if self.controlnet is not None:
             named[_CONTROL] = self._control_conditioning(x_full, T)
 
@@ -581,24 +670,21 @@ class _ParallelCall:
         return result
 
     def _draw_noise(
-        self, T: int, rows: int, B: int, sample_shape: tuple, x_dtype, device, eta: float | None
+        self, T: int, rows: int, B: int, sample_shape: tuple, dtype, device, draws: list[int]
     ) -> torch.Tensor | None:
-        """Pre-draw the step noise ``[T, B, *S]`` (float64) exactly as the stock ``scheduler.step`` calls would."""
+        """Pre-draw the step noise ``[T, B, *S]`` (float64) exactly as the stock ``scheduler.step`` calls would:
+        one ``randn_tensor`` of the stepped latents' shape per step in ``draws`` (solver steps, in draw order: the
+        loop's order, step ``T-1`` first), with the generator the loop hands ``step`` and the scheduler's dtype."""
         # deferred: diffusers is heavy and optional (``import paratriton`` never imports it)
         from diffusers.utils.torch_utils import randn_tensor
 
-        sched = self.scheduler
-        draws = [_step_draws(sched, self.loop_ts[k], eta) for k in range(T)]
-        if not any(draws):
+        if not draws:
             return None
         self.step_generator = self.call_args.get("generator") if self.spec.step_generator else None
-        # DDPM/DDIM draw in model_output's dtype, flow matching in the float32 it upcasts the sample to
-        dtype = torch.float32 if type(sched).__name__ == "FlowMatchEulerDiscreteScheduler" else x_dtype
         noise = torch.zeros(T, B, *sample_shape, dtype=torch.float64, device=device)
-        for k in range(T):  # loop order k = 0 .. T-1 is step i = T-1 .. 0
-            if draws[k]:
-                xi = randn_tensor((rows, *sample_shape), generator=self.step_generator, device=device, dtype=dtype)
-                noise[T - 1 - k] = xi[:B]  # DiT steps the [cond; uncond] pair and keeps the cond half
+        for i in draws:
+            xi = randn_tensor((rows, *sample_shape), generator=self.step_generator, device=device, dtype=dtype)
+            noise[i] = xi[:B]  # DiT steps the [cond; uncond] pair and keeps the cond half
         return noise
 
     # -- progress bar and callback_on_step_end ------------------------------------------------------------------

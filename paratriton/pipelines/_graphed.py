@@ -29,8 +29,10 @@ if TYPE_CHECKING:
 
 
 def _fingerprint(coeffs: SamplerCoefficients) -> tuple:
-    fields = (coeffs.a, coeffs.b, coeffs.c, coeffs.posterior_std, coeffs.timesteps)
-    return coeffs.prediction_type, torch.stack([f.detach().to("cpu", torch.float64) for f in fields]).numpy().tobytes()
+    names = ("a", "b", "c", "posterior_std", "timesteps", "input_scale", "output_scale", "output_mix")
+    fields = [getattr(coeffs, n).detach().to("cpu", torch.float64).reshape(-1) for n in names]  # b: [T] or [T, k]
+    shape = tuple(coeffs.b.shape)
+    return type(coeffs).__name__, coeffs.prediction_type, shape, torch.cat(fields).numpy().tobytes()
 
 
 class GraphedSolvers:

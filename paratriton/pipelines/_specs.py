@@ -45,6 +45,9 @@ class PipelineSpec:
                      solve batches both calls as ``[neg; cond]`` rows
     controlnet:      attribute holding a ControlNet called before the denoiser every step; the solve runs it inside
                      every model call on the same rows and hands its residuals to the denoiser
+    step_on_model_input: the loop hands ``scheduler.step`` the *scaled* model input (``scale_model_input``'s
+                     result) as the sample (DiT): schedulers whose ``scale_model_input`` is not the identity (Euler,
+                     Euler ancestral, Heun, LMS) then run another recurrence than the traced one and are refused
     """
 
     denoiser: str
@@ -60,6 +63,7 @@ class PipelineSpec:
     latent_channels: Callable[[Any], int] | None = None
     true_cfg: Callable[[Any, dict], float | None] | None = None
     controlnet: str | None = None
+    step_on_model_input: bool = False
 
 
 def _no_guidance(pipe, args: dict) -> tuple[bool, float, float]:
@@ -182,6 +186,7 @@ SPECS: dict[str, PipelineSpec] = {
         step_rows_cfg=True,
         step_generator=False,
         step_eta=False,
+        step_on_model_input=True,
     ),
     "FluxPipeline": PipelineSpec(
         "transformer", _no_guidance, step_generator=False, step_eta=False, flow_timestep=True, true_cfg=_flux_true_cfg

@@ -47,8 +47,7 @@ def _check_scheduler(scheduler) -> None:
     if name not in SUPPORTED_SCHEDULERS:
         raise ValueError(
             f"scheduler {name} is not supported by parallel samplers; supported: {SUPPORTED_SCHEDULERS}"
-            f" (e.g. pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, "
-            "clip_sample=False))"
+            f" (e.g. pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config))"
         )
 
 
@@ -155,8 +154,14 @@ def parallelize(pipe: DiffusionPipeline, method: str = "taa", **options: Any) ->
 
     pipe:     one of ``paratriton.pipelines.SUPPORTED_PIPELINES`` (Stable Diffusion, SDXL and their img2img and
               inpainting pipelines, SD3, PixArt-alpha, DiT, Flux, DDPM, DDIM), or a subclass of one that does not
-              override ``__call__``, whose scheduler is a ``DDIMScheduler``, ``DDPMScheduler`` or
-              ``FlowMatchEulerDiscreteScheduler`` (without clip_sample/thresholding)
+              override ``__call__``, whose scheduler is one of ``paratriton.schedule.SUPPORTED_SCHEDULERS``:
+              DDIM, DDPM, flow-match Euler (one-tap) and, traced into k-tap operators
+              (``paratriton.multistep``), Euler, Euler ancestral, DPM-Solver(++) multistep (SDE variants
+              included), UniPC, Heun, PNDM, LMS and DEIS; no clip_sample/thresholding. Heun and PNDM's
+              Runge-Kutta warm-up solve one step per network call (``T = len(scheduler.timesteps)``); the
+              stochastic ones (Euler ancestral, SDE-DPM-Solver) draw their step noise up front in the stock order.
+              The k-tap ones do not run with ``method="srds"`` and, with ``DiTPipeline`` (whose loop steps the
+              scaled model input), only when ``scale_model_input`` is the identity
     method:   any name in ``paratriton.METHODS`` (the solver registry, ``paratriton.solvers.REGISTRY``);
               ``options`` are the method's registry options (but ``callback``, which the pipeline sets) and go to
               ``paratriton.solve`` unchanged: ``window``, ``order``, ``history``, ``tol_abs``, ``tol_rel``,
