@@ -698,7 +698,7 @@ def test_wrong_cfg_row_order_is_detected(monkeypatch):
 # errors
 # ---------------------------------------------------------------------------------------------------------------
 def test_unsupported_pipeline_and_scheduler_name_what_is_supported():
-    from diffusers import DiffusionPipeline, EulerDiscreteScheduler
+    from diffusers import DiffusionPipeline, KDPM2DiscreteScheduler
 
     class MyPipeline(DiffusionPipeline):
         def __init__(self, unet):
@@ -707,12 +707,12 @@ def test_unsupported_pipeline_and_scheduler_name_what_is_supported():
 
     with pytest.raises(ValueError, match="supported: .*StableDiffusionPipeline.*DDIMPipeline"):
         paratriton.parallelize(MyPipeline(make_unet2d()))
-    pipe = DDPMPipeline(unet=make_unet2d(), scheduler=EulerDiscreteScheduler())
-    with pytest.raises(ValueError, match="EulerDiscreteScheduler .*supported: .*DDIMScheduler"):
+    pipe = DDPMPipeline(unet=make_unet2d(), scheduler=KDPM2DiscreteScheduler())
+    with pytest.raises(ValueError, match="KDPM2DiscreteScheduler .*supported: .*DDIMScheduler.*EulerDiscreteScheduler"):
         paratriton.parallelize(pipe)
     par = paratriton.parallelize(_ddpm_pipe())
-    par.scheduler = EulerDiscreteScheduler()  # swapped after parallelize: caught at call time
-    with pytest.raises(ValueError, match="EulerDiscreteScheduler"):
+    par.scheduler = KDPM2DiscreteScheduler()  # swapped after parallelize: caught at call time
+    with pytest.raises(ValueError, match="KDPM2DiscreteScheduler"):
         par(**UNCOND)
     clip = _quiet(DDPMPipeline(unet=make_unet2d(), scheduler=DDPMScheduler(clip_sample=True)))
     with pytest.raises(ValueError, match="clip_sample"):
