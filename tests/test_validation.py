@@ -84,7 +84,7 @@ def test_shape_and_dtype_mismatches(prob, method):
         pt.solve(lambda x, s: x[:, :1], cf, x_T, noise, method=method)
     with pytest.raises(ValueError, match="model output must be floating point"):
         pt.solve(lambda x, s: x.long(), cf, x_T, noise, method=method)
-    with pytest.raises(TypeError, match="coeffs must be SamplerCoefficients"):
+    with pytest.raises(TypeError, match="coeffs must be a StepOperator"):
         pt.solve(model, {"a": 1}, x_T, noise, method=method)
 
 

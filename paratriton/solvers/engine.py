@@ -31,6 +31,7 @@ from ..model import Denoiser
 from ..schedule import SamplerCoefficients
 from ._common import IterationInfo, ModelCaller, NonFiniteError, SolveResult, check_problem
 from .rules import KERNELS, AndersonRule, FixedPointRule, WindowView
+from .sequential import one_tap_view
 from .tolerance import (
     FLOOR_PROBES,
     FLOOR_ROUNDINGS,
@@ -101,8 +102,11 @@ class Engine:
             U.copy_(torch.minimum(U, lo - 1))
         idx = rows[:H]
         # a full window starts at step 0 (lo is 0): its model inputs are a view, no gather
-        out = s["call"](x.index_select(0, rows[1:]) if s["sliding"] else x[1 : H + 1], idx)
+        xin = x.index_select(0, rows[1:]) if s["sliding"] else x[1 : H + 1]
+        out = self._model_out(xin, idx)
         self._last = (out, idx)  # for naming the steps when the iteration reports a non-finite value
+        if s["taps"] is not None:  # a multistep operator: the drift of step i reads the tap outputs of i .. i+k-1
+            out = self._stencil(out, idx, F)
         kern = KERNELS[self.backend]
         rms, top, bad = kern.residual(x, out, s["xi"], s["a"], s["b"], s["c"], s["thr"], lo, F)
         s["bad"].logical_or_(bad)
@@ -116,6 +120,32 @@ class Engine:
         s["n_it"].add_(F > 0)
         F.copy_(top)  # top >= lo >= 0
 
+    def _model_out(self, xin: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The model term of steps ``idx`` from their inputs ``xin [H, B, D]``: the raw output for one-tap
+        operators; for multistep ones the tap output ``M_i = output_scale_i m(input_scale_i x_{i+1}) +
+        output_mix_i x_{i+1}`` (``multistep.py``), in the state dtype."""
+        s = self._s
+        if s["taps"] is None:
+            return s["call"](xin, idx)
+        col = lambda v: v.index_select(0, idx).view(-1, 1, 1)  # noqa: E731
+        m = s["call"](xin * col(s["in_scale"]), idx)
+        return m.to(xin.dtype) * col(s["out_scale"]) + col(s["out_mix"]) * xin
+
+    def _stencil(self, M: torch.Tensor, idx: torch.Tensor, F: torch.Tensor) -> torch.Tensor:
+        """Store the live rows' tap outputs in the ring of every step's latest one (frozen rows keep theirs: they were
+        computed at the frozen inputs), and return the window's drift ``g_i = sum_j b[i, j] M_{i+j}`` ``[H, B, D]``.
+        The one-tap kernels then run with ``b = 1`` on ``g``: every rule is linear in ``b m``."""
+        s = self._s
+        ring = s["ring"]
+        live = (idx < F).view(-1, 1, 1)
+        ring.index_copy_(0, idx, torch.where(live, M, ring.index_select(0, idx)))
+        T = s["T"]
+        g = torch.zeros_like(M)
+        for j in range(s["taps"]):  # k is small (1-5; 13 during PNDM's Runge-Kutta warm-up)
+            w = s["bk"][:, j].index_select(0, idx).view(-1, 1, 1)  # 0 where i + j >= T
+            g.add_(w * ring.index_select(0, (idx + j).clamp_max(T - 1)))
+        return g
+
     # -- set-up ------------------------------------------------------------------------------------------------------
     def _setup(
         self, model: Denoiser, coeffs: SamplerCoefficients, x_T: torch.Tensor, noise: torch.Tensor | None
@@ -125,6 +155,10 @@ class Engine:
         dt = self.state_dtype or (torch.float32 if dev.type == "cuda" else torch.float64)
         cap = (T if self.max_iters is None else self.max_iters) + self.iters_per_sync  # + no-op iterations' slots
         a, b, c = coeffs.coefficients(dt, dev)
+        multistep = not isinstance(coeffs, SamplerCoefficients)
+        bk = b
+        if multistep:  # the kernels see the drift g = sum_j b[i, j] M_{i+j} with unit weights (``_stencil``)
+            b = torch.ones(T, dtype=dt, device=dev)
         thr = step_thresholds(coeffs, self.tol, self.tol_abs, self.tol_rel).to(dev, dt)
         self._s = dict(
             T=T,
@@ -151,6 +185,13 @@ class Engine:
             log_res=torch.empty(cap, T, dtype=dt, device=dev),
             call=ModelCaller(model, shape, B),
             rule=self.rule.allocate(T, B, D, dt, dev),
+            taps=coeffs.taps if multistep else None,
+            bk=bk,
+            b_own=(bk[:, 0] * coeffs.output_scale.to(dev, dt)) if multistep else b,  # weight of a step's own output
+            ring=torch.zeros(T, B, D, dtype=dt, device=dev) if multistep else None,
+            in_scale=coeffs.input_scale.to(dev, dt) if multistep else None,
+            out_scale=coeffs.output_scale.to(dev, dt) if multistep else None,
+            out_mix=coeffs.output_mix.to(dev, dt) if multistep else None,
         )
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self._uncaptured = False
@@ -187,6 +228,8 @@ class Engine:
         outside the capture), so the state is saved before and restored after."""
         s = self._s
         state = [s["x"], s["F"], s["U"], s["bad"], s["n_it"], *s["rule"].values()]
+        if s["ring"] is not None:
+            state.append(s["ring"])
         saved = [t.clone() for t in state]
         try:
             graph, _ = capture(lambda: [self._iteration(H) for _ in range(k)])
@@ -211,11 +254,7 @@ class Engine:
                still the exact sequential sample of this problem, only the iteration count changes.
         Solving again with the same model, coefficients and shapes reuses the buffers and captured graphs.
         """
-        check_problem(coeffs, x_T, noise, init)
-        if coeffs.taps != 1:
-            raise NotImplementedError(
-                f"the engine solves one-tap step operators; this one reads {coeffs.taps} model outputs per step"
-            )
+        check_problem(one_tap_view(coeffs), x_T, noise, init)
         key = (tuple(x_T.shape), x_T.device, noise is None, self.state_dtype)
         if self._key is None or self._key[0] is not model or self._key[1] is not coeffs or self._key[2:] != key:
             self._setup(model, coeffs, x_T, noise)
@@ -324,9 +363,9 @@ class Engine:
         inp = x[lo + 1 : F_host + 1]
         gen = torch.Generator(device=dev).manual_seed(int(F_host))
         xi = torch.randn(inp.shape, generator=gen, device=dev, dtype=inp.dtype)
-        m0, m1 = s["call"](torch.cat([inp, inp * (1 + u * xi)]), torch.cat([steps, steps])).float().chunk(2)
+        m0, m1 = self._model_out(torch.cat([inp, inp * (1 + u * xi)]), torch.cat([steps, steps])).float().chunk(2)
         jump = (m1 - m0).square().mean(2).sqrt().amax(1).to(s["floor"].dtype)  # [probes]
-        floor = FLOOR_ROUNDINGS * s["b"][lo:F_host].abs() * jump
+        floor = FLOOR_ROUNDINGS * s["b_own"][lo:F_host].abs() * jump
         s["floor"][lo:F_host] = floor
         s["floor"][:lo] = floor[0]  # below the probes: the lowest probe's (refined as the anchor descends)
         s["thr"].copy_(torch.maximum(s["thr0"], s["floor"]))

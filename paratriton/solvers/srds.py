@@ -421,6 +421,12 @@ class SRDS:
                The result is still the exact sample of this problem.
         Returns an ``SRDSResult`` (state dtype tensors on ``x_T``'s device).
         """
+        if not isinstance(coeffs, SamplerCoefficients) and hasattr(coeffs, "taps"):
+            raise ValueError(
+                f"method={self.method!r} solves one-tap samplers (DDIM, DDPM, flow-match Euler); this step operator "
+                f"({getattr(coeffs, 'scheduler', '') or type(coeffs).__name__}, {coeffs.taps} taps) is not one: use "
+                "method='taa', 'picard', 'fp' or 'aa'"
+            )
         check_problem(coeffs, x_T, noise, init)
         self.window_shrunk_to = None  # rows (steps) per model call after running out of memory; reset every solve
         T, B, shape = coeffs.num_steps, x_T.shape[0], tuple(x_T.shape[1:])
