@@ -81,8 +81,20 @@ def pipe_problem(pipe, sampler: str, T: int, batch: int, device, seed: int = 0):
     return model, coeffs, x_T, noise if coeffs.is_stochastic else None
 
 
+ISSUE_TABLE = [
+    dict(model="digits", sampler="ddim", T=50, batch=4, window=None),
+    dict(model="digits", sampler="ddim", T=100, batch=4, window=None),
+    dict(model="digits", sampler="ddim", T=100, batch=1, window=None),
+    dict(model="gmm", sampler="ddim", T=100, batch=1, window=None, shape=(4, 32, 32)),
+    dict(model="gmm", sampler="ddpm", T=100, batch=1, window=None, shape=(4, 32, 32)),
+    dict(model="gmm", sampler="ddim", T=100, batch=1, window=30, shape=(4, 32, 32)),
+]
+
+
 def problems(args):
-    """(description, builder) of every problem of the sweep, in order."""
+    """Every problem of the sweep, in order."""
+    if args.issue_table:
+        return [p for p in ISSUE_TABLE if p["model"] in args.models]
     out = []
     if args.quick:  # the issue's table (at the DiT latent shape on the GMM) and the DiT model
         shape = (4, 32, 32)
@@ -157,14 +169,24 @@ def name_of(p: dict) -> str:
     return f"{p['model']} {shape}{p['sampler']}-{p['T']} B={p['batch']} {w}"
 
 
-def check(rows: list[dict]) -> dict:
+def default_label(q: dict, by: dict) -> str:
+    """The row of today's default options: ``taa picard m{default_history(B)}`` where the sweep ran it (the CPU
+    sweep ran before the batch rule was set: its ``default`` rows are history 2), else ``default``."""
+    from paratriton.solvers.rules import default_history
+
+    label = f"taa picard m{default_history(q['batch'])}"
+    return label if label in by else "default"
+
+
+def check(q: dict) -> dict:
     """The issue's goal on one problem: default iterations <= min over BASELINES, final distance against theirs."""
-    by = {r["method"]: r for r in rows}
-    if "default" not in by or not all(b in by for b in BASELINES):
+    by = {r["method"]: r for r in q["rows"]}
+    d = by.get(default_label(q, by))
+    if d is None or not all(b in by for b in BASELINES):
         return {}
     best = min(BASELINES, key=lambda b: (by[b]["iterations"], by[b]["final_rms"]))
-    d = by["default"]
     return dict(
+        default=default_label(q, by),
         best_baseline=best,
         iterations_ok=d["iterations"] <= by[best]["iterations"],
         rms_ratio=d["final_rms"] / max(by[best]["final_rms"], 1e-300),
@@ -177,41 +199,40 @@ def markdown(data: dict, methods: list[str] | None = None) -> str:
     if methods is None:
         methods = [m[0] for m in METHODS if any(r["method"] == m[0] for q in probs for r in q["rows"])]
     lines = [
-        "| problem | " + " | ".join(methods) + " | default <= best of picard/taa order m2 |",
-        "|---|" + "---|" * len(methods) + "---|",
+        "| problem | " + " | ".join(methods) + " | **default** | default <= best of picard / taa order m2 |",
+        "|---|" + "---|" * len(methods) + "---|---|",
     ]
+    cell = lambda r: "-" if r is None else f"{r['iterations']}{'' if r['converged'] else '*'} ({r['final_rms']:.0e})"  # noqa: E731
     for q in probs:
         by = {r["method"]: r for r in q["rows"]}
-        cells = []
-        for m in methods:
-            r = by.get(m)
-            if r is None:
-                cells.append("-")
-            else:
-                mark = "" if r["converged"] else "*"
-                cells.append(f"{r['iterations']}{mark} ({r['final_rms']:.0e})")
-        c = q.get("check") or check(q["rows"])
+        c = check(q)
         verdict = "-" if not c else ("yes" if c["iterations_ok"] else "**no**") + f", rms x{c['rms_ratio']:.1f}"
-        lines.append(f"| {q['name']} | " + " | ".join(cells) + f" | {verdict} |")
+        dflt = by.get(default_label(q, by))
+        lines.append(
+            f"| {q['name']} | " + " | ".join(cell(by.get(m)) for m in methods) + f" | **{cell(dflt)}** | {verdict} |"
+        )
     return "\n".join(lines)
 
 
 def summary(data: dict) -> str:
-    checks = [(q["name"], q.get("check") or check(q["rows"])) for q in data["problems"]]
+    checks = [(q["name"], check(q)) for q in data["problems"]]
     checks = [(n, c) for n, c in checks if c]
     bad = [n for n, c in checks if not c["iterations_ok"]]
     far = [n for n, c in checks if not c["within_tol"]]
-    tot = {}
+    tot: dict = {}
     for q in data["problems"]:
+        by = {r["method"]: r for r in q["rows"]}
         for r in q["rows"]:
             tot.setdefault(r["method"], []).append(r["iterations"])
-    mean = ", ".join(f"{m} {sum(v) / len(v):.2f}" for m, v in tot.items() if m != "sequential")
+        if default_label(q, by) in by:
+            tot.setdefault("default (by batch)", []).append(by[default_label(q, by)]["iterations"])
+    mean = ", ".join(f"{m} {sum(v) / len(v):.2f} ({len(v)})" for m, v in tot.items() if m != "sequential")
     return (
-        f"{len(checks)} problems; default takes more iterations than the better baseline on {len(bad)}"
+        f"{len(checks)} problems; the default takes more iterations than the better baseline on {len(bad)}"
         + (f" ({'; '.join(bad)})" if bad else "")
-        + f"; default's final distance above 1e-3 or not converged on {len(far)}"
+        + f"; its final distance is above 1e-3 or it did not converge on {len(far)}"
         + (f" ({'; '.join(far)})" if far else "")
-        + f".\nMean iterations: {mean}"
+        + f".\nMean iterations (problems): {mean}"
     )
 
 
@@ -230,6 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--quick", action="store_true", help="the issue's table and the DiT model (for one GPU)")
+    ap.add_argument("--issue-table", action="store_true", help="only the problems of the issue's table")
     ap.add_argument("--out", default=None)
     ap.add_argument("--merge", nargs="+", default=None, help="merge these JSON files (no run)")
     ap.add_argument("--markdown", action="store_true", help="print the markdown table of --out / --merge")
@@ -259,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         rows = run(build(p, args.device, pipes), p, methods)
         q = dict(name=name_of(p), **p, rows=rows)
-        q["check"] = check(rows)
+        q["check"] = check(q)
         data["problems"].append(q)
         by = " ".join(f"{r['method']}={r['iterations']}({r['final_rms']:.0e})" for r in rows[1:])
         print(f"{q['name']}: {by} [{time.perf_counter() - t0:.1f}s]", flush=True)

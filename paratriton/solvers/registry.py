@@ -129,7 +129,15 @@ _ANDERSON = (
         choices=("picard", "order"),
     ),
     Option("order", "int", None, "k of the band of the base map's sums (None: the whole window)", lo=1, none_ok=True),
-    Option("history", "int", 2, "Anderson secant pairs", lo=1, hi=8),
+    Option(
+        "history",
+        "int",
+        None,
+        "Anderson secant pairs (None: 2 for one trajectory, 1 for a batch: fewest iterations in the issue-23 sweep)",
+        lo=1,
+        hi=8,
+        none_ok=True,
+    ),
     Option("ridge", "float", 1e-3, "relative ridge of the least squares"),
     Option(
         "safeguard", "bool", True, "a step whose residual grew after an accelerated update takes the plain step next"
