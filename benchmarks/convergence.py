@@ -6,6 +6,17 @@ For each problem (model x sampler x T x window), methods fp (k=1), fp (best k of
 history 2, 3, 5: iterations to convergence at tol 1e-3, NFE per sample, PSNR of the final sample vs the sequential
 sample, and the first iteration whose estimate of x_0 (captured by the solver callback) reaches 30 / 40 dB PSNR vs
 the sequential sample. PSNR is over the batch, for images in [-1, 1] (peak-to-peak 2): 10 log10(4 / MSE).
+
+The schedulers of issue 18 (``--suite schedulers``): DPM-Solver++ 2M (Karras) at 20/25/50 steps, UniPC (bh2, order 2)
+at 25, Euler at 50, Heun at 25 and PNDM (skip_prk_steps, SD-1.5's default) at 50, beside DDIM (eta 0) at the same
+step counts, each built ``X.from_config(<the problem's DDIM config>)`` and traced into its step operator (``T`` =
+model evaluations per trajectory: Heun 2N - 1, PNDM N + 1). Methods picard, taa, fp with their defaults (the
+default tolerance ``tol=1e-3``: a target RMS distance of the sample to the sequential sample): iterations, NFE,
+the final RMS distance to the sequential sample, wall time; on CUDA with ``--speedup`` also the CUDA-graphed
+parallel solve against the graphed sequential sampler (each captured once, the second run timed)::
+
+    python benchmarks/convergence.py --suite schedulers --out benchmarks/results/issue18_convergence_cpu.json \
+        --batch 2 --device cpu
 """
 
 from __future__ import annotations
@@ -53,6 +64,199 @@ def make_problem(model_name: str, sampler: str, T: int, batch: int, device, seed
     x_T = torch.randn(batch, 1, 32, 32, generator=g, dtype=torch.float64).to(device)
     noise = torch.randn(T, batch, 1, 32, 32, generator=g, dtype=torch.float64).to(device)
     return model, coeffs, x_T, noise
+
+
+# (scheduler, num_inference_steps) of the issue-18 suite, in run order
+SCHEDULER_SUITE = [
+    ("ddim", 20),
+    ("dpm++2m", 20),
+    ("ddim", 25),
+    ("dpm++2m", 25),
+    ("unipc", 25),
+    ("heun", 25),
+    ("ddim", 50),
+    ("dpm++2m", 50),
+    ("euler", 50),
+    ("pndm", 50),
+]
+SUITE_METHODS = ("picard", "taa", "fp")
+_GMM_CONFIG = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02, clip_sample=False)
+
+
+def make_scheduler(kind: str, config: dict):
+    """A diffusers scheduler of ``kind`` from a DDIM/DDPM config (``X.from_config``)."""
+    import diffusers
+
+    cfg = dict(config)
+    if kind == "ddim":
+        return diffusers.DDIMScheduler.from_config(cfg)
+    if kind == "dpm++2m":
+        return diffusers.DPMSolverMultistepScheduler.from_config(
+            cfg, algorithm_type="dpmsolver++", solver_order=2, use_karras_sigmas=True
+        )
+    if kind == "unipc":
+        return diffusers.UniPCMultistepScheduler.from_config(cfg)
+    if kind == "euler":
+        return diffusers.EulerDiscreteScheduler.from_config(cfg)
+    if kind == "heun":
+        return diffusers.HeunDiscreteScheduler.from_config(cfg)
+    if kind == "pndm":
+        return diffusers.PNDMScheduler.from_config(cfg, skip_prk_steps=True)
+    raise ValueError(f"unknown scheduler kind {kind!r}")
+
+
+def make_scheduler_problem(model_name: str, kind: str, N: int, batch: int, device, seed: int, guidance: float, pipe):
+    """-> (denoiser, coeffs, x_T, noise): x_T is the stock loop's start (randn * init_noise_sigma)."""
+    import copy
+
+    if model_name == "default":
+        from paratriton.models import default_scheduler
+
+        config = dict(default_scheduler("ddim").config)
+    else:
+        config = _GMM_CONFIG
+    sch = make_scheduler(kind, config)
+    coeffs = paratriton.coefficients_from_scheduler(sch, N, **({"eta": 0.0} if kind == "ddim" else {}))
+    started = copy.deepcopy(sch)
+    started.set_timesteps(N)
+    init_sigma = float(started.init_noise_sigma)
+    T = coeffs.num_steps
+    g = torch.Generator().manual_seed(seed)
+    if model_name == "default":
+        model = pipe.denoiser(coeffs, torch.arange(batch) % 10, guidance)
+        x_T, noise = pipe.problem(batch, T, g, device=device)
+    else:
+        gm = GaussianMixture.random((1, 32, 32), num_components=8, std=0.3, seed=seed, scale=0.5).to(device)
+        model = gm.denoiser(coeffs)
+        x_T = torch.randn(batch, 1, 32, 32, generator=g, dtype=torch.float64).to(device)
+        noise = torch.randn(T, batch, 1, 32, 32, generator=g, dtype=torch.float64).to(device)
+    return model, coeffs, x_T * init_sigma, (noise if coeffs.is_stochastic else None)
+
+
+def _timed(fn, device) -> tuple[object, float]:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - t0
+
+
+def run_scheduler_suite(args, device, pipe, guidance) -> list[dict]:
+    """The issue-18 suite (see the module docstring); writes ``args.out`` after every problem."""
+    from paratriton.solvers import make_solver
+    from paratriton.solvers.graphed_sequential import GraphedSequential
+
+    results, t_start = [], time.time()
+    suite = [(k, n) for k, n in SCHEDULER_SUITE if n <= args.max_suite_steps]
+    for model_name in args.models:
+        for kind, N in suite:
+            if time.time() - t_start > args.max_seconds:
+                print(f"skip {model_name} {kind} N={N}: past --max-seconds", flush=True)
+                continue
+            model, coeffs, x_T, noise = make_scheduler_problem(
+                model_name, kind, N, args.batch, device, args.seed, guidance, pipe
+            )
+            T = coeffs.num_steps
+            seq, seq_wall = _timed(lambda: paratriton.solve(model, coeffs, x_T, noise, method="sequential"), device)
+            ref = seq.sample.double()
+            base = {
+                "model": model_name,
+                "scheduler": kind,
+                "N": N,
+                "T": T,
+                "taps": int(coeffs.taps),
+                "batch": args.batch,
+            }
+            graphed_seq = None
+            if args.speedup and device.type == "cuda":
+                gs = GraphedSequential(model, coeffs, x_T, noise)
+                gs.run()  # capture
+                _, graphed_seq = _timed(gs.run, device)
+            results.append({**base, "method": "sequential", "iterations": T, "nfe": T, "wall_s": round(seq_wall, 4)})
+            if graphed_seq is not None:
+                results[-1]["graphed_wall_s"] = round(graphed_seq, 5)
+            for method in SUITE_METHODS:
+                res, wall = _timed(lambda: paratriton.solve(model, coeffs, x_T, noise, method=method), device)
+                rms = (res.sample.double() - ref).square().mean().sqrt().item()
+                row = {
+                    **base,
+                    "method": method,
+                    "iterations": int(res.iterations),
+                    "nfe": int(res.nfe),
+                    "converged": bool(res.converged),
+                    "rms_vs_sequential": rms,
+                    "tol_met": rms <= args.tol,
+                    "wall_s": round(wall, 4),
+                }
+                if graphed_seq is not None:
+                    solver = make_solver(method, cuda_graph=True)
+                    solver.solve(model, coeffs, x_T, noise)  # capture
+                    gres, gwall = _timed(lambda: solver.solve(model, coeffs, x_T, noise), device)
+                    row.update(
+                        graphed_wall_s=round(gwall, 5),
+                        graphed_iterations=int(gres.iterations),
+                        speedup_vs_graphed_sequential=round(graphed_seq / gwall, 3),
+                    )
+                results.append(row)
+                extra = (
+                    f" graphed={row['graphed_wall_s']:.4f}s x{row['speedup_vs_graphed_sequential']}"
+                    if (graphed_seq is not None)
+                    else ""
+                )
+                print(
+                    f"{model_name:7s} {kind:8s} N={N:3d} T={T:3d} k={coeffs.taps} {method:7s} "
+                    f"it={row['iterations']:3d} nfe={row['nfe']:5d} conv={int(row['converged'])} "
+                    f"rms={rms:.2e} wall={wall:.2f}s{extra}",
+                    flush=True,
+                )
+            with open(args.out, "w") as f:
+                json.dump(
+                    {
+                        "suite": "schedulers",
+                        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(),
+                        "torch": torch.__version__,
+                        "batch": args.batch,
+                        "tol": args.tol,
+                        "guidance": guidance,
+                        "note": "solve() defaults (tol=1e-3 target RMS to the sequential sample); T = model "
+                        "evaluations per trajectory; rms_vs_sequential over the batch",
+                        "results": results,
+                    },
+                    f,
+                    indent=0,
+                )
+    print(f"done in {time.time() - t_start:.1f}s", flush=True)
+    return results
+
+
+def suite_report(path: str) -> str:
+    """Markdown table of a ``--suite schedulers`` results file: iterations / final RMS per method."""
+    with open(path) as f:
+        data = json.load(f)
+    res = data["results"]
+    graphed = any("speedup_vs_graphed_sequential" in r for r in res)
+    head = "| model | scheduler | N | T | k | " + " | ".join(f"{m} it / RMS" for m in SUITE_METHODS)
+    head += " | " + " | ".join(f"{m} speedup" for m in SUITE_METHODS) + " |" if graphed else " |"
+    ncol = 5 + len(SUITE_METHODS) * (2 if graphed else 1)
+    out = [f"Device: {data['device']}, batch {data['batch']}, tol {data['tol']:g} (defaults)", "", head]
+    out.append("|" + "---|" * ncol)
+    for key in dict.fromkeys((r["model"], r["scheduler"], r["N"]) for r in res):
+        rs = {r["method"]: r for r in res if (r["model"], r["scheduler"], r["N"]) == key}
+        any_r = next(iter(rs.values()))
+        cells = []
+        for m in SUITE_METHODS:
+            r = rs.get(m)
+            cells.append(
+                ""
+                if r is None
+                else f"{r['iterations']}{'' if r['converged'] else ' (cap)'} / {r['rms_vs_sequential']:.1e}"
+            )
+        if graphed:
+            cells += [f"{rs[m].get('speedup_vs_graphed_sequential', '')}" if m in rs else "" for m in SUITE_METHODS]
+        out.append(f"| {key[0]} | {key[1]} | {key[2]} | {any_r['T']} | {any_r['taps']} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
 
 
 def run_method(model, coeffs, x_T, noise, ref, method, opts, tol):
@@ -183,9 +387,23 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--report", default=None, metavar="JSON", help="print markdown tables of a results file and exit")
+    p.add_argument(
+        "--suite",
+        choices=["issue6", "schedulers"],
+        default="issue6",
+        help="issue6: the DDIM/DDPM method sweep; schedulers: the issue-18 samplers (picard, taa, fp at defaults)",
+    )
+    p.add_argument("--max-suite-steps", type=int, default=10**9, help="schedulers suite: only N <= this")
+    p.add_argument(
+        "--speedup",
+        action="store_true",
+        help="schedulers suite on CUDA: also time the CUDA-graphed solves against the graphed sequential sampler",
+    )
     args = p.parse_args(argv)
     if args.report:
-        print(report(args.report))
+        with open(args.report) as f:
+            suite = json.load(f).get("suite")
+        print(suite_report(args.report) if suite == "schedulers" else report(args.report))
         return 0
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -197,6 +415,9 @@ def main(argv=None) -> int:
 
         pipe = load_default(device=device, dtype=torch.float32)
     guidance = args.guidance if args.guidance is not None else (pipe.default_guidance_scale if pipe else 1.0)
+    if args.suite == "schedulers":
+        run_scheduler_suite(args, device, pipe, guidance)
+        return 0
     results, t_start = [], time.time()
     problems = [
         (T, m, s, W)
