@@ -7,6 +7,7 @@ result = paratriton.solve(model, coeffs, x_T, noise, method="taa", tol_abs=1e-3)
 
 from .model import ClassifierFreeGuidance, Denoiser
 from .schedule import SamplerCoefficients, coefficients_from_scheduler
+from .multistep import MultistepCoefficients
 from .solvers import METHODS, IterationInfo, NonFiniteError, SolveResult, solve, solve_sequential
 from .pipelines import parallelize, plan  # plan: pipelines planned there, denoisers by .planner
 from .planner import Plan
@@ -57,6 +58,7 @@ __all__ = [
     "IterationInfo",
     "NonFiniteError",
     "SamplerCoefficients",
+    "MultistepCoefficients",
     "coefficients_from_scheduler",
     "ClassifierFreeGuidance",
     "Denoiser",
