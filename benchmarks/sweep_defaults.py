@@ -6,6 +6,9 @@
     PYTHONUNBUFFERED=1 python benchmarks/sweep_defaults.py --models digits --steps 25 50 100 --batches 1 --threads 1 \\
         --methods picard "taa order m2" "taa picard m1" "taa picard m3" default \\
         --out benchmarks/results/issue23_sweep_cpu_digits.json
+    PYTHONUNBUFFERED=1 python benchmarks/sweep_defaults.py --issue-table --models gmm digits --threads 1 \\
+        --methods picard "taa order m2" "taa picard m1" "taa picard m2" default \\
+        --out benchmarks/results/issue23_sweep_cpu_issue_table.json
     python benchmarks/sweep_defaults.py --merge benchmarks/results/issue23_sweep_cpu_*.json \\
         --out benchmarks/results/issue23_sweep_cpu.json --markdown
     # on one GPU, the issue's table and more (about 3 minutes on an H200):
@@ -82,12 +85,12 @@ def pipe_problem(pipe, sampler: str, T: int, batch: int, device, seed: int = 0):
 
 
 ISSUE_TABLE = [
-    dict(model="digits", sampler="ddim", T=50, batch=4, window=None),
-    dict(model="digits", sampler="ddim", T=100, batch=4, window=None),
-    dict(model="digits", sampler="ddim", T=100, batch=1, window=None),
     dict(model="gmm", sampler="ddim", T=100, batch=1, window=None, shape=(4, 32, 32)),
     dict(model="gmm", sampler="ddpm", T=100, batch=1, window=None, shape=(4, 32, 32)),
     dict(model="gmm", sampler="ddim", T=100, batch=1, window=30, shape=(4, 32, 32)),
+    dict(model="digits", sampler="ddim", T=50, batch=4, window=None),
+    dict(model="digits", sampler="ddim", T=100, batch=4, window=None),
+    dict(model="digits", sampler="ddim", T=100, batch=1, window=None),
 ]
 
 
@@ -255,6 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--merge", nargs="+", default=None, help="merge these JSON files (no run)")
     ap.add_argument("--markdown", action="store_true", help="print the markdown table of --out / --merge")
+    ap.add_argument("--columns", nargs="+", default=None, help="method labels shown in the table (default: all)")
     args = ap.parse_args(argv)
     if args.merge:
         files = sorted({f for pat in args.merge for f in glob.glob(pat)} - {args.out})
@@ -266,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
             with open(args.out, "w") as f:
                 json.dump(data, f, indent=1)
         if args.markdown:
-            print(markdown(data) + "\n\n" + summary(data))
+            print(markdown(data, args.columns) + "\n\n" + summary(data))
         return
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -294,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
             json.dump(data, f, indent=1)
     print(summary(data))
     if args.markdown:
-        print(markdown(data))
+        print(markdown(data, args.columns))
 
 
 if __name__ == "__main__":
