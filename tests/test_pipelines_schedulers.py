@@ -198,3 +198,15 @@ def test_srds_refuses_multistep_schedulers():
     par = paratriton.parallelize(make_sd(SCHEDULERS["dpm++2m_karras"]()), "srds")
     with pytest.raises(ValueError, match="taps"):
         par(**inputs(1, False, num_inference_steps=STEPS, output_type="latent"))
+
+
+@pytest.mark.parametrize(
+    "method,options",
+    [("taa", {"cuda_graph": True}), ("sequential", {"cuda_graph": True}), ("picard", {"window": 3}), ("aa", {})],
+    ids=["taa_graphed", "sequential_graphed", "picard_window3", "aa"],
+)
+def test_methods_windows_and_graphs_with_a_multistep_scheduler(method, options):
+    make, inputs = TEXT_CASES["sd"]
+    pipe = make(SCHEDULERS["heun"]())  # two taps, T = 2 N - 1
+    ref, out, par = run_pair(pipe, inputs(1, True, output_type="latent", num_inference_steps=STEPS), method, **options)
+    assert_parity(ref, out)
