@@ -157,3 +157,21 @@ def test_a_bf16_model_stops_at_its_floor():
     assert any("below what a bfloat16 model can resolve" in str(w.message) for w in caught)
     # the fp32 model has no floor: nothing is reported
     assert not paratriton.solve(m32, coeffs, x_T, method="taa").precision_limited
+
+
+@pytest.mark.parametrize("method", ["taa", "picard"])
+def test_a_rough_model_of_unknown_precision_stops_at_its_floor(method):
+    """A float64 model that rounds its input to a 10-bit mantissa (as TF32 convolutions do on a GPU) says nothing
+    about its precision: the engine measures its roughness, stops near the smooth model's iteration count and ends
+    as close to that model's own sequential sample as the rounding allows."""
+    model, coeffs, x_T, noise, ref = gmm_problem("ddim", 100)
+
+    def rough(x, s):
+        return model(x.to(torch.float16).to(x.dtype), s)
+
+    seq = paratriton.solve(rough, coeffs, x_T, noise, method="sequential").sample
+    smooth = paratriton.solve(model, coeffs, x_T, noise, method=method)
+    res = paratriton.solve(rough, coeffs, x_T, noise, method=method)
+    assert not smooth.precision_limited and res.converged and res.precision_limited
+    assert res.iterations <= smooth.iterations + 5 < coeffs.num_steps
+    assert worst_rms(res.sample, seq) <= worst_rms(seq, ref)  # the rounding's own effect on the sample bounds it

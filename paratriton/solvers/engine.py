@@ -209,7 +209,7 @@ class Engine:
         for k in ("bad", "n_it", "floor"):
             s[k].zero_()
         s["thr"].copy_(s["thr0"])
-        s["floor_next"], s["floor_on"] = 1, True
+        s["floor_next"], s["floor_on"] = 1, True  # (after iterations 1, 2, 4, ...)
         s["F"].fill_(T)
         s["U"].fill_(T - 1 if s["sliding"] and init is None else -1)
 
@@ -340,22 +340,22 @@ class Engine:
         return result
 
     def _measure_floor(self, F_host: int) -> None:
-        """A low-precision model's rounding floor, measured where the iterates are exact (a small extra call).
+        """The model's roughness floor, measured where the iterates are exact (one small extra model call).
 
-        Its output is a rough function of its input at the level of one rounding. The ``FLOOR_PROBES`` steps just
-        below the anchor ``F`` have (nearly) exact inputs: the frozen state and the states the exact step just
-        produced. Perturb those inputs by one unit roundoff (relative) and take ``floor_i = FLOOR_ROUNDINGS * |b_i|
-        * RMS(m(x (1 + u xi)) - m(x))`` (largest over the batch) there, and the lowest probe's value for every
-        step below; every live step is then tested against ``max(threshold_i, floor_i)`` (``tolerance.py``).
-        Measured after iterations 1, 2, 4, 8, ..., as the anchor descends. Float32/float64 models: nothing.
+        A model computed at limited precision (a bf16/fp16 network, TF32 convolutions and matmuls, batch-dependent
+        kernels) is a rough function of its input. The ``FLOOR_PROBES`` steps just below the anchor ``F`` have
+        (nearly) exact inputs: the frozen state and the states the exact step just produced. Evaluate them at
+        ``x``, ``x + d`` and ``x + 2 d`` with ``d`` random of the size the iterates still move by (``4 thr_i``, at
+        least one rounding ``u |x|`` of a known low-precision dtype); a smooth model's second difference is
+        ``O(d^2)``, a rough one's is its rounding jump ``J`` times ``sqrt(3)``. Then ``floor_i = FLOOR_ROUNDINGS *
+        |b_i| J_i`` there, the lowest probe's value for every step below, and every live step is tested against
+        ``max(threshold_i, floor_i)`` (``tolerance.py``). Measured after iterations 1, 2, 4, 8, ... as the anchor
+        descends.
         """
         s = self._s
         out = self._last[0]
         dtype = out.dtype if unit_roundoff(out.dtype) else s["dtype_model"]
-        u = unit_roundoff(dtype)
-        if u is None:
-            s["floor_on"] = False
-            return
+        u = unit_roundoff(dtype) or 0.0
         s["dtype_model"] = dtype
         x, dev = s["x"], s["x"].device
         lo = max(F_host - FLOOR_PROBES, 0)
@@ -363,18 +363,20 @@ class Engine:
         inp = x[lo + 1 : F_host + 1]
         gen = torch.Generator(device=dev).manual_seed(int(F_host))
         xi = torch.randn(inp.shape, generator=gen, device=dev, dtype=inp.dtype)
-        m0, m1 = self._model_out(torch.cat([inp, inp * (1 + u * xi)]), torch.cat([steps, steps])).float().chunk(2)
-        jump = (m1 - m0).square().mean(2).sqrt().amax(1).to(s["floor"].dtype)  # [probes]
+        d = xi * torch.maximum(4 * s["thr0"][lo:F_host].view(-1, 1, 1), u * inp.abs())
+        m = self._model_out(torch.cat([inp, inp + d, inp + 2 * d]), torch.cat([steps, steps, steps])).double()
+        m0, m1, m2 = m.chunk(3)
+        jump = ((m0 - 2 * m1 + m2).square().mean(2).sqrt().amax(1) / math.sqrt(3)).to(s["floor"].dtype)
         floor = FLOOR_ROUNDINGS * s["b_own"][lo:F_host].abs() * jump
         s["floor"][lo:F_host] = floor
         s["floor"][:lo] = floor[0]  # below the probes: the lowest probe's (refined as the anchor descends)
         s["thr"].copy_(torch.maximum(s["thr0"], s["floor"]))
 
     def _report_precision(self, result: SolveResult, coeffs: SamplerCoefficients) -> None:
-        """For a low-precision model: the rounding floor at the sample, and whether it bound at some step."""
+        """The model's roughness floor at the sample, when it bound at some step (and then one warning)."""
         s = self._s
         floor = s["floor"].to("cpu", torch.float64)
-        if bool((floor > 0).any()):
+        if bool((floor > s["thr0"].to("cpu", torch.float64)).any()):
             result.precision_floor = final_floor(coeffs, floor)
             result.precision_limited = bool((floor > s["thr0"].to("cpu", torch.float64)).any())
             if result.precision_limited:

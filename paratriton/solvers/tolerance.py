@@ -133,17 +133,26 @@ def final_floor(coeffs, floor: torch.Tensor) -> float:
 _warned: set[tuple] = set()
 
 
-def warn_precision_floor(dtype: torch.dtype, floor_rms: float, tol_text: str) -> None:
-    """One warning per (dtype, tolerance) and process: the tolerance is below the model's rounding floor."""
+def warn_precision_floor(dtype: torch.dtype | None, floor_rms: float, tol_text: str) -> None:
+    """One warning per (dtype, tolerance) and process: the tolerance is below the model's roughness floor."""
     key = (dtype, tol_text)
     if key in _warned:
         return
     _warned.add(key)
+    if unit_roundoff(dtype) is not None:
+        name = str(dtype).replace("torch.", "")
+        what = f"a {name} model can resolve (its outputs are rounded at ~{unit_roundoff(dtype):.1e})"
+        fix = "Use a float32 model for a tighter result."
+    else:
+        what = "this model can resolve (its outputs jump by more than the tolerance under tiny input changes)"
+        fix = (
+            "On a GPU, TF32 convolutions/matmuls do this: torch.backends.cudnn.allow_tf32 = False and "
+            "torch.backends.cuda.matmul.allow_tf32 = False give float32 precision."
+        )
     warnings.warn(
-        f"the tolerance ({tol_text}) is below what a {str(dtype).replace('torch.', '')} model can resolve: its "
-        f"outputs are rounded at ~{unit_roundoff(dtype):.1e}, which puts a floor of about {floor_rms:.2e} RMS on "
-        "the final sample's distance to the sequential sample; the solver stopped at that floor "
-        "(result.precision_limited). Use a float32 model for a tighter result.",
+        f"the tolerance ({tol_text}) is below what {what}: that puts a floor of about {floor_rms:.2e} RMS on the "
+        "final sample's distance to the sequential sample; the solver stopped at that floor "
+        f"(result.precision_limited). {fix}",
         RuntimeWarning,
         stacklevel=3,
     )
