@@ -358,14 +358,16 @@ class Engine:
         u = unit_roundoff(dtype) or 0.0
         s["dtype_model"] = dtype
         x, dev = s["x"], s["x"].device
-        lo = max(F_host - FLOOR_PROBES, 0)
+        lo = max(F_host - min(FLOOR_PROBES, self._W or FLOOR_PROBES), 0)  # no more rows than a window's call
         steps = torch.arange(lo, F_host, device=dev)
         inp = x[lo + 1 : F_host + 1]
         gen = torch.Generator(device=dev).manual_seed(int(F_host))
         xi = torch.randn(inp.shape, generator=gen, device=dev, dtype=inp.dtype)
         d = xi * torch.maximum(4 * s["thr0"][lo:F_host].view(-1, 1, 1), u * inp.abs())
-        m = self._model_out(torch.cat([inp, inp + d, inp + 2 * d]), torch.cat([steps, steps, steps])).double()
-        m0, m1, m2 = m.chunk(3)
+        try:
+            m0, m1, m2 = (self._model_out(v, steps).double() for v in (inp, inp + d, inp + 2 * d))
+        except torch.OutOfMemoryError:  # not even that fits: keep the floor measured so far
+            return
         jump = ((m0 - 2 * m1 + m2).square().mean(2).sqrt().amax(1) / math.sqrt(3)).to(s["floor"].dtype)
         floor = FLOOR_ROUNDINGS * s["b_own"][lo:F_host].abs() * jump
         s["floor"][lo:F_host] = floor
