@@ -127,6 +127,25 @@ def run(problem, methods, settings) -> list[dict]:
     return rows
 
 
+def markdown(data: dict) -> str:
+    """One row per problem, one column per method: ``iterations / final RMS`` at the new default (and the old)."""
+    methods = list(dict.fromkeys(r["method"] for p in data["problems"] for r in p["rows"]))
+    settings = list(dict.fromkeys(r["setting"] for p in data["problems"] for r in p["rows"]))
+    head = "| model | sampler | T | tolerance | " + " | ".join(methods) + " |"
+    lines = [head, "|" + "---|" * (4 + len(methods))]
+    for p in data["problems"]:
+        for st in settings:
+            cells = []
+            for m in methods:
+                r = next((r for r in p["rows"] if r["method"] == m and r["setting"] == st), None)
+                cells.append(
+                    "-" if r is None else f"{r['iterations']} / {r['final_rms']:.1e}" + ("" if r["converged"] else "*")
+                )
+            name = "tol=1e-3" if st == NEW else "old per-step"
+            lines.append(f"| {p['model']} | {p['sampler']} | {p['T']} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["gmm", "default"], choices=["gmm", "default"])
@@ -137,7 +156,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--settings", nargs="+", default=[NEW, OLD])
     ap.add_argument("--methods", nargs="+", default=[m[0] for m in METHODS])
     ap.add_argument("--out", default=None)
+    ap.add_argument("--markdown", default=None, help="print the table of an earlier --out JSON and exit")
     args = ap.parse_args(argv)
+    if args.markdown:
+        with open(args.markdown) as f:
+            print(markdown(json.load(f)))
+        return
     methods = [m for m in METHODS if m[0] in args.methods]
     out = {"device": args.device, "torch": torch.__version__, "batch": args.batch, "problems": []}
     pipe = None
