@@ -123,7 +123,10 @@ def make_scheduler_problem(model_name: str, kind: str, N: int, batch: int, devic
     T = coeffs.num_steps
     g = torch.Generator().manual_seed(seed)
     if model_name == "default":
-        model = pipe.denoiser(coeffs, torch.arange(batch) % 10, guidance)
+        labels = torch.arange(batch) % 10
+        # on CUDA a capturable denoiser (device-side indexing) so the graphed solvers can run it
+        model = _digits_denoiser(pipe, coeffs, labels.to(device), guidance) if device.type == "cuda" else None
+        model = model or pipe.denoiser(coeffs, labels, guidance)
         x_T, noise = pipe.problem(batch, T, g, device=device)
     else:
         gm = GaussianMixture.random((1, 32, 32), num_components=8, std=0.3, seed=seed, scale=0.5).to(device)
@@ -131,6 +134,22 @@ def make_scheduler_problem(model_name: str, kind: str, N: int, batch: int, devic
         x_T = torch.randn(batch, 1, 32, 32, generator=g, dtype=torch.float64).to(device)
         noise = torch.randn(T, batch, 1, 32, 32, generator=g, dtype=torch.float64).to(device)
     return model, coeffs, x_T * init_sigma, (noise if coeffs.is_stochastic else None)
+
+
+def _digits_denoiser(pipe, coeffs, labels: torch.Tensor, scale: float):
+    """The default model with classifier-free guidance, every index on the device (CUDA-graph capturable); the
+    same function as ``pipe.denoiser`` (timesteps truncated to integers as there)."""
+    dev = labels.device
+    ts = coeffs.timesteps.to(dev, torch.long)
+    B = labels.numel()
+    null = torch.full((1,), pipe.null_class, dtype=torch.long, device=dev)
+
+    def branches(x2, s2):
+        n = x2.shape[0] // 2
+        y = torch.cat([null.expand(n), labels.repeat(n // B)])
+        return pipe.eps(x2, ts[s2], y).float()
+
+    return paratriton.ClassifierFreeGuidance(branches, scale)
 
 
 def _timed(fn, device) -> tuple[object, float]:
