@@ -339,9 +339,7 @@ def coefficients_from_scheduler(
             )
         return multistep_from_scheduler(scheduler, num_inference_steps, **set_timesteps_kwargs)
     if name not in _EXTRACTORS:
-        raise ValueError(
-            f"scheduler {name} is not supported by parallel samplers; supported: {SUPPORTED_SCHEDULERS}"
-        )
+        raise ValueError(f"scheduler {name} is not supported by parallel samplers; supported: {SUPPORTED_SCHEDULERS}")
     if name != "FlowMatchEulerDiscreteScheduler":
         _check_no_clipping(scheduler)
     if num_inference_steps is not None:
