@@ -253,7 +253,7 @@ MAX_STEPS = 1000  # the default model's and the Gaussian mixture's num_train_tim
 NUM_CLASSES = 10  # the default digits model (paratriton.models.NUM_CLASSES; not imported here: it loads diffusers)
 DEFAULT_METHODS = ["taa", "fp", "picard"]
 DEFAULT_TOL = 1e-3
-DEFAULT_HISTORY = 2
+DEFAULT_HISTORY = None  # the solver's: 2 secant pairs for one trajectory, 1 for a batch (issue 23)
 
 # key after the colon -> (solver option, what it is)
 OPTION_KEYS = {
@@ -355,7 +355,8 @@ def method_runs(args: argparse.Namespace) -> list[tuple[str, str, dict]]:
         if name in BASELINES and args.max_iters_baselines is not None:
             full["max_iters"] = args.max_iters_baselines
         full.update(opts)
-        label = f"{name} (h={full['history']})" if spec == name and "h" in keys else spec
+        h = full.get("history")
+        label = f"{name} (h={'auto' if h is None else h})" if spec == name and "h" in keys else spec
         runs.append((label, name, full))
     return runs
 
@@ -527,7 +528,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--window", type=int, default=None, help="window of fp/picard/aa/taa, 1..T (default: all T steps)")
     s.add_argument(
-        "--history", type=int, default=None, help=f"Anderson history of taa/aa, >= 1 (default {DEFAULT_HISTORY})"
+        "--history",
+        type=int,
+        default=None,
+        help="Anderson history of taa/aa, 1..8 (default: 2 for batch 1, 1 for a batch)",
     )
     s.add_argument(
         "--methods",

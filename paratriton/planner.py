@@ -37,7 +37,7 @@ _CURVES: weakref.WeakKeyDictionary[object, dict[tuple, dict[int, float]]] = weak
 @dataclass
 class Plan:
     method: str  # "taa" or "sequential"
-    history: int
+    history: int | None
     buckets: int
     predicted_ms: float  # of the chosen method
     sequential_ms: float
@@ -81,7 +81,7 @@ def plan_denoiser(
     x_T: torch.Tensor,
     noise: torch.Tensor | None = None,
     *,
-    history: int = 2,
+    history: int | None = None,
     buckets: int = 4,
     tol_abs: float | None = None,
     tol_rel: float = 1e-3,

@@ -61,7 +61,7 @@ def test_main_default_model(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     rows = _rows(out)
-    assert set(rows) == {"sequential", "taa (h=2)", "picard", "fp:k=1"}
+    assert set(rows) == {"sequential", "taa (h=auto)", "picard", "fp:k=1"}
     _check_table(rows, 8)
     for f in ("samples.png", "convergence.png"):
         im = Image.open(tmp_path / f)
@@ -71,7 +71,7 @@ def test_main_default_model(tmp_path, capsys):
 def test_main_gmm(tmp_path, capsys):
     assert main(["sample", "--model", "gmm", "--steps", "12", "--sampler", "ddpm", "--out", str(tmp_path)]) == 0
     rows = _rows(capsys.readouterr().out)
-    assert set(rows) == {"sequential", "taa (h=2)", "fp", "picard"}
+    assert set(rows) == {"sequential", "taa (h=auto)", "fp", "picard"}
     _check_table(rows, 12)
     assert (tmp_path / "convergence.png").exists()
 
@@ -202,8 +202,8 @@ def test_cli_methods_accepts_every_method(tmp_path, capsys):
         "sequential",
         "fp",
         "picard",
-        "aa (h=2)",
-        "taa (h=2)",
+        "aa (h=auto)",
+        "taa (h=auto)",
         "srds",
         "srds_pipelined",
         "srds:blocks=3",

@@ -930,7 +930,7 @@ PLAN_CASES = {  # scripted ms per candidate; the plan must pick the one marked 1
     ),
     "taa_W4": (
         {"taa W=8": 5.0, "taa W=4": 1.0, "picard W=8": 3.0, "picard W=4": 4.0, "sequential": 6.0},
-        ("taa", 4, 2),
+        ("taa", 4, None),
     ),
     "sequential": (
         {"taa W=8": 5.0, "taa W=4": 7.0, "picard W=8": 3.0, "picard W=4": 4.0, "sequential": 1.0},

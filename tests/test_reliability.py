@@ -27,7 +27,7 @@ def gm_problem(T=30, eta=0.0, B=1, shape=(2, 3, 3), seed=0):
 def test_safeguard_rescues_low_order_taa():
     # low order + long history: unsafeguarded TAA needed twice the iterations of plain fixed point here
     cf, model, x_T, noise = gm_problem(T=50)
-    kw = dict(order=5, history=5, tol_abs=1e-3, tol_rel=1e-3)
+    kw = dict(base="order", order=5, history=5, tol_abs=1e-3, tol_rel=1e-3)  # accelerating fp's order-5 map
     fp = pt.solve(model, cf, x_T, noise, method="fp", order=5, tol_abs=1e-3, tol_rel=1e-3).iterations
     off = pt.solve(model, cf, x_T, noise, method="taa", safeguard=False, **kw).iterations
     on = pt.solve(model, cf, x_T, noise, method="taa", safeguard=True, **kw).iterations

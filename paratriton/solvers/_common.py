@@ -29,7 +29,9 @@ class SolveResult:
                  by ``max_iters``)
     precision_limited: a low-precision (fp16/bf16) model's rounding floor was above the tolerance at some step,
                  and the solver stopped at the floor there
-    precision_floor: that floor, as an RMS distance at the sample (None for float32/float64 models)
+    precision_floor: that floor, as an RMS distance at the sample (None when it did not bind)
+    probe_calls: model calls outside the iterations: the roughness probes of ``solvers/tolerance.py`` (one for a
+                 smooth model, ``log2 T`` at most for a rough one, of at most a window's rows; not in ``nfe``)
     """
 
     sample: torch.Tensor
@@ -42,6 +44,7 @@ class SolveResult:
     window_history: list[tuple[int, int]] = field(default_factory=list)
     precision_limited: bool = False
     precision_floor: float | None = None
+    probe_calls: int = 0
 
 
 class IterationInfo:

@@ -35,6 +35,7 @@ from .sequential import one_tap_view
 from .tolerance import (
     FLOOR_PROBES,
     FLOOR_ROUNDINGS,
+    SMOOTH_FRACTION,
     final_floor,
     step_thresholds,
     unit_roundoff,
@@ -210,6 +211,7 @@ class Engine:
             s[k].zero_()
         s["thr"].copy_(s["thr0"])
         s["floor_next"], s["floor_on"] = 1, True  # (after iterations 1, 2, 4, ...)
+        s["floor_calls"] = 0
         s["F"].fill_(T)
         s["U"].fill_(T - 1 if s["sliding"] and init is None else -1)
 
@@ -316,7 +318,7 @@ class Engine:
             F_host, it = F_new, n
             if s["floor_on"] and F_host > 0 and it >= s["floor_next"]:  # iterations 1, 2, 4, 8, ...
                 s["floor_next"] = 2 * it
-                self._measure_floor(F_host)
+                self._measure_floor(F_host, H)
             if self.callback is not None and windows:
                 lo, hi = windows[-1]
                 self.callback(
@@ -334,12 +336,20 @@ class Engine:
             row[:lo] = float("nan")
             row[hi:] = float("nan")
         result = SolveResult(
-            traj[0], traj, it, nfe, res, F_host == 0, self.method + ("(graphed)" if static else ""), windows
+            traj[0],
+            traj,
+            it,
+            nfe,
+            res,
+            F_host == 0,
+            self.method + ("(graphed)" if static else ""),
+            windows,
+            probe_calls=s["floor_calls"],
         )
         self._report_precision(result, coeffs)
         return result
 
-    def _measure_floor(self, F_host: int) -> None:
+    def _measure_floor(self, F_host: int, H: int) -> None:
         """The model's roughness floor, measured where the iterates are exact (one small extra model call).
 
         A model computed at limited precision (a bf16/fp16 network, TF32 convolutions and matmuls, batch-dependent
@@ -358,20 +368,36 @@ class Engine:
         u = unit_roundoff(dtype) or 0.0
         s["dtype_model"] = dtype
         x, dev = s["x"], s["x"].device
-        lo = max(F_host - min(FLOOR_PROBES, self._W or FLOOR_PROBES), 0)  # no more rows than a window's call
-        steps = torch.arange(lo, F_host, device=dev)
-        inp = x[lo + 1 : F_host + 1]
+        budget = max(1, H // 3)  # three evaluations per probe, no more rows than the window's call
+        lo = max(F_host - min(FLOOR_PROBES, budget), 0)
+        exact = torch.arange(lo, F_host)
+        # the first time also steps spread over the whole schedule: only to see whether the model is rough at all
+        # (their inputs are not exact yet, so their values set no floor); a smooth model is never probed again
+        n_spread = min(FLOOR_PROBES, budget - len(exact), lo) if s["floor_calls"] == 0 else 0
+        spread = torch.linspace(0, lo - 1, n_spread).round().long().unique() if n_spread > 0 else exact[:0]
+        steps = torch.cat([exact, spread]).to(dev)
+        inp = x.index_select(0, steps + 1)
         gen = torch.Generator(device=dev).manual_seed(int(F_host))
         xi = torch.randn(inp.shape, generator=gen, device=dev, dtype=inp.dtype)
-        d = xi * torch.maximum(4 * s["thr0"][lo:F_host].view(-1, 1, 1), u * inp.abs())
+        d = xi * torch.maximum(4 * s["thr0"].index_select(0, steps).view(-1, 1, 1), u * inp.abs())
+        probes = (inp, inp + d, inp + 2 * d)
         try:
-            m0, m1, m2 = (self._model_out(v, steps).double() for v in (inp, inp + d, inp + 2 * d))
-        except torch.OutOfMemoryError:  # not even that fits: keep the floor measured so far
-            return
+            m0, m1, m2 = self._model_out(torch.cat(probes), steps.repeat(3)).double().chunk(3)
+            s["floor_calls"] += 1
+        except torch.OutOfMemoryError:  # three calls of a window's size at most, else keep what was measured
+            try:
+                m0, m1, m2 = (self._model_out(v, steps).double() for v in probes)
+                s["floor_calls"] += 3
+            except torch.OutOfMemoryError:
+                return
         jump = ((m0 - 2 * m1 + m2).square().mean(2).sqrt().amax(1) / math.sqrt(3)).to(s["floor"].dtype)
-        floor = FLOOR_ROUNDINGS * s["b_own"][lo:F_host].abs() * jump
-        s["floor"][lo:F_host] = floor
-        s["floor"][:lo] = floor[0]  # below the probes: the lowest probe's (refined as the anchor descends)
+        floor = FLOOR_ROUNDINGS * s["b_own"].index_select(0, steps).abs() * jump
+        if bool((floor < SMOOTH_FRACTION * s["thr0"].index_select(0, steps)).all()):
+            s["floor_on"] = False  # smooth at every probe: no floor, no further probes
+            return
+        k = len(exact)
+        s["floor"][lo:F_host] = floor[:k]
+        s["floor"][:lo] = floor[0]  # below the probes: the lowest exact probe's (refined as the anchor descends)
         s["thr"].copy_(torch.maximum(s["thr0"], s["floor"]))
 
     def _report_precision(self, result: SolveResult, coeffs: SamplerCoefficients) -> None:

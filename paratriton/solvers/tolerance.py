@@ -67,6 +67,8 @@ below one 8-bit quantisation step of 2/255 = 7.8e-3)."""
 FLOOR_ROUNDINGS = 1.0
 # measured at this many steps just below the anchor, where the model inputs are exact
 FLOOR_PROBES = 8
+# a model whose measured floor is below this fraction of every probed threshold is smooth: no floor, no more probes
+SMOOTH_FRACTION = 0.05
 _UNIT_ROUNDOFF = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
 
 
