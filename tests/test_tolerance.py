@@ -123,13 +123,26 @@ def digits_problem(pipe, sampler: str, T: int, labels=(3,)):
     "T", [25, 100, pytest.param(1000, marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU: ~4 min"))]
 )
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
-def test_default_tolerance_holds_on_the_digits_model(digits, sampler, T):
+def test_default_tolerance_holds_on_the_digits_model(digits, sampler, T, monkeypatch):
+    # float32 arithmetic: TF32 convolutions make a rougher model, whose floor the solver stops at and reports
+    # (test_a_rough_model_of_unknown_precision_stops_at_its_floor)
+    if hasattr(torch.backends.cudnn, "allow_tf32"):
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        _check_digits_tolerance(digits, sampler, T)
+    finally:
+        torch.set_float32_matmul_precision(precision)
+
+
+def _check_digits_tolerance(digits, sampler: str, T: int) -> None:
     model, coeffs, x_T, noise = digits_problem(digits, sampler, T)
     ref = paratriton.solve(model, coeffs, x_T, noise, method="sequential").sample
     methods = ["taa", "picard"] if T == 25 else ["taa"]
     for method in methods:
         res = paratriton.solve(model, coeffs, x_T, noise, method=method)
-        assert res.converged and worst_rms(res.sample, ref) <= 2 * DEFAULT_TOL, method
+        assert res.converged and not res.precision_limited and worst_rms(res.sample, ref) <= 2 * DEFAULT_TOL, method
 
 
 @pytest.mark.slow
