@@ -102,6 +102,8 @@ from typing import Any, Iterator
 import torch
 from torch.overrides import TorchFunctionMode
 
+from .schedule import TRACED_SCHEDULERS
+
 __all__ = [
     "MultistepCoefficients",
     "multistep_from_scheduler",
@@ -110,16 +112,7 @@ __all__ = [
     "float64_mode",
 ]
 
-MULTISTEP_SCHEDULERS = (
-    "EulerDiscreteScheduler",
-    "EulerAncestralDiscreteScheduler",
-    "DPMSolverMultistepScheduler",
-    "UniPCMultistepScheduler",
-    "HeunDiscreteScheduler",
-    "PNDMScheduler",
-    "LMSDiscreteScheduler",
-    "DEISMultistepScheduler",
-)
+MULTISTEP_SCHEDULERS = TRACED_SCHEDULERS  # the one list is schedule.py's
 # sigma-space (variance exploding) schedulers: the state is x = x0 + sigma eps, the model sees x / sqrt(1 + sigma^2)
 _VE_SCHEDULERS = (
     "EulerDiscreteScheduler",
