@@ -29,7 +29,6 @@ one row: four held-out real crops, then generated samples).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -47,6 +46,7 @@ sys.path.insert(0, _HERE)
 from train_default_model import EMA  # noqa: E402
 
 from paratriton.models import dit_crops as dc  # noqa: E402
+from paratriton.models.default import _sha256  # noqa: E402  (the checksum the loader verifies)
 
 MAX_SIDE = 512  # photographs larger than this (shorter side) are shrunk to it
 HELD_OUT_FRACTION = 0.2  # the right part of every photograph held out
@@ -176,14 +176,6 @@ def no_block_label_dropout(dit: torch.nn.Module) -> None:
     for m in dit.modules():
         if isinstance(m, LabelEmbedding):
             m.dropout_prob = 0.0
-
-
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @torch.no_grad()
@@ -388,7 +380,7 @@ def main(argv=None) -> int:
 
     def write_config() -> None:
         cfg["files"] = {
-            f: {"bytes": os.path.getsize(os.path.join(args.out, f)), "sha256": sha256(os.path.join(args.out, f))}
+            f: {"bytes": os.path.getsize(os.path.join(args.out, f)), "sha256": _sha256(os.path.join(args.out, f))}
             for f in files
         }
         with open(os.path.join(args.out, "config.json"), "w") as fh:
