@@ -2,7 +2,7 @@
 
 import paratriton
 coeffs = paratriton.coefficients_from_scheduler(scheduler, num_inference_steps=50, eta=0.0)
-result = paratriton.solve(model, coeffs, x_T, noise, method="taa", tol_abs=1e-3)
+result = paratriton.solve(model, coeffs, x_T, noise, method="taa", tol=1e-3)  # tol: RMS distance to sequential
 """
 
 from .model import ClassifierFreeGuidance, Denoiser
