@@ -9,6 +9,7 @@ import torch
 
 from ..model import Denoiser
 from ..schedule import SamplerCoefficients
+from .tolerance import check_exclusive
 
 
 class NonFiniteError(FloatingPointError):
@@ -139,11 +140,7 @@ def set_common_options(
     solver.tol = None if tol is None else _check_positive("tol", tol)
     solver.tol_abs = None if tol_abs is None else _check_positive("tol_abs", tol_abs)
     solver.tol_rel = None if tol_rel is None else _check_positive("tol_rel", tol_rel)
-    if solver.tol is not None and (solver.tol_abs is not None or solver.tol_rel is not None):
-        raise ValueError(
-            "tol (a target RMS distance of the sample to the sequential sample) and tol_abs/tol_rel (per-step "
-            "residual thresholds) exclude each other: pass one or the other"
-        )
+    check_exclusive(solver.tol, solver.tol_abs, solver.tol_rel)
     solver.max_iters = None if max_iters is None else _check_int("max_iters", max_iters, 1)
     if state_dtype not in (torch.float64, torch.float32):
         raise ValueError(f"state_dtype must be torch.float64 or torch.float32, got {state_dtype}")

@@ -405,16 +405,11 @@ class Engine:
         s = self._s
         floor = s["floor"].to("cpu", torch.float64)
         if bool((floor > s["thr0"].to("cpu", torch.float64)).any()):
+            result.precision_limited = True
             result.precision_floor = final_floor(coeffs, floor)
-            result.precision_limited = bool((floor > s["thr0"].to("cpu", torch.float64)).any())
-            if result.precision_limited:
-                dtype = s["dtype_model"]
-                tol = (
-                    f"tol={self.tol}"
-                    if self.tol_abs is None and self.tol_rel is None
-                    else (f"tol_abs={self.tol_abs}, tol_rel={self.tol_rel}")
-                )
-                warn_precision_floor(dtype, result.precision_floor, tol)
+            expert = self.tol_abs is not None or self.tol_rel is not None
+            tol = f"tol_abs={self.tol_abs}, tol_rel={self.tol_rel}" if expert else f"tol={self.tol}"
+            warn_precision_floor(s["dtype_model"], result.precision_floor, tol)
 
     def _raise_nonfinite(self, it: int, k: int, anchor: int) -> None:
         """Name the steps (of the last iteration run) and whether the model or the iterates went non-finite."""

@@ -13,6 +13,8 @@ from typing import Any, Callable
 
 import torch
 
+from .tolerance import check_exclusive
+
 
 @dataclass(frozen=True)
 class Option:
@@ -167,13 +169,7 @@ class MethodSpec:
                 f"options {unknown} do not apply to method={self.name!r}; its options are {list(self.option_names)}"
             )
         checked = {o.name: o.check(options.get(o.name, o.default)) for o in self.options}
-        if checked.get("tol") is not None and (
-            checked.get("tol_abs") is not None or checked.get("tol_rel") is not None
-        ):
-            raise ValueError(
-                "tol (a target RMS distance of the sample to the sequential sample) and tol_abs/tol_rel (per-step "
-                "residual thresholds) exclude each other: pass one or the other"
-            )
+        check_exclusive(checked.get("tol"), checked.get("tol_abs"), checked.get("tol_rel"))
         return checked
 
     def make(self, **options: Any) -> Any:

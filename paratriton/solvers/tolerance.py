@@ -94,6 +94,15 @@ def amplification(coeffs) -> torch.Tensor:
     return g
 
 
+def check_exclusive(tol: float | None, tol_abs: float | None, tol_rel: float | None) -> None:
+    """``tol`` and the expert ``tol_abs``/``tol_rel`` are two ways to say one thing: raise when both are given."""
+    if tol is not None and (tol_abs is not None or tol_rel is not None):
+        raise ValueError(
+            "tol (a target RMS distance of the sample to the sequential sample) and tol_abs/tol_rel (per-step "
+            "residual thresholds) exclude each other: pass one or the other"
+        )
+
+
 def step_thresholds(coeffs, tol: float | None, tol_abs: float | None, tol_rel: float | None) -> torch.Tensor:
     """``[T]`` float64 RMS thresholds of the order-1 residuals (step ``i`` converged when ``RMS(r_i) <= thr_i``).
 
@@ -105,11 +114,7 @@ def step_thresholds(coeffs, tol: float | None, tol_abs: float | None, tol_rel: f
     from ._common import default_tol_abs
 
     T = coeffs.num_steps
-    if tol is not None and (tol_abs is not None or tol_rel is not None):
-        raise ValueError(
-            "tol (a target RMS distance of the final sample to the sequential one) and tol_abs/tol_rel (per-step "
-            "residual thresholds) exclude each other: pass one or the other"
-        )
+    check_exclusive(tol, tol_abs, tol_rel)
     if tol_abs is None and tol_rel is None:
         tol = DEFAULT_TOL if tol is None else tol
         return tol / (amplification(coeffs) * T)
