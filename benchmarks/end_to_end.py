@@ -1,11 +1,18 @@
-"""End-to-end wall time on one GPU: CUDA-graphed sequential vs CUDA-graphed ParaTAA, side by side in one process.
+"""End-to-end wall time on one GPU: CUDA-graphed parallel solvers against the CUDA-graphed sequential sampler, side
+by side in one process (issues 22 and 23).
 
-    python benchmarks/end_to_end.py --out results.json
+    PYTHONUNBUFFERED=1 python benchmarks/end_to_end.py --out benchmarks/results/end_to_end_h200.json
 
-Part A: the shipped default model (class-conditional digits UNet, fp16, CFG), DDIM-100 and DDPM-100: eager
-sequential, graphed sequential, graphed static TAA (iterations, NFE, wall time, PSNR vs graphed sequential).
+Part A, for each shipped model (``digits``: the 10M-parameter class-conditional digits UNet; ``dit``: the 12M DiT
+trained on photograph crops, issue 22), in fp16 with classifier-free guidance at the model's default scale, DDIM-T
+(eta 0) and DDPM-T, batch 1 and 8: eager sequential, graphed sequential, and each graphed method of ``--methods``
+with its registry defaults at ``tol`` (the target RMS distance to the sequential sample): iterations, NFE, wall
+time (median of 5 after a capturing call), RMS and PSNR against the graphed sequential sample, the solver's own
+``error_bound``, and iterations to 30/40 dB (an eager callback run, same iterates). With ``--choose-window`` the
+window ``planner.choose_window`` picks (graphed, timed on another seed) is run as well.
 Part B: DiT-XL/2- and SD-1.5-shaped random-weight models (fp16): graphed model time per batch, the per-iteration
-time of graphed TAA by window bucket, and the wall time predicted at the iteration schedule measured in part A.
+time of graphed TAA by window bucket, and the wall time predicted at each shipped model's measured window schedule
+(B = 1), so every figure says whose iteration counts it uses.
 """
 
 from __future__ import annotations
@@ -20,9 +27,11 @@ import torch
 
 import paratriton as pt
 from paratriton._cuda_graph import capture, median_ms
-from paratriton.planner import plan
+from paratriton.planner import choose_window
 from paratriton.solvers import graphed_solver
 from paratriton.solvers.graphed_sequential import GraphedSequential
+
+MODEL_NAMES = {"digits": "digits", "dit": "dit-crops"}
 
 
 def sync() -> None:
@@ -47,8 +56,13 @@ def psnr(a: torch.Tensor, b: torch.Tensor, peak_to_peak: float = 2.0) -> float:
     return float("inf") if mse == 0 else 10 * math.log10(peak_to_peak**2 / mse)
 
 
+def rms(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The largest per-trajectory RMS distance over the batch."""
+    return float((a.double() - b.double()).flatten(1).square().mean(1).sqrt().max())
+
+
 def digits_denoiser(pipe, coeffs, labels: torch.Tensor, scale: float):
-    """A capturable CFG denoiser for the default model: every index stays on the device."""
+    """A capturable CFG denoiser of a shipped model (digits or DiT crops): every index stays on the device."""
     dev = labels.device
     ts = coeffs.timesteps.to(dev, torch.long)
     B = labels.numel()
@@ -62,91 +76,96 @@ def digits_denoiser(pipe, coeffs, labels: torch.Tensor, scale: float):
     return pt.ClassifierFreeGuidance(branches, scale)
 
 
+def shipped_problem(pipe, kind: str, T: int, B: int, dev, seed: int):
+    """-> (capturable denoiser, coeffs, x_T, noise) of a shipped model, its own noise schedule."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    sch = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}[kind].from_config(pipe.scheduler.config)
+    coeffs = pt.coefficients_from_scheduler(sch, T, **({"eta": 0.0} if kind == "ddim" else {}))
+    g = torch.Generator().manual_seed(seed)
+    x_T = torch.randn(B, *pipe.sample_shape, generator=g, dtype=torch.float64).to(dev)
+    noise = torch.randn(T, B, *pipe.sample_shape, generator=g, dtype=torch.float64).to(dev)
+    labels = torch.arange(B, device=dev) % pipe.num_classes
+    model = digits_denoiser(pipe, coeffs, labels, pipe.default_guidance_scale)
+    return model, coeffs, x_T, noise if kind == "ddpm" else None
+
+
+def run_method(model, coeffs, x_T, noise, ref, method: str, tol: float, window=None) -> dict:
+    solver = graphed_solver(method, tol=tol, window=window)
+    t_first, res = timed(lambda: solver.solve(model, coeffs, x_T, noise), 1)  # includes the captures
+    t_run, res = timed(lambda: solver.solve(model, coeffs, x_T, noise), 5)
+    hits = {}
+
+    def cb(info):
+        p = psnr(info.sample, ref)
+        for level in (30, 40):
+            if p >= level and level not in hits:
+                hits[level] = info.iteration
+
+    pt.solve(model, coeffs, x_T, noise, method=method, tol=tol, window=window, state_dtype=torch.float32, callback=cb)
+    return dict(
+        method=method,
+        window=window,
+        ms=1e3 * t_run,
+        first_call_ms=1e3 * t_first,
+        iterations=res.iterations,
+        nfe=res.nfe,
+        converged=res.converged,
+        precision_limited=res.precision_limited,
+        error_bound=res.error_bound,
+        rms_vs_seq=rms(res.sample, ref),
+        psnr_vs_seq=psnr(res.sample, ref),
+        iters_to_30dB=hits.get(30),
+        iters_to_40dB=hits.get(40),
+        schedule=taa_schedule(res, coeffs.num_steps, solver.buckets) if window is None else None,
+    )
+
+
 def part_a(args, report):
-    from paratriton.models import default_scheduler, load_default
-
     dev = torch.device(args.device)
-    try:
-        pipe = load_default(device=dev, dtype=torch.float16 if dev.type == "cuda" else torch.float32)
-    except FileNotFoundError:  # no shipped weights (a checkout before training): time random weights, say so
-        from diffusers import DDIMScheduler
-
-        from paratriton.models import SCHEDULER_CONFIG, DigitsPipeline, build_unet
-
-        pipe = DigitsPipeline(build_unet().to(dev).eval().requires_grad_(False), DDIMScheduler(**SCHEDULER_CONFIG))
-        report["default_model_random_weights"] = True
-    report["default_model"] = {"params_M": sum(p.numel() for p in pipe.unet.parameters()) / 1e6}
     schedules = {}
-    for kind in ("ddim", "ddpm"):
-        for B in args.batches:
-            T = args.steps
-            coeffs = pt.coefficients_from_scheduler(default_scheduler(kind), T)
-            g = torch.Generator().manual_seed(0)
-            x_T = torch.randn(B, *pipe.sample_shape, generator=g, dtype=torch.float64).to(dev)
-            noise = torch.randn(T, B, *pipe.sample_shape, generator=g, dtype=torch.float64).to(dev)
-            labels = torch.arange(B, device=dev) % 10
-            model = digits_denoiser(pipe, coeffs, labels, pipe.default_guidance_scale)
-            row = {"sampler": kind, "T": T, "batch": B}
-            t_eager, eager = timed(
-                lambda: pt.solve(
-                    model,
-                    coeffs,
-                    x_T.float(),
-                    noise.float(),
-                    method="sequential",
-                    state_dtype=torch.float32,
-                    check_finite=False,
-                ),
-                2,
-            )
-            seq = GraphedSequential(model, coeffs, x_T, noise)
-            t_seq, ref = timed(seq.run, 5)
-            ref_sample = ref.sample.clone()
-            taa = graphed_solver(history=args.history, tol_abs=args.tol, tol_rel=args.tol)
-            t_first, res = timed(lambda: taa.solve(model, coeffs, x_T, noise), 1)  # includes the captures
-            t_taa, res = timed(lambda: taa.solve(model, coeffs, x_T, noise), 5)
-            row.update(
-                eager_sequential_ms=1e3 * t_eager,
-                graphed_sequential_ms=1e3 * t_seq,
-                graphed_taa_ms=1e3 * t_taa,
-                graphed_taa_first_call_ms=1e3 * t_first,
-                taa_iterations=res.iterations,
-                taa_nfe=res.nfe,
-                taa_converged=res.converged,
-                psnr_taa_vs_seq=psnr(res.sample, ref_sample),
-                psnr_eager_vs_graphed_seq=psnr(eager.sample, ref_sample),
-                speedup_vs_graphed_seq=t_seq / t_taa,
-                speedup_vs_eager_seq=t_eager / t_taa,
-            )
-            # iterations to reach 30/40 dB, from a callback run (eager, same iterates)
-            hits = {}
-
-            def cb(info, hits=hits):
-                p = psnr(info.sample, ref_sample)
-                for thr in (30, 40):
-                    if p >= thr and thr not in hits:
-                        hits[thr] = info.iteration
-
-            graphed_solver(
-                history=args.history, tol_abs=args.tol, tol_rel=args.tol, cuda_graph=False, callback=cb
-            ).solve(model, coeffs, x_T, noise)
-            row["iters_to_30dB"], row["iters_to_40dB"] = hits.get(30), hits.get(40)
-            # the planner: calibrated on another seed, predicted from the model's graphed batch-time curve
-            g1 = torch.Generator().manual_seed(1)
-            cal_x = torch.randn(B, *pipe.sample_shape, generator=g1, dtype=torch.float64).to(dev)
-            cal_noise = torch.randn(T, B, *pipe.sample_shape, generator=g1, dtype=torch.float64).to(dev)
-            pl = plan(model, coeffs, cal_x, cal_noise, history=args.history, tol_abs=args.tol, tol_rel=args.tol)
-            row.update(
-                planner_method=pl.method,
-                planner_parallel_ms=pl.parallel_ms,
-                planner_sequential_ms=pl.sequential_ms,
-                planner_error_parallel=pl.parallel_ms / (1e3 * t_taa) - 1,
-                planner_error_sequential=pl.sequential_ms / (1e3 * t_seq) - 1,
-            )
-            schedules[(kind, B)] = taa_schedule(res, T, taa.buckets)
-            row["bucket_schedule"] = schedules[(kind, B)]
-            report.setdefault("part_a", []).append(row)
-            print(json.dumps(row), flush=True)
+    for name in args.models:
+        pipe = pt.models.load(MODEL_NAMES[name], device=dev, dtype=torch.float16 if dev.type == "cuda" else None)
+        report.setdefault("models", {})[name] = {"params_M": sum(p.numel() for p in pipe.unet.parameters()) / 1e6}
+        for kind in args.samplers:
+            for B in args.batches:
+                T = args.steps
+                model, coeffs, x_T, noise = shipped_problem(pipe, kind, T, B, dev, 0)
+                row = {"model": name, "sampler": kind, "T": T, "batch": B}
+                t_eager, _ = timed(
+                    lambda: pt.solve(
+                        model,
+                        coeffs,
+                        x_T.float(),
+                        None if noise is None else noise.float(),
+                        method="sequential",
+                        check_finite=False,
+                    ),
+                    2,
+                )
+                seq = GraphedSequential(model, coeffs, x_T, noise)
+                seq.run()  # capture
+                t_seq, out = timed(seq.run, 5)
+                ref = out.sample.clone()
+                row.update(eager_sequential_ms=1e3 * t_eager, graphed_sequential_ms=1e3 * t_seq, methods=[])
+                for method in args.methods:
+                    r = run_method(model, coeffs, x_T, noise, ref, method, args.tol)
+                    r["speedup_vs_graphed_seq"] = t_seq / (r["ms"] / 1e3)
+                    row["methods"].append(r)
+                    if r["schedule"] is not None and B == 1:
+                        schedules[(name, kind, method)] = r["schedule"]
+                if args.choose_window and kind in args.choose_window:
+                    cal = shipped_problem(pipe, kind, T, B, dev, 1)
+                    choice = choose_window(*cal, method="taa", cuda_graph=True, tol=args.tol)
+                    row["choose_window"] = {"window": choice.window, "wall_ms": choice.wall_ms}
+                    if choice.window is not None and choice.window < T:
+                        r = run_method(model, coeffs, x_T, noise, ref, "taa", args.tol, window=choice.window)
+                        r["speedup_vs_graphed_seq"] = t_seq / (r["ms"] / 1e3)
+                        row["methods"].append(r)
+                report.setdefault("part_a", []).append(row)
+                print(json.dumps(row), flush=True)
+        del pipe
+        torch.cuda.empty_cache()
     return schedules
 
 
@@ -217,12 +236,12 @@ def part_b(args, report, schedules):
             "solver_ms_per_iteration": solver_ms,
             "sequential_graphed_ms_predicted": T * curve[2],
         }
-        for (kind, B), sched in schedules.items():
-            if B != 1:
-                continue
+        for (model_name, kind, method), sched in schedules.items():  # batch-1 schedules of the shipped models
             par = sum(curve[2 * h] + solver_ms[h] for h in sched)
-            entry[f"{kind}_taa_ms_predicted"] = par
-            entry[f"{kind}_speedup_predicted"] = T * curve[2] / par
+            key = f"{model_name}_{kind}_{method}"
+            entry[f"{key}_iterations"] = len(sched)
+            entry[f"{key}_ms_predicted"] = par
+            entry[f"{key}_speedup_predicted"] = T * curve[2] / par
         report.setdefault("part_b", {})[name] = entry
         print(name, json.dumps(entry), flush=True)
         del net
@@ -257,10 +276,14 @@ def solver_only_time(xs, H, history) -> float:
 
 def main():
     p = argparse.ArgumentParser()
+    p.add_argument("--models", nargs="+", default=["digits", "dit"], choices=sorted(MODEL_NAMES))
+    p.add_argument("--samplers", nargs="+", default=["ddim", "ddpm"], choices=["ddim", "ddpm"])
+    p.add_argument("--methods", nargs="+", default=["taa", "picard"])
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    p.add_argument("--history", type=int, default=2)
-    p.add_argument("--tol", type=float, default=1e-3)
+    p.add_argument("--history", type=int, default=2, help="part B: the TAA history whose solver work is timed")
+    p.add_argument("--tol", type=float, default=1e-3, help="target RMS distance to the sequential sample")
+    p.add_argument("--choose-window", nargs="*", default=["ddim"], help="samplers to run the window the planner picks")
     p.add_argument("--out", default="end_to_end.json")
     p.add_argument("--skip-b", action="store_true")
     p.add_argument("--device", default="cuda")

@@ -26,8 +26,11 @@ class SolveResult:
     nfe:         model evaluations per trajectory (a guided call counts once)
     residuals:   ``[iterations, T]`` float64 on the CPU: per step the largest RMS order-1 residual over the batch,
                  NaN for steps outside the window in that iteration
-    converged:   every step's residual is within its threshold at the returned trajectory (False when stopped
-                 by ``max_iters``)
+    converged:   at the returned trajectory, every step's residual is within its threshold, or (with ``tol``)
+                 ``error_bound <= tol`` (False when stopped by ``max_iters``)
+    error_bound: the first-order bound on the sample's RMS distance to the sequential sample at the returned
+                 trajectory, ``sum_i g_i RMS(r_i)`` (``solvers/tolerance.py``), largest over the batch; None when
+                 not every step was reached, or for solvers that do not measure it
     precision_limited: a low-precision (fp16/bf16) model's rounding floor was above the tolerance at some step,
                  and the solver stopped at the floor there
     precision_floor: that floor, as an RMS distance at the sample (None when it did not bind)
@@ -46,6 +49,7 @@ class SolveResult:
     precision_limited: bool = False
     precision_floor: float | None = None
     probe_calls: int = 0
+    error_bound: float | None = None
 
 
 class IterationInfo:

@@ -33,9 +33,11 @@ from ._common import IterationInfo, ModelCaller, NonFiniteError, SolveResult, ch
 from .rules import KERNELS, AndersonRule, FixedPointRule, WindowView
 from .sequential import one_tap_view
 from .tolerance import (
+    DEFAULT_TOL,
     FLOOR_PROBES,
     FLOOR_ROUNDINGS,
     SMOOTH_FRACTION,
+    amplification,
     final_floor,
     step_thresholds,
     unit_roundoff,
@@ -111,11 +113,17 @@ class Engine:
         kern = KERNELS[self.backend]
         rms, top, bad = kern.residual(x, out, s["xi"], s["a"], s["b"], s["c"], s["thr"], lo, F)
         s["bad"].logical_or_(bad)
+        # every step's latest residual; the kernel gives 0 at frozen rows (a padded window has some): they keep theirs
+        live = (idx < F).view(-1, 1)
+        s["rms_all"].index_copy_(0, idx, torch.where(live, rms, s["rms_all"].index_select(0, idx)))
+        if s["tol"] is not None:  # the sample test (tolerance.py): once the window reaches step 0, stop as soon as
+            # the first-order bound on the sample's distance holds at this trajectory, whatever the split by step
+            bound = (s["g"].view(-1, 1) * s["rms_all"]).sum(0).amax()
+            top = torch.where((lo == 0) & (bound <= s["tol"]), s["zero"], top)
         self.rule.update(WindowView(x, out, s["xi"], s["a"], s["b"], s["c"], lo, F, top, rms, kern), s["rule"])
         # the log of live iterations (an iteration after convergence changes nothing and is not counted)
         n = s["n_it"].view(1)
         s["log_F"].index_copy_(0, n, F.view(1))
-        s["rms_all"].index_copy_(0, idx, rms)
         s["rms_all"].index_fill_(0, top.view(1), 0.0)  # the top step took the exact step: its residual is now 0
         s["log_res"].index_put_((n.expand(H), idx), rms.amax(1))  # steps outside the window: NaN, on the host
         s["n_it"].add_(F > 0)
@@ -161,6 +169,7 @@ class Engine:
         if multistep:  # the kernels see the drift g = sum_j b[i, j] M_{i+j} with unit weights (``_stencil``)
             b = torch.ones(T, dtype=dt, device=dev)
         thr = step_thresholds(coeffs, self.tol, self.tol_abs, self.tol_rel).to(dev, dt)
+        expert = self.tol_abs is not None or self.tol_rel is not None
         self._s = dict(
             T=T,
             B=B,
@@ -171,6 +180,8 @@ class Engine:
             b=b,
             c=c,
             thr0=thr,
+            g=amplification(coeffs).to(dev, dt),
+            tol=None if expert else torch.tensor(DEFAULT_TOL if self.tol is None else self.tol, dtype=dt, device=dev),
             thr=thr.clone(),
             floor=torch.zeros(T, dtype=dt, device=dev),
             dtype_model=getattr(model, "compute_dtype", None),
@@ -209,6 +220,7 @@ class Engine:
         self.rule.reset(s["rule"])
         for k in ("bad", "n_it", "floor"):
             s[k].zero_()
+        s["rms_all"].fill_(float("inf"))  # a step never measured has no bound
         s["thr"].copy_(s["thr0"])
         s["floor_next"], s["floor_on"] = 1, True  # (after iterations 1, 2, 4, ...)
         s["floor_calls"] = 0
@@ -345,9 +357,17 @@ class Engine:
             self.method + ("(graphed)" if static else ""),
             windows,
             probe_calls=s["floor_calls"],
+            error_bound=self._error_bound(),
         )
         self._report_precision(result, coeffs)
         return result
+
+    def _error_bound(self) -> float | None:
+        """``sum_i g_i RMS(r_i)`` at the returned trajectory, largest over the batch: the first-order bound on the
+        sample's RMS distance to the sequential sample (``tolerance.py``); None where a step was never measured."""
+        s = self._s
+        bound = float((s["g"].view(-1, 1) * s["rms_all"]).sum(0).amax())
+        return bound if math.isfinite(bound) else None
 
     def _measure_floor(self, F_host: int, H: int) -> None:
         """The model's roughness floor, measured where the iterates are exact (one small extra model call).
