@@ -164,6 +164,7 @@ def part_a(args, report):
                         row["methods"].append(r)
                 report.setdefault("part_a", []).append(row)
                 print(json.dumps(row), flush=True)
+                save(args, report)
         del pipe
         torch.cuda.empty_cache()
     return schedules
@@ -243,6 +244,7 @@ def part_b(args, report, schedules):
             entry[f"{key}_ms_predicted"] = par
             entry[f"{key}_speedup_predicted"] = T * curve[2] / par
         report.setdefault("part_b", {})[name] = entry
+        save(args, report)
         print(name, json.dumps(entry), flush=True)
         del net
         torch.cuda.empty_cache()
@@ -274,6 +276,12 @@ def solver_only_time(xs, H, history) -> float:
     return graph_time(work)
 
 
+def save(args, report) -> None:
+    """Write the report so far (a run cut short keeps what it measured)."""
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=1, default=str)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--models", nargs="+", default=["digits", "dit"], choices=sorted(MODEL_NAMES))
@@ -298,8 +306,7 @@ def main():
     schedules = part_a(args, report)
     if not args.skip_b:
         part_b(args, report, schedules)
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=1, default=str)
+    save(args, report)
 
 
 if __name__ == "__main__":

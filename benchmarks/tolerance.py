@@ -120,7 +120,7 @@ def run(problem, methods, settings) -> list[dict]:
                     converged=res.converged,
                     final_rms=dist,
                     psnr=psnr(dist),
-                    error_estimate=getattr(res, "error_estimate", None),
+                    error_estimate=getattr(res, "error_bound", None) or getattr(res, "error_estimate", None),
                     seconds=time.perf_counter() - t0,
                 )
             )
@@ -185,9 +185,9 @@ def main(argv: list[str] | None = None) -> None:
                         f"it={r['iterations']:4d} conv={r['converged']!s:5s} rms={r['final_rms']:.2e} "
                         f"({r['psnr']:.1f} dB) est={est} {r['seconds']:.1f}s"
                     )
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(out, f, indent=1)
+                if args.out:  # after every problem: a run cut short keeps what it measured
+                    with open(args.out, "w") as f:
+                        json.dump(out, f, indent=1)
 
 
 if __name__ == "__main__":
