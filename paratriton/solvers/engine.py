@@ -119,7 +119,7 @@ class Engine:
         if s["tol"] is not None:  # the sample test (tolerance.py): once the window reaches step 0, stop as soon as
             # the first-order bound on the sample's distance holds at this trajectory, whatever the split by step
             bound = (s["g"].view(-1, 1) * s["rms_all"]).sum(0).amax()
-            top = torch.where((lo == 0) & (bound <= s["tol"]), s["zero"], top)
+            top = torch.where((lo == 0) & (bound <= s["budget"]), s["zero"], top)
         self.rule.update(WindowView(x, out, s["xi"], s["a"], s["b"], s["c"], lo, F, top, rms, kern), s["rule"])
         # the log of live iterations (an iteration after convergence changes nothing and is not counted)
         n = s["n_it"].view(1)
@@ -182,6 +182,7 @@ class Engine:
             thr0=thr,
             g=amplification(coeffs).to(dev, dt),
             tol=None if expert else torch.tensor(DEFAULT_TOL if self.tol is None else self.tol, dtype=dt, device=dev),
+            budget=torch.zeros((), dtype=dt, device=dev),  # tol plus the measured floor's share (_measure_floor)
             thr=thr.clone(),
             floor=torch.zeros(T, dtype=dt, device=dev),
             dtype_model=getattr(model, "compute_dtype", None),
@@ -222,6 +223,8 @@ class Engine:
             s[k].zero_()
         s["rms_all"].fill_(float("inf"))  # a step never measured has no bound
         s["thr"].copy_(s["thr0"])
+        if s["tol"] is not None:
+            s["budget"].copy_(s["tol"])
         s["floor_next"], s["floor_on"] = 1, True  # (after iterations 1, 2, 4, ...)
         s["floor_calls"] = 0
         s["F"].fill_(T)
@@ -419,6 +422,8 @@ class Engine:
         s["floor"][lo:F_host] = floor[:k]
         s["floor"][:lo] = floor[0]  # below the probes: the lowest exact probe's (refined as the anchor descends)
         s["thr"].copy_(torch.maximum(s["thr0"], s["floor"]))
+        if s["tol"] is not None:  # the sum test's allowance for the floor: what the per-step test allows at most
+            s["budget"].copy_(s["tol"] + (s["g"] * s["floor"]).sum())
 
     def _report_precision(self, result: SolveResult, coeffs: SamplerCoefficients) -> None:
         """The model's roughness floor at the sample, when it bound at some step (and then one warning)."""
