@@ -109,7 +109,7 @@ class Engine:
         out = self._model_out(xin, idx)
         self._last = (out, idx)  # for naming the steps when the iteration reports a non-finite value
         if s["taps"] is not None:  # a multistep operator: the drift of step i reads the tap outputs of i .. i+k-1
-            out = self._stencil(out, idx, F)
+            out = self._stencil(out, lo, F)
         kern = KERNELS[self.backend]
         rms, top, bad = kern.residual(x, out, s["xi"], s["a"], s["b"], s["c"], s["thr"], lo, F)
         s["bad"].logical_or_(bad)
@@ -140,20 +140,13 @@ class Engine:
         m = s["call"](xin * col(s["in_scale"]), idx)
         return m.to(xin.dtype) * col(s["out_scale"]) + col(s["out_mix"]) * xin
 
-    def _stencil(self, M: torch.Tensor, idx: torch.Tensor, F: torch.Tensor) -> torch.Tensor:
+    def _stencil(self, M: torch.Tensor, lo: torch.Tensor, F: torch.Tensor) -> torch.Tensor:
         """Store the live rows' tap outputs in the ring of every step's latest one (frozen rows keep theirs: they were
-        computed at the frozen inputs), and return the window's drift ``g_i = sum_j b[i, j] M_{i+j}`` ``[H, B, D]``.
-        The one-tap kernels then run with ``b = 1`` on ``g``: every rule is linear in ``b m``."""
+        computed at the frozen inputs), and return the window's drift ``g_i = sum_j b[i, j] M_{i+j}`` ``[H, B, D]``
+        (one fused pass: ``ops.multistep_drift``). The one-tap kernels then run with ``b = 1`` on ``g``: every rule
+        is linear in ``b m``."""
         s = self._s
-        ring = s["ring"]
-        live = (idx < F).view(-1, 1, 1)
-        ring.index_copy_(0, idx, torch.where(live, M, ring.index_select(0, idx)))
-        T = s["T"]
-        g = torch.zeros_like(M)
-        for j in range(s["taps"]):  # k is small (1-5; 13 during PNDM's Runge-Kutta warm-up)
-            w = s["bk"][:, j].index_select(0, idx).view(-1, 1, 1)  # 0 where i + j >= T
-            g.add_(w * ring.index_select(0, (idx + j).clamp_max(T - 1)))
-        return g
+        return KERNELS[self.backend].drift(M, s["ring"], s["bk"], lo, F)
 
     # -- set-up ------------------------------------------------------------------------------------------------------
     def _setup(
@@ -165,7 +158,7 @@ class Engine:
         cap = (T if self.max_iters is None else self.max_iters) + self.iters_per_sync  # + no-op iterations' slots
         a, b, c = coeffs.coefficients(dt, dev)
         multistep = not isinstance(coeffs, SamplerCoefficients)
-        bk = b
+        bk = b.contiguous()
         if multistep:  # the kernels see the drift g = sum_j b[i, j] M_{i+j} with unit weights (``_stencil``)
             b = torch.ones(T, dtype=dt, device=dev)
         thr = step_thresholds(coeffs, self.tol, self.tol_abs, self.tol_rel).to(dev, dt)

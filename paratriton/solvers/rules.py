@@ -70,6 +70,7 @@ import torch
 
 from .. import ops
 from ..ops.masked_lstsq import naive as _lstsq_naive
+from ..ops.multistep_drift import naive as _drift_naive
 from ..ops.window_fixed_point import naive as _fp_naive
 from ..ops.window_residual import naive as _res_naive
 from ..ops.window_taa import naive as _taa_naive
@@ -84,6 +85,7 @@ KERNELS = {
         taa_plan=ops.window_taa.plan,
         taa_update=ops.window_taa.update,
         lstsq=torch.ops.paratriton.masked_lstsq,
+        drift=ops.multistep_drift,
     ),
     "reference": SimpleNamespace(
         residual=_res_naive.window_residual,
@@ -92,6 +94,7 @@ KERNELS = {
         taa_plan=_taa_naive.window_taa_plan,
         taa_update=_taa_naive.window_taa_update,
         lstsq=_lstsq_naive.masked_lstsq,
+        drift=_drift_naive.multistep_drift,
     ),
 }
 

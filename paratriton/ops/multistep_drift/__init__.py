@@ -1,0 +1,34 @@
+"""The multistep drift (issue 18). ``naive.multistep_drift`` is the oracle; ``paratriton.ops.multistep_drift`` is the
+registered ``torch.ops.paratriton.multistep_drift`` (CPU: the oracle, CUDA: the Triton kernel of ``fused.py``)."""
+
+from __future__ import annotations
+
+import torch
+
+from . import naive
+
+
+@torch.library.custom_op("paratriton::multistep_drift", mutates_args=("ring",))
+def multistep_drift(
+    tap_out: torch.Tensor, ring: torch.Tensor, weights: torch.Tensor, lo: torch.Tensor, anchor: torch.Tensor
+) -> torch.Tensor:
+    """Shapes in ``naive.multistep_drift``: returns the drift ``[H, B, D]``; the ring is updated in place."""
+    return naive.multistep_drift(tap_out, ring, weights, lo, anchor)
+
+
+@multistep_drift.register_fake
+def _(tap_out, ring, weights, lo, anchor):
+    return ring.new_empty(tap_out.shape)
+
+
+def _register_cuda() -> None:
+    try:
+        from .fused import multistep_drift_triton
+    except ImportError:  # no Triton: the CUDA path is the reference
+        return
+    multistep_drift.register_kernel("cuda")(multistep_drift_triton)
+
+
+_register_cuda()
+
+__all__ = ["multistep_drift", "naive"]
