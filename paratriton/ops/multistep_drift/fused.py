@@ -30,9 +30,12 @@ def _drift_kernel(g_ptr, m_ptr, ring_ptr, w_ptr, lo_ptr, anchor_ptr, H, T, K, BD
     for j in range(1, K):
         w = tl.load(w_ptr + i * K + j).to(dt)
         s = tl.minimum(i + j, T - 1)  # past the last step the weight is 0
-        in_launch = (h + j < H) & (s < anchor)
-        from_out = tl.load(m_ptr + (h + j) * BD + off, mask=mask & in_launch, other=0.0).to(dt)
-        from_ring = tl.load(ring_ptr + s * BD + off, mask=mask & ~in_launch, other=0.0)
+        # live and in this window (its ring row is being written by this launch): read tap_out, else the ring
+        lim = tl.where((h + j < H) & (s < anchor), BD, 0)
+        in_launch = off < lim
+        in_ring = mask & (off >= lim)
+        from_out = tl.load(m_ptr + (h + j) * BD + off, mask=in_launch, other=0.0).to(dt)
+        from_ring = tl.load(ring_ptr + s * BD + off, mask=in_ring, other=0.0)
         acc += w * tl.where(in_launch, from_out, from_ring)
     tl.store(g_ptr + h * BD + off, acc, mask=mask)
 
