@@ -123,3 +123,21 @@ def test_anderson_update(benchmark, W, D, m):
     dX, dR = (torch.randn(m, W, 1, D, device="cuda", dtype=torch.float64) for _ in range(2))
     gamma = torch.randn(W, 1, m, device="cuda", dtype=torch.float64)
     _run(benchmark, lambda: ops.anderson_update(x, R, dX, dR, gamma), (2 * m + 3) * W * D * 8)
+
+
+@pytest.mark.parametrize("W,D", SHAPES)
+@pytest.mark.parametrize("taps", [2, 3])
+@pytest.mark.parametrize("impl", ["fused", "naive"])
+def test_multistep_drift(benchmark, W, D, taps, impl):
+    """The k-tap drift and ring update of a multistep window (fp16 tap outputs, float32 state): one pass."""
+    from paratriton.ops.multistep_drift import naive
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    M = torch.randn(W, 1, D, generator=g, device="cuda", dtype=torch.float16)
+    ring = torch.zeros(W, 1, D, device="cuda", dtype=torch.float32)
+    w = torch.randn(W, taps, generator=g, device="cuda", dtype=torch.float32)
+    lo = torch.zeros((), dtype=torch.long, device="cuda")
+    anchor = torch.full((), W, dtype=torch.long, device="cuda")
+    fn = ops.multistep_drift if impl == "fused" else naive.multistep_drift
+    # read M, write the ring, write g (the stencil's other taps hit the tiles just read)
+    _run(benchmark, lambda: fn(M, ring, w, lo, anchor), W * D * (2 + 4 + 4))
