@@ -41,14 +41,24 @@ def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
     return float("inf") if mse == 0 else 10 * math.log10(4.0 / mse)
 
 
+TOLERANCE_FORM = {"form": "target"}  # set from --tolerance
+# the shipped models (``paratriton.models.load``): "default" is the digits UNet, "dit" the DiT on photograph crops
+SHIPPED = {"default": "digits", "dit": "dit-crops"}
+
+
+def _guidance_text(g) -> str:
+    """A results file's guidance: one scale (older files) or one per model."""
+    return f"{g:g}" if isinstance(g, (int, float)) else ", ".join(f"{k} {v:g}" for k, v in g.items())
+
+
 def make_problem(model_name: str, sampler: str, T: int, batch: int, device, seed: int, guidance: float, pipe=None):
     """-> (denoiser, coeffs, x_T, noise)"""
-    if model_name == "default":
-        from paratriton.models import default_scheduler
+    if model_name in SHIPPED:
+        from diffusers import DDIMScheduler, DDPMScheduler
 
-        sch = default_scheduler(sampler)
+        sch = (DDIMScheduler if sampler == "ddim" else DDPMScheduler).from_config(pipe.scheduler.config)
         coeffs = paratriton.coefficients_from_scheduler(sch, T, **({"eta": 0.0} if sampler == "ddim" else {}))
-        labels = torch.arange(batch) % 10
+        labels = torch.arange(batch) % pipe.num_classes
         model = pipe.denoiser(coeffs, labels, guidance)
         g = torch.Generator().manual_seed(seed)
         x_T, noise = pipe.problem(batch, T, g, device=device)
@@ -109,10 +119,8 @@ def make_scheduler_problem(model_name: str, kind: str, N: int, batch: int, devic
     """-> (denoiser, coeffs, x_T, noise): x_T is the stock loop's start (randn * init_noise_sigma)."""
     import copy
 
-    if model_name == "default":
-        from paratriton.models import default_scheduler
-
-        config = dict(default_scheduler("ddim").config)
+    if model_name in SHIPPED:
+        config = dict(pipe.scheduler.config)
     else:
         config = _GMM_CONFIG
     sch = make_scheduler(kind, config)
@@ -122,8 +130,8 @@ def make_scheduler_problem(model_name: str, kind: str, N: int, batch: int, devic
     init_sigma = float(started.init_noise_sigma)
     T = coeffs.num_steps
     g = torch.Generator().manual_seed(seed)
-    if model_name == "default":
-        labels = torch.arange(batch) % 10
+    if model_name in SHIPPED:
+        labels = torch.arange(batch) % pipe.num_classes
         # on CUDA a capturable denoiser (device-side indexing) so the graphed solvers can run it
         model = _digits_denoiser(pipe, coeffs, labels.to(device), guidance) if device.type == "cuda" else None
         model = model or pipe.denoiser(coeffs, labels, guidance)
@@ -162,7 +170,7 @@ def _timed(fn, device) -> tuple[object, float]:
     return out, time.perf_counter() - t0
 
 
-def run_scheduler_suite(args, device, pipe, guidance) -> list[dict]:
+def run_scheduler_suite(args, device, pipes, guidance) -> list[dict]:
     """The issue-18 suite (see the module docstring); writes ``args.out`` after every problem."""
     from paratriton.solvers import make_solver
     from paratriton.solvers.graphed_sequential import GraphedSequential
@@ -175,7 +183,7 @@ def run_scheduler_suite(args, device, pipe, guidance) -> list[dict]:
                 print(f"skip {model_name} {kind} N={N}: past --max-seconds", flush=True)
                 continue
             model, coeffs, x_T, noise = make_scheduler_problem(
-                model_name, kind, N, args.batch, device, args.seed, guidance, pipe
+                model_name, kind, N, args.batch, device, args.seed, guidance[model_name], pipes.get(model_name)
             )
             T = coeffs.num_steps
             seq, seq_wall = _timed(lambda: paratriton.solve(model, coeffs, x_T, noise, method="sequential"), device)
@@ -287,7 +295,9 @@ def run_method(model, coeffs, x_T, noise, ref, method, opts, tol):
     if x_T.is_cuda:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    res = paratriton.solve(model, coeffs, x_T, noise, method=method, tol_abs=tol, tol_rel=tol, callback=cb, **opts)
+    # the target form (tol: RMS distance of the sample to the sequential sample) or issue 6's per-step form
+    tols = {"tol": tol} if TOLERANCE_FORM["form"] == "target" else {"tol_abs": tol, "tol_rel": tol}
+    res = paratriton.solve(model, coeffs, x_T, noise, method=method, callback=cb, **tols, **opts)
     if x_T.is_cuda:
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
@@ -318,8 +328,13 @@ def report(path: str) -> str:
     res = data["results"]
     out = [
         f"Device: {data['device']}, torch {data['torch']}, float64 solver state, float32 model (TF32 off), "
-        f"tol_abs = tol_rel = {data['tol']:g}, batch {data['batch']} (1 at T = 1000), default model with "
-        f"classifier-free guidance {data['guidance']:g} (labels 0, 1, 2, 3), seed 0. Cell: "
+        + (
+            f"tol = {data['tol']:g} (target RMS to the sequential sample)"
+            if data.get("tolerance") == "target"
+            else f"tol_abs = tol_rel = {data['tol']:g}"
+        )
+        + f", batch {data['batch']} (1 at T = 1000), default model with "
+        f"classifier-free guidance {_guidance_text(data['guidance'])} (labels 0, 1, 2, 3), seed 0. Cell: "
         "**iterations / NFE per sample / final PSNR vs sequential [dB] / first iteration >= 30 dB / >= 40 dB** "
         "('-': never; '(cap)': stopped by the 150-iteration cap at T = 1000, not converged).",
         "",
@@ -335,7 +350,11 @@ def report(path: str) -> str:
                 )
                 if m != "sequential" and not any(t in m for t in ("ridge", "k=8", "h=3 k=1", "tol="))
             ]
-            name = {"default": "default digits model", "gmm": "Gaussian mixture (1x32x32, 8 components)"}[model]
+            name = {
+                "default": "default digits model",
+                "dit": "DiT crops model",
+                "gmm": "Gaussian mixture (1x32x32, 8 components)",
+            }[model]
             out += [
                 f"**{name}, {'DDIM (eta 0)' if sampler == 'ddim' else 'DDPM (eta 1)'}**",
                 "",
@@ -393,6 +412,12 @@ def main(argv=None) -> int:
     )
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--tol", type=float, default=1e-3)
+    p.add_argument(
+        "--tolerance",
+        choices=["target", "per-step"],
+        default="target",
+        help="--tol as the sample target (tol=) or issue 6's per-step form (tol_abs = tol_rel)",
+    )
     p.add_argument("--guidance", type=float, default=None, help="default model: CFG scale (default: shipped)")
     p.add_argument(
         "--fp-orders",
@@ -419,6 +444,7 @@ def main(argv=None) -> int:
         help="schedulers suite on CUDA: also time the CUDA-graphed solves against the graphed sequential sampler",
     )
     args = p.parse_args(argv)
+    TOLERANCE_FORM["form"] = args.tolerance
     if args.report:
         with open(args.report) as f:
             suite = json.load(f).get("suite")
@@ -428,14 +454,15 @@ def main(argv=None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.backends.cudnn.allow_tf32 = False  # the model must be a deterministic smooth function of its input
     torch.backends.cuda.matmul.allow_tf32 = False
-    pipe = None
-    if "default" in args.models:
-        from paratriton.models import load_default
-
-        pipe = load_default(device=device, dtype=torch.float32)
-    guidance = args.guidance if args.guidance is not None else (pipe.default_guidance_scale if pipe else 1.0)
+    pipes = {
+        m: paratriton.models.load(SHIPPED[m], device=device, dtype=torch.float32) for m in SHIPPED if m in args.models
+    }
+    guidance = {
+        m: args.guidance if args.guidance is not None else (pipes[m].default_guidance_scale if m in pipes else 1.0)
+        for m in args.models
+    }
     if args.suite == "schedulers":
-        run_scheduler_suite(args, device, pipe, guidance)
+        run_scheduler_suite(args, device, pipes, guidance)
         return 0
     results, t_start = [], time.time()
     problems = [
@@ -451,7 +478,9 @@ def main(argv=None) -> int:
             continue
         batch = args.batch_1000 if T >= 1000 else args.batch
         cap = {"max_iters": args.max_iters_1000} if T >= 1000 else {}
-        model, coeffs, x_T, noise = make_problem(model_name, sampler, T, batch, device, args.seed, guidance, pipe)
+        model, coeffs, x_T, noise = make_problem(
+            model_name, sampler, T, batch, device, args.seed, guidance[model_name], pipes.get(model_name)
+        )
         t0 = time.perf_counter()
         ref = paratriton.solve(model, coeffs, x_T, noise, method="sequential").sample
         if device.type == "cuda":
@@ -531,6 +560,7 @@ def main(argv=None) -> int:
                     "torch": torch.__version__,
                     "batch": args.batch,
                     "tol": args.tol,
+                    "tolerance": args.tolerance,
                     "guidance": guidance,
                     "results": results,
                 },
