@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from .._register import register_triton
 from . import naive
 
 
@@ -21,14 +22,6 @@ def _(tap_out, ring, weights, lo, anchor):
     return ring.new_empty(tap_out.shape)
 
 
-def _register_cuda() -> None:
-    try:
-        from .fused import multistep_drift_triton
-    except ImportError:  # no Triton: the CUDA path is the reference
-        return
-    multistep_drift.register_kernel("cuda")(multistep_drift_triton)
-
-
-_register_cuda()
+register_triton(__name__, {multistep_drift: "multistep_drift_triton"})
 
 __all__ = ["multistep_drift", "naive"]

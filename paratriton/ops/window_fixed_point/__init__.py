@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from .._register import register_triton
 from . import naive
 
 
@@ -41,14 +42,6 @@ def _(x, model_out, noise, a, b, c, lo, top, order, unit_weights=False):
     x[lo_ : lo_ + n] += torch.ops.paratriton.order_k_residual(r, a[lo_ : lo_ + n], min(order, n), unit_weights)
 
 
-def _register_cuda() -> None:
-    try:
-        from .fused import window_fixed_point_triton
-    except ImportError:
-        return
-    window_fixed_point.register_kernel("cuda")(window_fixed_point_triton)
-
-
-_register_cuda()
+register_triton(__name__, {window_fixed_point: "window_fixed_point_triton"})
 
 __all__ = ["window_fixed_point", "naive"]

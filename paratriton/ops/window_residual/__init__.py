@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from .._register import register_triton
 from . import naive
 
 
@@ -34,14 +35,6 @@ def _(x, model_out, noise, a, b, c, threshold, lo, anchor):
     )
 
 
-def _register_cuda() -> None:
-    try:
-        from .fused import window_residual_triton
-    except ImportError:  # no Triton: the CUDA path is the reference
-        return
-    window_residual.register_kernel("cuda")(window_residual_triton)
-
-
-_register_cuda()
+register_triton(__name__, {window_residual: "window_residual_triton"})
 
 __all__ = ["window_residual", "naive"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from .._register import register_triton
 from . import naive
 
 
@@ -107,16 +108,8 @@ def _(rms, count, prev_rms, prev_accel, lo, anchor, top, ring, safeguard=True, t
     )
 
 
-def _register_cuda() -> None:
-    try:
-        from .fused import window_taa_plan_triton, window_taa_push_triton, window_taa_update_triton
-    except ImportError:
-        return
-    push.register_kernel("cuda")(window_taa_push_triton)
-    update.register_kernel("cuda")(window_taa_update_triton)
-    plan.register_kernel("cuda")(window_taa_plan_triton)
-
-
-_register_cuda()
+register_triton(
+    __name__, {push: "window_taa_push_triton", update: "window_taa_update_triton", plan: "window_taa_plan_triton"}
+)
 
 __all__ = ["push", "plan", "update", "naive"]
