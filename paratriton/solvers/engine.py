@@ -33,13 +33,13 @@ from ._common import IterationInfo, ModelCaller, NonFiniteError, SolveResult, ch
 from .rules import KERNELS, AndersonRule, FixedPointRule, WindowView
 from .sequential import one_tap_view
 from .tolerance import (
-    DEFAULT_TOL,
     FLOOR_PROBES,
     FLOOR_ROUNDINGS,
     SMOOTH_FRACTION,
     amplification,
     final_floor,
     step_thresholds,
+    target_tol,
     unit_roundoff,
     warn_precision_floor,
 )
@@ -118,8 +118,7 @@ class Engine:
         s["rms_all"].index_copy_(0, idx, torch.where(live, rms, s["rms_all"].index_select(0, idx)))
         if s["tol"] is not None:  # the sample test (tolerance.py): once the window reaches step 0, stop as soon as
             # the first-order bound on the sample's distance holds at this trajectory, whatever the split by step
-            bound = (s["g"].view(-1, 1) * s["rms_all"]).sum(0).amax()
-            top = torch.where((lo == 0) & (bound <= s["budget"]), s["zero"], top)
+            top = torch.where((lo == 0) & (self._bound() <= s["budget"]), s["zero"], top)
         self.rule.update(WindowView(x, out, s["xi"], s["a"], s["b"], s["c"], lo, F, top, rms, kern), s["rule"])
         # the log of live iterations (an iteration after convergence changes nothing and is not counted)
         n = s["n_it"].view(1)
@@ -162,7 +161,6 @@ class Engine:
         if multistep:  # the kernels see the drift g = sum_j b[i, j] M_{i+j} with unit weights (``_stencil``)
             b = torch.ones(T, dtype=dt, device=dev)
         thr = step_thresholds(coeffs, self.tol, self.tol_abs, self.tol_rel).to(dev, dt)
-        expert = self.tol_abs is not None or self.tol_rel is not None
         self._s = dict(
             T=T,
             B=B,
@@ -174,7 +172,7 @@ class Engine:
             c=c,
             thr0=thr,
             g=amplification(coeffs).to(dev, dt),
-            tol=None if expert else torch.tensor(DEFAULT_TOL if self.tol is None else self.tol, dtype=dt, device=dev),
+            tol=target_tol(self.tol, self.tol_abs, self.tol_rel),  # None in the expert per-step form
             budget=torch.zeros((), dtype=dt, device=dev),  # tol plus the measured floor's share (_measure_floor)
             thr=thr.clone(),
             floor=torch.zeros(T, dtype=dt, device=dev),
@@ -217,7 +215,7 @@ class Engine:
         s["rms_all"].fill_(float("inf"))  # a step never measured has no bound
         s["thr"].copy_(s["thr0"])
         if s["tol"] is not None:
-            s["budget"].copy_(s["tol"])
+            s["budget"].fill_(s["tol"])
         s["floor_next"], s["floor_on"] = 1, True  # (after iterations 1, 2, 4, ...)
         s["floor_calls"] = 0
         s["F"].fill_(T)
@@ -358,11 +356,15 @@ class Engine:
         self._report_precision(result, coeffs)
         return result
 
-    def _error_bound(self) -> float | None:
-        """``sum_i g_i RMS(r_i)`` at the returned trajectory, largest over the batch: the first-order bound on the
-        sample's RMS distance to the sequential sample (``tolerance.py``); None where a step was never measured."""
+    def _bound(self) -> torch.Tensor:
+        """``sum_i g_i RMS(r_i)`` over every step's latest residual, largest over the batch (0-d, on the device): the
+        first-order bound on the sample's RMS distance to the sequential sample (``tolerance.py``)."""
         s = self._s
-        bound = float((s["g"].view(-1, 1) * s["rms_all"]).sum(0).amax())
+        return (s["g"].view(-1, 1) * s["rms_all"]).sum(0).amax()
+
+    def _error_bound(self) -> float | None:
+        """The bound at the returned trajectory; None where a step was never measured."""
+        bound = float(self._bound())
         return bound if math.isfinite(bound) else None
 
     def _measure_floor(self, F_host: int, H: int) -> None:
@@ -425,8 +427,8 @@ class Engine:
         if bool((floor > s["thr0"].to("cpu", torch.float64)).any()):
             result.precision_limited = True
             result.precision_floor = final_floor(coeffs, floor)
-            expert = self.tol_abs is not None or self.tol_rel is not None
-            tol = f"tol_abs={self.tol_abs}, tol_rel={self.tol_rel}" if expert else f"tol={self.tol}"
+            expert = s["tol"] is None
+            tol = f"tol_abs={self.tol_abs}, tol_rel={self.tol_rel}" if expert else f"tol={s['tol']:g}"
             warn_precision_floor(s["dtype_model"], result.precision_floor, tol)
 
     def _raise_nonfinite(self, it: int, k: int, anchor: int) -> None:

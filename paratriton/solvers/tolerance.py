@@ -116,6 +116,14 @@ def check_exclusive(tol: float | None, tol_abs: float | None, tol_rel: float | N
         )
 
 
+def target_tol(tol: float | None, tol_abs: float | None, tol_rel: float | None) -> float | None:
+    """The target RMS distance of the sample: ``tol`` (``DEFAULT_TOL`` when nothing is given); None in the expert
+    per-step form (``tol_abs``/``tol_rel`` given)."""
+    if tol_abs is not None or tol_rel is not None:
+        return None
+    return DEFAULT_TOL if tol is None else tol
+
+
 def step_thresholds(coeffs, tol: float | None, tol_abs: float | None, tol_rel: float | None) -> torch.Tensor:
     """``[T]`` float64 RMS thresholds of the order-1 residuals (step ``i`` converged when ``RMS(r_i) <= thr_i``).
 
@@ -128,9 +136,9 @@ def step_thresholds(coeffs, tol: float | None, tol_abs: float | None, tol_rel: f
 
     T = coeffs.num_steps
     check_exclusive(tol, tol_abs, tol_rel)
-    if tol_abs is None and tol_rel is None:
-        tol = DEFAULT_TOL if tol is None else tol
-        return tol / (amplification(coeffs) * T)
+    target = target_tol(tol, tol_abs, tol_rel)
+    if target is not None:
+        return target / (amplification(coeffs) * T)
     tol_abs = default_tol_abs(T) if tol_abs is None else tol_abs
     tol_rel = 1e-3 if tol_rel is None else tol_rel
     return torch.clamp(tol_rel * coeffs.posterior_std.to("cpu", torch.float64), min=tol_abs)
@@ -139,8 +147,9 @@ def step_thresholds(coeffs, tol: float | None, tol_abs: float | None, tol_rel: f
 def sample_tolerance(coeffs, tol: float | None, tol_abs: float | None, tol_rel: float | None) -> float:
     """The final-sample form of the same tolerance, for solvers that test the sample itself (SRDS): ``tol``, or
     the per-step threshold of step 0 in the expert form."""
-    if tol_abs is None and tol_rel is None:
-        return DEFAULT_TOL if tol is None else tol
+    target = target_tol(tol, tol_abs, tol_rel)
+    if target is not None:
+        return target
     return float(step_thresholds(coeffs, None, tol_abs, tol_rel)[0])
 
 
