@@ -218,6 +218,8 @@ class Engine:
             s["budget"].fill_(s["tol"])
         s["floor_next"], s["floor_on"] = 1, True  # (after iterations 1, 2, 4, ...)
         s["floor_calls"] = 0
+        if "probe" in s:
+            s["probe"]["smooth"].zero_()
         s["F"].fill_(T)
         s["U"].fill_(T - 1 if s["sliding"] and init is None else -1)
 
@@ -312,19 +314,24 @@ class Engine:
                 if x_T.device.type == "cuda":
                     torch.cuda.empty_cache()
                 continue
-            # the one host read per replay: window top, non-finite flag, iteration count, this replay's window tops
-            vals = torch.cat([torch.stack([s["F"], s["bad"].long(), s["n_it"]]), s["log_F"][it : it + k]]).tolist()
+            # the one host read per replay: window top, non-finite flag, iteration count, whether the last floor
+            # probe found the model smooth, this replay's window tops
+            smooth = s["probe"]["smooth"] if "probe" in s else s["bad"]
+            head = torch.stack([s["F"], s["bad"].long(), s["n_it"], smooth.long()])
+            vals = torch.cat([head, s["log_F"][it : it + k]]).tolist()
             F_new, bad, n = vals[:3]
             if bad:
                 self._raise_nonfinite(it, k, F_host)
-            for top in vals[3 : 3 + n - it]:
+            if vals[3] and "probe" in s:  # smooth at every probe: no floor, no further probes
+                s["floor_on"] = False
+            for top in vals[4 : 4 + n - it]:
                 lo = max(top - H, 0)
                 nfe += top - lo
                 windows.append((lo, top))
             F_host, it = F_new, n
             if s["floor_on"] and F_host > 0 and it >= s["floor_next"]:  # iterations 1, 2, 4, 8, ...
                 s["floor_next"] = 2 * it
-                self._measure_floor(F_host, H)
+                self._measure_floor(first=s["floor_calls"] == 0)
             if self.callback is not None and windows:
                 lo, hi = windows[-1]
                 self.callback(
@@ -367,58 +374,85 @@ class Engine:
         bound = float(self._bound())
         return bound if math.isfinite(bound) else None
 
-    def _measure_floor(self, F_host: int, H: int) -> None:
+    def _measure_floor(self, first: bool) -> None:
         """The model's roughness floor, measured where the iterates are exact (one small extra model call).
 
         A model computed at limited precision (a bf16/fp16 network, TF32 convolutions and matmuls, batch-dependent
-        kernels) is a rough function of its input. The ``FLOOR_PROBES`` steps just below the anchor ``F`` have
-        (nearly) exact inputs: the frozen state and the states the exact step just produced. Evaluate them at
-        ``x``, ``x + d`` and ``x + 2 d`` with ``d`` random of the size the iterates still move by (``4 thr_i``, at
+        kernels) is a rough function of its input. The ``P`` (at most ``FLOOR_PROBES``) steps just below the anchor
+        ``F`` have (nearly) exact inputs: the frozen state and the states the exact step just produced. Evaluate them
+        at ``x``, ``x + d`` and ``x + 2 d`` with ``d`` random of the size the iterates still move by (``4 thr_i``, at
         least one rounding ``u |x|`` of a known low-precision dtype); a smooth model's second difference is
         ``O(d^2)``, a rough one's is its rounding jump ``J`` times ``sqrt(3)``. Then ``floor_i = FLOOR_ROUNDINGS *
         |b_i| J_i`` there, the lowest probe's value for every step below, and every live step is tested against
         ``max(threshold_i, floor_i)`` (``tolerance.py``). Measured after iterations 1, 2, 4, 8, ... as the anchor
         descends.
+
+        Static shapes, indices from the device ``F``, fixed directions drawn once: on CUDA the graphed schedule
+        replays it as a captured graph (an eager call of a small network costs several of its graphed window calls
+        in launches). Whether the model was smooth everywhere is read with the next iteration's host read.
         """
         s = self._s
-        out = self._last[0]
-        dtype = out.dtype if unit_roundoff(out.dtype) else s["dtype_model"]
-        u = unit_roundoff(dtype) or 0.0
-        s["dtype_model"] = dtype
-        x, dev = s["x"], s["x"].device
-        budget = max(1, H // 3)  # three evaluations per probe, no more rows than the window's call
-        lo = max(F_host - min(FLOOR_PROBES, budget), 0)
-        exact = torch.arange(lo, F_host)
-        # the first time also steps spread over the whole schedule: only to see whether the model is rough at all
-        # (their inputs are not exact yet, so their values set no floor); a smooth model is never probed again
-        n_spread = min(FLOOR_PROBES, budget - len(exact), lo) if s["floor_calls"] == 0 else 0
-        spread = torch.linspace(0, lo - 1, n_spread).round().long().unique() if n_spread > 0 else exact[:0]
-        steps = torch.cat([exact, spread]).to(dev)
-        inp = x.index_select(0, steps + 1)
-        gen = torch.Generator(device=dev).manual_seed(int(F_host))
-        xi = torch.randn(inp.shape, generator=gen, device=dev, dtype=inp.dtype)
-        d = xi * torch.maximum(4 * s["thr0"].index_select(0, steps).view(-1, 1, 1), u * inp.abs())
-        probes = (inp, inp + d, inp + 2 * d)
+        if "probe" not in s:  # fixed at the first probe of a solve key: the model's dtype and the row counts
+            out = self._last[0]
+            dtype = out.dtype if unit_roundoff(out.dtype) else s["dtype_model"]
+            s["dtype_model"] = dtype
+            rows = max(1, min(self._W or s["T"], s["T"]) // 3)  # three evaluations per probe: at most a window's rows
+            P = min(FLOOR_PROBES, rows, s["T"])
+            S = min(FLOOR_PROBES, rows - P)
+            gen = torch.Generator(device=s["x"].device).manual_seed(0)
+            xi = torch.randn((P + S, *s["x"].shape[1:]), generator=gen, device=s["x"].device, dtype=s["x"].dtype)
+            s["probe"] = dict(
+                P=P,
+                S=S,
+                u=unit_roundoff(dtype) or 0.0,
+                xi=xi,
+                smooth=torch.zeros((), dtype=torch.bool, device=xi.device),
+            )
+        key = ("probe", first)
+        graphed = self.cuda_graph and s["x"].device.type == "cuda" and not self._uncaptured
         try:
-            m0, m1, m2 = self._model_out(torch.cat(probes), steps.repeat(3)).double().chunk(3)
-            s["floor_calls"] += 1
-        except torch.OutOfMemoryError:  # three calls of a window's size at most, else keep what was measured
-            try:
-                m0, m1, m2 = (self._model_out(v, steps).double() for v in probes)
-                s["floor_calls"] += 3
-            except torch.OutOfMemoryError:
-                return
+            if graphed and key not in self._graphs:
+                try:
+                    self._graphs[key] = capture(lambda: self._probe(first))[0]
+                except NestedCUDAGraphError:
+                    self._uncaptured, graphed = True, False
+            if graphed:
+                self._graphs[key].replay()
+            else:
+                self._probe(first)
+        except torch.OutOfMemoryError:  # at most a window's rows: keep what was measured, probe no more
+            s["floor_on"] = False
+            return
+        s["floor_calls"] += 1
+
+    def _probe(self, first: bool) -> None:
+        """The probe itself (see ``_measure_floor``): device tensors in, ``floor``/``thr``/``budget`` updated in place
+        unless every probed step was smooth (then ``probe["smooth"]`` is set and nothing changes)."""
+        s = self._s
+        p, x, F = s["probe"], s["x"], s["F"]
+        P, S = p["P"], (p["S"] if first else 0)
+        ar = s["arange"]
+        lo = (F - P).clamp_min(0)
+        exact = (F - P + ar[:P]).clamp_min(0)  # the P steps below the anchor (step 0 repeated when F < P)
+        steps = exact
+        if S:  # the first probe also looks at steps spread over the schedule, only to see whether the model is
+            # rough at all (their inputs are not exact yet, so their values set no floor)
+            frac = ar[:S].to(x.dtype) / max(S - 1, 1)
+            steps = torch.cat([exact, (frac * (lo - 1).clamp_min(0)).round().long()])
+        inp = x.index_select(0, steps + 1)
+        d = p["xi"][: P + S] * torch.maximum(4 * s["thr0"].index_select(0, steps).view(-1, 1, 1), p["u"] * inp.abs())
+        m0, m1, m2 = self._model_out(torch.cat([inp, inp + d, inp + 2 * d]), steps.repeat(3)).double().chunk(3)
         jump = ((m0 - 2 * m1 + m2).square().mean(2).sqrt().amax(1) / math.sqrt(3)).to(s["floor"].dtype)
         floor = FLOOR_ROUNDINGS * s["b_own"].index_select(0, steps).abs() * jump
-        if bool((floor < SMOOTH_FRACTION * s["thr0"].index_select(0, steps)).all()):
-            s["floor_on"] = False  # smooth at every probe: no floor, no further probes
-            return
-        k = len(exact)
-        s["floor"][lo:F_host] = floor[:k]
-        s["floor"][:lo] = floor[0]  # below the probes: the lowest exact probe's (refined as the anchor descends)
+        smooth = (floor < SMOOTH_FRACTION * s["thr0"].index_select(0, steps)).all()
+        p["smooth"].copy_(smooth)
+        # below the probes: the lowest exact probe's value (refined as the anchor descends); above F: kept
+        new = torch.where(ar[: s["T"]] < lo, floor[0], s["floor"]).index_copy(0, exact, floor[:P])
+        s["floor"].copy_(torch.where(smooth, s["floor"], new))
         s["thr"].copy_(torch.maximum(s["thr0"], s["floor"]))
-        if s["tol"] is not None:  # the sum test's allowance for the floor: what the per-step test allows at most
-            s["budget"].copy_(s["tol"] + (s["g"] * s["floor"]).sum())
+        if s["tol"] is not None:  # the sum test's allowance for the floor: rounding errors are independent from
+            # step to step, so their quadrature sum (the reported precision_floor), not the linear one
+            s["budget"].copy_(s["tol"] + (s["g"] * s["floor"]).square().sum().sqrt())
 
     def _report_precision(self, result: SolveResult, coeffs: SamplerCoefficients) -> None:
         """The model's roughness floor at the sample, when it bound at some step (and then one warning)."""
