@@ -197,7 +197,8 @@ class Engine:
             out_scale=coeffs.output_scale.to(dev, dt) if multistep else None,
             out_mix=coeffs.output_mix.to(dev, dt) if multistep else None,
         )
-        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}  # (window, iterations per replay)
+        self._probe_graphs: dict[bool, torch.cuda.CUDAGraph] = {}  # the floor probe, first or later
         self._uncaptured = False
 
     def _reset(self, x_T: torch.Tensor, noise: torch.Tensor | None, init: torch.Tensor | None) -> None:
@@ -408,16 +409,16 @@ class Engine:
                 xi=xi,
                 smooth=torch.zeros((), dtype=torch.bool, device=xi.device),
             )
-        key = ("probe", first)
+        key = first
         graphed = self.cuda_graph and s["x"].device.type == "cuda" and not self._uncaptured
         try:
-            if graphed and key not in self._graphs:
+            if graphed and key not in self._probe_graphs:
                 try:
-                    self._graphs[key] = capture(lambda: self._probe(first))[0]
+                    self._probe_graphs[key] = capture(lambda: self._probe(first))[0]
                 except NestedCUDAGraphError:
                     self._uncaptured, graphed = True, False
             if graphed:
-                self._graphs[key].replay()
+                self._probe_graphs[key].replay()
             else:
                 self._probe(first)
         except torch.OutOfMemoryError:  # at most a window's rows: keep what was measured, probe no more
@@ -450,9 +451,8 @@ class Engine:
         new = torch.where(ar[: s["T"]] < lo, floor[0], s["floor"]).index_copy(0, exact, floor[:P])
         s["floor"].copy_(torch.where(smooth, s["floor"], new))
         s["thr"].copy_(torch.maximum(s["thr0"], s["floor"]))
-        if s["tol"] is not None:  # the sum test's allowance for the floor: rounding errors are independent from
-            # step to step, so their quadrature sum (the reported precision_floor), not the linear one
-            s["budget"].copy_(s["tol"] + (s["g"] * s["floor"]).square().sum().sqrt())
+        if s["tol"] is not None:  # the sum test's allowance for the floor: what the per-step test allows at most
+            s["budget"].copy_(s["tol"] + (s["g"] * s["floor"]).sum())
 
     def _report_precision(self, result: SolveResult, coeffs: SamplerCoefficients) -> None:
         """The model's roughness floor at the sample, when it bound at some step (and then one warning)."""
