@@ -36,6 +36,8 @@ from .tolerance import (
     FLOOR_PROBES,
     FLOOR_ROUNDINGS,
     SMOOTH_FRACTION,
+    STALL_ITERS,
+    STALL_ROUNDINGS,
     amplification,
     final_floor,
     step_thresholds,
@@ -111,11 +113,18 @@ class Engine:
         if s["taps"] is not None:  # a multistep operator: the drift of step i reads the tap outputs of i .. i+k-1
             out = self._stencil(out, lo, F)
         kern = KERNELS[self.backend]
-        rms, top, bad = kern.residual(x, out, s["xi"], s["a"], s["b"], s["c"], s["thr"], lo, F)
+        # a step whose residual has stalled within STALL_ROUNDINGS of the measured floor is at the floor: the model's
+        # rounding, not the iteration, sets its residual now (tolerance.py, "Low-precision models")
+        thr = torch.where(s["stall"] >= STALL_ITERS, torch.maximum(s["thr"], STALL_ROUNDINGS * s["floor"]), s["thr"])
+        rms, top, bad = kern.residual(x, out, s["xi"], s["a"], s["b"], s["c"], thr, lo, F)
         s["bad"].logical_or_(bad)
         # every step's latest residual; the kernel gives 0 at frozen rows (a padded window has some): they keep theirs
         live = (idx < F).view(-1, 1)
         s["rms_all"].index_copy_(0, idx, torch.where(live, rms, s["rms_all"].index_select(0, idx)))
+        worst, best = rms.amax(1), s["best"].index_select(0, idx)  # stalled: no halving of the step's best residual
+        stall = torch.where(worst < 0.5 * best, 0, s["stall"].index_select(0, idx) + 1)
+        s["stall"].index_copy_(0, idx, torch.where(live[:, 0], stall, s["stall"].index_select(0, idx)))
+        s["best"].index_copy_(0, idx, torch.where(live[:, 0], torch.minimum(best, worst), best))
         if s["tol"] is not None:  # the sample test (tolerance.py): once the window reaches step 0, stop as soon as
             # the first-order bound on the sample's distance holds at this trajectory, whatever the split by step
             top = torch.where((lo == 0) & (self._bound() <= s["budget"]), s["zero"], top)
@@ -176,6 +185,8 @@ class Engine:
             budget=torch.zeros((), dtype=dt, device=dev),  # tol plus the measured floor's share (_measure_floor)
             thr=thr.clone(),
             floor=torch.zeros(T, dtype=dt, device=dev),
+            best=torch.empty(T, dtype=dt, device=dev),  # per step its lowest residual (largest over the batch) so far
+            stall=torch.zeros(T, dtype=torch.long, device=dev),  # iterations since that residual last halved
             dtype_model=getattr(model, "compute_dtype", None),
             xi=None if noise is None else torch.empty(T, B, D, dtype=dt, device=dev),
             F=torch.empty((), dtype=torch.long, device=dev),
@@ -211,8 +222,9 @@ class Engine:
         if s["xi"] is not None:
             s["xi"].copy_(noise.reshape(s["xi"].shape))
         self.rule.reset(s["rule"])
-        for k in ("bad", "n_it", "floor"):
+        for k in ("bad", "n_it", "floor", "stall"):
             s[k].zero_()
+        s["best"].fill_(float("inf"))
         s["rms_all"].fill_(float("inf"))  # a step never measured has no bound
         s["thr"].copy_(s["thr0"])
         if s["tol"] is not None:
@@ -238,7 +250,7 @@ class Engine:
         """Capture ``k`` iterations of window ``H``. ``capture`` runs them once for real first (lazy initialisation
         outside the capture), so the state is saved before and restored after."""
         s = self._s
-        state = [s["x"], s["F"], s["U"], s["bad"], s["n_it"], *s["rule"].values()]
+        state = [s["x"], s["F"], s["U"], s["bad"], s["n_it"], s["best"], s["stall"], s["rms_all"], *s["rule"].values()]
         if s["ring"] is not None:
             state.append(s["ring"])
         saved = [t.clone() for t in state]
@@ -457,7 +469,9 @@ class Engine:
     def _report_precision(self, result: SolveResult, coeffs: SamplerCoefficients) -> None:
         """The model's roughness floor at the sample, when it bound at some step (and then one warning)."""
         s = self._s
-        floor = s["floor"].to("cpu", torch.float64)
+        # the floor the tests used: STALL_ROUNDINGS times the measured one at the steps that stalled there
+        stalled = (s["stall"] >= STALL_ITERS).to(s["floor"].dtype)
+        floor = (s["floor"] * (1 + (STALL_ROUNDINGS - 1) * stalled)).to("cpu", torch.float64)
         if bool((floor > s["thr0"].to("cpu", torch.float64)).any()):
             result.precision_limited = True
             result.precision_floor = final_floor(coeffs, floor)
