@@ -133,7 +133,7 @@ def test_coarse_step_is_one_big_jump(eta):
     T, K = 100, 10
     S = T // K
     coeffs = default_schedule(T, eta=eta)
-    A, Bc, _ = coarse_coefficients(coeffs, K)
+    A, Bc = coarse_coefficients(coeffs, K)
     al, sg = coeffs.signal_scale, coeffs.noise_scale  # levels of each step's input x_{i+1}
     for q in range(K):
         ah, sh = al[(q + 1) * S - 1], sg[(q + 1) * S - 1]

@@ -85,7 +85,7 @@ from typing import Callable
 import torch
 
 from ..model import Denoiser
-from ..schedule import SamplerCoefficients, _affine_prediction
+from ..schedule import SamplerCoefficients, StepOperator, _affine_prediction
 from ._common import (
     IterationInfo,
     ModelCaller,
@@ -95,6 +95,7 @@ from ._common import (
     check_problem,
     set_common_options,
 )
+from .sequential import one_tap_view
 from .tolerance import sample_tolerance
 
 __all__ = [
@@ -178,63 +179,103 @@ def _check_blocks(blocks: int | None, num_steps: int) -> int:
     return blocks
 
 
-def _x0_parametrisation(coeffs: SamplerCoefficients) -> tuple[torch.Tensor, torch.Tensor]:
-    """``p, q [T]`` with ``x0_hat = p_i x_{i+1} + q_i m_i`` at each step's input level (float64, CPU)."""
+def _tap_form(coeffs: StepOperator) -> tuple[torch.Tensor, ...]:
+    """``a [T], b [T, k], c [T], s [T], u [T], v [T]`` (float64, CPU) of ``x_i = a_i x_{i+1} + sum_j b[i, j]
+    M_{i+j} + c_i xi_i`` with ``m_i = model(s_i x_{i+1}, i)`` and ``M_i = u_i m_i + v_i x_{i+1}`` (one-tap
+    operators: ``k = 1``, ``s = u = 1``, ``v = 0``)."""
+    cpu = lambda t: t.to("cpu", torch.float64)  # noqa: E731
+    b = cpu(coeffs.b)
+    b = b[:, None] if b.ndim == 1 else b
+    return (
+        cpu(coeffs.a),
+        b,
+        cpu(coeffs.c),
+        cpu(coeffs.input_scale),
+        cpu(coeffs.output_scale),
+        cpu(coeffs.output_mix),
+    )
+
+
+def _x0_parametrisation(coeffs: StepOperator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``p, q [T]`` with ``x0_hat = p_i z_i + q_i m_i`` for the model input ``z_i = s_i x_{i+1}`` at its level
+    (float64, CPU)."""
     alpha = coeffs.signal_scale.to("cpu", torch.float64)
     sigma = coeffs.noise_scale.to("cpu", torch.float64)
-    if coeffs.prediction_type == "flow":  # x = x0 + s v with v = eps - x0 and s = sigma
-        return torch.ones_like(alpha), -sigma
+    if coeffs.prediction_type == "flow":  # z = alpha x0 + sigma eps with v = eps - x0: z = (alpha + sigma) x0 + sigma v
+        return 1 / (alpha + sigma), -sigma / (alpha + sigma)
     p, q, _, _ = _affine_prediction(coeffs.prediction_type, alpha, sigma)
     return p, q
 
 
-def _frozen_x0_steps(coeffs: SamplerCoefficients) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each step rewritten in ``x0_hat``: ``x_i = a'_i x_{i+1} + b'_i x0_hat + c_i xi_i`` (``m = (x0_hat - p x) / q``).
+def _frozen_steps(coeffs: StepOperator) -> tuple[torch.Tensor, ...]:
+    """Each tap output written in a frozen quantity ``F``: ``M_n = w_n x_{n+1} + z_n F``, where ``F = f_n x_{n+1} +
+    g_n m_n`` is what the block's first evaluation gives (all ``[T]``, float64, CPU).
 
-    Returns ``a', b' [T]`` and ``ok``: False when some ``|q_i|`` is too small to divide by (then the coarse step
-    freezes the raw output instead).
+    ``F = x0_hat`` (substitute ``m_n = (x0_hat - p_n s_n x_{n+1}) / q_n``): ``w = v - u p s / q``, ``z = u / q``,
+    ``f = p s``, ``g = q``. If some ``|q_n|`` is too small to divide by, the tap output itself is frozen
+    (``w = 0``, ``z = 1``, ``f = v``, ``g = u``).
     """
-    a = coeffs.a.to("cpu", torch.float64)
-    b = coeffs.b.to("cpu", torch.float64)
+    _, _, _, s, u, v = _tap_form(coeffs)
     p, q = _x0_parametrisation(coeffs)
-    ok = bool(torch.isfinite(p).all() and torch.isfinite(q).all() and (q.abs() > 1e-12).all())
-    if not ok:
-        return a, b, torch.tensor(False)
-    return a - b * p / q, b / q, torch.tensor(True)
+    if bool(torch.isfinite(p).all() and torch.isfinite(q).all() and (q.abs() > 1e-12).all()):
+        return v - u * p * s / q, u / q, p * s, q
+    return torch.zeros_like(u), torch.ones_like(u), v, u
 
 
-def coarse_coefficients(coeffs: SamplerCoefficients, blocks: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The coarse jump of every block: ``G_q(X) = A_q X + B_q m(X, (q+1)S-1) + E_q``.
+def _frozen_blocks(
+    coeffs: StepOperator, blocks: int, state: torch.Tensor, frozen, noise: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Every block's ``S`` steps with ``F`` frozen, batched over blocks: ``state [K, *R]`` is the value at each
+    block's start, ``frozen`` the ``F`` part (broadcast to ``state``), ``noise [T, *R]`` adds ``c_n xi_n``.
 
-    Returns ``A [K], B [K]`` (float64, CPU) and ``a' [T]``, the per-step factors that carry the noise into
-    ``E_q = sum_j (prod_{i<j in block} a'_i) c_j xi_j``. Block ``q`` covers steps ``qS .. (q+1)S-1``; see the
-    module docstring for the derivation.
+    The taps of a step read the frozen-world tap outputs of the block's earlier steps; a tap above the block's
+    start reads the block's first tap output (no history: the coarse map carries the state only).
+    """
+    a, b, c, _, _, _ = _tap_form(coeffs)
+    w, z, _, _ = _frozen_steps(coeffs)
+    T, k = b.shape
+    S = T // blocks
+    dev, dt = state.device, state.dtype
+    col = lambda t, n: t[n].to(dev, dt).view(blocks, *[1] * (state.ndim - 1))  # noqa: E731 -- [K] per block
+    ring: list[torch.Tensor] = []  # frozen-world tap outputs M_{n+1}, M_{n+2}, ... newest first
+    for s in range(S - 1, -1, -1):  # step (q+1)S-1 first: the order the sampler runs them
+        n = torch.arange(blocks) * S + s
+        M = col(w, n) * state + col(z, n) * frozen
+        if s == S - 1:
+            ring = [M] * (k - 1)
+        taps = [M, *ring]
+        new = col(a, n) * state
+        for j in range(k):
+            if bool((b[n, j] != 0).any()):
+                new = new + col(b[:, j], n) * taps[j]
+        if noise is not None:
+            new = new + col(c, n) * noise[n].to(dt)
+        ring = taps[: k - 1]
+        state = new
+    return state
+
+
+def coarse_coefficients(coeffs: StepOperator, blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The coarse jump of every block: ``G_q(X) = A_q X + B_q m(s X, (q+1)S-1) + E_q``.
+
+    Returns ``A [K], B [K]`` (float64, CPU); ``E_q`` is ``_coarse_noise``. Block ``q`` covers steps ``qS ..
+    (q+1)S-1``; see the module docstring for the derivation.
     """
     T = coeffs.num_steps
     S = T // blocks
-    a1, b1, ok = _frozen_x0_steps(coeffs)
-    av, bv = a1.view(blocks, S), b1.view(blocks, S)
-    A = torch.ones(blocks, dtype=torch.float64)
-    Bx = torch.zeros(blocks, dtype=torch.float64)
-    for s in range(S - 1, -1, -1):  # step (q+1)S-1 first: the order the sampler runs them
-        A, Bx = av[:, s] * A, av[:, s] * Bx + bv[:, s]
-    if not bool(ok):  # frozen raw output: A, Bx are already the coefficients of X and m
-        return A, Bx, a1
-    p, q = _x0_parametrisation(coeffs)
-    first = torch.arange(blocks) * S + S - 1  # the block's first step: where x0_hat is evaluated
-    return A + Bx * p[first], Bx * q[first], a1
+    _, _, f, g = _frozen_steps(coeffs)
+    one = torch.zeros(blocks, 2, dtype=torch.float64)
+    one[:, 0] = 1.0
+    frozen = torch.tensor([[0.0, 1.0]], dtype=torch.float64)
+    end = _frozen_blocks(coeffs, blocks, one, frozen)  # x_{qS} = A' X + B' F
+    first = torch.arange(blocks) * S + S - 1  # the block's first step: where F is evaluated
+    return end[:, 0] + end[:, 1] * f[first], end[:, 1] * g[first]
 
 
-def _coarse_noise(a1: torch.Tensor, c: torch.Tensor, xi: torch.Tensor, blocks: int) -> torch.Tensor:
-    """``E [K, B, D]``: the pre-drawn noise carried through each block's frozen-x0 steps (batched over blocks)."""
-    T = a1.shape[0]
-    S = T // blocks
-    av, cv = a1.view(blocks, S), c.view(blocks, S)
-    xv = xi.view(blocks, S, *xi.shape[1:])
-    E = torch.zeros(blocks, *xi.shape[1:], dtype=c.dtype, device=xi.device)
-    for s in range(S - 1, -1, -1):
-        E = av[:, s, None, None] * E + cv[:, s, None, None] * xv[:, s].to(c.dtype)
-    return E
+def _coarse_noise(coeffs: StepOperator, xi: torch.Tensor, blocks: int, dtype: torch.dtype) -> torch.Tensor:
+    """``E [K, B, D]``: the pre-drawn noise ``xi [T, B, D]`` carried through each block's frozen steps."""
+    zero = torch.zeros(blocks, *xi.shape[1:], dtype=dtype, device=xi.device)
+    return _frozen_blocks(coeffs, blocks, zero, 0.0, xi)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -323,6 +364,18 @@ def build_schedule(
             formed += new
         rounds.append(Round(rows, formed))
     return rounds
+
+
+def _history_source(q: int, p: int, blocks: int, block_size: int) -> int | None:
+    """Whose tap outputs the fine solve of block ``q`` from ``X^p_{q+1}`` reads for the steps above its start: the
+    final ring of block ``q+1``'s solve from ``X^{p'}_{q+2}``, ``p' = min(p - 1, K - q - 2)`` (``p' = min(p, K - q -
+    2)`` for one-step blocks, whose solve from ``X^p_{q+2}`` is the very call that formed ``X^p_{q+1}``), or None
+    (first block: no steps above it; ``p' < 0``: no solve has finished yet). Data independent, and finished before
+    it is read in both schedules, so plain and pipelined do the same arithmetic."""
+    if q + 1 >= blocks:
+        return None
+    src = min(p - (block_size > 1), blocks - q - 2)
+    return src if src >= 0 else None
 
 
 def critical_path_model(num_steps: int, blocks: int, iterations: int, *, pipelined: bool) -> int:
@@ -421,13 +474,7 @@ class SRDS:
                The result is still the exact sample of this problem.
         Returns an ``SRDSResult`` (state dtype tensors on ``x_T``'s device).
         """
-        if not isinstance(coeffs, SamplerCoefficients) and hasattr(coeffs, "taps"):
-            raise ValueError(
-                f"method={self.method!r} solves one-tap samplers (DDIM, DDPM, flow-match Euler); this step operator "
-                f"({getattr(coeffs, 'scheduler', '') or type(coeffs).__name__}, {coeffs.taps} taps) is not one: use "
-                "method='taa', 'picard', 'fp' or 'aa'"
-            )
-        check_problem(coeffs, x_T, noise, init)
+        check_problem(one_tap_view(coeffs), x_T, noise, init)
         self.window_shrunk_to = None  # rows (steps) per model call after running out of memory; reset every solve
         T, B, shape = coeffs.num_steps, x_T.shape[0], tuple(x_T.shape[1:])
         K = _check_blocks(self.blocks, T)
@@ -435,21 +482,26 @@ class SRDS:
         D = math.prod(shape)
         dev, dt = x_T.device, self.state_dtype
         P = K if self.max_iters is None else min(self.max_iters, K)
-        if S == 1:  # one-step blocks: G_q = F_q, so the predictor is already the sequential sampler; one
-            P = min(P, 1)  # iteration confirms it (increment exactly 0) instead of K redundant sweeps
+        k = int(coeffs.taps)
+        if S == 1 and k == 1:  # one-step one-tap blocks: G_q = F_q, so the predictor is already the sequential
+            P = min(P, 1)  # sampler; one iteration confirms it instead of K redundant sweeps (k > 1: F_q reads
+            # the history, G_q does not, so the predictor is not exact)
         warm = init is not None
         # the plain schedule only where even its worst case stays within T sequential calls (see the class doc)
         pipelined = self.pipelined or critical_path_model(T, K, P, pipelined=False) - (K - 1 if warm else 0) > T
         rounds = build_schedule(K, S, P, pipelined=pipelined, warm_start=warm)
 
-        cf = coeffs.to(dev)
-        a, b, c = cf.a.to(dt), cf.b.to(dt), cf.c.to(dt)
+        a, bm, c, s_in, u_out, v_out = (t.to(dev, dt) for t in _tap_form(coeffs))
+        b, b_hist = bm[:, 0], bm[:, 1:]  # own output; the k-1 earlier outputs (history ring)
+        # identity maps (one-tap operators, raw taps) skip their multiplies
+        s_in = None if bool((s_in == 1).all()) else s_in
+        u_out, v_out = (None, None) if bool((u_out == 1).all() and (v_out == 0).all()) else (u_out, v_out)
         stochastic = coeffs.is_stochastic
         xi = None if noise is None else noise.reshape(T, B, D)
-        A_h, Bc_h, a1 = coarse_coefficients(coeffs, K)
+        A_h, Bc_h = coarse_coefficients(coeffs, K)
         A_q, B_q = A_h.tolist(), Bc_h.tolist()  # host floats: scalar multiplies need no device read
         threshold0 = sample_tolerance(coeffs, self.tol, self.tol_abs, self.tol_rel)
-        E = _coarse_noise(a1.to(dev, dt), c, xi, K) if (stochastic and not warm) else None
+        E = _coarse_noise(coeffs, xi.to(dt), K, dt) if (stochastic and not warm) else None
 
         # every index the rounds need, built on the host and copied to the device once (a per-round host->device
         # copy of a fresh tensor would synchronise the stream)
@@ -475,6 +527,8 @@ class SRDS:
             x[:T] = x[T]  # placeholder until the first fine solves overwrite it (as the window solvers do)
         m0: dict[tuple[int, int], torch.Tensor] = {}  # model output at X^p_{q+1}, step (q+1)S-1
         state: dict[tuple[int, int], torch.Tensor] = {}  # running state of the fine solve from X^p_{q+1}
+        ring: dict[tuple[int, int], torch.Tensor] = {}  # its last k-1 tap outputs [k-1, B, D], newest first
+        hist: dict[tuple[int, int], torch.Tensor] = {}  # the final ring of a finished fine solve, for block q-1
         Y: dict[tuple[int, int], torch.Tensor] = {}  # Y^p_q
         res = torch.full((P, T, B), float("nan"), dtype=torch.float64, device=dev)
         bad_count = torch.zeros(T, dtype=torch.int64, device=dev)  # non-finite model outputs per step
@@ -489,13 +543,32 @@ class SRDS:
         for rd, (o, n, oi, ni) in zip(rounds, meta):
             steps, iters = idx[o : o + n], idx[o + n : o + 2 * n]
             inp = torch.stack([X[(q + 1, p)] if j == 0 else state[(q, p)] for q, p, j in rd.rows])
-            out = self._call_rows(call, inp, steps, dev).to(dt)
+            out = self._call_rows(call, inp if s_in is None else s_in[steps, None, None] * inp, steps, dev).to(dt)
             nfe += n
             rows_per_call.append(n)
             flag = (~torch.isfinite(out)).reshape(n, -1).any(dim=1)
             bad_count.index_add_(0, steps, flag.long())
             bad_iter.scatter_reduce_(0, steps, torch.where(flag, iters, P + 1), "amin")
-            new = a[steps, None, None] * inp + b[steps, None, None] * out
+            M = out if u_out is None else u_out[steps, None, None] * out + v_out[steps, None, None] * inp
+            new = a[steps, None, None] * inp + b[steps, None, None] * M
+            if k > 1:
+                # a solve's first step takes the final ring of block q+1's solve _history_source names (exact
+                # once this solve's start is; see the module doc); without one its own first output stands in
+                rings = []
+                for r, (q, p, j) in enumerate(rd.rows):
+                    # (a coarse-only evaluation, p = P, has no fine solve: its stand-in ring is never used)
+                    src_p = _history_source(q, p, K, S) if j == 0 and p + 1 <= min(P, K - q) else None
+                    if j:
+                        rings.append(ring.pop((q, p)))
+                    elif src_p is None:
+                        rings.append(M[r].expand(k - 1, *M.shape[1:]))
+                    else:
+                        rings.append(hist[(q + 1, src_p)])
+                        for old in [key for key in hist if key[0] == q + 1 and key[1] < src_p]:
+                            del hist[old]  # later solves read the same or a newer one
+                rg = torch.stack(rings)  # [n, k-1, B, D]
+                new = new + torch.einsum("nj,njbd->nbd", b_hist[steps], rg)
+                rg = torch.cat([M[:, None], rg[:, :-1]], dim=1)  # the rings after this step
             if xi is not None and stochastic:
                 new = new + c[steps, None, None] * xi[steps].to(dt)
             if ni:
@@ -508,8 +581,12 @@ class SRDS:
                 if j == S - 1:
                     Y[(q, p + 1)] = new[r]
                     state.pop((q, p), None)
+                    if k > 1 and q >= 1:
+                        hist[(q, p)] = rg[r]
                 else:
                     state[(q, p)] = new[r]
+                    if k > 1:
+                        ring[(q, p)] = rg[r]
             for q, p in rd.forms:
                 if p == 0:  # predictor: the coarse jump itself
                     Xn = A_q[q] * X[(q + 1, 0)] + B_q[q] * m0[(q, 0)]
