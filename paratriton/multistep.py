@@ -421,7 +421,7 @@ class _Probe:
 
 
 def _state_level(sched: Any, name: str, n: int, t: Any) -> tuple[float, float]:
-    """``(alpha, sigma)`` of the state the model is called on at evaluation ``n`` (timestep ``t``)."""
+    """``(alpha, sigma)`` of the state the model is called on at scheduler index ``n`` (timestep ``t``)."""
     if name == "PNDMScheduler":
         ac = float(sched.alphas_cumprod[int(t)])
         return math.sqrt(ac), math.sqrt(1.0 - ac)
@@ -444,13 +444,15 @@ def _final_level(sched: Any, name: str) -> tuple[float, float]:
     return float(alpha_t), float(sigma_t)
 
 
-def _run_loop(sched: Any, x: torch.Tensor, outputs, noises, record: dict | None) -> list[torch.Tensor]:
-    """The stock loop on ``sched`` (float64 mode): ``outputs(n, x, z)`` is evaluation ``n``'s model output for the
-    state ``x`` and model input ``z``, ``noises(n, shape)`` its ``randn_tensor`` draw; returns the states after each
-    evaluation (``[x_T, x_{T-1}, ..., x_0]``)."""
+def _run_loop(sched: Any, x: torch.Tensor, outputs, noises, record: dict | None, start: int = 0) -> list[torch.Tensor]:
+    """The stock loop on ``sched`` (float64 mode) over ``sched.timesteps[start:]``: ``outputs(n, x, z)`` is
+    evaluation ``n``'s model output (``n`` counts from the loop's first step) for the state ``x`` and model input
+    ``z``, ``noises(n, shape)`` its ``randn_tensor`` draw; returns the states after each evaluation (``[x_T,
+    x_{T-1}, ..., x_0]``)."""
     name = type(sched).__name__
     states = [x]
     current = [0]
+    timesteps = sched.timesteps[start:]
 
     def supply(shape, dtype):
         n = current[0]
@@ -460,18 +462,18 @@ def _run_loop(sched: Any, x: torch.Tensor, outputs, noises, record: dict | None)
         return noises(n, shape)
 
     with _patched_randn(sched, supply), float64_mode():
-        for n, t in enumerate(sched.timesteps):
+        for n, t in enumerate(timesteps):
             current[0] = n
             z = sched.scale_model_input(x, t)
             if record is not None:
                 record.setdefault("scale", []).append(_scalar_scale(z, x, name))
-                record.setdefault("level", []).append(_state_level(sched, name, n, t))
+                record.setdefault("level", []).append(_state_level(sched, name, start + n, t))
             try:
                 x = sched.step(outputs(n, x, z), t, x, return_dict=False)[0]
             except (RuntimeError, ValueError, IndexError, ZeroDivisionError) as e:
                 raise ValueError(
                     f"{name}{_options_text(sched)}.step fails in its own loop at call {n + 1} of "
-                    f"{len(sched.timesteps)} ({type(e).__name__}: {e}): the stock sampler does not run with these "
+                    f"{len(timesteps)} ({type(e).__name__}: {e}): the stock sampler does not run with these "
                     "options, so there is nothing to reproduce"
                 ) from e
             states.append(x)
@@ -492,9 +494,9 @@ def _basis(N: int, j: int) -> torch.Tensor:
     return e
 
 
-def _probe(scheduler: Any) -> _Probe:
+def _probe(scheduler: Any, start: int) -> _Probe:
     name = type(scheduler).__name__
-    T = len(scheduler.timesteps)
+    T = len(scheduler.timesteps) - start
     N = 1 + 2 * T
     record: dict = {}
     sched = float64_scheduler(scheduler)
@@ -504,7 +506,7 @@ def _probe(scheduler: Any) -> _Probe:
             raise ValueError(f"{name}.step drew noise of shape {shape}, not the sample's shape: not supported")
         return _basis(N, 1 + T + (T - 1 - n))
 
-    _run_loop(sched, _basis(N, 0), lambda n, x, z: _basis(N, 1 + (T - 1 - n)), noise, record)
+    _run_loop(sched, _basis(N, 0), lambda n, x, z: _basis(N, 1 + (T - 1 - n)), noise, record, start)
     draws = [T - 1 - n for n in record.get("draws", [])]
     if len(set(draws)) != len(draws):
         raise ValueError(f"{name}.step draws noise more than once per call: not supported")
@@ -515,7 +517,7 @@ def _probe(scheduler: Any) -> _Probe:
     lv = [_final_level(sched, name)] + [record["level"][T - 1 - i] for i in range(T)]  # lv[i]: level of x_i
     return _Probe(
         torch.tensor(record["scale"][::-1], dtype=torch.float64),
-        torch.as_tensor(sched.timesteps).to(torch.float64).flip(0),
+        torch.as_tensor(sched.timesteps[start:]).to(torch.float64).flip(0),
         torch.tensor([v[0] for v in lv], dtype=torch.float64),
         torch.tensor([v[1] for v in lv], dtype=torch.float64),
         draws,
@@ -523,10 +525,10 @@ def _probe(scheduler: Any) -> _Probe:
     )
 
 
-def _trace_rows(scheduler: Any, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _trace_rows(scheduler: Any, u: torch.Tensor, v: torch.Tensor, start: int) -> torch.Tensor:
     """``[T+1, N]`` dense rows of ``x_0 .. x_T`` over ``(x_T, M_0..M_{T-1}, xi_0..xi_{T-1})`` where the model output
     of step ``i`` is ``m_i = (M_i - v_i x_{i+1}) / u_i`` (``M_i = u_i m_i + v_i x_{i+1}`` the tap's output)."""
-    T = len(scheduler.timesteps)
+    T = len(scheduler.timesteps) - start
     N = 1 + 2 * T
     uh, vh = u.tolist(), v.tolist()
 
@@ -535,12 +537,17 @@ def _trace_rows(scheduler: Any, u: torch.Tensor, v: torch.Tensor) -> torch.Tenso
         return (_basis(N, 1 + i) - vh[i] * x) / uh[i]
 
     states = _run_loop(
-        float64_scheduler(scheduler), _basis(N, 0), output, lambda n, shape: _basis(N, 1 + T + (T - 1 - n)), None
+        float64_scheduler(scheduler),
+        _basis(N, 0),
+        output,
+        lambda n, shape: _basis(N, 1 + T + (T - 1 - n)),
+        None,
+        start,
     )
     return torch.stack([s.reshape(N).to(torch.float64) for s in states[::-1]])
 
 
-def _check_linear(scheduler: Any, rows: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> None:
+def _check_linear(scheduler: Any, rows: torch.Tensor, u: torch.Tensor, v: torch.Tensor, start: int) -> None:
     """Re-run the loop on random dense inputs; the rows must predict every state (else a nonlinear option)."""
     name = type(scheduler).__name__
     T = rows.shape[0] - 1
@@ -555,7 +562,12 @@ def _check_linear(scheduler: Any, rows: torch.Tensor, u: torch.Tensor, v: torch.
         return (basis[1 + i] - vh[i] * x) / uh[i]
 
     states = _run_loop(
-        float64_scheduler(scheduler), basis[0].clone(), output, lambda n, s: basis[1 + T + (T - 1 - n)].clone(), None
+        float64_scheduler(scheduler),
+        basis[0].clone(),
+        output,
+        lambda n, s: basis[1 + T + (T - 1 - n)].clone(),
+        None,
+        start,
     )
     flat = basis.reshape(basis.shape[0], -1)
     for n, s in enumerate(states):
@@ -647,13 +659,39 @@ def _posterior_std(alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return post
 
 
+def _set_start(scheduler: Any, start: int) -> int:
+    """Check ``start`` and set the (copied) scheduler's begin index to it, as img2img's ``get_timesteps`` does."""
+    name = type(scheduler).__name__
+    n = len(scheduler.timesteps)
+    start = int(start)
+    if not 0 <= start < n:
+        raise ValueError(f"start must be in 0..{n - 1} (the {name} loop has {n} timesteps), got {start}")
+    if not hasattr(scheduler, "set_begin_index"):
+        return start  # PNDM: its step() follows the timesteps and its own counter, nothing to set
+    begin = scheduler.begin_index
+    if begin is None:
+        if start > 0:
+            scheduler.set_begin_index(start)
+    elif int(begin) != start:
+        raise ValueError(
+            f"{name}.begin_index is {begin} but the loop starts at timestep index {start}: the scheduler would "
+            "step with the sigmas of another step"
+        )
+    return start
+
+
 def multistep_from_scheduler(
-    scheduler: Any, num_inference_steps: int | None = None, **set_timesteps_kwargs: Any
+    scheduler: Any, num_inference_steps: int | None = None, *, start: int = 0, **set_timesteps_kwargs: Any
 ) -> MultistepCoefficients:
     """Trace ``scheduler`` (one of ``MULTISTEP_SCHEDULERS``) into a ``MultistepCoefficients``.
 
     With ``num_inference_steps`` a copy's ``set_timesteps`` is called (extra keyword arguments, e.g. ``mu``, are
     passed on); without it the scheduler must have its timesteps set. The scheduler is never modified.
+
+    ``start``: the loop runs ``timesteps[start:]`` (``T = len(timesteps) - start``), as diffusers' img2img,
+    inpainting and refiner pipelines run it: ``set_begin_index(start)`` first (where the scheduler has it and its
+    begin index is unset), then ``step()`` from a fresh history, so the warm-up orders start at the loop's first
+    step while the sigmas and ``lower_order_final`` follow the global step index.
     """
     name = type(scheduler).__name__
     if name not in MULTISTEP_SCHEDULERS:
@@ -668,17 +706,18 @@ def multistep_from_scheduler(
         raise ValueError(f"{name}.set_timesteps has not been called: pass num_inference_steps")
     if getattr(scheduler, "step_index", None) is not None or getattr(scheduler, "counter", 0):
         raise ValueError(f"{name} has already been stepped: pass a fresh scheduler (or num_inference_steps)")
-    probe = _probe(scheduler)
+    start = _set_start(scheduler, start)
+    probe = _probe(scheduler, start)
     pt = _PREDICTIONS[scheduler.config.prediction_type]
     best: tuple | None = None
     reasons = []
     for kind, (u, v) in _output_transforms(pt, probe).items():
-        rows = _trace_rows(scheduler, u, v)
+        rows = _trace_rows(scheduler, u, v, start)
         if not bool(torch.isfinite(rows).all()):
             i = int((~torch.isfinite(rows)).any(1).nonzero().max())
             raise ValueError(
                 f"{name}{_options_text(scheduler)} gives NaN/inf states in its own step() loop (first at "
-                f"step {i}, i.e. call {len(scheduler.timesteps) - i}): the stock sampler fails with these options "
+                f"step {i}, i.e. call {probe.timesteps.shape[0] - i}): the stock sampler fails with these options "
                 "(e.g. UniPC bh1 with final_sigmas_type='zero'), so there is nothing to reproduce"
             )
         fit = _fit_taps(name, rows)
@@ -693,7 +732,7 @@ def multistep_from_scheduler(
     if best is None:
         raise ValueError(f"{name} does not fit the k-tap step operator: " + "; ".join(reasons))
     _, kind, (u, v, rows), (a, b, c, _) = best
-    _check_linear(scheduler, rows, u, v)
+    _check_linear(scheduler, rows, u, v, start)
     signal = probe.input_scale * probe.level_alpha[1:]
     noise = probe.input_scale * probe.level_sigma[1:]
     post = _posterior_std(probe.level_alpha, probe.level_sigma)

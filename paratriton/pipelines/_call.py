@@ -43,6 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..model import ClassifierFreeGuidance
+from ..multistep import multistep_from_scheduler
 from ..planner import WindowChoice, choose_window
 from ..schedule import TRACED_SCHEDULERS, SamplerCoefficients, coefficients_from_scheduler
 from ..solvers import SolveResult, solve
@@ -137,10 +138,10 @@ def _step_draws(scheduler, timestep: torch.Tensor, eta: float | None) -> bool:
 def _slice_steps(coeffs, lo: int, hi: int):
     """The sub-problem of solver steps ``lo .. hi-1`` (a one-tap operator's steps are independent rows).
 
-    A k-tap operator (``MultistepCoefficients``) is traced over the scheduler's whole timestep list. A loop that
-    stops early (``lo > 0``: SDXL's ``denoising_end``) runs exactly its first steps, so the slice is exact. A loop
-    that starts late (``hi < T``: img2img's ``strength``, the refiner's ``denoising_start``) starts the scheduler's
-    history (warm-up orders, stored outputs) at its own first step: exact for one-tap operators only.
+    A k-tap operator (``MultistepCoefficients``) is traced from the loop's own first step (``start``: img2img's
+    ``strength``, the refiner's ``denoising_start``), so only its end may be cut: a loop that stops early (``lo >
+    0``: SDXL's ``denoising_end``) runs exactly the first steps of the traced loop. Its start cannot be cut, since
+    the scheduler's history (warm-up orders, stored outputs) starts at the loop's first step.
     """
     T = coeffs.num_steps
     if (lo, hi) == (0, T):
@@ -150,12 +151,9 @@ def _slice_steps(coeffs, lo: int, hi: int):
             **{f: getattr(coeffs, f)[lo:hi] for f in _COEFF_FIELDS}, prediction_type=coeffs.prediction_type
         )
     if hi < T and coeffs.taps != 1:
-        raise ValueError(
-            f"{coeffs.scheduler} reads up to {coeffs.taps} model outputs per step and starts its history (warm-up "
-            "orders, stored outputs) at the loop's first step: a loop that starts late (img2img strength, "
-            "denoising_start) is supported only for one-output-per-step samplers (DDIMScheduler, DDPMScheduler, "
-            "FlowMatchEulerDiscreteScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, "
-            "DPMSolverMultistep/DEISMultistep with solver_order=1)"
+        raise RuntimeError(
+            f"{coeffs.scheduler}: a {coeffs.taps}-tap operator traced from an earlier step than the loop's first "
+            "cannot be cut at its start (trace it from the loop's first step)"
         )
     draws = tuple(i - lo for i in coeffs.noise_draw_steps if lo <= i < hi)
     return dataclasses.replace(
@@ -168,12 +166,12 @@ def _slice_steps(coeffs, lo: int, hi: int):
 
 def _traceable(sched):
     """A scheduler like the call's copy ``sched`` without its overrides (``step``, ``scale_model_input``) and with
-    the step index the loop's first ``scale_model_input`` set cleared: what the tracer deep-copies and steps."""
+    the step index the loop's first ``scale_model_input`` set cleared: what the tracer deep-copies and steps. The
+    begin index the pipeline set (img2img's ``get_timesteps``) is kept: the stock loop steps from it."""
     clean = object.__new__(type(sched))
     clean.__dict__.update({k: v for k, v in sched.__dict__.items() if k not in _OVERRIDES})
-    for name in ("_step_index", "_begin_index"):
-        if name in clean.__dict__:
-            clean.__dict__[name] = None
+    if "_step_index" in clean.__dict__:
+        clean.__dict__["_step_index"] = None
     return clean
 
 
@@ -474,9 +472,10 @@ class _ParallelCall:
             )
         return x_in
 
-    def _coefficients(self, sched, eta: float | None):
+    def _coefficients(self, sched, eta: float | None, start: int):
+        """The call's step operator; a traced (k-tap) one over the loop's own steps from ``start`` on."""
         if type(sched).__name__ in TRACED_SCHEDULERS:
-            return coefficients_from_scheduler(_traceable(sched))
+            return multistep_from_scheduler(_traceable(sched), start=start)
         if getattr(sched, "custom_timesteps", False) and getattr(sched, "num_inference_steps", None) is None:
             # DDPM with timesteps=[...] leaves num_inference_steps unset although its step follows the list; the
             # coefficients follow the list as well (the next-smaller timestep), so tell the extractor the count
@@ -487,14 +486,42 @@ class _ParallelCall:
     def _loop_range(self, t_in: Any, sched_ts: torch.Tensor) -> tuple[int, int]:
         """Loop indices ``k0 .. k1-1`` of ``sched_ts`` the stock loop steps through."""
         T_full = len(sched_ts)
-        k0 = 0
-        if torch.is_tensor(t_in) and t_in.numel() and T_full > 1:
-            t0 = float(t_in.reshape(-1)[0]) * (1000.0 if self.spec.flow_timestep else 1.0)
-            k0 = int((sched_ts.detach().to("cpu", torch.float64) - t0).abs().argmin())
         k1 = T_full if self.spec.loop_end is None else self.spec.loop_end(self.pipe, self.call_args, sched_ts)
+        k0 = self._loop_start(t_in, sched_ts, k1)
         if not 0 <= k0 < k1 <= T_full:
             raise RuntimeError(f"the stock loop's steps {k0}..{k1 - 1} are not within its {T_full} timesteps")
         return k0, k1
+
+    def _loop_start(self, t_in: Any, sched_ts: torch.Tensor, k1: int) -> int:
+        """The loop index of the first network call (img2img's ``strength``, the refiner's ``denoising_start``).
+
+        The begin index the pipeline set (``get_timesteps``' ``set_begin_index``), where there is one: the stock
+        scheduler steps from it. Else the index of the first call's timestep; where that timestep is in the list
+        more than once (PNDM's repeated step), the loop's length ``_num_timesteps`` tells which.
+        """
+        if not (torch.is_tensor(t_in) and t_in.numel() and len(sched_ts) > 1):
+            return 0
+        t0 = float(t_in.reshape(-1)[0]) * (1000.0 if self.spec.flow_timestep else 1.0)
+        dist = (sched_ts.detach().to("cpu", torch.float64) - t0).abs()
+        nearest = (dist == dist.min()).nonzero().flatten().tolist()
+        name = type(self.scheduler).__name__
+        begin = getattr(self.scheduler, "begin_index", None)
+        if begin is not None:
+            if int(begin) not in nearest:
+                raise RuntimeError(
+                    f"{name}.begin_index is {begin} but the loop's first network call has timestep {t0:g} (index "
+                    f"{nearest[0]}): this pipeline's loop does not start where its scheduler does"
+                )
+            return int(begin)
+        if len(nearest) == 1:
+            return nearest[0]
+        n = getattr(self.pipe, "_num_timesteps", None)
+        if isinstance(n, int) and k1 - n in nearest:
+            return k1 - n
+        raise ValueError(
+            f"{name}: the loop's first timestep {t0:g} is at indices {nearest} of the scheduler's timesteps and "
+            f"{type(self.pipe).__name__} sets no begin index or loop length that tells where the loop starts"
+        )
 
     def _solve(self, args: tuple, kwargs: dict) -> None:
         self.solved = True
@@ -527,7 +554,10 @@ class _ParallelCall:
         if type(sched).__name__ == "DDIMScheduler":
             eta = float(self.call_args.get("eta", 0.0) or 0.0) if spec.step_eta else 0.0
         self.eta = eta
-        full = self._coefficients(sched, eta)
+        sched_ts = sched.timesteps  # the order the stock loop visits: step i = T - 1 - k at loop index k
+        T_full = len(sched_ts)
+        k0, k1 = self._loop_range(t_in, sched_ts)
+        full = self._coefficients(sched, eta, k0)
         multistep = not isinstance(full, SamplerCoefficients)
         if multistep and spec.step_on_model_input and bool((full.input_scale != 1).any()):
             raise ValueError(
@@ -538,14 +568,13 @@ class _ParallelCall:
                 "DEISMultistepScheduler"
             )
         x_in = self._unscaled_latents(x_in, full) if multistep else x_in
-        sched_ts = sched.timesteps  # the order the stock loop visits: step i = T - 1 - k at loop index k
-        T_full = full.num_steps
-        if len(sched_ts) != T_full or not torch.equal(
-            sched_ts.detach().to("cpu", torch.float64).flip(0), full.timesteps
+        # a traced operator starts at the loop's first step (k0), a one-tap one covers every timestep
+        traced_ts = sched_ts[k0:] if multistep else sched_ts
+        if full.num_steps != len(traced_ts) or not torch.equal(
+            traced_ts.detach().to("cpu", torch.float64).flip(0), full.timesteps
         ):
             raise RuntimeError("the scheduler's timesteps do not match the extracted coefficients")
-        k0, k1 = self._loop_range(t_in, sched_ts)
-        coeffs = _slice_steps(full, T_full - k1, T_full - k0)
+        coeffs = _slice_steps(full, T_full - k1, full.num_steps if multistep else T_full - k0)
         T = k1 - k0
         self.T, self.B, self.x_dtype, self.k0 = T, B, x_dtype, k0
         self.loop_ts = sched_ts[k0:k1]
