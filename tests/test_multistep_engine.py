@@ -83,9 +83,3 @@ def test_static_schedule_and_default_tolerance(name):
     assert static.converged and rms(static.sample, ref.sample) <= 1e-8
     res = paratriton.solve(model, coeffs, x_T, noise, method="taa")
     assert res.converged and rms(res.sample, ref.sample) <= 2e-3
-
-
-def test_srds_refuses_multistep_by_name():
-    coeffs, model, x_T, noise, _ = problem("dpm++2m", 1)
-    with pytest.raises(ValueError, match=r"method='srds' solves one-tap samplers .* use method='taa'"):
-        paratriton.solve(model, coeffs, x_T, noise, method="srds")

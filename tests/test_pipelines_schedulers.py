@@ -193,11 +193,15 @@ def test_unsupported_scheduler_or_option_names_it(make, when, match):
         paratriton.parallelize(pipe)(**inputs(1, False, num_inference_steps=STEPS, output_type="latent"))
 
 
-def test_srds_refuses_multistep_schedulers():
-    _, inputs = TEXT_CASES["sd"]
-    par = paratriton.parallelize(make_sd(SCHEDULERS["dpm++2m_karras"]()), "srds")
-    with pytest.raises(ValueError, match="taps"):
-        par(**inputs(1, False, num_inference_steps=STEPS, output_type="latent"))
+@pytest.mark.parametrize("method", ["srds", "srds_pipelined"])
+def test_srds_with_a_multistep_scheduler(method):
+    """SRDS carries the multistep history across its blocks: the stock DPM-Solver++ 2M image (6 steps in 3 blocks)."""
+    make, inputs = TEXT_CASES["sd"]
+    pipe = make(SCHEDULERS["dpm++2m_karras"]())
+    ref, out, par = run_pair(pipe, inputs(1, True, output_type="latent", num_inference_steps=6), method, blocks=3)
+    res = par.paratriton.last_result
+    assert res.converged and res.blocks == 3 and res.critical_path <= 6
+    assert_parity(ref, out)
 
 
 @pytest.mark.parametrize(

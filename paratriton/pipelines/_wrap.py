@@ -160,8 +160,8 @@ def parallelize(pipe: DiffusionPipeline, method: str = "taa", **options: Any) ->
               included), UniPC, Heun, PNDM, LMS and DEIS; no clip_sample/thresholding. Heun and PNDM's
               Runge-Kutta warm-up solve one step per network call (``T = len(scheduler.timesteps)``); the
               stochastic ones (Euler ancestral, SDE-DPM-Solver) draw their step noise up front in the stock order.
-              The k-tap ones do not run with ``method="srds"`` and, with ``DiTPipeline`` (whose loop steps the
-              scaled model input), only when ``scale_model_input`` is the identity
+              With ``DiTPipeline`` (whose loop steps the scaled model input) the k-tap ones run only when
+              ``scale_model_input`` is the identity
     method:   any name in ``paratriton.METHODS`` (the solver registry, ``paratriton.solvers.REGISTRY``);
               ``options`` are the method's registry options (but ``callback``, which the pipeline sets) and go to
               ``paratriton.solve`` unchanged: ``window``, ``order``, ``history``, ``tol_abs``, ``tol_rel``,

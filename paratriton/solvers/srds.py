@@ -1,40 +1,53 @@
 """SRDS: Self-Refining Diffusion Samplers (Selvam, Merchant, Ermon, NeurIPS 2024) -- Parareal over sampler steps.
 
-The ``T`` fine steps ``x_i = a_i x_{i+1} + b_i m(x_{i+1}, i) + c_i xi_i`` are cut into ``K`` blocks of ``S = T / K``
-steps. Block ``q`` (``q = K-1`` is the first, noisiest one) runs steps ``i = (q+1)S-1 .. qS``: it maps its start
-boundary ``X_{q+1} = x_{(q+1)S}`` to its end boundary ``X_q = x_{qS}``; ``X_K = x_T`` and ``X_0 = x_0`` is the
+The ``T`` fine steps are any ``StepOperator``: ``x_i = a_i x_{i+1} + sum_{j<k} b[i, j] M_{i+j} + c_i xi_i`` with
+the model called as ``m_i = m(s_i x_{i+1}, i)`` and the tap output ``M_i = u_i m_i + v_i x_{i+1}`` (``s``: the
+input scale, ``u, v``: ``output_scale, output_mix``). One-tap samplers (DDIM, DDPM, flow-match Euler) have ``k = 1``,
+``s = u = 1``, ``v = 0``: ``x_i = a_i x_{i+1} + b_i m(x_{i+1}, i) + c_i xi_i``. The multistep operators of
+``paratriton.multistep`` (DPM-Solver++, UniPC, PNDM, Heun, LMS, DEIS, Euler ...) read the outputs of up to ``k - 1``
+earlier steps as well; their per-step order (warm-up, ``lower_order_final``) is in ``b`` by *global* step, so
+nothing below depends on where a block starts. The steps are cut into ``K`` blocks of ``S = T / K`` steps. Block
+``q`` (``q = K-1`` is the first, noisiest one) runs steps ``i = h-1 .. l`` (``h = (q+1)S``, ``l = qS``): it maps
+its start boundary ``X_{q+1} = x_h`` to its end boundary ``X_q = x_l``; ``X_K = x_T`` and ``X_0 = x_0`` is the
 sample. Iteration indices are superscripts: ``X^p_q`` is boundary ``q`` after ``p`` Parareal iterations.
 
-Fine solver ``F_q``: the ``S`` exact sampler steps of block ``q`` with the pre-drawn noise.
+Fine solver ``F_q(X, H)``: the ``S`` exact sampler steps of block ``q`` from ``X`` with the pre-drawn noise, where
+``H = (M_h, .., M_{h+k-2})`` are the tap outputs of the ``k - 1`` steps above the block's start (none for
+``k = 1``; ``b[i, j] = 0`` for ``i + j >= T``, so the first block needs none). Besides ``x_l`` it leaves its final
+*ring*, the tap outputs ``(M_l, .., M_{l+k-2})`` it ends with: its own for the block's last steps, the tail of
+``H`` where ``k - 1 > S``. Exact ``X`` and ``H`` give the exact ``x_l`` and the exact ring.
 
-Coarse solver ``G_q`` (one model call): "the same sampler with the block's first timestep jumping across the
-whole block". Evaluate the model once at the block start with the block's first step index ``h - 1`` (``h =
-(q+1)S``, ``l = qS``), form the clean-sample estimate ``x0_hat = p_{h-1} X + q_{h-1} m(X, h-1)`` (``p, q`` from
-the prediction type and the step's input level, as in ``schedule.py``), hold ``x0_hat`` fixed over the block and
-unroll the affine recursion. Each step rewritten in ``x0_hat`` (substitute ``m_i = (x0_hat - p_i x) / q_i``) is
-``x_i = a'_i x_{i+1} + b'_i x0_hat + c_i xi_i`` with ``a'_i = a_i - b_i p_i / q_i``, ``b'_i = b_i / q_i``, so::
+Coarse solver ``G_q(X)`` (one model call; it carries the state only, no history): "the same sampler with the
+block's first timestep jumping across the whole block". Evaluate the model once at the block start with the
+block's first step index ``h - 1``, form the clean-sample estimate ``x0_hat = p_{h-1} s_{h-1} X + q_{h-1} m(s_{h-1}
+X, h-1)`` (``p, q`` from the prediction type and the model input's level, as in ``schedule.py``), hold ``x0_hat``
+fixed over the block and unroll the recursion. Each tap output rewritten in ``x0_hat`` (substitute ``m_n =
+(x0_hat - p_n s_n x_{n+1}) / q_n``) is ``M_n = w_n x_{n+1} + z_n x0_hat`` with ``w_n = v_n - u_n p_n s_n / q_n``,
+``z_n = u_n / q_n`` (data-prediction taps: ``M_n = x0_hat``); a tap above the block's start reads the block's
+first one, ``M_{h-1}``. Every state of the block is then ``x_n = A'_n X + B'_n x0_hat + E_n``, scalars run by
+``x_n = a_n x_{n+1} + sum_j b[n, j] M_{n+j} + c_n xi_n`` on the pairs ``(A', B')`` from ``(1, 0)`` at ``x_h``, and::
 
-    G_q(X) = A'_q X + B'_q x0_hat + E_q = (A'_q + B'_q p_{h-1}) X + B'_q q_{h-1} m(X, h-1) + E_q
-           =: A_q X + B_q m(X, h-1) + E_q,
-    A'_q = prod_{i=l}^{h-1} a'_i,
-    B'_q = sum_{j=l}^{h-1} (prod_{i=l}^{j-1} a'_i) b'_j,
-    E_q  = sum_{j=l}^{h-1} (prod_{i=l}^{j-1} a'_i) c_j xi_j,
+    G_q(X) = A'_q X + B'_q x0_hat + E_q = (A'_q + B'_q p_{h-1} s_{h-1}) X + B'_q q_{h-1} m(s_{h-1} X, h-1) + E_q
+           =: A_q X + B_q m(s_{h-1} X, h-1) + E_q
 
-computed by ``A' <- a'_i A', B' <- a'_i B' + b'_i, E <- a'_i E + c_i xi_i`` for ``i = h-1 .. l`` from
-``(1, 0, 0)``. Why freeze ``x0_hat``: every supported step is "move to the next noise level given ``x0_hat``",
-and these moves compose exactly with ``x0_hat`` fixed -- DDIM's deterministic step telescopes to DDIM's single
-step from ``t_h`` to ``t_l`` (the paper's coarse solver; the same jump as freezing epsilon), the DDPM posterior
-means compose to the posterior mean of the big jump ``q(x_l | x_h, x0)`` (the forward process is Markov given
-``x0``), and flow-matching Euler becomes the straight line to ``x0_hat``. Freezing the raw epsilon instead gives
-the same DDIM jump but, for DDPM, a jump with the same ``A`` and a different ``B`` that is not the big posterior
-step (DDPM's per-step posterior means do not compose with epsilon held fixed): on the analytic model (DDPM, tol
-1e-3) Parareal then needed 5 of 5 (T=25) and 9 of 10 (T=100) iterations, against 3 and 4 with ``x0_hat`` frozen.
-(If some ``|q_i|`` is ~0 the raw output is frozen instead.) The coarse solver need not be accurate: Parareal's
-correction makes the fixed point exact whatever ``G`` is; ``G``'s accuracy only sets the number of iterations.
+(``E_q``: the same recursion on the noise alone). For one-tap samplers this is ``x_i = a'_i x_{i+1} + b'_i x0_hat
++ c_i xi_i``, ``a'_i = a_i - b_i p_i / q_i``, ``b'_i = b_i / q_i``: ``A'_q = prod a'_i``, ``B'_q = sum_j (prod_{i<j}
+a'_i) b'_j``. Why freeze ``x0_hat``: every supported step is "move to the next noise level given ``x0_hat``", and
+these moves compose exactly with ``x0_hat`` fixed -- DDIM's deterministic step telescopes to DDIM's single step
+from ``t_h`` to ``t_l`` (the paper's coarse solver; the same jump as freezing epsilon), the DDPM posterior means
+compose to the posterior mean of the big jump ``q(x_l | x_h, x0)`` (the forward process is Markov given ``x0``),
+flow-matching Euler becomes the straight line to ``x0_hat``, and a multistep step with all its data predictions
+equal is its first-order (DDIM) step. Freezing the raw epsilon instead gives the same DDIM jump but, for DDPM, a
+jump with the same ``A`` and a different ``B`` that is not the big posterior step (DDPM's per-step posterior means
+do not compose with epsilon held fixed): on the analytic model (DDPM, tol 1e-3) Parareal then needed 5 of 5 (T=25)
+and 9 of 10 (T=100) iterations, against 3 and 4 with ``x0_hat`` frozen. (If some ``|q_i|`` is ~0 the tap output
+itself is frozen instead.) The coarse solver need not be accurate: Parareal's correction makes the fixed point
+exact whatever ``G`` is, as long as the fine solves are exact given exact inputs; ``G``'s accuracy only sets the
+number of iterations.
 
 Two consequences used below:
 
-* The coarse call ``m(X, h-1)`` is the model output at the block's start with its first step index, i.e.
+* The coarse call ``m(s_{h-1} X, h-1)`` is the model output at the block's start with its first step index, i.e.
   *exactly the first model evaluation of the fine solve* ``F_q`` from the same start. We evaluate it once and
   use it for both (one NFE and one sequential model call saved per block and iteration compared with the
   textbook accounting).
@@ -46,15 +59,34 @@ Two consequences used below:
 Parareal (``K`` blocks, ``p = 1, 2, ...``)::
 
     predictor:  X^0_K = x_T,  X^0_q = G_q(X^0_{q+1})                         (K sequential calls)
-    fine:       Y^p_q = F_q(X^{p-1}_{q+1})        for every unfinished block, batched in one call per fine step
+    fine:       Y^p_q = F_q(X^{p-1}_{q+1}, H^{p-1}_q)   for every unfinished block, batched in one call per fine step
     corrector:  X^p_q = Y^p_q + G_q(X^p_{q+1}) - G_q(X^{p-1}_{q+1})           (sequential sweep, q = K-1 .. 0)
     stop:       RMS(X^p_0 - X^{p-1}_0) <= max(tol_abs, tol_rel * posterior_std_0) for every trajectory,
                 or p = K (then the result is exact).
 
-Exactness: ``X^p_q`` is exact for ``q >= K - p`` (after ``p`` iterations the ``p+1`` boundaries nearest ``x_T``,
-i.e. the starts of blocks ``K-1 .. K-1-p``, equal the sequential sampler's). Blocks whose start is already exact
-are not solved again and need no correction, so iteration ``p`` fine-solves ``K - p + 1`` blocks and its sweep
-makes ``K - p`` sequential coarse calls; at ``p = K`` the sample is exact and there is no sweep.
+History (``k > 1``; ``_history_source``): ``H^p_q``, read by the solve of block ``q`` from ``X^p_{q+1}``, is the
+final ring of block ``q+1``'s solve from ``X^{p'}_{q+2}`` with ``p' = p - 1`` -- the solve whose result ``Y^p_{q+1}``
+formed this start, so it has finished before this solve begins in either schedule (for one-step blocks ``p' = p``:
+the solve from ``X^p_{q+2}`` is the very call that formed ``X^p_{q+1}``; ``p'`` is capped at ``K - q - 2``, block
+``q+1``'s last solve). Where no such solve exists (``p' < 0``: the solves from the predictor), the block's own first
+tap output ``M_{h-1}`` stands in for every missing tap. The rule is data independent, so both schedules below do the
+same arithmetic.
+
+Exactness, hence the fixed point: ``X^p_q`` is exact for ``q >= K - p`` (after ``p`` iterations the ``p+1``
+boundaries nearest ``x_T``, i.e. the starts of blocks ``K-1 .. K-1-p``, equal the sequential sampler's), and so is
+the final ring of every solve from an exact start. Induction on ``p``: block ``K-1``'s solves read no history and
+start from ``x_T``, so ``Y^p_{K-1}`` and their rings are exact for every ``p``. If the claim holds up to ``p - 1``,
+the solve of block ``q >= K - p`` from ``X^{p-1}_{q+1}`` (exact: ``q + 1 >= K - p + 1``) reads the ring of block
+``q+1``'s solve from ``X^{p-2}_{q+2}`` (exact: ``q + 2 >= K - p + 2``), so ``Y^p_q`` is the sequential ``x_{qS}``
+with its exact ring; and a block whose start was exact is not corrected (``X^{p-1}_{q+1} = X^p_{q+1}``, the
+correction is 0), so ``X^p_q = Y^p_q`` is exact. At ``p = K`` the whole trajectory is the sequential sampler's;
+conversely the sequential trajectory with its own tap outputs as histories is a fixed point (every ``Y`` equals its
+boundary and every correction is 0), and the stand-in histories only ever enter iterates that are not yet exact.
+Blocks whose start is already exact are not solved again and need no correction, so iteration ``p`` fine-solves
+``K - p + 1`` blocks and its sweep makes ``K - p`` sequential coarse calls; at ``p = K`` the sample is exact and
+there is no sweep. For one-tap samplers and one-step blocks ``G_q = F_q``, so the predictor is already the sequential
+sampler and one iteration confirms it; with ``k > 1`` the fine step also reads the history the coarse one lacks, so
+it is not.
 
 Two schedules of the same computations (identical arithmetic, so identical results):
 
@@ -68,7 +100,9 @@ Two schedules of the same computations (identical arithmetic, so identical resul
   is in flight when the stopping test passes is counted in the NFE.
 
 In both, "critical path" is the number of batched model calls made, each counted as one latency unit whatever its
-batch size (``SRDSResult.rows_per_call`` gives the batch sizes so that the assumption can be judged).
+batch size (``SRDSResult.rows_per_call`` gives the batch sizes so that the assumption can be judged). A multistep
+solve keeps one ring of ``k - 1`` tap outputs ``[k-1, B, D]`` per running fine solve and per finished one not yet
+read (about two per block).
 
 The schedules are data independent, so they are built on the host before the first model call and their index
 tensors are copied to the device once; the only host-device sync per iteration is the stopping test (with a
@@ -85,7 +119,7 @@ from typing import Callable
 import torch
 
 from ..model import Denoiser
-from ..schedule import SamplerCoefficients, StepOperator, _affine_prediction
+from ..schedule import StepOperator, _affine_prediction
 from ._common import (
     IterationInfo,
     ModelCaller,
@@ -461,7 +495,7 @@ class SRDS:
     def solve(
         self,
         model: Denoiser,
-        coeffs: SamplerCoefficients,
+        coeffs: StepOperator,
         x_T: torch.Tensor,
         noise: torch.Tensor | None = None,
         init: torch.Tensor | None = None,
