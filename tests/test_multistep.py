@@ -112,13 +112,16 @@ def fake_net(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return (torch.tanh(0.7 * zz + tt) + 0.3 * torch.sin(2.0 * zz) * (1 + tt) - 0.2 * zz).to(z.dtype)
 
 
-def _reference(sched, x_T: torch.Tensor, net, generator: torch.Generator | None) -> torch.Tensor:
-    """The scheduler's own loop in float64: ``net(z, n)`` is evaluation ``n``'s model (the states ``[T+1, B, *S]``)."""
+def _reference(sched, x_T: torch.Tensor, net, generator: torch.Generator | None, start: int = 0) -> torch.Tensor:
+    """The scheduler's own loop in float64 over ``timesteps[start:]``, begun as diffusers' img2img pipelines begin
+    it (``set_begin_index(start)``): ``net(z, n)`` is evaluation ``n``'s model (the states ``[T+1, B, *S]``)."""
     s = float64_scheduler(sched)
+    if start and hasattr(s, "set_begin_index"):
+        s.set_begin_index(start)
     x, states = x_T.clone(), [x_T.clone()]
     kw = {"generator": generator} if "generator" in s.step.__code__.co_varnames else {}
     with float64_mode():
-        for n, t in enumerate(s.timesteps):
+        for n, t in enumerate(s.timesteps[start:]):
             z = s.scale_model_input(x, t)
             x = s.step(net(z, n), t, x, return_dict=False, **kw)[0]
             states.append(x)
@@ -171,6 +174,39 @@ def test_operator_steps_like_the_scheduler(idx: int, T: int) -> None:
             method="sequential",
         )
         _close(res.trajectory, want, 1e-10)
+
+
+@pytest.mark.parametrize("idx", range(len(CONFIGS)), ids=IDS)
+def test_operator_from_a_late_start_steps_like_the_scheduler(idx: int) -> None:
+    """``start``: the loop img2img's ``strength`` / the refiner's ``denoising_start`` runs (``timesteps[start:]``
+    from the begin index, a fresh history): the warm-up orders restart there, the sigmas stay the global ones."""
+    name, cfg = CONFIGS[idx]
+    T, start = 8, 3
+    sched = _make(name, cfg, T)
+    coeffs = multistep_from_scheduler(sched, start=start)
+    ts = torch.as_tensor(sched.timesteps)[start:]
+    assert coeffs.num_steps == len(ts) and torch.equal(coeffs.timesteps.flip(0), ts.to(torch.float64))
+    assert getattr(sched, "step_index", None) is None and getattr(sched, "begin_index", None) is None  # untouched
+    g = torch.Generator().manual_seed(11)
+    x_T = torch.randn(2, *SHAPE, generator=g, dtype=torch.float64) * 3.0
+    want = _reference(sched, x_T, lambda z, n: fake_net(z, ts[n].expand(z.shape[0])), g, start)
+    g = torch.Generator().manual_seed(11)
+    torch.randn(2, *SHAPE, generator=g, dtype=torch.float64)
+    noise = _draw_noise(coeffs, 2, g, torch.float64) if coeffs.is_stochastic else None
+    res = paratriton.solve(lambda z, i: fake_net(z, coeffs.timesteps[i]), coeffs, x_T, noise, method="sequential")
+    _close(res.trajectory, want, 1e-10)
+    if name in ("DPMSolverMultistepScheduler", "DEISMultistepScheduler") and cfg.get("solver_order", 2) > 1:
+        assert coeffs.step_taps[-1] == 1  # the warm-up restarts at the loop's first step
+
+
+def test_late_start_needs_a_matching_begin_index() -> None:
+    sched = _make("DPMSolverMultistepScheduler", {}, 8)
+    with pytest.raises(ValueError, match="start must be in 0..7"):
+        multistep_from_scheduler(sched, start=8)
+    sched.set_begin_index(2)
+    assert multistep_from_scheduler(sched, start=2).num_steps == 6
+    with pytest.raises(ValueError, match="begin_index is 2 but the loop starts at timestep index 3"):
+        multistep_from_scheduler(sched, start=3)
 
 
 @pytest.mark.parametrize(

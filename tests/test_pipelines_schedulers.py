@@ -24,9 +24,12 @@ from test_pipelines import (  # noqa: E402 - after importorskip
     make_dit,
     make_flux,
     make_sd,
+    make_sdxl,
     run_pair,
     sd_inputs,
+    sdxl_inputs,
 )
+from test_pipelines_more import _image, _inpaint_unet, _mask, _sd_family, _sdxl_family  # noqa: E402
 
 STEPS = 5
 SD_CONFIG = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
@@ -149,18 +152,70 @@ def test_sdxl_denoising_end_with_a_multistep_scheduler_matches_stock():
     assert_parity(ref, out)
 
 
-def test_img2img_start_is_one_tap_only():
-    from test_pipelines_more import _image, _sd_family
+# ---------------------------------------------------------------------------------------------------------------
+# a loop that starts late (img2img/inpainting strength, the refiner's denoising_start): the scheduler's history
+# (warm-up orders, stored outputs) starts at the loop's first step, as the stock loop steps from the begin index
+# ---------------------------------------------------------------------------------------------------------------
+LATE_STEPS = 10
+LATE_START = {
+    "dpm++2m": lambda: diffusers.DPMSolverMultistepScheduler(**SD_CONFIG, algorithm_type="dpmsolver++", solver_order=2),
+    "dpm++2m_karras": SCHEDULERS["dpm++2m_karras"],
+    "unipc": SCHEDULERS["unipc"],
+    "pndm_skip_prk": SCHEDULERS["pndm_skip_prk"],
+    "euler": SCHEDULERS["euler"],  # one tap: the control
+}
 
-    args = sd_inputs(1, False, output_type="latent", num_inference_steps=6, image=_image(), strength=0.5)
-    # Euler reads one output per step: a loop that starts late is the slice of the full trajectory
-    ref, out, par = run_pair(_sd_family("StableDiffusionImg2ImgPipeline", SCHEDULERS["euler"]()), args)
-    assert par.paratriton.last_result.trajectory.shape[0] - 1 == 3
+
+def _late_case(case: str, scheduler, **kw):
+    """(pipeline, inputs) of an img2img or inpainting call with ``strength < 1`` on the tiny offline pipelines."""
+    extra = {"image": _image(), "output_type": "latent", "num_inference_steps": LATE_STEPS, **kw}
+    if case == "sd_img2img":
+        return _sd_family("StableDiffusionImg2ImgPipeline", scheduler), sd_inputs(1, True, **extra)
+    if case == "sd_inpaint":
+        pipe = _sd_family("StableDiffusionInpaintPipeline", scheduler, unet=_inpaint_unet(False))
+        return pipe, sd_inputs(1, True, mask_image=_mask(), **extra)
+    return _sdxl_family("StableDiffusionXLImg2ImgPipeline", scheduler), sdxl_inputs(1, True, **extra)
+
+
+def _check_late(pipe, par, ref, out) -> None:
+    steps = par.paratriton.last_result.trajectory.shape[0] - 1
+    assert par.paratriton.last_result.converged
+    assert steps == pipe.num_timesteps < len(pipe.scheduler.timesteps)  # the stock loop's steps, and only those
     assert_parity(ref, out)
-    # DPM-Solver++ 2M starts its warm-up at the loop's first step: refused, naming the supported ones
-    par = paratriton.parallelize(_sd_family("StableDiffusionImg2ImgPipeline", SCHEDULERS["dpm++2m_karras"]()))
-    with pytest.raises(ValueError, match="DPMSolverMultistepScheduler reads up to 2 .*loop that starts late"):
-        par(**args)
+
+
+@pytest.mark.parametrize("sched", list(LATE_START))
+@pytest.mark.parametrize("case", ["sd_img2img", "sd_inpaint", "sdxl_img2img"])
+def test_strength_below_one_matches_stock(case, sched):
+    pipe, inputs = _late_case(case, LATE_START[sched](), strength=0.6)
+    ref, out, par = run_pair(pipe, inputs)
+    _check_late(pipe, par, ref, out)
+
+
+@pytest.mark.parametrize("sched,strength", [("pndm_skip_prk", 0.8), ("pndm_skip_prk", 0.9), ("heun", 0.8)])
+def test_late_start_on_a_repeated_timestep_matches_stock(sched, strength):
+    # PNDM repeats its second timestep and sets no begin index (the loop's length tells which copy starts it);
+    # Heun's begin index 2 * t_start is a second-stage timestep's first-order step
+    pipe, inputs = _late_case("sd_img2img", SCHEDULERS[sched](), strength=strength)
+    ref, out, par = run_pair(pipe, inputs)
+    _check_late(pipe, par, ref, out)
+
+
+@pytest.mark.parametrize("sched", list(LATE_START))
+def test_sdxl_refiner_denoising_start_matches_stock(sched):
+    # the base's latents (stock, denoising_end) handed to the refiner, which starts at denoising_start
+    base = make_sdxl(LATE_START[sched]())
+    latents = base(
+        **sdxl_inputs(1, True, denoising_end=0.7, output_type="latent", num_inference_steps=LATE_STEPS),
+        generator=_gen(),
+    ).images
+    refiner = _sdxl_family("StableDiffusionXLImg2ImgPipeline", LATE_START[sched]())
+    inputs = sdxl_inputs(
+        1, True, image=latents, denoising_start=0.7, output_type="latent", num_inference_steps=LATE_STEPS
+    )
+    ref, out, par = run_pair(refiner, inputs)
+    _check_late(refiner, par, ref, out)
+    assert base.num_timesteps + refiner.num_timesteps == len(refiner.scheduler.timesteps)  # one trajectory's halves
 
 
 @pytest.mark.parametrize(
