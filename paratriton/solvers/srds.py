@@ -265,25 +265,30 @@ def _frozen_blocks(
     The taps of a step read the frozen-world tap outputs of the block's earlier steps; a tap above the block's
     start reads the block's first tap output (no history: the coarse map carries the state only).
     """
-    a, b, c, _, _, _ = _tap_form(coeffs)
+    a, b_host, c, _, _, _ = _tap_form(coeffs)
     w, z, _, _ = _frozen_steps(coeffs)
-    T, k = b.shape
+    T, k = b_host.shape
     S = T // blocks
     dev, dt = state.device, state.dtype
-    col = lambda t, n: t[n].to(dev, dt).view(blocks, *[1] * (state.ndim - 1))  # noqa: E731 -- [K] per block
+    # [S, K, 1, ..] per-block scalars, on the device once (no per-step host->device copies)
+    a, b, c, w, z = (
+        t.view(blocks, S, *t.shape[1:]).transpose(0, 1).to(dev, dt).reshape(S, blocks, *t.shape[1:])
+        for t in (a, b_host, c, w, z)
+    )
+    col = lambda t: t.view(blocks, *[1] * (state.ndim - 1))  # noqa: E731 -- [K] -> broadcast over state
     ring: list[torch.Tensor] = []  # frozen-world tap outputs M_{n+1}, M_{n+2}, ... newest first
     for s in range(S - 1, -1, -1):  # step (q+1)S-1 first: the order the sampler runs them
         n = torch.arange(blocks) * S + s
-        M = col(w, n) * state + col(z, n) * frozen
+        M = col(w[s]) * state + col(z[s]) * frozen
         if s == S - 1:
             ring = [M] * (k - 1)
         taps = [M, *ring]
-        new = col(a, n) * state
+        new = col(a[s]) * state
         for j in range(k):
-            if bool((b[n, j] != 0).any()):
-                new = new + col(b[:, j], n) * taps[j]
+            if bool((b_host[n, j] != 0).any()):
+                new = new + col(b[s, :, j]) * taps[j]
         if noise is not None:
-            new = new + col(c, n) * noise[n].to(dt)
+            new = new + col(c[s]) * noise[n.to(noise.device)].to(dt)
         ring = taps[: k - 1]
         state = new
     return state
