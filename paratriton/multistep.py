@@ -49,6 +49,9 @@ textbook coefficients (``a = sigma_t / sigma_s``, ``b_0 = -alpha_t (e^{-h} - 1)(
 model" of step ``n`` and adds no unknowns. Because ``r_i`` is read off per *global* step, the warm-up
 (lower orders at the start), ``lower_order_final``, ``euler_at_final``, the skipped last corrector of UniPC and
 PNDM's switch from Runge-Kutta to PLMS are all in the coefficients already; nothing depends on a window position.
+A loop that starts late (img2img's ``strength``, the refiner's ``denoising_start``: ``start > 0``) is traced
+over ``timesteps[start:]`` after ``set_begin_index(start)``, as diffusers' ``get_timesteps`` runs it: the
+history and warm-up restart at the loop's first step, the sigmas and ``lower_order_final`` follow the global index.
 A state that needs the noise of another step (``r_i`` with weight on ``xi_j``, ``j != i``) is refused with an
 error (it does not happen for the supported schedulers).
 

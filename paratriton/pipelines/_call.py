@@ -19,9 +19,10 @@ parallel call from another thread, or an exception raised halfway can never obse
   step, the timestep, the generator and ``eta`` the loop hands to ``step``, and that the loop did not change the
   latents between steps (a legacy callback, a subclass or an inpainting blend would): otherwise it raises instead
   of returning a silently different image.
-* Where the loop starts and ends is read from the run: the first network call's timestep gives the start (img2img's
-  ``strength``, the refiner's ``denoising_start``), ``PipelineSpec.loop_end`` the end (SDXL's ``denoising_end``):
-  the parallel solve covers exactly the steps the stock loop would take.
+* Where the loop starts and ends is read from the run: the scheduler's begin index (else the first network call's
+  timestep) gives the start (img2img's ``strength``, the refiner's ``denoising_start``), ``PipelineSpec.loop_end``
+  the end (SDXL's ``denoising_end``): the parallel solve covers exactly the steps the stock loop would take. A
+  traced (multistep) scheduler is traced from that start, so its history and warm-up orders are the stock loop's.
 * ``callback_on_step_end(pipe, i, t, {"latents": ...})`` keeps its stock meaning: once per loop step ``i`` with
   that step's timestep and its (converged) latents, called as steps converge. ``pipe`` is the call's pipeline (the
   private copy, with the call's ``guidance_scale``, ``num_timesteps``, ...); ``pipe._interrupt = True`` stops the
@@ -513,15 +514,26 @@ class _ParallelCall:
                     f"{nearest[0]}): this pipeline's loop does not start where its scheduler does"
                 )
             return int(begin)
-        if len(nearest) == 1:
-            return nearest[0]
         n = getattr(self.pipe, "_num_timesteps", None)
-        if isinstance(n, int) and k1 - n in nearest:
-            return k1 - n
-        raise ValueError(
-            f"{name}: the loop's first timestep {t0:g} is at indices {nearest} of the scheduler's timesteps and "
-            f"{type(self.pipe).__name__} sets no begin index or loop length that tells where the loop starts"
-        )
+        if len(nearest) == 1:
+            k0 = nearest[0]
+        elif isinstance(n, int) and k1 - n in nearest:
+            k0 = k1 - n
+        else:
+            raise ValueError(
+                f"{name}: the loop's first timestep {t0:g} is at indices {nearest} of the scheduler's timesteps and "
+                f"{type(self.pipe).__name__} sets no begin index or loop length that tells where the loop starts"
+            )
+        if k0 and hasattr(self.scheduler, "index_for_timestep") and hasattr(self.scheduler, "set_begin_index"):
+            # without a begin index the stock step looks its sigmas up by timestep (a repeated one: the second)
+            stock = int(self.scheduler.index_for_timestep(sched_ts[k0]))
+            if stock != k0:
+                raise ValueError(
+                    f"{name} without a begin index steps loop index {k0} with the sigmas of index {stock}: "
+                    f"{type(self.pipe).__name__}'s loop is not the traced sampler (call scheduler.set_begin_index "
+                    "where the loop starts, as diffusers' get_timesteps does)"
+                )
+        return k0
 
     def _solve(self, args: tuple, kwargs: dict) -> None:
         self.solved = True

@@ -37,7 +37,8 @@ class PipelineSpec:
     check:           ``(pipe, call_args) -> None``; raises for call options the parallel loop cannot honour
     loop_end:        ``(pipe, call_args, scheduler_timesteps) -> k1``: the loop stops before index ``k1`` (SDXL's
                      ``denoising_end``); None: it runs to the end. Where it starts is read from the run (the
-                     first model call's timestep), so img2img's ``strength`` needs no entry
+                     scheduler's begin index, else the first model call's timestep), so img2img's ``strength`` needs
+                     no entry
     latent_channels: ``pipe -> C``: the model input carries conditioning channels after the ``C`` latent ones
                      (inpainting UNets: mask and masked-image latents); None: all channels are latents
     true_cfg:        ``(pipe, call_args) -> scale or None``: the loop calls the network twice per step, conditional
