@@ -4,7 +4,9 @@ The same generator gives the stock image: Euler (SDXL's default), Euler ancestra
 SDE variant, UniPC, Heun, PNDM (SD-1.5's default, with and without the Runge-Kutta warm-up), LMS and DEIS through the
 SD and SDXL pipelines, the identity-input ones through PixArt and DiT, the flow-sigma ones through Flux. Stochastic
 schedulers draw their step noise up front in the stock order (``noise_draw_steps``); Heun and PNDM's warm-up solve
-one step per network call (``T = len(scheduler.timesteps)``); ``scale_model_input`` is part of the model call.
+one step per network call (``T = len(scheduler.timesteps)``); ``scale_model_input`` is part of the model call. A loop
+that starts late (SD/SDXL img2img and SD inpainting with ``strength < 1``, the SDXL refiner's ``denoising_start``)
+is traced from its begin index, so the multistep warm-up restarts where the stock loop restarts it.
 """
 
 from __future__ import annotations
