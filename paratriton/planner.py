@@ -14,6 +14,7 @@ says so and picks the sequential sampler.
 from __future__ import annotations
 
 import functools
+import math
 import statistics
 import time
 import weakref
@@ -155,12 +156,77 @@ plan = plan_denoiser  # the denoiser form of ``paratriton.plan`` (which also tak
 
 @dataclass
 class WindowChoice:
-    """The outcome of ``choose_window``: ``window`` is an int, or None for the sequential sampler."""
+    """The outcome of ``choose_window``: ``window`` is an int, or None for the sequential sampler.
+
+    wall_ms: per candidate ("sequential", "W=8", ...) its wall time on the calibration problem; for a candidate in
+    ``stopped`` the time at which its run was stopped, once it was known to be slower than the fastest so far (a
+    lower bound: such a candidate is never the choice)."""
 
     window: int | None
     method: str
     wall_ms: dict[str, float]  # per candidate ("sequential", "W=8", ...), measured
     reason: str
+    stopped: tuple[str, ...] = ()
+
+
+class _Stop(Exception):
+    """Raised from a timing run's callback once the run is known to be slower than the fastest candidate so far."""
+
+
+# A graphed candidate's first run captures its window's iteration (and the roughness probes): the intervals between
+# its host reads that captured are not timings of the replayed solve. The first ``_CAPTURED_INTERVALS`` always are
+# (the window's capture, the probe's two captures after iterations 1 and 2); so is any interval of a new replay shape.
+_CAPTURED_INTERVALS = 2
+# a first run whose replay time is estimated within this factor of the fastest so far is timed again (replays only)
+_RETIME_WITHIN = 1.1
+
+
+class _RunClock:
+    """The callback of one timing run: the wall time per host read, and a stop once the run is past ``limit_ms``.
+
+    ``capturing`` (a graphed solver's first run): the intervals that captured are replaced by the mean interval
+    of the same replay shape (window, iterations per replay), so ``estimate_ms`` is the replayed solve's time; the
+    run stops once the replayed intervals alone (the captures' replays counted at the fastest such interval) pass
+    the limit. Otherwise the run is the timing and stops once its wall time passes the limit."""
+
+    def __init__(self, window: int, limit_ms: float, capturing: bool) -> None:
+        self.window, self.limit, self.capturing = window, limit_ms, capturing
+        self.t0 = self.last = time.perf_counter()
+        self.it = 0
+        self.clean: dict[tuple, list[float]] = {}
+        self.captured: list[tuple] = []
+        self.stopped = False
+
+    def __call__(self, info) -> None:
+        now = time.perf_counter()
+        dt, self.last = 1e3 * (now - self.last), now
+        key = (self.window, info.iteration - self.it)
+        self.it = info.iteration
+        if self.capturing and (
+            len(self.captured) + sum(map(len, self.clean.values())) < _CAPTURED_INTERVALS
+            or key not in self.clean
+            and key not in self.captured
+        ):
+            self.captured.append(key)
+        else:
+            self.clean.setdefault(key, []).append(dt)
+        if self.lower_ms() > self.limit:
+            self.stopped = True
+            raise _Stop
+
+    def lower_ms(self) -> float:
+        if not self.capturing:
+            return 1e3 * (time.perf_counter() - self.t0)
+        fastest = min((min(v) for v in self.clean.values()), default=0.0)
+        return sum(map(sum, self.clean.values())) + len(self.captured) * fastest
+
+    def estimate_ms(self) -> float | None:
+        """The replayed solve's time; None when a captured interval's shape never replayed in this run."""
+        if not self.capturing:
+            return 1e3 * (self.last - self.t0)
+        if any(k not in self.clean for k in self.captured):
+            return None
+        return sum(map(sum, self.clean.values())) + sum(statistics.fmean(self.clean[k]) for k in self.captured)
 
 
 def choose_window(
@@ -171,12 +237,29 @@ def choose_window(
     method: str = "taa",
     candidates: list[int] | None = None,
     cuda_graph: bool = False,
+    *,
+    solvers: dict | None = None,
+    bound_ms: float | None = None,
+    sequential_ms: float | None = None,
     **options,
 ) -> WindowChoice:
     """Time what will run for each candidate window and the sequential sampler on a calibration problem, and
     return the fastest. Every window gives the same sample to the tolerance, so this only picks speed.
+
     candidates: default ``T`` and ``T/2, T/4, ...`` down to 4. cuda_graph: time the graphed engine and
-    ``GraphedSequential`` (the graphs are captured by a first, untimed run) instead of ``paratriton.solve``.
+    ``GraphedSequential`` instead of ``paratriton.solve``.
+
+    The sequential sampler is timed first, then the candidates from the smallest window up; a candidate's run is
+    stopped as soon as it is known to be slower than the fastest so far (``stopped``; its ``wall_ms`` is then a
+    lower bound), so a losing window costs at most about the winner's time. Graphed, a candidate's first run
+    (which captures) is its timing: the intervals between host reads that captured are replaced by the replays of
+    the same shape; it is timed again (replays only) when that estimate is within 10% of the fastest so far.
+
+    solvers:       a dict (``GraphedSolvers.solvers`` of the pipeline layer): the graphed solvers are looked up
+                   here by ``(method, sorted options)``, and the chosen one (captured, on this model and
+                   coefficients) is left in it, so solving with the choice recaptures nothing;
+    bound_ms:      a time known to be reachable otherwise (another method's best): candidates past it stop;
+    sequential_ms: the sequential sampler's time if already measured (not timed again).
     """
     if method not in WINDOWED_METHODS:
         raise ValueError(f"method must be a windowed method from {WINDOWED_METHODS}, got {method!r}")
@@ -184,30 +267,93 @@ def choose_window(
     if candidates is None:
         candidates = sorted({T, *[T // 2**j for j in range(1, 8) if T // 2**j >= 4]}, reverse=True)
     sync = torch.cuda.synchronize if x_T.device.type == "cuda" else (lambda: None)
+    built: dict[tuple, object] = {}  # graphed solvers timed here, by the pipeline layer's key
 
-    def wall(**kw) -> float:
+    def key_of(name: str, kw: dict) -> tuple:
+        return name, tuple(sorted(kw.items()))
+
+    def sequential() -> float:
         if not cuda_graph:
-            run = functools.partial(solve, model, coeffs, x_T, noise, **kw)
-        elif kw.pop("method") == "sequential":
-            run = GraphedSequential(model, coeffs, x_T, noise).run  # captures
+            run = functools.partial(solve, model, coeffs, x_T, noise, method="sequential")
         else:
-            solver = make_solver(method, cuda_graph=True, **kw)
-            run = functools.partial(solver.solve, model, coeffs, x_T, noise)
-            run()  # captures
+            k = key_of("sequential", {})
+            seq = (solvers or {}).get(k)
+            if seq is None:
+                seq = GraphedSequential(model, coeffs, x_T, noise)  # captures
+            else:
+                seq.load(x_T, noise)
+            built[k] = seq
+            run = seq.run
         sync()
         t0 = time.perf_counter()
         run()
         sync()
         return 1e3 * (time.perf_counter() - t0)
 
-    walls = {"sequential": wall(method="sequential")}
-    for W in candidates:
-        walls[f"W={W}"] = wall(method=method, window=W, **options)
-    best = min(walls, key=walls.get)
-    window = None if best == "sequential" else int(best[2:])
-    return WindowChoice(
-        window,
-        "sequential" if window is None else method,
-        walls,
-        f"{best} was fastest: " + ", ".join(f"{k} {v:.0f} ms" for k, v in walls.items()),
-    )
+    def candidate(W: int, limit: float) -> tuple[float, bool]:
+        """(wall ms, whether the run was stopped past ``limit``)."""
+        kw = {"window": W, **options}
+        if not cuda_graph:
+            clock = _RunClock(W, limit, capturing=False)
+            sync()
+            clock.t0 = clock.last = time.perf_counter()
+            try:
+                solve(model, coeffs, x_T, noise, method=method, callback=clock, **kw)
+            except _Stop:
+                return clock.lower_ms(), True
+            sync()
+            return 1e3 * (time.perf_counter() - clock.t0), False
+        k = key_of(method, kw)
+        solver = (solvers or {}).get(k) or make_solver(method, cuda_graph=True, **kw)
+        fresh = k not in (solvers or {})
+        clock = _RunClock(W, limit, capturing=fresh)
+        solver.callback = clock
+        try:
+            sync()
+            clock.t0 = clock.last = time.perf_counter()
+            solver.solve(model, coeffs, x_T, noise)
+            sync()
+        except _Stop:
+            return clock.lower_ms(), True
+        finally:
+            solver.callback = None
+        built[k] = solver
+        ms = clock.estimate_ms()
+        if not fresh or (ms is not None and ms > _RETIME_WITHIN * limit):  # captured already, or a clear loser
+            return ms, False
+        clock = _RunClock(W, limit, capturing=False)  # replays only: the timing
+        solver.callback = clock
+        try:
+            sync()
+            clock.t0 = clock.last = time.perf_counter()
+            solver.solve(model, coeffs, x_T, noise)
+            sync()
+        except _Stop:
+            return clock.lower_ms(), True
+        finally:
+            solver.callback = None
+        return 1e3 * (time.perf_counter() - clock.t0), False
+
+    walls = {"sequential": sequential() if sequential_ms is None else float(sequential_ms)}
+    best = min(walls["sequential"], math.inf if bound_ms is None else float(bound_ms))
+    stopped: list[str] = []
+    timed: dict[str, float] = {}
+    for W in sorted(candidates):  # small windows first: cheap iterations, and they bound the wide ones
+        ms, was_stopped = candidate(W, best)
+        timed[f"W={W}"] = ms
+        if was_stopped:
+            stopped.append(f"W={W}")
+        else:
+            best = min(best, ms)
+    walls.update({f"W={W}": timed[f"W={W}"] for W in candidates})
+    complete = {k: v for k, v in walls.items() if k not in stopped}
+    best_name = min(complete, key=complete.get)
+    window = None if best_name == "sequential" else int(best_name[2:])
+    if solvers is not None:  # keep the chosen solver only (the others' graphs and buffers are freed)
+        chosen = key_of("sequential", {}) if window is None else key_of(method, {"window": window, **options})
+        if chosen in built:
+            solvers[chosen] = built[chosen]
+    reason = f"{best_name} was fastest: " + ", ".join(f"{k} {v:.0f} ms" for k, v in walls.items())
+    if stopped:
+        reason += f" ({', '.join(stopped)} stopped once slower than the fastest)"
+    return WindowChoice(window, "sequential" if window is None else method, walls, reason, tuple(stopped))

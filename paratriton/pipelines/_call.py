@@ -658,10 +658,11 @@ class _ParallelCall:
         self.state.last_result = self.result
 
     def _auto_window(
-        self, denoiser, coeffs, x_T, noise, method, options, cuda_graph: bool = False
+        self, denoiser, coeffs, x_T, noise, method, options, cuda_graph: bool = False, solvers: dict | None = None
     ) -> tuple[str, int | None]:
         """``window="auto"``: time the candidate windows and the sequential sampler once per problem shape (on a
-        calibration problem with other noise), keep the choice in ``state.window_choices``, and reuse it."""
+        calibration problem with other noise), keep the choice in ``state.window_choices``, and reuse it.
+        ``solvers``: graphed, the problem's ``GraphedSolvers.solvers``, where the chosen (captured) solver is left."""
         key = (coeffs.num_steps, tuple(x_T.shape), str(x_T.device), method, cuda_graph)
         cache: dict[tuple, WindowChoice] = self.state.window_choices
         if key not in cache:
@@ -671,7 +672,19 @@ class _ParallelCall:
                 None if noise is None else torch.randn(noise.shape, generator=g, dtype=noise.dtype).to(noise.device)
             )
             rest = {k: v for k, v in options.items() if k != "window"}
-            cache[key] = choose_window(denoiser, coeffs, cal_x, cal_noise, method, cuda_graph=cuda_graph, **rest)
+            hints = self.state.auto_hints  # plan(): the sequential sampler's time and the best so far, if known
+            cache[key] = choose_window(
+                denoiser,
+                coeffs,
+                cal_x,
+                cal_noise,
+                method,
+                cuda_graph=cuda_graph,
+                solvers=solvers,
+                bound_ms=hints.get((key[:3], "bound_ms")),
+                sequential_ms=hints.get((key[:3], cuda_graph, "sequential_ms")),
+                **rest,
+            )
             logger.info("paratriton: window='auto': %s", cache[key].reason)
         choice = cache[key]
         return choice.method, choice.window
@@ -702,7 +715,7 @@ class _ParallelCall:
         self.dummy = entry.branches.dummy
         if options.get("window") == "auto":
             method, options["window"] = self._auto_window(
-                entry.denoiser, entry.coeffs, x_T, noise, method, options, cuda_graph=True
+                entry.denoiser, entry.coeffs, x_T, noise, method, options, cuda_graph=True, solvers=entry.solvers
             )
             if method == "sequential":
                 options = {k: v for k, v in options.items() if k in pipeline_options(method, True)}

@@ -67,7 +67,9 @@ def plan_pipeline(
 
     Runs the pipeline once per method (``window="auto"``: each call times the candidates on a calibration problem
     with other noise, then samples); the batch-time curve of the model decides, so the answer is for this
-    device, dtype, resolution and batch. Nothing is cached: call it once and keep the plan.
+    device, dtype, resolution and batch. The sequential sampler is timed once (by the first method's pass), and
+    a later method's candidates stop once slower than the fastest so far (their ``wall_ms`` are then lower bounds).
+    Nothing is cached: call it once and keep the plan.
     """
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
@@ -87,16 +89,21 @@ def plan_pipeline(
     walls: dict[str, float] = {}
     sequential_ms = float("inf")
     best: tuple[float, str, int | None] = (float("inf"), "sequential", None)
+    hints: dict[tuple, float] = {}
     for method in methods:
         par = parallelize(pipe, method, window="auto", cuda_graph=cuda_graph, **options)  # with a fresh state
         par.set_progress_bar_config(disable=True)
+        par.paratriton.auto_hints.update(hints)  # the sequential time and the best so far: not re-timed, a bound
         par(num_inference_steps=steps, **call_kwargs)
-        (choice,) = par.paratriton.window_choices.values()
+        ((key, choice),) = par.paratriton.window_choices.items()
         sequential_ms = min(sequential_ms, choice.wall_ms["sequential"])
+        finished = [ms for name, ms in choice.wall_ms.items() if name not in choice.stopped]
+        hints[(key[:3], cuda_graph, "sequential_ms")] = choice.wall_ms["sequential"]
+        hints[(key[:3], "bound_ms")] = min(finished + [hints.get((key[:3], "bound_ms"), float("inf"))])
         for name, ms in choice.wall_ms.items():
             if name != "sequential":
                 walls[f"{method} {name}"] = ms
-                if ms < best[0]:
+                if ms < best[0]:  # a stopped candidate is past a finished one: never the least
                     best = (ms, method, int(name[2:]))
     walls["sequential"] = sequential_ms
     ms, method, window = best

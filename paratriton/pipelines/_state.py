@@ -28,6 +28,10 @@ class ParallelState:
                      ``window_history`` and the float64 trajectory ``[T+1, B, *latent_shape]``), None before;
     window_choices:  ``window="auto"``: the ``WindowChoice`` timed per problem, keyed by
                      ``(steps, x_T shape, device, method, cuda_graph)``; reused by later calls of that shape;
+    auto_hints:      ``window="auto"``: timings known from elsewhere, which ``paratriton.plan`` passes from one
+                     method's pass to the next, keyed by ``((steps, x_T shape, device), "bound_ms")`` (the fastest
+                     candidate so far: slower candidates stop early) and ``(..., cuda_graph, "sequential_ms")`` (the
+                     sequential sampler's time: not timed again);
     graphed:         ``cuda_graph=True``: the captured solvers of the last problem (one problem shape is kept);
     lock:            held for the length of a call: calls of one parallel pipeline share the above, so calls from
                      several threads take turns (other parallel pipelines and stock calls do not wait).
@@ -37,5 +41,6 @@ class ParallelState:
     options: dict[str, Any] = field(default_factory=dict)
     last_result: SolveResult | None = None
     window_choices: dict[tuple, WindowChoice] = field(default_factory=dict)
+    auto_hints: dict[tuple, float] = field(default_factory=dict)
     graphed: GraphedSolvers | None = field(default=None, repr=False)
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
