@@ -497,7 +497,7 @@ def _basis(N: int, j: int) -> torch.Tensor:
     return e
 
 
-def _probe(scheduler: Any, start: int) -> _Probe:
+def _probe(scheduler: Any, start: int = 0) -> _Probe:
     name = type(scheduler).__name__
     T = len(scheduler.timesteps) - start
     N = 1 + 2 * T
@@ -528,7 +528,7 @@ def _probe(scheduler: Any, start: int) -> _Probe:
     )
 
 
-def _trace_rows(scheduler: Any, u: torch.Tensor, v: torch.Tensor, start: int) -> torch.Tensor:
+def _trace_rows(scheduler: Any, u: torch.Tensor, v: torch.Tensor, start: int = 0) -> torch.Tensor:
     """``[T+1, N]`` dense rows of ``x_0 .. x_T`` over ``(x_T, M_0..M_{T-1}, xi_0..xi_{T-1})`` where the model output
     of step ``i`` is ``m_i = (M_i - v_i x_{i+1}) / u_i`` (``M_i = u_i m_i + v_i x_{i+1}`` the tap's output)."""
     T = len(scheduler.timesteps) - start
@@ -550,7 +550,7 @@ def _trace_rows(scheduler: Any, u: torch.Tensor, v: torch.Tensor, start: int) ->
     return torch.stack([s.reshape(N).to(torch.float64) for s in states[::-1]])
 
 
-def _check_linear(scheduler: Any, rows: torch.Tensor, u: torch.Tensor, v: torch.Tensor, start: int) -> None:
+def _check_linear(scheduler: Any, rows: torch.Tensor, u: torch.Tensor, v: torch.Tensor, start: int = 0) -> None:
     """Re-run the loop on random dense inputs; the rows must predict every state (else a nonlinear option)."""
     name = type(scheduler).__name__
     T = rows.shape[0] - 1
