@@ -193,3 +193,48 @@ def test_a_rough_model_of_unknown_precision_stops_at_its_floor(method):
     # within the floor it reports, and of the order of the rounding's own effect on the sample (a step that
     # stalls within STALL_ROUNDINGS floors stops there: Picard measured 1.25x that effect, TAA below it)
     assert worst_rms(res.sample, seq) <= min(res.precision_floor, 1.5 * worst_rms(seq, ref))
+
+
+def _amplifying_problem(T: int = 25, gain: float = 1.3):
+    """DDIM on an epsilon model whose steps stretch the state by ``gain`` each from step 0 up to step ``T // 2`` (and
+    contract it by 0.95 above): an error at step ``T // 2`` reaches the sample ``gain^(T/2)`` (23x) larger, far more
+    than the schedule's state-level ``g_i`` (about 1) says, as the trained, guided DiT does."""
+    from diffusers import DDIMScheduler
+
+    sch = DDIMScheduler(
+        beta_schedule="linear", beta_start=1e-4, beta_end=0.02, timestep_spacing="trailing", clip_sample=False
+    )
+    coeffs = paratriton.coefficients_from_scheduler(sch, T, eta=0.0)
+    a, b, _ = coeffs.coefficients(torch.float64, "cpu")
+    want = torch.full((T,), 0.95, dtype=torch.float64)
+    want[: T // 2] = gain  # the Jacobian a_i + b_i k_i of step i, before the small nonlinear term
+    k = ((want - a) / b).view(-1, 1, 1, 1)
+
+    def model(x, step):
+        return k[step] * x + 0.1 * torch.tanh(x)
+
+    x_T = torch.randn(2, 2, 4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    seq = paratriton.solve(model, coeffs, x_T, method="sequential")
+    return model, coeffs, x_T, seq
+
+
+@pytest.mark.parametrize("method", ["picard", "taa", "fp", "aa"])
+def test_a_sampler_that_amplifies_more_than_its_schedule_still_holds_the_tolerance(method):
+    """The engine measures each step's gain along the iteration's own moves (``tolerance.py``, "Measured
+    amplification"): the sample stays within the tolerance, and the reported bound covers its distance."""
+    model, coeffs, x_T, seq = _amplifying_problem()
+    res = paratriton.solve(model, coeffs, x_T, method=method)
+    dist = worst_rms(res.sample, seq.sample)
+    assert res.converged and dist <= DEFAULT_TOL, dist
+    assert res.amplification > 4 and res.error_bound >= dist
+
+
+def test_without_the_measured_amplification_that_sampler_breaks_the_tolerance(monkeypatch):
+    """The control: with every gain capped at 1 (the schedule's ``g_i`` alone) TAA stops with the sample further
+    from the sequential one than the tolerance, while its bound claims less."""
+    from paratriton.solvers import engine
+
+    model, coeffs, x_T, seq = _amplifying_problem()
+    monkeypatch.setattr(engine, "GAIN_MAX", 1.0)
+    res = paratriton.solve(model, coeffs, x_T, method="taa")
+    assert res.amplification == 1.0 and res.error_bound < DEFAULT_TOL < worst_rms(res.sample, seq.sample)

@@ -29,8 +29,10 @@ class SolveResult:
     converged:   at the returned trajectory, every step's residual is within its threshold, or (with ``tol``)
                  ``error_bound <= tol`` (False when stopped by ``max_iters``)
     error_bound: the first-order bound on the sample's RMS distance to the sequential sample at the returned
-                 trajectory, ``sum_i g_i RMS(r_i)`` (``solvers/tolerance.py``), largest over the batch; None when
-                 not every step was reached, or for solvers that do not measure it
+                 trajectory, ``sum_i geff_i RMS(r_i)`` (``solvers/tolerance.py``), largest over the batch; None
+                 when not every step was reached, or for solvers that do not measure it
+    amplification: the largest ``geff_i / g_i``: how much more than the schedule's ``g_i`` the sampler was
+                 measured to amplify the iteration's errors (at least 1; 1 when not measured)
     precision_limited: a low-precision (fp16/bf16) model's rounding floor was above the tolerance at some step,
                  and the solver stopped at the floor there
     precision_floor: that floor, as an RMS distance at the sample (None when it did not bind)
@@ -50,6 +52,7 @@ class SolveResult:
     precision_floor: float | None = None
     probe_calls: int = 0
     error_bound: float | None = None
+    amplification: float = 1.0
 
 
 class IterationInfo:

@@ -35,11 +35,14 @@ from .sequential import one_tap_view
 from .tolerance import (
     FLOOR_PROBES,
     FLOOR_ROUNDINGS,
+    GAIN_FLOOR_MARGIN,
+    GAIN_MAX,
+    GAIN_MIN_CHANGE,
+    GAIN_ROUNDINGS,
     SMOOTH_FRACTION,
     STALL_ITERS,
     STALL_ROUNDINGS,
     amplification,
-    final_floor,
     step_thresholds,
     target_tol,
     unit_roundoff,
@@ -112,10 +115,14 @@ class Engine:
         self._last = (out, idx)  # for naming the steps when the iteration reports a non-finite value
         if s["taps"] is not None:  # a multistep operator: the drift of step i reads the tap outputs of i .. i+k-1
             out = self._stencil(out, lo, F)
+        if s["tol"] is not None:
+            self._gains(xin, out, idx, F)
         kern = KERNELS[self.backend]
-        # a step whose residual has stalled within STALL_ROUNDINGS of the measured floor is at the floor: the model's
-        # rounding, not the iteration, sets its residual now (tolerance.py, "Low-precision models")
-        thr = torch.where(s["stall"] >= STALL_ITERS, torch.maximum(s["thr"], STALL_ROUNDINGS * s["floor"]), s["thr"])
+        # the thresholds shrink where the measured amplification exceeds the schedule's (``_gains``), never below
+        # the floor; a step whose residual has stalled within STALL_ROUNDINGS of the measured floor is at the floor:
+        # the model's rounding, not the iteration, sets its residual now (tolerance.py, "Low-precision models")
+        thr = torch.maximum(s["thr0"] * s["g"] / s["geff"], s["floor"])
+        thr = torch.where(s["stall"] >= STALL_ITERS, torch.maximum(thr, STALL_ROUNDINGS * s["floor"]), thr)
         rms, top, bad = kern.residual(x, out, s["xi"], s["a"], s["b"], s["c"], thr, lo, F)
         s["bad"].logical_or_(bad)
         # every step's latest residual; the kernel gives 0 at frozen rows (a padded window has some): they keep theirs
@@ -127,7 +134,9 @@ class Engine:
         s["best"].index_copy_(0, idx, torch.where(live[:, 0], torch.minimum(best, worst), best))
         if s["tol"] is not None:  # the sample test (tolerance.py): once the window reaches step 0, stop as soon as
             # the first-order bound on the sample's distance holds at this trajectory, whatever the split by step
-            top = torch.where((lo == 0) & (self._bound() <= s["budget"]), s["zero"], top)
+            # (the floors' share of the sum is allowed on top: the most the per-step test allows there)
+            fits = (self._sums() - (s["geff"] * s["floor"]).sum()).amax() <= s["tol"]
+            top = torch.where((lo == 0) & fits, s["zero"], top)
         self.rule.update(WindowView(x, out, s["xi"], s["a"], s["b"], s["c"], lo, F, top, rms, kern), s["rule"])
         # the log of live iterations (an iteration after convergence changes nothing and is not counted)
         n = s["n_it"].view(1)
@@ -136,6 +145,35 @@ class Engine:
         s["log_res"].index_put_((n.expand(H), idx), rms.amax(1))  # steps outside the window: NaN, on the host
         s["n_it"].add_(F > 0)
         F.copy_(top)  # top >= lo >= 0
+
+    def _gains(self, xin: torch.Tensor, out: torch.Tensor, idx: torch.Tensor, F: torch.Tensor) -> None:
+        """The measured amplification (``tolerance.py``, "Measured amplification").
+
+        Step ``i``'s gain is ``|f_i(x') - f_i(x)| / |x' - x|`` between its last two evaluations (largest over the
+        batch), measured where the input moved by more than ``gain_min`` of itself (``GAIN_MIN_CHANGE``; for a rough
+        model ``GAIN_ROUNDINGS`` of its roundings) and the model term by more than ``GAIN_FLOOR_MARGIN`` measured
+        floors: a smaller move measures the model's rounding, not its Jacobian. Then ``geff_i = max(g_i,
+        prod_{j<i} gain_j)``, each gain at most ``GAIN_MAX``, unmeasured ones the schedule's ``g_{j+1} / g_j``.
+        """
+        s = self._s
+        live = idx < F
+        dx = xin - s["xin_prev"].index_select(0, idx)
+        dm = out - s["out_prev"].index_select(0, idx)
+        b = s["b"].index_select(0, idx).view(-1, 1, 1)
+        df = s["a"].index_select(0, idx).view(-1, 1, 1) * dx + b * dm
+        rms = lambda v: v.square().mean(2).sqrt()  # noqa: E731  [H, B]
+        moved, model_moved = rms(dx), rms(b * dm)
+        ok = (moved > s["gain_min"] * rms(xin)) & (
+            model_moved > GAIN_FLOOR_MARGIN * s["floor"].index_select(0, idx).view(-1, 1)
+        )
+        ok &= (live & s["seen"].index_select(0, idx)).view(-1, 1)
+        gain = torch.where(ok, rms(df) / moved.clamp_min(torch.finfo(moved.dtype).tiny), 0.0).amax(1)
+        measured = ok.any(1)
+        s["gain"].index_copy_(0, idx, torch.where(measured, gain.clamp(max=GAIN_MAX), s["gain"].index_select(0, idx)))
+        s["xin_prev"].index_copy_(0, idx, xin)
+        s["out_prev"].index_copy_(0, idx, out)
+        s["seen"].index_fill_(0, idx, True)
+        s["geff"][1:].copy_(torch.maximum(s["g"][1:], s["gain"][:-1].cumprod(0)))
 
     def _model_out(self, xin: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """The model term of steps ``idx`` from their inputs ``xin [H, B, D]``: the raw output for one-tap
@@ -170,6 +208,7 @@ class Engine:
         if multistep:  # the kernels see the drift g = sum_j b[i, j] M_{i+j} with unit weights (``_stencil``)
             b = torch.ones(T, dtype=dt, device=dev)
         thr = step_thresholds(coeffs, self.tol, self.tol_abs, self.tol_rel).to(dev, dt)
+        measure = target_tol(self.tol, self.tol_abs, self.tol_rel) is not None  # the sample test measures gains
         self._s = dict(
             T=T,
             B=B,
@@ -182,8 +221,14 @@ class Engine:
             thr0=thr,
             g=amplification(coeffs).to(dev, dt),
             tol=target_tol(self.tol, self.tol_abs, self.tol_rel),  # None in the expert per-step form
-            budget=torch.zeros((), dtype=dt, device=dev),  # tol plus the measured floor's share (_measure_floor)
-            thr=thr.clone(),
+            # the measured amplification (_gains): per step its gain, its last model input and term, whether it had
+            # one; and geff, the amplification the tests use (at least the schedule's g)
+            gain=torch.empty(T, dtype=dt, device=dev),
+            geff=torch.empty(T, dtype=dt, device=dev),
+            seen=torch.zeros(T, dtype=torch.bool, device=dev),
+            gain_min=torch.zeros((), dtype=dt, device=dev),
+            xin_prev=torch.empty(T, B, D, dtype=dt, device=dev) if measure else None,
+            out_prev=torch.empty(T, B, D, dtype=dt, device=dev) if measure else None,
             floor=torch.zeros(T, dtype=dt, device=dev),
             best=torch.empty(T, dtype=dt, device=dev),  # per step its lowest residual (largest over the batch) so far
             stall=torch.zeros(T, dtype=torch.long, device=dev),  # iterations since that residual last halved
@@ -222,13 +267,15 @@ class Engine:
         if s["xi"] is not None:
             s["xi"].copy_(noise.reshape(s["xi"].shape))
         self.rule.reset(s["rule"])
-        for k in ("bad", "n_it", "floor", "stall"):
+        for k in ("bad", "n_it", "floor", "stall", "seen"):
             s[k].zero_()
+        g = s["g"]
+        s["gain"][:-1].copy_(g[1:] / g[:-1])  # unmeasured: the schedule's, so that geff starts as g
+        s["gain"][-1:].fill_(1.0)
+        s["geff"].copy_(g)
+        s["gain_min"].fill_(GAIN_MIN_CHANGE)
         s["best"].fill_(float("inf"))
         s["rms_all"].fill_(float("inf"))  # a step never measured has no bound
-        s["thr"].copy_(s["thr0"])
-        if s["tol"] is not None:
-            s["budget"].fill_(s["tol"])
         s["floor_next"], s["floor_on"] = 1, True  # (after iterations 1, 2, 4, ...)
         s["floor_calls"] = 0
         if "probe" in s:
@@ -251,6 +298,7 @@ class Engine:
         outside the capture), so the state is saved before and restored after."""
         s = self._s
         state = [s["x"], s["F"], s["U"], s["bad"], s["n_it"], s["best"], s["stall"], s["rms_all"], *s["rule"].values()]
+        state += [s["gain"], s["geff"], s["seen"]] + ([s["xin_prev"], s["out_prev"]] if s["tol"] is not None else [])
         if s["ring"] is not None:
             state.append(s["ring"])
         saved = [t.clone() for t in state]
@@ -372,15 +420,21 @@ class Engine:
             windows,
             probe_calls=s["floor_calls"],
             error_bound=self._error_bound(),
+            amplification=float((s["geff"] / s["g"]).amax()),
         )
         self._report_precision(result, coeffs)
         return result
 
-    def _bound(self) -> torch.Tensor:
-        """``sum_i g_i RMS(r_i)`` over every step's latest residual, largest over the batch (0-d, on the device): the
-        first-order bound on the sample's RMS distance to the sequential sample (``tolerance.py``)."""
+    def _sums(self) -> torch.Tensor:
+        """``sum_i geff_i RMS(r_i)`` per trajectory ``[B]`` over every step's latest residual (on the device): the
+        first-order bound on the sample's RMS distance to the sequential sample, with the measured amplification
+        (``tolerance.py``)."""
         s = self._s
-        return (s["g"].view(-1, 1) * s["rms_all"]).sum(0).amax()
+        return (s["geff"].view(-1, 1) * s["rms_all"]).sum(0)
+
+    def _bound(self) -> torch.Tensor:
+        """The bound, largest over the batch (0-d, on the device)."""
+        return self._sums().amax()
 
     def _error_bound(self) -> float | None:
         """The bound at the returned trajectory; None where a step was never measured."""
@@ -439,7 +493,7 @@ class Engine:
         s["floor_calls"] += 1
 
     def _probe(self, first: bool) -> None:
-        """The probe itself (see ``_measure_floor``): device tensors in, ``floor``/``thr``/``budget`` updated in place
+        """The probe itself (see ``_measure_floor``): device tensors in, ``floor`` updated in place
         unless every probed step was smooth (then ``probe["smooth"]`` is set and nothing changes)."""
         s = self._s
         p, x, F = s["probe"], s["x"], s["F"]
@@ -462,9 +516,9 @@ class Engine:
         # below the probes: the lowest exact probe's value (refined as the anchor descends); above F: kept
         new = torch.where(ar[: s["T"]] < lo, floor[0], s["floor"]).index_copy(0, exact, floor[:P])
         s["floor"].copy_(torch.where(smooth, s["floor"], new))
-        s["thr"].copy_(torch.maximum(s["thr0"], s["floor"]))
-        if s["tol"] is not None:  # the sum test's allowance for the floor: what the per-step test allows at most
-            s["budget"].copy_(s["tol"] + (s["g"] * s["floor"]).sum())
+        # a rough model's gain is measured only from input moves of many roundings (of unknown precision: TF32's)
+        rough_min = max(GAIN_MIN_CHANGE, GAIN_ROUNDINGS * (p["u"] or 2.0**-11))
+        s["gain_min"].copy_(torch.where(smooth, s["gain_min"], rough_min))
 
     def _report_precision(self, result: SolveResult, coeffs: SamplerCoefficients) -> None:
         """The model's roughness floor at the sample, when it bound at some step (and then one warning)."""
@@ -474,7 +528,7 @@ class Engine:
         floor = (s["floor"] * (1 + (STALL_ROUNDINGS - 1) * stalled)).to("cpu", torch.float64)
         if bool((floor > s["thr0"].to("cpu", torch.float64)).any()):
             result.precision_limited = True
-            result.precision_floor = final_floor(coeffs, floor)
+            result.precision_floor = float((s["geff"].to("cpu", torch.float64) * floor).sum())
             expert = s["tol"] is None
             tol = f"tol_abs={self.tol_abs}, tol_rel={self.tol_rel}" if expert else f"tol={s['tol']:g}"
             warn_precision_floor(s["dtype_model"], result.precision_floor, tol)
