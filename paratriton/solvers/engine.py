@@ -156,7 +156,7 @@ class Engine:
         prod_{j<i} gain_j)``, each gain at most ``GAIN_MAX``, unmeasured ones the schedule's ``g_{j+1} / g_j``.
         """
         s = self._s
-        live = idx < F
+        live, out = idx < F, out.to(xin.dtype)  # (a raw model output may be in the model's dtype)
         dx = xin - s["xin_prev"].index_select(0, idx)
         dm = out - s["out_prev"].index_select(0, idx)
         b = s["b"].index_select(0, idx).view(-1, 1, 1)
