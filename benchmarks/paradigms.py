@@ -74,6 +74,24 @@ def components(dev, dtype, tiny: bool, latent: int):
     )
 
 
+def plan_row(plan, measured_ms: float, seq_ms: float, plan_s: float, **extra) -> dict:
+    """One JSON row of ``benchmarks/plan_*.py``: what ``plan`` picked, its prediction against the measured time, and
+    the speedup over the graphed sequential sampler timed beside it."""
+    return dict(
+        **extra,
+        method=plan.method,
+        window=plan.window,
+        reason=plan.reason,
+        predicted_ms=plan.predicted_ms,
+        measured_ms=measured_ms,
+        prediction_error=plan.predicted_ms / measured_ms - 1,
+        graphed_sequential_ms=seq_ms,
+        speedup_vs_graphed_sequential=seq_ms / measured_ms,
+        planning_s=plan_s,
+        candidates=plan.wall_ms,
+    )
+
+
 def setup(args, rows_key: str):
     """Device, model dtype, a synchronise function and the report header shared by the SD-1.5 benchmarks."""
     dev = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")

@@ -21,8 +21,25 @@ import statistics
 import time
 
 import torch
+from paradigms import plan_row  # benchmarks/ is on sys.path when this file runs as a script
 
 import paratriton
+
+
+def pooled_call(dev, dtype, tokens: int, text: int, pooled: int, latent: int, guidance_scale: float) -> dict:
+    """The call's keyword arguments: random (negative) prompt and pooled embeddings, instead of text encoders."""
+    g = torch.Generator().manual_seed(1)
+    emb = lambda *shape: torch.randn(1, *shape, generator=g).to(dev, dtype)  # noqa: E731
+    return dict(
+        prompt_embeds=emb(tokens, text),
+        negative_prompt_embeds=emb(tokens, text),
+        pooled_prompt_embeds=emb(pooled),
+        negative_pooled_prompt_embeds=emb(pooled),
+        guidance_scale=guidance_scale,
+        height=8 * latent,
+        width=8 * latent,
+        output_type="latent",
+    )
 
 
 def sdxl(dev, dtype, tiny: bool):
@@ -74,18 +91,7 @@ def sdxl(dev, dtype, tiny: bool):
     pipe = StableDiffusionXLPipeline(
         vae=None, text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None, unet=unet, scheduler=sched
     )
-    g = torch.Generator().manual_seed(1)
-    call = dict(
-        prompt_embeds=torch.randn(1, 77, text, generator=g).to(dev, dtype),
-        negative_prompt_embeds=torch.randn(1, 77, text, generator=g).to(dev, dtype),
-        pooled_prompt_embeds=torch.randn(1, pooled, generator=g).to(dev, dtype),
-        negative_pooled_prompt_embeds=torch.randn(1, pooled, generator=g).to(dev, dtype),
-        guidance_scale=5.0,
-        height=8 * latent,
-        width=8 * latent,
-        output_type="latent",
-    )
-    return pipe, call
+    return pipe, pooled_call(dev, dtype, 77, text, pooled, latent, guidance_scale=5.0)
 
 
 def sd3(dev, dtype, tiny: bool):
@@ -135,18 +141,7 @@ def sd3(dev, dtype, tiny: bool):
         tokenizer_3=None,
     )
     pipe.vae_scale_factor = 8  # no VAE: the pipeline reads the factor from it
-    g = torch.Generator().manual_seed(1)
-    call = dict(
-        prompt_embeds=torch.randn(1, 154, text, generator=g).to(dev, dtype),
-        negative_prompt_embeds=torch.randn(1, 154, text, generator=g).to(dev, dtype),
-        pooled_prompt_embeds=torch.randn(1, pooled, generator=g).to(dev, dtype),
-        negative_pooled_prompt_embeds=torch.randn(1, pooled, generator=g).to(dev, dtype),
-        guidance_scale=7.0,
-        height=8 * latent,
-        width=8 * latent,
-        output_type="latent",
-    )
-    return pipe, call
+    return pipe, pooled_call(dev, dtype, 154, text, pooled, latent, guidance_scale=7.0)
 
 
 MODELS = {"sdxl": sdxl, "sd3": sd3}
@@ -206,22 +201,8 @@ def main() -> None:
             seq = paratriton.parallelize(stock, "sequential", cuda_graph=plan.cuda_graph)
             seq.set_progress_bar_config(disable=True)
             seq_ms = measured_ms if plan.method == "sequential" else timed(seq, steps, call)
-            row = dict(
-                model=name,
-                steps=steps,
-                latent=call["height"] // 8,
-                method=plan.method,
-                window=plan.window,
-                reason=plan.reason,
-                predicted_ms=plan.predicted_ms,
-                measured_ms=measured_ms,
-                prediction_error=plan.predicted_ms / measured_ms - 1,
-                graphed_sequential_ms=seq_ms,
-                speedup_vs_graphed_sequential=seq_ms / measured_ms,
-                planning_s=plan_s,
-                candidates=plan.wall_ms,
-                elapsed_s=time.perf_counter() - start,
-            )
+            row = plan_row(plan, measured_ms, seq_ms, plan_s, model=name, steps=steps, latent=call["height"] // 8)
+            row["elapsed_s"] = time.perf_counter() - start
             report["rows"].append(row)
             print(json.dumps(row), flush=True)
             write()

@@ -16,7 +16,7 @@ import statistics
 import time
 
 import torch
-from paradigms import components, setup  # benchmarks/ is on sys.path when this file runs as a script
+from paradigms import components, plan_row, setup  # benchmarks/ is on sys.path when this file runs as a script
 
 import paratriton
 
@@ -64,19 +64,7 @@ def main() -> None:
         chosen.set_progress_bar_config(disable=True)
         seq = paratriton.parallelize(stock, "sequential", cuda_graph=plan.cuda_graph)
         measured_ms, seq_ms = timed(chosen), timed(seq)
-        row = dict(
-            latent=latent,
-            method=plan.method,
-            window=plan.window,
-            reason=plan.reason,
-            predicted_ms=plan.predicted_ms,
-            measured_ms=measured_ms,
-            prediction_error=plan.predicted_ms / measured_ms - 1,
-            graphed_sequential_ms=seq_ms,
-            speedup_vs_graphed_sequential=seq_ms / measured_ms,
-            planning_s=plan_s,
-            candidates=plan.wall_ms,
-        )
+        row = plan_row(plan, measured_ms, seq_ms, plan_s, latent=latent)
         report["rows"].append(row)
         print(json.dumps(row), flush=True)
         with open(args.out, "w") as f:

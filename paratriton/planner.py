@@ -307,21 +307,19 @@ def choose_window(
         solver = (solvers or {}).get(k) or make_solver(method, cuda_graph=True, **kw)
         fresh = k not in (solvers or {})
         clock = _RunClock(W, limit, capturing=fresh)
-        solver.callback = clock
-        try:
-            sync()
-            clock.t0 = clock.last = time.perf_counter()
-            solver.solve(model, coeffs, x_T, noise)
-            sync()
-        except _Stop:
+        if timed_solve(solver, clock):
             return clock.lower_ms(), True
-        finally:
-            solver.callback = None
         built[k] = solver
         ms = clock.estimate_ms()
         if not fresh or (ms is not None and ms > _RETIME_WITHIN * limit):  # captured already, or a clear loser
             return ms, False
         clock = _RunClock(W, limit, capturing=False)  # replays only: the timing
+        if timed_solve(solver, clock):
+            return clock.lower_ms(), True
+        return 1e3 * (time.perf_counter() - clock.t0), False
+
+    def timed_solve(solver, clock: "_RunClock") -> bool:
+        """One solve under ``clock`` (its callback); True when the clock stopped it."""
         solver.callback = clock
         try:
             sync()
@@ -329,10 +327,10 @@ def choose_window(
             solver.solve(model, coeffs, x_T, noise)
             sync()
         except _Stop:
-            return clock.lower_ms(), True
+            return True
         finally:
             solver.callback = None
-        return 1e3 * (time.perf_counter() - clock.t0), False
+        return False
 
     walls = {"sequential": sequential() if sequential_ms is None else float(sequential_ms)}
     best = min(walls["sequential"], math.inf if bound_ms is None else float(bound_ms))
