@@ -13,7 +13,9 @@ of its second call (the cached choice and captured solver: one solve), and of ``
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
+import pstats
 import time
 
 import torch
@@ -31,6 +33,7 @@ def main() -> None:
     p.add_argument("--graph", choices=["on", "off", "both"], default="on", help="cuda_graph of the parallel pipelines")
     p.add_argument("--no-plan", action="store_true", help="skip paratriton.plan")
     p.add_argument("--tiny", action="store_true", help="a tiny UNet on the CPU, for a smoke test")
+    p.add_argument("--profile", default=None, help="write a cProfile of the first calls (top 60, cumulative) here")
     args = p.parse_args()
     from diffusers import StableDiffusionPipeline
 
@@ -74,7 +77,15 @@ def main() -> None:
         for graphed in graphs:
             par = paratriton.parallelize(stock, "taa", window="auto", cuda_graph=graphed)
             par.set_progress_bar_config(disable=True)
+            prof = cProfile.Profile() if args.profile else None
+            if prof:
+                prof.enable()
             first_s, _ = timed(lambda: par(num_inference_steps=args.steps, generator=torch.manual_seed(0), **call))
+            if prof:
+                prof.disable()
+                with open(args.profile, "a") as f:
+                    f.write(f"# latent {latent}, cuda_graph={graphed}: first call {first_s:.2f} s\n")
+                    pstats.Stats(prof, stream=f).sort_stats("cumulative").print_stats(60)
             (choice,) = par.paratriton.window_choices.values()
             second_s, _ = timed(lambda: par(num_inference_steps=args.steps, generator=torch.manual_seed(1), **call))
             write(
