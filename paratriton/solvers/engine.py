@@ -144,7 +144,13 @@ class Engine:
         s["rms_all"].index_fill_(0, top.view(1), 0.0)  # the top step took the exact step: its residual is now 0
         s["log_res"].index_put_((n.expand(H), idx), rms.amax(1))  # steps outside the window: NaN, on the host
         s["n_it"].add_(F > 0)
-        F.copy_(top)  # top >= lo >= 0
+        if s["tol"] is not None:  # converged only if every step is within its threshold now: a step that froze
+            # before the gains below it were measured may not be (its residual is exact: its rows are frozen), and
+            # then it and every step below it are live again
+            over = s["rms_all"].amax(1) > thr
+            reopen = torch.where(over, s["arange"][: s["T"]] + 1, 0).amax()
+            top = torch.where((top == 0) & ~fits, reopen, top)
+        F.copy_(top)  # top >= lo >= 0, or a reopened step above
 
     def _gains(self, xin: torch.Tensor, out: torch.Tensor, idx: torch.Tensor, F: torch.Tensor) -> None:
         """The measured amplification (``tolerance.py``, "Measured amplification").
@@ -152,8 +158,8 @@ class Engine:
         Step ``i``'s gain is ``|f_i(x') - f_i(x)| / |x' - x|`` between its last two evaluations (largest over the
         batch), measured where the input moved by more than ``gain_min`` of itself (``GAIN_MIN_CHANGE``; for a rough
         model ``GAIN_ROUNDINGS`` of its roundings) and the model term by more than ``GAIN_FLOOR_MARGIN`` measured
-        floors: a smaller move measures the model's rounding, not its Jacobian. Then ``geff_i = max(g_i,
-        prod_{j<i} gain_j)``, each gain at most ``GAIN_MAX``, unmeasured ones the schedule's ``g_{j+1} / g_j``.
+        floors: a smaller move measures the model's rounding, not its Jacobian. Then ``geff_i = max(g_i, prod_{j<i}
+        gain_j)``, each gain at most ``GAIN_MAX``, unmeasured ones the schedule's ``g_{j+1} / g_j``.
         """
         s = self._s
         live, out = idx < F, out.to(xin.dtype)  # (a raw model output may be in the model's dtype)
@@ -167,9 +173,11 @@ class Engine:
             model_moved > GAIN_FLOOR_MARGIN * s["floor"].index_select(0, idx).view(-1, 1)
         )
         ok &= (live & s["seen"].index_select(0, idx)).view(-1, 1)
+        # the latest gain: the largest so far would hold a large move's secant (a Gaussian mixture at DDIM-25
+        # measured 1857x over 25 steps that way, and AA then ran out of iterations)
         gain = torch.where(ok, rms(df) / moved.clamp_min(torch.finfo(moved.dtype).tiny), 0.0).amax(1)
-        measured = ok.any(1)
-        s["gain"].index_copy_(0, idx, torch.where(measured, gain.clamp(max=GAIN_MAX), s["gain"].index_select(0, idx)))
+        old = s["gain"].index_select(0, idx)
+        s["gain"].index_copy_(0, idx, torch.where(ok.any(1), gain.clamp(max=GAIN_MAX), old))
         s["xin_prev"].index_copy_(0, idx, xin)
         s["out_prev"].index_copy_(0, idx, out)
         s["seen"].index_fill_(0, idx, True)
@@ -298,7 +306,9 @@ class Engine:
         outside the capture), so the state is saved before and restored after."""
         s = self._s
         state = [s["x"], s["F"], s["U"], s["bad"], s["n_it"], s["best"], s["stall"], s["rms_all"], *s["rule"].values()]
-        state += [s["gain"], s["geff"], s["seen"]] + ([s["xin_prev"], s["out_prev"]] if s["tol"] is not None else [])
+        state += [s["gain"], s["geff"], s["seen"]]
+        if s["tol"] is not None:
+            state += [s["xin_prev"], s["out_prev"]]
         if s["ring"] is not None:
             state.append(s["ring"])
         saved = [t.clone() for t in state]
