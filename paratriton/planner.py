@@ -19,6 +19,7 @@ import statistics
 import time
 import weakref
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -295,42 +296,38 @@ def choose_window(
         kw = {"window": W, **options}
         if not cuda_graph:
             clock = _RunClock(W, limit, capturing=False)
-            sync()
-            clock.t0 = clock.last = time.perf_counter()
-            try:
-                solve(model, coeffs, x_T, noise, method=method, callback=clock, **kw)
-            except _Stop:
-                return clock.lower_ms(), True
-            sync()
-            return 1e3 * (time.perf_counter() - clock.t0), False
+            return timed_run(lambda: solve(model, coeffs, x_T, noise, method=method, callback=clock, **kw), clock)
         k = key_of(method, kw)
         solver = (solvers or {}).get(k) or make_solver(method, cuda_graph=True, **kw)
         fresh = k not in (solvers or {})
         clock = _RunClock(W, limit, capturing=fresh)
-        if timed_solve(solver, clock):
-            return clock.lower_ms(), True
+        ms, was_stopped = timed_solver(solver, clock)
+        if was_stopped:
+            return ms, True
         built[k] = solver
         ms = clock.estimate_ms()
         if not fresh or (ms is not None and ms > _RETIME_WITHIN * limit):  # captured already, or a clear loser
             return ms, False
-        clock = _RunClock(W, limit, capturing=False)  # replays only: the timing
-        if timed_solve(solver, clock):
+        return timed_solver(solver, _RunClock(W, limit, capturing=False))  # replays only: the timing
+
+    def timed_run(run: Callable[[], object], clock: _RunClock) -> tuple[float, bool]:
+        """(wall ms of ``run`` under ``clock``, whether the clock stopped it: then a lower bound)."""
+        sync()
+        clock.t0 = clock.last = time.perf_counter()
+        try:
+            run()
+            sync()
+        except _Stop:
             return clock.lower_ms(), True
         return 1e3 * (time.perf_counter() - clock.t0), False
 
-    def timed_solve(solver, clock: "_RunClock") -> bool:
-        """One solve under ``clock`` (its callback); True when the clock stopped it."""
+    def timed_solver(solver, clock: _RunClock) -> tuple[float, bool]:
+        """``timed_run`` for a graphed solver, ``clock`` as its callback for this run only."""
         solver.callback = clock
         try:
-            sync()
-            clock.t0 = clock.last = time.perf_counter()
-            solver.solve(model, coeffs, x_T, noise)
-            sync()
-        except _Stop:
-            return True
+            return timed_run(functools.partial(solver.solve, model, coeffs, x_T, noise), clock)
         finally:
             solver.callback = None
-        return False
 
     walls = {"sequential": sequential() if sequential_ms is None else float(sequential_ms)}
     best = min(walls["sequential"], math.inf if bound_ms is None else float(bound_ms))
