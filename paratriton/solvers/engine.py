@@ -216,7 +216,8 @@ class Engine:
         if multistep:  # the kernels see the drift g = sum_j b[i, j] M_{i+j} with unit weights (``_stencil``)
             b = torch.ones(T, dtype=dt, device=dev)
         thr = step_thresholds(coeffs, self.tol, self.tol_abs, self.tol_rel).to(dev, dt)
-        measure = target_tol(self.tol, self.tol_abs, self.tol_rel) is not None  # the sample test measures gains
+        tol = target_tol(self.tol, self.tol_abs, self.tol_rel)  # None in the expert per-step form
+        measure = tol is not None  # the sample test measures gains
         self._s = dict(
             T=T,
             B=B,
@@ -228,7 +229,7 @@ class Engine:
             c=c,
             thr0=thr,
             g=amplification(coeffs).to(dev, dt),
-            tol=target_tol(self.tol, self.tol_abs, self.tol_rel),  # None in the expert per-step form
+            tol=tol,
             # the measured amplification (_gains): per step its gain, its last model input and term, whether it had
             # one; and geff, the amplification the tests use (at least the schedule's g)
             gain=torch.empty(T, dtype=dt, device=dev),
@@ -432,7 +433,7 @@ class Engine:
             error_bound=self._error_bound(),
             amplification=float((s["geff"] / s["g"]).amax()),
         )
-        self._report_precision(result, coeffs)
+        self._report_precision(result)
         return result
 
     def _sums(self) -> torch.Tensor:
@@ -530,7 +531,7 @@ class Engine:
         rough_min = max(GAIN_MIN_CHANGE, GAIN_ROUNDINGS * (p["u"] or 2.0**-11))
         s["gain_min"].copy_(torch.where(smooth, s["gain_min"], rough_min))
 
-    def _report_precision(self, result: SolveResult, coeffs: SamplerCoefficients) -> None:
+    def _report_precision(self, result: SolveResult) -> None:
         """The model's roughness floor at the sample, when it bound at some step (and then one warning)."""
         s = self._s
         # the floor the tests used: STALL_ROUNDINGS times the measured one at the steps that stalled there
