@@ -97,7 +97,9 @@ def main() -> None:
                     second_call_s=second_s,
                     chose=choice.method if choice.window is None else f"{choice.method} W={choice.window}",
                     candidates_ms=choice.wall_ms,
-                    stopped=list(getattr(choice, "stopped", ())),
+                    stopped=list(choice.stopped),
+                    pruned=list(choice.pruned),
+                    spent_s=choice.spent_s,
                     reason=choice.reason,
                 )
             )

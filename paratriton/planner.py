@@ -160,14 +160,17 @@ class WindowChoice:
     """The outcome of ``choose_window``: ``window`` is an int, or None for the sequential sampler.
 
     wall_ms: per candidate ("sequential", "W=8", ...) its wall time on the calibration problem; for a candidate in
-    ``stopped`` the time at which its run was stopped, once it was known to be slower than the fastest so far (a
-    lower bound: such a candidate is never the choice)."""
+    ``stopped`` a lower bound of it (such a candidate is never the choice): the bound at which its run was stopped,
+    once it was known to be slower than the fastest so far, or, for one also in ``pruned``, the bound that kept it
+    from running at all (``choose_window``)."""
 
     window: int | None
     method: str
     wall_ms: dict[str, float]  # per candidate ("sequential", "W=8", ...), measured
     reason: str
     stopped: tuple[str, ...] = ()
+    pruned: tuple[str, ...] = ()
+    spent_s: dict[str, float] = field(default_factory=dict)  # per candidate the wall seconds its timing took
 
 
 class _Stop(Exception):
@@ -182,27 +185,41 @@ _CAPTURED_INTERVALS = 2
 _RETIME_WITHIN = 1.1
 
 
+def iterations_left(frozen_from: int, window: int, static: bool = True) -> int:
+    """A lower bound on the iterations of width ``window`` a windowed solve still needs: every step below the
+    window top ``frozen_from`` must leave the window, and the top descends by at most ``window`` steps per
+    iteration. ``static`` (the graphed engine) keeps the width; otherwise the last window is narrower
+    (``min(window, frozen_from)`` rows), so one iteration fewer is of the full width."""
+    return max(0, -(-frozen_from // window) - (0 if static else 1))
+
+
 class _RunClock:
-    """The callback of one timing run: the wall time per host read, and a stop once the run is past ``limit_ms``.
+    """The callback of one timing run: the wall time per host read, and a stop once the run is known to take
+    longer than ``limit_ms``: its time so far plus ``iterations_left`` at its fastest iteration so far without a
+    floor probe (``static``: the graphed engine, whose window keeps its width).
 
     ``capturing`` (a graphed solver's first run): the intervals that captured are replaced by the mean interval
     of the same replay shape (window, iterations per replay), so ``estimate_ms`` is the replayed solve's time; the
-    run stops once the replayed intervals alone (the captures' replays counted at the fastest such interval) pass
-    the limit. Otherwise the run is the timing and stops once its wall time passes the limit."""
+    time so far counts the replayed intervals alone (the captures' replays at the fastest such interval).
+    Otherwise the run is the timing and its time so far is its wall time."""
 
-    def __init__(self, window: int, limit_ms: float, capturing: bool) -> None:
-        self.window, self.limit, self.capturing = window, limit_ms, capturing
+    def __init__(self, window: int, limit_ms: float, capturing: bool, static: bool) -> None:
+        self.window, self.limit, self.capturing, self.static = window, limit_ms, capturing, static
         self.t0 = self.last = time.perf_counter()
         self.it = 0
         self.clean: dict[tuple, list[float]] = {}
         self.captured: list[tuple] = []
+        self.per_iteration = math.inf  # the fastest clean interval without a floor probe, per iteration
+        self.probes = 0
+        self.frozen_from: int | None = None
         self.stopped = False
 
     def __call__(self, info) -> None:
         now = time.perf_counter()
         dt, self.last = 1e3 * (now - self.last), now
         key = (self.window, info.iteration - self.it)
-        self.it = info.iteration
+        probed = info.probe_calls != self.probes  # a floor probe's model call is in this interval
+        self.it, self.frozen_from, self.probes = info.iteration, info.frozen_from, info.probe_calls
         if self.capturing and (
             len(self.captured) + sum(map(len, self.clean.values())) < _CAPTURED_INTERVALS
             or key not in self.clean
@@ -211,15 +228,21 @@ class _RunClock:
             self.captured.append(key)
         else:
             self.clean.setdefault(key, []).append(dt)
+            if not probed:
+                self.per_iteration = min(self.per_iteration, dt / max(1, key[1]))
         if self.lower_ms() > self.limit:
             self.stopped = True
             raise _Stop
 
     def lower_ms(self) -> float:
+        """The run's time so far plus the iterations it still needs at its fastest clean iteration."""
+        left = 0.0
+        if self.frozen_from is not None and math.isfinite(self.per_iteration):
+            left = iterations_left(self.frozen_from, self.window, self.static) * self.per_iteration
         if not self.capturing:
-            return 1e3 * (time.perf_counter() - self.t0)
+            return 1e3 * (time.perf_counter() - self.t0) + left
         fastest = min((min(v) for v in self.clean.values()), default=0.0)
-        return sum(map(sum, self.clean.values())) + len(self.captured) * fastest
+        return sum(map(sum, self.clean.values())) + len(self.captured) * fastest + left
 
     def estimate_ms(self) -> float | None:
         """The replayed solve's time; None when a captured interval's shape never replayed in this run."""
@@ -228,6 +251,21 @@ class _RunClock:
         if any(k not in self.clean for k in self.captured):
             return None
         return sum(map(sum, self.clean.values())) + sum(statistics.fmean(self.clean[k]) for k in self.captured)
+
+
+def iteration_lower_ms(per_iteration: dict[int, float], window: int) -> float:
+    """A lower bound on one iteration's time at ``window``, from the fastest iterations of the smaller windows
+    timed (``per_iteration``; 0 without any). An iteration's time is a convex function of the window (the
+    batch-time curve of a GPU is a constant up to the batch that fills it, then linear): the line through the
+    two largest timed windows, extended, stays below it; with one timed window, the time does not decrease."""
+    pts = sorted((w, ms) for w, ms in per_iteration.items() if w < window and math.isfinite(ms))
+    if not pts:
+        return 0.0
+    (w2, t2) = pts[-1]
+    if len(pts) == 1:
+        return t2
+    w1, t1 = pts[-2]
+    return t2 + (window - w2) * max(0.0, (t2 - t1) / (w2 - w1))
 
 
 def choose_window(
@@ -250,11 +288,14 @@ def choose_window(
     candidates: default ``T`` and ``T/2, T/4, ...`` down to 4. cuda_graph: time the graphed engine and
     ``GraphedSequential`` instead of ``paratriton.solve``.
 
-    The sequential sampler is timed first, then the candidates from the smallest window up; a candidate's run is
-    stopped as soon as it is known to be slower than the fastest so far (``stopped``; its ``wall_ms`` is then a
-    lower bound), so a losing window costs at most about the winner's time. Graphed, a candidate's first run
-    (which captures) is its timing: the intervals between host reads that captured are replaced by the replays of
-    the same shape; it is timed again (replays only) when that estimate is within 10% of the fastest so far.
+    The sequential sampler is timed first (graphed: ``GraphedSequential(graph="step")``, one captured step whose
+    replay is timed ``TIMED_STEPS`` times), then the candidates from the smallest window up. A candidate is not run
+    at all when ``iterations_left(T, W)`` iterations at ``iteration_lower_ms`` (from the smaller windows'
+    iterations) already exceed the fastest so far (``pruned``), and its run is stopped as soon as its time so far plus
+    ``iterations_left`` at its fastest iteration does (``stopped``; its ``wall_ms`` is then a lower bound), so a
+    losing window costs less than the winner's time. Graphed, a candidate's first run (which captures) is its
+    timing: the intervals between host reads that captured are replaced by the replays of the same shape; it is
+    timed again (replays only) when that estimate is within 10% of the fastest so far.
 
     solvers:       a dict (``GraphedSolvers.solvers`` of the pipeline layer): the graphed solvers are looked up
                    here by ``(method, sorted options)``, and the chosen one (captured, on this model and
@@ -276,39 +317,41 @@ def choose_window(
     def sequential() -> float:
         if not cuda_graph:
             run = functools.partial(solve, model, coeffs, x_T, noise, method="sequential")
+            sync()
+            t0 = time.perf_counter()
+            run()
+            sync()
+            return 1e3 * (time.perf_counter() - t0)
+        k = key_of("sequential", {})
+        seq = (solvers or {}).get(k)
+        if seq is None:
+            seq = GraphedSequential(model, coeffs, x_T, noise, graph="step")  # captures one step
         else:
-            k = key_of("sequential", {})
-            seq = (solvers or {}).get(k)
-            if seq is None:
-                seq = GraphedSequential(model, coeffs, x_T, noise)  # captures
-            else:
-                seq.load(x_T, noise)
-            built[k] = seq
-            run = seq.run
-        sync()
-        t0 = time.perf_counter()
-        run()
-        sync()
-        return 1e3 * (time.perf_counter() - t0)
+            seq.load(x_T, noise)
+        built[k] = seq
+        return seq.time_ms()
 
     def candidate(W: int, limit: float) -> tuple[float, bool]:
         """(wall ms, whether the run was stopped past ``limit``)."""
         kw = {"window": W, **options}
         if not cuda_graph:
-            clock = _RunClock(W, limit, capturing=False)
-            return timed_run(lambda: solve(model, coeffs, x_T, noise, method=method, callback=clock, **kw), clock)
+            clock = _RunClock(W, limit, capturing=False, static=False)
+            out = timed_run(lambda: solve(model, coeffs, x_T, noise, method=method, callback=clock, **kw), clock)
+            per_iteration[W] = clock.per_iteration
+            return out
         k = key_of(method, kw)
         solver = (solvers or {}).get(k) or make_solver(method, cuda_graph=True, **kw)
-        fresh = k not in (solvers or {})
-        clock = _RunClock(W, limit, capturing=fresh)
+        fresh = k not in (solvers or {}) and x_T.device.type == "cuda"  # its first run captures
+        clock = _RunClock(W, limit, capturing=fresh, static=True)
         ms, was_stopped = timed_solver(solver, clock)
+        per_iteration[W] = clock.per_iteration
         if was_stopped:
             return ms, True
         built[k] = solver
         ms = clock.estimate_ms()
         if not fresh or (ms is not None and ms > _RETIME_WITHIN * limit):  # captured already, or a clear loser
             return ms, False
-        return timed_solver(solver, _RunClock(W, limit, capturing=False))  # replays only: the timing
+        return timed_solver(solver, _RunClock(W, limit, capturing=False, static=True))  # replays only: the timing
 
     def timed_run(run: Callable[[], object], clock: _RunClock) -> tuple[float, bool]:
         """(wall ms of ``run`` under ``clock``, whether the clock stopped it: then a lower bound)."""
@@ -329,12 +372,25 @@ def choose_window(
         finally:
             solver.callback = None
 
+    spent: dict[str, float] = {}
+    t_start = time.perf_counter()
     walls = {"sequential": sequential() if sequential_ms is None else float(sequential_ms)}
+    spent["sequential"] = time.perf_counter() - t_start
     best = min(walls["sequential"], math.inf if bound_ms is None else float(bound_ms))
     stopped: list[str] = []
+    pruned: list[str] = []
     timed: dict[str, float] = {}
+    per_iteration: dict[int, float] = {}  # per timed window its fastest iteration (ms)
     for W in sorted(candidates):  # small windows first: cheap iterations, and they bound the wide ones
+        lower = iterations_left(T, W, static=cuda_graph) * iteration_lower_ms(per_iteration, W)
+        if lower > best:  # known slower before any capture: not run
+            timed[f"W={W}"] = lower
+            stopped.append(f"W={W}")
+            pruned.append(f"W={W}")
+            continue
+        t_start = time.perf_counter()
         ms, was_stopped = candidate(W, best)
+        spent[f"W={W}"] = time.perf_counter() - t_start
         timed[f"W={W}"] = ms
         if was_stopped:
             stopped.append(f"W={W}")
@@ -349,6 +405,10 @@ def choose_window(
         if chosen in built:
             solvers[chosen] = built[chosen]
     reason = f"{best_name} was fastest: " + ", ".join(f"{k} {v:.0f} ms" for k, v in walls.items())
-    if stopped:
-        reason += f" ({', '.join(stopped)} stopped once slower than the fastest)"
-    return WindowChoice(window, "sequential" if window is None else method, walls, reason, tuple(stopped))
+    ran = [n for n in stopped if n not in pruned]
+    if ran:
+        reason += f" ({', '.join(ran)} stopped once slower than the fastest)"
+    if pruned:
+        reason += f" ({', '.join(pruned)} not run: their lower bounds were slower than the fastest)"
+    method_run = "sequential" if window is None else method
+    return WindowChoice(window, method_run, walls, reason, tuple(stopped), tuple(pruned), spent)

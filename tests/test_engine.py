@@ -59,12 +59,27 @@ def test_static_taa_stops_on_non_finite_output():
         StaticTAA().solve(broken, cf, x_T, noise)
 
 
+@pytest.mark.parametrize("graph", ["loop", "step"])
 @pytest.mark.parametrize("kind", ["ddim", "ddpm"])
-def test_graphed_sequential_equals_sequential_off_cuda(kind):
-    cf, model, x_T, noise = problem(kind, 10, 2)
+def test_graphed_sequential_equals_sequential(kind, graph):
+    """Both graphs (the step program runs from its device counter, captured on CUDA, eager elsewhere) give the
+    sequential trajectory; a loaded second problem gives its own; ``time_ms`` times a run."""
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    cf, _, x_T, noise = problem(kind, 10, 2)
+    model = GaussianMixture.random((2, 3, 3), 3, std=0.3, seed=0).to(dev).denoiser(cf)
+    x_T, noise = x_T.to(dev), None if noise is None else noise.to(dev)
     ref = pt.solve(model, cf, x_T, noise, method="sequential")
-    got = GraphedSequential(model, cf, x_T, noise, state_dtype=torch.float64).run()
-    torch.testing.assert_close(got.sample, ref.sample, rtol=0, atol=1e-12)
+    seq = GraphedSequential(model, cf, x_T, noise, state_dtype=torch.float64, graph=graph)
+    assert (seq.graph is not None) == (dev == "cuda")
+    torch.testing.assert_close(seq.run().trajectory, ref.trajectory, rtol=0, atol=1e-12)
+    x2, n2 = torch.randn_like(x_T), None if noise is None else torch.randn_like(noise)
+    seq.load(x2, n2)
+    assert seq.time_ms() > 0
+    torch.testing.assert_close(
+        seq.run().trajectory, pt.solve(model, cf, x2, n2, method="sequential").trajectory, rtol=0, atol=1e-12
+    )
+    with pytest.raises(ValueError, match="graph must be one of"):
+        GraphedSequential(model, cf, x_T, noise, graph="steps")
 
 
 @pytest.mark.parametrize("k", [2, 3, 7])

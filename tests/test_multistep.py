@@ -412,7 +412,8 @@ def test_nonlinear_step_is_detected_without_the_option_check() -> None:
 @pytest.mark.parametrize(
     "idx", [i for i, (n, c) in enumerate(CONFIGS) if not c or "sde" in str(c.get("algorithm_type", ""))], ids=str
 )
-def test_graphed_sequential_steps_k_tap_operators(idx: int) -> None:
+@pytest.mark.parametrize("graph", ["loop", "step"])
+def test_graphed_sequential_steps_k_tap_operators(idx: int, graph: str) -> None:
     """The graphed sequential sampler's loop (eager off CUDA; captured on CUDA) gives the eager sampler's result."""
     from paratriton.solvers.graphed_sequential import GraphedSequential
 
@@ -429,7 +430,7 @@ def test_graphed_sequential_steps_k_tap_operators(idx: int) -> None:
 
     want = paratriton.solve(model, coeffs, x_T, noise, method="sequential").trajectory
     x_T, noise = x_T.to(dev), None if noise is None else noise.to(dev)
-    got = GraphedSequential(model, coeffs, x_T, noise, state_dtype=torch.float64).run().trajectory
+    got = GraphedSequential(model, coeffs, x_T, noise, state_dtype=torch.float64, graph=graph).run().trajectory
     _close(got.cpu(), want, 1e-12)
     via_solve = paratriton.solve(
         model, coeffs, x_T, noise, method="sequential", cuda_graph=True, state_dtype=torch.float64

@@ -208,3 +208,59 @@ def test_choose_window_takes_windowed_methods_only():
     cf, model, x_T = _problem(8)
     with pytest.raises(ValueError, match="windowed method"):
         choose_window(model, cf, x_T, None, method="srds")
+
+
+def test_iteration_bounds():
+    from paratriton.planner import iteration_lower_ms, iterations_left
+
+    assert [iterations_left(F, 4) for F in (0, 1, 4, 5, 16)] == [0, 1, 1, 2, 4]
+    assert [iterations_left(F, 4, static=False) for F in (0, 1, 4, 5, 16)] == [0, 0, 0, 1, 3]
+    assert iteration_lower_ms({}, 8) == 0.0
+    assert iteration_lower_ms({4: 3.0}, 8) == 3.0  # one window timed: the time does not decrease
+    # two: the line through them, extended (a convex curve lies above it); never decreasing
+    assert iteration_lower_ms({2: 1.0, 4: 2.0, 16: 99.0}, 8) == pytest.approx(4.0)
+    assert iteration_lower_ms({2: 3.0, 4: 2.0}, 8) == 2.0
+    assert iteration_lower_ms({2: 1.0, 4: float("inf")}, 8) == 1.0  # a window with no clean interval: unused
+
+
+@pytest.mark.parametrize("graphed", [False, True])
+@pytest.mark.parametrize("fixed_ms,row_ms,square_ms", [(1.0, 1.0, 0.0), (1.0, 0.05, 0.0), (0.2, 0.4, 0.0), (1, 0, 0.1)])
+def test_choose_window_prunes_and_stops_only_losers(monkeypatch, fixed_ms, row_ms, square_ms, graphed):
+    """On a clock that model calls advance by a convex batch-time curve ``fixed + row n + square n^2`` of their
+    rows ``n``, a pruned or stopped
+    candidate's recorded time is a lower bound of its full run, and the choice is the fastest full run. graphed:
+    the static engine and the step-graph sequential sampler (uncaptured off CUDA)."""
+    import types
+
+    from paratriton import planner
+    from paratriton.solvers import graphed_sequential, make_solver
+
+    clock = [0.0]
+    fake = types.SimpleNamespace(perf_counter=lambda: clock[0])
+    monkeypatch.setattr(planner, "time", fake)
+    monkeypatch.setattr(graphed_sequential, "time", fake)
+    cf, model, _ = _problem(32)
+    x_T = torch.randn(1, 2, 3, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+
+    def costed(x, s):
+        clock[0] += (fixed_ms + row_ms * x.shape[0] + square_ms * x.shape[0] ** 2) / 1e3
+        return model(x, s)
+
+    windows = (2, 4, 8, 16, 32)
+    choice = planner.choose_window(costed, cf, x_T, None, "taa", candidates=list(windows), cuda_graph=graphed)
+    full = {"sequential": choice.wall_ms["sequential"]}
+    for W in windows:
+        t0 = clock[0]
+        make_solver("taa", window=W, cuda_graph=graphed).solve(costed, cf, x_T, None)
+        full[f"W={W}"] = 1e3 * (clock[0] - t0)
+    assert full["sequential"] == pytest.approx(32 * (fixed_ms + row_ms + square_ms))
+    for name, ms in choice.wall_ms.items():
+        if name in choice.stopped:
+            assert ms <= full[name] * (1 + 1e-9) and ms > min(full.values())
+        else:
+            assert ms == pytest.approx(full[name])
+    assert set(choice.pruned) <= set(choice.stopped)
+    fastest = min(full, key=full.get)
+    assert choice.window == (None if fastest == "sequential" else int(fastest[2:]))
+    if graphed and square_ms:  # a call's time grows faster than its rows: the wide windows are known slower unrun
+        assert "W=32" in choice.pruned and "not run" in choice.reason

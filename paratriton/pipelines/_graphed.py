@@ -1,7 +1,8 @@
 """``parallelize(pipe, method, cuda_graph=True)``: every solver iteration is one CUDA-graph replay, kept between calls.
 
 The parallel methods run on the graphed engine (every windowed method; full or sliding window) and
-``"sequential"`` as ``GraphedSequential`` (the whole loop in one graph). A graph records the addresses of the
+``"sequential"`` as ``GraphedSequential`` with one captured step replayed ``T`` times (capturing costs two eager
+model calls, not ``2 T``). A graph records the addresses of the
 tensors it reads, so the pipeline's conditioning (prompt embeddings, SDXL's added conditions, class labels, ...)
 lives in tensors owned by a cached ``GraphedSolvers`` object. A later call with the same shapes, coefficients and
 guidance copies its own conditioning, initial latents and step noise into them and replays the captured graphs;
@@ -58,7 +59,9 @@ class GraphedSolvers:
         if method == "sequential":
             seq = self.solvers.get(k)
             if seq is None:
-                seq = self.solvers[k] = GraphedSequential(self.denoiser, self.coeffs, x_T, noise, **options)
+                seq = self.solvers[k] = GraphedSequential(
+                    self.denoiser, self.coeffs, x_T, noise, graph="step", **options
+                )
             else:
                 seq.load(x_T, noise)
             res = seq.run()

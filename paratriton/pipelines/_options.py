@@ -16,7 +16,7 @@ SET_BY_PIPELINE = ("callback", "cuda_graph")
 def pipeline_options(method: str, graphed: bool) -> tuple[str, ...]:
     """The registry options of ``method`` a ``parallelize`` user may set (with ``cuda_graph=graphed``)."""
     names = tuple(n for n in method_spec(method).option_names if n not in SET_BY_PIPELINE)
-    if graphed and method == "sequential":  # GraphedSequential: the whole loop is one graph, no per-step check
+    if graphed and method == "sequential":  # GraphedSequential: replays, no per-step check
         names = tuple(n for n in names if n != "check_finite")
     return names
 

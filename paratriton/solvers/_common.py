@@ -63,7 +63,7 @@ class IterationInfo:
     callback; a copy made later shows the state of that later moment.
     """
 
-    __slots__ = ("_copies", "_rms", "_traj", "frozen_from", "iteration", "window")
+    __slots__ = ("_copies", "_rms", "_traj", "frozen_from", "iteration", "probe_calls", "window")
 
     def __init__(
         self,
@@ -72,10 +72,12 @@ class IterationInfo:
         frozen_from: int,
         residual_rms: torch.Tensor,
         trajectory: torch.Tensor,
+        probe_calls: int = 0,
     ) -> None:
         self.iteration = iteration  # 1-based
         self.window = window  # updated steps lo .. hi-1 (hi is the anchor)
         self.frozen_from = frozen_from  # steps >= frozen_from are final
+        self.probe_calls = probe_calls  # the engine's floor probes so far (model calls outside the iterations)
         self._rms, self._traj, self._copies = residual_rms, trajectory, {}
 
     def _copy(self, key: str, view: torch.Tensor) -> torch.Tensor:

@@ -407,7 +407,14 @@ class Engine:
             if self.callback is not None and windows:
                 lo, hi = windows[-1]
                 self.callback(
-                    IterationInfo(it, (lo, hi), F_host, s["rms_all"][lo:hi], s["x"].reshape(T + 1, B, *shape))
+                    IterationInfo(
+                        it,
+                        (lo, hi),
+                        F_host,
+                        s["rms_all"][lo:hi],
+                        s["x"].reshape(T + 1, B, *shape),
+                        s["floor_calls"],
+                    )
                 )
         if s["sliding"]:  # stopped early: steps the window never reached get the best guess there is
             U = int(s["U"])
