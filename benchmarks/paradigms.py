@@ -7,7 +7,7 @@ batch 1, prompt embeddings given (no text encoder), latents returned (no VAE dec
 median of ``--reps`` calls after a first (capturing / warming) call:
 
 * the stock ``StableDiffusionPipeline`` (eager sequential), and ``parallelize(pipe, "sequential",
-  cuda_graph=True)`` (the whole loop in one CUDA graph: the strongest baseline);
+  cuda_graph=True)`` (CUDA-graphed: the strongest baseline);
 * ParaDiGMS: ``StableDiffusionParadigmsPipeline`` with ``DDIMParallelScheduler`` (its Picard sliding window,
   eager), window ``parallel`` and ``tolerance`` 0.1 (its default) and tighter;
 * paratriton: ``parallelize(pipe, method, window=W, cuda_graph=True)`` (and one eager case) at its default

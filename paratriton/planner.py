@@ -183,6 +183,9 @@ class _Stop(Exception):
 _CAPTURED_INTERVALS = 2
 # a first run whose replay time is estimated within this factor of the fastest so far is timed again (replays only)
 _RETIME_WITHIN = 1.1
+# the smallest candidate window runs until it is known to take this many times the fastest so far, so that the
+# rows it evaluates (exact if it finished) bound the wider windows' iterations (``window_lower_ms``)
+FIRST_RUN_LIMIT = 2.0
 
 
 def iterations_left(frozen_from: int, window: int, static: bool = True) -> int:
@@ -212,6 +215,7 @@ class _RunClock:
         self.per_iteration = math.inf  # the fastest clean interval without a floor probe, per iteration
         self.probes = 0
         self.frozen_from: int | None = None
+        self.rows = 0  # window rows evaluated so far (per trajectory)
         self.stopped = False
 
     def __call__(self, info) -> None:
@@ -219,6 +223,8 @@ class _RunClock:
         dt, self.last = 1e3 * (now - self.last), now
         key = (self.window, info.iteration - self.it)
         probed = info.probe_calls != self.probes  # a floor probe's model call is in this interval
+        lo, hi = info.window
+        self.rows += self.window * key[1] if self.static else hi - lo
         self.it, self.frozen_from, self.probes = info.iteration, info.frozen_from, info.probe_calls
         if self.capturing and (
             len(self.captured) + sum(map(len, self.clean.values())) < _CAPTURED_INTERVALS
@@ -244,6 +250,11 @@ class _RunClock:
         fastest = min((min(v) for v in self.clean.values()), default=0.0)
         return sum(map(sum, self.clean.values())) + len(self.captured) * fastest + left
 
+    def rows_lower(self) -> int:
+        """The window rows the whole run evaluates: exact once it finished, a lower bound when stopped."""
+        left = 0 if self.frozen_from is None else iterations_left(self.frozen_from, self.window, self.static)
+        return self.rows + left * self.window
+
     def estimate_ms(self) -> float | None:
         """The replayed solve's time; None when a captured interval's shape never replayed in this run."""
         if not self.capturing:
@@ -268,6 +279,19 @@ def iteration_lower_ms(per_iteration: dict[int, float], window: int) -> float:
     return t2 + (window - w2) * max(0.0, (t2 - t1) / (w2 - w1))
 
 
+def window_lower_ms(measured: dict[int, tuple[float, int]], window: int, T: int, static: bool = True) -> float:
+    """A lower bound on a solve's time at ``window`` from the smaller windows timed (``measured``: per window its
+    fastest iteration in ms and the window rows its solve evaluates, or a lower bound of them):
+    ``iterations * iteration_lower_ms``, with at least ``iterations_left(T, window)`` iterations and at least
+    ``rows / window`` for the most rows a smaller window evaluated. The second assumes a wider window never
+    evaluates fewer rows (it spends evaluations on steps whose inputs are not yet accurate; measured on the
+    benchmark problems in ``benchmarks/RESULTS.md``) and that an iteration's time per row does not grow as its
+    window narrows (a GPU's batch time has a fixed part)."""
+    rows = max((r for w, (_, r) in measured.items() if w < window), default=0)
+    iterations = max(iterations_left(T, window, static), rows / window)
+    return iterations * iteration_lower_ms({w: ms for w, (ms, _) in measured.items()}, window)
+
+
 def choose_window(
     model: Denoiser,
     coeffs: SamplerCoefficients,
@@ -288,14 +312,17 @@ def choose_window(
     candidates: default ``T`` and ``T/2, T/4, ...`` down to 4. cuda_graph: time the graphed engine and
     ``GraphedSequential`` instead of ``paratriton.solve``.
 
-    The sequential sampler is timed first (graphed: ``GraphedSequential(graph="step")``, one captured step whose
-    replay is timed ``TIMED_STEPS`` times), then the candidates from the smallest window up. A candidate is not run
-    at all when ``iterations_left(T, W)`` iterations at ``iteration_lower_ms`` (from the smaller windows'
-    iterations) already exceed the fastest so far (``pruned``), and its run is stopped as soon as its time so far plus
-    ``iterations_left`` at its fastest iteration does (``stopped``; its ``wall_ms`` is then a lower bound), so a
-    losing window costs less than the winner's time. Graphed, a candidate's first run (which captures) is its
-    timing: the intervals between host reads that captured are replaced by the replays of the same shape; it is
-    timed again (replays only) when that estimate is within 10% of the fastest so far.
+    The sequential sampler is timed first (graphed: ``GraphedSequential``, one captured step whose replay is timed
+    ``TIMED_STEPS`` times), then the candidates from the smallest window up:
+
+    - a candidate is not run at all when ``window_lower_ms`` (from the smaller windows' iterations and rows)
+      already exceeds the fastest so far (``pruned``);
+    - a run stops as soon as its time so far plus ``iterations_left`` at its fastest iteration exceeds the fastest
+      so far (``stopped``; its ``wall_ms`` is then a lower bound), the smallest window's only past
+      ``FIRST_RUN_LIMIT`` times it, so that its rows bound the wider windows';
+    - graphed, a candidate's first run (which captures) is its timing: the intervals between host reads that
+      captured are replaced by the replays of the same shape; it is timed again (replays only) when that
+      estimate is within 10% of the fastest so far.
 
     solvers:       a dict (``GraphedSolvers.solvers`` of the pipeline layer): the graphed solvers are looked up
                    here by ``(method, sorted options)``, and the chosen one (captured, on this model and
@@ -325,31 +352,31 @@ def choose_window(
         k = key_of("sequential", {})
         seq = (solvers or {}).get(k)
         if seq is None:
-            seq = GraphedSequential(model, coeffs, x_T, noise, graph="step")  # captures one step
+            seq = GraphedSequential(model, coeffs, x_T, noise)  # captures one step
         else:
             seq.load(x_T, noise)
         built[k] = seq
         return seq.time_ms()
 
     def candidate(W: int, limit: float) -> tuple[float, bool]:
-        """(wall ms, whether the run was stopped past ``limit``)."""
+        """(wall ms, whether the run was stopped past ``limit``); its clock's figures go to ``measured``."""
         kw = {"window": W, **options}
         if not cuda_graph:
             clock = _RunClock(W, limit, capturing=False, static=False)
             out = timed_run(lambda: solve(model, coeffs, x_T, noise, method=method, callback=clock, **kw), clock)
-            per_iteration[W] = clock.per_iteration
+            measured[W] = (clock.per_iteration, clock.rows_lower())
             return out
         k = key_of(method, kw)
         solver = (solvers or {}).get(k) or make_solver(method, cuda_graph=True, **kw)
         fresh = k not in (solvers or {}) and x_T.device.type == "cuda"  # its first run captures
         clock = _RunClock(W, limit, capturing=fresh, static=True)
         ms, was_stopped = timed_solver(solver, clock)
-        per_iteration[W] = clock.per_iteration
+        measured[W] = (clock.per_iteration, clock.rows_lower())
         if was_stopped:
             return ms, True
         built[k] = solver
         ms = clock.estimate_ms()
-        if not fresh or (ms is not None and ms > _RETIME_WITHIN * limit):  # captured already, or a clear loser
+        if not fresh or (ms is not None and ms > _RETIME_WITHIN * best):  # captured already, or a clear loser
             return ms, False
         return timed_solver(solver, _RunClock(W, limit, capturing=False, static=True))  # replays only: the timing
 
@@ -380,16 +407,17 @@ def choose_window(
     stopped: list[str] = []
     pruned: list[str] = []
     timed: dict[str, float] = {}
-    per_iteration: dict[int, float] = {}  # per timed window its fastest iteration (ms)
-    for W in sorted(candidates):  # small windows first: cheap iterations, and they bound the wide ones
-        lower = iterations_left(T, W, static=cuda_graph) * iteration_lower_ms(per_iteration, W)
+    measured: dict[int, tuple[float, int]] = {}  # per timed window: its fastest iteration (ms), its rows (lower)
+    for n, W in enumerate(sorted(candidates)):  # small windows first: cheap iterations, they bound the wide ones
+        lower = window_lower_ms(measured, W, T, static=cuda_graph)
         if lower > best:  # known slower before any capture: not run
             timed[f"W={W}"] = lower
             stopped.append(f"W={W}")
             pruned.append(f"W={W}")
             continue
         t_start = time.perf_counter()
-        ms, was_stopped = candidate(W, best)
+        # the smallest window may run to FIRST_RUN_LIMIT x the fastest: its rows then bound the wide ones'
+        ms, was_stopped = candidate(W, best * (FIRST_RUN_LIMIT if n == 0 else 1.0))
         spent[f"W={W}"] = time.perf_counter() - t_start
         timed[f"W={W}"] = ms
         if was_stopped:

@@ -59,9 +59,7 @@ class GraphedSolvers:
         if method == "sequential":
             seq = self.solvers.get(k)
             if seq is None:
-                seq = self.solvers[k] = GraphedSequential(
-                    self.denoiser, self.coeffs, x_T, noise, graph="step", **options
-                )
+                seq = self.solvers[k] = GraphedSequential(self.denoiser, self.coeffs, x_T, noise, **options)
             else:
                 seq.load(x_T, noise)
             res = seq.run()
