@@ -264,22 +264,29 @@ class _RunClock:
         return sum(map(sum, self.clean.values())) + sum(statistics.fmean(self.clean[k]) for k in self.captured)
 
 
-def iteration_lower_ms(per_iteration: dict[int, float], window: int) -> float:
+def iteration_lower_ms(per_iteration: dict[int, float], window: int, step_ms: float = 0.0) -> float:
     """A lower bound on one iteration's time at ``window``, from the fastest iterations of the smaller windows
-    timed (``per_iteration``; 0 without any). An iteration's time is a convex function of the window (the
-    batch-time curve of a GPU is a constant up to the batch that fills it, then linear): the line through the
-    two largest timed windows, extended, stays below it; with one timed window, the time does not decrease."""
+    timed (``per_iteration``; 0 without any) and the sequential sampler's time per step ``step_ms``.
+
+    An iteration's time is a convex function of the window (the batch-time curve of a GPU is a constant up to the
+    batch that fills it, then linear): the line through the two largest timed windows, extended, stays below it.
+    With one timed window, the line from the sequential step (window 1) to it, at half its slope: the iteration
+    also pays the solver's work and a host read, which the sequential step does not, so the full slope would
+    overstate the growth; halved, the bound holds while that work is at most half the model call's growth from
+    one step to the window. Without the sequential step, the time does not decrease."""
     pts = sorted((w, ms) for w, ms in per_iteration.items() if w < window and math.isfinite(ms))
     if not pts:
         return 0.0
     (w2, t2) = pts[-1]
     if len(pts) == 1:
-        return t2
+        return t2 + (window - w2) * 0.5 * max(0.0, (t2 - step_ms) / (w2 - 1)) if step_ms > 0 and w2 > 1 else t2
     w1, t1 = pts[-2]
     return t2 + (window - w2) * max(0.0, (t2 - t1) / (w2 - w1))
 
 
-def window_lower_ms(measured: dict[int, tuple[float, int]], window: int, T: int, static: bool = True) -> float:
+def window_lower_ms(
+    measured: dict[int, tuple[float, int]], window: int, T: int, static: bool = True, step_ms: float = 0.0
+) -> float:
     """A lower bound on a solve's time at ``window`` from the smaller windows timed (``measured``: per window its
     fastest iteration in ms and the window rows its solve evaluates, or a lower bound of them):
     ``iterations * iteration_lower_ms``, with at least ``iterations_left(T, window)`` iterations and at least
@@ -289,7 +296,7 @@ def window_lower_ms(measured: dict[int, tuple[float, int]], window: int, T: int,
     window narrows (a GPU's batch time has a fixed part)."""
     rows = max((r for w, (_, r) in measured.items() if w < window), default=0)
     iterations = max(iterations_left(T, window, static), rows / window)
-    return iterations * iteration_lower_ms({w: ms for w, (ms, _) in measured.items()}, window)
+    return iterations * iteration_lower_ms({w: ms for w, (ms, _) in measured.items()}, window, step_ms)
 
 
 def choose_window(
@@ -409,7 +416,7 @@ def choose_window(
     timed: dict[str, float] = {}
     measured: dict[int, tuple[float, int]] = {}  # per timed window: its fastest iteration (ms), its rows (lower)
     for n, W in enumerate(sorted(candidates)):  # small windows first: cheap iterations, they bound the wide ones
-        lower = window_lower_ms(measured, W, T, static=cuda_graph)
+        lower = window_lower_ms(measured, W, T, cuda_graph, walls["sequential"] / T)
         if lower > best:  # known slower before any capture: not run
             timed[f"W={W}"] = lower
             stopped.append(f"W={W}")

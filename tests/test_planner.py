@@ -211,16 +211,23 @@ def test_choose_window_takes_windowed_methods_only():
 
 
 def test_iteration_bounds():
-    from paratriton.planner import iteration_lower_ms, iterations_left
+    from paratriton.planner import iteration_lower_ms, iterations_left, window_lower_ms
 
     assert [iterations_left(F, 4) for F in (0, 1, 4, 5, 16)] == [0, 1, 1, 2, 4]
     assert [iterations_left(F, 4, static=False) for F in (0, 1, 4, 5, 16)] == [0, 0, 0, 1, 3]
     assert iteration_lower_ms({}, 8) == 0.0
     assert iteration_lower_ms({4: 3.0}, 8) == 3.0  # one window timed: the time does not decrease
+    # ... or, with the sequential step (1.5 ms at window 1), grows at half the slope from it: 3 + 4 * 0.25
+    assert iteration_lower_ms({4: 3.0}, 8, step_ms=1.5) == pytest.approx(4.0)
+    assert iteration_lower_ms({4: 3.0}, 8, step_ms=4.0) == 3.0
     # two: the line through them, extended (a convex curve lies above it); never decreasing
     assert iteration_lower_ms({2: 1.0, 4: 2.0, 16: 99.0}, 8) == pytest.approx(4.0)
     assert iteration_lower_ms({2: 3.0, 4: 2.0}, 8) == 2.0
     assert iteration_lower_ms({2: 1.0, 4: float("inf")}, 8) == 1.0  # a window with no clean interval: unused
+    # a solve: at least T / W iterations, and at least the rows of a smaller window over W
+    assert window_lower_ms({}, 8, 32) == 0.0
+    assert window_lower_ms({4: (2.0, 40)}, 8, 32) == pytest.approx(5 * 2.0)
+    assert window_lower_ms({4: (2.0, 80)}, 8, 32) == pytest.approx(10 * 2.0)
 
 
 @pytest.mark.parametrize("graphed", [False, True])
