@@ -206,8 +206,9 @@ class _RunClock:
     time so far counts the replayed intervals alone (the captures' replays at the fastest such interval).
     Otherwise the run is the timing and its time so far is its wall time."""
 
-    def __init__(self, window: int, limit_ms: float, capturing: bool, static: bool) -> None:
+    def __init__(self, window: int, limit_ms: float, capturing: bool, static: bool, min_rows: int = 0) -> None:
         self.window, self.limit, self.capturing, self.static = window, limit_ms, capturing, static
+        self.min_rows = min_rows  # the most rows a smaller window's solve evaluated (``window_lower_ms``)
         self.t0 = self.last = time.perf_counter()
         self.it = 0
         self.clean: dict[tuple, list[float]] = {}
@@ -241,10 +242,12 @@ class _RunClock:
             raise _Stop
 
     def lower_ms(self) -> float:
-        """The run's time so far plus the iterations it still needs at its fastest clean iteration."""
+        """The run's time so far plus the iterations it still needs at its fastest clean iteration (at least
+        ``iterations_left``, and at least the rows of ``min_rows`` it has not evaluated yet)."""
         left = 0.0
         if self.frozen_from is not None and math.isfinite(self.per_iteration):
-            left = iterations_left(self.frozen_from, self.window, self.static) * self.per_iteration
+            iterations = iterations_left(self.frozen_from, self.window, self.static)
+            left = max(iterations, (self.min_rows - self.rows) / self.window) * self.per_iteration
         if not self.capturing:
             return 1e3 * (time.perf_counter() - self.t0) + left
         fastest = min((min(v) for v in self.clean.values()), default=0.0)
@@ -324,9 +327,10 @@ def choose_window(
 
     - a candidate is not run at all when ``window_lower_ms`` (from the smaller windows' iterations and rows)
       already exceeds the fastest so far (``pruned``);
-    - a run stops as soon as its time so far plus ``iterations_left`` at its fastest iteration exceeds the fastest
-      so far (``stopped``; its ``wall_ms`` is then a lower bound), the smallest window's only past
-      ``FIRST_RUN_LIMIT`` times it, so that its rows bound the wider windows';
+    - a run stops as soon as its time so far plus its remaining iterations (``iterations_left``, or the rows of
+      a smaller window not yet evaluated) at its fastest iteration exceed the fastest so far (``stopped``; its
+      ``wall_ms`` is then a lower bound); the smallest window's only past ``FIRST_RUN_LIMIT`` times it, so that
+      its rows bound the wider windows';
     - graphed, a candidate's first run (which captures) is its timing: the intervals between host reads that
       captured are replaced by the replays of the same shape; it is timed again (replays only) when that
       estimate is within 10% of the fastest so far.
@@ -368,15 +372,16 @@ def choose_window(
     def candidate(W: int, limit: float) -> tuple[float, bool]:
         """(wall ms, whether the run was stopped past ``limit``); its clock's figures go to ``measured``."""
         kw = {"window": W, **options}
+        rows = max((r for w, (_, r) in measured.items() if w < W), default=0)
         if not cuda_graph:
-            clock = _RunClock(W, limit, capturing=False, static=False)
+            clock = _RunClock(W, limit, capturing=False, static=False, min_rows=rows)
             out = timed_run(lambda: solve(model, coeffs, x_T, noise, method=method, callback=clock, **kw), clock)
             measured[W] = (clock.per_iteration, clock.rows_lower())
             return out
         k = key_of(method, kw)
         solver = (solvers or {}).get(k) or make_solver(method, cuda_graph=True, **kw)
         fresh = k not in (solvers or {}) and x_T.device.type == "cuda"  # its first run captures
-        clock = _RunClock(W, limit, capturing=fresh, static=True)
+        clock = _RunClock(W, limit, capturing=fresh, static=True, min_rows=rows)
         ms, was_stopped = timed_solver(solver, clock)
         measured[W] = (clock.per_iteration, clock.rows_lower())
         if was_stopped:
@@ -385,7 +390,8 @@ def choose_window(
         ms = clock.estimate_ms()
         if not fresh or (ms is not None and ms > _RETIME_WITHIN * best):  # captured already, or a clear loser
             return ms, False
-        return timed_solver(solver, _RunClock(W, limit, capturing=False, static=True))  # replays only: the timing
+        retime = _RunClock(W, limit, capturing=False, static=True, min_rows=rows)
+        return timed_solver(solver, retime)  # replays only: the timing
 
     def timed_run(run: Callable[[], object], clock: _RunClock) -> tuple[float, bool]:
         """(wall ms of ``run`` under ``clock``, whether the clock stopped it: then a lower bound)."""
