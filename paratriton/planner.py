@@ -325,8 +325,9 @@ def choose_window(
     The sequential sampler is timed first (graphed: ``GraphedSequential``, one captured step whose replay is timed
     ``TIMED_STEPS`` times), then the candidates from the smallest window up:
 
-    - a candidate is not run at all when ``window_lower_ms`` (from the smaller windows' iterations and rows)
-      already exceeds the fastest so far (``pruned``);
+    - the windows left are not run at all once ``window_lower_ms`` (from the smaller windows' iterations and
+      rows) of every one exceeds the fastest so far (``pruned``); until then the smallest left runs, the
+      cheapest to learn the curve from;
     - a run stops as soon as its time so far plus its remaining iterations (``iterations_left``, or the rows of
       a smaller window not yet evaluated) at its fastest iteration exceed the fastest so far (``stopped``; its
       ``wall_ms`` is then a lower bound); the smallest window's only past ``FIRST_RUN_LIMIT`` times it, so that
@@ -421,16 +422,21 @@ def choose_window(
     pruned: list[str] = []
     timed: dict[str, float] = {}
     measured: dict[int, tuple[float, int]] = {}  # per timed window: its fastest iteration (ms), its rows (lower)
-    for n, W in enumerate(sorted(candidates)):  # small windows first: cheap iterations, they bound the wide ones
-        lower = window_lower_ms(measured, W, T, cuda_graph, walls["sequential"] / T)
-        if lower > best:  # known slower before any capture: not run
-            timed[f"W={W}"] = lower
-            stopped.append(f"W={W}")
-            pruned.append(f"W={W}")
-            continue
+    remaining = sorted(candidates)  # small windows first: cheap iterations, and they bound the wide ones
+    while remaining:
+        step_ms = walls["sequential"] / T
+        lower = {W: window_lower_ms(measured, W, T, cuda_graph, step_ms) for W in remaining}
+        if all(lower[W] > best for W in remaining):  # every one known slower before any capture: none is run
+            for W in remaining:
+                timed[f"W={W}"] = lower[W]
+                stopped.append(f"W={W}")
+                pruned.append(f"W={W}")
+            break
+        # otherwise the smallest runs, even if its own bound passed: it is the cheapest to learn the curve from
+        W = remaining.pop(0)
         t_start = time.perf_counter()
         # the smallest window may run to FIRST_RUN_LIMIT x the fastest: its rows then bound the wide ones'
-        ms, was_stopped = candidate(W, best * (FIRST_RUN_LIMIT if n == 0 else 1.0))
+        ms, was_stopped = candidate(W, best * (FIRST_RUN_LIMIT if not measured else 1.0))
         spent[f"W={W}"] = time.perf_counter() - t_start
         timed[f"W={W}"] = ms
         if was_stopped:
