@@ -21,6 +21,7 @@ import torch
 __all__ = [
     "StepOperator",
     "SamplerCoefficients",
+    "ClippedPrediction",
     "coefficients_from_scheduler",
     "SUPPORTED_SCHEDULERS",
     "ONE_TAP_SCHEDULERS",
@@ -80,6 +81,58 @@ class StepOperator(Protocol):
 
 
 @dataclass(frozen=True)
+class ClippedPrediction:
+    """A clipped (``clip_sample``) or thresholded (``thresholding``) x0 prediction, evaluated on the rows of the
+    batched model call right after the network, so the step stays affine and the system triangular.
+
+    With ``x0_hat = p_i x + q_i m`` (the scheduler's prediction map; ``x`` the model input ``x_{i+1}``, ``m`` the
+    network output) and ``x0c`` its clamp to ``[-clip_range, clip_range]`` (or diffusers' dynamic thresholding, per
+    row), the clipped step is the unclipped one plus ``w_i (x0c - x0_hat)``: the taps read
+    ``M_i = m + k_i (x0c - x0_hat)`` with ``k_i = w_i / b_i``, and ``M = m`` wherever nothing is clipped (the
+    iteration then runs exactly as without clipping). ``p, q, k``: ``[T]`` float64 tensors indexed by step.
+    """
+
+    p: torch.Tensor
+    q: torch.Tensor
+    k: torch.Tensor
+    clip_range: float | None = None  # clip_sample_range (clip_sample=True)
+    threshold_ratio: float | None = None  # dynamic_thresholding_ratio (thresholding=True)
+    sample_max_value: float = 1.0  # the thresholding quantile's upper clamp
+
+    _FIELDS: ClassVar[tuple[str, ...]] = ("p", "q", "k")
+
+    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float64) -> "ClippedPrediction":
+        return replace(self, **{f: getattr(self, f).to(device=device, dtype=dtype) for f in self._FIELDS})
+
+    def steps(self, lo: int, hi: int) -> "ClippedPrediction":
+        """The transform of solver steps ``lo .. hi-1``."""
+        return replace(self, **{f: getattr(self, f)[lo:hi] for f in self._FIELDS})
+
+    def fingerprint(self) -> bytes:
+        vals = [getattr(self, f).detach().to("cpu", torch.float64) for f in self._FIELDS]
+        extra = torch.tensor([self.clip_range or 0.0, self.threshold_ratio or 0.0, self.sample_max_value])
+        return torch.cat([*vals, extra.double()]).numpy().tobytes()
+
+    def clip(self, x0: torch.Tensor) -> torch.Tensor:
+        """``x0 [N, *S]`` clipped, or thresholded per row as diffusers' ``_threshold_sample``."""
+        if self.threshold_ratio is None:
+            return x0.clamp(-self.clip_range, self.clip_range)
+        flat = x0.reshape(x0.shape[0], -1)
+        wide = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
+        s = torch.quantile(wide.abs(), self.threshold_ratio, dim=1).clamp(1.0, self.sample_max_value).unsqueeze(1)
+        return (wide.clamp(-s, s) / s).to(flat.dtype).reshape(x0.shape)
+
+    def __call__(self, x: torch.Tensor, m: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """The tap outputs ``M [N, *S]`` (``x``'s dtype) of rows ``x [N, *S]`` (model inputs) and ``m`` (network
+        outputs) at solver steps ``steps [N]``; the fields must be on ``x``'s device (``to``)."""
+        view = (-1,) + (1,) * (x.ndim - 1)
+        p, q, k = (getattr(self, f).index_select(0, steps).to(x.dtype).view(view) for f in self._FIELDS)
+        m = m.to(x.dtype)
+        x0 = p * x + q * m
+        return m + k * (self.clip(x0) - x0)
+
+
+@dataclass(frozen=True)
 class SamplerCoefficients:
     """Per-step coefficients of an affine sampler, all float64 tensors of shape ``[T]`` indexed by step: the
     one-tap ``StepOperator``.
@@ -90,6 +143,8 @@ class SamplerCoefficients:
     timesteps:        the model timestep of step ``i`` (what the network is called with).
     signal_scale, noise_scale: ``x_{i+1} = signal_scale_i * x0 + noise_scale_i * eps`` (the model input's levels).
     prediction_type:  "epsilon", "v_prediction", "sample" or "flow" (velocity ``eps - x0``).
+    x0_clip:          ``ClippedPrediction`` of a scheduler with ``clip_sample`` / ``thresholding`` (None otherwise):
+                      the solvers apply it to every model output (``paratriton.solvers._common.ModelCaller``).
     """
 
     a: torch.Tensor
@@ -100,6 +155,7 @@ class SamplerCoefficients:
     signal_scale: torch.Tensor
     noise_scale: torch.Tensor
     prediction_type: str
+    x0_clip: ClippedPrediction | None = None
     taps: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
@@ -167,6 +223,7 @@ class SamplerCoefficients:
                 k: getattr(self, k).to(device)
                 for k in ("a", "b", "c", "posterior_std", "timesteps", "signal_scale", "noise_scale")
             },
+            x0_clip=None if self.x0_clip is None else self.x0_clip.to(device),
         )
 
     def step(self, i: int, x_next: torch.Tensor, model_out, noise: torch.Tensor | None) -> torch.Tensor:
@@ -212,29 +269,39 @@ def _affine_prediction(prediction_type: str, alpha: torch.Tensor, sigma: torch.T
     return p, q, r, s
 
 
-def _check_no_clipping(scheduler) -> None:
+def _check_prediction_type(scheduler) -> None:
+    pt = scheduler.config.prediction_type
+    if pt not in _PREDICTION_TYPES:
+        raise ValueError(
+            f"{type(scheduler).__name__}(prediction_type={pt!r}) is not supported; use one of {_PREDICTION_TYPES}"
+        )
+
+
+def _clip_options(scheduler) -> dict | None:
+    """The scheduler's x0 clipping (``clip_sample``) or dynamic thresholding (``thresholding``, which wins as in
+    diffusers) as ``ClippedPrediction`` options; None when it does neither."""
     cfg = scheduler.config
     name = type(scheduler).__name__
     if getattr(cfg, "thresholding", False):
-        raise ValueError(
-            f"{name}(thresholding=True) makes the step nonlinear in the model output and is not "
-            "supported by parallel samplers; set thresholding=False"
-        )
+        ratio, smax = float(cfg.dynamic_thresholding_ratio), float(cfg.sample_max_value)
+        if not 0.0 < ratio <= 1.0:
+            raise ValueError(f"{name}(dynamic_thresholding_ratio={ratio}) must be in (0, 1]")
+        if not smax >= 1.0:
+            raise ValueError(f"{name}(sample_max_value={smax}) must be >= 1 (the thresholding quantile's upper clamp)")
+        return dict(threshold_ratio=ratio, sample_max_value=smax)
     if getattr(cfg, "clip_sample", False):
-        raise ValueError(
-            f"{name}(clip_sample=True) makes the step nonlinear in the model output and is not "
-            "supported by parallel samplers; set clip_sample=False (latent models use False)"
-        )
-    pt = cfg.prediction_type
-    if pt not in _PREDICTION_TYPES:
-        raise ValueError(f"{name}(prediction_type={pt!r}) is not supported; use one of {_PREDICTION_TYPES}")
+        r = float(cfg.clip_sample_range)
+        if not r > 0.0 or r != r:
+            raise ValueError(f"{name}(clip_sample_range={r}) must be > 0")
+        return dict(clip_range=r)
+    return None
 
 
 def _vp_posterior_std(ab_t: torch.Tensor, ab_prev: torch.Tensor) -> torch.Tensor:
     return ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)).clamp_min(0).sqrt()
 
 
-def _ddim(scheduler, eta: float | None) -> SamplerCoefficients:
+def _ddim(scheduler, eta: float | None, use_clipped_model_output: bool = False) -> SamplerCoefficients:
     eta = 0.0 if eta is None else float(eta)
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1] for DDIMScheduler, got {eta}")
@@ -249,15 +316,24 @@ def _ddim(scheduler, eta: float | None) -> SamplerCoefficients:
     alpha, sigma = ab_t.sqrt(), (1 - ab_t).sqrt()
     p, q, r, s = _affine_prediction(cfg.prediction_type, alpha, sigma)
     d = (1 - ab_prev - std**2).sqrt()
+    c = std if eta > 0 else torch.zeros_like(std)
+    post, tsf = _vp_posterior_std(ab_t, ab_prev), ts.to(torch.float64)
     a = ab_prev.sqrt() * p + d * r
     b = ab_prev.sqrt() * q + d * s
-    c = std if eta > 0 else torch.zeros_like(std)
-    return SamplerCoefficients(
-        a, b, c, _vp_posterior_std(ab_t, ab_prev), ts.to(torch.float64), alpha, sigma, cfg.prediction_type
-    )
+    clip = _clip_options(scheduler)
+    if clip is None:
+        return SamplerCoefficients(a, b, c, post, tsf, alpha, sigma, cfg.prediction_type)
+    # clipped: x_prev = sqrt(ab_prev) x0c + d eps', with eps' the unclipped eps_hat (diffusers' default) or the one
+    # re-derived from x0c (use_clipped_model_output): the unclipped step plus w (x0c - x0_hat). |b| > 0 for every
+    # prediction type while ab_prev > ab_t (``ClippedPrediction``)
+    w = ab_prev.sqrt() - (d * alpha / sigma if use_clipped_model_output else 0.0)
+    if not bool((b.abs() > 1e-12).all()):
+        raise ValueError("DDIMScheduler: clipped steps need distinct timesteps (a step's model weight is 0)")
+    x0_clip = ClippedPrediction(p, q, w / b, **clip)
+    return SamplerCoefficients(a, b, c, post, tsf, alpha, sigma, cfg.prediction_type, x0_clip)
 
 
-def _ddpm(scheduler, eta: float | None) -> SamplerCoefficients:
+def _ddpm(scheduler, eta: float | None, use_clipped_model_output: bool = False) -> SamplerCoefficients:
     if eta is not None and float(eta) != 1.0:
         raise ValueError(
             f"eta={eta} is not supported for DDPMScheduler (its noise is fixed, eta=1); "
@@ -281,18 +357,19 @@ def _ddpm(scheduler, eta: float | None) -> SamplerCoefficients:
     cs = cur_alpha.sqrt() * (1 - ab_prev) / (1 - ab_t)
     alpha, sigma = ab_t.sqrt(), (1 - ab_t).sqrt()
     p, q, _, _ = _affine_prediction(cfg.prediction_type, alpha, sigma)
-    a = c0 * p + cs
-    b = c0 * q
+    a, b = c0 * p + cs, c0 * q
+    clip = _clip_options(scheduler)  # x_prev = c0 x0c + cs x: the unclipped step plus c0 (x0c - x0_hat)
+    x0_clip = None if clip is None else ClippedPrediction(p, q, c0 / b, **clip)
     var = ((1 - ab_prev) / (1 - ab_t) * cur_beta).clamp_min(1e-20)
     if cfg.variance_type == "fixed_large":
         var = cur_beta
     c = torch.where(ts > 0, var.sqrt(), torch.zeros_like(var))  # diffusers adds noise only when t > 0
     return SamplerCoefficients(
-        a, b, c, _vp_posterior_std(ab_t, ab_prev), ts.to(torch.float64), alpha, sigma, cfg.prediction_type
+        a, b, c, _vp_posterior_std(ab_t, ab_prev), ts.to(torch.float64), alpha, sigma, cfg.prediction_type, x0_clip
     )
 
 
-def _flow_match(scheduler, eta: float | None) -> SamplerCoefficients:
+def _flow_match(scheduler, eta: float | None, use_clipped_model_output: bool = False) -> SamplerCoefficients:
     if eta is not None:
         raise ValueError(
             "eta is not an option of FlowMatchEulerDiscreteScheduler; set the scheduler's stochastic_sampling instead"
@@ -316,7 +393,12 @@ _EXTRACTORS = {"DDIMScheduler": _ddim, "DDPMScheduler": _ddpm, "FlowMatchEulerDi
 
 
 def coefficients_from_scheduler(
-    scheduler, num_inference_steps: int | None = None, *, eta: float | None = None, **set_timesteps_kwargs
+    scheduler,
+    num_inference_steps: int | None = None,
+    *,
+    eta: float | None = None,
+    use_clipped_model_output: bool = False,
+    **set_timesteps_kwargs,
 ):
     """Extract float64 sampler coefficients from a diffusers scheduler.
 
@@ -327,6 +409,10 @@ def coefficients_from_scheduler(
     With ``num_inference_steps`` the scheduler is copied and ``set_timesteps`` is called on the copy (extra keyword
     arguments, e.g. ``mu`` for dynamically shifted flow matching, are passed on); without it the scheduler must
     already have its timesteps set. ``eta`` applies to ``DDIMScheduler`` only (0 = DDIM, 1 = DDPM posterior noise).
+
+    ``clip_sample=True`` and ``thresholding=True`` (DDIM, DDPM) are exact: the clipped x0 prediction is an output
+    transform evaluated inside the batched model call (``ClippedPrediction``, on ``x0_clip``);
+    ``use_clipped_model_output`` is the argument the loop passes to ``DDIMScheduler.step`` (default False).
     """
     name = type(scheduler).__name__
     if name in TRACED_SCHEDULERS:
@@ -340,8 +426,10 @@ def coefficients_from_scheduler(
         return multistep_from_scheduler(scheduler, num_inference_steps, **set_timesteps_kwargs)
     if name not in _EXTRACTORS:
         raise ValueError(f"scheduler {name} is not supported by parallel samplers; supported: {SUPPORTED_SCHEDULERS}")
+    if use_clipped_model_output and name != "DDIMScheduler":
+        raise ValueError(f"use_clipped_model_output is an argument of DDIMScheduler.step only, not of {name}.step")
     if name != "FlowMatchEulerDiscreteScheduler":
-        _check_no_clipping(scheduler)
+        _check_prediction_type(scheduler)
     if num_inference_steps is not None:
         if int(num_inference_steps) < 1:
             raise ValueError(f"num_inference_steps (T) must be >= 1, got {num_inference_steps}")
@@ -351,4 +439,4 @@ def coefficients_from_scheduler(
         raise ValueError(f"{name} has no timesteps: pass num_inference_steps or call set_timesteps first")
     if name != "FlowMatchEulerDiscreteScheduler" and getattr(scheduler, "num_inference_steps", None) is None:
         raise ValueError(f"{name}.set_timesteps has not been called: pass num_inference_steps")
-    return _EXTRACTORS[name](scheduler, eta)
+    return _EXTRACTORS[name](scheduler, eta, bool(use_clipped_model_output))

@@ -56,9 +56,8 @@ def _ddim(**kw):
 
 def _ddpm(**kw):
     # with steps_offset=1 the last timestep is 1 > 0, so DDPM adds noise in every step, the last one included
-    return DDPMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, steps_offset=1, **kw
-    )
+    kw = {"clip_sample": False, **kw}
+    return DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, **kw)
 
 
 SCHEDULERS = {"ddim": _ddim, "ddpm": _ddpm}
@@ -714,9 +713,14 @@ def test_unsupported_pipeline_and_scheduler_name_what_is_supported():
     par.scheduler = KDPM2DiscreteScheduler()  # swapped after parallelize: caught at call time
     with pytest.raises(ValueError, match="KDPM2DiscreteScheduler"):
         par(**UNCOND)
-    clip = _quiet(DDPMPipeline(unet=make_unet2d(), scheduler=DDPMScheduler(clip_sample=True)))
-    with pytest.raises(ValueError, match="clip_sample"):
-        paratriton.parallelize(clip)(**UNCOND)
+
+
+@pytest.mark.parametrize("clip", [{"clip_sample": True, "clip_sample_range": 0.5}, {"thresholding": True}])
+def test_ddpm_pipeline_with_clipped_x0_matches_stock(clip):
+    # DDPMPipeline's scheduler clips x0 by default (google/ddpm-*): exact through the clipped-x0 output transform
+    ref, out, par = run_pair(_quiet(DDPMPipeline(unet=make_unet2d(), scheduler=_ddpm(**clip))), UNCOND, window=3)
+    assert par.paratriton.last_result.converged
+    assert_same(ref, out)
 
 
 @pytest.mark.parametrize(

@@ -148,8 +148,11 @@ def _slice_steps(coeffs, lo: int, hi: int):
     if (lo, hi) == (0, T):
         return coeffs
     if isinstance(coeffs, SamplerCoefficients):
+        clip = None if coeffs.x0_clip is None else coeffs.x0_clip.steps(lo, hi)
         return type(coeffs)(
-            **{f: getattr(coeffs, f)[lo:hi] for f in _COEFF_FIELDS}, prediction_type=coeffs.prediction_type
+            **{f: getattr(coeffs, f)[lo:hi] for f in _COEFF_FIELDS},
+            prediction_type=coeffs.prediction_type,
+            x0_clip=clip,
         )
     if hi < T and coeffs.taps != 1:
         raise RuntimeError(

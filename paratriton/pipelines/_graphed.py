@@ -33,7 +33,9 @@ def _fingerprint(coeffs: SamplerCoefficients) -> tuple:
     names = ("a", "b", "c", "posterior_std", "timesteps", "input_scale", "output_scale", "output_mix")
     fields = [getattr(coeffs, n).detach().to("cpu", torch.float64).reshape(-1) for n in names]  # b: [T] or [T, k]
     shape = tuple(coeffs.b.shape)
-    return type(coeffs).__name__, coeffs.prediction_type, shape, torch.cat(fields).numpy().tobytes()
+    clip = getattr(coeffs, "x0_clip", None)
+    clip_key = None if clip is None else clip.fingerprint()
+    return type(coeffs).__name__, coeffs.prediction_type, shape, torch.cat(fields).numpy().tobytes(), clip_key
 
 
 class GraphedSolvers:

@@ -252,7 +252,16 @@ class ModelCaller:
            hide an overflowed (or inf) state from the model and return a wrong, finite-looking sample.
     """
 
-    def __init__(self, model: Denoiser, sample_shape: tuple[int, ...], batch: int, *, clamp: bool = True) -> None:
+    def __init__(
+        self,
+        model: Denoiser,
+        sample_shape: tuple[int, ...],
+        batch: int,
+        *,
+        clamp: bool = True,
+        coeffs: SamplerCoefficients | None = None,
+        device: torch.device | None = None,
+    ) -> None:
         if not callable(model):
             raise TypeError(f"model must be callable as model(x, step_index), got {type(model).__name__}")
         self.model = model
@@ -260,13 +269,19 @@ class ModelCaller:
         self.batch = batch
         self.clamp = clamp
         self.calls = 0
+        self.raw_dtype: torch.dtype | None = None
+        # a clipped/thresholded x0 prediction (``schedule.ClippedPrediction``): applied to every output, on the
+        # device already (its index gathers are captured with the call)
+        x0_clip = getattr(coeffs, "x0_clip", None)
+        self.x0_clip = None if x0_clip is None else x0_clip.to(device if device is not None else "cpu")
 
     def __call__(self, x: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
         """x: ``[n, B, D]`` inputs of steps ``steps [n]``; returns ``[n, B, D]`` outputs (model dtype)."""
         n, B = x.shape[0], x.shape[1]
         if self.clamp:
             x = x.clamp(-MODEL_INPUT_BOUND, MODEL_INPUT_BOUND)
-        out = self.model(x.reshape(n * B, *self.sample_shape), steps.repeat_interleave(B))
+        rows, row_steps = x.reshape(n * B, *self.sample_shape), steps.repeat_interleave(B)
+        out = self.model(rows, row_steps)
         self.calls += 1
         if not torch.is_tensor(out) or tuple(out.shape) != (n * B, *self.sample_shape):
             raise ValueError(
@@ -277,4 +292,7 @@ class ModelCaller:
             raise ValueError(f"model output must be floating point, got {out.dtype}")
         if out.device != x.device:  # a model on another device than the state (e.g. a CUDA model, CPU x_T)
             out = out.to(x.device)
+        self.raw_dtype = out.dtype  # the network's own output dtype (its rounding sets the precision floor)
+        if self.x0_clip is not None:  # the taps read the clipped x0 (in the state dtype)
+            out = self.x0_clip(rows, out, row_steps)
         return out.reshape(n, B, -1)

@@ -252,7 +252,7 @@ class Engine:
             rms_all=torch.empty(T, B, dtype=dt, device=dev),
             log_F=torch.empty(cap, dtype=torch.long, device=dev),
             log_res=torch.empty(cap, T, dtype=dt, device=dev),
-            call=ModelCaller(model, shape, B),
+            call=ModelCaller(model, shape, B, coeffs=coeffs, device=dev),
             rule=self.rule.allocate(T, B, D, dt, dev),
             taps=coeffs.taps if multistep else None,
             bk=bk,
@@ -478,8 +478,8 @@ class Engine:
         """
         s = self._s
         if "probe" not in s:  # fixed at the first probe of a solve key: the model's dtype and the row counts
-            out = self._last[0]
-            dtype = out.dtype if unit_roundoff(out.dtype) else s["dtype_model"]
+            raw = s["call"].raw_dtype or self._last[0].dtype  # the network's dtype (before a clipped-x0 transform)
+            dtype = raw if unit_roundoff(raw) else s["dtype_model"]
             s["dtype_model"] = dtype
             rows = max(1, min(self._W or s["T"], s["T"]) // 3)  # three evaluations per probe: at most a window's rows
             P = min(FLOOR_PROBES, rows, s["T"])

@@ -93,7 +93,9 @@ class GraphedSequential:
         self.x[T] = x_T.reshape(B, D)
         self.steps = torch.arange(T, device=dev)
         self.counter = torch.full((1,), T - 1, dtype=torch.long, device=dev)  # the step graph's next step
-        self.call = ModelCaller(model, self.shape, B, clamp=False)  # the reference answer: never clamped
+        self.call = ModelCaller(
+            model, self.shape, B, clamp=False, coeffs=coeffs, device=x_T.device
+        )  # the reference answer: never clamped
         self.coeffs = coeffs
         self.per_step = graph == "step"
         self.graph = None

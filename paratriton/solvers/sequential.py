@@ -100,7 +100,7 @@ def solve_sequential(
     T, B, shape = coeffs.num_steps, x_T.shape[0], tuple(x_T.shape[1:])
     D = math.prod(shape)
     taps = int(coeffs.taps)
-    call = ModelCaller(model, shape, B, clamp=False)
+    call = ModelCaller(model, shape, B, clamp=False, coeffs=coeffs, device=x_T.device)
     outs: list[torch.Tensor] = []  # the tap outputs M_i, M_{i+1}, ... of the last ``taps`` steps, newest first
     x = torch.empty(T + 1, B, D, dtype=state_dtype, device=x_T.device)
     x[T] = x_T.reshape(B, D)

@@ -572,7 +572,7 @@ class SRDS:
         res = torch.full((P, T, B), float("nan"), dtype=torch.float64, device=dev)
         bad_count = torch.zeros(T, dtype=torch.int64, device=dev)  # non-finite model outputs per step
         bad_iter = torch.full((T,), P + 1, dtype=torch.int64, device=dev)  # earliest iteration they served
-        call = ModelCaller(model, shape, B)
+        call = ModelCaller(model, shape, B, coeffs=coeffs, device=x_T.device)
         rms = lambda v: v.square().mean(dim=-1).sqrt()  # noqa: E731 -- [B, D] -> [B], RMS per element
 
         nfe, done_iters, converged = 0, 0, False
