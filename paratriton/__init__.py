@@ -3,12 +3,14 @@
 import paratriton
 coeffs = paratriton.coefficients_from_scheduler(scheduler, num_inference_steps=50, eta=0.0)
 result = paratriton.solve(model, coeffs, x_T, noise, method="taa", tol=1e-3)  # tol: RMS distance to sequential
+x_0 = paratriton.denoise(model, scheduler, x_T, 100, generator=g, model_kwargs={"global_cond": c})  # a user's loop
 """
 
 from .model import ClassifierFreeGuidance, Denoiser
 from .schedule import SamplerCoefficients, coefficients_from_scheduler
 from .multistep import MultistepCoefficients
 from .solvers import METHODS, IterationInfo, NonFiniteError, SolveResult, solve, solve_sequential
+from .denoise import denoise
 from .pipelines import parallelize, plan  # plan: pipelines planned there, denoisers by .planner
 from .planner import Plan
 from ._backends import backends  # which kernel (C++ / CUDA / Triton / torch) each op uses; loads paratriton._C
@@ -52,6 +54,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "solve",
+    "denoise",
     "solve_sequential",
     "METHODS",
     "SolveResult",

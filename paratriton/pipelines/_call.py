@@ -48,6 +48,7 @@ from ..multistep import multistep_from_scheduler
 from ..planner import WindowChoice, choose_window
 from ..schedule import TRACED_SCHEDULERS, SamplerCoefficients, coefficients_from_scheduler
 from ..solvers import SolveResult, solve
+from ..step_noise import draw_step_noise, stock_draws
 from ._graphed import graphed_solvers
 from ._guards import check_no_stateful_hooks, model_fingerprint
 from ._options import pipeline_options
@@ -124,16 +125,6 @@ def _like(raw: Any, tensor: torch.Tensor) -> Any:
         return (tensor,)
     first = next(iter(raw.keys()))
     return type(raw)(**{first: tensor})
-
-
-def _step_draws(scheduler, timestep: torch.Tensor, eta: float | None) -> bool:
-    """Whether the stock ``scheduler.step`` draws noise at this timestep (mirrors diffusers 0.42.1)."""
-    name = type(scheduler).__name__
-    if name == "DDPMScheduler":
-        return bool(timestep > 0)
-    if name == "DDIMScheduler":
-        return eta is not None and eta > 0
-    return bool(scheduler.config.stochastic_sampling)  # FlowMatchEulerDiscreteScheduler
 
 
 def _slice_steps(coeffs, lo: int, hi: int):
@@ -596,13 +587,8 @@ class _ParallelCall:
         self.ts_by_step = self.loop_ts.flip(0).to(device)
         self.x_start = x_in[:B]
 
-        if multistep:
-            draws = list(coeffs.noise_draw_steps)
-            noise_dtype = torch.float32 if coeffs.noise_dtype == "float32" else x_dtype
-        else:
-            draws = [T - 1 - k for k in range(T) if _step_draws(sched, self.loop_ts[k], eta)]
-            # DDPM/DDIM draw in model_output's dtype, flow matching in the float32 it upcasts the sample to
-            noise_dtype = torch.float32 if type(sched).__name__ == "FlowMatchEulerDiscreteScheduler" else x_dtype
+        draws, in_float32 = stock_draws(sched, coeffs, self.loop_ts, eta)
+        noise_dtype = torch.float32 if in_float32 else x_dtype
         noise = self._draw_noise(T, N0 if spec.step_rows_cfg else B, B, sample_shape, noise_dtype, device, draws)
         if self.controlnet is not None:
             named[_CONTROL] = self._control_conditioning(x_full, T)
@@ -729,20 +715,11 @@ class _ParallelCall:
     def _draw_noise(
         self, T: int, rows: int, B: int, sample_shape: tuple, dtype, device, draws: list[int]
     ) -> torch.Tensor | None:
-        """Pre-draw the step noise ``[T, B, *S]`` (float64) exactly as the stock ``scheduler.step`` calls would:
-        one ``randn_tensor`` of the stepped latents' shape per step in ``draws`` (solver steps, in draw order: the
-        loop's order, step ``T-1`` first), with the generator the loop hands ``step`` and the scheduler's dtype."""
-        # deferred: diffusers is heavy and optional (``import paratriton`` never imports it)
-        from diffusers.utils.torch_utils import randn_tensor
-
+        """Pre-draw the step noise ``[T, B, *S]`` (float64) with the generator the loop hands ``step``."""
         if not draws:
             return None
         self.step_generator = self.call_args.get("generator") if self.spec.step_generator else None
-        noise = torch.zeros(T, B, *sample_shape, dtype=torch.float64, device=device)
-        for i in draws:
-            xi = randn_tensor((rows, *sample_shape), generator=self.step_generator, device=device, dtype=dtype)
-            noise[i] = xi[:B]  # DiT steps the [cond; uncond] pair and keeps the cond half
-        return noise
+        return draw_step_noise(draws, T, rows, B, sample_shape, self.step_generator, device, dtype)
 
     # -- progress bar and callback_on_step_end ------------------------------------------------------------------
     def _progress(self, T: int):
