@@ -1,0 +1,237 @@
+"""``paratriton.denoise`` and clipped/thresholded x0 predictions against the scheduler's own ``step()`` loop.
+
+The loop is the one diffusion policies run (Chi et al., LeRobot): ``for t in timesteps: x = scheduler.step(
+model(x, t, global_cond=c), t, x, generator=g).prev_sample``, with ``DDPMScheduler(clip_sample=True)``.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
+
+import paratriton
+
+B, H, A, G = 2, 8, 3, 5  # batch, horizon, action dim, condition width
+ALL_METHODS = ["sequential", "fp", "picard", "aa", "taa", "srds", "srds_pipelined"]
+
+
+class TinyPolicyNet(torch.nn.Module):
+    """A ConditionalUnet1D-shaped network: Conv1d over the horizon, FiLM from [timestep embedding; global_cond]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.c1 = torch.nn.Conv1d(A, 16, 3, padding=1)
+        self.c2 = torch.nn.Conv1d(16, A, 3, padding=1)
+        self.film = torch.nn.Linear(G + 8, 32)
+        for p in self.parameters():
+            p.data = torch.randn(p.shape, generator=g) * 0.4
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, global_cond: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        t = t.expand(x.shape[0]) if t.ndim == 0 else t
+        emb = torch.stack([torch.sin(t.to(x.dtype) * k / 17) for k in range(8)], 1)
+        scale, shift = self.film(torch.cat([global_cond, emb], 1)).chunk(2, 1)
+        h = self.c1(x.transpose(1, 2)) * (1 + scale[:, :, None]) + shift[:, :, None]
+        return 1.5 * torch.tanh(self.c2(torch.nn.functional.mish(h)).transpose(1, 2))  # bounded, as a trained eps
+
+
+def _net() -> TinyPolicyNet:
+    return TinyPolicyNet().double()
+
+
+def _f64(sched):
+    sched.alphas_cumprod = sched.alphas_cumprod.double()  # the loop in float64 too: agreement to rounding
+    return sched
+
+
+def _ddpm(**kw):
+    kw = {"clip_sample": True, **kw}
+    return _f64(DDPMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", **kw))
+
+
+def _ddim(**kw):
+    kw = {"clip_sample": True, "set_alpha_to_one": True, **kw}
+    return _f64(DDIMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", **kw))
+
+
+SCHEDULERS = {
+    "ddpm_clip": (_ddpm, {}, 100),
+    "ddpm_noclip": (lambda: _ddpm(clip_sample=False), {}, 100),
+    "ddpm_clip_range": (lambda: _ddpm(clip_sample_range=0.3), {}, 40),
+    "ddpm_threshold_v": (lambda: _ddpm(thresholding=True, prediction_type="v_prediction"), {}, 30),
+    "ddim_clip": (_ddim, {}, 16),
+    "ddim_noclip": (lambda: _ddim(clip_sample=False), {}, 16),
+    "ddim_clip_eta": (_ddim, {"eta": 0.5}, 16),
+    "ddim_clipped_output": (_ddim, {"use_clipped_model_output": True}, 16),
+    "ddim_threshold_sample": (lambda: _ddim(thresholding=True, prediction_type="sample"), {}, 12),
+}
+
+
+def stock_loop(net, sched, x_T, T, cond, generator, **step_kw):
+    """The policies' own loop, verbatim in shape."""
+    s = copy.deepcopy(sched)
+    s.set_timesteps(T)
+    x = x_T
+    with torch.no_grad():
+        for t in s.timesteps:
+            out = net(x, t, global_cond=cond)
+            x = s.step(out, t, x, generator=generator, **step_kw).prev_sample
+    return x
+
+
+def _problem(seed: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    x_T = torch.randn(B, H, A, generator=g, dtype=torch.float64)
+    cond = torch.randn(B, G, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    return g, x_T, cond
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_denoise_equals_the_stock_loop_at_tight_tolerance(name, method):
+    make, step_kw, T = SCHEDULERS[name]
+    net, sched = _net(), make()
+    g, x_T, cond = _problem()
+    ref = stock_loop(net, sched, x_T, T, cond, g, **step_kw)
+    g, x_T, cond = _problem()  # the same generator state: x_T drawn, the steps' noise follows
+    opts = {} if method == "sequential" else {"tol": 1e-9}
+    res = paratriton.denoise(
+        net,
+        sched,
+        x_T,
+        T,
+        generator=g,
+        model_kwargs={"global_cond": cond},
+        method=method,
+        return_result=True,
+        **step_kw,
+        **opts,
+    )
+    assert res.converged
+    assert res.sample.dtype == x_T.dtype and res.sample.shape == x_T.shape
+    err = ((res.sample - ref).abs().max() / ref.abs().max().clamp_min(1)).item()  # unclipped DDPM grows large
+    assert err <= 1e-7, f"{name} {method}: relative error {err:.3e} to the stock loop"
+
+
+def test_clipping_is_active_in_these_problems():
+    # the clipped and unclipped loops must differ, or the tests above would not test clipping at all
+    g, x_T, cond = _problem()
+    clip = stock_loop(_net(), _ddpm(), x_T, 100, cond, g)
+    g, x_T, cond = _problem()
+    plain = stock_loop(_net(), _ddpm(clip_sample=False), x_T, 100, cond, g)
+    assert (clip - plain).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("method", ["fp", "picard", "taa", "srds"])
+@pytest.mark.parametrize("name", ["ddpm_clip", "ddim_clip"])
+def test_denoise_default_tolerance_within_two_tol(method, name):
+    make, step_kw, T = SCHEDULERS[name]
+    net, sched = _net(), make()
+    g, x_T, cond = _problem(7)
+    ref = stock_loop(net, sched, x_T, T, cond, g)
+    g, x_T, cond = _problem(7)
+    tol = 1e-3
+    res = paratriton.denoise(
+        net, sched, x_T, T, generator=g, model_kwargs={"global_cond": cond}, method=method, return_result=True
+    )
+    assert res.converged
+    rms = (res.sample - ref).square().mean().sqrt().item()
+    assert rms <= 2 * tol, f"RMS {rms:.3e} > 2 tol"
+
+
+@pytest.mark.parametrize(
+    "make,T",
+    [(lambda: EulerDiscreteScheduler(num_train_timesteps=100), 12), (lambda: FlowMatchEulerDiscreteScheduler(), 10)],
+)
+def test_denoise_traced_and_flow_schedulers(make, T):
+    # scale_model_input is part of the loop: the traced operator applies it inside the step
+    net, sched = _net(), make()
+    g, x_T, cond = _problem()
+    s = copy.deepcopy(sched)
+    s.set_timesteps(T)
+    x = x_T * getattr(s, "init_noise_sigma", 1.0)
+    scale = getattr(s, "scale_model_input", lambda x, t: x)  # flow matching has none
+    with torch.no_grad():
+        for t in s.timesteps:
+            x = s.step(net(scale(x, t), t, global_cond=cond), t, x, generator=g).prev_sample
+    g, x_T, cond = _problem()
+    x_T = x_T * getattr(s, "init_noise_sigma", 1.0)
+    out = paratriton.denoise(
+        net, sched, x_T, T, generator=g, model_kwargs={"global_cond": cond}, method="taa", tol=1e-9
+    )
+    assert (out - x.to(out.dtype)).abs().max().item() <= 1e-5
+
+
+def test_denoise_warm_start_is_still_the_exact_sample():
+    net, sched = _net(), _ddpm()
+    g, x_T, cond = _problem()
+    kw = {"model_kwargs": {"global_cond": cond}, "method": "taa", "tol": 1e-9, "return_result": True}
+    first = paratriton.denoise(net, sched, x_T, 100, generator=g, **kw)
+    g2, x_T2, _ = _problem(11)
+    cold = paratriton.denoise(net, sched, x_T2, 100, generator=g2, **kw)
+    g2, x_T2, _ = _problem(11)
+    warm = paratriton.denoise(net, sched, x_T2, 100, generator=g2, init=first.trajectory, **kw)
+    assert warm.converged and (warm.sample - cold.sample).abs().max().item() <= 1e-7
+
+
+def test_denoise_auto_is_sequential_on_the_cpu_and_leaves_the_scheduler_alone():
+    net, sched = _net(), _ddpm()
+    before = copy.deepcopy(sched.__dict__.get("timesteps"))
+    g, x_T, cond = _problem()
+    res = paratriton.denoise(net, sched, x_T, 20, generator=g, model_kwargs={"global_cond": cond}, return_result=True)
+    assert res.method == "sequential" and res.iterations == 20
+    assert torch.equal(sched.timesteps, before) and sched.num_inference_steps is None
+
+
+# ---- bad input: a clear error naming it, before the solve ------------------------------------------------------
+class _WrongShape(TinyPolicyNet):
+    def forward(self, x, t, global_cond):
+        return super().forward(x, t, global_cond)[:, :-1]
+
+
+class _ScalarTimestepOnly(TinyPolicyNet):
+    def forward(self, x, t, global_cond):
+        if t.ndim != 0:
+            raise ValueError("this network takes one timestep for the whole batch")
+        return super().forward(x, t, global_cond)
+
+
+@pytest.mark.parametrize(
+    "model,kwargs,exc,match",
+    [
+        (_WrongShape().double(), {}, ValueError, r"must return a tensor shaped like x \[4, 8, 3\], got \[4, 7, 3\]"),
+        (_ScalarTimestepOnly().double(), {}, ValueError, "1-D tensor of 4 timesteps, one per row.*whole batch"),
+        (_net(), {"num_inference_steps": 2.5}, TypeError, "num_inference_steps must be an int >= 1, got 2.5"),
+        (_net(), {"num_inference_steps": True}, TypeError, "num_inference_steps must be an int"),
+        (_net(), {"num_inference_steps": 0}, ValueError, "num_inference_steps must be an int >= 1, got 0"),
+        (_net(), {"method": "newton"}, ValueError, "method='newton' is not supported"),
+        (_net(), {"tol": -1.0}, ValueError, "tol must be a finite number > 0"),
+        (_net(), {"tol": True}, ValueError, "tol must be a finite number > 0"),
+        (_net(), {"x_T": torch.zeros(0, H, A, dtype=torch.float64)}, ValueError, "x_T must be a floating-point"),
+        (_net(), {"model_kwargs": [1]}, TypeError, "model_kwargs must be a dict"),
+        (_net(), {"eta": 0.5}, ValueError, "eta=0.5 is not supported for DDPMScheduler"),
+        (_net(), {"use_clipped_model_output": True}, ValueError, "use_clipped_model_output is an argument of DDIM"),
+    ],
+)
+def test_bad_input_is_named_before_any_solve(model, kwargs, exc, match):
+    g, x_T, cond = _problem()
+    args = {"x_T": x_T, "num_inference_steps": 10, "model_kwargs": {"global_cond": cond}, "method": "taa", **kwargs}
+    calls = model.calls
+    with pytest.raises(exc, match=match):
+        paratriton.denoise(model, _ddpm(), generator=g, **args)
+    assert model.calls - calls <= 1  # at most the one probe call
+
+
+def test_bad_scheduler_options_are_named():
+    g, x_T, cond = _problem()
+    with pytest.raises(ValueError, match="clip_sample_range=0.0"):
+        paratriton.denoise(_net(), _ddpm(clip_sample_range=0.0), x_T, 10, model_kwargs={"global_cond": cond})
+    with pytest.raises(ValueError, match="sample_max_value=0.5"):
+        paratriton.denoise(
+            _net(), _ddpm(thresholding=True, sample_max_value=0.5), x_T, 10, model_kwargs={"global_cond": cond}
+        )
