@@ -195,6 +195,7 @@ def _graphed_solve(model, den, coeffs, x_T, noise, method, options, init) -> Sol
     return dataclasses.replace(res, sample=traj[0], trajectory=traj)
 
 
+@torch.no_grad()  # a sampler, not a training step (the loop it replaces runs under no_grad too)
 def denoise(
     model: Callable,
     scheduler,
@@ -206,6 +207,7 @@ def denoise(
     method: str = "auto",
     tol: float | None = None,
     init: torch.Tensor | None = None,
+    init_sample: torch.Tensor | None = None,
     cuda_graph: bool = False,
     eta: float | None = None,
     use_clipped_model_output: bool = False,
@@ -224,7 +226,9 @@ def denoise(
                 (``paratriton.solvers.REGISTRY[method].options``: window, history, max_iters, callback, ...).
     tol:        the RMS distance of the sample to the sequential loop's, in the sample's units (default 1e-3).
     init:       ``[T, B, *S]`` (or ``[T+1, ...]``) a guess of the trajectory (``result.trajectory`` of an earlier
-                call, e.g. shifted by a policy's executed actions); the answer stays this problem's exact sample.
+                call); the answer stays this problem's exact sample.
+    init_sample: ``[B, *S]`` a guess of the sample (a policy's previous chunk shifted by its executed actions): the
+                trajectory guess is ``x_i = alpha_i init_sample + sigma_i x_T`` at each state's noise level.
     cuda_graph: every iteration one CUDA-graph replay; the graphs are kept for the next call with the same model,
                 shapes and schedule (a control loop's calls replay them).
     eta, use_clipped_model_output: the loop's ``DDIMScheduler.step`` arguments.
@@ -232,41 +236,7 @@ def denoise(
     trajectory ``[T+1, B, *S]``, iterations, converged, ...).
     """
     T = _check_inputs(model, x_T, num_inference_steps, model_kwargs, method, tol)
-    with torch.no_grad():  # a sampler, not a training step (the loop it replaces runs under no_grad too)
-        return _denoise(
-            model,
-            scheduler,
-            x_T.detach(),
-            T,
-            generator,
-            model_kwargs,
-            method,
-            tol,
-            init,
-            cuda_graph,
-            eta,
-            use_clipped_model_output,
-            return_result,
-            options,
-        )
-
-
-def _denoise(
-    model,
-    scheduler,
-    x_T,
-    T,
-    generator,
-    model_kwargs,
-    method,
-    tol,
-    init,
-    cuda_graph,
-    eta,
-    use_clipped_model_output,
-    return_result,
-    options,
-):
+    x_T = x_T.detach()
     if method == "auto":
         method = "taa" if x_T.device.type == "cuda" else "sequential"
     if method != "sequential" and tol is not None:
@@ -291,6 +261,10 @@ def _denoise(
     )
     if noise is None and coeffs.is_stochastic:  # noise-free steps of a stochastic operator: zeros
         noise = torch.zeros(coeffs.num_steps, *x_T.shape, dtype=torch.float64, device=device)
+    if init_sample is not None:
+        if init is not None:
+            raise ValueError("init and init_sample exclude each other: pass a trajectory guess or a sample guess")
+        init = noised_guess(coeffs, init_sample, x_T)
     if cuda_graph:
         if device.type != "cuda":
             raise ValueError(f"cuda_graph=True needs x_T on a CUDA device, got {device}")
@@ -299,3 +273,21 @@ def _denoise(
         res = solve(den, coeffs, x_T, noise, method=method, init=init, **options)
     res = dataclasses.replace(res, sample=res.sample.to(x_T.dtype))
     return res if return_result else res.sample
+
+
+def noised_guess(coeffs, sample: torch.Tensor, x_T: torch.Tensor) -> torch.Tensor:
+    """``[T, B, *S]`` trajectory guess ``x_i = alpha_i sample + sigma_i x_T`` (``x_0 = sample``): each state at its
+    noise level (``signal_scale, noise_scale`` of the step it feeds, over ``input_scale``)."""
+    if not torch.is_tensor(sample) or tuple(sample.shape) != tuple(x_T.shape):
+        raise ValueError(
+            f"init_sample must be a tensor shaped like x_T {list(x_T.shape)}, got {list(getattr(sample, 'shape', []))}"
+        )
+    T = coeffs.num_steps
+    scale = getattr(coeffs, "input_scale", None)
+    sig, noi = coeffs.signal_scale.to(torch.float64), coeffs.noise_scale.to(torch.float64)
+    if scale is not None:
+        sig, noi = sig / scale.to(torch.float64), noi / scale.to(torch.float64)
+    alpha = torch.cat([torch.ones(1, dtype=torch.float64), sig[: T - 1]]).to(x_T.device)
+    sigma = torch.cat([torch.zeros(1, dtype=torch.float64), noi[: T - 1]]).to(x_T.device)
+    view = (T,) + (1,) * x_T.ndim
+    return alpha.view(view) * sample.to(x_T.device, torch.float64) + sigma.view(view) * x_T.to(torch.float64)
