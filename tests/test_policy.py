@@ -96,8 +96,22 @@ def test_predict_action_checks():
         policy.predict_action(np.zeros((2, TO + 1, OBS)))
     with pytest.raises(ValueError, match="obs must be"):
         policy.predict_action(np.zeros((2, TO, OBS - 1)))
-    with pytest.raises(NotImplementedError, match="wired in main"):
-        policy.predict_action(np.zeros((1, TO, OBS)), method="taa")
+    with pytest.raises(ValueError, match="method='newton' is not supported"):
+        policy.predict_action(np.zeros((1, TO, OBS)), method="newton")
+    with pytest.raises(TypeError, match="method='sequential' takes no options"):
+        policy.predict_action(np.zeros((1, TO, OBS)), tol=1e-3)
+
+
+@pytest.mark.parametrize("method", ["taa", "picard"])
+def test_parallel_predict_action_equals_the_reference_loop(method):
+    policy = tiny_policy()
+    obs = np.random.default_rng(2).normal(size=(3, TO, OBS)).astype(np.float32)
+    ref = policy.predict_action(obs, generator=torch.Generator().manual_seed(4))
+    out = policy.predict_action(obs, generator=torch.Generator().manual_seed(4), method=method, tol=1e-6)
+    assert policy.last_result.converged and policy.last_result.iterations < policy.num_inference_steps
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-4)
+    warm = policy.predict_action(obs, generator=torch.Generator().manual_seed(4), method=method, warm_start=True)
+    torch.testing.assert_close(warm, ref, rtol=0, atol=5e-3)
 
 
 def test_normalizer_limits_mode():

@@ -201,6 +201,25 @@ class DiffusionUnetLowdimPolicy(nn.Module):
             trajectory = scheduler.step(model_output, t, trajectory, generator=generator, **kwargs).prev_sample
         return trajectory
 
+    @torch.no_grad()
+    def parallel_sample(
+        self, global_cond: torch.Tensor, generator: torch.Generator | None, method: str, **options: Any
+    ) -> torch.Tensor:
+        """``conditional_sample``'s loop solved in parallel (``paratriton.denoise``): the same trajectory draw, the
+        same step noise, the same answer up to ``tol``. One warm-start state per (method, options)."""
+        from ..policies.adapters import PolicyState, solve_chunk
+
+        warm = options.pop("warm_start", False)
+        key = (method, warm, tuple(sorted(options.items())))
+        states = self.__dict__.setdefault("_parallel_states", {})
+        if key not in states:
+            states[key] = PolicyState(method, dict(options), warm, self.n_action_steps)
+        shape = (global_cond.shape[0], self.horizon, self.action_dim)
+        x_T = torch.randn(shape, generator=generator, device=global_cond.device, dtype=global_cond.dtype)
+        out = solve_chunk(self, states[key], self.model, x_T, generator, {"global_cond": global_cond})
+        self.__dict__["last_result"] = states[key].last_result
+        return out
+
     def action_window(self, action_pred: torch.Tensor) -> torch.Tensor:
         """The executed actions of a chunk: ``[B, horizon, A] -> [B, n_action_steps, A]`` from ``n_obs_steps - 1``."""
         start = self.n_obs_steps - 1
@@ -217,14 +236,17 @@ class DiffusionUnetLowdimPolicy(nn.Module):
         """``obs [B, n_obs_steps, obs_dim]`` (raw units, numpy or torch) -> the executed actions
         ``[B, n_action_steps, action_dim]`` (raw units, float32 torch tensor on the policy's device).
 
-        ``method="sequential"`` runs ``conditional_sample`` (the reference's loop). Other methods are the parallel
-        samplers, routed through ``paratriton.denoise``."""
+        ``method="sequential"`` runs ``conditional_sample`` (the reference's loop). Other methods (``"taa"``,
+        ``"picard"``, ...) solve the same loop in parallel through ``paratriton.denoise`` (same generator, same
+        actions up to ``tol``); ``options``: ``tol``, ``cuda_graph``, ``warm_start`` (True or ``"sample"``: start
+        from the previous call's chunk shifted by ``n_action_steps``), ... ``last_result`` holds the last solve."""
         global_cond = self.global_cond(obs)
-        if method != "sequential":
-            raise NotImplementedError("wired in main")
-        if options:
-            raise TypeError(f"method='sequential' takes no options, got {sorted(options)}")
-        naction = self.conditional_sample(global_cond, generator=generator)
+        if method == "sequential":
+            if options:
+                raise TypeError(f"method='sequential' takes no options, got {sorted(options)}")
+            naction = self.conditional_sample(global_cond, generator=generator)
+        else:
+            naction = self.parallel_sample(global_cond, generator, method, **options)
         action_pred = self.normalizer["action"].unnormalize(naction.to(torch.float32))
         return self.action_window(action_pred)
 

@@ -31,7 +31,7 @@ import torch
 from ..denoise import denoise
 from ..solvers import SolveResult
 
-__all__ = ["parallelize_policy", "PolicyState", "shift_trajectory", "policy_kind"]
+__all__ = ["parallelize_policy", "PolicyState", "shift_trajectory", "policy_kind", "solve_chunk"]
 
 _STEP_KWARGS = ("eta", "use_clipped_model_output")  # what a Chi policy may hand scheduler.step, and denoise takes
 
@@ -91,7 +91,9 @@ def _shallow_copy(module: Any) -> Any:
     return twin
 
 
-def _solve(policy, state: PolicyState, net, x_T, generator, model_kwargs, step_kwargs) -> torch.Tensor:
+def solve_chunk(policy, state: PolicyState, net, x_T, generator, model_kwargs, step_kwargs=None) -> torch.Tensor:
+    """One chunk of ``policy`` (its ``noise_scheduler``, ``num_inference_steps``) from ``x_T`` through
+    ``paratriton.denoise`` with ``state``'s method, options and warm start; records the result on ``state``."""
     T = int(policy.num_inference_steps)
     res = denoise(
         net,
@@ -103,7 +105,7 @@ def _solve(policy, state: PolicyState, net, x_T, generator, model_kwargs, step_k
         method=state.method,
         return_result=True,
         **state.init_for(tuple(x_T.shape), T),
-        **step_kwargs,
+        **(step_kwargs or {}),
         **state.options,
     )
     state.last_result = res
@@ -132,7 +134,7 @@ def _chi_sample(policy, state: PolicyState):
             size=condition_data.shape, dtype=condition_data.dtype, device=condition_data.device, generator=generator
         )
         kw = {"local_cond": local_cond, "global_cond": global_cond}
-        x = _solve(policy, state, policy.model, x_T, generator, kw, kwargs)
+        x = solve_chunk(policy, state, policy.model, x_T, generator, kw, kwargs)
         x[condition_mask] = condition_data[condition_mask]  # as the stock loop's last line (a no-op here)
         return x
 
@@ -149,7 +151,7 @@ def _lerobot_sample(model, state: PolicyState):
         p = next(model.parameters())
         shape = (batch_size, model.config.horizon, model.config.action_feature.shape[0])
         x_T = noise if noise is not None else torch.randn(shape, dtype=p.dtype, device=p.device, generator=generator)
-        return _solve(model, state, model.unet, x_T, generator, {"global_cond": global_cond}, {})
+        return solve_chunk(model, state, model.unet, x_T, generator, {"global_cond": global_cond})
 
     return conditional_sample
 
