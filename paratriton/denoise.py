@@ -146,6 +146,33 @@ def _probe(den: LoopDenoiser, x_T: torch.Tensor, T: int) -> torch.dtype:
     return out.dtype
 
 
+_OPERATORS: dict = {}  # (scheduler config, schedule tensor, T, eta, ...) -> (coefficients, scheduler with timesteps)
+
+
+def _operator(scheduler, T: int, eta, use_clipped_model_output: bool):
+    """The step operator of ``scheduler`` at ``T`` steps and a copy of it with its timesteps set, cached by the
+    scheduler's class, config and ``alphas_cumprod`` (a control loop asks for the same one every chunk)."""
+    ac = getattr(scheduler, "alphas_cumprod", None)
+    ac_key = None if ac is None else (str(ac.dtype), ac.data_ptr(), ac._version)
+    key = (
+        type(scheduler).__name__,
+        repr(sorted(dict(scheduler.config).items())),
+        ac_key,
+        T,
+        eta,
+        use_clipped_model_output,
+    )
+    hit = _OPERATORS.get(key)
+    if hit is None:
+        coeffs = coefficients_from_scheduler(scheduler, T, eta=eta, use_clipped_model_output=use_clipped_model_output)
+        sched = copy.deepcopy(scheduler)
+        sched.set_timesteps(T)
+        if len(_OPERATORS) >= 64:
+            _OPERATORS.clear()
+        hit = _OPERATORS[key] = (coeffs, sched)
+    return hit
+
+
 # ---- the graphed solvers kept between calls (one problem per model) ----------------------------------------------
 _GRAPHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> _Graphed
 
@@ -154,6 +181,7 @@ _GRAPHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> _G
 class _Graphed:
     key: tuple
     denoiser: LoopDenoiser
+    coeffs: Any  # the operator the solvers captured with (a solver re-captures for another object)
     solvers: dict
 
 
@@ -170,9 +198,10 @@ def _graphed_solve(model, den, coeffs, x_T, noise, method, options, init) -> Sol
     if entry is None or entry.key != key:
         _GRAPHED.pop(model, None)  # free the old graphs before capturing new ones
         den.kwargs = clone_tree(den.kwargs)  # ours: later calls copy into them
-        entry = _GRAPHED[model] = _Graphed(key, den, {})
+        entry = _GRAPHED[model] = _Graphed(key, den, coeffs, {})
     else:
         entry.denoiser.load(den.kwargs)
+        coeffs = entry.coeffs
     options = dict(options)
     callback = options.pop("callback", None)
     k = (method, tuple(sorted(options.items())))
@@ -243,9 +272,7 @@ def denoise(
         options["tol"] = tol
     elif method == "sequential" and tol is not None:
         raise TypeError("tol does not apply to method='sequential' (it is the loop itself)")
-    coeffs = coefficients_from_scheduler(scheduler, T, eta=eta, use_clipped_model_output=use_clipped_model_output)
-    sched = copy.deepcopy(scheduler)
-    sched.set_timesteps(T)
+    coeffs, sched = _operator(scheduler, T, eta, bool(use_clipped_model_output))
     loop_ts = sched.timesteps
     if coeffs.num_steps != len(loop_ts):
         raise RuntimeError(f"{type(scheduler).__name__}: {coeffs.num_steps} steps traced, {len(loop_ts)} in the loop")
