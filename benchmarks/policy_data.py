@@ -11,7 +11,8 @@ With ``--noise`` > 0 the executed actions carry Gaussian noise of that standard 
 stay the clean expert actions (DART-style: the data cover the states the policy's own errors reach).
 
 ``--obs-out`` also writes a few observation windows ``obs [K, 2, 39]`` from expert episodes of evaluation seeds
-(disjoint from the training seeds), a few KB, for the CPU tests of the shipped policy.
+(disjoint from the training seeds) with the expert's action at each ``expert_action [K, 4]``, a few KB, for the CPU
+tests of the shipped policy.
 
 Needs the ``[sim]`` extra (metaworld, mujoco, gymnasium). The simulator runs on the CPU: 200 episodes take ~10 s.
 """
@@ -42,19 +43,21 @@ EVAL_SEED_BASE = 100_000
 
 
 def recorded_windows(task: str, n_obs_steps: int = 2, seeds: range = range(EVAL_SEED_BASE, EVAL_SEED_BASE + 4),
-                     times: tuple[int, ...] = (0, 15, 30)) -> np.ndarray:  # fmt: skip
-    """Observation windows ``[len(seeds) * len(times), n_obs_steps, 39]`` float32 from expert episodes: the window
-    ending at step ``t`` (the first observation repeated before the episode's start, as the evaluation's history)."""
+                     times: tuple[int, ...] = (0, 15, 30, 45)) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Observation windows ``[K, n_obs_steps, 39]`` float32 (K = ``len(seeds) * len(times)``) from expert episodes,
+    the window ending at step ``t`` (the first observation repeated before the episode's start, as the evaluation's
+    history), and the expert's action at each window's last observation ``[K, 4]`` float32."""
     env = MetaWorldTask(task)
     expert = expert_policy(task)
-    out = []
+    windows, actions = [], []
     for s in seeds:
-        obs = expert_rollout(task, s, env=env, expert=expert)["obs"]
+        ep = expert_rollout(task, s, env=env, expert=expert)
         for t in times:
-            idx = np.clip(np.arange(t - n_obs_steps + 1, t + 1), 0, len(obs) - 1)
-            out.append(obs[idx])
+            idx = np.clip(np.arange(t - n_obs_steps + 1, t + 1), 0, ep["steps"] - 1)
+            windows.append(ep["obs"][idx])
+            actions.append(ep["action"][idx[-1]])
     env.close()
-    return np.asarray(out, dtype=np.float32)
+    return np.asarray(windows, dtype=np.float32), np.asarray(actions, dtype=np.float32)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -100,8 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
     meta["path"] = os.path.abspath(args.out)
     meta["bytes"] = os.path.getsize(args.out)
     if args.obs_out:
-        windows = recorded_windows(args.task)
-        np.savez_compressed(args.obs_out, obs=windows, task=np.asarray(args.task))
+        windows, expert_actions = recorded_windows(args.task)
+        np.savez_compressed(args.obs_out, obs=windows, expert_action=expert_actions, task=np.asarray(args.task))
         meta["obs_out"] = {"path": args.obs_out, "windows": int(len(windows)), "bytes": os.path.getsize(args.obs_out)}
     print(json.dumps(meta, indent=1))
     return meta

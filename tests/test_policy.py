@@ -184,9 +184,13 @@ def test_shipped_policy_on_recorded_observations():
     assert (policy.horizon, policy.n_obs_steps, policy.n_action_steps) == (16, 2, 8)
     assert policy.num_inference_steps == 100 and policy.noise_scheduler.config.clip_sample
     assert cfg["files"]["model.safetensors"]["sha256"]
-    obs = np.load(OBS_DATA)["obs"][:4]
+    rec = np.load(OBS_DATA)
+    obs, expert = rec["obs"], rec["expert_action"]  # [K, 2, 39], [K, 4]: expert episodes of evaluation seeds
     g = lambda: torch.Generator().manual_seed(0)
     act = policy.predict_action(obs, generator=g())
     assert act.shape == (len(obs), 8, policy.action_dim)
     assert act.abs().max() <= 1.0 + 1e-3  # Meta-World actions are in [-1, 1] and the normalizer maps back there
     torch.testing.assert_close(policy.predict_action(obs, generator=g()), act, rtol=0, atol=0)
+    # the policy imitates: its first executed hand displacement points the expert's way on unseen episodes
+    cos = torch.nn.functional.cosine_similarity(act[:, 0, :3], torch.from_numpy(expert[:, :3]), dim=-1)
+    assert cos.mean() > 0.5, cos

@@ -145,9 +145,17 @@ def test_reference_state_dict_layout():
 
 
 def test_published_parameter_counts():
-    # low-dim configs: step embedding 256, [256, 512, 1024], e.g. obs 20-d x 2 steps, 10-d actions
+    # the counts of the reference network measured in shared/design/policies.md: image UNet (PushT image config:
+    # 2 x (512 ResNet features + 2 agent positions), 2-d actions, step embedding 128) 277.2M; low-dim UNet (PushT
+    # low-dim: 2 x 20-d observations, 2-d actions) 63.6M
+    assert n_params(input_dim=2, global_cond_dim=1028, diffusion_step_embed_dim=128, down_dims=(512, 1024, 2048)) == (
+        277_202_050
+    )
+    assert n_params(input_dim=2, global_cond_dim=40, diffusion_step_embed_dim=128, down_dims=(256, 512, 1024)) == (
+        63_554_434
+    )
+    # the ranges of the brief: low-dim 64-78M (step embedding 256, the reference's low-dim configs), image 250-280M
     low = n_params(input_dim=10, global_cond_dim=40, diffusion_step_embed_dim=256, down_dims=(256, 512, 1024))
     assert 64e6 <= low <= 78e6, low
-    # image configs: step embedding 128, [512, 1024, 2048], 2 x (512 ResNet features + 9 low-dim)
     image = n_params(input_dim=10, global_cond_dim=2 * 521, diffusion_step_embed_dim=128, down_dims=(512, 1024, 2048))
     assert 250e6 <= image <= 280e6, image
