@@ -162,6 +162,8 @@ def bench(name, model, sched, T, horizon, A, G, dtype, args, iters_override=None
     cond = torch.randn(B, G, device=dev, dtype=dtype, generator=g)
     x_T = torch.randn(B, horizon, A, device=dev, dtype=dtype, generator=g)
     row = {"config": name, "device": torch.cuda.get_device_name(), "dtype": str(dtype), "steps": T, "batch": B}
+    # PyTorch's defaults, as users run them (cuDNN convolutions may use TF32; matmuls do not)
+    row["cudnn_tf32"], row["matmul_tf32"] = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     row["params_M"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 1)
     t1 = torch.tensor([10], device=dev)
     row["call_1_ms"] = graphed_call_ms(model, x_T, t1, cond)
@@ -234,8 +236,6 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
     rows = []
     for name in args.configs:
         shape, horizon, dtype, kind, T = CONFIGS[name]
