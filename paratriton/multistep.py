@@ -27,9 +27,11 @@ How the coefficients are found (the tracer)
 The scheduler is deep-copied (the user's is never touched), its float tensors are upcast to float64, and its own
 loop (``scale_model_input``, ``step`` per timestep) is run once on *basis* tensors of shape ``[1, N, 1, 1]`` with
 ``N = 1 + 2T``: ``x_T = e_0``, the output of step ``i`` is ``e_{1+i}``, the noise drawn in step ``i`` (through
-``randn_tensor``, patched in the scheduler's module for the duration, always restored) is ``e_{1+T+i}``. Each traced
-state's channel entries are then exactly its dense row ``R_i``. While tracing, a ``torch`` function mode keeps float32
-casts inside ``step()`` (diffusers upcasts ``sample`` to float32) at float64, so the trace is float64 throughout.
+``randn_tensor``: the private copy's methods that call it get their own copy of the function, whose globals name the
+tracer's supply, so the diffusers module and every other scheduler are untouched) is ``e_{1+T+i}``. Each traced
+state's channel entries are then exactly its dense row ``R_i``. While tracing, a thread-local ``torch`` function mode
+keeps float32 casts inside ``step()`` (diffusers upcasts ``sample`` to float32) and new tensors at float64, so the
+trace is float64 throughout; the process's default dtype is never changed, so other threads are unaffected.
 
 From the rows: ``a_i = R_i[x_T] / R_{i+1}[x_T]`` (the ``x_T`` weight of ``x_{i+1}`` must be nonzero), then
 ``r_i = R_i - a_i R_{i+1}`` has no ``x_T`` part and must be supported on ``M_i .. M_{i+k_i-1}`` and ``xi_i`` alone;
@@ -98,7 +100,7 @@ import contextlib
 import copy
 import functools
 import math
-import sys
+import types
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
@@ -318,49 +320,91 @@ def float64_scheduler(scheduler: Any) -> Any:
 
 
 class _Float64Mode(TorchFunctionMode):
-    """Turns every float32 (and float16/bfloat16) dtype argument of a torch call into float64."""
+    """Keeps a scheduler's ``step()`` in float64 without touching the process's default dtype.
+
+    A torch function mode is thread-local, so only the calls of the thread that entered it see it: every float32
+    (and float16/bfloat16) dtype argument becomes float64, and a result that came out in a low float dtype although
+    no low-precision tensor went in (a factory without a dtype, ``int_tensor * 0.5``: the default dtype's doing) is
+    computed again with float64 (a factory's ``dtype=``; Python floats as float64 0-d tensors otherwise).
+    """
 
     _LOW = (torch.float32, torch.float16, torch.bfloat16)
+    _FACTORIES = frozenset(
+        {
+            torch.tensor,
+            torch.as_tensor,
+            torch.scalar_tensor,
+            torch.zeros,
+            torch.ones,
+            torch.empty,
+            torch.full,
+            torch.arange,
+            torch.linspace,
+            torch.logspace,
+            torch.rand,
+            torch.randn,
+        }
+    )
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
         args = tuple(torch.float64 if isinstance(a, torch.dtype) and a in self._LOW else a for a in args)
         if kwargs.get("dtype") in self._LOW:
             kwargs["dtype"] = torch.float64
+        out = func(*args, **kwargs)
+        if not (torch.is_tensor(out) and out.dtype in self._LOW) or kwargs.get("dtype") is not None:
+            return out
+        leaves = torch.utils._pytree.tree_leaves((args, kwargs))
+        if any(torch.is_tensor(t) and t.dtype in self._LOW for t in leaves):
+            return out  # a low-precision input: the step's own choice (the tracer's inputs are float64)
+        if func in self._FACTORIES:
+            return func(*args, **{**kwargs, "dtype": torch.float64})
+
+        def wide(v):
+            return torch.tensor(v, dtype=torch.float64) if type(v) is float else v
+
+        args, kwargs = torch.utils._pytree.tree_map(wide, (args, kwargs))
         return func(*args, **kwargs)
 
 
 @contextlib.contextmanager
 def float64_mode() -> Iterator[None]:
-    """Run a scheduler's ``step()`` in float64: float32 casts inside it (``sample.to(torch.float32)``) and new
-    tensors stay float64 (default dtype float64 for the duration; both restored on exit)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        with _Float64Mode():
-            yield
-    finally:
-        torch.set_default_dtype(old)
+    """Run a scheduler's ``step()`` in float64 in this thread: float32 casts inside it (``sample.to(torch.float32)``)
+    and new tensors stay float64. Nothing process-wide changes (the default dtype is never set): other threads,
+    tracing or not, are unaffected."""
+    with _Float64Mode():
+        yield
 
 
 @contextlib.contextmanager
-def _patched_randn(scheduler: Any, supply) -> Iterator[None]:
-    """Replace ``randn_tensor`` in the scheduler's module by ``supply(shape, dtype)`` (always restored)."""
-    module = sys.modules[type(scheduler).__module__]
-    had = hasattr(module, "randn_tensor")
-    old = getattr(module, "randn_tensor", None)
+def _private_noise(sched: Any, supply) -> Iterator[None]:
+    """Make ``sched`` (a private copy) draw its ``randn_tensor`` noise from ``supply(shape, dtype)``.
+
+    Every method of its class (and bases) that calls ``randn_tensor`` gets, on this instance only, a copy of the
+    function whose globals name ``supply`` as ``randn_tensor``; the diffusers module, the class and every other
+    scheduler (in any thread) still draw from the real one. Removed on exit."""
 
     def fake(shape, generator=None, device=None, dtype=None, layout=None):
         return supply(tuple(shape), dtype)
 
-    module.randn_tensor = fake
+    names = []
+    for klass in type(sched).__mro__:
+        for name, fn in vars(klass).items():
+            if name in names or not isinstance(fn, types.FunctionType) or "randn_tensor" not in fn.__code__.co_names:
+                continue
+            if getattr(type(sched), name) is not fn:
+                continue  # overridden lower in the MRO: the override is the one called
+            private = types.FunctionType(
+                fn.__code__, {**fn.__globals__, "randn_tensor": fake}, fn.__name__, fn.__defaults__, fn.__closure__
+            )
+            private.__kwdefaults__ = fn.__kwdefaults__
+            setattr(sched, name, types.MethodType(private, sched))
+            names.append(name)
     try:
         yield
     finally:
-        if had:
-            module.randn_tensor = old
-        else:
-            del module.randn_tensor
+        for name in names:
+            delattr(sched, name)
 
 
 def _scalar_scale(z: torch.Tensor, x: torch.Tensor, name: str) -> float:
@@ -464,7 +508,7 @@ def _run_loop(sched: Any, x: torch.Tensor, outputs, noises, record: dict | None,
             record.setdefault("dtypes", []).append(dtype)
         return noises(n, shape)
 
-    with _patched_randn(sched, supply), float64_mode():
+    with _private_noise(sched, supply), float64_mode():
         for n, t in enumerate(timesteps):
             current[0] = n
             z = sched.scale_model_input(x, t)
