@@ -81,3 +81,54 @@ def test_tracing_in_threads_beside_stock_calls_changes_nothing_process_wide():
     for k in range(5, 8):
         assert torch.equal(call(*jobs[k]), serial[k])
     assert torch.get_default_dtype() == torch.float32
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2. every model output is checked, the floor probe's too
+# ---------------------------------------------------------------------------------------------------------------
+def _gm(T=20, eta=0.0, B=1, shape=(2, 3, 3), seed=0, std=0.3):
+    from paratriton.testing import GaussianMixture
+    from paratriton.testing.gaussian_mixture import default_schedule
+
+    cf = default_schedule(T, eta=eta)
+    model = GaussianMixture.random(shape, 3, std=std, seed=seed).denoiser(cf)
+    g = torch.Generator().manual_seed(seed + 11)
+    x_T = torch.randn(B, *shape, generator=g, dtype=torch.float64)
+    noise = torch.randn(T, B, *shape, generator=g, dtype=torch.float64)
+    return cf, model, x_T, noise
+
+
+class _CallLog:
+    """The model, with its calls' row counts logged; ``poison(call_number)`` returns that call's output spoiled."""
+
+    def __init__(self, model, poison=None, value=float("nan")):
+        self.model, self.poison, self.value, self.rows = model, poison, value, []
+
+    def __call__(self, x, s):
+        self.rows.append(x.shape[0])
+        out = self.model(x, s)
+        if self.poison is not None and self.poison(len(self.rows)):
+            out = torch.full_like(out, self.value)
+        return out
+
+
+@pytest.mark.parametrize("method", ["picard", "taa", "fp"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_a_non_finite_floor_probe_is_an_error(method, value):
+    """c5e3ac1 used the probe's NaN/inf outputs as a floor: infinite thresholds, ``converged=True`` after 2
+    iterations, far from the sequential sample (an all-NaN probe silently ran all T iterations)."""
+    cf, model, x_T, noise = _gm(T=20)
+    clean = _CallLog(model)
+    res = pt.solve(clean, cf, x_T, method=method)
+    assert res.probe_calls >= 1 and clean.rows[1] != clean.rows[0]  # call 2 is the probe after iteration 1
+    spoiled = _CallLog(model, poison=lambda n: n == 2, value=value)
+    with pytest.raises(pt.NonFiniteError, match=r"model output is NaN/inf at step\(s\) \[.*roughness probe after "):
+        pt.solve(spoiled, cf, x_T, method=method)
+    assert len(spoiled.rows) == 3  # stopped at the next host read, not after T iterations
+
+
+def test_a_probe_after_the_last_iteration_is_checked_too():
+    cf, model, x_T, _ = _gm(T=20)
+    spoiled = _CallLog(model, poison=lambda n: n == 2)
+    with pytest.raises(pt.NonFiniteError, match="roughness probe after iteration 1"):
+        pt.solve(spoiled, cf, x_T, method="picard", max_iters=1)
