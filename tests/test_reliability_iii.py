@@ -132,3 +132,55 @@ def test_a_probe_after_the_last_iteration_is_checked_too():
     spoiled = _CallLog(model, poison=lambda n: n == 2)
     with pytest.raises(pt.NonFiniteError, match="roughness probe after iteration 1"):
         pt.solve(spoiled, cf, x_T, method="picard", max_iters=1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4. the model-input clamp: only for fp16 networks, and reported where it binds at the answer
+# ---------------------------------------------------------------------------------------------------------------
+def _linear_problem():
+    from paratriton.testing.gaussian_mixture import default_schedule
+
+    cf = default_schedule(20, eta=1.0)
+    g = torch.Generator().manual_seed(0)
+    x_T = torch.randn(1, 6, generator=g, dtype=torch.float64)
+    noise = torch.randn(20, 1, 6, generator=g, dtype=torch.float64)
+    return cf, x_T, noise
+
+
+@pytest.mark.parametrize("method", ["fp", "picard", "aa", "taa"])
+def test_a_trajectory_beyond_the_fp16_range_is_solved_exactly_for_a_float_model(method):
+    """A linear map with L = 5 whose sequential trajectory reaches 1e12: c5e3ac1 clamped every model's input to
+    +-6e4 and returned ``converged=True`` with ~100 % relative error."""
+    cf, x_T, noise = _linear_problem()
+
+    def model(x, s):
+        return -5.0 * x
+
+    ref = pt.solve(model, cf, x_T, noise, method="sequential")
+    assert ref.trajectory.abs().max() > 1e10
+    res = pt.solve(model, cf, x_T, noise, method=method, tol_abs=1e-9, tol_rel=1e-9)
+    assert res.converged and not res.input_clamped
+    assert ((res.sample - ref.sample).norm() / ref.sample.norm()) <= 1e-6
+
+
+def test_an_fp16_model_clamped_at_the_answer_is_reported_not_converged():
+    """The clamp stays for an fp16 network (its range), and where the returned trajectory needs inputs beyond it
+    (here ``x_T`` itself, at 1e5: the sequential sampler's fp16 model sees inf), the result says so instead of
+    ``converged=True``."""
+    cf, x_T, noise = _linear_problem()
+    x_T = x_T * 1e5
+    seen = []
+
+    def fp16_model(x, s):
+        xh = x.to(torch.float16)
+        seen.append(bool(torch.isinf(xh).any()))
+        return 0.01 * xh
+
+    fp16_model.compute_dtype = torch.float16  # declared: the very first call is guarded too
+    with pytest.raises(pt.NonFiniteError):
+        pt.solve(fp16_model, cf, x_T, noise, method="sequential")
+    seen.clear()
+    with pytest.warns(RuntimeWarning, match="beyond its range"):
+        res = pt.solve(fp16_model, cf, x_T, noise, method="taa", tol_abs=1e-9, tol_rel=1e-9)
+    assert not any(seen)  # the guard: never inf into the network
+    assert res.input_clamped and not res.converged

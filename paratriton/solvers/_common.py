@@ -36,6 +36,9 @@ class SolveResult:
     precision_limited: a low-precision (fp16/bf16) model's rounding floor was above the tolerance at some step,
                  and the solver stopped at the floor there
     precision_floor: that floor, as an RMS distance at the sample (None when it did not bind)
+    input_clamped: an fp16 model's inputs were clamped to ``+-MODEL_INPUT_BOUND`` (its range) at the returned
+                 trajectory, so it is not the sequential sampler's (whose model would see inf there); then
+                 ``converged`` is False
     probe_calls: model calls outside the iterations: the roughness probes of ``solvers/tolerance.py`` (one for a
                  smooth model, ``log2 T`` at most for a rough one, of at most a window's rows; not in ``nfe``)
     """
@@ -49,6 +52,7 @@ class SolveResult:
     method: str
     window_history: list[tuple[int, int]] = field(default_factory=list)
     precision_limited: bool = False
+    input_clamped: bool = False
     precision_floor: float | None = None
     probe_calls: int = 0
     error_bound: float | None = None
@@ -238,27 +242,42 @@ def check_problem(
 
 
 # Iterates of early parallel iterations can be far off the data manifold (order-k weights amplify errors); clamping
-# the model input to the fp16 range means a half-precision model never sees inf. The solution trajectory lies far
-# inside this range, so the fixed point, and the answer, do not change.
+# the model input of an fp16 network to the fp16 range means it never sees inf. Only fp16 networks get the clamp: a
+# float32/bfloat16 model sees the iterates as they are, as the sequential reference does (a trajectory that leaves
+# the range then has the same fixed point as the sequential sampler). Where the clamp applies and the *returned*
+# trajectory's model inputs are beyond it, the result says so (``input_clamped``, ``converged=False``).
 MODEL_INPUT_BOUND = 6.0e4
+
+
+def half_precision(model: Denoiser) -> bool:
+    """Whether ``model`` computes in float16 (its ``compute_dtype``, or an ``nn.Module`` with float16 parameters)."""
+    if getattr(model, "compute_dtype", None) == torch.float16:
+        return True
+    if isinstance(model, torch.nn.Module):
+        return any(p.dtype == torch.float16 for p in model.parameters())
+    return False
 
 
 class ModelCaller:
     """Calls the denoiser on a block of states and checks what comes back.
 
-    clamp: clamp the input to ``+-MODEL_INPUT_BOUND`` (for the iterates of the parallel solvers, which may be far
-           off the trajectory early on; their residual test still sees the unclamped state, so a NaN/inf state is
-           reported). The sequential samplers pass ``clamp=False``: their state *is* the answer, and clamping it would
-           hide an overflowed (or inf) state from the model and return a wrong, finite-looking sample.
+    clamp: clamp the input to ``+-MODEL_INPUT_BOUND``. None (the parallel solvers): only for an fp16 network, known
+           from ``half_precision(model)`` or from its first float16 output (the first iteration's inputs are copies
+           of ``x_T``); their residual test still sees the unclamped state, so a NaN/inf state is reported. The
+           sequential samplers pass ``clamp=False``: their state *is* the answer, and clamping it would hide an
+           overflowed (or inf) state from the model and return a wrong, finite-looking sample.
     """
 
-    def __init__(self, model: Denoiser, sample_shape: tuple[int, ...], batch: int, *, clamp: bool = True) -> None:
+    def __init__(
+        self, model: Denoiser, sample_shape: tuple[int, ...], batch: int, *, clamp: bool | None = None
+    ) -> None:
         if not callable(model):
             raise TypeError(f"model must be callable as model(x, step_index), got {type(model).__name__}")
         self.model = model
         self.sample_shape = sample_shape
         self.batch = batch
-        self.clamp = clamp
+        self.auto = clamp is None
+        self.clamp = half_precision(model) if clamp is None else clamp
         self.calls = 0
 
     def __call__(self, x: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
@@ -275,6 +294,8 @@ class ModelCaller:
             )
         if not out.is_floating_point():
             raise ValueError(f"model output must be floating point, got {out.dtype}")
+        if self.auto and out.dtype == torch.float16:
+            self.clamp = True  # an fp16 network: its later inputs are clamped to the fp16 range
         if out.device != x.device:  # a model on another device than the state (e.g. a CUDA model, CPU x_T)
             out = out.to(x.device)
         return out.reshape(n, B, -1)

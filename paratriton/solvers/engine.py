@@ -29,7 +29,7 @@ import torch
 from .._cuda_graph import NestedCUDAGraphError, capture, warn_nested_graphs
 from ..model import Denoiser
 from ..schedule import SamplerCoefficients
-from ._common import IterationInfo, ModelCaller, NonFiniteError, SolveResult, check_problem
+from ._common import MODEL_INPUT_BOUND, IterationInfo, ModelCaller, NonFiniteError, SolveResult, check_problem
 from .rules import KERNELS, AndersonRule, FixedPointRule, WindowView
 from .sequential import one_tap_view
 from .tolerance import (
@@ -447,7 +447,28 @@ class Engine:
             amplification=float((s["geff"] / s["g"]).amax()),
         )
         self._report_precision(result)
+        self._report_clamp(result)
         return result
+
+    def _report_clamp(self, result: SolveResult) -> None:
+        """An fp16 model's input clamp (``MODEL_INPUT_BOUND``) is a guard for early iterates only: where the returned
+        trajectory's model inputs are beyond it, the answer is not the sequential one: not converged, one warning."""
+        s = self._s
+        if not s["call"].clamp:
+            return
+        level = s["x"][1:].abs().amax((1, 2))
+        if s["in_scale"] is not None:
+            level = level * s["in_scale"].abs()
+        big = float(level.amax())
+        if big > MODEL_INPUT_BOUND:
+            result.input_clamped, result.converged = True, False
+            warnings.warn(
+                f"the fp16 model's inputs reach {big:.3g} at the returned trajectory, beyond its range (clamped at "
+                f"+-{MODEL_INPUT_BOUND:g}): the result is not the sequential sample (whose model would see inf); "
+                "converged=False",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def _sums(self) -> torch.Tensor:
         """``sum_i geff_i RMS(r_i)`` per trajectory ``[B]`` over every step's latest residual (on the device): the
