@@ -253,14 +253,16 @@ class DigitsPipeline(_pipeline_base()):
         from ..model import ClassifierFreeGuidance
 
         scale = self.default_guidance_scale if guidance_scale is None else float(guidance_scale)
-        compute_dtype = next(self.unet.parameters()).dtype  # a bf16/fp16 network: the solvers stop at its floor
+        param = next(self.unet.parameters())
+        compute_dtype, dev = param.dtype, param.device  # a bf16/fp16 network: the solvers stop at its floor
         lab = self.labels(class_labels)
         B = lab.numel()
-        ts = coeffs.timesteps.to(torch.long)
+        # every indexing tensor lives on the network's device: no host copy inside a call (CUDA graph capture)
+        ts, lab = coeffs.timesteps.to(dev, torch.long), lab.to(dev)
 
         def conditional(x: torch.Tensor, step_index: torch.Tensor) -> torch.Tensor:
-            rows = torch.arange(x.shape[0]) % B
-            return self.eps(x, ts[step_index.cpu()], lab[rows])
+            rows = torch.arange(x.shape[0], device=dev) % B
+            return self.eps(x, ts[step_index.to(dev)], lab[rows])
 
         conditional.compute_dtype = compute_dtype
         if scale == 1.0:
@@ -268,9 +270,9 @@ class DigitsPipeline(_pipeline_base()):
 
         def branches(x2: torch.Tensor, step2: torch.Tensor) -> torch.Tensor:
             n = x2.shape[0] // 2
-            rows = torch.arange(n) % B
-            y = torch.cat([torch.full((n,), self.null_class, dtype=torch.long), lab[rows]])
-            return self.eps(x2, ts[step2.cpu()], y)
+            rows = torch.arange(n, device=dev) % B
+            y = torch.cat([torch.full((n,), self.null_class, dtype=torch.long, device=dev), lab[rows]])
+            return self.eps(x2, ts[step2.to(dev)], y)
 
         branches.compute_dtype = compute_dtype
         return ClassifierFreeGuidance(branches, scale)
