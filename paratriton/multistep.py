@@ -98,7 +98,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import math
 import types
 from dataclasses import dataclass, field, replace
@@ -107,7 +106,7 @@ from typing import Any, Iterator
 import torch
 from torch.overrides import TorchFunctionMode
 
-from .schedule import TRACED_SCHEDULERS
+from .schedule import TRACED_SCHEDULERS, host_values
 
 __all__ = [
     "MultistepCoefficients",
@@ -282,17 +281,17 @@ class MultistepCoefficients:
             out = out + c[i] * noise.to(x_next.dtype)
         return out
 
-    @functools.cached_property
+    @property
     def _host(self) -> tuple[list[float], list[list[float]], list[float]]:
-        return self.a.tolist(), self.b.tolist(), self.c.tolist()
+        return host_values(self, "_host_abc", (self.a, self.b, self.c))
 
-    @functools.cached_property
+    @property
     def _host_input_scale(self) -> list[float]:
-        return self.input_scale.tolist()
+        return host_values(self, "_host_scale", (self.input_scale,))
 
-    @functools.cached_property
+    @property
     def _host_output(self) -> tuple[list[float], list[float]]:
-        return self.output_scale.tolist(), self.output_mix.tolist()
+        return host_values(self, "_host_out", (self.output_scale, self.output_mix))
 
 
 _VECTORS = (

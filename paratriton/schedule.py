@@ -12,9 +12,8 @@ the sample. All arrays are float64, indexed by step ``i``.
 from __future__ import annotations
 
 import copy
-import functools
 from dataclasses import dataclass, replace
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
@@ -77,6 +76,24 @@ class StepOperator(Protocol):
     def coefficients(
         self, dtype: torch.dtype, device: torch.device | str
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+
+def host_values(owner: Any, name: str, tensors: tuple[torch.Tensor, ...]) -> Any:
+    """``[t.tolist() for t in tensors]`` (a tuple, or the one list), cached on ``owner`` while the tensors are
+    unchanged: an in-place edit bumps a tensor's version counter and the next read sees the new values, so the
+    sequential sampler reads what the parallel solvers read (no device read per step otherwise)."""
+    key = tuple((id(t), t._version) for t in tensors)
+    cached = owner.__dict__.get(name)
+    if cached is None or cached[0] != key:
+        values = tuple(t.tolist() for t in tensors)
+        cached = (key, values if len(values) > 1 else values[0])
+        owner.__dict__[name] = cached  # a frozen dataclass: the cache bypasses __setattr__, as cached_property does
+    return cached[1]
+
+
+def coefficient_versions(coeffs: Any) -> tuple:
+    """The identity and version of every coefficient tensor: changes when one is edited in place."""
+    return tuple((id(v), v._version) for v in vars(coeffs).values() if torch.is_tensor(v))
 
 
 @dataclass(frozen=True)
@@ -181,9 +198,9 @@ class SamplerCoefficients:
             out = out + c[i] * noise.to(x_next.dtype)
         return out
 
-    @functools.cached_property
+    @property
     def _host(self) -> tuple[list[float], list[float], list[float]]:
-        return self.a.tolist(), self.b.tolist(), self.c.tolist()
+        return host_values(self, "_host", (self.a, self.b, self.c))
 
     def coefficients(
         self, dtype: torch.dtype, device: torch.device | str

@@ -212,3 +212,34 @@ def test_a_bf16_model_at_its_floor_is_not_called_converged(form):
     assert dist > 5e-3  # the floor binds: far above the 1e-3 asked for ...
     assert res.precision_limited and not res.converged  # ... and the result says so
     assert dist <= res.precision_floor  # the reported floor is the distance the result can be from sequential
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 5. coefficients edited in place after a solve: every path reads the new values
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["one_tap", "multistep"])
+def test_coefficients_edited_after_a_solve_are_read_by_every_method(kind):
+    """c5e3ac1: ``method="sequential"`` kept a cached host copy of ``a, b, c`` (and a reused engine its device
+    copy), while a fresh parallel solve read the edited values."""
+    from dataclasses import replace
+
+    from paratriton.solvers import make_solver
+
+    cf, model, x_T, noise = _gm(T=12, eta=1.0)
+    if kind == "multistep":
+        diffusers = pytest.importorskip("diffusers")
+        cf = pt.coefficients_from_scheduler(diffusers.DPMSolverMultistepScheduler(), 12)
+        noise = None
+    engine = make_solver("taa", tol_abs=1e-10, tol_rel=1e-10)
+    before = [pt.solve(model, cf, x_T, noise, method="sequential").sample, engine.solve(model, cf, x_T, noise).sample]
+    with torch.no_grad():
+        cf.b.mul_(0.9)  # edited in place after the solves
+    fresh = replace(cf, b=cf.b.clone())  # a new object with the edited values: the answer to match
+    want = pt.solve(model, fresh, x_T, noise, method="sequential").sample
+    assert (want - before[0]).abs().max() > 1e-3  # the edit matters
+    for got in (
+        pt.solve(model, cf, x_T, noise, method="sequential").sample,
+        engine.solve(model, cf, x_T, noise).sample,  # the same solver object as before the edit
+        pt.solve(model, cf, x_T, noise, method="picard", tol_abs=1e-10, tol_rel=1e-10).sample,
+    ):
+        assert (got - want).abs().max() <= 1e-8

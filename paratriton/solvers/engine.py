@@ -28,7 +28,7 @@ import torch
 
 from .._cuda_graph import NestedCUDAGraphError, capture, warn_nested_graphs
 from ..model import Denoiser
-from ..schedule import SamplerCoefficients
+from ..schedule import SamplerCoefficients, coefficient_versions
 from ._common import MODEL_INPUT_BOUND, IterationInfo, ModelCaller, NonFiniteError, SolveResult, check_problem
 from .rules import KERNELS, AndersonRule, FixedPointRule, WindowView
 from .sequential import one_tap_view
@@ -338,7 +338,8 @@ class Engine:
         Solving again with the same model, coefficients and shapes reuses the buffers and captured graphs.
         """
         check_problem(one_tap_view(coeffs), x_T, noise, init)
-        key = (tuple(x_T.shape), x_T.device, noise is None, self.state_dtype)
+        # the coefficients' versions: an in-place edit after a solve is read again (as the sequential sampler does)
+        key = (tuple(x_T.shape), x_T.device, noise is None, self.state_dtype, coefficient_versions(coeffs))
         if self._key is None or self._key[0] is not model or self._key[1] is not coeffs or self._key[2:] != key:
             self._setup(model, coeffs, x_T, noise)
             self._key = (model, coeffs, *key)
