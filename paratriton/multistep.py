@@ -80,8 +80,8 @@ Not supported (a ``ValueError`` names it): thresholding, ``clip_sample``, learne
 ``scale_model_input`` that is not a scalar multiple, any step nonlinear in its inputs, ``step()`` options beyond its
 defaults (Euler's ``s_churn`` and friends are traced at 0), and the option sets on which the stock loop itself fails
 (UniPC bh1 with ``final_sigmas_type='zero'`` gives NaN; order 3 without ``lower_order_final`` hits a singular solve;
-PNDM's Runge-Kutta warm-up needs ``T >= 3``). Other schedulers (DPMSolverSinglestep, KDPM2, DDIM inverse, ...) are
-not traced; singlestep and KDPM2 would fit the same tracer but are not verified here.
+PNDM's Runge-Kutta warm-up needs ``num_inference_steps >= 4``). Other schedulers (DPMSolverSinglestep, KDPM2, DDIM
+inverse, ...) are not traced; singlestep and KDPM2 would fit the same tracer but are not verified here.
 
 Noise (``EulerAncestralDiscreteScheduler``, ``DPMSolverMultistepScheduler`` with ``sde-*``)
 -------------------------------------------------------------------------------------------
@@ -106,7 +106,7 @@ from typing import Any, Iterator
 import torch
 from torch.overrides import TorchFunctionMode
 
-from .schedule import TRACED_SCHEDULERS, host_values
+from .schedule import TRACED_SCHEDULERS, check_steps, host_values
 
 __all__ = [
     "MultistepCoefficients",
@@ -125,6 +125,7 @@ _VE_SCHEDULERS = (
     "LMSDiscreteScheduler",
 )
 _PREDICTIONS = {"epsilon": "epsilon", "v_prediction": "v_prediction", "sample": "sample", "flow_prediction": "flow"}
+_PNDM_PRK_MIN = 4  # PNDM's Runge-Kutta warm-up: diffusers' set_timesteps fails (numpy broadcast) below 4 steps
 _TAP_TOL = 1e-11  # relative size below which a traced coefficient counts as exactly zero
 _LINEAR_TOL = 1e-9  # relative mismatch of the random-input re-run that marks a step as nonlinear
 
@@ -745,9 +746,14 @@ def multistep_from_scheduler(
     _check_options(scheduler)
     scheduler = copy.deepcopy(scheduler)
     if num_inference_steps is not None:
-        if int(num_inference_steps) < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-        scheduler.set_timesteps(int(num_inference_steps), **set_timesteps_kwargs)
+        n = check_steps(num_inference_steps)
+        if name == "PNDMScheduler" and not scheduler.config.skip_prk_steps and n < _PNDM_PRK_MIN:
+            raise ValueError(
+                f"PNDMScheduler with the Runge-Kutta warm-up (skip_prk_steps=False) needs num_inference_steps >= "
+                f"{_PNDM_PRK_MIN}, got {n} (diffusers' own set_timesteps fails below that); use more steps or "
+                "skip_prk_steps=True"
+            )
+        scheduler.set_timesteps(n, **set_timesteps_kwargs)
     elif getattr(scheduler, "num_inference_steps", None) is None:
         raise ValueError(f"{name}.set_timesteps has not been called: pass num_inference_steps")
     if getattr(scheduler, "step_index", None) is not None or getattr(scheduler, "counter", 0):

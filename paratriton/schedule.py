@@ -247,6 +247,20 @@ def _check_no_clipping(scheduler) -> None:
         raise ValueError(f"{name}(prediction_type={pt!r}) is not supported; use one of {_PREDICTION_TYPES}")
 
 
+def _check_terminal_snr(scheduler, ab_t: torch.Tensor) -> None:
+    """Zero terminal SNR (``alphas_cumprod = 0`` at a sampled timestep, e.g. ``rescale_betas_zero_snr=True``) with an
+    epsilon model: ``x0 = (x - sigma eps) / alpha`` divides by ``alpha = 0``. Named, not blamed on ``beta_start``."""
+    name, pt = type(scheduler).__name__, scheduler.config.prediction_type
+    if pt == "epsilon" and bool((ab_t <= 0).any()):
+        raise ValueError(
+            f"{name} has zero terminal SNR (alphas_cumprod = 0 at timestep(s) "
+            f"{scheduler.timesteps[(ab_t <= 0).flip(0)].tolist()}; rescale_betas_zero_snr="
+            f"{getattr(scheduler.config, 'rescale_betas_zero_snr', False)}) with prediction_type='epsilon': the step "
+            "divides by alpha = 0 there (no epsilon model can predict x0 from pure noise); use "
+            "prediction_type='v_prediction' (how zero-SNR models are trained) or a schedule without zero SNR"
+        )
+
+
 def _vp_posterior_std(ab_t: torch.Tensor, ab_prev: torch.Tensor) -> torch.Tensor:
     return ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)).clamp_min(0).sqrt()
 
@@ -260,6 +274,7 @@ def _ddim(scheduler, eta: float | None) -> SamplerCoefficients:
     ac = _f64(scheduler.alphas_cumprod)
     prev = ts - cfg.num_train_timesteps // scheduler.num_inference_steps  # diffusers' rule, whatever the spacing
     ab_t = ac[ts]
+    _check_terminal_snr(scheduler, ab_t)
     ab_prev = torch.where(prev >= 0, ac[prev.clamp_min(0)], _f64(scheduler.final_alpha_cumprod))
     var = (1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)
     std = eta * var.sqrt()
@@ -291,6 +306,7 @@ def _ddpm(scheduler, eta: float | None) -> SamplerCoefficients:
     prev = torch.cat([torch.tensor([-1]), ts[:-1]])  # the next-smaller timestep in the list, -1 after the last
     ac = _f64(scheduler.alphas_cumprod)
     ab_t = ac[ts]
+    _check_terminal_snr(scheduler, ab_t)
     ab_prev = torch.where(prev >= 0, ac[prev.clamp_min(0)], torch.ones_like(ab_t))
     cur_alpha = ab_t / ab_prev
     cur_beta = 1 - cur_alpha
@@ -332,6 +348,19 @@ def _flow_match(scheduler, eta: float | None) -> SamplerCoefficients:
 _EXTRACTORS = {"DDIMScheduler": _ddim, "DDPMScheduler": _ddpm, "FlowMatchEulerDiscreteScheduler": _flow_match}
 
 
+def check_steps(value: Any, name: str = "num_inference_steps") -> int:
+    """``value`` as an int >= 1, or an error naming ``name`` and the range: no silent truncation (2.7 is not 2; a
+    bool is not a count). Integral floats (50.0) and integer tensors are accepted."""
+    if torch.is_tensor(value):
+        value = value.item() if value.numel() == 1 else value
+    ok = not isinstance(value, bool) and (
+        hasattr(value, "__index__") or (isinstance(value, float) and value.is_integer())
+    )
+    if not ok or int(value) < 1:
+        raise ValueError(f"{name} (T) must be an int >= 1, got {type(value).__name__} {value!r}")
+    return int(value)
+
+
 def coefficients_from_scheduler(
     scheduler, num_inference_steps: int | None = None, *, eta: float | None = None, **set_timesteps_kwargs
 ):
@@ -360,10 +389,9 @@ def coefficients_from_scheduler(
     if name != "FlowMatchEulerDiscreteScheduler":
         _check_no_clipping(scheduler)
     if num_inference_steps is not None:
-        if int(num_inference_steps) < 1:
-            raise ValueError(f"num_inference_steps (T) must be >= 1, got {num_inference_steps}")
+        num_inference_steps = check_steps(num_inference_steps)
         scheduler = copy.deepcopy(scheduler)
-        scheduler.set_timesteps(int(num_inference_steps), **set_timesteps_kwargs)
+        scheduler.set_timesteps(num_inference_steps, **set_timesteps_kwargs)
     elif getattr(scheduler, "num_inference_steps", None) is None and scheduler.timesteps is None:
         raise ValueError(f"{name} has no timesteps: pass num_inference_steps or call set_timesteps first")
     if name != "FlowMatchEulerDiscreteScheduler" and getattr(scheduler, "num_inference_steps", None) is None:

@@ -243,3 +243,198 @@ def test_coefficients_edited_after_a_solve_are_read_by_every_method(kind):
         pt.solve(model, cf, x_T, noise, method="picard", tol_abs=1e-10, tol_rel=1e-10).sample,
     ):
         assert (got - want).abs().max() <= 1e-8
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# regressions and weak cases
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["sequential", "taa", "picard", "srds"])
+def test_inputs_that_require_grad_are_read_as_values(method):
+    """c5e3ac1: ``taa`` with ``x_T.requires_grad_()`` failed inside the engine (an autograd in-place error)."""
+    cf, model, x_T, noise = _gm(T=10, eta=1.0)
+    want = pt.solve(model, cf, x_T, noise, method=method).sample
+    got = pt.solve(model, cf, x_T.clone().requires_grad_(), noise.clone().requires_grad_(), method=method).sample
+    assert torch.equal(got, want) and not got.requires_grad
+
+
+@pytest.mark.parametrize("method", ["sequential", "picard", "taa"])
+def test_a_model_that_edits_its_input_cannot_change_the_answer(method):
+    """c5e3ac1: ``sequential`` handed the model a view of its own state (0.91 RMS off for this model); with the
+    clamp now only for fp16 models, a full-window engine call would have too."""
+    cf, model, x_T, noise = _gm(T=10, eta=1.0)
+
+    def vandal(x, s):
+        out = model(x, s)
+        x.mul_(-3.0)  # edits its input in place after using it
+        return out
+
+    want = pt.solve(model, cf, x_T, noise, method=method, **({} if method == "sequential" else {"tol": 1e-8}))
+    got = pt.solve(vandal, cf, x_T, noise, method=method, **({} if method == "sequential" else {"tol": 1e-8}))
+    assert torch.equal(got.sample, want.sample)
+
+
+def test_sequential_callbacks_see_the_latest_state_never_uninitialised_memory():
+    """c5e3ac1: ``IterationInfo.sample`` in sequential callbacks read ``torch.empty`` memory."""
+    cf, model, x_T, noise = _gm(T=10, eta=1.0)
+    seen = []
+    res = pt.solve(model, cf, x_T, noise, method="sequential", callback=lambda info: seen.append(info.sample))
+    assert len(seen) == 10
+    for n, s in enumerate(seen):  # after the n-th call the latest state is x_{T-1-n}
+        assert torch.equal(s, res.trajectory[10 - 1 - n])
+
+
+@pytest.mark.parametrize(
+    "call, exc, match",
+    [
+        (lambda: pt.solvers.make_solver("taa", window=torch.tensor(3.7)), TypeError, "window must be an int"),
+        (lambda: pt.solvers.make_solver("taa", tol=True), TypeError, "tol must be a finite number > 0"),
+        (lambda: pt.solvers.make_solver("picard", tol_abs=False), TypeError, "tol_abs must be a finite number"),
+    ],
+    ids=["window_float_tensor", "tol_bool", "tol_abs_bool"],
+)
+def test_no_silent_truncation_of_solver_options(call, exc, match):
+    """c5e3ac1: ``window=torch.tensor(3.7)`` became 3, ``tol=True`` became 1.0."""
+    with pytest.raises(exc, match=match):
+        call()
+
+
+@pytest.mark.parametrize("sched", ["DDIMScheduler", "EulerDiscreteScheduler"])
+def test_no_silent_truncation_of_the_step_count(sched):
+    """c5e3ac1: ``num_inference_steps=2.7`` became 2 (one-tap and traced schedulers alike)."""
+    diffusers = pytest.importorskip("diffusers")
+    scheduler = getattr(diffusers, sched)(**({"clip_sample": False} if sched == "DDIMScheduler" else {}))
+    with pytest.raises(ValueError, match=r"num_inference_steps \(T\) must be an int >= 1, got float 2.7"):
+        pt.coefficients_from_scheduler(scheduler, 2.7)
+    assert pt.coefficients_from_scheduler(scheduler, 3.0).num_steps == 3  # an integral float is a count
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"class_labels": [2.7]}, r"class_labels must be ints in \[0, 10\].*2.7"),
+        ({"class_labels": [True]}, r"class_labels must be ints"),
+        ({"class_labels": [2], "num_inference_steps": 2.7}, r"num_inference_steps \(T\) must be an int >= 1"),
+        ({"class_labels": [2], "output_type": "np"}, r"output_type must be 'pil' or 'pt', got 'np'"),
+    ],
+    ids=["float_label", "bool_label", "float_steps", "output_type"],
+)
+def test_the_digits_pipeline_names_bad_arguments(kwargs, match):
+    """c5e3ac1: ``labels=[2.7]`` became 2, ``num_inference_steps=2.7`` became 2, an unknown ``output_type``
+    returned PIL images."""
+    import os
+
+    from paratriton.models import WEIGHTS_DIR, load_default
+
+    if not os.path.exists(os.path.join(WEIGHTS_DIR, "model.safetensors")):
+        pytest.skip("the default model's weights are not shipped in this checkout")
+    pipe = load_default(device="cpu")
+    with pytest.raises(ValueError, match=match):
+        pipe(method="sequential", **kwargs)
+
+
+def test_meta_and_empty_tensors_are_named():
+    """c5e3ac1: errors from deep inside torch ("Cannot copy out of meta tensor", reductions of empty tensors)."""
+    cf, model, x_T, noise = _gm(T=6, eta=1.0)
+    for method in ("sequential", "taa", "srds"):
+        with pytest.raises(ValueError, match="x_T is a meta tensor"):
+            pt.solve(model, cf, x_T.to("meta"), noise, method=method)
+        with pytest.raises(ValueError, match="noise is a meta tensor"):
+            pt.solve(model, cf, x_T, noise.to("meta"), method=method)
+        with pytest.raises(ValueError, match=r"x_T must hold at least one trajectory.*got \[0, 2, 3, 3\]"):
+            pt.solve(model, cf, x_T[:0], noise[:, :0], method=method)
+        with pytest.raises(ValueError, match=r"x_T must hold at least one trajectory.*got \[1, 0\]"):
+            pt.solve(lambda x, s: x, cf, torch.zeros(1, 0, dtype=torch.float64), torch.zeros(6, 1, 0), method=method)
+        with pytest.raises(ValueError, match="the model returned a meta tensor"):
+            pt.solve(lambda x, s: torch.empty_like(x, device="meta"), cf, x_T, noise, method=method)
+
+
+@pytest.mark.parametrize("rows", [-1, 1])
+def test_a_cfg_branch_output_of_the_wrong_size_is_named(rows):
+    cf, model, x_T, _ = _gm(T=6)
+
+    def branches(x2, s2):
+        out = model(x2, s2)
+        return out[:-1] if rows < 0 else torch.cat([out, out[:1]])
+
+    with pytest.raises(ValueError, match=r"branch_model must return one row per input row"):
+        pt.solve(pt.ClassifierFreeGuidance(branches, 2.0), cf, x_T, method="taa")
+
+
+def test_plan_takes_an_unhashable_model():
+    """c5e3ac1: ``TypeError: unhashable type`` from the planner's timing cache."""
+    cf, model, x_T, _ = _gm(T=8)
+
+    class Unhashable:
+        __hash__ = None  # e.g. a dataclass with eq=True
+
+        def __call__(self, x, s):
+            return model(x, s)
+
+    p = pt.plan(Unhashable(), cf, x_T)
+    assert p.method in ("taa", "sequential")
+
+
+def test_zero_snr_epsilon_schedules_are_named_as_such():
+    """c5e3ac1 blamed ``beta_start=0``; the cause is zero terminal SNR with an epsilon model."""
+    diffusers = pytest.importorskip("diffusers")
+    for cls in (diffusers.DDIMScheduler, diffusers.DDPMScheduler):
+        sched = cls(rescale_betas_zero_snr=True, timestep_spacing="trailing", clip_sample=False)
+        with pytest.raises(ValueError, match="zero terminal SNR.*prediction_type='epsilon'") as err:
+            pt.coefficients_from_scheduler(sched, 10)
+        assert "beta_start" not in str(err.value)
+        v = cls(
+            rescale_betas_zero_snr=True, timestep_spacing="trailing", clip_sample=False, prediction_type="v_prediction"
+        )
+        assert pt.coefficients_from_scheduler(v, 10).num_steps == 10  # the supported zero-SNR form
+
+
+@pytest.mark.parametrize("T", [1, 2, 3])
+def test_pndm_warm_up_below_four_steps_is_named(T):
+    """c5e3ac1 passed diffusers' numpy broadcast error through."""
+    diffusers = pytest.importorskip("diffusers")
+    with pytest.raises(ValueError, match=rf"needs num_inference_steps >= 4, got {T}"):
+        pt.coefficients_from_scheduler(diffusers.PNDMScheduler(), T)
+
+
+def test_last_result_is_not_stale_after_an_interrupted_call():
+    pytest.importorskip("diffusers")
+    from test_pipelines import UNCOND, _ddpm_pipe, _gen
+
+    par = pt.parallelize(_ddpm_pipe(), "taa", tol_abs=1e-7, tol_rel=1e-7)
+    par(**UNCOND, generator=_gen())
+    assert par.paratriton.last_result is not None
+
+    def interrupt(pipe, i, t, kw):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        par(**UNCOND, generator=_gen(), callback_on_step_end=interrupt)
+    assert par.paratriton.last_result is None  # c5e3ac1: the previous call's result
+
+
+@pytest.mark.parametrize("method", ["taa", "srds"])
+def test_one_solver_object_in_two_threads_is_an_error_not_a_wrong_answer(method):
+    from paratriton.solvers import make_solver
+
+    cf, model, x_T, noise = _gm(T=10, eta=1.0)
+    solver = make_solver(method, tol=1e-6)
+    inside, release = threading.Event(), threading.Event()
+
+    def slow(x, s):
+        inside.set()
+        release.wait(30)
+        return model(x, s)
+
+    results = []
+    t = threading.Thread(target=lambda: results.append(solver.solve(slow, cf, x_T, noise)))
+    t.start()
+    try:
+        assert inside.wait(30)
+        with pytest.raises(RuntimeError, match="already solving in another thread"):
+            solver.solve(model, cf, x_T, noise)
+    finally:
+        release.set()
+        t.join(60)
+    ref = pt.solve(model, cf, x_T, noise, method="sequential").sample
+    assert (results[0].sample - ref).abs().max() <= 1e-5  # the first solve was not disturbed
+    assert (solver.solve(model, cf, x_T, noise).sample - ref).abs().max() <= 1e-5  # and the solver is free again

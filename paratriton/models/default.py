@@ -235,8 +235,24 @@ class DigitsPipeline(_pipeline_base()):
         return F.pixel_shuffle(out, PATCH).to(x.dtype)
 
     def labels(self, class_labels) -> torch.Tensor:
-        lab = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1).cpu()
-        if lab.numel() == 0 or lab.min() < 0 or lab.max() > self.num_classes:
+        """``class_labels`` as a ``[B]`` int64 CPU tensor; an error naming the argument and the range otherwise (no
+        silent truncation: 2.7 is not 2)."""
+        try:
+            raw = torch.as_tensor(class_labels).reshape(-1).cpu()
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(
+                f"class_labels must be ints in [0, {self.num_classes}] ({self.num_classes} = unconditional), got "
+                f"{class_labels!r}"
+            ) from None
+        integral = not raw.is_complex() and raw.dtype != torch.bool and bool((raw == raw.round()).all())
+        if raw.numel() == 0 or not integral:
+            shown = raw.tolist() if torch.is_tensor(class_labels) else class_labels
+            raise ValueError(
+                f"class_labels must be ints in [0, {self.num_classes}] ({self.num_classes} = unconditional), got "
+                f"{shown!r}"
+            )
+        lab = raw.to(torch.long)
+        if lab.min() < 0 or lab.max() > self.num_classes:
             raise ValueError(
                 f"class_labels must be in [0, {self.num_classes}] ({self.num_classes} = unconditional), "
                 f"got {lab.tolist()}"
@@ -310,8 +326,12 @@ class DigitsPipeline(_pipeline_base()):
     ):
         import paratriton
 
+        from ..schedule import check_steps
+
+        if output_type not in ("pil", "pt"):
+            raise ValueError(f"output_type must be 'pil' or 'pt', got {output_type!r}")
         lab = self.labels(class_labels)
-        B, T = lab.numel(), int(num_inference_steps)
+        B, T = lab.numel(), check_steps(num_inference_steps)
         scheduler = self.scheduler if scheduler is None else scheduler
         device = next(self.unet.parameters()).device
         x_T, noise = self.problem(B, T, generator, device=device)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 
@@ -113,6 +116,22 @@ class IterationInfo:
         return f"IterationInfo(iteration={self.iteration}, window={self.window}, frozen_from={self.frozen_from})"
 
 
+@contextlib.contextmanager
+def exclusive(solver: object) -> Iterator[None]:
+    """One solve at a time per solver object: its buffers (and captured graphs) hold one problem. A second thread
+    calling ``solve`` on the same object meanwhile gets a clear error instead of a mixed-up answer."""
+    lock = solver.__dict__.setdefault("_solve_lock", threading.Lock())  # (dict.setdefault is atomic)
+    if not lock.acquire(blocking=False):
+        raise RuntimeError(
+            f"this {type(solver).__name__} is already solving in another thread (or re-entered from a callback): "
+            "one solver object runs one solve at a time; make one solver per thread (paratriton.solve does)"
+        )
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _check_int(name: str, value, lo: int, hi: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) and not (hasattr(value, "__index__")):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -203,6 +222,14 @@ def check_problem(
             "x_T must be a floating-point tensor of shape [B, *sample_shape], "
             f"got {getattr(x_T, 'shape', type(x_T))} {getattr(x_T, 'dtype', '')}"
         )
+    for name, t in (("x_T", x_T), ("noise", noise), ("init", init)):
+        if torch.is_tensor(t) and t.device.type == "meta":
+            raise ValueError(f"{name} is a meta tensor (shape only, no data): pass a tensor on a real device")
+    if x_T.shape[0] == 0 or x_T.numel() == 0:
+        raise ValueError(
+            f"x_T must hold at least one trajectory of a non-empty sample: shape [B >= 1, *sample_shape] with no "
+            f"zero dimension, got {list(x_T.shape)}"
+        )
     if noise is None:
         if coeffs.is_stochastic:
             raise ValueError("noise [T, B, *sample_shape] is required: the sampler adds noise (some c_i != 0)")
@@ -286,8 +313,9 @@ class ModelCaller:
     def __call__(self, x: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
         """x: ``[n, B, D]`` inputs of steps ``steps [n]``; returns ``[n, B, D]`` outputs (model dtype)."""
         n, B = x.shape[0], x.shape[1]
-        if self.clamp:
-            x = x.clamp(-MODEL_INPUT_BOUND, MODEL_INPUT_BOUND)
+        # the model gets its own tensor, never a view of the solver's state: a model that edits its input in place
+        # cannot change the answer
+        x = x.clamp(-MODEL_INPUT_BOUND, MODEL_INPUT_BOUND) if self.clamp else x.clone()
         out = self.model(x.reshape(n * B, *self.sample_shape), steps.repeat_interleave(B))
         self.calls += 1
         if not torch.is_tensor(out) or tuple(out.shape) != (n * B, *self.sample_shape):
@@ -297,6 +325,8 @@ class ModelCaller:
             )
         if not out.is_floating_point():
             raise ValueError(f"model output must be floating point, got {out.dtype}")
+        if out.device.type == "meta":
+            raise ValueError("the model returned a meta tensor (shape only, no data): it must compute its output")
         if self.auto and out.dtype == torch.float16:
             self.clamp = True  # an fp16 network: its later inputs are clamped to the fp16 range
         if out.device != x.device:  # a model on another device than the state (e.g. a CUDA model, CPU x_T)

@@ -29,7 +29,15 @@ import torch
 from .._cuda_graph import NestedCUDAGraphError, capture, warn_nested_graphs
 from ..model import Denoiser
 from ..schedule import SamplerCoefficients, coefficient_versions
-from ._common import MODEL_INPUT_BOUND, IterationInfo, ModelCaller, NonFiniteError, SolveResult, check_problem
+from ._common import (
+    MODEL_INPUT_BOUND,
+    IterationInfo,
+    ModelCaller,
+    NonFiniteError,
+    SolveResult,
+    check_problem,
+    exclusive,
+)
 from .rules import KERNELS, AndersonRule, FixedPointRule, WindowView
 from .sequential import one_tap_view
 from .tolerance import (
@@ -322,7 +330,21 @@ class Engine:
         return graph
 
     # -- the loop ----------------------------------------------------------------------------------------------------
+    @torch.no_grad()
     def solve(
+        self,
+        model: Denoiser,
+        coeffs: SamplerCoefficients,
+        x_T: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        init: torch.Tensor | None = None,
+    ) -> SolveResult:
+        """See ``_solve``; one solve at a time per engine (``exclusive``), no autograd (inputs that require grad
+        are read as values)."""
+        with exclusive(self):
+            return self._solve(model, coeffs, x_T, noise, init)
+
+    def _solve(
         self,
         model: Denoiser,
         coeffs: SamplerCoefficients,

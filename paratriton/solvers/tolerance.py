@@ -210,7 +210,9 @@ def warn_precision_floor(dtype: torch.dtype | None, floor_rms: float, tol_text: 
     if key in _warned:
         return
     _warned.add(key)
+    note = ""
     if unit_roundoff(dtype) is not None:
+        note = "; result.converged is False unless the residuals still meet the tolerance"
         name = str(dtype).replace("torch.", "")
         what = f"a {name} model can resolve (its outputs are rounded at ~{unit_roundoff(dtype):.1e})"
         fix = "Use a float32 model for a tighter result."
@@ -223,8 +225,7 @@ def warn_precision_floor(dtype: torch.dtype | None, floor_rms: float, tol_text: 
     warnings.warn(
         f"the tolerance ({tol_text}) is below what {what}: that puts a floor of about {floor_rms:.2e} RMS on the "
         "final sample's distance to the sequential sample; the solver stopped at that floor "
-        "(result.precision_limited; result.converged is False unless the residuals still meet the tolerance). "
-        f"{fix}",
+        f"(result.precision_limited{note}). {fix}",
         RuntimeWarning,
         stacklevel=3,
     )
