@@ -438,3 +438,39 @@ def test_one_solver_object_in_two_threads_is_an_error_not_a_wrong_answer(method)
     ref = pt.solve(model, cf, x_T, noise, method="sequential").sample
     assert (results[0].sample - ref).abs().max() <= 1e-5  # the first solve was not disturbed
     assert (solver.solve(model, cf, x_T, noise).sample - ref).abs().max() <= 1e-5  # and the solver is free again
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 7. open: the per-step rule on a trajectory that amplifies errors ~500x
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 32 item 7, open: under the per-step rule the returned trajectory meets every threshold, but this "
+    "trajectory passes close to the boundary between two mixture components at steps 50-65 and amplifies errors "
+    "there ~500x; the engine's measured gains (secants along the iteration's moves, RMS over all dimensions) do "
+    "not see a one-direction instability, so converged=True stands 1.2 RMS from the sequential sample",
+)
+def test_the_per_step_rule_never_says_converged_far_from_the_sequential_sample():
+    import math
+
+    diffusers = pytest.importorskip("diffusers")
+    from paratriton.testing import GaussianMixture
+
+    T, shape = 100, (4, 16, 16)
+    sched = diffusers.DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="linear",
+        beta_start=1e-4,
+        beta_end=0.02,
+        clip_sample=False,
+        timestep_spacing="trailing",
+    )
+    cf = pt.coefficients_from_scheduler(sched, T, eta=1.0)
+    model = GaussianMixture.random(shape, num_components=8, std=math.sqrt(0.05), seed=0, scale=0.8).denoiser(cf)
+    g = torch.Generator().manual_seed(1)
+    x_T = torch.randn(8, *shape, generator=g, dtype=torch.float64)[4:5]  # the issue-23 mixture's problem, B = 8
+    noise = torch.randn(T, 8, *shape, generator=g, dtype=torch.float64)[:, 4:5]
+    ref = pt.solve(model, cf, x_T, noise, method="sequential").sample
+    res = pt.solve(model, cf, x_T, noise, method="taa", tol_abs=1e-3, tol_rel=1e-3)
+    dist = (res.sample - ref).square().mean().sqrt().item()  # c5e3ac1 and now: 1.2, converged=True
+    assert not res.converged or dist <= 0.1, dist
