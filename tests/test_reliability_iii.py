@@ -77,7 +77,7 @@ def test_tracing_in_threads_beside_stock_calls_changes_nothing_process_wide():
     for k, outs in enumerate(results):
         assert len(outs) == reps
         for out in outs:
-            assert torch.equal(out, serial[k]) if k >= 5 else (out - serial[k]).abs().max() <= 1e-5
+            assert torch.equal(out, serial[k])  # stock and parallel calls alike: bit for bit
     # stock calls after all that: still their serial image (no leftover fake noise source)
     for k in range(5, 8):
         assert torch.equal(call(*jobs[k]), serial[k])
