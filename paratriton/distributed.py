@@ -57,10 +57,28 @@ class ShardedDenoiser:
             out = self._call(x, step_index, row_args, start, stop)
         else:  # more ranks than rows: evaluate a real row to keep shapes and dtypes, then drop it
             out = self._call(x, step_index, row_args, 0, 1)[:0]
+        want = (max(stop - start, 1), *x.shape[1:])
+        got = tuple(out.shape) if torch.is_tensor(out) else None
+        if got is None or got[1:] != want[1:] or (stop > start and got[0] != want[0]):
+            # checked before padding: a chunk of the wrong size would be padded or trimmed into place silently.
+            # This rank still joins the collective (with NaN rows, so the other ranks stop on a non-finite model
+            # output instead of waiting for it until the timeout), then raises.
+            dtype = out.dtype if torch.is_tensor(out) and out.is_floating_point() else x.dtype
+            self._gather(torch.full((per, *x.shape[1:]), float("nan"), dtype=dtype, device=x.device), N, per)
+            raise ValueError(
+                f"ShardedDenoiser rank {self.rank} of {self.world}: the model returned "
+                f"{list(got) if got is not None else type(out).__name__} for its chunk of rows {start}..{stop - 1} "
+                f"(input {list(x[start:stop].shape)}); it must return one output row per input row, shaped like "
+                f"the input: {[stop - start, *x.shape[1:]]}"
+            )
         pad = per - out.shape[0]
         if pad:
             fill = out[-1:] if out.shape[0] else torch.zeros_like(self._call(x, step_index, row_args, 0, 1))
             out = torch.cat([out, fill.expand(pad, *out.shape[1:])])
+        return self._gather(out, N, per)
+
+    def _gather(self, out: torch.Tensor, N: int, per: int) -> torch.Tensor:
+        """Every rank's padded chunk ``out [per, ...]`` gathered, the padding dropped: ``[N, ...]``."""
         out = out.contiguous()
         if dist.get_backend(self.group) == "nccl":
             gathered = out.new_empty(self.world * per, *out.shape[1:])

@@ -80,6 +80,11 @@ class ClassifierFreeGuidance:
             out = self.branch_model(x2, s2, cond=cond)
         else:
             out = self.branch_model(x2, s2)
+        if not torch.is_tensor(out) or out.shape[:1] != x2.shape[:1]:
+            raise ValueError(
+                f"ClassifierFreeGuidance: branch_model must return one row per input row ([uncond; cond]: "
+                f"{[x2.shape[0], *x2.shape[1:]]}), got {list(getattr(out, 'shape', [type(out).__name__]))}"
+            )
         first, second = out.chunk(2)
         cond, uncond = (first, second) if self.cond_first else (second, first)
         guided = uncond + self.guidance_scale * (cond - uncond)

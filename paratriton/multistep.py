@@ -27,9 +27,11 @@ How the coefficients are found (the tracer)
 The scheduler is deep-copied (the user's is never touched), its float tensors are upcast to float64, and its own
 loop (``scale_model_input``, ``step`` per timestep) is run once on *basis* tensors of shape ``[1, N, 1, 1]`` with
 ``N = 1 + 2T``: ``x_T = e_0``, the output of step ``i`` is ``e_{1+i}``, the noise drawn in step ``i`` (through
-``randn_tensor``, patched in the scheduler's module for the duration, always restored) is ``e_{1+T+i}``. Each traced
-state's channel entries are then exactly its dense row ``R_i``. While tracing, a ``torch`` function mode keeps float32
-casts inside ``step()`` (diffusers upcasts ``sample`` to float32) at float64, so the trace is float64 throughout.
+``randn_tensor``: the private copy's methods that call it get their own copy of the function, whose globals name the
+tracer's supply, so the diffusers module and every other scheduler are untouched) is ``e_{1+T+i}``. Each traced
+state's channel entries are then exactly its dense row ``R_i``. While tracing, a thread-local ``torch`` function mode
+keeps float32 casts inside ``step()`` (diffusers upcasts ``sample`` to float32) and new tensors at float64, so the
+trace is float64 throughout; the process's default dtype is never changed, so other threads are unaffected.
 
 From the rows: ``a_i = R_i[x_T] / R_{i+1}[x_T]`` (the ``x_T`` weight of ``x_{i+1}`` must be nonzero), then
 ``r_i = R_i - a_i R_{i+1}`` has no ``x_T`` part and must be supported on ``M_i .. M_{i+k_i-1}`` and ``xi_i`` alone;
@@ -78,8 +80,8 @@ Not supported (a ``ValueError`` names it): thresholding, ``clip_sample``, learne
 ``scale_model_input`` that is not a scalar multiple, any step nonlinear in its inputs, ``step()`` options beyond its
 defaults (Euler's ``s_churn`` and friends are traced at 0), and the option sets on which the stock loop itself fails
 (UniPC bh1 with ``final_sigmas_type='zero'`` gives NaN; order 3 without ``lower_order_final`` hits a singular solve;
-PNDM's Runge-Kutta warm-up needs ``T >= 3``). Other schedulers (DPMSolverSinglestep, KDPM2, DDIM inverse, ...) are
-not traced; singlestep and KDPM2 would fit the same tracer but are not verified here.
+PNDM's Runge-Kutta warm-up needs ``num_inference_steps >= 4``). Other schedulers (DPMSolverSinglestep, KDPM2, DDIM
+inverse, ...) are not traced; singlestep and KDPM2 would fit the same tracer but are not verified here.
 
 Noise (``EulerAncestralDiscreteScheduler``, ``DPMSolverMultistepScheduler`` with ``sde-*``)
 -------------------------------------------------------------------------------------------
@@ -96,16 +98,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import math
-import sys
+import types
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
 import torch
 from torch.overrides import TorchFunctionMode
 
-from .schedule import TRACED_SCHEDULERS
+from .schedule import TRACED_SCHEDULERS, check_steps, host_values
 
 __all__ = [
     "MultistepCoefficients",
@@ -124,6 +125,7 @@ _VE_SCHEDULERS = (
     "LMSDiscreteScheduler",
 )
 _PREDICTIONS = {"epsilon": "epsilon", "v_prediction": "v_prediction", "sample": "sample", "flow_prediction": "flow"}
+_PNDM_PRK_MIN = 4  # PNDM's Runge-Kutta warm-up: diffusers' set_timesteps fails (numpy broadcast) below 4 steps
 _TAP_TOL = 1e-11  # relative size below which a traced coefficient counts as exactly zero
 _LINEAR_TOL = 1e-9  # relative mismatch of the random-input re-run that marks a step as nonlinear
 
@@ -280,17 +282,17 @@ class MultistepCoefficients:
             out = out + c[i] * noise.to(x_next.dtype)
         return out
 
-    @functools.cached_property
+    @property
     def _host(self) -> tuple[list[float], list[list[float]], list[float]]:
-        return self.a.tolist(), self.b.tolist(), self.c.tolist()
+        return host_values(self, "_host_abc", (self.a, self.b, self.c))
 
-    @functools.cached_property
+    @property
     def _host_input_scale(self) -> list[float]:
-        return self.input_scale.tolist()
+        return host_values(self, "_host_scale", (self.input_scale,))
 
-    @functools.cached_property
+    @property
     def _host_output(self) -> tuple[list[float], list[float]]:
-        return self.output_scale.tolist(), self.output_mix.tolist()
+        return host_values(self, "_host_out", (self.output_scale, self.output_mix))
 
 
 _VECTORS = (
@@ -318,49 +320,91 @@ def float64_scheduler(scheduler: Any) -> Any:
 
 
 class _Float64Mode(TorchFunctionMode):
-    """Turns every float32 (and float16/bfloat16) dtype argument of a torch call into float64."""
+    """Keeps a scheduler's ``step()`` in float64 without touching the process's default dtype.
+
+    A torch function mode is thread-local, so only the calls of the thread that entered it see it: every float32
+    (and float16/bfloat16) dtype argument becomes float64, and a result that came out in a low float dtype although
+    no low-precision tensor went in (a factory without a dtype, ``int_tensor * 0.5``: the default dtype's doing) is
+    computed again with float64 (a factory's ``dtype=``; Python floats as float64 0-d tensors otherwise).
+    """
 
     _LOW = (torch.float32, torch.float16, torch.bfloat16)
+    _FACTORIES = frozenset(
+        {
+            torch.tensor,
+            torch.as_tensor,
+            torch.scalar_tensor,
+            torch.zeros,
+            torch.ones,
+            torch.empty,
+            torch.full,
+            torch.arange,
+            torch.linspace,
+            torch.logspace,
+            torch.rand,
+            torch.randn,
+        }
+    )
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
         args = tuple(torch.float64 if isinstance(a, torch.dtype) and a in self._LOW else a for a in args)
         if kwargs.get("dtype") in self._LOW:
             kwargs["dtype"] = torch.float64
+        out = func(*args, **kwargs)
+        if not (torch.is_tensor(out) and out.dtype in self._LOW) or kwargs.get("dtype") is not None:
+            return out
+        leaves = torch.utils._pytree.tree_leaves((args, kwargs))
+        if any(torch.is_tensor(t) and t.dtype in self._LOW for t in leaves):
+            return out  # a low-precision input: the step's own choice (the tracer's inputs are float64)
+        if func in self._FACTORIES:
+            return func(*args, **{**kwargs, "dtype": torch.float64})
+
+        def wide(v):
+            return torch.tensor(v, dtype=torch.float64) if type(v) is float else v
+
+        args, kwargs = torch.utils._pytree.tree_map(wide, (args, kwargs))
         return func(*args, **kwargs)
 
 
 @contextlib.contextmanager
 def float64_mode() -> Iterator[None]:
-    """Run a scheduler's ``step()`` in float64: float32 casts inside it (``sample.to(torch.float32)``) and new
-    tensors stay float64 (default dtype float64 for the duration; both restored on exit)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        with _Float64Mode():
-            yield
-    finally:
-        torch.set_default_dtype(old)
+    """Run a scheduler's ``step()`` in float64 in this thread: float32 casts inside it (``sample.to(torch.float32)``)
+    and new tensors stay float64. Nothing process-wide changes (the default dtype is never set): other threads,
+    tracing or not, are unaffected."""
+    with _Float64Mode():
+        yield
 
 
 @contextlib.contextmanager
-def _patched_randn(scheduler: Any, supply) -> Iterator[None]:
-    """Replace ``randn_tensor`` in the scheduler's module by ``supply(shape, dtype)`` (always restored)."""
-    module = sys.modules[type(scheduler).__module__]
-    had = hasattr(module, "randn_tensor")
-    old = getattr(module, "randn_tensor", None)
+def _private_noise(sched: Any, supply) -> Iterator[None]:
+    """Make ``sched`` (a private copy) draw its ``randn_tensor`` noise from ``supply(shape, dtype)``.
+
+    Every method of its class (and bases) that calls ``randn_tensor`` gets, on this instance only, a copy of the
+    function whose globals name ``supply`` as ``randn_tensor``; the diffusers module, the class and every other
+    scheduler (in any thread) still draw from the real one. Removed on exit."""
 
     def fake(shape, generator=None, device=None, dtype=None, layout=None):
         return supply(tuple(shape), dtype)
 
-    module.randn_tensor = fake
+    names = []
+    for klass in type(sched).__mro__:
+        for name, fn in vars(klass).items():
+            if name in names or not isinstance(fn, types.FunctionType) or "randn_tensor" not in fn.__code__.co_names:
+                continue
+            if getattr(type(sched), name) is not fn:
+                continue  # overridden lower in the MRO: the override is the one called
+            private = types.FunctionType(
+                fn.__code__, {**fn.__globals__, "randn_tensor": fake}, fn.__name__, fn.__defaults__, fn.__closure__
+            )
+            private.__kwdefaults__ = fn.__kwdefaults__
+            setattr(sched, name, types.MethodType(private, sched))
+            names.append(name)
     try:
         yield
     finally:
-        if had:
-            module.randn_tensor = old
-        else:
-            del module.randn_tensor
+        for name in names:
+            delattr(sched, name)
 
 
 def _scalar_scale(z: torch.Tensor, x: torch.Tensor, name: str) -> float:
@@ -464,7 +508,7 @@ def _run_loop(sched: Any, x: torch.Tensor, outputs, noises, record: dict | None,
             record.setdefault("dtypes", []).append(dtype)
         return noises(n, shape)
 
-    with _patched_randn(sched, supply), float64_mode():
+    with _private_noise(sched, supply), float64_mode():
         for n, t in enumerate(timesteps):
             current[0] = n
             z = sched.scale_model_input(x, t)
@@ -702,9 +746,14 @@ def multistep_from_scheduler(
     _check_options(scheduler)
     scheduler = copy.deepcopy(scheduler)
     if num_inference_steps is not None:
-        if int(num_inference_steps) < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-        scheduler.set_timesteps(int(num_inference_steps), **set_timesteps_kwargs)
+        n = check_steps(num_inference_steps)
+        if name == "PNDMScheduler" and not scheduler.config.skip_prk_steps and n < _PNDM_PRK_MIN:
+            raise ValueError(
+                f"PNDMScheduler with the Runge-Kutta warm-up (skip_prk_steps=False) needs num_inference_steps >= "
+                f"{_PNDM_PRK_MIN}, got {n} (diffusers' own set_timesteps fails below that); use more steps or "
+                "skip_prk_steps=True"
+            )
+        scheduler.set_timesteps(n, **set_timesteps_kwargs)
     elif getattr(scheduler, "num_inference_steps", None) is None:
         raise ValueError(f"{name}.set_timesteps has not been called: pass num_inference_steps")
     if getattr(scheduler, "step_index", None) is not None or getattr(scheduler, "counter", 0):

@@ -66,8 +66,12 @@ def _time_call(fn, device: torch.device, reps: int) -> float:
 def batch_time_curve(
     model: Denoiser, sample_shape: tuple[int, ...], rows: list[int], device: torch.device, reps: int = 10
 ) -> dict[int, float]:
-    """Milliseconds per call of ``model`` on ``rows`` rows (float64 inputs, as the solvers pass them); cached."""
-    curve = _CURVES.setdefault(model, {}).setdefault((tuple(sample_shape), str(device)), {})
+    """Milliseconds per call of ``model`` on ``rows`` rows (float64 inputs, as the solvers pass them); cached per
+    model (a model that cannot be a weak dictionary key, e.g. unhashable, is timed afresh each time)."""
+    try:
+        curve = _CURVES.setdefault(model, {}).setdefault((tuple(sample_shape), str(device)), {})
+    except TypeError:  # unhashable or not weak-referenceable: no cache, the same timings
+        curve = {}
     with torch.no_grad():
         for n in rows:
             if n not in curve:

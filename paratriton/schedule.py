@@ -12,9 +12,8 @@ the sample. All arrays are float64, indexed by step ``i``.
 from __future__ import annotations
 
 import copy
-import functools
 from dataclasses import dataclass, replace
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
@@ -78,6 +77,24 @@ class StepOperator(Protocol):
     def coefficients(
         self, dtype: torch.dtype, device: torch.device | str
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+
+def host_values(owner: Any, name: str, tensors: tuple[torch.Tensor, ...]) -> Any:
+    """``[t.tolist() for t in tensors]`` (a tuple, or the one list), cached on ``owner`` while the tensors are
+    unchanged: an in-place edit bumps a tensor's version counter and the next read sees the new values, so the
+    sequential sampler reads what the parallel solvers read (no device read per step otherwise)."""
+    key = tuple((id(t), t._version) for t in tensors)
+    cached = owner.__dict__.get(name)
+    if cached is None or cached[0] != key:
+        values = tuple(t.tolist() for t in tensors)
+        cached = (key, values if len(values) > 1 else values[0])
+        owner.__dict__[name] = cached  # a frozen dataclass: the cache bypasses __setattr__, as cached_property does
+    return cached[1]
+
+
+def coefficient_versions(coeffs: Any) -> tuple:
+    """The identity and version of every coefficient tensor: changes when one is edited in place."""
+    return tuple((id(v), v._version) for v in vars(coeffs).values() if torch.is_tensor(v))
 
 
 @dataclass(frozen=True)
@@ -238,9 +255,9 @@ class SamplerCoefficients:
             out = out + c[i] * noise.to(x_next.dtype)
         return out
 
-    @functools.cached_property
+    @property
     def _host(self) -> tuple[list[float], list[float], list[float]]:
-        return self.a.tolist(), self.b.tolist(), self.c.tolist()
+        return host_values(self, "_host", (self.a, self.b, self.c))
 
     def coefficients(
         self, dtype: torch.dtype, device: torch.device | str
@@ -297,6 +314,20 @@ def _clip_options(scheduler) -> dict | None:
     return None
 
 
+def _check_terminal_snr(scheduler, ab_t: torch.Tensor) -> None:
+    """Zero terminal SNR (``alphas_cumprod = 0`` at a sampled timestep, e.g. ``rescale_betas_zero_snr=True``) with an
+    epsilon model: ``x0 = (x - sigma eps) / alpha`` divides by ``alpha = 0``. Named, not blamed on ``beta_start``."""
+    name, pt = type(scheduler).__name__, scheduler.config.prediction_type
+    if pt == "epsilon" and bool((ab_t <= 0).any()):
+        raise ValueError(
+            f"{name} has zero terminal SNR (alphas_cumprod = 0 at timestep(s) "
+            f"{scheduler.timesteps[(ab_t <= 0).flip(0)].tolist()}; rescale_betas_zero_snr="
+            f"{getattr(scheduler.config, 'rescale_betas_zero_snr', False)}) with prediction_type='epsilon': the step "
+            "divides by alpha = 0 there (no epsilon model can predict x0 from pure noise); use "
+            "prediction_type='v_prediction' (how zero-SNR models are trained) or a schedule without zero SNR"
+        )
+
+
 def _vp_posterior_std(ab_t: torch.Tensor, ab_prev: torch.Tensor) -> torch.Tensor:
     return ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)).clamp_min(0).sqrt()
 
@@ -310,6 +341,7 @@ def _ddim(scheduler, eta: float | None, use_clipped_model_output: bool = False) 
     ac = _f64(scheduler.alphas_cumprod)
     prev = ts - cfg.num_train_timesteps // scheduler.num_inference_steps  # diffusers' rule, whatever the spacing
     ab_t = ac[ts]
+    _check_terminal_snr(scheduler, ab_t)
     ab_prev = torch.where(prev >= 0, ac[prev.clamp_min(0)], _f64(scheduler.final_alpha_cumprod))
     var = (1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)
     std = eta * var.sqrt()
@@ -350,6 +382,7 @@ def _ddpm(scheduler, eta: float | None, use_clipped_model_output: bool = False) 
     prev = torch.cat([torch.tensor([-1]), ts[:-1]])  # the next-smaller timestep in the list, -1 after the last
     ac = _f64(scheduler.alphas_cumprod)
     ab_t = ac[ts]
+    _check_terminal_snr(scheduler, ab_t)
     ab_prev = torch.where(prev >= 0, ac[prev.clamp_min(0)], torch.ones_like(ab_t))
     cur_alpha = ab_t / ab_prev
     cur_beta = 1 - cur_alpha
@@ -392,6 +425,19 @@ def _flow_match(scheduler, eta: float | None, use_clipped_model_output: bool = F
 _EXTRACTORS = {"DDIMScheduler": _ddim, "DDPMScheduler": _ddpm, "FlowMatchEulerDiscreteScheduler": _flow_match}
 
 
+def check_steps(value: Any, name: str = "num_inference_steps") -> int:
+    """``value`` as an int >= 1, or an error naming ``name`` and the range: no silent truncation (2.7 is not 2; a
+    bool is not a count). Integral floats (50.0) and integer tensors are accepted."""
+    if torch.is_tensor(value):
+        value = value.item() if value.numel() == 1 else value
+    ok = not isinstance(value, bool) and (
+        hasattr(value, "__index__") or (isinstance(value, float) and value.is_integer())
+    )
+    if not ok or int(value) < 1:
+        raise ValueError(f"{name} (T) must be an int >= 1, got {type(value).__name__} {value!r}")
+    return int(value)
+
+
 def coefficients_from_scheduler(
     scheduler,
     num_inference_steps: int | None = None,
@@ -431,10 +477,9 @@ def coefficients_from_scheduler(
     if name != "FlowMatchEulerDiscreteScheduler":
         _check_prediction_type(scheduler)
     if num_inference_steps is not None:
-        if int(num_inference_steps) < 1:
-            raise ValueError(f"num_inference_steps (T) must be >= 1, got {num_inference_steps}")
+        num_inference_steps = check_steps(num_inference_steps)
         scheduler = copy.deepcopy(scheduler)
-        scheduler.set_timesteps(int(num_inference_steps), **set_timesteps_kwargs)
+        scheduler.set_timesteps(num_inference_steps, **set_timesteps_kwargs)
     elif getattr(scheduler, "num_inference_steps", None) is None and scheduler.timesteps is None:
         raise ValueError(f"{name} has no timesteps: pass num_inference_steps or call set_timesteps first")
     if name != "FlowMatchEulerDiscreteScheduler" and getattr(scheduler, "num_inference_steps", None) is None:

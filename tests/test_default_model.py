@@ -111,3 +111,18 @@ def test_class_accuracy_small_sample(pipe):
 def test_bad_labels(pipe):
     with pytest.raises(ValueError, match="class_labels"):
         pipe([11], num_inference_steps=2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["taa", "picard"])
+def test_cuda_graph_on_the_shipped_pipeline(method):
+    """Issue 32: ``cuda_graph=True`` on the digits pipeline failed in capture ("Cannot copy between CPU and CUDA
+    tensors during CUDA graph capture": the denoiser indexed its timesteps and labels on the CPU). Now every
+    indexing tensor lives on the network's device, and the graphed solve gives the sequential images."""
+    cuda_pipe = load_default(device="cuda")
+    labels = [0, 7, 3]
+    kw = dict(num_inference_steps=20, output_type="pt")
+    seq = cuda_pipe(labels, generator=torch.Generator().manual_seed(1), method="sequential", **kw)
+    par = cuda_pipe(labels, generator=torch.Generator().manual_seed(1), method=method, cuda_graph=True, **kw)
+    assert par.result.converged and par.result.method.endswith("(graphed)")
+    assert (par.images - seq.images).square().mean().sqrt() < 2e-3

@@ -120,3 +120,51 @@ def test_a_dead_or_hung_rank_fails_the_others_within_the_timeout(tmp_path, fault
     elapsed, outcome = open(out).read().split("\n", 1)
     assert outcome != "no error"
     assert float(elapsed) < 30, (elapsed, outcome)
+
+
+def _wrong_chunk_worker(rank, world, port, out_path, delta):
+    import datetime
+    import time
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=20))
+    import paratriton as pt
+    from paratriton.distributed import ShardedDenoiser
+    from paratriton.testing import GaussianMixture
+    from paratriton.testing.gaussian_mixture import default_schedule
+
+    cf = default_schedule(10, eta=0.0)
+    den = GaussianMixture.random((2, 3), 3, seed=1).denoiser(cf)
+
+    def model(x, s):  # rank 1 returns one row too few (delta=-1) or too many (+1)
+        out = den(x, s)
+        if rank == 1 and delta < 0:
+            return out[:-1]
+        if rank == 1 and delta > 0:
+            return torch.cat([out, out[-1:]])
+        return out
+
+    x_T = torch.randn(2, 2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    t0 = time.monotonic()
+    try:
+        pt.solve(ShardedDenoiser(model), cf, x_T, method="taa")
+        outcome = "no error"
+    except Exception as e:  # noqa: BLE001 -- the test reads the type and message
+        outcome = f"{type(e).__name__}: {e}"
+    with open(f"{out_path}.{rank}", "w") as f:
+        f.write(f"{time.monotonic() - t0:.2f}\n{outcome}")
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("delta", [-1, 1])
+def test_a_chunk_of_the_wrong_size_is_an_error_on_every_rank(tmp_path, delta):
+    """Was padded or trimmed into place: ``converged=True`` 22-143 RMS off. Now the rank with the bad chunk raises
+    naming itself and the shapes, and the others stop on the NaN rows it sends instead of waiting."""
+    out = str(tmp_path / "res")
+    mp.start_processes(_wrong_chunk_worker, args=(2, _free_port(), out, delta), nprocs=2, start_method="spawn")
+    (t0, o0), (t1, o1) = (open(f"{out}.{r}").read().split("\n", 1) for r in range(2))
+    assert o1.startswith("ValueError") and "rank 1 of 2" in o1, o1
+    assert "[10, 2, 3]" in o1 and f"[{10 + delta}, 2, 3]" in o1, o1  # the first call: 10 steps x 2 trajectories
+    assert o0.startswith("NonFiniteError"), o0
+    assert float(t0) < 15 and float(t1) < 15

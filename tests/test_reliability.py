@@ -177,7 +177,10 @@ def test_fp16_model_never_sees_inf_and_still_converges():
     ref = pt.solve(fp16_network, cf, x_T, noise, method="sequential")
     seen.clear()
     res = pt.solve(fp16_network, cf, x_T, noise, method="fp", tol_abs=1e-6, tol_rel=1e-6)
-    assert not any(seen) and res.converged and res.iterations <= 100
+    assert not any(seen) and res.iterations <= 100
+    # issue 32: the fp16 floor (~5e-3 at the sample) is far above tol_abs = 1e-6, so the run is precision-limited and
+    # does not call itself converged; the sample is still that of the fp16 model's sequential sampler
+    assert res.precision_limited and not res.converged
     assert (res.sample - ref.sample).square().mean().sqrt() <= 1e-4
 
 

@@ -164,7 +164,8 @@ def test_a_bf16_model_stops_at_its_floor():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = paratriton.solve(m16, coeffs, x_T, method="taa")
-    assert res.converged and res.precision_limited and res.precision_floor > 0
+    # issue 32: converged means within the tolerance asked for; at a floor far above it, the run says it is not
+    assert not res.converged and res.precision_limited and res.precision_floor > 100 * DEFAULT_TOL
     assert res.iterations <= 1.5 * it32, (res.iterations, it32)
     # stopping at the floor trades distance for iterations, boundedly: measured 3.9x the bf16 sequential sample's
     # own error on the CPU, 4.1x on an H200. The issue's literal scale, two bf16 sequential runs at different

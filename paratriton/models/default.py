@@ -235,8 +235,24 @@ class DigitsPipeline(_pipeline_base()):
         return F.pixel_shuffle(out, PATCH).to(x.dtype)
 
     def labels(self, class_labels) -> torch.Tensor:
-        lab = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1).cpu()
-        if lab.numel() == 0 or lab.min() < 0 or lab.max() > self.num_classes:
+        """``class_labels`` as a ``[B]`` int64 CPU tensor; an error naming the argument and the range otherwise (no
+        silent truncation: 2.7 is not 2)."""
+        try:
+            raw = torch.as_tensor(class_labels).reshape(-1).cpu()
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(
+                f"class_labels must be ints in [0, {self.num_classes}] ({self.num_classes} = unconditional), got "
+                f"{class_labels!r}"
+            ) from None
+        integral = not raw.is_complex() and raw.dtype != torch.bool and bool((raw == raw.round()).all())
+        if raw.numel() == 0 or not integral:
+            shown = raw.tolist() if torch.is_tensor(class_labels) else class_labels
+            raise ValueError(
+                f"class_labels must be ints in [0, {self.num_classes}] ({self.num_classes} = unconditional), got "
+                f"{shown!r}"
+            )
+        lab = raw.to(torch.long)
+        if lab.min() < 0 or lab.max() > self.num_classes:
             raise ValueError(
                 f"class_labels must be in [0, {self.num_classes}] ({self.num_classes} = unconditional), "
                 f"got {lab.tolist()}"
@@ -253,14 +269,16 @@ class DigitsPipeline(_pipeline_base()):
         from ..model import ClassifierFreeGuidance
 
         scale = self.default_guidance_scale if guidance_scale is None else float(guidance_scale)
-        compute_dtype = next(self.unet.parameters()).dtype  # a bf16/fp16 network: the solvers stop at its floor
+        param = next(self.unet.parameters())
+        compute_dtype, dev = param.dtype, param.device  # a bf16/fp16 network: the solvers stop at its floor
         lab = self.labels(class_labels)
         B = lab.numel()
-        ts = coeffs.timesteps.to(torch.long)
+        # every indexing tensor lives on the network's device: no host copy inside a call (CUDA graph capture)
+        ts, lab = coeffs.timesteps.to(dev, torch.long), lab.to(dev)
 
         def conditional(x: torch.Tensor, step_index: torch.Tensor) -> torch.Tensor:
-            rows = torch.arange(x.shape[0]) % B
-            return self.eps(x, ts[step_index.cpu()], lab[rows])
+            rows = torch.arange(x.shape[0], device=dev) % B
+            return self.eps(x, ts[step_index.to(dev)], lab[rows])
 
         conditional.compute_dtype = compute_dtype
         if scale == 1.0:
@@ -268,9 +286,9 @@ class DigitsPipeline(_pipeline_base()):
 
         def branches(x2: torch.Tensor, step2: torch.Tensor) -> torch.Tensor:
             n = x2.shape[0] // 2
-            rows = torch.arange(n) % B
-            y = torch.cat([torch.full((n,), self.null_class, dtype=torch.long), lab[rows]])
-            return self.eps(x2, ts[step2.cpu()], y)
+            rows = torch.arange(n, device=dev) % B
+            y = torch.cat([torch.full((n,), self.null_class, dtype=torch.long, device=dev), lab[rows]])
+            return self.eps(x2, ts[step2.to(dev)], y)
 
         branches.compute_dtype = compute_dtype
         return ClassifierFreeGuidance(branches, scale)
@@ -308,8 +326,12 @@ class DigitsPipeline(_pipeline_base()):
     ):
         import paratriton
 
+        from ..schedule import check_steps
+
+        if output_type not in ("pil", "pt"):
+            raise ValueError(f"output_type must be 'pil' or 'pt', got {output_type!r}")
         lab = self.labels(class_labels)
-        B, T = lab.numel(), int(num_inference_steps)
+        B, T = lab.numel(), check_steps(num_inference_steps)
         scheduler = self.scheduler if scheduler is None else scheduler
         device = next(self.unet.parameters()).device
         x_T, noise = self.problem(B, T, generator, device=device)

@@ -636,7 +636,14 @@ class _ParallelCall:
                 self.state.last_result = None
                 logger.info("paratriton: interrupted by callback_on_step_end at step %d", stop.step)
                 return
-        if not self.result.converged:
+        if not self.result.converged and self.result.precision_limited:
+            logger.warning(
+                "paratriton: %s stopped at the model's precision floor, above the tolerance asked for: the image "
+                "can be up to about %.2g RMS from the sequential one (result.precision_floor)",
+                self.result.method,
+                self.result.precision_floor,
+            )
+        elif not self.result.converged:
             logger.warning(
                 "paratriton: %s stopped after %d iterations before every step converged "
                 "(max_iters); the image is the current estimate",

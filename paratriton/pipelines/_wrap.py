@@ -116,6 +116,8 @@ class ParallelPipelineMixin:
             spec.check(self, call_args)
         progress = dict(getattr(self, "_progress_bar_config", {}) or {})
         with self.paratriton.lock:  # this pipeline's result and graph cache are one per state
+            # no stale result: a call that raises (KeyboardInterrupt included) leaves None, not the previous call's
+            self.paratriton.last_result = None
             call = _ParallelCall(self, wrapped, self.paratriton, spec, call_args, callback, progress)
             return call.run(stock_call, call_kwargs)
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 
@@ -27,15 +30,21 @@ class SolveResult:
     residuals:   ``[iterations, T]`` float64 on the CPU: per step the largest RMS order-1 residual over the batch,
                  NaN for steps outside the window in that iteration
     converged:   at the returned trajectory, every step's residual is within its threshold, or (with ``tol``)
-                 ``error_bound <= tol`` (False when stopped by ``max_iters``)
+                 ``error_bound <= tol`` (False when stopped by ``max_iters``); always the tolerance asked for: a
+                 run that stopped at a bf16/fp16 model's floor above it is ``precision_limited`` and not
+                 converged (``precision_floor``: the distance it can be from the sequential sample)
     error_bound: the first-order bound on the sample's RMS distance to the sequential sample at the returned
                  trajectory, ``sum_i geff_i RMS(r_i)`` (``solvers/tolerance.py``), largest over the batch; None
                  when not every step was reached, or for solvers that do not measure it
     amplification: the largest ``geff_i / g_i``: how much more than the schedule's ``g_i`` the sampler was
                  measured to amplify the iteration's errors (at least 1; 1 when not measured)
     precision_limited: a low-precision (fp16/bf16) model's rounding floor was above the tolerance at some step,
-                 and the solver stopped at the floor there
+                 and the solver stopped at the floor there (then ``converged`` only if the residuals still meet
+                 the tolerance asked for)
     precision_floor: that floor, as an RMS distance at the sample (None when it did not bind)
+    input_clamped: an fp16 model's inputs were clamped to ``+-MODEL_INPUT_BOUND`` (its range) at the returned
+                 trajectory, so it is not the sequential sampler's (whose model would see inf there); then
+                 ``converged`` is False
     probe_calls: model calls outside the iterations: the roughness probes of ``solvers/tolerance.py`` (one for a
                  smooth model, ``log2 T`` at most for a rough one, of at most a window's rows; not in ``nfe``)
     """
@@ -49,6 +58,7 @@ class SolveResult:
     method: str
     window_history: list[tuple[int, int]] = field(default_factory=list)
     precision_limited: bool = False
+    input_clamped: bool = False
     precision_floor: float | None = None
     probe_calls: int = 0
     error_bound: float | None = None
@@ -104,6 +114,22 @@ class IterationInfo:
 
     def __repr__(self) -> str:
         return f"IterationInfo(iteration={self.iteration}, window={self.window}, frozen_from={self.frozen_from})"
+
+
+@contextlib.contextmanager
+def exclusive(solver: object) -> Iterator[None]:
+    """One solve at a time per solver object: its buffers (and captured graphs) hold one problem. A second thread
+    calling ``solve`` on the same object meanwhile gets a clear error instead of a mixed-up answer."""
+    lock = solver.__dict__.setdefault("_solve_lock", threading.Lock())  # (dict.setdefault is atomic)
+    if not lock.acquire(blocking=False):
+        raise RuntimeError(
+            f"this {type(solver).__name__} is already solving in another thread (or re-entered from a callback): "
+            "one solver object runs one solve at a time; make one solver per thread (paratriton.solve does)"
+        )
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _check_int(name: str, value, lo: int, hi: int | None = None) -> int:
@@ -196,6 +222,14 @@ def check_problem(
             "x_T must be a floating-point tensor of shape [B, *sample_shape], "
             f"got {getattr(x_T, 'shape', type(x_T))} {getattr(x_T, 'dtype', '')}"
         )
+    for name, t in (("x_T", x_T), ("noise", noise), ("init", init)):
+        if torch.is_tensor(t) and t.device.type == "meta":
+            raise ValueError(f"{name} is a meta tensor (shape only, no data): pass a tensor on a real device")
+    if x_T.shape[0] == 0 or x_T.numel() == 0:
+        raise ValueError(
+            f"x_T must hold at least one trajectory of a non-empty sample: shape [B >= 1, *sample_shape] with no "
+            f"zero dimension, got {list(x_T.shape)}"
+        )
     if noise is None:
         if coeffs.is_stochastic:
             raise ValueError("noise [T, B, *sample_shape] is required: the sampler adds noise (some c_i != 0)")
@@ -238,18 +272,30 @@ def check_problem(
 
 
 # Iterates of early parallel iterations can be far off the data manifold (order-k weights amplify errors); clamping
-# the model input to the fp16 range means a half-precision model never sees inf. The solution trajectory lies far
-# inside this range, so the fixed point, and the answer, do not change.
+# the model input of an fp16 network to the fp16 range means it never sees inf. Only fp16 networks get the clamp: a
+# float32/bfloat16 model sees the iterates as they are, as the sequential reference does (a trajectory that leaves
+# the range then has the same fixed point as the sequential sampler). Where the clamp applies and the *returned*
+# trajectory's model inputs are beyond it, the result says so (``input_clamped``, ``converged=False``).
 MODEL_INPUT_BOUND = 6.0e4
+
+
+def half_precision(model: Denoiser) -> bool:
+    """Whether ``model`` computes in float16 (its ``compute_dtype``, or an ``nn.Module`` with float16 parameters)."""
+    if getattr(model, "compute_dtype", None) == torch.float16:
+        return True
+    if isinstance(model, torch.nn.Module):
+        return any(p.dtype == torch.float16 for p in model.parameters())
+    return False
 
 
 class ModelCaller:
     """Calls the denoiser on a block of states and checks what comes back.
 
-    clamp: clamp the input to ``+-MODEL_INPUT_BOUND`` (for the iterates of the parallel solvers, which may be far
-           off the trajectory early on; their residual test still sees the unclamped state, so a NaN/inf state is
-           reported). The sequential samplers pass ``clamp=False``: their state *is* the answer, and clamping it would
-           hide an overflowed (or inf) state from the model and return a wrong, finite-looking sample.
+    clamp: clamp the input to ``+-MODEL_INPUT_BOUND``. None (the parallel solvers): only for an fp16 network, known
+           from ``half_precision(model)`` or from its first float16 output (the first iteration's inputs are copies
+           of ``x_T``); their residual test still sees the unclamped state, so a NaN/inf state is reported. The
+           sequential samplers pass ``clamp=False``: their state *is* the answer, and clamping it would hide an
+           overflowed (or inf) state from the model and return a wrong, finite-looking sample.
     """
 
     def __init__(
@@ -258,7 +304,7 @@ class ModelCaller:
         sample_shape: tuple[int, ...],
         batch: int,
         *,
-        clamp: bool = True,
+        clamp: bool | None = None,
         coeffs: SamplerCoefficients | None = None,
         device: torch.device | None = None,
     ) -> None:
@@ -267,7 +313,8 @@ class ModelCaller:
         self.model = model
         self.sample_shape = sample_shape
         self.batch = batch
-        self.clamp = clamp
+        self.auto = clamp is None
+        self.clamp = half_precision(model) if clamp is None else clamp
         self.calls = 0
         self.raw_dtype: torch.dtype | None = None
         # a clipped/thresholded x0 prediction (``schedule.ClippedPrediction``): applied to every output, on the
@@ -278,10 +325,11 @@ class ModelCaller:
     def __call__(self, x: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
         """x: ``[n, B, D]`` inputs of steps ``steps [n]``; returns ``[n, B, D]`` outputs (model dtype)."""
         n, B = x.shape[0], x.shape[1]
-        if self.clamp:
-            x = x.clamp(-MODEL_INPUT_BOUND, MODEL_INPUT_BOUND)
-        rows, row_steps = x.reshape(n * B, *self.sample_shape), steps.repeat_interleave(B)
-        out = self.model(rows, row_steps)
+        # the model gets its own tensor, never a view of the solver's state: a model that edits its input in place
+        # cannot change the answer
+        x_in = x.clamp(-MODEL_INPUT_BOUND, MODEL_INPUT_BOUND) if self.clamp else x.clone()
+        row_steps = steps.repeat_interleave(B)
+        out = self.model(x_in.reshape(n * B, *self.sample_shape), row_steps)
         self.calls += 1
         if not torch.is_tensor(out) or tuple(out.shape) != (n * B, *self.sample_shape):
             raise ValueError(
@@ -290,9 +338,13 @@ class ModelCaller:
             )
         if not out.is_floating_point():
             raise ValueError(f"model output must be floating point, got {out.dtype}")
+        if out.device.type == "meta":
+            raise ValueError("the model returned a meta tensor (shape only, no data): it must compute its output")
+        if self.auto and out.dtype == torch.float16:
+            self.clamp = True  # an fp16 network: its later inputs are clamped to the fp16 range
         if out.device != x.device:  # a model on another device than the state (e.g. a CUDA model, CPU x_T)
             out = out.to(x.device)
         self.raw_dtype = out.dtype  # the network's own output dtype (its rounding sets the precision floor)
-        if self.x0_clip is not None:  # the taps read the clipped x0 (in the state dtype)
-            out = self.x0_clip(rows, out, row_steps)
+        if self.x0_clip is not None:  # the taps read the clipped x0 of the state (in the state dtype)
+            out = self.x0_clip(x.reshape(n * B, *self.sample_shape), out, row_steps)
         return out.reshape(n, B, -1)

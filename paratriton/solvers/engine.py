@@ -28,8 +28,16 @@ import torch
 
 from .._cuda_graph import NestedCUDAGraphError, capture, warn_nested_graphs
 from ..model import Denoiser
-from ..schedule import SamplerCoefficients
-from ._common import IterationInfo, ModelCaller, NonFiniteError, SolveResult, check_problem
+from ..schedule import SamplerCoefficients, coefficient_versions
+from ._common import (
+    MODEL_INPUT_BOUND,
+    IterationInfo,
+    ModelCaller,
+    NonFiniteError,
+    SolveResult,
+    check_problem,
+    exclusive,
+)
 from .rules import KERNELS, AndersonRule, FixedPointRule, WindowView
 from .sequential import one_tap_view
 from .tolerance import (
@@ -288,7 +296,8 @@ class Engine:
         s["floor_next"], s["floor_on"] = 1, True  # (after iterations 1, 2, 4, ...)
         s["floor_calls"] = 0
         if "probe" in s:
-            s["probe"]["smooth"].zero_()
+            for k in ("smooth", "bad", "rows_bad"):
+                s["probe"][k].zero_()
         s["F"].fill_(T)
         s["U"].fill_(T - 1 if s["sliding"] and init is None else -1)
 
@@ -321,7 +330,21 @@ class Engine:
         return graph
 
     # -- the loop ----------------------------------------------------------------------------------------------------
+    @torch.no_grad()
     def solve(
+        self,
+        model: Denoiser,
+        coeffs: SamplerCoefficients,
+        x_T: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        init: torch.Tensor | None = None,
+    ) -> SolveResult:
+        """See ``_solve``; one solve at a time per engine (``exclusive``), no autograd (inputs that require grad
+        are read as values)."""
+        with exclusive(self):
+            return self._solve(model, coeffs, x_T, noise, init)
+
+    def _solve(
         self,
         model: Denoiser,
         coeffs: SamplerCoefficients,
@@ -337,7 +360,8 @@ class Engine:
         Solving again with the same model, coefficients and shapes reuses the buffers and captured graphs.
         """
         check_problem(one_tap_view(coeffs), x_T, noise, init)
-        key = (tuple(x_T.shape), x_T.device, noise is None, self.state_dtype)
+        # the coefficients' versions: an in-place edit after a solve is read again (as the sequential sampler does)
+        key = (tuple(x_T.shape), x_T.device, noise is None, self.state_dtype, coefficient_versions(coeffs))
         if self._key is None or self._key[0] is not model or self._key[1] is not coeffs or self._key[2:] != key:
             self._setup(model, coeffs, x_T, noise)
             self._key = (model, coeffs, *key)
@@ -388,15 +412,18 @@ class Engine:
                 continue
             # the one host read per replay: window top, non-finite flag, iteration count, whether the last floor
             # probe found the model smooth, this replay's window tops
-            smooth = s["probe"]["smooth"] if "probe" in s else s["bad"]
-            head = torch.stack([s["F"], s["bad"].long(), s["n_it"], smooth.long()])
+            probe = s.get("probe")
+            smooth, probe_bad = (probe["smooth"], probe["bad"]) if probe else (s["bad"], s["bad"])
+            head = torch.stack([s["F"], s["bad"].long(), s["n_it"], smooth.long(), probe_bad.long()])
             vals = torch.cat([head, s["log_F"][it : it + k]]).tolist()
             F_new, bad, n = vals[:3]
+            if probe and vals[4]:  # the floor probe before these iterations: its outputs are checked like theirs
+                self._raise_probe_nonfinite(it)
             if bad:
                 self._raise_nonfinite(it, k, F_host)
             if vals[3] and "probe" in s:  # smooth at every probe: no floor, no further probes
                 s["floor_on"] = False
-            for top in vals[4 : 4 + n - it]:
+            for top in vals[5 : 5 + n - it]:
                 lo = max(top - H, 0)
                 nfe += top - lo
                 windows.append((lo, top))
@@ -416,6 +443,8 @@ class Engine:
                         s["floor_calls"],
                     )
                 )
+        if "probe" in s and s["floor_calls"] and bool(s["probe"]["bad"]):  # a probe after the last iteration read
+            self._raise_probe_nonfinite(it)
         if s["sliding"]:  # stopped early: steps the window never reached get the best guess there is
             U = int(s["U"])
             if U >= 0:
@@ -441,7 +470,28 @@ class Engine:
             amplification=float((s["geff"] / s["g"]).amax()),
         )
         self._report_precision(result)
+        self._report_clamp(result)
         return result
+
+    def _report_clamp(self, result: SolveResult) -> None:
+        """An fp16 model's input clamp (``MODEL_INPUT_BOUND``) is a guard for early iterates only: where the returned
+        trajectory's model inputs are beyond it, the answer is not the sequential one: not converged, one warning."""
+        s = self._s
+        if not s["call"].clamp:
+            return
+        level = s["x"][1:].abs().amax((1, 2))
+        if s["in_scale"] is not None:
+            level = level * s["in_scale"].abs()
+        big = float(level.amax())
+        if big > MODEL_INPUT_BOUND:
+            result.input_clamped, result.converged = True, False
+            warnings.warn(
+                f"the fp16 model's inputs reach {big:.3g} at the returned trajectory, beyond its range (clamped at "
+                f"+-{MODEL_INPUT_BOUND:g}): the result is not the sequential sample (whose model would see inf); "
+                "converged=False",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def _sums(self) -> torch.Tensor:
         """``sum_i geff_i RMS(r_i)`` per trajectory ``[B]`` over every step's latest residual (on the device): the
@@ -492,6 +542,9 @@ class Engine:
                 u=unit_roundoff(dtype) or 0.0,
                 xi=xi,
                 smooth=torch.zeros((), dtype=torch.bool, device=xi.device),
+                bad=torch.zeros((), dtype=torch.bool, device=xi.device),  # a non-finite output or floor
+                rows_bad=torch.zeros(3 * (P + S), dtype=torch.bool, device=xi.device),
+                steps=torch.zeros(3 * (P + S), dtype=torch.long, device=xi.device),
             )
         key = first
         graphed = self.cuda_graph and s["x"].device.type == "cuda" and not self._uncaptured
@@ -526,9 +579,16 @@ class Engine:
             steps = torch.cat([exact, (frac * (lo - 1).clamp_min(0)).round().long()])
         inp = x.index_select(0, steps + 1)
         d = p["xi"][: P + S] * torch.maximum(4 * s["thr0"].index_select(0, steps).view(-1, 1, 1), p["u"] * inp.abs())
-        m0, m1, m2 = self._model_out(torch.cat([inp, inp + d, inp + 2 * d]), steps.repeat(3)).double().chunk(3)
+        m = self._model_out(torch.cat([inp, inp + d, inp + 2 * d]), steps.repeat(3)).double()
+        m0, m1, m2 = m.chunk(3)
         jump = ((m0 - 2 * m1 + m2).square().mean(2).sqrt().amax(1) / math.sqrt(3)).to(s["floor"].dtype)
         floor = FLOOR_ROUNDINGS * s["b_own"].index_select(0, steps).abs() * jump
+        # every model output is checked, the probe's too: a NaN/inf there (or a floor that is not finite) is an
+        # error at the next host read, never an infinite threshold
+        n = m.shape[0]
+        p["rows_bad"][:n].copy_(~torch.isfinite(m).flatten(1).all(1))
+        p["steps"][:n].copy_(steps.repeat(3))
+        p["bad"].logical_or_(p["rows_bad"][:n].any() | ~torch.isfinite(floor).all())
         smooth = (floor < SMOOTH_FRACTION * s["thr0"].index_select(0, steps)).all()
         p["smooth"].copy_(smooth)
         # below the probes: the lowest exact probe's value (refined as the anchor descends); above F: kept
@@ -549,7 +609,36 @@ class Engine:
             result.precision_floor = float((s["geff"].to("cpu", torch.float64) * floor).sum())
             expert = s["tol"] is None
             tol = f"tol_abs={self.tol_abs}, tol_rel={self.tol_rel}" if expert else f"tol={s['tol']:g}"
+            # a bf16/fp16 model: converged means within the tolerance asked for, not within the floor; only where
+            # the residuals meet the user's own thresholds (the sum test: the bound within tol) does the run count.
+            # (A float32 model whose roughness bound, e.g. TF32 kernels, keeps converged: its floor is the level at
+            # which its own sequential sample is reproducible; precision_limited says it.)
+            if unit_roundoff(s["dtype_model"]) is None:
+                within = True
+            elif expert:
+                thr = (s["thr0"] * s["g"] / s["geff"]).view(-1, 1)
+                within = bool((s["rms_all"] <= thr).all())
+            else:
+                within = result.error_bound is not None and result.error_bound <= s["tol"]
+            result.converged = result.converged and within
             warn_precision_floor(s["dtype_model"], result.precision_floor, tol)
+
+    def _raise_probe_nonfinite(self, it: int) -> None:
+        """The floor probe's model outputs (or the floor from them) were NaN/inf: name the steps."""
+        p = self._s["probe"]
+        rows = p["rows_bad"]
+        steps = sorted(set(p["steps"][rows].tolist()))
+        what = (
+            f"the model output is NaN/inf at step(s) {steps[:8]}{' ...' if len(steps) > 8 else ''}"
+            if steps
+            else (
+                "the rounding floor measured from finite model outputs is NaN/inf (their second difference overflowed)"
+            )
+        )
+        raise NonFiniteError(
+            f"{what} in the roughness probe after iteration {it} (the model called at its states perturbed by "
+            "about one rounding, solvers/tolerance.py); the sampler stopped and returns no image"
+        )
 
     def _raise_nonfinite(self, it: int, k: int, anchor: int) -> None:
         """Name the steps (of the last iteration run) and whether the model or the iterates went non-finite."""

@@ -174,6 +174,7 @@ class GraphedSequential:
         if self.stochastic:
             self.xi.copy_(noise.reshape(self.xi.shape))
 
+    @torch.no_grad()
     def run(self) -> SolveResult:
         """Replay (or run) the loop; checks the whole trajectory once at the end (one host read): a NaN/inf state
         at any step is an error naming the first such step and what was non-finite there (diagnosed eagerly)."""

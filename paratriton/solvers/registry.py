@@ -48,12 +48,18 @@ class Option:
         allowed = self.range_text() + (" or None" if self.none_ok else "")
         bad = ValueError(f"{self.name} must be {allowed}, got {value!r}")
         if self.kind == "int":
-            if isinstance(value, bool) or not hasattr(value, "__index__"):
+            # no silent truncation: a float tensor's __index__ truncates (torch.tensor(3.7) -> 3)
+            tensor_ok = not torch.is_tensor(value) or (
+                value.numel() == 1 and not value.is_floating_point() and not value.is_complex()
+            )
+            if isinstance(value, bool) or not hasattr(value, "__index__") or not tensor_ok:
                 raise TypeError(f"{self.name} must be {allowed}, got {type(value).__name__} {value!r}")
             value = int(value)
             if value < self.lo or (self.hi is not None and value > self.hi):
                 raise bad
         elif self.kind == "float":
+            if isinstance(value, bool):  # True would read as 1.0
+                raise TypeError(f"{self.name} must be {allowed}, got bool {value!r}")
             try:
                 value = float(value)
             except (TypeError, ValueError):

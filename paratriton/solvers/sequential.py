@@ -76,6 +76,7 @@ def first_bad_step(x: torch.Tensor, T: int) -> int | None:
     return int(bad.max()) if bad.numel() else None
 
 
+@torch.no_grad()
 def solve_sequential(
     model: Denoiser,
     coeffs: StepOperator,
@@ -102,8 +103,8 @@ def solve_sequential(
     taps = int(coeffs.taps)
     call = ModelCaller(model, shape, B, clamp=False, coeffs=coeffs, device=x_T.device)
     outs: list[torch.Tensor] = []  # the tap outputs M_i, M_{i+1}, ... of the last ``taps`` steps, newest first
-    x = torch.empty(T + 1, B, D, dtype=state_dtype, device=x_T.device)
-    x[T] = x_T.reshape(B, D)
+    # every step starts as x_T (as in the parallel solvers): a callback never reads uninitialised memory
+    x = x_T.reshape(1, B, D).to(state_dtype).expand(T + 1, B, D).clone()
     steps = torch.arange(T, device=x_T.device)
     residuals = torch.full((T, T), float("nan"), dtype=torch.float64)
 
@@ -118,6 +119,8 @@ def solve_sequential(
             raise diagnose_step(i, T - 1 - i, x[i + 1], m_out, noise_of(i), coeffs, x[i])
         residuals[T - 1 - i, i] = 0.0
         if callback is not None:
+            if i > 0:  # the estimate of the sample so far: the latest state
+                x[0] = x[i]
             callback(
                 IterationInfo(T - i, (i, i + 1), i, torch.zeros(1, B, dtype=state_dtype), x.reshape(T + 1, B, *shape))
             )
@@ -150,6 +153,7 @@ class SequentialSolver:
             check_finite,
         )
 
+    @torch.no_grad()
     def solve(
         self,
         model: Denoiser,

@@ -127,6 +127,7 @@ from ._common import (
     SolveResult,
     _check_int,
     check_problem,
+    exclusive,
     set_common_options,
 )
 from .sequential import one_tap_view
@@ -497,7 +498,20 @@ class SRDS:
                 if dev.type == "cuda":
                     torch.cuda.empty_cache()
 
+    @torch.no_grad()
     def solve(
+        self,
+        model: Denoiser,
+        coeffs: StepOperator,
+        x_T: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        init: torch.Tensor | None = None,
+    ) -> SRDSResult:
+        """See ``_solve``; one solve at a time per solver object, no autograd."""
+        with exclusive(self):
+            return self._solve(model, coeffs, x_T, noise, init)
+
+    def _solve(
         self,
         model: Denoiser,
         coeffs: StepOperator,

@@ -88,7 +88,9 @@ measured floors is at the floor: it is tested against that many floors. With it 
 iterations, TF32 digits 9 / 13 (TAA / Picard, fp32: 10 / 13), at 1.1e-3 to 2.6e-3 RMS from the sequential sample
 (``benchmarks/precision_floor.py``, RESULTS.md session 4).
 
-When the floor binds, the result says so (``precision_limited``), ``precision_floor`` gives its size at the sample
+When the floor binds, the result says so (``precision_limited``; for a bf16/fp16 model ``converged`` then only where
+the residuals still meet the tolerance asked for: the bound within ``tol``, or every step within its own threshold in
+the per-step form, issue 32), ``precision_floor`` gives its size at the sample
 (``sum_i geff_i floor_i`` over the floors the tests used, the stalled steps' multiplied: the most the tests allowed),
 and one warning says that the tolerance asked for is below what the model's precision allows; the sum test's budget
 grows by the measured floors' ``sum_i geff_i floor_i``. On the digits model in bf16 (DDIM-25, batch 3, CPU) TAA
@@ -208,7 +210,9 @@ def warn_precision_floor(dtype: torch.dtype | None, floor_rms: float, tol_text: 
     if key in _warned:
         return
     _warned.add(key)
+    note = ""
     if unit_roundoff(dtype) is not None:
+        note = "; result.converged is False unless the residuals still meet the tolerance"
         name = str(dtype).replace("torch.", "")
         what = f"a {name} model can resolve (its outputs are rounded at ~{unit_roundoff(dtype):.1e})"
         fix = "Use a float32 model for a tighter result."
@@ -221,7 +225,7 @@ def warn_precision_floor(dtype: torch.dtype | None, floor_rms: float, tol_text: 
     warnings.warn(
         f"the tolerance ({tol_text}) is below what {what}: that puts a floor of about {floor_rms:.2e} RMS on the "
         "final sample's distance to the sequential sample; the solver stopped at that floor "
-        f"(result.precision_limited). {fix}",
+        f"(result.precision_limited{note}). {fix}",
         RuntimeWarning,
         stacklevel=3,
     )
