@@ -160,8 +160,8 @@ def test_num_inference_steps_does_not_touch_user_scheduler():
     "make,kwargs,match",
     [
         (lambda: KDPM2DiscreteScheduler(), {}, "KDPM2DiscreteScheduler is not supported.*EulerDiscreteScheduler"),
-        (lambda: DDIMScheduler(), {}, "clip_sample=True"),
-        (lambda: DDPMScheduler(clip_sample=False, thresholding=True), {}, "thresholding=True"),
+        (lambda: DDIMScheduler(clip_sample_range=-1.0), {}, r"clip_sample_range=-1.0\) must be > 0"),
+        (lambda: DDPMScheduler(thresholding=True, dynamic_thresholding_ratio=1.5), {}, r"ratio=1.5\) must be in"),
         (lambda: DDPMScheduler(clip_sample=False, variance_type="learned_range"), {}, "variance_type='learned_range'"),
         (lambda: DDIMScheduler(clip_sample=False), {"eta": 1.5}, r"eta must be in \[0, 1\]"),
         (lambda: DDIMScheduler(clip_sample=False), {"eta": -0.1}, r"eta must be in \[0, 1\]"),
