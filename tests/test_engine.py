@@ -290,3 +290,31 @@ def test_a_model_on_another_device_than_the_state():
         got = pt.solve(remote, cf, x_T, noise, method=method, **tol)
         assert got.sample.device.type == "cpu"
         assert (got.sample - ref.sample).square().mean().sqrt() <= 1e-8
+
+
+@pytest.mark.parametrize("rough", [False, True])
+def test_a_later_solve_of_the_same_problem_reuses_the_floor_and_stays_within_tol(rough):
+    """The rounding floor (or smoothness) measured by the first solve of a problem is kept for later solves with
+    other noise: no probe calls there, the same answer quality (issue 37: probes once per problem shape)."""
+    cf, gm_model, _, _ = problem("ddpm", 25, 2)
+    model = gm_model
+    if rough:  # a bf16 network: its output rounded to 8 bits
+
+        def model(x, i):
+            return gm_model(x, i).to(torch.bfloat16).to(x.dtype)
+
+        model.compute_dtype = torch.bfloat16
+    solver = make_solver("taa")
+    results = []
+    for seed in (1, 2):
+        g = torch.Generator().manual_seed(seed)
+        x_T = torch.randn(2, 2, 3, 3, generator=g, dtype=torch.float64)
+        noise = torch.randn(25, 2, 2, 3, 3, generator=g, dtype=torch.float64)
+        res = solver.solve(model, cf, x_T, noise)
+        ref = pt.solve(model, cf, x_T, noise, method="sequential")
+        results.append((res, (res.sample - ref.sample).square().mean().sqrt().item()))
+    (first, d1), (second, d2) = results
+    assert first.probe_calls >= 1 and second.probe_calls == 0
+    assert first.precision_limited == second.precision_limited == rough
+    limit = 2 * DEFAULT_TOL if not rough else 2 * max(DEFAULT_TOL, first.precision_floor)
+    assert d1 <= limit and d2 <= limit

@@ -295,6 +295,12 @@ class Engine:
         s["rms_all"].fill_(float("inf"))  # a step never measured has no bound
         s["floor_next"], s["floor_on"] = 1, True  # (after iterations 1, 2, 4, ...)
         s["floor_calls"] = 0
+        memo = getattr(self, "_floor_memo", None)
+        if memo is not None:  # measured by an earlier solve of this problem: no probes (see ``solve``)
+            s["floor_on"] = False
+            if memo[0] == "rough":
+                s["floor"].copy_(memo[1])
+                s["gain_min"].copy_(memo[2])
         if "probe" in s:
             for k in ("smooth", "bad", "rows_bad"):
                 s["probe"][k].zero_()
@@ -365,6 +371,9 @@ class Engine:
         if self._key is None or self._key[0] is not model or self._key[1] is not coeffs or self._key[2:] != key:
             self._setup(model, coeffs, x_T, noise)
             self._key = (model, coeffs, *key)
+            # what the floor probes found in an earlier solve of this problem (the same model, operator and shapes):
+            # the model's rounding does not depend on the noise, so later solves reuse it instead of probing again
+            self._floor_memo: tuple | None = None
         self.window_shrunk_to = None
         self._W = self.window  # the effective window (halved on out-of-memory, for this solve only)
         self._s["sliding"] = self.window is not None and self.window < coeffs.num_steps
@@ -423,6 +432,7 @@ class Engine:
                 self._raise_nonfinite(it, k, F_host)
             if vals[3] and "probe" in s:  # smooth at every probe: no floor, no further probes
                 s["floor_on"] = False
+                self._floor_memo = ("smooth",)
             for top in vals[5 : 5 + n - it]:
                 lo = max(top - H, 0)
                 nfe += top - lo
@@ -445,6 +455,8 @@ class Engine:
                 )
         if "probe" in s and s["floor_calls"] and bool(s["probe"]["bad"]):  # a probe after the last iteration read
             self._raise_probe_nonfinite(it)
+        if s["floor_calls"] and self._floor_memo is None:  # a rough model: its floor, for later solves
+            self._floor_memo = ("rough", s["floor"].clone(), s["gain_min"].clone())
         if s["sliding"]:  # stopped early: steps the window never reached get the best guess there is
             U = int(s["U"])
             if U >= 0:
