@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from policy_refs import ChiLowdimPolicy
 
 from paratriton.models import MODELS, POLICY_WEIGHTS_DIR, LimitsNormalizer, load, load_policy, read_config, save_policy
 from paratriton.models.policy import build_policy
@@ -32,19 +33,9 @@ def tiny_policy(seed: int = 0):
 
 def reference_conditional_sample(policy, condition_data, condition_mask, global_cond, generator):
     """The reference's DiffusionUnetLowdimPolicy.conditional_sample, statement for statement (inpainting mask
-    included)."""
-    model = policy.model
-    scheduler = policy.noise_scheduler
-    trajectory = torch.randn(
-        size=condition_data.shape, dtype=condition_data.dtype, device=condition_data.device, generator=generator
-    )
-    scheduler.set_timesteps(policy.num_inference_steps)
-    for t in scheduler.timesteps:
-        trajectory[condition_mask] = condition_data[condition_mask]
-        model_output = model(trajectory, t, local_cond=None, global_cond=global_cond)
-        trajectory = scheduler.step(model_output, t, trajectory, generator=generator).prev_sample
-    trajectory[condition_mask] = condition_data[condition_mask]
-    return trajectory
+    included): ``policy_refs.ChiLowdimPolicy``'s copy, run with this policy's network and scheduler."""
+    ref = ChiLowdimPolicy(policy.model, policy.noise_scheduler, H, OBS, ACT, TA, TO, policy.num_inference_steps)
+    return ref.conditional_sample(condition_data, condition_mask, global_cond=global_cond, generator=generator)
 
 
 def test_scheduler_is_the_references():
