@@ -136,7 +136,8 @@ def _extension_config() -> dict:
     ]
     if torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None and _flag("PARATRITON_BUILD_CUDA"):
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", _cuda_arch_list(torch))
-        cuda_defs = [*common, ("USE_CUDA", "1"), ("PARATRITON_WITH_CUDA", "1"), ("PARATRITON_OPS_NAMESPACE", "paratriton_cuda")]
+        cuda_defs = [*common, ("USE_CUDA", "1"), ("PARATRITON_WITH_CUDA", "1")]
+        cuda_defs.append(("PARATRITON_OPS_NAMESPACE", "paratriton_cuda"))
         exts.append(
             cpp_extension.CUDAExtension(
                 "paratriton._C_cuda",

@@ -77,7 +77,9 @@ def _cuda_ops_wanted(available: tuple[str, ...], spec: str | None = None) -> lis
         wanted = tuple(s.strip() for s in spec.split(",") if s.strip())
         unknown = sorted(set(wanted) - set(CUDA_OPS))
         if unknown:
-            raise ValueError(f"PARATRITON_CUDA_OPS / cuda_ops: unknown op(s) {unknown}; CUDA kernels exist for {CUDA_OPS}")
+            raise ValueError(
+                f"PARATRITON_CUDA_OPS / cuda_ops: unknown op(s) {unknown}; CUDA kernels exist for {CUDA_OPS}"
+            )
     return [op for op in wanted if op in available]
 
 

@@ -17,7 +17,9 @@ from .default import (
     UNET_CONFIG,
     WEIGHTS_DIR,
     DigitClassifier,
+    DigitsOutput,
     DigitsPipeline,
+    ImagesOutput,
     build_unet,
     default_scheduler,
     load_classifier,
@@ -28,6 +30,7 @@ from .default import (
 )
 from .dit_crops import (
     CropClassifier,
+    DiTCropsOutput,
     DiTCropsPipeline,
     load_crop_classifier,
     load_dit_crops,
@@ -65,6 +68,9 @@ __all__ = [
     "load_dit_crops",
     "load_crop_classifier",
     "DiTCropsPipeline",
+    "DiTCropsOutput",
+    "DigitsOutput",
+    "ImagesOutput",
     "CropClassifier",
     "load_classifier",
     "DigitsPipeline",
