@@ -54,7 +54,14 @@ CUDA_MAX_HISTORY = 16  # csrc/cuda_ops.cu kMaxM: a wider masked_lstsq runs the p
 # run of the stable-ABI build has passed.
 DEFAULT_CUDA_OPS: tuple[str, ...] = ()
 
-_status: dict[str, Any] = {"loaded": False, "reason": "not loaded yet", "abi": None, "cpu": (), "cuda": ()}
+_status: dict[str, Any] = {
+    "loaded": False,
+    "reason": "not loaded yet",
+    "abi": None,
+    "cpu": (),
+    "cuda": (),
+    "cuda_module": "not loaded",
+}
 _libs: list[torch.library.Library] = []  # the live registrations; dropping them restores the Python kernels
 _modules: dict[str, ModuleType] = {}
 
@@ -141,26 +148,34 @@ def _load(cuda_spec: str | None = None) -> None:
     abi = f"stable ABI, torch >= {cpu.TORCH_TARGET} (built with torch {cpu.BUILT_WITH_TORCH}, {cpu.COMPILER})"
     cpu_ops = _register("CPU", {op: getattr(torch.ops.paratriton_C, op).default for op in OPS})
     cuda_ops: list[str] = []
-    cuda_note = "no CUDA kernels"
+    cuda_note, cuda_module = "no CUDA kernels", "not used: torch is a CPU build"
     if torch.version.cuda is not None:
         mod = _import("_C_cuda")
         if isinstance(mod, str):
-            cuda_note = f"CUDA kernels {mod}"
+            cuda_note = cuda_module = f"CUDA kernels {mod}"
         elif getattr(mod, "API_VERSION", None) != API_VERSION:
-            cuda_note = "CUDA kernels not used: stale build"
+            cuda_note = cuda_module = "CUDA kernels not used: stale build"
         elif mod.CUDA_VERSION.split(".")[0] != torch.version.cuda.split(".")[0]:
             # a CUDA part is per CUDA major: the runtime it was compiled for must be the one torch ships
             cuda_note = f"CUDA kernels (CUDA {mod.CUDA_VERSION}) not used with torch's CUDA {torch.version.cuda}"
+            cuda_module = cuda_note
             log.warning("paratriton: %s; the Triton kernels run on CUDA tensors", cuda_note)
         else:
             _modules["_C_cuda"] = mod
-            cuda_note = f"CUDA {mod.CUDA_VERSION}"
+            cuda_note, cuda_module = f"CUDA {mod.CUDA_VERSION}", "ok"
             wanted = _cuda_ops_wanted(CUDA_OPS, cuda_spec)
             fns = {op: getattr(torch.ops.paratriton_cuda, op).default for op in wanted}
             if "masked_lstsq" in fns:
                 fns["masked_lstsq"] = _masked_lstsq_cuda
             cuda_ops = _register("CUDA", fns) if fns else []
-    _status.update(loaded=True, reason="ok", abi=f"{abi}; {cuda_note}", cpu=tuple(cpu_ops), cuda=tuple(cuda_ops))
+    _status.update(
+        loaded=True,
+        reason="ok",
+        abi=f"{abi}; {cuda_note}",
+        cpu=tuple(cpu_ops),
+        cuda=tuple(cuda_ops),
+        cuda_module=cuda_module,
+    )
 
 
 def backends() -> dict[str, dict[str, str]]:
@@ -177,7 +192,8 @@ def backends() -> dict[str, dict[str, str]]:
 
 
 def extension_status() -> dict[str, Any]:
-    """``{"loaded": bool, "reason": str, "abi": str | None, "cpu": ops, "cuda": ops}`` of the compiled extension."""
+    """``{"loaded": bool, "reason": str, "abi": str | None, "cpu": ops, "cuda": ops, "cuda_module": str}`` of the
+    compiled extension (``cuda_module``: "ok", or why ``paratriton._C_cuda`` is not in use)."""
     return dict(_status)
 
 
