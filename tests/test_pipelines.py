@@ -494,16 +494,22 @@ def test_output_types_and_return_dict():
     par = paratriton.parallelize(pipe, **TOL)
     inputs = sd_inputs(1, False)
     lat_ref = pipe(**inputs, output_type="latent", generator=_gen()).images
-    lat = par(**inputs, output_type="latent", generator=_gen()).images
+    img_ref = pipe(**inputs, output_type="pt", generator=_gen()).images
+    limited = []
+    with floor_warnings() as caught:  # a parallel call announces the tiny UNet's floor where it meets it
+        lat = par(**inputs, output_type="latent", generator=_gen()).images
+        limited.append(par.paratriton.last_result.precision_limited)
+        img = par(**inputs, output_type="pt", generator=_gen()).images
+        pil = par(**inputs, output_type="pil", generator=_gen()).images
+        arr = par(**inputs, output_type="np", generator=_gen(), return_dict=False)
+        limited.append(par.paratriton.last_result.precision_limited)
+    floor = [w for w in caught if "is below what" in str(w.message)]
+    assert bool(floor) == any(limited) and len(floor) <= 1  # once per process and tolerance
     assert lat.shape == (1, 4, 8, 8) and lat.dtype == torch.float32
     assert_same(lat_ref, lat)
-    img_ref = pipe(**inputs, output_type="pt", generator=_gen()).images
-    img = par(**inputs, output_type="pt", generator=_gen()).images
     assert img.shape == (1, 3, 16, 16)
     assert_same(img_ref, img)
-    pil = par(**inputs, output_type="pil", generator=_gen()).images
     assert len(pil) == 1 and pil[0].size == (16, 16)
-    arr = par(**inputs, output_type="np", generator=_gen(), return_dict=False)
     assert isinstance(arr, tuple) and isinstance(arr[0], np.ndarray) and arr[0].shape == (1, 16, 16, 3)
 
 
