@@ -150,24 +150,25 @@ def _load(cuda_spec: str | None = None) -> None:
     cuda_ops: list[str] = []
     cuda_note, cuda_module = "no CUDA kernels", "not used: torch is a CPU build"
     if torch.version.cuda is not None:
+        wanted = _cuda_ops_wanted(CUDA_OPS, cuda_spec)
         mod = _import("_C_cuda")
         if isinstance(mod, str):
-            cuda_note = cuda_module = f"CUDA kernels {mod}"
+            cuda_note = cuda_module = f"CUDA kernels paratriton._C_cuda {mod}"
         elif getattr(mod, "API_VERSION", None) != API_VERSION:
-            cuda_note = cuda_module = "CUDA kernels not used: stale build"
+            cuda_note = cuda_module = "CUDA kernels paratriton._C_cuda not used: stale build"
         elif mod.CUDA_VERSION.split(".")[0] != torch.version.cuda.split(".")[0]:
             # a CUDA part is per CUDA major: the runtime it was compiled for must be the one torch ships
             cuda_note = f"CUDA kernels (CUDA {mod.CUDA_VERSION}) not used with torch's CUDA {torch.version.cuda}"
             cuda_module = cuda_note
-            log.warning("paratriton: %s; the Triton kernels run on CUDA tensors", cuda_note)
         else:
             _modules["_C_cuda"] = mod
             cuda_note, cuda_module = f"CUDA {mod.CUDA_VERSION}", "ok"
-            wanted = _cuda_ops_wanted(CUDA_OPS, cuda_spec)
             fns = {op: getattr(torch.ops.paratriton_cuda, op).default for op in wanted}
             if "masked_lstsq" in fns:
                 fns["masked_lstsq"] = _masked_lstsq_cuda
             cuda_ops = _register("CUDA", fns) if fns else []
+        if wanted and cuda_module != "ok":  # asked for (PARATRITON_CUDA_OPS), but not there: one visible line
+            log.warning("paratriton: %s; the Triton kernels run on CUDA tensors", cuda_note)
     _status.update(
         loaded=True,
         reason="ok",

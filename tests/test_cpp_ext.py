@@ -489,6 +489,33 @@ def test_unusable_extension_falls_back_with_one_visible_line(what, says, monkeyp
     assert _backends.extension_status()["loaded"]
 
 
+@pytestmark_ext
+@pytest.mark.parametrize("spec", ["all", "none"])
+def test_missing_cuda_module_is_one_line_only_when_asked_for(spec, monkeypatch, caplog):
+    """On a CUDA torch without paratriton._C_cuda the CPU kernels still load; a line is printed only when CUDA
+    kernels were asked for (they are opt-in), and the reason is in extension_status()["cuda_module"]."""
+    real_import = _backends._import
+    _backends.use_extension(False)
+    try:
+        monkeypatch.setattr(torch.version, "cuda", "12.8")
+        monkeypatch.setattr(_backends, "_import", lambda name: "not built" if name == "_C_cuda" else real_import(name))
+        with caplog.at_level("INFO", logger="paratriton"):
+            _backends._load(spec)
+        st = _backends.extension_status()
+        assert st["loaded"] and st["cuda"] == () and "paratriton._C_cuda not built" in st["cuda_module"]
+        assert all(v["cpu"] == "cpp" and v["cuda"] == "triton" for v in pt.backends().values())
+        lines = [r.getMessage() for r in caplog.records if r.name == "paratriton"]
+        assert lines == (
+            ["paratriton: CUDA kernels paratriton._C_cuda not built; the Triton kernels run on CUDA tensors"]
+            if spec == "all"
+            else []
+        )
+    finally:
+        monkeypatch.undo()
+        _backends.use_extension(False)
+        _backends.use_extension(True)
+
+
 def test_disabled_extension_is_quiet_and_visible_in_status(monkeypatch, caplog):
     """PARATRITON_DISABLE_EXT=1 is the user's choice: INFO only, and the reason stays in extension_status()."""
     _backends.use_extension(False)
