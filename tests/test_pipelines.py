@@ -33,7 +33,7 @@ from diffusers import (  # noqa: E402 - after importorskip, so the file skips wi
 
 logging.getLogger("diffusers").setLevel(logging.ERROR)  # the tiny configs trigger deprecation notes
 
-TOL = {"tol_abs": 1e-7, "tol_rel": 1e-7}
+TOL = {"tol_abs": 1e-6, "tol_rel": 1e-6}  # above what the tiny random networks here resolve on a CPU (~5e-7)
 ATOL = 1e-4
 STEPS = 8
 
@@ -364,7 +364,7 @@ def floor_warnings():
             self.rec = warnings.catch_warnings(record=True)
             self.patch.__enter__()
             caught = self.rec.__enter__()
-            warnings.simplefilter("always")
+            warnings.filterwarnings("always", module="paratriton")  # ours every time; the others as configured
             return caught
 
         def __exit__(self, *exc):
@@ -384,9 +384,9 @@ def check_floor_warning(caught: list, result) -> None:
         assert not floor, [str(w.message) for w in floor]
     elif result.precision_limited:
         assert floor and result.precision_floor > 0
-    for w in caught:
+    for w in caught:  # passed the filters already: shown as they are (pytest's summary)
         if w not in floor:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def assert_same(ref: torch.Tensor, out: torch.Tensor, atol: float = ATOL):
@@ -505,6 +505,7 @@ def test_output_types_and_return_dict():
         limited.append(par.paratriton.last_result.precision_limited)
     floor = [w for w in caught if "is below what" in str(w.message)]
     assert bool(floor) == any(limited) and len(floor) <= 1  # once per process and tolerance
+    check_floor_warning([w for w in caught if w not in floor], None)  # the others shown
     assert lat.shape == (1, 4, 8, 8) and lat.dtype == torch.float32
     assert_same(lat_ref, lat)
     assert img.shape == (1, 3, 16, 16)
