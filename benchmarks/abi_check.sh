@@ -29,7 +29,7 @@ if shipped != open(sys.argv[2], "rb").read():
     sys.exit("abi_check: the wheel's paratriton/_backends.py differs from this checkout's: build the wheel from the "
              "same commit as these tests")
 EOF
-cp -r tests "$work/"  # run outside the checkout: `import paratriton` must find the wheel, not ./paratriton
+cp -r tests pyproject.toml "$work/"  # outside the checkout: `import paratriton` must find the wheel, not ./paratriton
 cd "$work"
 export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" PARATRITON_REQUIRE_EXT=1
 {
