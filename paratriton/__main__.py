@@ -92,6 +92,13 @@ def _progress(enabled: bool, total: int):
     return tqdm(total=total, desc="sampling", unit="run", leave=False, dynamic_ncols=True, disable=None)
 
 
+def _graphable(method: str) -> bool:
+    """Whether ``method`` has a CUDA-graphed form (the registry's ``cuda_graph`` option; SRDS has none)."""
+    from .solvers.registry import method_spec
+
+    return any(o.name == "cuda_graph" for o in method_spec(method).options)
+
+
 def resolve_device(args: argparse.Namespace) -> torch.device:
     """--device, else CUDA when available, else the CPU."""
     return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -156,7 +163,7 @@ def _sample(args: argparse.Namespace) -> tuple[list[dict], dict]:
                 noise,
                 method=method,
                 **opts,
-                **({"cuda_graph": True} if graphed else {}),
+                **({"cuda_graph": True} if graphed and _graphable(method) else {}),
                 **({"callback": callback} if need_cb and (first or bar) else {}),
             )
             _sync(device)
@@ -208,7 +215,7 @@ def _sample(args: argparse.Namespace) -> tuple[list[dict], dict]:
             it40 = min(it40, res.iterations)
         rows.append(
             {
-                "method": label,
+                "method": label if not graphed or _graphable(name) else f"{label} (eager)",
                 "iterations": res.iterations,
                 "iters/steps": f"{res.iterations / T:.2f}",
                 "NFE/sample": res.nfe,

@@ -143,6 +143,16 @@ def test_main_on_cuda_is_graphed_and_reports_speedup(tmp_path, capsys):
     _check_table(rows, 12)
 
 
+@pytest.mark.gpu
+def test_main_on_cuda_runs_srds_eagerly_beside_graphed_methods(tmp_path, capsys):
+    """SRDS has no CUDA-graphed form: on CUDA it runs eagerly, and its row says so."""
+    argv = ["--model", "gmm", "--steps", "12", "--repeats", "1", "--no-progress", "--methods", "taa", "srds:blocks=3"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    rows = _rows(capsys.readouterr().out)
+    assert set(rows) == {"sequential", "taa (h=auto)", "srds:blocks=3 (eager)"}
+    _check_table(rows, 12)
+
+
 def test_main_without_command_runs_sample():
     from paratriton.__main__ import parse_args
 
