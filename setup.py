@@ -1,20 +1,21 @@
-"""Build script. The pure-Python package always installs; the optional compiled extension ``paratriton._C``
-(csrc/: C++ CPU kernels, CUDA kernels when nvcc and a CUDA build of torch are present) is added when it can be
+"""Build script. The pure-Python package always installs; the optional compiled extension is added when it can be
 built. docs/build.md explains the choices; in short:
 
-* ``PARATRITON_BUILD_EXT=0`` skips the extension (and asks for no torch in the build environment).
-* A failed compile never fails the install: one warning, and the package installs without ``_C`` (the Triton /
-  plain-torch kernels are used, see ``paratriton.backends()``).
-* The extension must be compiled against the torch it will run with. ``pip install --no-build-isolation`` builds
-  against the installed torch. Under pip's default build isolation torch is not importable here, so this script
-  asks for it as a *dynamic* build requirement (setuptools turns ``setup_requires`` into the PEP 517
-  ``get_requires_for_build_*`` answer): the version already installed in the target environment if there is one,
-  else the version pinned in constraints.txt (what CI and the README install). A mismatch that slips through is
-  caught at import (``paratriton._backends``) and the extension is then not used.
-* The runtime requirement on torch is pinned to the release the extension is built against (``torch==<that
-  version>``, any local build tag such as ``+cpu`` or ``+cu128``), so pip cannot build against one torch and then
-  install another to run with (what happened to ``pip install .`` without ``-c constraints.txt``: built against
-  2.13.0, ran 2.14.1, extension never used). Without the extension (``PARATRITON_BUILD_EXT=0``) any torch >= 2.4.
+* Two modules, both on the LibTorch stable ABI (``torch/csrc/stable``, ``-DTORCH_TARGET_VERSION`` = torch 2.10) and
+  the Python limited API (one ``abi3`` module for every CPython >= 3.11): ``paratriton._C`` (C++ CPU kernels,
+  csrc/cpu_ops.cpp) whenever a C++ compiler and torch >= 2.10's headers are there, and ``paratriton._C_cuda`` (CUDA
+  kernels, csrc/cuda_ops.cu) when torch is a CUDA build and nvcc is found. Each is built on its own: a failed CUDA
+  build leaves the CPU module in place. Built against any torch >= 2.10, they load on torch 2.10 and every later
+  release; paratriton skips them (one line at import) on an older torch.
+* The build needs torch's headers, never a particular torch. In order: the torch importable here (``pip install
+  --no-build-isolation``, or ``python3 setup.py``); under pip's build isolation, the torch installed in the
+  environment pip installs into (found by a child interpreter, added to this process's path: nothing is downloaded
+  or replaced); only if there is none anywhere, a torch build requirement (the version constraints.txt pins, what CI
+  and the README install). ``torch`` is not in ``build-system.requires`` on purpose: pip would then install one into
+  every isolated build.
+* The runtime requirement is ``torch>=2.4`` (what the pure-Python package needs; pyproject.toml), never a pin.
+* ``PARATRITON_BUILD_EXT=0`` skips both modules, ``PARATRITON_BUILD_CUDA=0`` the CUDA one. A failed compile never
+  fails the install: one warning per module, and paratriton says at import which kernels it uses.
 """
 
 from __future__ import annotations
@@ -29,27 +30,33 @@ from setuptools import setup
 
 ROOT = Path(__file__).resolve().parent
 CSRC = ROOT / "csrc"
-WANT_EXT = os.environ.get("PARATRITON_BUILD_EXT", "1").strip().lower() not in ("0", "false", "no", "off")
+MIN_TORCH = (2, 10)  # TORCH_TARGET_VERSION below: the oldest torch the modules load on
+TORCH_TARGET_VERSION = "0x020a000000000000"  # torch/csrc/stable/version.h: (2 << 56) | (10 << 48)
+
+
+def _flag(name: str, default: str = "1") -> bool:
+    return os.environ.get(name, default).strip().lower() not in ("0", "false", "no", "off")
 
 
 def _warn(msg: str) -> None:
     print(f"WARNING: paratriton: {msg}", file=sys.stderr, flush=True)
 
 
-def _installed_torch_version() -> str | None:
-    """torch's public version in the environment pip installs into (not the isolated build environment).
+def _target_env_torch_dir() -> str | None:
+    """The directory holding the ``torch`` package of the environment pip installs into, if it has one.
 
-    pip runs this script with the target environment's interpreter and hides that environment's site-packages with
-    a sitecustomize on PYTHONPATH; a child interpreter without PYTHONPATH sees it again. Metadata only: no import.
+    Under build isolation pip runs this script with the target environment's interpreter and hides that
+    environment's site-packages with a sitecustomize on PYTHONPATH; a child interpreter without PYTHONPATH sees it
+    again. find_spec only: torch is not imported there.
     """
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONNOUSERSITE")}
-    code = "import importlib.metadata as m; print(m.version('torch'))"
+    code = "import importlib.util as u, os; s = u.find_spec('torch'); print(os.path.dirname(s.origin) if s else '')"
     try:
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError):
         return None
-    v = out.stdout.strip()
-    return v.split("+")[0] if out.returncode == 0 and v else None
+    path = out.stdout.strip()
+    return str(Path(path).parent) if out.returncode == 0 and path else None
 
 
 def _constraints_torch_version() -> str | None:
@@ -60,13 +67,30 @@ def _constraints_torch_version() -> str | None:
     return m.group(1) if m else None
 
 
-RUNTIME_REQUIRES = ["numpy", "diffusers>=0.35", "pillow", "safetensors", "tqdm"]
+def _import_torch():
+    """torch for the build (see the module docstring), or None after adding it as a build requirement."""
+    import warnings
 
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Failed to initialize NumPy")  # the build env may lack numpy
+        try:
+            import torch
 
-def _requires(torch_version: str | None) -> list[str]:
-    """install_requires: torch pinned to the release the extension is built against (public version)."""
-    pin = f"torch=={torch_version.split('+')[0]}" if torch_version else "torch>=2.4"
-    return [pin, *RUNTIME_REQUIRES]
+            return torch
+        except ImportError:
+            pass
+        site = _target_env_torch_dir()
+        if site is not None:
+            sys.path.append(site)  # after the build environment's own packages: its setuptools stays first
+            try:
+                import torch
+
+                print(f"paratriton: building against the installed torch {torch.__version__} ({site})", flush=True)
+                return torch
+            except ImportError as e:
+                sys.path.remove(site)
+                _warn(f"the installed torch in {site} does not import here ({e})")
+    return None
 
 
 def _cuda_arch_list(torch) -> str:
@@ -78,75 +102,78 @@ def _cuda_arch_list(torch) -> str:
 
 
 def _extension_config() -> dict:
-    """setup() keywords for the extension: ext_modules/cmdclass, or setup_requires when torch is not importable."""
-    if not WANT_EXT:
-        return {"install_requires": _requires(None)}
-    try:
-        import warnings
-
-        warnings.filterwarnings("ignore", message="Failed to initialize NumPy")  # the build env may lack numpy
-        import torch
-        from torch.utils import cpp_extension
-    except ImportError:
-        version = _installed_torch_version() or _constraints_torch_version()
-        if version is None:
-            _warn(
-                "torch is not importable and no torch version to build against is known; "
-                "installing without the compiled extension (see docs/build.md)"
-            )
-            return {"install_requires": _requires(None)}
+    """setup() keywords for the extension modules: ext_modules/cmdclass, or setup_requires when torch is absent."""
+    if not _flag("PARATRITON_BUILD_EXT"):
+        return {}
+    torch = _import_torch()
+    if torch is None:
+        version = _constraints_torch_version()
         # turned into a PEP 517 dynamic build requirement; pip installs it and runs this script again
-        return {"setup_requires": [f"torch=={version}", "ninja"], "install_requires": _requires(version)}
+        req = f"torch=={version}" if version else f"torch>={MIN_TORCH[0]}.{MIN_TORCH[1]}"
+        return {"setup_requires": [req, "ninja"]}
+    from torch.utils import cpp_extension
 
-    sources = [str(p.relative_to(ROOT)) for p in (CSRC / "module.cpp", CSRC / "cpu_ops.cpp")]
-    # OpenMP: at::parallel_for is inline in ATen's headers. -g0 overrides the -g of Python's CFLAGS (debug info
-    # of the torch headers costs compile time on the 2-core CI machine and bloats the module).
-    cxx = ["-O3", "-g0", "-fopenmp", "-Wno-unknown-pragmas"]
-    link = ["-fopenmp"]
-    nvcc_ok = (
-        torch.version.cuda is not None
-        and cpp_extension.CUDA_HOME is not None
-        and os.environ.get("PARATRITON_BUILD_CUDA", "1") != "0"
-    )
-    if nvcc_ok:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", _cuda_arch_list(torch))
-        ext = cpp_extension.CUDAExtension(
-            "paratriton._C",
-            sources + [str((CSRC / "cuda_ops.cu").relative_to(ROOT))],
-            define_macros=[("PARATRITON_WITH_CUDA", "1")],
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo"]},
-            extra_link_args=link,
+    have = tuple(int(v) for v in re.findall(r"\d+", torch.__version__)[:2])
+    if have < MIN_TORCH:
+        _warn(
+            f"torch {torch.__version__} has no stable-ABI headers for torch >= {MIN_TORCH[0]}.{MIN_TORCH[1]}; "
+            "installing without the compiled extension (the Triton/torch kernels are used)"
         )
-    else:
-        ext = cpp_extension.CppExtension(
-            "paratriton._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link
+        return {}
+
+    # -fopenmp-simd: the `omp simd` loop hints only, no OpenMP runtime (threads come from torch::stable::parallel_for).
+    # -g0 overrides the -g of Python's CFLAGS (debug info costs compile time and bloats the module).
+    cxx = ["-O3", "-g0", "-fopenmp-simd", "-Wno-unknown-pragmas"]
+    common = [("TORCH_TARGET_VERSION", TORCH_TARGET_VERSION)]
+    exts = [
+        cpp_extension.CppExtension(
+            "paratriton._C",
+            ["csrc/module.cpp", "csrc/cpu_ops.cpp"],
+            define_macros=[*common, ("PARATRITON_OPS_NAMESPACE", "paratriton_C")],
+            extra_compile_args={"cxx": cxx},
+            py_limited_api=True,
+        )
+    ]
+    if torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None and _flag("PARATRITON_BUILD_CUDA"):
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", _cuda_arch_list(torch))
+        cuda_defs = [*common, ("USE_CUDA", "1"), ("PARATRITON_WITH_CUDA", "1")]
+        cuda_defs.append(("PARATRITON_OPS_NAMESPACE", "paratriton_cuda"))
+        exts.append(
+            cpp_extension.CUDAExtension(
+                "paratriton._C_cuda",
+                ["csrc/cuda_module.cpp", "csrc/cuda_ops.cu"],
+                define_macros=cuda_defs,
+                extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo"]},
+                py_limited_api=True,
+            )
         )
 
     class OptionalBuildExt(cpp_extension.BuildExtension):
-        """BuildExtension whose failure leaves a pure-Python install (one warning) instead of failing pip."""
+        """BuildExtension where each module may fail on its own (one warning) instead of failing pip."""
 
-        failed = False
+        failed: set[str] = set()
 
-        def run(self):
+        def build_extension(self, ext):
             try:
-                super().run()
+                super().build_extension(ext)
             except Exception as e:  # noqa: BLE001 -- any compiler/toolchain failure
-                OptionalBuildExt.failed = True
+                OptionalBuildExt.failed.add(ext.name)
                 _warn(
-                    f"building the compiled extension failed ({type(e).__name__}: {str(e)[-300:]}); installing "
-                    "without it, the Triton/torch kernels will be used (see docs/build.md)"
+                    f"building {ext.name} failed ({type(e).__name__}: {str(e)[-300:]}); installing without it "
+                    "(paratriton says at import which kernels it uses; see docs/build.md)"
                 )
 
         def get_outputs(self):  # editable wheels list these files: only the ones that exist
-            return [] if OptionalBuildExt.failed else super().get_outputs()
+            return [p for p in super().get_outputs() if os.path.exists(p)]
 
         def get_output_mapping(self):
-            return {} if OptionalBuildExt.failed else super().get_output_mapping()
+            return {k: v for k, v in super().get_output_mapping().items() if os.path.exists(v)}
 
     return {
-        "ext_modules": [ext],
-        "cmdclass": {"build_ext": OptionalBuildExt.with_options(use_ninja=True)},
-        "install_requires": _requires(torch.__version__),
+        "ext_modules": exts,
+        "cmdclass": {"build_ext": OptionalBuildExt.with_options(use_ninja=cpp_extension.is_ninja_available())},
+        # one wheel for every CPython >= 3.11 (the modules use the limited API only)
+        "options": {"bdist_wheel": {"py_limited_api": "cp311"}},
     }
 
 

@@ -1,17 +1,23 @@
-// Shared helpers of the paratriton compiled extension (CPU and CUDA sources).
+// Shared helpers of the paratriton compiled extension (CPU and CUDA sources), written against the LibTorch stable
+// ABI (torch/csrc/stable, torch/headeronly) only: built with -DTORCH_TARGET_VERSION for torch 2.10, the modules load
+// on torch 2.10 and every later release, whichever torch they were compiled against.
 //
 // Layout convention of every op: a "window" tensor [n, B, D] is read as n*B rows of D contiguous elements, with
 // arbitrary strides between steps (p) and trajectories (b). That covers the solver's slices (x[lo:hi],
 // hist[:, lo:hi]) without copies; a tensor whose last dimension is not contiguous is copied once (rare).
 #pragma once
 
-#include <ATen/core/Tensor.h>
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+#include <torch/headeronly/core/ScalarType.h>
+#include <torch/headeronly/util/Exception.h>
 
 #include <atomic>
 #include <cstdint>
+#include <initializer_list>
+#include <sstream>
 #include <string>
-
-#include "api.h"
 
 #if defined(__CUDACC__)
 #define PT_HD __host__ __device__
@@ -20,6 +26,13 @@
 #endif
 
 namespace paratriton {
+
+// Bumped whenever an op's C++ semantics or signature changes, so Python refuses a stale build (editable installs).
+// Must equal paratriton/_backends.py API_VERSION.
+constexpr int kApiVersion = 2;
+
+using Tensor = torch::stable::Tensor;
+using ScalarType = torch::headeronly::ScalarType;
 
 // A [n, B, D] tensor as rows: row (p, b) starts at data + p * sp + b * sb and holds D contiguous elements.
 template <typename T>
@@ -30,23 +43,65 @@ struct Rows {
 };
 
 // A [n, B, D] (or [n, B, D]-shaped slice) tensor whose last dim is contiguous; otherwise a contiguous copy.
-inline at::Tensor rows_ok(const at::Tensor& t) {
-  return (t.size(-1) <= 1 || t.stride(-1) == 1) ? t : t.contiguous();
+inline Tensor rows_ok(const Tensor& t) {
+  return (t.size(-1) <= 1 || t.stride(-1) == 1) ? t : torch::stable::contiguous(t);
 }
 
 template <typename T>
-inline Rows<T> rows_of(const at::Tensor& t) {  // t: [n, B, D] with stride(-1) == 1
-  return Rows<T>{t.data_ptr<T>(), t.stride(0), t.stride(1)};
+inline Rows<T> rows_of(const Tensor& t) {  // t: [n, B, D] with stride(-1) == 1
+  return Rows<T>{t.mutable_data_ptr<T>(), t.stride(0), t.stride(1)};
 }
 
 template <typename T>
-inline Rows<const T> crows_of(const at::Tensor& t) {
+inline Rows<const T> crows_of(const Tensor& t) {
   return Rows<const T>{t.const_data_ptr<T>(), t.stride(0), t.stride(1)};
+}
+
+inline bool is_float(ScalarType s) {
+  return s == ScalarType::Float || s == ScalarType::Double || s == ScalarType::Half || s == ScalarType::BFloat16;
+}
+
+inline bool is_state(ScalarType s) { return s == ScalarType::Float || s == ScalarType::Double; }
+
+// "[2, 3, 5]"
+inline std::string shape_str(const Tensor& t) {
+  std::ostringstream os;
+  os << '[';
+  for (int64_t i = 0; i < t.dim(); ++i) os << (i ? ", " : "") << t.size(i);
+  os << ']';
+  return os.str();
+}
+
+inline std::string shape_str(std::initializer_list<int64_t> shape) {
+  std::ostringstream os;
+  os << '[';
+  bool first = true;
+  for (int64_t s : shape) {
+    os << (first ? "" : ", ") << s;
+    first = false;
+  }
+  os << ']';
+  return os.str();
+}
+
+inline bool has_shape(const Tensor& t, std::initializer_list<int64_t> shape) {
+  if (t.dim() != static_cast<int64_t>(shape.size())) return false;
+  int64_t i = 0;
+  for (int64_t s : shape)
+    if (t.size(i++) != s) return false;
+  return true;
+}
+
+inline void check_shape(const Tensor& t, std::initializer_list<int64_t> shape, const char* name) {
+  STD_TORCH_CHECK(has_shape(t, shape), name, " must have shape ", shape_str(shape), ", got ", shape_str(t));
+}
+
+// t converted to dtype (no copy when it already has it), as Tensor.to(dtype)
+inline Tensor to_dtype(const Tensor& t, ScalarType dtype) {
+  return t.scalar_type() == dtype ? t : torch::stable::to(t, dtype);
 }
 
 // Call counters: let the tests prove that a call went to the compiled kernel (not the Python default).
 enum Op { kStepResidual, kOrderK, kGram, kLstsq, kUpdate, kTaaResidual, kTaaUpdate, kNumOps };
-extern std::atomic<int64_t> g_calls[2][kNumOps];  // [0] CPU, [1] CUDA
-inline void count_call(int device, Op op) { g_calls[device][op].fetch_add(1, std::memory_order_relaxed); }
 
 }  // namespace paratriton

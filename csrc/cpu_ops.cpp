@@ -1,23 +1,20 @@
-// CPU kernels of the paratriton solver ops (same semantics as paratriton/ops/<op>/naive.py).
+// CPU kernels of the paratriton solver ops (same semantics as paratriton/ops/<op>/naive.py), on the LibTorch stable
+// ABI (see common.h): they are registered as the ops ``paratriton_C::<op>`` (schemas below) for the CPU key, and
+// paratriton/_backends.py routes ``torch.ops.paratriton.<op>`` on CPU tensors to them.
 //
 // Every op is one fused pass over the window where the reference takes several (temporaries, einsum, flips):
-// rows (p, b) of D contiguous elements are split over threads with at::parallel_for (OpenMP), and the inner loops
-// over D are plain contiguous loops that the compiler vectorises (`omp simd` where a reduction needs it).
-// Reductions (RMS, Gram, the recurrence of the order-k residual) accumulate in double for float32 state, so a
-// float32 result is at least as accurate as the float32 reference. `_Pragma` rather than `#pragma`: most loops sit
-// inside AT_DISPATCH macro arguments, where a directive is not allowed.
-// Lean includes (not ATen/ATen.h): this file is most of the extension's compile time on a 2-core CI machine.
-#include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
-#include <c10/util/Exception.h>
-#include <torch/library.h>
+// rows (p, b) of D contiguous elements are split over torch's intra-op threads (torch::stable::parallel_for), and the
+// inner loops over D are plain contiguous loops that the compiler vectorises (`omp simd`, -fopenmp-simd: no OpenMP
+// runtime of our own). Reductions (RMS, Gram, the recurrence of the order-k residual) accumulate in double for
+// float32 state, so a float32 result is at least as accurate as the float32 reference. `_Pragma` rather than
+// `#pragma`: most loops sit inside dispatch macro arguments, where a directive is not allowed.
+#include <torch/headeronly/core/Dispatch_v2.h>
 
 #include <algorithm>
 #include <cmath>
-#include <memory>
+#include <initializer_list>
+#include <optional>
+#include <tuple>
 #include <vector>
 
 #include "common.h"
@@ -25,7 +22,11 @@
 namespace paratriton {
 namespace {
 
-using at::Tensor;
+using torch::stable::DeviceType;
+using torch::stable::parallel_for;
+
+std::atomic<int64_t> g_calls[kNumOps] = {};
+inline void count_call(Op op) { g_calls[op].fetch_add(1, std::memory_order_relaxed); }
 
 constexpr int64_t kChunk = 512;           // D-chunk kept in L1 by the Gram pass
 constexpr int64_t kGrainElems = 1 << 15;  // elements per parallel task: amortises the OpenMP fork
@@ -33,13 +34,25 @@ constexpr int64_t kGrainElems = 1 << 15;  // elements per parallel task: amortis
 inline int64_t grain_rows(int64_t D) { return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(D, 1)); }
 
 void check_state(const Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, name,
-              " must be float32 or float64, got ", t.scalar_type());
+  STD_TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
+  STD_TORCH_CHECK(is_state(t.scalar_type()), name, " must be float32 or float64, got ",
+                  torch::headeronly::toString(t.scalar_type()));
 }
 
-void check_shape(const Tensor& t, at::IntArrayRef shape, const char* name) {
-  TORCH_CHECK(t.sizes() == shape, name, " must have shape ", shape, ", got ", t.sizes());
+// A new uninitialised CPU tensor of `shape` and dtype `dt`.
+Tensor new_cpu(std::initializer_list<int64_t> shape, ScalarType dt) {
+  return torch::stable::empty(torch::headeronly::IntHeaderOnlyArrayRef(shape), dt, std::nullopt,
+                              torch::stable::Device(DeviceType::CPU));
+}
+
+Tensor new_cpu_like(const Tensor& t) {  // contiguous, t's sizes and dtype
+  return torch::stable::empty(t.sizes(), t.scalar_type(), std::nullopt, torch::stable::Device(DeviceType::CPU));
+}
+
+Tensor zeros_cpu(std::initializer_list<int64_t> shape, ScalarType dt) {
+  Tensor t = new_cpu(shape, dt);
+  torch::stable::zero_(t);
+  return t;
 }
 
 template <typename T>
@@ -53,8 +66,9 @@ _Pragma("omp simd reduction(+ : s)")
 // [n] coefficient vector as T values in a small host vector (converted exactly like the reference's .to(dt)).
 template <typename T>
 std::vector<T> coef(const Tensor& v, int64_t n, const char* name) {
-  TORCH_CHECK(v.dim() == 1 && v.size(0) == n, name, " must have shape [", n, "], got ", v.sizes());
-  Tensor c = v.to(at::kCPU, c10::CppTypeToScalarType<T>::value).contiguous();
+  STD_TORCH_CHECK(v.dim() == 1 && v.size(0) == n, name, " must have shape [", n, "], got ", shape_str(v));
+  Tensor c = torch::stable::contiguous(torch::stable::to(v, torch::headeronly::CppTypeToScalarType<T>::value,
+                                                         std::nullopt, torch::stable::Device(DeviceType::CPU)));
   return std::vector<T>(c.const_data_ptr<T>(), c.const_data_ptr<T>() + n);
 }
 
@@ -64,7 +78,7 @@ std::vector<T> coef(const Tensor& v, int64_t n, const char* name) {
 template <typename T, typename M>
 void residual_rows(Rows<const T> x, Rows<const M> mo, const Rows<const T>* xi, const T* a, const T* b, const T* c,
                    Rows<T> r, T* rms, int64_t n, int64_t B, int64_t D) {
-  at::parallel_for(0, n * B, grain_rows(D), [&](int64_t begin, int64_t end) {
+  parallel_for(0, n * B, grain_rows(D), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t p = row / B, bb = row % B;
       const T* __restrict x0 = x.row(p, bb);
@@ -104,44 +118,52 @@ int64_t top_unconverged(const T* rms, const T* thr, int64_t n, int64_t B) {
   return -1;
 }
 
+// residual_into for state dtype T (the model output's dtype is dispatched here: the dispatch macros do not nest).
+template <typename T>
+void residual_typed(const Tensor& x, const Tensor& model_out, const Tensor& noise, const Tensor& a, const Tensor& b,
+                    const Tensor& c, const Tensor& threshold, const Tensor& r_out, const Tensor& rms,
+                    const Tensor& top) {
+  const int64_t n = x.size(0) - 1, B = x.size(1), D = x.size(2);
+  const auto av = coef<T>(a, n, "a"), bv = coef<T>(b, n, "b"), tv = coef<T>(threshold, n, "threshold");
+  std::vector<T> cv = noise.defined() ? coef<T>(c, n, "c") : std::vector<T>(n, T(0));
+  Rows<const T> xr = crows_of<T>(x), zr{};
+  if (noise.defined()) zr = crows_of<T>(noise);
+  THO_DISPATCH_V2(model_out.scalar_type(), "paratriton_model_out", AT_WRAP(([&] {
+    residual_rows<T, scalar_t>(xr, crows_of<scalar_t>(model_out), noise.defined() ? &zr : nullptr, av.data(),
+                               bv.data(), cv.data(), rows_of<T>(r_out), rms.mutable_data_ptr<T>(), n, B, D);
+  })), AT_FLOATING_TYPES, ScalarType::Half, ScalarType::BFloat16);
+  *top.mutable_data_ptr<int64_t>() = top_unconverged<T>(rms.const_data_ptr<T>(), tv.data(), n, B);
+}
+
 // Writes r into `r_out` ([n, B, D] rows, state dtype) and returns (rms [n, B], top 0-d int64).
 std::tuple<Tensor, Tensor> residual_into(const Tensor& x_, const Tensor& model_out_, const std::optional<Tensor>& noise_,
                                          const Tensor& a, const Tensor& b, const Tensor& c, const Tensor& threshold,
                                          const Tensor& r_out) {
   check_state(x_, "x");
-  TORCH_CHECK(x_.dim() == 3 && x_.size(0) >= 1, "x must be [n+1, B, D], got ", x_.sizes());
+  STD_TORCH_CHECK(x_.dim() == 3 && x_.size(0) >= 1, "x must be [n+1, B, D], got ", shape_str(x_));
   const int64_t n = x_.size(0) - 1, B = x_.size(1), D = x_.size(2);
   check_shape(model_out_, {n, B, D}, "model_out");
-  TORCH_CHECK(at::isFloatingType(model_out_.scalar_type()), "model_out must be a float tensor");
+  STD_TORCH_CHECK(is_float(model_out_.scalar_type()), "model_out must be a float tensor");
   const Tensor x = rows_ok(x_), model_out = rows_ok(model_out_);
   Tensor noise;
   if (noise_.has_value() && noise_->defined()) {
     check_shape(*noise_, {n, B, D}, "noise");
-    noise = rows_ok(noise_->to(x.scalar_type()));  // usually already the state dtype: no copy
+    noise = rows_ok(to_dtype(*noise_, x.scalar_type()));  // usually already the state dtype: no copy
   }
-  Tensor rms = at::empty({n, B}, x.options());
-  Tensor top = at::empty({}, x.options().dtype(at::kLong));
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "paratriton_step_residual", [&] {
-    using T = scalar_t;
-    const auto av = coef<T>(a, n, "a"), bv = coef<T>(b, n, "b"), tv = coef<T>(threshold, n, "threshold");
-    std::vector<T> cv = noise.defined() ? coef<T>(c, n, "c") : std::vector<T>(n, T(0));
-    Rows<const T> xr = crows_of<T>(x), zr{};
-    if (noise.defined()) zr = crows_of<T>(noise);
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, model_out.scalar_type(), "paratriton_model_out", [&] {
-      residual_rows<T, scalar_t>(xr, crows_of<scalar_t>(model_out), noise.defined() ? &zr : nullptr, av.data(),
-                                 bv.data(), cv.data(), rows_of<T>(r_out), rms.data_ptr<T>(), n, B, D);
-    });
-    top.fill_(top_unconverged<T>(rms.const_data_ptr<T>(), tv.data(), n, B));
-  });
+  Tensor rms = new_cpu({n, B}, x.scalar_type());
+  Tensor top = new_cpu({}, ScalarType::Long);
+  THO_DISPATCH_V2(x.scalar_type(), "paratriton_step_residual", AT_WRAP(([&] {
+    residual_typed<scalar_t>(x, model_out, noise, a, b, c, threshold, r_out, rms, top);
+  })), AT_FLOATING_TYPES);
   return {rms, top};
 }
 
 std::tuple<Tensor, Tensor, Tensor> step_residual_cpu(const Tensor& x, const Tensor& model_out,
                                                      const std::optional<Tensor>& noise, const Tensor& a,
                                                      const Tensor& b, const Tensor& c, const Tensor& threshold) {
-  count_call(0, kStepResidual);
-  TORCH_CHECK(x.dim() == 3 && x.size(0) >= 1, "x must be [n+1, B, D], got ", x.sizes());
-  Tensor r = at::empty({x.size(0) - 1, x.size(1), x.size(2)}, x.options());
+  count_call(kStepResidual);
+  STD_TORCH_CHECK(x.dim() == 3 && x.size(0) >= 1, "x must be [n+1, B, D], got ", shape_str(x));
+  Tensor r = new_cpu({x.size(0) - 1, x.size(1), x.size(2)}, x.scalar_type());
   auto [rms, top] = residual_into(x, model_out, noise, a, b, c, threshold, r);
   return {r, rms, top};
 }
@@ -155,10 +177,10 @@ void order_k_rows(Rows<const T> r, Rows<T> R, const std::vector<double>& w, cons
                   int64_t n, int64_t B, int64_t D) {
   // The recurrence walks p, so each task owns a D-range of one trajectory through all steps. Long ranges (about
   // 4 tasks per thread) keep the accesses of each step one long contiguous stream for the prefetcher.
-  const int64_t want = std::max<int64_t>(1, (4 * at::get_num_threads() + B - 1) / B);
+  const int64_t want = std::max<int64_t>(1, (4 * static_cast<int64_t>(torch::stable::get_num_threads()) + B - 1) / B);
   const int64_t chunk = std::min<int64_t>(std::max<int64_t>(1024, (D + want - 1) / want), std::max<int64_t>(D, 1));
   const int64_t nchunks = (D + chunk - 1) / chunk;
-  at::parallel_for(0, B * nchunks, 1, [&](int64_t begin, int64_t end) {
+  parallel_for(0, B * nchunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<double> accv(chunk);
     double* __restrict acc = accv.data();
     for (int64_t task = begin; task < end; ++task) {
@@ -204,21 +226,21 @@ void order_k_weights(const Tensor& a, int64_t n, int64_t k, bool unit, std::vect
 }
 
 void order_k_into(const Tensor& r, const Tensor& a, int64_t order, bool unit_weights, const Tensor& R_out) {
-  TORCH_CHECK(order >= 1, "order must be >= 1, got ", order);
+  STD_TORCH_CHECK(order >= 1, "order must be >= 1, got ", order);
   const int64_t n = r.size(0), B = r.size(1), D = r.size(2);
-  AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "paratriton_order_k", [&] {
+  THO_DISPATCH_V2(r.scalar_type(), "paratriton_order_k", AT_WRAP(([&] {
     std::vector<double> w, W;
     order_k_weights<scalar_t>(a, n, order, unit_weights, w, W);
     order_k_rows<scalar_t>(crows_of<scalar_t>(r), rows_of<scalar_t>(R_out), w, W, order, n, B, D);
-  });
+  })), AT_FLOATING_TYPES);
 }
 
 Tensor order_k_residual_cpu(const Tensor& r_, const Tensor& a, int64_t order, bool unit_weights) {
-  count_call(0, kOrderK);
+  count_call(kOrderK);
   check_state(r_, "r");
-  TORCH_CHECK(r_.dim() == 3, "r must be [n, B, D], got ", r_.sizes());
+  STD_TORCH_CHECK(r_.dim() == 3, "r must be [n, B, D], got ", shape_str(r_));
   const Tensor r = rows_ok(r_);
-  Tensor R = at::empty(r.sizes(), r.options());
+  Tensor R = new_cpu_like(r);
   order_k_into(r, a, order, unit_weights, R);
   return R;
 }
@@ -232,7 +254,7 @@ Tensor order_k_residual_cpu(const Tensor& r_, const Tensor& a, int64_t order, bo
 template <typename T, typename Load>
 void gram_rows(int64_t n, int64_t B, int64_t D, int64_t m, double* part, const Load& load) {
   const int64_t P = m * m + m;
-  at::parallel_for(0, n * B, grain_rows(D * (m + 1)), [&](int64_t begin, int64_t end) {
+  parallel_for(0, n * B, grain_rows(D * (m + 1)), [&](int64_t begin, int64_t end) {
     std::vector<T> scratch((m + 1) * kChunk);
     std::vector<const T*> ptr(m + 1);
     for (int64_t row = begin; row < end; ++row) {
@@ -257,7 +279,7 @@ void gram_rows(int64_t n, int64_t B, int64_t D, int64_t m, double* part, const L
 template <typename T>
 void suffix_sums(double* part, int64_t n, int64_t B, int64_t m, T* G, T* h) {
   const int64_t P = m * m + m;
-  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+  parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
     for (int64_t bb = begin; bb < end; ++bb)
       for (int64_t p = n - 1; p >= 0; --p) {
         double* cur = part + (p * B + bb) * P;
@@ -272,22 +294,23 @@ void suffix_sums(double* part, int64_t n, int64_t B, int64_t m, T* G, T* h) {
 }
 
 std::tuple<Tensor, Tensor> anderson_gram_cpu(const Tensor& dR_, const Tensor& R_) {
-  count_call(0, kGram);
-  TORCH_CHECK(dR_.dim() == 4 && R_.dim() == 3, "dR must be [m, n, B, D] and R [n, B, D], got ", dR_.sizes(), " and ",
-              R_.sizes());
+  count_call(kGram);
+  STD_TORCH_CHECK(dR_.dim() == 4 && R_.dim() == 3, "dR must be [m, n, B, D] and R [n, B, D], got ",
+                  shape_str(dR_), " and ", shape_str(R_));
   const int64_t m = dR_.size(0), n = dR_.size(1), B = dR_.size(2), D = dR_.size(3);
   check_shape(R_, {n, B, D}, "R");
-  TORCH_CHECK(dR_.device().is_cpu() && R_.device().is_cpu(), "dR and R must be CPU tensors");
+  STD_TORCH_CHECK(dR_.device().is_cpu() && R_.device().is_cpu(), "dR and R must be CPU tensors");
   // the reference accumulates in promote(dR.dtype, float32) after converting both inputs to it
-  const auto acc = c10::promoteTypes(dR_.scalar_type(), at::kFloat);
-  TORCH_CHECK(acc == at::kFloat || acc == at::kDouble, "dR must be a float tensor");
-  const Tensor dR = (dR_.size(-1) <= 1 || dR_.stride(-1) == 1) ? dR_.to(acc) : dR_.to(acc).contiguous();
-  const Tensor R = rows_ok(R_.to(acc));
-  Tensor G = at::empty({n, B, m, m}, R.options());
-  Tensor h = at::empty({n, B, m}, R.options());
-  if (n * B == 0 || m == 0) return {G.zero_(), h.zero_()};
+  STD_TORCH_CHECK(is_float(dR_.scalar_type()), "dR must be a float tensor");
+  const ScalarType acc = dR_.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
+  const Tensor dR0 = to_dtype(dR_, acc);
+  const Tensor dR = (dR0.size(-1) <= 1 || dR0.stride(-1) == 1) ? dR0 : torch::stable::contiguous(dR0);
+  const Tensor R = rows_ok(to_dtype(R_, acc));
+  Tensor G = new_cpu({n, B, m, m}, acc);
+  Tensor h = new_cpu({n, B, m}, acc);
+  if (n * B == 0 || m == 0) return {torch::stable::zero_(G), torch::stable::zero_(h)};
   std::vector<double> part(n * B * (m * m + m));
-  AT_DISPATCH_FLOATING_TYPES(acc, "paratriton_anderson_gram", [&] {
+  THO_DISPATCH_V2(acc, "paratriton_anderson_gram", AT_WRAP(([&] {
     using T = scalar_t;
     const T* base = dR.const_data_ptr<T>();
     const int64_t sj = dR.stride(0), sp = dR.stride(1), sb = dR.stride(2);
@@ -297,8 +320,8 @@ std::tuple<Tensor, Tensor> anderson_gram_cpu(const Tensor& dR_, const Tensor& R_
       for (int64_t j = 0; j < m; ++j) ptr[j] = base + j * sj + p * sp + bb * sb + d0;
       ptr[m] = Rr.row(p, bb) + d0;
     });
-    suffix_sums<T>(part.data(), n, B, m, G.data_ptr<T>(), h.data_ptr<T>());
-  });
+    suffix_sums<T>(part.data(), n, B, m, G.mutable_data_ptr<T>(), h.mutable_data_ptr<T>());
+  })), AT_FLOATING_TYPES);
   return {G, h};
 }
 
@@ -308,7 +331,7 @@ std::tuple<Tensor, Tensor> anderson_gram_cpu(const Tensor& dR_, const Tensor& R_
 template <typename T>
 void lstsq_rows(const T* G, const T* h, const int64_t* ncols, T* out, int64_t n, int64_t B, int64_t m, double ridge,
                 double floor) {
-  at::parallel_for(0, n * B, 256, [&](int64_t begin, int64_t end) {
+  parallel_for(0, n * B, 256, [&](int64_t begin, int64_t end) {
     std::vector<double> A(m * m), g(m);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t p = row / B;
@@ -353,20 +376,21 @@ void lstsq_rows(const T* G, const T* h, const int64_t* ncols, T* out, int64_t n,
 }
 
 Tensor masked_lstsq_cpu(const Tensor& G_, const Tensor& h_, const Tensor& num_cols, double ridge, double floor) {
-  count_call(0, kLstsq);
+  count_call(kLstsq);
   check_state(G_, "G");
-  TORCH_CHECK(G_.dim() == 4 && G_.size(2) == G_.size(3), "G must be [n, B, m, m], got ", G_.sizes());
+  STD_TORCH_CHECK(G_.dim() == 4 && G_.size(2) == G_.size(3), "G must be [n, B, m, m], got ", shape_str(G_));
   const int64_t n = G_.size(0), B = G_.size(1), m = G_.size(2);
   check_shape(h_, {n, B, m}, "h");
-  TORCH_CHECK(num_cols.dim() == 1 && num_cols.size(0) == n, "num_cols must be [n], got ", num_cols.sizes());
-  TORCH_CHECK(!at::isFloatingType(num_cols.scalar_type()), "num_cols must be an integer tensor");
-  const Tensor G = G_.contiguous(), h = h_.to(G.scalar_type()).contiguous();
-  const Tensor nc = num_cols.to(at::kLong).contiguous();
-  Tensor out = at::empty({n, B, m}, G.options());
-  AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "paratriton_masked_lstsq", [&] {
+  STD_TORCH_CHECK(num_cols.dim() == 1 && num_cols.size(0) == n, "num_cols must be [n], got ", shape_str(num_cols));
+  STD_TORCH_CHECK(!is_float(num_cols.scalar_type()) && num_cols.scalar_type() != ScalarType::Bool,
+                  "num_cols must be an integer tensor");
+  const Tensor G = torch::stable::contiguous(G_), h = torch::stable::contiguous(to_dtype(h_, G.scalar_type()));
+  const Tensor nc = torch::stable::contiguous(to_dtype(num_cols, ScalarType::Long));
+  Tensor out = new_cpu({n, B, m}, G.scalar_type());
+  THO_DISPATCH_V2(G.scalar_type(), "paratriton_masked_lstsq", AT_WRAP(([&] {
     lstsq_rows<scalar_t>(G.const_data_ptr<scalar_t>(), h.const_data_ptr<scalar_t>(), nc.const_data_ptr<int64_t>(),
-                         out.data_ptr<scalar_t>(), n, B, m, ridge, floor);
-  });
+                         out.mutable_data_ptr<scalar_t>(), n, B, m, ridge, floor);
+  })), AT_FLOATING_TYPES);
   return out;
 }
 
@@ -375,19 +399,20 @@ Tensor masked_lstsq_cpu(const Tensor& G_, const Tensor& h_, const Tensor& num_co
 // ---------------------------------------------------------------------------------------------------------------
 Tensor anderson_update_cpu(const Tensor& x_, const Tensor& R_, const Tensor& dX_, const Tensor& dR_,
                            const Tensor& gamma_) {
-  count_call(0, kUpdate);
+  count_call(kUpdate);
   check_state(x_, "x");
-  TORCH_CHECK(x_.dim() == 3 && dX_.dim() == 4, "x must be [n, B, D] and dX [m, n, B, D]");
+  STD_TORCH_CHECK(x_.dim() == 3 && dX_.dim() == 4, "x must be [n, B, D] and dX [m, n, B, D]");
   const int64_t n = x_.size(0), B = x_.size(1), D = x_.size(2), m = dX_.size(0);
   check_shape(R_, {n, B, D}, "R");
   check_shape(dX_, {m, n, B, D}, "dX");
   check_shape(dR_, {m, n, B, D}, "dR");
   check_shape(gamma_, {n, B, m}, "gamma");
   const auto dt = x_.scalar_type();
-  const Tensor x = rows_ok(x_), R = rows_ok(R_.to(dt));
-  const Tensor dX = dX_.to(dt).contiguous(), dR = dR_.to(dt).contiguous(), gamma = gamma_.to(dt).contiguous();
-  Tensor out = at::empty({n, B, D}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(dt, "paratriton_anderson_update", [&] {
+  const Tensor x = rows_ok(x_), R = rows_ok(to_dtype(R_, dt));
+  const Tensor dX = torch::stable::contiguous(to_dtype(dX_, dt)), dR = torch::stable::contiguous(to_dtype(dR_, dt));
+  const Tensor gamma = torch::stable::contiguous(to_dtype(gamma_, dt));
+  Tensor out = new_cpu({n, B, D}, dt);
+  THO_DISPATCH_V2(dt, "paratriton_anderson_update", AT_WRAP(([&] {
     using T = scalar_t;
     const Rows<const T> xr = crows_of<T>(x), Rr = crows_of<T>(R);
     const Rows<T> o = rows_of<T>(out);
@@ -395,7 +420,7 @@ Tensor anderson_update_cpu(const Tensor& x_, const Tensor& R_, const Tensor& dX_
     const T* dRp = dR.const_data_ptr<T>();
     const T* gp = gamma.const_data_ptr<T>();
     const int64_t slab = n * B * D;
-    at::parallel_for(0, n * B, grain_rows(D * (2 * m + 2)), [&](int64_t begin, int64_t end) {
+    parallel_for(0, n * B, grain_rows(D * (2 * m + 2)), [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         const int64_t p = row / B, bb = row % B;
         const T* __restrict xv = xr.row(p, bb);
@@ -414,7 +439,7 @@ _Pragma("omp simd")
         for (int64_t d = 0; d < D; ++d) ov[d] = xv[d] + Rv[d] - ov[d];
       }
     });
-  });
+  })), AT_FLOATING_TYPES);
   return out;
 }
 
@@ -427,34 +452,34 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> taa_residual_cpu(
     const Tensor& x, const Tensor& model_out, const std::optional<Tensor>& noise, const Tensor& a, const Tensor& b,
     const Tensor& c, const Tensor& threshold, const Tensor& hist_R, const Tensor& hist_Y, int64_t slot, int64_t order,
     bool unit_weights) {
-  count_call(0, kTaaResidual);
+  count_call(kTaaResidual);
   check_state(x, "x");
-  TORCH_CHECK(x.dim() == 3 && x.size(0) >= 1, "x must be [n+1, B, D], got ", x.sizes());
+  STD_TORCH_CHECK(x.dim() == 3 && x.size(0) >= 1, "x must be [n+1, B, D], got ", shape_str(x));
   const int64_t n = x.size(0) - 1, B = x.size(1), D = x.size(2);
-  TORCH_CHECK(hist_R.dim() == 4 && hist_R.size(0) >= 1, "hist_R must be [M, n, B, D], got ", hist_R.sizes());
+  STD_TORCH_CHECK(hist_R.dim() == 4 && hist_R.size(0) >= 1, "hist_R must be [M, n, B, D], got ", shape_str(hist_R));
   const int64_t M = hist_R.size(0), m = M - 1;
   check_shape(hist_R, {M, n, B, D}, "hist_R");
   check_shape(hist_Y, {M, n, B, D}, "hist_Y");
-  TORCH_CHECK(hist_R.scalar_type() == x.scalar_type() && hist_Y.scalar_type() == x.scalar_type(),
+  STD_TORCH_CHECK(hist_R.scalar_type() == x.scalar_type() && hist_Y.scalar_type() == x.scalar_type(),
               "hist_R and hist_Y must have x's dtype");
   const int64_t s0 = ring_slot(slot, M);
   // mutated in place: work on the tensors themselves when each slot's rows are contiguous along D (the solver's
   // slices are), else on contiguous copies written back at the end
   const bool direct = D <= 1 || (hist_R.stride(-1) == 1 && hist_Y.stride(-1) == 1);
-  const Tensor HR = direct ? hist_R : hist_R.contiguous();
-  const Tensor HY = direct ? hist_Y : hist_Y.contiguous();
-  const Tensor Rs = HR.select(0, s0), Ys = HY.select(0, s0);
-  Tensor r = at::empty({n, B, D}, x.options());
+  const Tensor HR = direct ? hist_R : torch::stable::contiguous(hist_R);
+  const Tensor HY = direct ? hist_Y : torch::stable::contiguous(hist_Y);
+  const Tensor Rs = torch::stable::select(HR, 0, s0), Ys = torch::stable::select(HY, 0, s0);
+  Tensor r = new_cpu({n, B, D}, x.scalar_type());
   auto [rms, top] = residual_into(x, model_out, noise, a, b, c, threshold, r);
   order_k_into(r, a, order, unit_weights, Rs);
-  Tensor G = at::zeros({n, B, m, m}, x.options());
-  Tensor h = at::zeros({n, B, m}, x.options());
+  Tensor G = zeros_cpu({n, B, m, m}, x.scalar_type());
+  Tensor h = zeros_cpu({n, B, m}, x.scalar_type());
   const Tensor xr = rows_ok(x);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "paratriton_taa_residual", [&] {
+  THO_DISPATCH_V2(x.scalar_type(), "paratriton_taa_residual", AT_WRAP(([&] {
     using T = scalar_t;
     const Rows<const T> xv = crows_of<T>(xr), Rv = crows_of<T>(Rs);
     const Rows<T> Yv = rows_of<T>(Ys);
-    at::parallel_for(0, n * B, grain_rows(D), [&](int64_t begin, int64_t end) {  // Y = x + R
+    parallel_for(0, n * B, grain_rows(D), [&](int64_t begin, int64_t end) {  // Y = x + R
       for (int64_t row = begin; row < end; ++row) {
         const int64_t p = row / B, bb = row % B;
         const T* __restrict xs = xv.row(p, bb);
@@ -483,37 +508,38 @@ _Pragma("omp simd")
         }
         ptr[m] = slots[0] + off;
       });
-      suffix_sums<T>(part.data(), n, B, m, G.data_ptr<T>(), h.data_ptr<T>());
+      suffix_sums<T>(part.data(), n, B, m, G.mutable_data_ptr<T>(), h.mutable_data_ptr<T>());
     }
-  });
+  })), AT_FLOATING_TYPES);
   if (!direct) {
-    hist_R.copy_(HR);
-    hist_Y.copy_(HY);
+    Tensor hr = hist_R, hy = hist_Y;
+    torch::stable::copy_(hr, HR);
+    torch::stable::copy_(hy, HY);
   }
   return {rms, top, G, h};
 }
 
 void taa_update_cpu(const Tensor& x, const Tensor& hist_Y, const Tensor& gamma_, int64_t slot) {
-  count_call(0, kTaaUpdate);
+  count_call(kTaaUpdate);
   check_state(x, "x");
-  TORCH_CHECK(x.dim() == 3 && hist_Y.dim() == 4, "x must be [n, B, D] and hist_Y [M, n, B, D]");
+  STD_TORCH_CHECK(x.dim() == 3 && hist_Y.dim() == 4, "x must be [n, B, D] and hist_Y [M, n, B, D]");
   const int64_t n = x.size(0), B = x.size(1), D = x.size(2), M = hist_Y.size(0), m = M - 1;
   check_shape(hist_Y, {M, n, B, D}, "hist_Y");
   check_shape(gamma_, {n, B, m}, "gamma");
-  TORCH_CHECK(hist_Y.scalar_type() == x.scalar_type(), "hist_Y must have x's dtype");
+  STD_TORCH_CHECK(hist_Y.scalar_type() == x.scalar_type(), "hist_Y must have x's dtype");
   const bool direct = D <= 1 || x.stride(-1) == 1;
-  const Tensor xo = direct ? x : at::empty(x.sizes(), x.options());
-  const Tensor H = (D <= 1 || hist_Y.stride(-1) == 1) ? hist_Y : hist_Y.contiguous();
-  const Tensor gamma = gamma_.to(x.scalar_type()).contiguous();
+  const Tensor xo = direct ? x : new_cpu_like(x);
+  const Tensor H = (D <= 1 || hist_Y.stride(-1) == 1) ? hist_Y : torch::stable::contiguous(hist_Y);
+  const Tensor gamma = torch::stable::contiguous(to_dtype(gamma_, x.scalar_type()));
   const int64_t s0 = ring_slot(slot, M);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "paratriton_taa_update", [&] {
+  THO_DISPATCH_V2(x.scalar_type(), "paratriton_taa_update", AT_WRAP(([&] {
     using T = scalar_t;
     std::vector<const T*> slots(M);
     for (int64_t j = 0; j < M; ++j) slots[j] = H.const_data_ptr<T>() + ring_slot(s0 - j, M) * H.stride(0);
     const int64_t sp = H.stride(1), sb = H.stride(2);
     const Rows<T> xv = rows_of<T>(xo);
     const T* gp = gamma.const_data_ptr<T>();
-    at::parallel_for(0, n * B, grain_rows(D * M), [&](int64_t begin, int64_t end) {
+    parallel_for(0, n * B, grain_rows(D * M), [&](int64_t begin, int64_t end) {
       std::vector<T> acc(D);
       for (int64_t row = begin; row < end; ++row) {
         const int64_t p = row / B, bb = row % B, off = p * sp + bb * sb;
@@ -533,89 +559,49 @@ _Pragma("omp simd")
         for (int64_t d = 0; d < D; ++d) out[d] = Y0[d] - ac[d];
       }
     });
-  });
-  if (!direct) x.copy_(xo);
+  })), AT_FLOATING_TYPES);
+  if (!direct) {
+    Tensor xd = x;
+    torch::stable::copy_(xd, xo);
+  }
+}
+
+
+// Calls of each kernel since the last reset, written into `out` (int64 [kNumOps], CPU); `reset` zeroes them.
+void call_counts(Tensor out, bool reset) {
+  STD_TORCH_CHECK(out.is_cpu() && out.scalar_type() == ScalarType::Long && has_shape(out, {kNumOps}) &&
+                      out.is_contiguous(),
+                  "call_counts: out must be a contiguous int64 CPU tensor of shape [", kNumOps, "]");
+  int64_t* o = out.mutable_data_ptr<int64_t>();
+  for (int op = 0; op < kNumOps; ++op) o[op] = reset ? g_calls[op].exchange(0) : g_calls[op].load();
 }
 
 }  // namespace
-
-void register_cpu(torch::Library& m) {
-  m.impl("step_residual", TORCH_FN(step_residual_cpu));
-  m.impl("order_k_residual", TORCH_FN(order_k_residual_cpu));
-  m.impl("anderson_gram", TORCH_FN(anderson_gram_cpu));
-  m.impl("masked_lstsq", TORCH_FN(masked_lstsq_cpu));
-  m.impl("anderson_update", TORCH_FN(anderson_update_cpu));
-  m.impl("taa_residual", TORCH_FN(taa_residual_cpu));
-  m.impl("taa_update", TORCH_FN(taa_update_cpu));
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Registry. Kernels are registered *on request* (from paratriton/_backends.py, after it has checked that this
-// build matches the running torch and the package's sources) rather than by static TORCH_LIBRARY_IMPL blocks: a
-// CPU-key kernel outranks custom_op's CompositeExplicitAutograd default, and a CUDA-key kernel registered after
-// the Triton one replaces it; dropping the Library object (unregister) restores the Python kernels.
-// ---------------------------------------------------------------------------------------------------------------
-std::atomic<int64_t> g_calls[2][kNumOps] = {};
-
-#ifdef PARATRITON_WITH_CUDA
-std::vector<std::string> register_cuda(torch::Library& m, const std::vector<std::string>& ops);
-#endif
-
-namespace {
-std::unique_ptr<torch::Library> g_cpu_lib, g_cuda_lib;
-std::vector<std::string> g_cpu_ops, g_cuda_ops;
-
-// Replacing the Triton CUDA kernel is intended: keep the dispatcher's one-time "Overriding a previously registered
-// kernel" warning out of the user's log.
-struct SilentHandler : c10::WarningHandler {
-  void process(const c10::Warning&) override {}
-};
-}  // namespace
-
-std::vector<std::string> op_names() {
-  return {"step_residual", "order_k_residual", "anderson_gram", "masked_lstsq", "anderson_update", "taa_residual",
-          "taa_update"};
-}
-
-OpLists registered() { return {g_cpu_ops, g_cuda_ops}; }
-
-OpLists register_kernels(bool cpu, const std::vector<std::string>& cuda_ops) {
-  SilentHandler silent;
-  c10::WarningUtils::WarningHandlerGuard guard(&silent);
-  if (cpu && !g_cpu_lib) {
-    g_cpu_lib = std::make_unique<torch::Library>(torch::Library::IMPL, "paratriton", c10::DispatchKey::CPU,
-                                                 __FILE__, __LINE__);
-    register_cpu(*g_cpu_lib);
-    g_cpu_ops = op_names();
-  }
-#ifdef PARATRITON_WITH_CUDA
-  if (!cuda_ops.empty() && !g_cuda_lib) {
-    g_cuda_lib = std::make_unique<torch::Library>(torch::Library::IMPL, "paratriton", c10::DispatchKey::CUDA,
-                                                  __FILE__, __LINE__);
-    g_cuda_ops = register_cuda(*g_cuda_lib, cuda_ops);
-  }
-#else
-  (void)cuda_ops;
-#endif
-  return registered();
-}
-
-void unregister() {
-  g_cpu_lib.reset();
-  g_cuda_lib.reset();
-  g_cpu_ops.clear();
-  g_cuda_ops.clear();
-}
-
-std::vector<int64_t> call_counts(int device) {
-  std::vector<int64_t> out;
-  for (int op = 0; op < kNumOps; ++op) out.push_back(g_calls[device][op].load());
-  return out;
-}
-
-void reset_call_counts() {
-  for (auto& dev : g_calls)
-    for (auto& c : dev) c.store(0);
-}
-
 }  // namespace paratriton
+
+// Schemas: those of the Python definitions (paratriton/ops/*), with the same mutation annotations. Op order of
+// call_counts: paratriton/_backends.py OPS.
+STABLE_TORCH_LIBRARY(paratriton_C, m) {
+  m.def("step_residual(Tensor x, Tensor model_out, Tensor? noise, Tensor a, Tensor b, Tensor c, Tensor threshold)"
+        " -> (Tensor, Tensor, Tensor)");
+  m.def("order_k_residual(Tensor r, Tensor a, int order, bool unit_weights=False) -> Tensor");
+  m.def("anderson_gram(Tensor dR, Tensor R) -> (Tensor, Tensor)");
+  m.def("masked_lstsq(Tensor G, Tensor h, Tensor num_cols, float ridge=1e-3, float floor=1e-30) -> Tensor");
+  m.def("anderson_update(Tensor x, Tensor R, Tensor dX, Tensor dR, Tensor gamma) -> Tensor");
+  m.def("taa_residual(Tensor x, Tensor model_out, Tensor? noise, Tensor a, Tensor b, Tensor c, Tensor threshold, "
+        "Tensor(a!) hist_R, Tensor(b!) hist_Y, int slot, int order, bool unit_weights=False) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("taa_update(Tensor(a!) x, Tensor hist_Y, Tensor gamma, int slot) -> ()");
+  m.def("call_counts(Tensor(a!) out, bool reset) -> ()");
+}
+
+STABLE_TORCH_LIBRARY_IMPL(paratriton_C, CPU, m) {
+  m.impl("step_residual", TORCH_BOX(&paratriton::step_residual_cpu));
+  m.impl("order_k_residual", TORCH_BOX(&paratriton::order_k_residual_cpu));
+  m.impl("anderson_gram", TORCH_BOX(&paratriton::anderson_gram_cpu));
+  m.impl("masked_lstsq", TORCH_BOX(&paratriton::masked_lstsq_cpu));
+  m.impl("anderson_update", TORCH_BOX(&paratriton::anderson_update_cpu));
+  m.impl("taa_residual", TORCH_BOX(&paratriton::taa_residual_cpu));
+  m.impl("taa_update", TORCH_BOX(&paratriton::taa_update_cpu));
+  m.impl("call_counts", TORCH_BOX(&paratriton::call_counts));
+}

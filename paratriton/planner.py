@@ -13,16 +13,19 @@ says so and picks the sequential sampler.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import logging
 import math
 import statistics
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
+from . import _plan_cache
 from ._cuda_graph import capture, median_ms
 from .model import Denoiser
 from .schedule import SamplerCoefficients
@@ -31,7 +34,18 @@ from .solvers.engine import bucket_sizes
 from .solvers.graphed_sequential import GraphedSequential
 from .solvers.registry import WINDOWED_METHODS, make_solver
 
-__all__ = ["Plan", "WindowChoice", "batch_time_curve", "bucket_sizes", "choose_window", "plan", "plan_denoiser"]
+__all__ = [
+    "Plan",
+    "WindowChoice",
+    "batch_time_curve",
+    "bucket_sizes",
+    "choose_window",
+    "plan",
+    "plan_denoiser",
+    "remembered",
+]
+
+log = logging.getLogger("paratriton")
 
 _CURVES: weakref.WeakKeyDictionary[object, dict[tuple, dict[int, float]]] = weakref.WeakKeyDictionary()
 
@@ -47,6 +61,43 @@ class Plan:
     schedule: list[int]  # bucket (window) size of every predicted iteration
     batch_ms: dict[int, float] = field(default_factory=dict)
     reason: str = ""
+    remembered: str | None = None  # the plan-cache file it was read from (None: timed in this process)
+
+
+def remembered(kind: str, key: dict[str, Any] | None, compute: Callable[[], Any], restore: Callable[[dict], Any]):
+    """``compute()``'s result, remembered on disk under ``key`` (``paratriton._plan_cache``; ``key`` None: not
+    remembered). A hit is ``restore(stored fields)`` with ``remembered`` set to the file; a miss computes and
+    stores ``dataclasses.asdict`` of the result."""
+    if key is not None:
+        stored = _plan_cache.load(key)
+        if stored is not None:
+            try:
+                out = restore(stored)
+            except (KeyError, TypeError, ValueError):  # an incompatible file: timed again, and overwritten
+                out = None
+            if out is not None:
+                out.remembered = str(_plan_cache.path_of(key))
+                log.info("paratriton: %s remembered from %s: %s", kind, out.remembered, out.reason)
+                return out
+    out = compute()
+    if key is not None:
+        fields = {k: v for k, v in dataclasses.asdict(out).items() if k != "remembered"}
+        path = _plan_cache.store(key, fields)
+        if path is not None:
+            log.info("paratriton: %s stored in %s", kind, path)
+    return out
+
+
+def _plan_from(d: dict) -> Plan:
+    d = dict(d)
+    d["batch_ms"] = {int(k): float(v) for k, v in d["batch_ms"].items()}  # JSON keys are strings
+    return Plan(**d)
+
+
+def _choice_from(d: dict) -> WindowChoice:
+    d = dict(d)
+    d["stopped"], d["pruned"] = tuple(d["stopped"]), tuple(d["pruned"])
+    return WindowChoice(**d)
 
 
 def _time_call(fn, device: torch.device, reps: int) -> float:
@@ -93,14 +144,60 @@ def plan_denoiser(
     tol_rel: float = 1e-3,
     schedule: list[int] | None = None,
     solver_ms: float | None = None,
+    plan_cache: bool | None = None,
+    cache_key: str | None = None,
 ) -> Plan:
     """Plan sampling of ``x_T [B, ...]`` with ``model`` and ``coeffs`` on ``x_T``'s device.
 
     A calibration problem (``x_T``, ``noise``: use another seed than the one you will sample) is solved twice
     with the engine (CUDA graphs on CUDA); the second solve gives the window of every iteration and the
     per-iteration cost outside the model call (host round trip, solver ops), measured, not assumed.
-    schedule:  window size per iteration, to skip the calibration's schedule; solver_ms: the same for the cost.
+    schedule:   window size per iteration, to skip the calibration's schedule; solver_ms: the same for the cost.
+    plan_cache: remember the plan on disk and reuse it in later processes (``paratriton._plan_cache``; default:
+                on unless ``PARATRITON_PLAN_CACHE=0``). The key is the device, torch and paratriton versions, the
+                model's fingerprint (an ``nn.Module``; for another callable pass ``cache_key``, a name you change
+                whenever the model does, else nothing is remembered), the coefficients, the problem's shapes and
+                these options. ``plan.remembered`` is the file a remembered plan came from.
     """
+    if cache_key is not None and not isinstance(cache_key, str):
+        raise TypeError(f"cache_key must be a str or None, got {type(cache_key).__name__}")
+    key = None
+    if _plan_cache.enabled(plan_cache):
+        fp = cache_key if cache_key is not None else _plan_cache.fingerprint(model)
+        if fp is not None:
+            key = _plan_cache.make_key(
+                "plan",
+                x_T.device,
+                model=fp,
+                named=cache_key is not None,
+                coeffs=_plan_cache.coeffs_digest(coeffs),
+                x_T=x_T,
+                noise=noise,
+                history=history,
+                buckets=buckets,
+                tol_abs=tol_abs,
+                tol_rel=tol_rel,
+                schedule=schedule,
+                solver_ms=solver_ms,
+            )
+    run = functools.partial(
+        _plan_denoiser, model, coeffs, x_T, noise, history, buckets, tol_abs, tol_rel, schedule, solver_ms
+    )
+    return remembered("plan", key, run, _plan_from)
+
+
+def _plan_denoiser(
+    model: Denoiser,
+    coeffs: SamplerCoefficients,
+    x_T: torch.Tensor,
+    noise: torch.Tensor | None,
+    history: int | None,
+    buckets: int,
+    tol_abs: float | None,
+    tol_rel: float,
+    schedule: list[int] | None,
+    solver_ms: float | None,
+) -> Plan:
     T, B, shape = coeffs.num_steps, x_T.shape[0], tuple(x_T.shape[1:])
     dev = x_T.device
     sizes = bucket_sizes(T, buckets)
@@ -175,6 +272,7 @@ class WindowChoice:
     stopped: tuple[str, ...] = ()
     pruned: tuple[str, ...] = ()
     spent_s: dict[str, float] = field(default_factory=dict)  # per candidate the wall seconds its timing took
+    remembered: str | None = None  # the plan-cache file it was read from (None: timed in this process)
 
 
 class _Stop(Exception):

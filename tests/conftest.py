@@ -10,6 +10,16 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_plan_cache(tmp_path_factory):
+    """The plan cache stays off in tests (a plan remembered by one test must not answer another's timing) and never
+    touches the user's ~/.cache; tests/test_plan_cache.py turns it on in a directory of its own."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PARATRITON_PLAN_CACHE", "0")
+        mp.setenv("PARATRITON_CACHE_DIR", str(tmp_path_factory.mktemp("paratriton-cache")))
+        yield
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -1,8 +1,9 @@
-"""The compiled extension paratriton._C: every C++ CPU kernel against the float64 reference (awkward shapes,
-non-contiguous inputs, fp16/fp32 model outputs, float32 state), opcheck, proof that the dispatcher runs the C++
-kernel on CPU tensors, and a TAA solve through the ops equal to the reference solver.
+"""The compiled extension (paratriton._C, paratriton._C_cuda; LibTorch stable ABI): every C++ CPU kernel against the
+float64 reference (awkward shapes, non-contiguous inputs, fp16/fp32 model outputs, float32 state), opcheck, proof
+that the dispatcher runs the C++ kernel on CPU tensors, and a TAA solve through the ops equal to the reference solver.
 
-CI (CI=true) builds the extension with `pip install -e .`, so there a missing extension is a failure, not a skip.
+CI (CI=true) builds the extension with `pip install -e .`, so there a missing extension is a failure, not a skip;
+PARATRITON_REQUIRE_EXT=1 does the same elsewhere (benchmarks/abi_check.sh sets it).
 """
 
 import os
@@ -32,8 +33,11 @@ def test_extension_is_built_and_loaded():
     assert all(v["cpu"] == "cpp" for v in pt.backends().values()), pt.backends()
     from paratriton import _C
 
-    assert _C.torch_version() == torch.__version__.split("+")[0]
-    assert isinstance(_C.has_cuda(), bool) and "cxx11abi" in _C.abi()
+    # one build for torch >= 2.10, whichever torch >= 2.10 it was compiled with (the stable ABI)
+    assert _C.TORCH_TARGET == "2.10" and _C.API_VERSION == _backends.API_VERSION
+    assert tuple(map(int, _C.BUILT_WITH_TORCH.split(".")[:2])) >= (2, 10)
+    assert _C.__file__.endswith(".abi3.so"), _C.__file__  # one module for every CPython >= 3.11
+    assert "stable ABI, torch >= 2.10" in st["abi"]
 
 
 pytestmark_ext = pytest.mark.skipif(
@@ -246,9 +250,7 @@ def test_parallel_split_matches_serial():
 
 @pytestmark_ext
 def test_dispatch_runs_the_cpp_kernels():
-    from paratriton import _C
-
-    _C.reset_call_counts()
+    _backends.call_counts(reset=True)
     x, mo, xi, a, b, c, thr = window(3, 2, 5)
     r, _, _ = ops.step_residual(x, mo, xi, a, b, c, thr)
     ops.order_k_residual(r, a, 2)
@@ -258,18 +260,18 @@ def test_dispatch_runs_the_cpp_kernels():
     hR, hY = rnd(3, 3, 2, 5), rnd(3, 3, 2, 5)
     ops.taa_residual(x, mo, xi, a, b, c, thr, hR, hY, 1, 3)
     ops.taa_update(r, hY, rnd(3, 2, 2), 1)
-    assert _C.call_counts()["cpu"] == {op: 1 for op in _backends.OPS}
+    assert _backends.call_counts()["cpu"] == {op: 1 for op in _backends.OPS}
     # dropping the extension hands CPU tensors back to the Python reference, and back again
     _backends.use_extension(False)
     try:
         assert all(v["cpu"] == "torch" for v in pt.backends().values())
         ops.order_k_residual(r, a, 2)
-        assert _C.call_counts()["cpu"]["order_k_residual"] == 1
+        assert _backends.call_counts()["cpu"]["order_k_residual"] == 1
     finally:
         _backends.use_extension(True)
     assert all(v["cpu"] == "cpp" for v in pt.backends().values())
     ops.order_k_residual(r, a, 2)
-    assert _C.call_counts()["cpu"]["order_k_residual"] == 2
+    assert _backends.call_counts()["cpu"]["order_k_residual"] == 2
 
 
 @pytestmark_ext
@@ -292,12 +294,10 @@ def test_opcheck_every_cpp_op():
         (ops.taa_residual, (x, mo, xi, a, b, c, thr, hR, hY, 1, n, False)),
         (ops.taa_update, (rnd(n, B, D), hY, rnd(n, B, m), 2)),
     ]
-    from paratriton import _C
-
-    _C.reset_call_counts()
+    _backends.call_counts(reset=True)
     for op, args in cases:
         torch.library.opcheck(op, args)
-    assert all(v > 0 for v in _C.call_counts()["cpu"].values())  # opcheck exercised the C++ kernels
+    assert all(v > 0 for v in _backends.call_counts()["cpu"].values())  # opcheck exercised the C++ kernels
 
 
 @pytestmark_ext
@@ -324,7 +324,6 @@ def test_compile_through_cpp_kernels():
     "method,opts", [("taa", {}), ("taa", dict(window=5, history=3, order=2)), ("aa", dict(history=2))]
 )
 def test_taa_solve_through_cpp_ops_equals_reference(method, opts):
-    from paratriton import _C
     from paratriton.testing import GaussianMixture
     from paratriton.testing.gaussian_mixture import default_schedule
 
@@ -334,12 +333,12 @@ def test_taa_solve_through_cpp_ops_equals_reference(method, opts):
     g = torch.Generator().manual_seed(1)
     x_T = torch.randn(2, 2, 3, 3, generator=g, dtype=torch.float64)
     noise = torch.randn(T, 2, 2, 3, 3, generator=g, dtype=torch.float64)
-    _C.reset_call_counts()
+    _backends.call_counts(reset=True)
     res = {
         be: pt.solve(model, cf, x_T, noise, method=method, tol_abs=1e-9, tol_rel=1e-9, backend=be, **opts)
         for be in ("reference", "auto")
     }  # "auto" = the registered ops, i.e. the C++ kernels on the CPU
-    counts = _C.call_counts()["cpu"]
+    counts = _backends.call_counts()["cpu"]
     assert counts["taa_residual"] > 0 and counts["masked_lstsq"] > 0
     seq = pt.solve(model, cf, x_T, noise, method="sequential")
     assert res["auto"].converged and res["reference"].iterations == res["auto"].iterations
@@ -352,32 +351,32 @@ def test_taa_solve_through_cpp_ops_equals_reference(method, opts):
 # ------------------------------------------------------------------------------------------------------------------
 @pytest.fixture
 def cuda_ext():
-    """paratriton._C with every CUDA kernel registered (they are opt-in by default), restored afterwards."""
+    """The CUDA kernels of paratriton._C_cuda, every one registered (they are opt-in by default), restored
+    afterwards. On a CUDA machine the CUDA module must be there (built with the extension)."""
     st = _backends.extension_status()
     if not st["loaded"]:
         pytest.skip("paratriton._C not built")
-    from paratriton import _C
-
-    if not _C.has_cuda():
-        pytest.skip("paratriton._C has no CUDA kernels")
+    if st["cuda_module"] != "ok" and os.environ.get("PARATRITON_REQUIRE_CUDA_EXT") != "1":
+        pytest.skip(f"paratriton._C_cuda: {st['cuda_module']} (PARATRITON_REQUIRE_CUDA_EXT=1 makes this a failure)")
     _backends.use_extension(True, cuda_ops="all")
-    assert set(_backends.extension_status()["cuda"]) == set(_C.cuda_ops()), (
-        f"CUDA kernels not registered: built with CUDA {_C.cuda_version()}, torch has CUDA {torch.version.cuda}"
-    )
-    assert all(pt.backends()[op]["cuda"] == "cuda" for op in _C.cuda_ops()), pt.backends()
-    yield _C
-    _backends.use_extension(False)
-    _backends.use_extension(True)
+    try:
+        assert set(_backends.extension_status()["cuda"]) == set(_backends.CUDA_OPS), (
+            f"CUDA kernels not registered: {_backends.extension_status()['abi']}, torch has CUDA {torch.version.cuda}"
+        )
+        assert all(pt.backends()[op]["cuda"] == "cuda" for op in _backends.CUDA_OPS), pt.backends()
+        yield _backends
+    finally:
+        _backends.use_extension(False)
+        _backends.use_extension(True)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", STATE)
 def test_cuda_kernels_match_reference(cuda_ext, dtype):
-    _C = cuda_ext
-    _C.reset_call_counts()
+    _backends.call_counts(reset=True)
     cu = torch.device("cuda")
     for n, B, D in SHAPES:
-        for m in (1, 2, 5, 20):  # 20 > 16: the ATen path
+        for m in (1, 2, 5, 20):  # 20 > 16: the reference's batched solve
             A = rnd(n, B, m, m + 3, seed=50)
             G, h = (A @ A.transpose(-1, -2)).to(dtype), rnd(n, B, m, seed=51, dtype=dtype)
             nc = torch.randint(0, m + 1, (n,))
@@ -407,8 +406,8 @@ def test_cuda_kernels_match_reference(cuda_ext, dtype):
                 xn = noncontig(torch.zeros(n, B, D, dtype=dtype, device=cu))  # strided destination: copy and back
                 ops.taa_update(xn, noncontig(hY_cu[:, 1 : 1 + n].contiguous()), g.to(cu), slot)
                 close(xn.cpu(), x0, dtype)
-    counts = _C.call_counts()["cuda"]
-    assert all(counts[op] > 0 for op in _C.cuda_ops()), counts
+    counts = _backends.call_counts()["cuda"]
+    assert all(counts[op] > 0 for op in _backends.CUDA_OPS), counts
 
 
 @pytest.mark.gpu
@@ -451,29 +450,93 @@ def test_invalid_arguments_raise():
 
 
 @pytestmark_ext
-@pytest.mark.parametrize("what", ["api", "torch"])
-def test_mismatched_build_falls_back_with_one_warning(what, monkeypatch, caplog):
-    from paratriton import _C
-
+@pytest.mark.parametrize(
+    "what,says",
+    [
+        ("api", "stale build"),
+        ("old torch", "needs torch >= 2.10, this is torch"),
+        ("not built", "paratriton._C not built"),
+        ("import error", "paratriton._C import failed: undefined symbol"),
+    ],
+)
+def test_unusable_extension_falls_back_with_one_visible_line(what, says, monkeypatch, caplog):
+    """A stale build, a torch older than the stable-ABI target, a missing or unimportable module: one WARNING line
+    (printed to stderr when logging is not configured), the Python kernels, and no warning per call."""
     _backends.use_extension(False)
     try:
         if what == "api":
             monkeypatch.setattr(_backends, "API_VERSION", _backends.API_VERSION + 1)
+        elif what == "old torch":
+            monkeypatch.setattr(_backends, "_torch_version", lambda: (2, 9))
+        elif what == "not built":
+            monkeypatch.setattr(_backends, "_import", lambda name: "not built")
         else:
-            monkeypatch.setattr(_C, "torch_version", lambda: "1.0.0", raising=False)
+            monkeypatch.setattr(_backends, "_import", lambda name: "import failed: undefined symbol: aoti_torch_x")
         with caplog.at_level("INFO", logger="paratriton"):
             _backends._load()
-        assert not _backends.extension_status()["loaded"]
-        assert all(v["cpu"] == "torch" for v in pt.backends().values())
+            assert not _backends.extension_status()["loaded"]
+            assert says in _backends.extension_status()["reason"]
+            assert all(v["cpu"] == "torch" for v in pt.backends().values())
+            r, a = rnd(3, 2, 5), torch.ones(3, dtype=torch.float64)
+            for _ in range(3):  # the reference runs, silently
+                torch.testing.assert_close(ops.order_k_residual(r, a, 2), order_k_residual(r, a, 2))
         records = [r for r in caplog.records if r.name == "paratriton"]
         assert len(records) == 1 and records[0].levelname == "WARNING", records
-        assert ("stale build" if what == "api" else "built against torch 1.0.0") in records[0].getMessage()
-        r, a = rnd(3, 2, 5), torch.ones(3, dtype=torch.float64)
-        torch.testing.assert_close(ops.order_k_residual(r, a, 2), order_k_residual(r, a, 2))  # the reference runs
+        assert says in records[0].getMessage() and "\n" not in records[0].getMessage()
     finally:
         monkeypatch.undo()
         _backends.use_extension(True)
     assert _backends.extension_status()["loaded"]
+
+
+@pytestmark_ext
+@pytest.mark.parametrize("spec", ["all", "none"])
+def test_missing_cuda_module_is_one_line_only_when_asked_for(spec, monkeypatch, caplog):
+    """On a CUDA torch without paratriton._C_cuda the CPU kernels still load; a line is printed only when CUDA
+    kernels were asked for (they are opt-in), and the reason is in extension_status()["cuda_module"]."""
+    real_import = _backends._import
+    _backends.use_extension(False)
+    try:
+        monkeypatch.setattr(torch.version, "cuda", "12.8")
+        monkeypatch.setattr(_backends, "_import", lambda name: "not built" if name == "_C_cuda" else real_import(name))
+        with caplog.at_level("INFO", logger="paratriton"):
+            _backends._load(spec)
+        st = _backends.extension_status()
+        assert st["loaded"] and st["cuda"] == () and "paratriton._C_cuda not built" in st["cuda_module"]
+        assert all(v["cpu"] == "cpp" and v["cuda"] == "triton" for v in pt.backends().values())
+        lines = [r.getMessage() for r in caplog.records if r.name == "paratriton"]
+        assert lines == (
+            ["paratriton: CUDA kernels paratriton._C_cuda not built; the Triton kernels run on CUDA tensors"]
+            if spec == "all"
+            else []
+        )
+    finally:
+        monkeypatch.undo()
+        _backends.use_extension(False)
+        _backends.use_extension(True)
+
+
+def test_disabled_extension_is_quiet_and_visible_in_status(monkeypatch, caplog):
+    """PARATRITON_DISABLE_EXT=1 is the user's choice: INFO only, and the reason stays in extension_status()."""
+    _backends.use_extension(False)
+    try:
+        monkeypatch.setenv("PARATRITON_DISABLE_EXT", "1")
+        with caplog.at_level("INFO", logger="paratriton"):
+            _backends._load()
+        assert not _backends.extension_status()["loaded"]
+        assert "PARATRITON_DISABLE_EXT" in _backends.extension_status()["reason"]
+        assert [r.levelname for r in caplog.records if r.name == "paratriton"] == ["INFO"]
+    finally:
+        monkeypatch.undo()
+        _backends.use_extension(True)
+
+
+def test_use_extension_rejects_bad_arguments():
+    with pytest.raises(TypeError, match="enabled must be a bool"):
+        _backends.use_extension("yes")
+    with pytest.raises(ValueError, match="unknown op"):
+        _backends.use_extension(True, cuda_ops="step_residual,nope")
+    assert _backends.extension_status()["loaded"] or not REQUIRED  # nothing was dropped
 
 
 @pytest.mark.gpu

@@ -97,6 +97,26 @@ def test_load_by_name_and_pil_output(pipe):
 
 
 @needs_weights
+@pytest.mark.parametrize("output_type", ["pt", "pil"])
+def test_each_model_returns_its_own_output_type(pipe, output_type):
+    """A shipped model's output says which model it is: DiTCropsOutput / DigitsOutput (both ImagesOutput), with the
+    model's channels, and the SolveResult of the paratriton method that ran."""
+    from paratriton.models import DigitsOutput, DiTCropsOutput, ImagesOutput, load_default
+
+    g = torch.Generator().manual_seed(0)
+    out = pipe([1, 5], num_inference_steps=3, generator=g, output_type=output_type, method="taa")
+    assert type(out) is DiTCropsOutput and isinstance(out, ImagesOutput)
+    assert out.result.converged and out.result.sample.shape == (2, 3, 32, 32)
+    if output_type == "pt":
+        assert out.images.shape == (2, 3, 32, 32) and out.images.abs().max() <= 1
+    else:
+        assert [im.mode for im in out.images] == ["RGB", "RGB"]
+    digits = load_default(device="cpu")([3], num_inference_steps=3, generator=g, output_type=output_type)
+    assert type(digits) is DigitsOutput and digits.result is None  # diffusers' own loop ran (method=None)
+    assert (digits.images.shape == (1, 1, 32, 32)) if output_type == "pt" else digits.images[0].mode == "L"
+
+
+@needs_weights
 def test_corrupt_weights_are_an_error_naming_the_file(tmp_path):
     import shutil
 

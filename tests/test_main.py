@@ -15,25 +15,31 @@ from paratriton.models import WEIGHTS_DIR
 HAVE_WEIGHTS = os.path.exists(os.path.join(WEIGHTS_DIR, "model.safetensors"))
 
 
-def _rows(out: str) -> dict[str, list[str]]:
+def _rows(out: str) -> dict[str, dict[str, str]]:
+    """The printed table: {method: {column: cell}}."""
     lines = out.splitlines()
     k = next(i for i, l in enumerate(lines) if l.strip().startswith("method"))
+    head = re.split(r"\s{2,}", lines[k].strip())
     rows = {}
     for line in lines[k + 2 :]:
-        if line.startswith("wrote"):
-            break
         cells = re.split(r"\s{2,}", line.strip())
-        rows[cells[0]] = cells[1:]
+        if len(cells) != len(head):
+            break  # the notes under the table
+        rows[cells[0]] = dict(zip(head, cells))
     return rows
 
 
 def _check_table(rows, T):
-    assert rows["sequential"][:2] == [str(T), str(T)]
-    for name, cells in rows.items():
-        it, nfe, wall, db, _, conv = cells[:6]
-        assert 1 <= int(it) <= T and int(nfe) >= int(it) and float(wall) >= 0
+    seq = rows["sequential"]
+    assert seq["iterations"] == str(T) and seq["NFE/sample"] == str(T) and seq["iters/steps"] == "1.00"
+    for name, r in rows.items():
+        it, nfe = int(r["iterations"]), int(r["NFE/sample"])
+        wall = float(next(v for c, v in r.items() if c.startswith("wall [s]")))
+        assert 1 <= it <= T and nfe >= it and wall >= 0
+        assert abs(float(r["iters/steps"]) - it / T) < 0.006
         if name != "sequential":
-            assert conv == "yes"
+            assert r["converged"] == "yes"
+            db = r["PSNR vs seq [dB]"]
             assert db == "inf" or float(db) > 30.0, (name, db)
 
 
@@ -68,12 +74,105 @@ def test_main_default_model(tmp_path, capsys):
         assert im.width > 100 and im.height > 50
 
 
-def test_main_gmm(tmp_path, capsys):
-    assert main(["sample", "--model", "gmm", "--steps", "12", "--sampler", "ddpm", "--out", str(tmp_path)]) == 0
+def test_main_gmm_full(tmp_path, capsys):
+    argv = ["sample", "--model", "gmm", "--steps", "12", "--sampler", "ddpm", "--full", "--repeats", "1"]
+    assert main([*argv, "--device", "cpu", "--out", str(tmp_path)]) == 0
     rows = _rows(capsys.readouterr().out)
     assert set(rows) == {"sequential", "taa (h=auto)", "fp", "picard"}
     _check_table(rows, 12)
     assert (tmp_path / "convergence.png").exists()
+
+
+def test_main_cpu_default_is_short_and_says_why(tmp_path, capsys):
+    """On a CPU the default job is one parallel method and one run, and says in one line that wall-time gains need
+    a GPU; no speedup column (a CPU cannot show one honestly), but iterations against steps and the distance."""
+    assert main(["--model", "gmm", "--steps", "12", "--device", "cpu", "--no-progress", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    first = out.splitlines()[0]
+    assert first.startswith("CPU: wall-time gains need a GPU") and "12 steps" in first
+    assert "median of 1 run\n" in out and "after a warm-up run" not in out
+    rows = _rows(out)
+    assert set(rows) == {"sequential", "taa (h=auto)"}
+    assert "speedup" not in rows["sequential"]
+    _check_table(rows, 12)
+    assert int(rows["taa (h=auto)"]["iterations"]) < 12  # fewer sequential iterations than steps
+    assert float(rows["taa (h=auto)"]["RMS vs seq"]) <= 1e-3
+    assert "h=auto: the solver's Anderson history" in out
+
+
+def test_main_dit_crops(tmp_path, capsys):
+    assert (
+        main(
+            [
+                "--model",
+                "dit-crops",
+                "--steps",
+                "6",
+                "--batch",
+                "2",
+                "--labels",
+                "12",
+                "3",
+                "--device",
+                "cpu",
+                "--no-progress",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "dit-crops model (DiTTransformer2DModel" in out and "3x32x32" in out and "classes [12, 3]" in out
+    _check_table(_rows(out), 6)
+    assert Image.open(tmp_path / "samples.png").width > 100
+
+
+@pytest.mark.gpu
+def test_main_on_cuda_is_graphed_and_reports_speedup(tmp_path, capsys):
+    """By default on a CUDA machine: CUDA, CUDA graphs, the full method list and a speedup column over the graphed
+    sequential sampler."""
+    assert main(["--model", "gmm", "--steps", "12", "--repeats", "1", "--no-progress", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "CPU:" not in out and "device cuda" in out and "CUDA graphs" in out
+    rows = _rows(out)
+    assert set(rows) == {"sequential", "taa (h=auto)", "fp", "picard"}
+    assert rows["sequential"]["speedup"] == "1.00x"
+    assert all(float(r["speedup"].rstrip("x")) > 0 for r in rows.values())
+    assert "speedup: wall time of the graphed sequential sampler" in out
+    _check_table(rows, 12)
+
+
+@pytest.mark.gpu
+def test_main_on_cuda_runs_srds_eagerly_beside_graphed_methods(tmp_path, capsys):
+    """SRDS has no CUDA-graphed form: on CUDA it runs eagerly, and its row says so."""
+    argv = ["--model", "gmm", "--steps", "12", "--repeats", "1", "--no-progress", "--methods", "taa", "srds:blocks=3"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    rows = _rows(capsys.readouterr().out)
+    assert set(rows) == {"sequential", "taa (h=auto)", "srds:blocks=3 (eager)"}
+    _check_table(rows, 12)
+
+
+def test_main_without_command_runs_sample():
+    from paratriton.__main__ import parse_args
+
+    args = parse_args(["--model", "gmm", "--device", "cpu"])
+    assert args.cmd == "sample" and args.model == "gmm"
+    assert args.methods == ["taa"] and args.repeats == 1 and args.warmup is False  # the CPU defaults
+    full = parse_args(["sample", "--model", "gmm", "--device", "cpu", "--full"])
+    assert full.methods == ["taa", "fp", "picard"] and full.repeats == 3 and full.warmup is True
+    assert parse_args(["--model", "gmm", "--device", "cpu", "--methods", "fp", "--repeats", "2"]).repeats == 2
+
+
+def test_cli_constants_match_the_models_and_solvers():
+    import paratriton.__main__ as cli
+    from paratriton.models import NUM_CLASSES, dit_crops
+    from paratriton.solvers.registry import make_solver
+
+    assert cli.NUM_CLASSES == {"digits": NUM_CLASSES, "dit-crops": dit_crops.NUM_CLASSES}
+    make_solver("taa", history=cli.MAX_HISTORY)
+    with pytest.raises(ValueError, match="history"):
+        make_solver("taa", history=cli.MAX_HISTORY + 1)
 
 
 def test_main_cli_help():
@@ -108,6 +207,11 @@ CLI_ERRORS = [
     (["--labels", "12"], "--labels"),
     (["--tol", "0"], "--tol"),
     (["--history", "0"], "--history"),
+    (["--history", "9"], "--history"),
+    (["--methods", "taa:h=9"], "--methods"),
+    (["--methods", "taa:h=2,h=3"], "--methods"),
+    (["--model", "dit-crops", "--labels", "16"], "--labels"),
+    (["--model", "digits", "--labels", "12"], "--labels"),
     (["--methods", "srds", "--window", "3"], "--window"),
     (["--repeats", "0"], "--repeats"),
     (["--device", "tpu"], "--device"),
@@ -228,4 +332,6 @@ def test_cli_help_lists_methods_options_defaults():
     for key in ("w=", "k=", "h=", "it=", "blocks="):
         assert key in r.stdout
     assert "(default: 50)" in r.stdout and "(default: outputs)" in r.stdout
+    assert r.stdout.count("(default: taa fp picard") == 1 and "(default: ['taa'" not in r.stdout
+    assert "dit-crops" in r.stdout and "--full" in r.stdout and "--no-cuda-graph" in r.stdout
     assert "``" not in r.stdout and ":func:" not in r.stdout

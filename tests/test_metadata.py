@@ -27,3 +27,14 @@ def test_diffusers_range_warning(monkeypatch, version, warns):
         warnings.simplefilter("always")
         paratriton._check_diffusers_version()
     assert bool([x for x in w if "tested with diffusers" in str(x.message)]) == warns
+
+
+def test_torch_is_required_but_never_pinned():
+    """Installing paratriton never replaces the user's torch: the requirement is what the pure-Python package needs
+    (the stable-ABI extension loads on torch >= 2.10 and is skipped on an older one), in pyproject.toml and in the
+    installed metadata; torch is no static build requirement (pip would install one into every isolated build)."""
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "torch>=2.4" in meta["project"]["dependencies"] and "dependencies" not in meta["project"]["dynamic"]
+    assert not any(r.startswith("torch") for r in meta["build-system"]["requires"])
+    installed = [r for r in importlib.metadata.requires("paratriton") or [] if r.split(";")[0].startswith("torch")]
+    assert installed == ["torch>=2.4"], installed

@@ -26,6 +26,8 @@ from test_pipelines import (  # noqa: E402 - the shared tiny pipelines (pytest p
     _images,
     _quiet,
     assert_same,
+    check_floor_warning,
+    floor_warnings,
     make_flux,
     make_sd,
     make_unet2d,
@@ -128,7 +130,10 @@ def test_interrupt_from_callback_returns_the_step_latents_as_stock(cuda_graph):
     assert (full - ref).abs().max() > 1e-2  # stopped early: not the full trajectory's sample
     assert not getattr(par, "_interrupt", False) and not getattr(pipe, "_interrupt", False)  # the call's own flag
     # the next call runs to the end again
-    assert_same(full, _images(par(**sd_inputs(1, True, output_type="latent"), generator=_gen())))
+    with floor_warnings() as caught:
+        again = _images(par(**sd_inputs(1, True, output_type="latent"), generator=_gen()))
+    check_floor_warning(caught, par.paratriton.last_result)
+    assert_same(full, again)
 
 
 # ---------------------------------------------------------------------------------------------------------------

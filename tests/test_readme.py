@@ -8,6 +8,7 @@ and is reported as skipped; a block that loads a hub model or uses CUDA without 
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -44,4 +45,13 @@ def test_code_block(code, skip_reason, tmp_path, monkeypatch):
     assert not NEEDS_MORE.search(code), "needs a download or a GPU: mark it with <!-- readme-test: skip (why) -->"
     monkeypatch.chdir(tmp_path)  # files the snippet writes land here
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    exec(compile(code, "<snippet>", "exec"), {"__name__": "__readme__"})
+    from paratriton.solvers import tolerance
+
+    monkeypatch.setattr(tolerance, "_warned", set())  # each snippet warns as it would in a fresh process
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.filterwarnings("always", module="paratriton")  # ours every time; the others as configured
+        exec(compile(code, "<snippet>", "exec"), {"__name__": "__readme__"})
+    ours = [f"{w.category.__name__}: {w.message}" for w in caught if "paratriton" in (w.filename or "")]
+    assert not ours, f"a documented example warns as written: {ours}"  # the reader would see it
+    for w in caught:  # third-party ones passed the filters already: shown as they are
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)

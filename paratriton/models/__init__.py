@@ -19,7 +19,9 @@ from .default import (
     UNET_CONFIG,
     WEIGHTS_DIR,
     DigitClassifier,
+    DigitsOutput,
     DigitsPipeline,
+    ImagesOutput,
     build_unet,
     default_scheduler,
     load_classifier,
@@ -30,6 +32,7 @@ from .default import (
 )
 from .dit_crops import (
     CropClassifier,
+    DiTCropsOutput,
     DiTCropsPipeline,
     load_crop_classifier,
     load_dit_crops,
@@ -87,6 +90,9 @@ __all__ = [
     "POLICY_WEIGHTS_DIR",
     "load_crop_classifier",
     "DiTCropsPipeline",
+    "DiTCropsOutput",
+    "DigitsOutput",
+    "ImagesOutput",
     "CropClassifier",
     "load_classifier",
     "DigitsPipeline",

@@ -193,9 +193,17 @@ def _pipeline_base():
 
 
 @dataclass
-class DigitsOutput:
-    images: list  # PIL images, or a tensor [B, 1, 32, 32] in [-1, 1] for output_type="pt"
-    result: object = None  # paratriton.SolveResult when a paratriton method was used
+class ImagesOutput:
+    """What a shipped model's pipeline returns: ``images`` (PIL images, or a tensor ``[B, C, H, W]`` in [-1, 1] for
+    ``output_type="pt"``) and ``result`` (the ``paratriton.SolveResult`` when a paratriton method ran, else None)."""
+
+    images: list
+    result: object = None
+
+
+@dataclass
+class DigitsOutput(ImagesOutput):
+    """Output of the digits model (``DigitsPipeline``): gray 32x32 digits, ``[B, 1, 32, 32]`` for ``"pt"``."""
 
 
 class DigitsPipeline(_pipeline_base()):

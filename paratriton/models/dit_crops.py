@@ -22,6 +22,7 @@ guidance_scale)`` is a paratriton model ``(x [N, 3, 32, 32], step_index [N]) -> 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -38,6 +39,7 @@ __all__ = [
     "WEIGHTS_DIR",
     "CropClassifier",
     "DiTCropsPipeline",
+    "DiTCropsOutput",
     "build_dit",
     "load_photographs",
     "load_dit_crops",
@@ -242,9 +244,12 @@ class DiTCropsPipeline(_digits.DigitsPipeline):
             scheduler=scheduler,
             **solver_options,
         )
-        if output_type != "pt":
-            out.images = to_pil_rgb(out.images)
-        return out
+        return DiTCropsOutput(out.images if output_type == "pt" else to_pil_rgb(out.images), out.result)
+
+
+@dataclass
+class DiTCropsOutput(_digits.ImagesOutput):
+    """Output of the DiT crops model (``DiTCropsPipeline``): RGB 32x32 photo crops, ``[B, 3, 32, 32]`` for ``"pt"``."""
 
 
 def to_pil_rgb(images: torch.Tensor) -> list:

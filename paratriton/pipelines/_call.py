@@ -43,9 +43,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .. import _plan_cache
 from ..model import ClassifierFreeGuidance
 from ..multistep import multistep_from_scheduler
-from ..planner import WindowChoice, choose_window
+from ..planner import WindowChoice, _choice_from, choose_window, remembered
 from ..schedule import TRACED_SCHEDULERS, SamplerCoefficients, coefficients_from_scheduler
 from ..solvers import SolveResult, solve
 from ..step_noise import draw_step_noise, stock_draws
@@ -305,6 +306,7 @@ class _ParallelCall:
     ) -> None:
         self.state, self.spec, self.call_args = state, spec, call_args
         self.callback, self.progress_config = callback, progress_config
+        self.pipeline_name = wrapped.__name__  # the plan cache's key
         self.model: torch.nn.Module = getattr(par, spec.denoiser)
         check_no_stateful_hooks(self.model, f"{type(par).__name__}.{spec.denoiser}")
         # the call's own scheduler: set_timesteps, begin_index and the replaying step stay on this copy
@@ -616,14 +618,15 @@ class _ParallelCall:
         with self._progress(T) as bar:
             self.bar = bar
             try:
+                guidance = (do_cfg, scale, rescale)
                 if graphed:
-                    self.result = self._solve_graphed(
-                        branches, (do_cfg, scale, rescale), coeffs, x_T, noise, method, options
-                    )
+                    self.result = self._solve_graphed(branches, guidance, coeffs, x_T, noise, method, options)
                 else:
                     denoiser = _guided(branches, do_cfg, scale, rescale, spec.cond_first)
                     if options.get("window") == "auto":
-                        method, options["window"] = self._auto_window(denoiser, coeffs, x_T, noise, method, options)
+                        method, options["window"] = self._auto_window(
+                            denoiser, coeffs, x_T, noise, method, options, conditioning=(branches.kwargs, guidance)
+                        )
                         if method == "sequential":
                             options = {k: v for k, v in options.items() if k in pipeline_options(method, False)}
                     self.result = solve(
@@ -654,34 +657,71 @@ class _ParallelCall:
         self.state.last_result = self.result
 
     def _auto_window(
-        self, denoiser, coeffs, x_T, noise, method, options, cuda_graph: bool = False, solvers: dict | None = None
+        self,
+        denoiser,
+        coeffs,
+        x_T,
+        noise,
+        method,
+        options,
+        cuda_graph: bool = False,
+        solvers: dict | None = None,
+        conditioning: Any = None,
     ) -> tuple[str, int | None]:
         """``window="auto"``: time the candidate windows and the sequential sampler once per problem shape (on a
-        calibration problem with other noise), keep the choice in ``state.window_choices``, and reuse it.
-        ``solvers``: graphed, the problem's ``GraphedSolvers.solvers``, where the chosen (captured) solver is left."""
+        calibration problem with other noise), keep the choice in ``state.window_choices``, and reuse it; also on
+        disk (``paratriton._plan_cache``, unless ``state.plan_cache`` is False or ``PARATRITON_PLAN_CACHE=0``),
+        keyed by the device, the versions, the network's fingerprint, the shapes of the problem and of
+        ``conditioning`` (the call's conditioning tensors and guidance), the coefficients and the options, so a new
+        process reuses it without timing. ``solvers``: graphed, the problem's ``GraphedSolvers.solvers``, where the
+        chosen (captured) solver is left."""
         key = (coeffs.num_steps, tuple(x_T.shape), str(x_T.device), method, cuda_graph)
         cache: dict[tuple, WindowChoice] = self.state.window_choices
         if key not in cache:
-            g = torch.Generator().manual_seed(1234)
-            cal_x = torch.randn(x_T.shape, generator=g, dtype=x_T.dtype).to(x_T.device)
-            cal_noise = (
-                None if noise is None else torch.randn(noise.shape, generator=g, dtype=noise.dtype).to(noise.device)
-            )
             rest = {k: v for k, v in options.items() if k != "window"}
             hints = self.state.auto_hints  # plan(): the sequential sampler's time and the best so far, if known
-            cache[key] = choose_window(
-                denoiser,
-                coeffs,
-                cal_x,
-                cal_noise,
-                method,
-                cuda_graph=cuda_graph,
-                solvers=solvers,
-                bound_ms=hints.get((key[:3], "bound_ms")),
-                sequential_ms=hints.get((key[:3], cuda_graph, "sequential_ms")),
-                **rest,
-            )
-            logger.info("paratriton: window='auto': %s", cache[key].reason)
+            bound_ms = hints.get((key[:3], "bound_ms"))
+
+            def timed() -> WindowChoice:
+                g = torch.Generator().manual_seed(1234)
+                cal_x = torch.randn(x_T.shape, generator=g, dtype=x_T.dtype).to(x_T.device)
+                cal_noise = (
+                    None if noise is None else torch.randn(noise.shape, generator=g, dtype=noise.dtype).to(noise.device)
+                )
+                return choose_window(
+                    denoiser,
+                    coeffs,
+                    cal_x,
+                    cal_noise,
+                    method,
+                    cuda_graph=cuda_graph,
+                    solvers=solvers,
+                    bound_ms=bound_ms,
+                    sequential_ms=hints.get((key[:3], cuda_graph, "sequential_ms")),
+                    **rest,
+                )
+
+            disk_key = None
+            # a choice bounded by another method's time (plan()) holds only beside it: not remembered alone
+            if bound_ms is None and _plan_cache.enabled(self.state.plan_cache):
+                disk_key = _plan_cache.make_key(
+                    "window",
+                    x_T.device,
+                    pipeline=self.pipeline_name,
+                    model=_plan_cache.fingerprint(self.model),
+                    controlnet=None if self.controlnet is None else _plan_cache.fingerprint(self.controlnet),
+                    coeffs=_plan_cache.coeffs_digest(coeffs),
+                    steps=coeffs.num_steps,
+                    x_T=x_T,
+                    noise=noise,
+                    conditioning=conditioning,
+                    method=method,
+                    cuda_graph=cuda_graph,
+                    options=rest,
+                )
+            cache[key] = remembered("window='auto'", disk_key, timed, _choice_from)
+            if cache[key].remembered is None:
+                logger.info("paratriton: window='auto': %s", cache[key].reason)
         choice = cache[key]
         return choice.method, choice.window
 
@@ -711,7 +751,15 @@ class _ParallelCall:
         self.dummy = entry.branches.dummy
         if options.get("window") == "auto":
             method, options["window"] = self._auto_window(
-                entry.denoiser, entry.coeffs, x_T, noise, method, options, cuda_graph=True, solvers=entry.solvers
+                entry.denoiser,
+                entry.coeffs,
+                x_T,
+                noise,
+                method,
+                options,
+                cuda_graph=True,
+                solvers=entry.solvers,
+                conditioning=(entry.branches.kwargs, guidance),
             )
             if method == "sequential":
                 options = {k: v for k, v in options.items() if k in pipeline_options(method, True)}

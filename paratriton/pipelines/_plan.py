@@ -10,7 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..planner import Plan, plan_denoiser
+import torch
+
+from .. import _plan_cache
+from ..planner import Plan, plan_denoiser, remembered
 from ..solvers.registry import WINDOWED_METHODS, method_spec
 from ._wrap import parallelize
 
@@ -36,6 +39,7 @@ class PipelinePlan:
     wall_ms: dict[str, float] = field(default_factory=dict)
     reason: str = ""
     options: dict[str, Any] = field(default_factory=dict)
+    remembered: str | None = None  # the plan-cache file it was read from (None: timed in this process)
 
     def parallelize(self, pipe):
         """``paratriton.parallelize`` with the chosen method, window and options."""
@@ -52,6 +56,7 @@ def plan_pipeline(
     methods: tuple[str, ...] = ("taa", "picard"),
     cuda_graph: bool | None = None,
     options: dict[str, Any] | None = None,
+    plan_cache: bool | None = None,
     **call_kwargs: Any,
 ) -> PipelinePlan:
     """Time every method in ``methods`` at its candidate windows and the sequential sampler on ``pipe``, and
@@ -63,13 +68,18 @@ def plan_pipeline(
     methods:     windowed methods to try, from ``paratriton.solvers.WINDOWED_METHODS``;
     cuda_graph:  time the CUDA-graphed solvers (default: when the pipeline's model is on CUDA);
     options:     solver options shared by all candidates (``history``, ``tol_abs``, ...);
+    plan_cache:  remember the plan on disk and reuse it in later processes without running anything (default: on
+                 unless ``PARATRITON_PLAN_CACHE=0``; ``paratriton._plan_cache``): keyed by the device, torch and
+                 paratriton versions, the pipeline's class, every component's fingerprint, the scheduler's
+                 configuration, ``steps``, ``methods``, ``options`` and ``call_kwargs`` (tensors by shape and dtype,
+                 prompts and numbers by value); ``plan.remembered`` is the file it came from;
     call_kwargs: the pipeline call to plan for (prompt or ``prompt_embeds``, ``guidance_scale``, ``height``, ...).
 
     Runs the pipeline once per method (``window="auto"``: each call times the candidates on a calibration problem
     with other noise, then samples); the batch-time curve of the model decides, so the answer is for this
     device, dtype, resolution and batch. The sequential sampler is timed once (by the first method's pass), and
     a later method's candidates stop once slower than the fastest so far (their ``wall_ms`` are then lower bounds).
-    Nothing is cached: call it once and keep the plan.
+    The plan is remembered on disk (``plan_cache``); within a process, call it once and keep the plan.
     """
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
@@ -86,12 +96,38 @@ def plan_pipeline(
     options = dict(options or {})
     if cuda_graph is None:
         cuda_graph = pipe.device.type == "cuda"
+    key = None
+    if _plan_cache.enabled(plan_cache):
+        modules = {k: v for k, v in pipe.components.items() if isinstance(v, torch.nn.Module)}
+        key = _plan_cache.make_key(
+            "pipeline",
+            pipe.device,
+            pipeline=type(pipe).__name__,
+            components={k: _plan_cache.fingerprint(v) for k, v in modules.items()},
+            scheduler=[type(pipe.scheduler).__name__, dict(pipe.scheduler.config)],
+            steps=steps,
+            methods=list(methods),
+            cuda_graph=cuda_graph,
+            options=options,
+            call=call_kwargs,
+        )
+
+    def timed() -> PipelinePlan:
+        return _plan_pipeline(pipe, steps, methods, cuda_graph, options, plan_cache, call_kwargs)
+
+    return remembered("plan", key, timed, lambda d: PipelinePlan(**d))
+
+
+def _plan_pipeline(
+    pipe, steps: int, methods: tuple[str, ...], cuda_graph: bool, options: dict, plan_cache, call_kwargs: dict
+) -> PipelinePlan:
     walls: dict[str, float] = {}
     sequential_ms = float("inf")
     best: tuple[float, str, int | None] = (float("inf"), "sequential", None)
     hints: dict[tuple, float] = {}
     for method in methods:
         par = parallelize(pipe, method, window="auto", cuda_graph=cuda_graph, **options)  # with a fresh state
+        par.paratriton.plan_cache = plan_cache
         par.set_progress_bar_config(disable=True)
         par.paratriton.auto_hints.update(hints)  # the sequential time and the best so far: not re-timed, a bound
         par(num_inference_steps=steps, **call_kwargs)

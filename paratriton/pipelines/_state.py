@@ -33,6 +33,8 @@ class ParallelState:
                      candidate so far: slower candidates stop early) and ``(..., cuda_graph, "sequential_ms")`` (the
                      sequential sampler's time: not timed again);
     graphed:         ``cuda_graph=True``: the captured solvers of the last problem (one problem shape is kept);
+    plan_cache:      ``window="auto"``: remember the choice on disk for later processes (None: unless
+                     ``PARATRITON_PLAN_CACHE=0``; False: never; see ``paratriton._plan_cache``);
     lock:            held for the length of a call: calls of one parallel pipeline share the above, so calls from
                      several threads take turns (other parallel pipelines and stock calls do not wait).
     """
@@ -43,4 +45,5 @@ class ParallelState:
     window_choices: dict[tuple, WindowChoice] = field(default_factory=dict)
     auto_hints: dict[tuple, float] = field(default_factory=dict)
     graphed: GraphedSolvers | None = field(default=None, repr=False)
+    plan_cache: bool | None = None
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
