@@ -55,7 +55,7 @@ def draw_step_noise(
 
     if not draws:
         return None
+    drawn = [randn_tensor((rows, *sample_shape), generator=generator, device=device, dtype=dtype)[:B] for i in draws]
     noise = torch.zeros(T, B, *sample_shape, dtype=torch.float64, device=device)
-    for i in draws:
-        noise[i] = randn_tensor((rows, *sample_shape), generator=generator, device=device, dtype=dtype)[:B]
-    return noise
+    # one scatter, not a copy per step (a control loop draws 99 steps' noise every chunk)
+    return noise.index_copy_(0, torch.tensor(draws, device=device), torch.stack(drawn).to(torch.float64))
