@@ -266,12 +266,16 @@ def denoise(
     """
     T = _check_inputs(model, x_T, num_inference_steps, model_kwargs, method, tol)
     x_T = x_T.detach()
-    if method == "auto":
+    if method == "sequential" and tol is not None:
+        raise TypeError("tol does not apply to method='sequential' (it is the loop itself)")
+    if init is not None and init_sample is not None:
+        raise ValueError("init and init_sample exclude each other: pass a trajectory guess or a sample guess")
+    if cuda_graph and x_T.device.type != "cuda":
+        raise ValueError(f"cuda_graph=True needs x_T on a CUDA device, got {x_T.device}")
+    if method == "auto":  # the sequential loop is exact by itself: tol only applies to a parallel solve
         method = "taa" if x_T.device.type == "cuda" else "sequential"
     if method != "sequential" and tol is not None:
         options["tol"] = tol
-    elif method == "sequential" and tol is not None:
-        raise TypeError("tol does not apply to method='sequential' (it is the loop itself)")
     coeffs, sched = _operator(scheduler, T, eta, bool(use_clipped_model_output))
     loop_ts = sched.timesteps
     if coeffs.num_steps != len(loop_ts):
@@ -289,12 +293,8 @@ def denoise(
     if noise is None and coeffs.is_stochastic:  # noise-free steps of a stochastic operator: zeros
         noise = torch.zeros(coeffs.num_steps, *x_T.shape, dtype=torch.float64, device=device)
     if init_sample is not None:
-        if init is not None:
-            raise ValueError("init and init_sample exclude each other: pass a trajectory guess or a sample guess")
         init = noised_guess(coeffs, init_sample, x_T)
     if cuda_graph:
-        if device.type != "cuda":
-            raise ValueError(f"cuda_graph=True needs x_T on a CUDA device, got {device}")
         res = _graphed_solve(model, den, coeffs, x_T, noise, method, options, init)
     else:
         res = solve(den, coeffs, x_T, noise, method=method, init=init, **options)

@@ -216,6 +216,10 @@ class _ScalarTimestepOnly(TinyPolicyNet):
         (_net(), {"model_kwargs": [1]}, TypeError, "model_kwargs must be a dict"),
         (_net(), {"eta": 0.5}, ValueError, "eta=0.5 is not supported for DDPMScheduler"),
         (_net(), {"use_clipped_model_output": True}, ValueError, "use_clipped_model_output is an argument of DDIM"),
+        (_net(), {"cuda_graph": True}, ValueError, "cuda_graph=True needs x_T on a CUDA device"),
+        (_net(), {"init_sample": torch.zeros(B, H, A), "init": torch.zeros(10, B, H, A)}, ValueError, "exclude"),
+        (_net(), {"init_sample": torch.zeros(B, H)}, ValueError, "init_sample must be a tensor shaped like x_T"),
+        (_net(), {"method": "sequential", "tol": 1e-3}, TypeError, "tol does not apply to method='sequential'"),
     ],
 )
 def test_bad_input_is_named_before_any_solve(model, kwargs, exc, match):
