@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .schedule import coefficients_from_scheduler
+from .schedulers import coefficients_from_scheduler
 from .solvers import METHODS, SolveResult, solve
 from .step_noise import draw_step_noise, stock_draws
 

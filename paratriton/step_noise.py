@@ -3,38 +3,17 @@
 A parallel solve needs every step's noise ``xi_i`` before the first iteration. diffusers' schedulers draw it inside
 ``step`` with ``randn_tensor`` (DDPM when ``t > 0``, DDIM when ``eta > 0``, flow-match Euler with
 ``stochastic_sampling``; the traced schedulers record their own draws as ``noise_draw_steps``), so drawing the same
-shapes, in the same order, with the same generator and dtype reproduces the loop's noise.
+shapes, in the same order, with the same generator and dtype reproduces the loop's noise. Which steps draw, and in
+which dtype, is each scheduler family's rule (``paratriton.schedulers.stock_draws``); here the draws themselves.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .schedule import SamplerCoefficients
+from .schedulers import stock_draws
 
 __all__ = ["stock_draws", "draw_step_noise"]
-
-
-def _one_tap_draws(name: str, scheduler, timestep: torch.Tensor, eta: float | None) -> bool:
-    """Whether the stock ``scheduler.step`` draws noise at this timestep (mirrors diffusers 0.42.1)."""
-    if name == "DDPMScheduler":
-        return bool(timestep > 0)
-    if name == "DDIMScheduler":
-        return eta is not None and eta > 0
-    return bool(scheduler.config.stochastic_sampling)  # FlowMatchEulerDiscreteScheduler
-
-
-def stock_draws(scheduler, coeffs, loop_timesteps: torch.Tensor, eta: float | None) -> tuple[list[int], bool]:
-    """The solver steps whose ``step`` draws noise, in the loop's draw order, and whether it draws in float32
-    (else in the model output's dtype). ``loop_timesteps``: the loop's timesteps, first (noisiest) first; solver
-    step ``T - 1 - k`` runs at ``loop_timesteps[k]``."""
-    if not isinstance(coeffs, SamplerCoefficients):  # traced: the tracer recorded the draws
-        return list(coeffs.noise_draw_steps), coeffs.noise_dtype == "float32"
-    name = type(scheduler).__name__
-    T = len(loop_timesteps)
-    draws = [T - 1 - k for k in range(T) if _one_tap_draws(name, scheduler, loop_timesteps[k], eta)]
-    # DDPM/DDIM draw in model_output's dtype, flow matching in the float32 it upcasts the sample to
-    return draws, name == "FlowMatchEulerDiscreteScheduler"
 
 
 def draw_step_noise(

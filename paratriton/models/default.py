@@ -334,7 +334,7 @@ class DigitsPipeline(_pipeline_base()):
     ):
         import paratriton
 
-        from ..schedule import check_steps
+        from ..schedulers.operator import check_steps
 
         if output_type not in ("pil", "pt"):
             raise ValueError(f"output_type must be 'pil' or 'pt', got {output_type!r}")

@@ -45,9 +45,9 @@ from tqdm.auto import tqdm
 
 from .. import _plan_cache
 from ..model import ClassifierFreeGuidance
-from ..multistep import multistep_from_scheduler
 from ..planner import WindowChoice, _choice_from, choose_window, remembered
-from ..schedule import TRACED_SCHEDULERS, SamplerCoefficients, coefficients_from_scheduler
+from ..schedulers import TRACED_SCHEDULERS, SamplerCoefficients, coefficients_from_scheduler
+from ..schedulers.traced import multistep_from_scheduler
 from ..solvers import SolveResult, solve
 from ..step_noise import draw_step_noise, stock_draws
 from ._graphed import graphed_solvers

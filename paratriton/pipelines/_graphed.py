@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..schedule import SamplerCoefficients
+from ..schedulers.operator import SamplerCoefficients
 from ..solvers._common import IterationInfo, SolveResult
 from ..solvers.graphed_sequential import GraphedSequential
 from ..solvers.registry import make_solver

@@ -26,7 +26,7 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..schedule import SUPPORTED_SCHEDULERS
+from ..schedulers import SUPPORTED_SCHEDULERS
 from ..solvers import SolveResult
 from ._call import _ParallelCall
 from ._guards import check_diffusers_version

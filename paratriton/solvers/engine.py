@@ -28,7 +28,7 @@ import torch
 
 from .._cuda_graph import NestedCUDAGraphError, capture, warn_nested_graphs
 from ..model import Denoiser
-from ..schedule import SamplerCoefficients, coefficient_versions
+from ..schedulers.operator import SamplerCoefficients, coefficient_versions
 from ._common import (
     MODEL_INPUT_BOUND,
     IterationInfo,

@@ -119,7 +119,8 @@ from typing import Callable
 import torch
 
 from ..model import Denoiser
-from ..schedule import StepOperator, _affine_prediction
+from ..schedulers.operator import StepOperator
+from ..schedulers.prediction import x0_prediction
 from ._common import (
     IterationInfo,
     ModelCaller,
@@ -231,17 +232,6 @@ def _tap_form(coeffs: StepOperator) -> tuple[torch.Tensor, ...]:
     )
 
 
-def _x0_parametrisation(coeffs: StepOperator) -> tuple[torch.Tensor, torch.Tensor]:
-    """``p, q [T]`` with ``x0_hat = p_i z_i + q_i m_i`` for the model input ``z_i = s_i x_{i+1}`` at its level
-    (float64, CPU)."""
-    alpha = coeffs.signal_scale.to("cpu", torch.float64)
-    sigma = coeffs.noise_scale.to("cpu", torch.float64)
-    if coeffs.prediction_type == "flow":  # z = alpha x0 + sigma eps with v = eps - x0: z = (alpha + sigma) x0 + sigma v
-        return 1 / (alpha + sigma), -sigma / (alpha + sigma)
-    p, q, _, _ = _affine_prediction(coeffs.prediction_type, alpha, sigma)
-    return p, q
-
-
 def _frozen_steps(coeffs: StepOperator) -> tuple[torch.Tensor, ...]:
     """Each tap output written in a frozen quantity ``F``: ``M_n = w_n x_{n+1} + z_n F``, where ``F = f_n x_{n+1} +
     g_n m_n`` is what the block's first evaluation gives (all ``[T]``, float64, CPU).
@@ -251,7 +241,7 @@ def _frozen_steps(coeffs: StepOperator) -> tuple[torch.Tensor, ...]:
     (``w = 0``, ``z = 1``, ``f = v``, ``g = u``).
     """
     _, _, _, s, u, v = _tap_form(coeffs)
-    p, q = _x0_parametrisation(coeffs)
+    p, q = x0_prediction(coeffs)
     if bool(torch.isfinite(p).all() and torch.isfinite(q).all() and (q.abs() > 1e-12).all()):
         return v - u * p * s / q, u / q, p * s, q
     return torch.zeros_like(u), torch.ones_like(u), v, u
