@@ -100,6 +100,7 @@ import contextlib
 import copy
 import math
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -113,30 +114,58 @@ __all__ = [
     "multistep_from_scheduler",
     "MULTISTEP_SCHEDULERS",
     "TRACED_SCHEDULERS",
+    "TracedFacts",
+    "FACTS",
     "float64_scheduler",
     "float64_mode",
 ]
 
-TRACED_SCHEDULERS = (
-    "EulerDiscreteScheduler",
-    "EulerAncestralDiscreteScheduler",
-    "DPMSolverMultistepScheduler",
-    "UniPCMultistepScheduler",
-    "HeunDiscreteScheduler",
-    "PNDMScheduler",
-    "LMSDiscreteScheduler",
-    "DEISMultistepScheduler",
-)
+_PNDM_PRK_MIN = 4  # PNDM's Runge-Kutta warm-up: diffusers' set_timesteps fails (numpy broadcast) below 4 steps
+
+
+def _pndm_steps(cfg: Any, n: int) -> None:
+    """PNDM's Runge-Kutta warm-up needs ``n >= 4`` steps (diffusers' own ``set_timesteps`` fails below that)."""
+    if not cfg.skip_prk_steps and n < _PNDM_PRK_MIN:
+        raise ValueError(
+            f"PNDMScheduler with the Runge-Kutta warm-up (skip_prk_steps=False) needs num_inference_steps >= "
+            f"{_PNDM_PRK_MIN}, got {n} (diffusers' own set_timesteps fails below that); use more steps or "
+            "skip_prk_steps=True"
+        )
+
+
+@dataclass(frozen=True)
+class TracedFacts:
+    """What the tracer is told about one traced scheduler class (everything else it reads off the stock loop).
+
+    levels:  how the levels ``x = alpha x0 + sigma eps`` of the state at a step are read: "sigma" (sigma space,
+             variance exploding: ``alpha = 1``, ``sigma`` the scheduler's; the model sees ``x / sqrt(1 + sigma^2)``),
+             "alpha_sigma" (the scheduler's ``_sigma_to_alpha_sigma_t`` of its sigma) or "alphas_cumprod"
+             (``sqrt(alphas_cumprod[t])``, ``sqrt(1 - alphas_cumprod[t])`` by timestep; no sigmas).
+    refused: ``(config key, what it is)`` pairs: options refused when set (not None), beyond the shared checks.
+    steps:   ``(config, num_inference_steps) -> None``, raising where the stock loop cannot run that many steps.
+    """
+
+    levels: str
+    refused: tuple[tuple[str, str], ...] = ()
+    steps: Callable[[Any, int], None] | None = None
+
+
+# one row per traced scheduler, in the order ``TRACED_SCHEDULERS`` lists them
+FACTS: dict[str, TracedFacts] = {
+    "EulerDiscreteScheduler": TracedFacts("sigma"),
+    "EulerAncestralDiscreteScheduler": TracedFacts("sigma"),
+    "DPMSolverMultistepScheduler": TracedFacts("alpha_sigma"),
+    "UniPCMultistepScheduler": TracedFacts("alpha_sigma", refused=(("solver_p", "another scheduler as predictor"),)),
+    "HeunDiscreteScheduler": TracedFacts("sigma"),
+    "PNDMScheduler": TracedFacts("alphas_cumprod", steps=_pndm_steps),
+    "LMSDiscreteScheduler": TracedFacts("sigma"),
+    "DEISMultistepScheduler": TracedFacts("alpha_sigma"),
+}
+TRACED_SCHEDULERS = tuple(FACTS)
 MULTISTEP_SCHEDULERS = TRACED_SCHEDULERS
 # sigma-space (variance exploding) schedulers: the state is x = x0 + sigma eps, the model sees x / sqrt(1 + sigma^2)
-_VE_SCHEDULERS = (
-    "EulerDiscreteScheduler",
-    "EulerAncestralDiscreteScheduler",
-    "HeunDiscreteScheduler",
-    "LMSDiscreteScheduler",
-)
+_VE_SCHEDULERS = tuple(name for name, facts in FACTS.items() if facts.levels == "sigma")
 _PREDICTIONS = {"epsilon": "epsilon", "v_prediction": "v_prediction", "sample": "sample", "flow_prediction": "flow"}
-_PNDM_PRK_MIN = 4  # PNDM's Runge-Kutta warm-up: diffusers' set_timesteps fails (numpy broadcast) below 4 steps
 _TAP_TOL = 1e-11  # relative size below which a traced coefficient counts as exactly zero
 _LINEAR_TOL = 1e-9  # relative mismatch of the random-input re-run that marks a step as nonlinear
 
@@ -278,10 +307,9 @@ def _check_options(scheduler: Any) -> None:
             "supported by parallel samplers; use variance_type=None with a model predicting only the mean "
             f"({supported})"
         )
-    if name == "UniPCMultistepScheduler" and getattr(cfg, "solver_p", None) is not None:
-        raise ValueError(
-            f"UniPCMultistepScheduler(solver_p=...) (another scheduler as predictor) is not supported ({supported})"
-        )
+    for key, what in FACTS[name].refused:
+        if getattr(cfg, key, None) is not None:
+            raise ValueError(f"{name}({key}=...) ({what}) is not supported ({supported})")
     pt = cfg.prediction_type
     if pt not in _PREDICTIONS:
         raise ValueError(f"{name}(prediction_type={pt!r}) is not supported; use one of {tuple(_PREDICTIONS)}")
@@ -302,23 +330,26 @@ class _Probe:
 
 def _state_level(sched: Any, name: str, n: int, t: Any) -> tuple[float, float]:
     """``(alpha, sigma)`` of the state the model is called on at scheduler index ``n`` (timestep ``t``)."""
-    if name == "PNDMScheduler":
+    levels = FACTS[name].levels
+    if levels == "alphas_cumprod":
         ac = float(sched.alphas_cumprod[int(t)])
         return math.sqrt(ac), math.sqrt(1.0 - ac)
     idx = sched.step_index if getattr(sched, "step_index", None) is not None else n
     sigma = sched.sigmas[idx]
-    if name in _VE_SCHEDULERS:
+    if levels == "sigma":
         return 1.0, float(sigma)
     alpha_t, sigma_t = sched._sigma_to_alpha_sigma_t(sigma)
     return float(alpha_t), float(sigma_t)
 
 
 def _final_level(sched: Any, name: str) -> tuple[float, float]:
-    if name == "PNDMScheduler":
+    """``(alpha, sigma)`` of the sample ``x_0`` (the state after the last step)."""
+    levels = FACTS[name].levels
+    if levels == "alphas_cumprod":
         ac = float(sched.final_alpha_cumprod)
         return math.sqrt(ac), math.sqrt(max(1.0 - ac, 0.0))
     sigma = sched.sigmas[-1]
-    if name in _VE_SCHEDULERS:
+    if levels == "sigma":
         return 1.0, float(sigma)
     alpha_t, sigma_t = sched._sigma_to_alpha_sigma_t(sigma)
     return float(alpha_t), float(sigma_t)
@@ -572,12 +603,8 @@ def multistep_from_scheduler(
     scheduler = copy.deepcopy(scheduler)
     if num_inference_steps is not None:
         n = check_steps(num_inference_steps)
-        if name == "PNDMScheduler" and not scheduler.config.skip_prk_steps and n < _PNDM_PRK_MIN:
-            raise ValueError(
-                f"PNDMScheduler with the Runge-Kutta warm-up (skip_prk_steps=False) needs num_inference_steps >= "
-                f"{_PNDM_PRK_MIN}, got {n} (diffusers' own set_timesteps fails below that); use more steps or "
-                "skip_prk_steps=True"
-            )
+        if FACTS[name].steps is not None:
+            FACTS[name].steps(scheduler.config, n)
         scheduler.set_timesteps(n, **set_timesteps_kwargs)
     elif getattr(scheduler, "num_inference_steps", None) is None:
         raise ValueError(f"{name}.set_timesteps has not been called: pass num_inference_steps")
