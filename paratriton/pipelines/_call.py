@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from .. import _plan_cache
 from ..model import ClassifierFreeGuidance
 from ..planner import WindowChoice, _choice_from, choose_window, remembered
-from ..schedulers import TRACED_SCHEDULERS, SamplerCoefficients, coefficients_from_scheduler
+from ..schedulers import TRACED_SCHEDULERS, SamplerCoefficients, coefficients_from_scheduler, one_tap_family
 from ..schedulers.traced import multistep_from_scheduler
 from ..solvers import SolveResult, solve
 from ..step_noise import draw_step_noise, stock_draws
@@ -558,9 +558,8 @@ class _ParallelCall:
         sample_shape = tuple(x_in.shape[1:])
         x_dtype, device = x_in.dtype, x_in.device
 
-        eta = None
-        if type(sched).__name__ == "DDIMScheduler":
-            eta = float(self.call_args.get("eta", 0.0) or 0.0) if spec.step_eta else 0.0
+        family = one_tap_family(sched)  # a family whose step takes eta (DDIM): the call's, 0 where not handed over
+        eta = None if family is None else family.loop_eta(self.call_args.get("eta") if spec.step_eta else None)
         self.eta = eta
         sched_ts = sched.timesteps  # the order the stock loop visits: step i = T - 1 - k at loop index k
         T_full = len(sched_ts)
