@@ -14,7 +14,8 @@ from .prediction import _check_terminal_snr, _clip_options, _f64, _vp_posterior_
 __all__ = ["FAMILY"]
 
 
-def _ddim(scheduler, eta: float | None, use_clipped_model_output: bool = False) -> SamplerCoefficients:
+def _ddim(scheduler: Any, eta: float | None, use_clipped_model_output: bool = False) -> SamplerCoefficients:
+    """The float64 ``[T]`` coefficients of ``DDIMScheduler.step`` with ``eta`` (None: 0) over the set timesteps."""
     eta = 0.0 if eta is None else float(eta)
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1] for DDIMScheduler, got {eta}")

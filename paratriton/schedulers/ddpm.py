@@ -15,7 +15,8 @@ from .prediction import _check_terminal_snr, _clip_options, _f64, _vp_posterior_
 __all__ = ["FAMILY"]
 
 
-def _ddpm(scheduler, eta: float | None, use_clipped_model_output: bool = False) -> SamplerCoefficients:
+def _ddpm(scheduler: Any, eta: float | None, use_clipped_model_output: bool = False) -> SamplerCoefficients:
+    """The float64 ``[T]`` coefficients of ``DDPMScheduler.step`` (its fixed variance) over the set timesteps."""
     if eta is not None and float(eta) != 1.0:
         raise ValueError(
             f"eta={eta} is not supported for DDPMScheduler (its noise is fixed, eta=1); "

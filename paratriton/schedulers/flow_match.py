@@ -15,7 +15,9 @@ from .prediction import _f64
 __all__ = ["FAMILY"]
 
 
-def _flow_match(scheduler, eta: float | None, use_clipped_model_output: bool = False) -> SamplerCoefficients:
+def _flow_match(scheduler: Any, eta: float | None, use_clipped_model_output: bool = False) -> SamplerCoefficients:
+    """The float64 ``[T]`` coefficients of ``FlowMatchEulerDiscreteScheduler.step`` over its sigmas (velocity
+    prediction, ``stochastic_sampling`` included)."""
     if eta is not None:
         raise ValueError(
             "eta is not an option of FlowMatchEulerDiscreteScheduler; set the scheduler's stochastic_sampling instead"

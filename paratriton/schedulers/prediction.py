@@ -22,6 +22,7 @@ _PREDICTION_TYPES = PREDICTION_TYPES
 
 
 def _f64(x: Any) -> torch.Tensor:
+    """``x`` as a float64 CPU tensor (detached)."""
     return torch.as_tensor(x).detach().to("cpu", torch.float64)
 
 
@@ -57,7 +58,8 @@ def x0_prediction(op: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return p, q
 
 
-def _check_prediction_type(scheduler) -> None:
+def _check_prediction_type(scheduler: Any) -> None:
+    """The scheduler's ``config.prediction_type`` must be one of ``PREDICTION_TYPES``."""
     pt = scheduler.config.prediction_type
     if pt not in _PREDICTION_TYPES:
         raise ValueError(
@@ -65,7 +67,7 @@ def _check_prediction_type(scheduler) -> None:
         )
 
 
-def _clip_options(scheduler) -> dict | None:
+def _clip_options(scheduler: Any) -> dict | None:
     """The scheduler's x0 clipping (``clip_sample``) or dynamic thresholding (``thresholding``, which wins as in
     diffusers) as ``ClippedPrediction`` options; None when it does neither."""
     cfg = scheduler.config
@@ -85,7 +87,7 @@ def _clip_options(scheduler) -> dict | None:
     return None
 
 
-def _check_terminal_snr(scheduler, ab_t: torch.Tensor) -> None:
+def _check_terminal_snr(scheduler: Any, ab_t: torch.Tensor) -> None:
     """Zero terminal SNR (``alphas_cumprod = 0`` at a sampled timestep, e.g. ``rescale_betas_zero_snr=True``) with an
     epsilon model: ``x0 = (x - sigma eps) / alpha`` divides by ``alpha = 0``. Named, not blamed on ``beta_start``."""
     name, pt = type(scheduler).__name__, scheduler.config.prediction_type
@@ -100,4 +102,6 @@ def _check_terminal_snr(scheduler, ab_t: torch.Tensor) -> None:
 
 
 def _vp_posterior_std(ab_t: torch.Tensor, ab_prev: torch.Tensor) -> torch.Tensor:
+    """``[T]`` float64: the DDPM posterior std of ``x_prev`` given ``x_t`` and ``x0`` (``alphas_cumprod`` at the
+    step's timestep ``ab_t [T]`` and at the one it steps to ``ab_prev [T]``)."""
     return ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)).clamp_min(0).sqrt()
