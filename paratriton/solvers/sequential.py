@@ -1,7 +1,7 @@
 """The sequential sampler: the ground truth every parallel solver must reproduce.
 
 It steps any ``StepOperator``: the one-tap ``SamplerCoefficients`` and the k-tap
-``paratriton.multistep.MultistepCoefficients`` alike. Per step ``i = T-1 .. 0``::
+``paratriton.schedulers.MultistepCoefficients`` alike. Per step ``i = T-1 .. 0``::
 
     m_i = model(input_scale_i * x_{i+1}, i)                  (coeffs.model_input)
     M_i = output_scale_i * m_i + output_mix_i * x_{i+1}      (coeffs.tap_output; M_i = m_i for one-tap operators)
