@@ -6,7 +6,12 @@
 draws); ``traced.py``: the tracer of the k-tap schedulers. Here: ``coefficients_from_scheduler`` (the dispatch), the
 scheduler lists, and ``stock_draws`` (which steps the stock loop draws noise at, in which dtype).
 
-Nothing here imports another paratriton subpackage: the solvers, the pipelines and the package face build on it.
+Nothing here imports another paratriton subpackage: the solvers, the pipelines and the package face build on it
+(``tests/test_imports.py``).
+
+A new scheduler: an analytic one is a module with its ``FAMILY`` (operator and noise rule), added to
+``ONE_TAP_FAMILIES`` below; a traced one is a ``TracedFacts`` row in ``traced.FACTS``. Either way, a parity test
+against the stock loop (``tests/test_schedule.py``, ``tests/test_multistep.py``, ``tests/test_schedulers.py``).
 """
 
 from __future__ import annotations
@@ -44,12 +49,11 @@ __all__ = [
     "TRACED_SCHEDULERS",
 ]
 
-# the analytic families, read into one-tap ``SamplerCoefficients``
+# the analytic families by class name: each reads its schedulers into one-tap ``SamplerCoefficients``
 ONE_TAP_FAMILIES: dict[str, OneTapFamily] = {f.scheduler: f for f in (ddim.FAMILY, ddpm.FAMILY, flow_match.FAMILY)}
-# the schedulers read analytically into one-tap ``SamplerCoefficients``
 ONE_TAP_SCHEDULERS = tuple(ONE_TAP_FAMILIES)
-# ``TRACED_SCHEDULERS`` (``traced.py``): traced into k-tap ``MultistepCoefficients`` (the sequential samplers and
-# the engine's methods taa/picard/fp/aa solve them; SRDS does not)
+# ``TRACED_SCHEDULERS`` (one row each in ``traced.FACTS``): traced into k-tap ``MultistepCoefficients`` (the
+# sequential samplers and the engine's methods taa/picard/fp/aa solve them; SRDS does not)
 # every scheduler ``coefficients_from_scheduler`` and ``parallelize`` accept
 SUPPORTED_SCHEDULERS = ONE_TAP_SCHEDULERS + TRACED_SCHEDULERS
 
