@@ -473,12 +473,8 @@ class _ParallelCall:
         """The call's step operator; a traced (k-tap) one over the loop's own steps from ``start`` on."""
         if type(sched).__name__ in TRACED_SCHEDULERS:
             return multistep_from_scheduler(_traceable(sched), start=start)
-        if getattr(sched, "custom_timesteps", False) and getattr(sched, "num_inference_steps", None) is None:
-            # DDPM with timesteps=[...] leaves num_inference_steps unset although its step follows the list; the
-            # coefficients follow the list as well (the next-smaller timestep), so tell the extractor the count
-            sched = copy.copy(sched)
-            sched.num_inference_steps = len(sched.timesteps)
-        return coefficients_from_scheduler(sched, eta=eta)
+        family = one_tap_family(sched)  # e.g. DDPM with timesteps=[...]: the count its loop steps through
+        return coefficients_from_scheduler(sched if family is None else family.as_stepped(sched), eta=eta)
 
     def _loop_range(self, t_in: Any, sched_ts: torch.Tensor) -> tuple[int, int]:
         """Loop indices ``k0 .. k1-1`` of ``sched_ts`` the stock loop steps through."""

@@ -4,6 +4,7 @@ output's dtype)."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -58,4 +59,13 @@ def _draws_at(scheduler: Any, timestep: torch.Tensor, eta: float | None) -> bool
     return bool(timestep > 0)
 
 
-FAMILY = OneTapFamily("DDPMScheduler", _ddpm, _draws_at, noise_dtype="model")
+def _as_stepped(scheduler: Any) -> Any:
+    """DDPM with ``timesteps=[...]`` leaves ``num_inference_steps`` unset although its step follows the list; the
+    coefficients follow the list as well (the next-smaller timestep), so a copy tells the extractor the count."""
+    if getattr(scheduler, "custom_timesteps", False) and getattr(scheduler, "num_inference_steps", None) is None:
+        scheduler = copy.copy(scheduler)
+        scheduler.num_inference_steps = len(scheduler.timesteps)
+    return scheduler
+
+
+FAMILY = OneTapFamily("DDPMScheduler", _ddpm, _draws_at, noise_dtype="model", as_stepped=_as_stepped)

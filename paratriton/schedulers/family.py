@@ -34,6 +34,8 @@ class OneTapFamily:
                           ``PREDICTION_TYPES``); False: the family fixes it (flow matching's velocity).
     counts_steps:         ``set_timesteps`` sets ``num_inference_steps``, which the operator reads (False: the
                           timesteps alone tell the loop).
+    as_stepped:           ``scheduler -> scheduler``: the running loop's scheduler as ``coefficients_from_scheduler``
+                          reads it (a copy where the loop's state says more than its fields; default: itself).
     """
 
     scheduler: str
@@ -44,6 +46,7 @@ class OneTapFamily:
     clipped_model_output: bool = False
     config_prediction: bool = True
     counts_steps: bool = True
+    as_stepped: Callable[[Any], Any] = lambda scheduler: scheduler
 
     def loop_eta(self, eta: float | None) -> float | None:
         """The ``eta`` the stock loop's ``step`` uses when the pipeline is given ``eta`` (None: not given): a float
