@@ -3,6 +3,9 @@ stock ``step`` loop it mirrors (which steps draw ``randn_tensor``, in which dtyp
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import diffusers
 import pytest
 import torch
@@ -78,3 +81,16 @@ def test_stock_draws_follow_the_stock_loop(name: str, config: dict, eta: float |
     draws, in_float32 = schedulers.stock_draws(sched, coeffs, sched.timesteps, eta)
     assert draws == [i for i, _ in drawn]
     assert {dtype for _, dtype in drawn} <= ({torch.float32} if in_float32 else {torch.float64})
+
+
+def test_every_traced_scheduler_has_a_parity_config() -> None:
+    """A facts row without a parity test against its stock loop is not supported: ``tests/test_multistep.py``'s
+    ``CONFIGS`` (each traced and stepped against the scheduler's own ``step()``) names every traced scheduler."""
+    tree = ast.parse((Path(__file__).parent / "test_multistep.py").read_text())
+    configs = next(
+        node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "CONFIGS" for t in node.targets)
+    )
+    named = {elt.elts[0].value for elt in configs.elts if isinstance(elt, ast.Tuple)}
+    assert set(schedulers.TRACED_SCHEDULERS) <= named
