@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from .schedulers.operator import _VECTORS, MultistepCoefficients
+from .schedulers.operator import _VECTORS, MultistepCoefficients, check_steps, host_values
 from .schedulers.traced import (
     _LINEAR_TOL,
     _PNDM_PRK_MIN,
@@ -11,16 +11,21 @@ from .schedulers.traced import (
     _TAP_TOL,
     _VE_SCHEDULERS,
     MULTISTEP_SCHEDULERS,
+    TRACED_SCHEDULERS,
+    _basis,
     _check_linear,
     _check_options,
     _final_level,
     _fit_taps,
+    _Float64Mode,
+    _options_text,
     _output_transforms,
     _posterior_std,
     _private_noise,
     _Probe,
     _probe,
     _run_loop,
+    _scalar_scale,
     _set_start,
     _state_level,
     _trace_rows,

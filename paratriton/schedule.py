@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from .schedulers import (
+    ONE_TAP_FAMILIES,
     ONE_TAP_SCHEDULERS,
     SUPPORTED_SCHEDULERS,
     TRACED_SCHEDULERS,
@@ -29,6 +30,8 @@ from .schedulers.prediction import (
     _vp_posterior_std,
 )
 from .schedulers.prediction import affine_prediction as _affine_prediction
+
+_EXTRACTORS = {name: family.coefficients for name, family in ONE_TAP_FAMILIES.items()}
 
 __all__ = [
     "StepOperator",
