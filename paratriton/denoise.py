@@ -26,9 +26,8 @@ from typing import Any
 
 import torch
 
-from .schedulers import coefficients_from_scheduler
+from .schedulers import coefficients_from_scheduler, draw_step_noise, stock_draws
 from .solvers import METHODS, SolveResult, solve
-from .step_noise import draw_step_noise, stock_draws
 
 __all__ = ["denoise", "LoopDenoiser"]
 

@@ -46,10 +46,16 @@ from tqdm.auto import tqdm
 from .. import _plan_cache
 from ..model import ClassifierFreeGuidance
 from ..planner import WindowChoice, _choice_from, choose_window, remembered
-from ..schedulers import TRACED_SCHEDULERS, SamplerCoefficients, coefficients_from_scheduler, one_tap_family
+from ..schedulers import (
+    TRACED_SCHEDULERS,
+    SamplerCoefficients,
+    coefficients_from_scheduler,
+    draw_step_noise,
+    one_tap_family,
+    stock_draws,
+)
 from ..schedulers.traced import multistep_from_scheduler
 from ..solvers import SolveResult, solve
-from ..step_noise import draw_step_noise, stock_draws
 from ._graphed import graphed_solvers
 from ._guards import check_no_stateful_hooks, model_fingerprint
 from ._options import pipeline_options
