@@ -7,8 +7,7 @@ x_0 = paratriton.denoise(model, scheduler, x_T, 100, generator=g, model_kwargs={
 """
 
 from .model import ClassifierFreeGuidance, Denoiser
-from .schedule import SamplerCoefficients, coefficients_from_scheduler
-from .multistep import MultistepCoefficients
+from .schedulers import MultistepCoefficients, SamplerCoefficients, coefficients_from_scheduler
 from .solvers import METHODS, IterationInfo, NonFiniteError, SolveResult, solve, solve_sequential
 from .denoise import denoise
 from .pipelines import parallelize, plan  # plan: pipelines planned there, denoisers by .planner

@@ -26,9 +26,8 @@ from typing import Any
 
 import torch
 
-from .schedule import coefficients_from_scheduler
+from .schedulers import coefficients_from_scheduler, draw_step_noise, stock_draws
 from .solvers import METHODS, SolveResult, solve
-from .step_noise import draw_step_noise, stock_draws
 
 __all__ = ["denoise", "LoopDenoiser"]
 
@@ -246,7 +245,7 @@ def denoise(
     """The sample of the loop ``for t in timesteps: x = scheduler.step(model(x, t, **model_kwargs), t, x,
     generator=generator).prev_sample`` started from ``x_T [B, *S]``, solved in parallel.
 
-    scheduler:  any scheduler of ``paratriton.schedule.SUPPORTED_SCHEDULERS`` (DDPM/DDIM with ``clip_sample`` or
+    scheduler:  any scheduler of ``paratriton.schedulers.SUPPORTED_SCHEDULERS`` (DDPM/DDIM with ``clip_sample`` or
                 ``thresholding`` included); it is copied, never changed.
     generator:  what the loop hands ``scheduler.step``: the step noise is drawn from it up front, in the loop's order
                 (after ``x_T``, which the caller drew).

@@ -28,7 +28,7 @@ import torch
 from . import _plan_cache
 from ._cuda_graph import capture, median_ms
 from .model import Denoiser
-from .schedule import SamplerCoefficients
+from .schedulers.operator import SamplerCoefficients
 from .solvers import solve
 from .solvers.engine import bucket_sizes
 from .solvers.graphed_sequential import GraphedSequential

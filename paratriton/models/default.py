@@ -334,7 +334,8 @@ class DigitsPipeline(_pipeline_base()):
     ):
         import paratriton
 
-        from ..schedule import check_steps
+        from ..schedulers import one_tap_family
+        from ..schedulers.operator import check_steps
 
         if output_type not in ("pil", "pt"):
             raise ValueError(f"output_type must be 'pil' or 'pt', got {output_type!r}")
@@ -344,7 +345,7 @@ class DigitsPipeline(_pipeline_base()):
         device = next(self.unet.parameters()).device
         x_T, noise = self.problem(B, T, generator, device=device)
         coeffs = paratriton.coefficients_from_scheduler(
-            scheduler, T, **({"eta": eta} if type(scheduler).__name__ == "DDIMScheduler" else {})
+            scheduler, T, **({"eta": eta} if getattr(one_tap_family(scheduler), "takes_eta", False) else {})
         )
         model = self.denoiser(coeffs, lab, guidance_scale)
         result = None

@@ -45,11 +45,17 @@ from tqdm.auto import tqdm
 
 from .. import _plan_cache
 from ..model import ClassifierFreeGuidance
-from ..multistep import multistep_from_scheduler
 from ..planner import WindowChoice, _choice_from, choose_window, remembered
-from ..schedule import TRACED_SCHEDULERS, SamplerCoefficients, coefficients_from_scheduler
+from ..schedulers import (
+    TRACED_SCHEDULERS,
+    SamplerCoefficients,
+    coefficients_from_scheduler,
+    draw_step_noise,
+    one_tap_family,
+    stock_draws,
+)
+from ..schedulers.traced import multistep_from_scheduler
 from ..solvers import SolveResult, solve
-from ..step_noise import draw_step_noise, stock_draws
 from ._graphed import graphed_solvers
 from ._guards import check_no_stateful_hooks, model_fingerprint
 from ._options import pipeline_options
@@ -473,12 +479,8 @@ class _ParallelCall:
         """The call's step operator; a traced (k-tap) one over the loop's own steps from ``start`` on."""
         if type(sched).__name__ in TRACED_SCHEDULERS:
             return multistep_from_scheduler(_traceable(sched), start=start)
-        if getattr(sched, "custom_timesteps", False) and getattr(sched, "num_inference_steps", None) is None:
-            # DDPM with timesteps=[...] leaves num_inference_steps unset although its step follows the list; the
-            # coefficients follow the list as well (the next-smaller timestep), so tell the extractor the count
-            sched = copy.copy(sched)
-            sched.num_inference_steps = len(sched.timesteps)
-        return coefficients_from_scheduler(sched, eta=eta)
+        family = one_tap_family(sched)  # e.g. DDPM with timesteps=[...]: the count its loop steps through
+        return coefficients_from_scheduler(sched if family is None else family.as_stepped(sched), eta=eta)
 
     def _loop_range(self, t_in: Any, sched_ts: torch.Tensor) -> tuple[int, int]:
         """Loop indices ``k0 .. k1-1`` of ``sched_ts`` the stock loop steps through."""
@@ -558,9 +560,8 @@ class _ParallelCall:
         sample_shape = tuple(x_in.shape[1:])
         x_dtype, device = x_in.dtype, x_in.device
 
-        eta = None
-        if type(sched).__name__ == "DDIMScheduler":
-            eta = float(self.call_args.get("eta", 0.0) or 0.0) if spec.step_eta else 0.0
+        family = one_tap_family(sched)  # a family whose step takes eta (DDIM): the call's, 0 where not handed over
+        eta = None if family is None else family.loop_eta(self.call_args.get("eta") if spec.step_eta else None)
         self.eta = eta
         sched_ts = sched.timesteps  # the order the stock loop visits: step i = T - 1 - k at loop index k
         T_full = len(sched_ts)

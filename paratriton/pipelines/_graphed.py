@@ -15,18 +15,22 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
-from ..schedule import SamplerCoefficients
+from ..schedulers.operator import SamplerCoefficients
 from ..solvers._common import IterationInfo, SolveResult
 from ..solvers.graphed_sequential import GraphedSequential
 from ..solvers.registry import make_solver
 from ._trees import clone_tree, tree_signature
 
-if TYPE_CHECKING:
-    from ._state import ParallelState
+
+class _GraphCache(Protocol):
+    """What ``graphed_solvers`` reads and writes of the pipeline's ``ParallelState`` (a protocol, so that this
+    module does not import ``_state``, which names ``GraphedSolvers``: no import circle, type-only ones included)."""
+
+    graphed: GraphedSolvers | None
 
 
 def _fingerprint(coeffs: SamplerCoefficients) -> tuple:
@@ -78,7 +82,7 @@ class GraphedSolvers:
 
 
 def graphed_solvers(
-    state: ParallelState,
+    state: _GraphCache,
     model_key: tuple,
     branches,
     guidance: tuple,

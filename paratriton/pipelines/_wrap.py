@@ -26,7 +26,7 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..schedule import SUPPORTED_SCHEDULERS
+from ..schedulers import SUPPORTED_SCHEDULERS
 from ..solvers import SolveResult
 from ._call import _ParallelCall
 from ._guards import check_diffusers_version
@@ -156,9 +156,9 @@ def parallelize(pipe: DiffusionPipeline, method: str = "taa", **options: Any) ->
 
     pipe:     one of ``paratriton.pipelines.SUPPORTED_PIPELINES`` (Stable Diffusion, SDXL and their img2img and
               inpainting pipelines, SD3, PixArt-alpha, DiT, Flux, DDPM, DDIM), or a subclass of one that does not
-              override ``__call__``, whose scheduler is one of ``paratriton.schedule.SUPPORTED_SCHEDULERS``:
+              override ``__call__``, whose scheduler is one of ``paratriton.schedulers.SUPPORTED_SCHEDULERS``:
               DDIM, DDPM, flow-match Euler (one-tap) and, traced into k-tap operators
-              (``paratriton.multistep``), Euler, Euler ancestral, DPM-Solver(++) multistep (SDE variants
+              (``paratriton.schedulers.traced``), Euler, Euler ancestral, DPM-Solver(++) multistep (SDE variants
               included), UniPC, Heun, PNDM, LMS and DEIS; no clip_sample/thresholding. Heun and PNDM's
               Runge-Kutta warm-up solve one step per network call (``T = len(scheduler.timesteps)``); the
               stochastic ones (Euler ancestral, SDE-DPM-Solver) draw their step noise up front in the stock order.

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..model import Denoiser
-from ..schedule import SamplerCoefficients
+from ..schedulers.operator import SamplerCoefficients
 from ._common import IterationInfo, NonFiniteError, SolveResult
 from .engine import Engine
 from .registry import METHODS, REGISTRY, WINDOWED_METHODS, graphed_solver, make_solver, method_spec

@@ -28,7 +28,7 @@ import torch
 
 from .._cuda_graph import NestedCUDAGraphError, capture, warn_nested_graphs
 from ..model import Denoiser
-from ..schedule import SamplerCoefficients, coefficient_versions
+from ..schedulers.operator import SamplerCoefficients, coefficient_versions
 from ._common import (
     MODEL_INPUT_BOUND,
     IterationInfo,
@@ -194,7 +194,7 @@ class Engine:
     def _model_out(self, xin: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """The model term of steps ``idx`` from their inputs ``xin [H, B, D]``: the raw output for one-tap
         operators; for multistep ones the tap output ``M_i = output_scale_i m(input_scale_i x_{i+1}) +
-        output_mix_i x_{i+1}`` (``multistep.py``), in the state dtype."""
+        output_mix_i x_{i+1}`` (``schedulers/operator.py``), in the state dtype."""
         s = self._s
         if s["taps"] is None:
             return s["call"](xin, idx)

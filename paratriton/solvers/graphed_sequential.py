@@ -9,7 +9,7 @@ import torch
 
 from .._cuda_graph import NestedCUDAGraphError, capture, warn_nested_graphs
 from ..model import Denoiser
-from ..schedule import StepOperator
+from ..schedulers.operator import StepOperator
 from ._common import ModelCaller, NonFiniteError, SolveResult, check_problem
 from .sequential import diagnose_step, first_bad_step, one_tap_view
 

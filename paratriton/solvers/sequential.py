@@ -1,7 +1,7 @@
 """The sequential sampler: the ground truth every parallel solver must reproduce.
 
 It steps any ``StepOperator``: the one-tap ``SamplerCoefficients`` and the k-tap
-``paratriton.multistep.MultistepCoefficients`` alike. Per step ``i = T-1 .. 0``::
+``paratriton.schedulers.MultistepCoefficients`` alike. Per step ``i = T-1 .. 0``::
 
     m_i = model(input_scale_i * x_{i+1}, i)                  (coeffs.model_input)
     M_i = output_scale_i * m_i + output_mix_i * x_{i+1}      (coeffs.tap_output; M_i = m_i for one-tap operators)
@@ -16,28 +16,8 @@ from typing import Callable
 import torch
 
 from ..model import Denoiser
-from ..schedule import SamplerCoefficients, StepOperator
+from ..schedulers.operator import StepOperator, one_tap_view
 from ._common import IterationInfo, ModelCaller, NonFiniteError, SolveResult, check_problem
-
-
-def one_tap_view(coeffs: StepOperator) -> SamplerCoefficients:
-    """``coeffs`` itself if one-tap ``SamplerCoefficients``, else a one-tap stand-in with the same ``T``, ``a``,
-    ``c``, ``posterior_std`` and levels (``b`` = the own-output weight ``b[:, 0]``) for the shared input checks."""
-    if isinstance(coeffs, SamplerCoefficients):
-        return coeffs
-    if not isinstance(coeffs, StepOperator) or not hasattr(coeffs, "b"):
-        raise TypeError(f"coeffs must be a StepOperator (SamplerCoefficients, MultistepCoefficients), got {coeffs!r}")
-    b = coeffs.b[:, 0] if coeffs.b.ndim == 2 else coeffs.b
-    return SamplerCoefficients(
-        coeffs.a,
-        b,
-        coeffs.c,
-        coeffs.posterior_std,
-        coeffs.timesteps,
-        coeffs.signal_scale,
-        coeffs.noise_scale,
-        coeffs.prediction_type,
-    )
 
 
 def diagnose_step(

@@ -4,7 +4,7 @@ The ``T`` fine steps are any ``StepOperator``: ``x_i = a_i x_{i+1} + sum_{j<k} b
 the model called as ``m_i = m(s_i x_{i+1}, i)`` and the tap output ``M_i = u_i m_i + v_i x_{i+1}`` (``s``: the
 input scale, ``u, v``: ``output_scale, output_mix``). One-tap samplers (DDIM, DDPM, flow-match Euler) have ``k = 1``,
 ``s = u = 1``, ``v = 0``: ``x_i = a_i x_{i+1} + b_i m(x_{i+1}, i) + c_i xi_i``. The multistep operators of
-``paratriton.multistep`` (DPM-Solver++, UniPC, PNDM, Heun, LMS, DEIS, Euler ...) read the outputs of up to ``k - 1``
+``schedulers.traced`` (DPM-Solver++, UniPC, PNDM, Heun, LMS, DEIS, Euler ...) read the outputs of up to ``k - 1``
 earlier steps as well; their per-step order (warm-up, ``lower_order_final``) is in ``b`` by *global* step, so
 nothing below depends on where a block starts. The steps are cut into ``K`` blocks of ``S = T / K`` steps. Block
 ``q`` (``q = K-1`` is the first, noisiest one) runs steps ``i = h-1 .. l`` (``h = (q+1)S``, ``l = qS``): it maps
@@ -20,7 +20,7 @@ Fine solver ``F_q(X, H)``: the ``S`` exact sampler steps of block ``q`` from ``X
 Coarse solver ``G_q(X)`` (one model call; it carries the state only, no history): "the same sampler with the
 block's first timestep jumping across the whole block". Evaluate the model once at the block start with the
 block's first step index ``h - 1``, form the clean-sample estimate ``x0_hat = p_{h-1} s_{h-1} X + q_{h-1} m(s_{h-1}
-X, h-1)`` (``p, q`` from the prediction type and the model input's level, as in ``schedule.py``), hold ``x0_hat``
+X, h-1)`` (``p, q`` from the prediction type and the model input's level: ``x0_prediction``), hold ``x0_hat``
 fixed over the block and unroll the recursion. Each tap output rewritten in ``x0_hat`` (substitute ``m_n =
 (x0_hat - p_n s_n x_{n+1}) / q_n``) is ``M_n = w_n x_{n+1} + z_n x0_hat`` with ``w_n = v_n - u_n p_n s_n / q_n``,
 ``z_n = u_n / q_n`` (data-prediction taps: ``M_n = x0_hat``); a tap above the block's start reads the block's
@@ -119,7 +119,8 @@ from typing import Callable
 import torch
 
 from ..model import Denoiser
-from ..schedule import StepOperator, _affine_prediction
+from ..schedulers.operator import StepOperator
+from ..schedulers.prediction import x0_prediction
 from ._common import (
     IterationInfo,
     ModelCaller,
@@ -231,17 +232,6 @@ def _tap_form(coeffs: StepOperator) -> tuple[torch.Tensor, ...]:
     )
 
 
-def _x0_parametrisation(coeffs: StepOperator) -> tuple[torch.Tensor, torch.Tensor]:
-    """``p, q [T]`` with ``x0_hat = p_i z_i + q_i m_i`` for the model input ``z_i = s_i x_{i+1}`` at its level
-    (float64, CPU)."""
-    alpha = coeffs.signal_scale.to("cpu", torch.float64)
-    sigma = coeffs.noise_scale.to("cpu", torch.float64)
-    if coeffs.prediction_type == "flow":  # z = alpha x0 + sigma eps with v = eps - x0: z = (alpha + sigma) x0 + sigma v
-        return 1 / (alpha + sigma), -sigma / (alpha + sigma)
-    p, q, _, _ = _affine_prediction(coeffs.prediction_type, alpha, sigma)
-    return p, q
-
-
 def _frozen_steps(coeffs: StepOperator) -> tuple[torch.Tensor, ...]:
     """Each tap output written in a frozen quantity ``F``: ``M_n = w_n x_{n+1} + z_n F``, where ``F = f_n x_{n+1} +
     g_n m_n`` is what the block's first evaluation gives (all ``[T]``, float64, CPU).
@@ -251,7 +241,7 @@ def _frozen_steps(coeffs: StepOperator) -> tuple[torch.Tensor, ...]:
     (``w = 0``, ``z = 1``, ``f = v``, ``g = u``).
     """
     _, _, _, s, u, v = _tap_form(coeffs)
-    p, q = _x0_parametrisation(coeffs)
+    p, q = x0_prediction(coeffs)
     if bool(torch.isfinite(p).all() and torch.isfinite(q).all() and (q.abs() > 1e-12).all()):
         return v - u * p * s / q, u / q, p * s, q
     return torch.zeros_like(u), torch.ones_like(u), v, u

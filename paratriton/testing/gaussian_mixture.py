@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..schedule import SamplerCoefficients, StepOperator
+from ..schedulers.operator import SamplerCoefficients, StepOperator
 
 
 class GaussianMixture:
