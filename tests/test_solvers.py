@@ -188,7 +188,7 @@ def test_guidance_rescale_matches_diffusers():
 
 
 def test_default_tolerance_scales_with_the_number_of_steps():
-    from paratriton.solvers._common import default_tol_abs
+    from paratriton.solvers.tolerance import default_tol_abs
 
     assert default_tol_abs(50) == default_tol_abs(100) == 1e-3
     assert abs(default_tol_abs(1000) - 1e-4) < 1e-18

@@ -15,18 +15,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from ..schedule import SamplerCoefficients
-from ..solvers._common import IterationInfo, SolveResult
+from ..solvers import IterationInfo, SolveResult
 from ..solvers.graphed_sequential import GraphedSequential
 from ..solvers.registry import make_solver
 from ._trees import clone_tree, tree_signature
-
-if TYPE_CHECKING:
-    from ._state import ParallelState
 
 
 def _fingerprint(coeffs: SamplerCoefficients) -> tuple:
@@ -77,8 +74,14 @@ class GraphedSolvers:
         return dataclasses.replace(res, sample=traj[0], trajectory=traj)
 
 
+class HoldsGraphed(Protocol):
+    """Where the cached solvers live between calls (``_state.ParallelState``, which imports this module)."""
+
+    graphed: GraphedSolvers | None
+
+
 def graphed_solvers(
-    state: ParallelState,
+    state: HoldsGraphed,
     model_key: tuple,
     branches,
     guidance: tuple,

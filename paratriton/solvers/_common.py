@@ -11,7 +11,7 @@ from typing import Iterator
 import torch
 
 from ..model import Denoiser
-from ..schedule import SamplerCoefficients
+from ..schedule import SamplerCoefficients, StepOperator
 from .tolerance import check_exclusive
 
 
@@ -149,19 +149,6 @@ def _check_positive(name: str, value) -> float:
     return value
 
 
-DEFAULT_TOL_PER_100_STEPS = 1e-3
-
-
-def default_tol_abs(num_steps: int) -> float:
-    """The default per-step tolerance: 1e-3 for up to 100 steps, ``1e-3 * 100 / T`` beyond.
-
-    Per-step residuals add up along the trajectory, so a fixed per-step tolerance lets the error of the final
-    sample grow with ``T`` (at T = 1000 a per-step 1e-3 left the default model's sample 11 dB from the sequential
-    one while every step reported convergence); scaling by ``1/T`` keeps the accumulated bound constant.
-    """
-    return DEFAULT_TOL_PER_100_STEPS * min(1.0, 100.0 / num_steps)
-
-
 def set_common_options(
     solver,
     tol: float | None,
@@ -269,6 +256,62 @@ def check_problem(
                 "is bad, not the model); the sampler stopped before any model call"
             )
     check_coefficients_finite(coeffs)
+
+
+def one_tap_view(coeffs: StepOperator) -> SamplerCoefficients:
+    """``coeffs`` itself if one-tap ``SamplerCoefficients``, else a one-tap stand-in with the same ``T``, ``a``,
+    ``c``, ``posterior_std`` and levels (``b`` = the own-output weight ``b[:, 0]``) for the shared input checks."""
+    if isinstance(coeffs, SamplerCoefficients):
+        return coeffs
+    if not isinstance(coeffs, StepOperator) or not hasattr(coeffs, "b"):
+        raise TypeError(f"coeffs must be a StepOperator (SamplerCoefficients, MultistepCoefficients), got {coeffs!r}")
+    b = coeffs.b[:, 0] if coeffs.b.ndim == 2 else coeffs.b
+    return SamplerCoefficients(
+        coeffs.a,
+        b,
+        coeffs.c,
+        coeffs.posterior_std,
+        coeffs.timesteps,
+        coeffs.signal_scale,
+        coeffs.noise_scale,
+        coeffs.prediction_type,
+    )
+
+
+def diagnose_step(
+    i: int,
+    iteration: int,
+    x_next: torch.Tensor,
+    out: torch.Tensor,
+    noise_i: torch.Tensor | None,
+    coeffs: StepOperator,
+    x_i: torch.Tensor | None = None,
+) -> NonFiniteError:
+    """The error for step ``i`` whose state ``x_i`` (or model output) is NaN/inf: names the step, the iteration and
+    which input was non-finite (the model's input state, the model output, the noise or the coefficients)."""
+    where = f"at step(s) [{i}] in iteration {iteration}"
+    tail = "; the sampler stopped and returns no image"
+    if not bool(torch.isfinite(x_next).all()):
+        return NonFiniteError(f"the state x_{i + 1} (the model's input) is NaN/inf {where}{tail}")
+    if not bool(torch.isfinite(out).all()):
+        return NonFiniteError(f"the model output is NaN/inf {where} (its input was finite){tail}")
+    if noise_i is not None and not bool(torch.isfinite(noise_i).all()):
+        return NonFiniteError(f"the noise is NaN/inf {where}{tail}")
+    bad = [n for n in ("a", "b", "c") if not bool(torch.isfinite(getattr(coeffs, n)[i]).all())]
+    if bad:
+        return NonFiniteError(f"the coefficients {bad} are NaN/inf {where}{tail}")
+    big = x_i.abs().max().item() if x_i is not None and bool(torch.isfinite(x_i).all()) else float("inf")
+    return NonFiniteError(
+        f"the state x_{i} overflowed (max |x| = {big:.3g}) {where}: a_i x_(i+1) + b_i m + c_i xi "
+        f"is not finite in {x_next.dtype} although the model output, the noise and the "
+        f"coefficients were finite (the model output reached {out.abs().max().item():.3g}){tail}"
+    )
+
+
+def first_bad_step(x: torch.Tensor, T: int) -> int | None:
+    """The first step in sampling order (the highest ``i < T``) whose state in ``x [T+1, B, D]`` is NaN/inf."""
+    bad = (~torch.isfinite(x[:T])).flatten(1).any(1).nonzero().flatten()
+    return int(bad.max()) if bad.numel() else None
 
 
 # Iterates of early parallel iterations can be far off the data manifold (order-k weights amplify errors); clamping

@@ -37,9 +37,9 @@ from ._common import (
     SolveResult,
     check_problem,
     exclusive,
+    one_tap_view,
 )
 from .rules import KERNELS, AndersonRule, FixedPointRule, WindowView
-from .sequential import one_tap_view
 from .tolerance import (
     FLOOR_PROBES,
     FLOOR_ROUNDINGS,

@@ -128,9 +128,9 @@ from ._common import (
     _check_int,
     check_problem,
     exclusive,
+    one_tap_view,
     set_common_options,
 )
-from .sequential import one_tap_view
 from .tolerance import sample_tolerance
 
 __all__ = [
