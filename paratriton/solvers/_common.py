@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Protocol, runtime_checkable
 
 import torch
 
 from ..model import Denoiser
 from ..schedule import SamplerCoefficients, StepOperator
-from .tolerance import check_exclusive
+from .tolerance import Tolerance
 
 
 class NonFiniteError(FloatingPointError):
@@ -63,6 +62,28 @@ class SolveResult:
     probe_calls: int = 0
     error_bound: float | None = None
     amplification: float = 1.0
+
+
+@runtime_checkable
+class Solver(Protocol):
+    """What ``make_solver(method, ...)`` returns and ``solve`` runs: the one signature every method's solver has
+    (``Engine``, ``SequentialSolver``, ``SRDS``, ``SRDSPipelined``).
+
+    model:  ``model(x [N, *S], step_index [N]) -> [N, *S]`` (``paratriton.model``)
+    coeffs: a ``StepOperator`` (``T`` steps; the windowed engine takes ``SamplerCoefficients`` and multistep ones)
+    x_T:    ``[B, *S]``; noise: ``[T, B, *S]`` pre-drawn step noise or None; init: a warm start ``[T(+1), B, *S]``
+    """
+
+    method: str
+
+    def solve(
+        self,
+        model: Denoiser,
+        coeffs: StepOperator,
+        x_T: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        init: torch.Tensor | None = None,
+    ) -> SolveResult: ...
 
 
 class IterationInfo:
@@ -142,27 +163,15 @@ def _check_int(name: str, value, lo: int, hi: int | None = None) -> int:
     return value
 
 
-def _check_positive(name: str, value) -> float:
-    value = float(value)
-    if not (value > 0) or math.isinf(value):
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
-    return value
-
-
 def set_common_options(
     solver,
-    tol: float | None,
-    tol_abs: float | None,
-    tol_rel: float | None,
+    tolerance: Tolerance,
     max_iters: int | None,
     state_dtype: torch.dtype,
     callback,
 ) -> None:
-    """Validate and set the options every solver shares (tolerances: ``tolerance.step_thresholds``)."""
-    solver.tol = None if tol is None else _check_positive("tol", tol)
-    solver.tol_abs = None if tol_abs is None else _check_positive("tol_abs", tol_abs)
-    solver.tol_rel = None if tol_rel is None else _check_positive("tol_rel", tol_rel)
-    check_exclusive(solver.tol, solver.tol_abs, solver.tol_rel)
+    """Validate and set the options every solver shares (the tolerance is validated where it is made)."""
+    solver.tolerance = tolerance
     solver.max_iters = None if max_iters is None else _check_int("max_iters", max_iters, 1)
     if state_dtype not in (torch.float64, torch.float32):
         raise ValueError(f"state_dtype must be torch.float64 or torch.float32, got {state_dtype}")

@@ -39,7 +39,7 @@ from ._common import (
     exclusive,
     one_tap_view,
 )
-from .rules import KERNELS, AndersonRule, FixedPointRule, WindowView
+from .rules import KERNELS, Rule, WindowView
 from .tolerance import (
     FLOOR_PROBES,
     FLOOR_ROUNDINGS,
@@ -50,9 +50,8 @@ from .tolerance import (
     SMOOTH_FRACTION,
     STALL_ITERS,
     STALL_ROUNDINGS,
+    Tolerance,
     amplification,
-    step_thresholds,
-    target_tol,
     unit_roundoff,
     warn_precision_floor,
 )
@@ -68,10 +67,9 @@ class Engine:
 
     rule:       ``FixedPointRule`` or ``AndersonRule`` (``registry.py`` builds them from method names).
     window:     None (all ``T`` steps) or a sliding window of ``W`` steps.
-    tol:        target RMS distance of the sample to the sequential sample (default ``DEFAULT_TOL``), mapped onto
-                per-step residual thresholds (``tolerance.py``); a low-precision model's rounding floor raises them.
-    tol_abs, tol_rel: the expert per-step form instead: step ``i`` converged when ``RMS(r_i) <= max(tol_abs,
-                tol_rel * posterior_std_i)``.
+    tolerance:  a ``Tolerance`` (default: ``tol = DEFAULT_TOL``): the target RMS distance of the sample to the
+                sequential sample, mapped onto per-step residual thresholds (``tolerance.py``; a low-precision
+                model's rounding floor raises them), or the expert per-step ``tol_abs``/``tol_rel``.
     state_dtype: float32 or float64 (None: float32 on CUDA, float64 elsewhere).
     cuda_graph: the graphed schedule: each window size captured once (on CUDA; the model must be capturable),
                 ``iters_per_sync`` iterations per host read. Off CUDA the same static program runs uncaptured.
@@ -80,13 +78,11 @@ class Engine:
 
     def __init__(
         self,
-        rule: FixedPointRule | AndersonRule,
+        rule: Rule,
         *,
         method: str,
         window: int | None = None,
-        tol: float | None = None,
-        tol_abs: float | None = None,
-        tol_rel: float | None = None,
+        tolerance: Tolerance | None = None,
         max_iters: int | None = None,
         state_dtype: torch.dtype | None = None,
         callback: Callable[[IterationInfo], None] | None = None,
@@ -96,7 +92,8 @@ class Engine:
         backend: str = "auto",
     ) -> None:
         self.rule, self.method, self.window = rule, method, window
-        self.tol, self.tol_abs, self.tol_rel, self.max_iters = tol, tol_abs, tol_rel, max_iters
+        self.tolerance = Tolerance() if tolerance is None else tolerance
+        self.max_iters = max_iters
         self.state_dtype, self.callback = state_dtype, callback
         self.cuda_graph, self.buckets, self.iters_per_sync = cuda_graph, buckets, iters_per_sync
         self.backend = backend
@@ -223,8 +220,8 @@ class Engine:
         bk = b.contiguous()
         if multistep:  # the kernels see the drift g = sum_j b[i, j] M_{i+j} with unit weights (``_stencil``)
             b = torch.ones(T, dtype=dt, device=dev)
-        thr = step_thresholds(coeffs, self.tol, self.tol_abs, self.tol_rel).to(dev, dt)
-        tol = target_tol(self.tol, self.tol_abs, self.tol_rel)  # None in the expert per-step form
+        thr = self.tolerance.step_thresholds(coeffs).to(dev, dt)
+        tol = self.tolerance.target  # None in the expert per-step form
         measure = tol is not None  # the sample test measures gains
         self._s = dict(
             T=T,
@@ -620,7 +617,7 @@ class Engine:
             result.precision_limited = True
             result.precision_floor = float((s["geff"].to("cpu", torch.float64) * floor).sum())
             expert = s["tol"] is None
-            tol = f"tol_abs={self.tol_abs}, tol_rel={self.tol_rel}" if expert else f"tol={s['tol']:g}"
+            tol = self.tolerance.text()
             # a bf16/fp16 model: converged means within the tolerance asked for, not within the floor; only where
             # the residuals meet the user's own thresholds (the sum test: the bound within tol) does the run count.
             # (A float32 model whose roughness bound, e.g. TF32 kernels, keeps converged: its floor is the level at

@@ -7,13 +7,13 @@ entry here.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
-from .tolerance import check_exclusive
+from ._common import Solver
+from .tolerance import TOLERANCE_OPTIONS, Tolerance, positive_number
 
 
 @dataclass(frozen=True)
@@ -58,14 +58,7 @@ class Option:
             if value < self.lo or (self.hi is not None and value > self.hi):
                 raise bad
         elif self.kind == "float":
-            if isinstance(value, bool):  # True would read as 1.0
-                raise TypeError(f"{self.name} must be {allowed}, got bool {value!r}")
-            try:
-                value = float(value)
-            except (TypeError, ValueError):
-                raise TypeError(f"{self.name} must be {allowed}, got {type(value).__name__} {value!r}") from None
-            if not (value > 0) or math.isinf(value):
-                raise bad
+            value = positive_number(self.name, value, allowed)
         elif self.kind == "bool":
             if not isinstance(value, (bool, int)) or value not in (0, 1):
                 raise bad
@@ -161,25 +154,30 @@ class MethodSpec:
     summary: str
     options: tuple[Option, ...]
     windowed: bool  # runs on the engine: sliding windows, CUDA graphs, sharding
-    build: Callable[[dict], Any] = field(repr=False)
+    build: Callable[[dict], Solver] = field(repr=False)
 
     @property
     def option_names(self) -> tuple[str, ...]:
         return tuple(o.name for o in self.options)
 
     def check_options(self, options: dict) -> dict:
-        """All options with defaults filled in, validated; unknown names raise ``TypeError`` naming them."""
+        """All options with defaults filled in, validated; unknown names raise ``TypeError`` naming them.
+        ``tol``/``tol_abs``/``tol_rel`` come back as one ``tolerance`` (a ``Tolerance``, validated there)."""
         unknown = sorted(set(options) - set(self.option_names))
         if unknown:
             raise TypeError(
                 f"options {unknown} do not apply to method={self.name!r}; its options are {list(self.option_names)}"
             )
-        checked = {o.name: o.check(options.get(o.name, o.default)) for o in self.options}
-        check_exclusive(checked.get("tol"), checked.get("tol_abs"), checked.get("tol_rel"))
+        checked: dict[str, Any] = {}
+        for o in self.options:
+            if o.name not in TOLERANCE_OPTIONS:
+                checked[o.name] = o.check(options.get(o.name, o.default))
+            elif "tolerance" not in checked:  # the three made into one value, validated there (in option order)
+                checked["tolerance"] = Tolerance(*(options.get(n) for n in TOLERANCE_OPTIONS))
         return checked
 
-    def make(self, **options: Any) -> Any:
-        """Build the solver (an object with ``.solve(model, coeffs, x_T, noise, init=None)``)."""
+    def make(self, **options: Any) -> Solver:
+        """Build the solver (a ``Solver``: ``.solve(model, coeffs, x_T, noise, init=None)``)."""
         return self.build(self.check_options(options))
 
 
@@ -191,9 +189,7 @@ def _engine(method: str, rule_of: Callable[[dict], Any]) -> Callable[[dict], Any
             k: o[k]
             for k in (
                 "window",
-                "tol",
-                "tol_abs",
-                "tol_rel",
+                "tolerance",
                 "max_iters",
                 "state_dtype",
                 "callback",
@@ -310,11 +306,11 @@ def method_spec(method: str) -> MethodSpec:
     return spec
 
 
-def make_solver(method: str, **options: Any) -> Any:
+def make_solver(method: str, **options: Any) -> Solver:
     """The solver of ``method`` with ``options`` (validated against the registry)."""
     return method_spec(method).make(**options)
 
 
-def graphed_solver(method: str = "taa", **options: Any) -> Any:
+def graphed_solver(method: str = "taa", **options: Any) -> Solver:
     """``make_solver(method, cuda_graph=True, ...)``: the engine's graphed schedule (captured on CUDA)."""
     return make_solver(method, **{"cuda_graph": True, **options})
