@@ -18,8 +18,13 @@ from .tolerance import TOLERANCE_OPTIONS, Tolerance, positive_number
 
 @dataclass(frozen=True)
 class Option:
-    """One solver option: ``kind`` is "int", "float", "bool", "dtype" or "callable"; ``lo``/``hi`` bound numbers
-    (inclusive); ``none_ok``: None is allowed (and means ``default`` is computed at solve time)."""
+    """One solver option: ``kind`` is "int", "float", "bool", "dtype", "choice" or "callable"; ``lo``/``hi`` bound
+    numbers (inclusive); ``none_ok``: None is allowed (and means ``default`` is computed at solve time).
+
+    key:   its key in the command line's ``--methods NAME:KEY=N`` (``python -m paratriton``); None: not settable there
+    steps: how an int relates to the number of steps ``T``, which only the solve knows: "at_most" (a value above
+           ``T`` acts as ``T``; the command line asks for ``lo..T``) or "divides" (it must divide ``T``)
+    """
 
     name: str
     kind: str
@@ -29,6 +34,8 @@ class Option:
     hi: float | None = None
     none_ok: bool = False
     choices: tuple = ()
+    key: str | None = None
+    steps: str | None = None
 
     def range_text(self) -> str:
         if self.kind == "int":
@@ -98,14 +105,16 @@ _TOL = (
         "expert: per-step threshold relative to the step's posterior std instead of tol (None with tol_abs set: 1e-3)",
         none_ok=True,
     ),
-    Option("max_iters", "int", None, "stop after this many iterations (None: at most T)", lo=1, none_ok=True),
+    Option("max_iters", "int", None, "stop after this many iterations (None: at most T)", lo=1, none_ok=True, key="it"),
 )
 _RUN = (
     Option("state_dtype", "dtype", None, "state precision (None: float32 on CUDA, float64 elsewhere)", none_ok=True),
     Option("callback", "callable", None, "callback(IterationInfo) after every iteration", none_ok=True),
 )
 _ENGINE = (
-    Option("window", "int", None, "steps updated per iteration (None: all T)", lo=1, none_ok=True),
+    Option(
+        "window", "int", None, "steps updated per iteration (None: all T)", lo=1, none_ok=True, key="w", steps="at_most"
+    ),
     *_TOL,
     *_RUN,
     Option("cuda_graph", "bool", False, "capture each iteration into a CUDA graph (CUDA only)"),
@@ -119,7 +128,16 @@ _ENGINE = (
         choices=("auto", "reference"),
     ),
 )
-_ORDER = Option("order", "int", None, "k of the order-k equations (None: the whole window)", lo=1, none_ok=True)
+_ORDER = Option(
+    "order",
+    "int",
+    None,
+    "k of the order-k equations (None: the whole window)",
+    lo=1,
+    none_ok=True,
+    key="k",
+    steps="at_most",
+)
 _ANDERSON = (
     Option(
         "base",
@@ -129,7 +147,16 @@ _ANDERSON = (
         "sweep) or 'order' (the order-k equations' affine weights, the ParaTAA paper's)",
         choices=("picard", "order"),
     ),
-    Option("order", "int", None, "k of the band of the base map's sums (None: the whole window)", lo=1, none_ok=True),
+    Option(
+        "order",
+        "int",
+        None,
+        "k of the band of the base map's sums (None: the whole window)",
+        lo=1,
+        none_ok=True,
+        key="k",
+        steps="at_most",
+    ),
     Option(
         "history",
         "int",
@@ -138,6 +165,7 @@ _ANDERSON = (
         lo=1,
         hi=8,
         none_ok=True,
+        key="h",
     ),
     Option("ridge", "float", 1e-3, "relative ridge of the least squares"),
     Option(
@@ -248,7 +276,16 @@ def _srds(pipelined: bool):
 
 
 _SRDS_OPTIONS = (
-    Option("blocks", "int", None, "Parareal blocks K, a divisor of T (None: closest to sqrt(T))", lo=1, none_ok=True),
+    Option(
+        "blocks",
+        "int",
+        None,
+        "Parareal blocks K, a divisor of T (None: closest to sqrt(T))",
+        lo=1,
+        none_ok=True,
+        key="blocks",
+        steps="divides",
+    ),
     *_TOL,
     *_RUN,
 )
