@@ -13,6 +13,10 @@ from typing import Any, Callable
 import torch
 
 from ._common import Solver
+from .engine import Engine
+from .rules import AndersonRule, FixedPointRule, Rule
+from .sequential import SequentialSolver
+from .srds import SRDS, SRDSPipelined
 from .tolerance import TOLERANCE_OPTIONS, Tolerance, positive_number
 
 
@@ -209,10 +213,8 @@ class MethodSpec:
         return self.build(self.check_options(options))
 
 
-def _engine(method: str, rule_of: Callable[[dict], Any]) -> Callable[[dict], Any]:
-    def build(o: dict):
-        from .engine import Engine
-
+def _engine(method: str, rule_of: Callable[[dict], Rule]) -> Callable[[dict], Solver]:
+    def build(o: dict) -> Engine:
         kw = {
             k: o[k]
             for k in (
@@ -232,22 +234,16 @@ def _engine(method: str, rule_of: Callable[[dict], Any]) -> Callable[[dict], Any
     return build
 
 
-def _fp_rule(o):
-    from .rules import FixedPointRule
-
+def _fp_rule(o: dict) -> Rule:
     return FixedPointRule(order=o["order"])
 
 
-def _picard_rule(o):
-    from .rules import FixedPointRule
-
+def _picard_rule(o: dict) -> Rule:
     return FixedPointRule(order=None, unit_weights=True)
 
 
-def _anderson_rule(triangular: bool):
-    def rule(o):
-        from .rules import AndersonRule
-
+def _anderson_rule(triangular: bool) -> Callable[[dict], Rule]:
+    def rule(o: dict) -> Rule:
         return AndersonRule(
             order=o["order"],
             unit_weights=o["base"] == "picard",
@@ -260,16 +256,12 @@ def _anderson_rule(triangular: bool):
     return rule
 
 
-def _sequential(o: dict):
-    from .sequential import SequentialSolver
-
+def _sequential(o: dict) -> Solver:
     return SequentialSolver(**o)
 
 
-def _srds(pipelined: bool):
-    def build(o: dict):
-        from .srds import SRDS, SRDSPipelined
-
+def _srds(pipelined: bool) -> Callable[[dict], Solver]:
+    def build(o: dict) -> Solver:
         return (SRDSPipelined if pipelined else SRDS)(**o)
 
     return build
