@@ -62,11 +62,11 @@ def solver_ms(method: str, T: int, B: int, D: int, history: int, dev: torch.devi
     graph, s = eng._graphs[T, 1], eng._s
 
     def replay():
-        s["F"].fill_(T)
-        s["n_it"].zero_()
+        s.F.fill_(T)
+        s.n_it.zero_()
         graph.replay()
 
-    base = median_ms(lambda: (s["F"].fill_(T), s["n_it"].zero_()), reps=50)
+    base = median_ms(lambda: (s.F.fill_(T), s.n_it.zero_()), reps=50)
     return max(0.0, median_ms(replay, reps=50) - base)
 
 

@@ -20,6 +20,9 @@ import time
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .solvers.registry import REGISTRY, Option
+from .solvers.tolerance import Tolerance
+
 # ---------------------------------------------------------------------------------------------------------------
 # the job
 # ---------------------------------------------------------------------------------------------------------------
@@ -320,50 +323,67 @@ MAX_STEPS = 1000  # the shipped models' and the Gaussian mixture's num_train_tim
 # diffusers, and a bad command line must fail fast)
 NUM_CLASSES = {"digits": 10, "dit-crops": 16}
 MODEL_ALIASES = {"default": "digits"}  # the old name of the digits model
-MAX_HISTORY = 8  # the solvers' history option: 1..8
 DEFAULT_METHODS = ["taa", "fp", "picard"]  # CUDA (or --full)
 CPU_METHODS = ["taa"]
 DEFAULT_TOL = 1e-3
 DEFAULT_HISTORY = None  # the solver's: 2 secant pairs for one trajectory, 1 for a batch (issue 23)
-
-# key after the colon -> (solver option, what it is)
-OPTION_KEYS = {
-    "w": ("window", "steps updated per iteration, 1..T"),
-    "k": ("order", "order of the order-k equations, 1..T"),
-    "h": ("history", "Anderson history (secant pairs), >= 1"),
-    "it": ("max_iters", "iteration cap, >= 1"),
-    "blocks": ("blocks", "SRDS blocks, a divisor of T"),
-}
-# method -> the option keys it takes (and whether the common tolerance / window / history flags apply)
-METHOD_KEYS = {
-    "sequential": (),
-    "fp": ("w", "k", "it"),
-    "picard": ("w", "it"),
-    "aa": ("w", "k", "h", "it"),
-    "taa": ("w", "k", "h", "it"),
-    "srds": ("blocks", "it"),
-    "srds_pipelined": ("blocks", "it"),
-}
 BASELINES = ("fp", "picard", "aa")  # capped by --max-iters-baselines
-METHOD_HELP = {
-    "sequential": "the sequential sampler (always run: the reference of every PSNR and speedup)",
-    "fp": "order-k fixed point",
-    "picard": "Picard iteration (ParaDiGMS)",
-    "aa": "standard Anderson acceleration",
-    "taa": "triangular Anderson acceleration (ParaTAA)",
-    "srds": "Parareal (SRDS)",
-    "srds_pipelined": "pipelined Parareal (SRDS)",
+
+# the methods, their option keys and ranges: generated from the registry (``paratriton/solvers/registry.py``), where
+# an option's ``key`` makes it settable as ``--methods METHOD:KEY=N``
+METHOD_KEYS: dict[str, tuple[str, ...]] = {
+    name: tuple(o.key for o in spec.options if o.key) for name, spec in REGISTRY.items()
 }
 
 
-def _methods() -> tuple[str, ...]:
-    import paratriton
+def _keyed_options() -> dict[str, Option]:
+    """Key -> the registry option it sets (the first method's: every method's option of one key has one range)."""
+    keyed: dict[str, Option] = {}
+    for spec in REGISTRY.values():
+        for o in spec.options:
+            if o.key:
+                keyed.setdefault(o.key, o)
+    return keyed
 
-    return tuple(paratriton.METHODS)
+
+OPTION_KEYS = _keyed_options()
+MAX_HISTORY = int(OPTION_KEYS["h"].hi)  # the solvers' history option: 1..8
 
 
 class _UsageError(Exception):
     """A bad command-line value: reported by ``parser.error`` (usage + one line, exit status 2)."""
+
+
+def _out_of_range(opt: Option, value: int, steps: int) -> str | None:
+    """Why ``value`` is outside the registry's range of ``opt`` for ``steps`` steps (None: inside), as the end of a
+    message that names the flag first."""
+    if opt.steps == "divides":
+        if value >= 1 and steps % value == 0:
+            return None
+        divisors = [d for d in range(1, steps + 1) if steps % d == 0]
+        return f"must divide --steps {steps}: one of {', '.join(map(str, divisors))}; got {value}"
+    lo = int(opt.lo)
+    hi = steps if opt.steps == "at_most" else None if opt.hi is None else int(opt.hi)
+    if hi is None:
+        return None if value >= lo else f"must be >= {lo}, got {value}"
+    if lo <= value <= hi:
+        return None
+    return f"must be in {lo}..{hi}{' (--steps)' if opt.steps == 'at_most' else ''}, got {value}"
+
+
+def _check_flag(flag: str, value: int | None, key: str, steps: int) -> None:
+    """A flag that sets the option of ``key`` for every method: within the registry's range."""
+    why = None if value is None else _out_of_range(OPTION_KEYS[key], value, steps)
+    if why:
+        raise _UsageError(f"{flag} {why}")
+
+
+def _range_text(opt: Option) -> str:
+    """The range of ``opt`` on the command line, in words (``T``: --steps)."""
+    if opt.steps == "divides":
+        return "a divisor of T"
+    hi = "T" if opt.steps == "at_most" else None if opt.hi is None else str(int(opt.hi))
+    return f"{int(opt.lo)}..{hi}" if hi is not None else f">= {int(opt.lo)}"
 
 
 def _parse_int(text: str, what: str) -> int:
@@ -377,12 +397,12 @@ def parse_method(spec: str, steps: int) -> tuple[str, dict]:
     """'taa', 'taa:h=3,w=10', 'fp:k=1', 'srds:blocks=5' -> (method, {solver option: value}), checked against
     ``steps``."""
     name, colon, rest = spec.partition(":")
-    methods = _methods()
+    methods = tuple(REGISTRY)
     if name not in methods:
         raise _UsageError(f"--methods: unknown method {name!r}; choose from {', '.join(methods)}")
     if colon and not rest:
         raise _UsageError(f"--methods {spec}: nothing after the colon; write {name} or {name}:KEY=N")
-    allowed = METHOD_KEYS.get(name, ())
+    allowed = {o.key: o for o in REGISTRY[name].options if o.key}
     opts: dict = {}
     seen: set[str] = set()
     for kv in rest.split(",") if rest else []:
@@ -400,19 +420,10 @@ def parse_method(spec: str, steps: int) -> tuple[str, dict]:
         if not eq:
             raise _UsageError(f"--methods {spec}: option {key} needs a value, e.g. {key}=2")
         v = _parse_int(value, f"--methods {spec}: {key}=")
-        if key in ("w", "k") and not 1 <= v <= steps:
-            raise _UsageError(f"--methods {spec}: {key}= must be in 1..{steps} (--steps), got {v}")
-        if key == "it" and v < 1:
-            raise _UsageError(f"--methods {spec}: {key}= must be >= 1, got {v}")
-        if key == "h" and not 1 <= v <= MAX_HISTORY:
-            raise _UsageError(f"--methods {spec}: h= must be in 1..{MAX_HISTORY}, got {v}")
-        if key == "blocks" and (v < 1 or steps % v):
-            divisors = [d for d in range(1, steps + 1) if steps % d == 0]
-            raise _UsageError(
-                f"--methods {spec}: blocks= must divide --steps {steps}: one of "
-                f"{', '.join(map(str, divisors))}; got {v}"
-            )
-        opts[OPTION_KEYS[key][0]] = v
+        why = _out_of_range(allowed[key], v, steps)
+        if why:
+            raise _UsageError(f"--methods {spec}: {key}= {why}")
+        opts[allowed[key].name] = v
     return name, opts
 
 
@@ -454,14 +465,14 @@ def validate(args: argparse.Namespace) -> None:
         raise _UsageError(f"--steps must be in 1..{MAX_STEPS}, got {args.steps}")
     if args.batch < 1:
         raise _UsageError(f"--batch must be >= 1, got {args.batch}")
-    if args.window is not None and not 1 <= args.window <= args.steps:
-        raise _UsageError(f"--window must be in 1..{args.steps} (--steps), got {args.window}")
-    if args.max_iters_baselines is not None and args.max_iters_baselines < 1:
-        raise _UsageError(f"--max-iters-baselines must be >= 1, got {args.max_iters_baselines}")
-    if args.tol is not None and not args.tol > 0:
-        raise _UsageError(f"--tol must be > 0, got {args.tol:g}")
-    if args.history is not None and not 1 <= args.history <= MAX_HISTORY:
-        raise _UsageError(f"--history must be in 1..{MAX_HISTORY}, got {args.history}")
+    for flag, value, key in (("--window", args.window, "w"), ("--max-iters-baselines", args.max_iters_baselines, "it")):
+        _check_flag(flag, value, key, args.steps)
+    if args.tol is not None:
+        try:
+            Tolerance(tol=args.tol)
+        except (TypeError, ValueError):
+            raise _UsageError(f"--tol must be a finite number > 0, got {args.tol:g}") from None
+    _check_flag("--history", args.history, "h", args.steps)
     _check_device(args.device)
     apply_device_defaults(args)
     if args.repeats < 1:
@@ -552,15 +563,16 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
 
 def _methods_epilog() -> str:
-    lines = ["methods (--methods, parallel ones compared against the sequential sampler):"]
-    for m in _methods():
-        keys = METHOD_KEYS.get(m, ())
-        lines.append(
-            f"  {m:<15} {METHOD_HELP.get(m, '')}" + (f"; options {', '.join(k + '=' for k in keys)}" if keys else "")
-        )
-    lines.append("option keys (after a colon, comma-separated, e.g. taa:h=3,w=10 fp:k=1 srds:blocks=5):")
-    for k, (opt, what) in OPTION_KEYS.items():
-        lines.append(f"  {k + '=':<15} {opt}: {what}")
+    lines = [
+        "methods (--methods, parallel ones compared against the sequential sampler, which always runs first: the "
+        "reference of every PSNR and speedup):"
+    ]
+    for m, spec in REGISTRY.items():
+        keys = METHOD_KEYS[m]
+        lines.append(f"  {m:<15} {spec.summary}" + (f"; options {', '.join(k + '=' for k in keys)}" if keys else ""))
+    lines.append("option keys (after a colon, comma-separated, e.g. taa:h=3,w=10 fp:k=1 srds:blocks=5; T: --steps):")
+    for k, opt in OPTION_KEYS.items():
+        lines.append(f"  {k + '=':<15} {opt.name}, {_range_text(opt)}: {opt.help}")
     lines.append("per-method keys override --window / --history / --max-iters-baselines")
     return "\n".join(lines)
 

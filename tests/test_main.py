@@ -335,3 +335,28 @@ def test_cli_help_lists_methods_options_defaults():
     assert r.stdout.count("(default: taa fp picard") == 1 and "(default: ['taa'" not in r.stdout
     assert "dit-crops" in r.stdout and "--full" in r.stdout and "--no-cuda-graph" in r.stdout
     assert "``" not in r.stdout and ":func:" not in r.stdout
+
+
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("fp:k=0", "--methods fp:k=0: k= must be in 1..50 (--steps), got 0"),
+        ("taa:w=51", "--methods taa:w=51: w= must be in 1..50 (--steps), got 51"),
+        ("taa:h=9", "--methods taa:h=9: h= must be in 1..8, got 9"),
+        ("picard:it=0", "--methods picard:it=0: it= must be >= 1, got 0"),
+        ("srds:blocks=7", "--methods srds:blocks=7: blocks= must divide --steps 50: one of 1, 2, 5, 10, 25, 50; got 7"),
+        ("picard:h=2", "--methods picard:h=2: option h= does not apply to picard; options of picard: w=, it="),
+    ],
+)
+def test_cli_method_keys_take_the_registry_ranges(spec, message):
+    """The keys after a colon and their ranges come from the solver registry (``Option.key`` / ``Option.steps``)."""
+    import paratriton.__main__ as cli
+
+    with pytest.raises(cli._UsageError) as e:
+        cli.parse_method(spec, 50)
+    assert str(e.value) == message
+    assert cli.parse_method("taa:h=8,w=50,k=1,it=3", 50) == (
+        "taa",
+        {"history": 8, "window": 50, "order": 1, "max_iters": 3},
+    )
+    assert cli.parse_method("srds_pipelined:blocks=25", 50) == ("srds_pipelined", {"blocks": 25})

@@ -45,7 +45,7 @@ def _engine_buffers(solver) -> tuple[int, int]:
     """The state the solver's set-up allocates: the engine's state dict and trajectory buffer (``Engine._setup``),
     or ``GraphedSequential``'s trajectory buffer (its constructor) when ``window="auto"`` chose sequential."""
     if hasattr(solver, "_s"):
-        return id(solver._s), solver._s["x"].data_ptr()
+        return id(solver._s), solver._s.x.data_ptr()
     return id(solver.x), solver.x.data_ptr()
 
 

@@ -188,7 +188,7 @@ def test_guidance_rescale_matches_diffusers():
 
 
 def test_default_tolerance_scales_with_the_number_of_steps():
-    from paratriton.solvers._common import default_tol_abs
+    from paratriton.solvers.tolerance import default_tol_abs
 
     assert default_tol_abs(50) == default_tol_abs(100) == 1e-3
     assert abs(default_tol_abs(1000) - 1e-4) < 1e-18
@@ -218,3 +218,15 @@ def test_classifier_free_guidance_can_flag_the_conditional_rows(cond_first):
     expected = [True] * 3 + [False] * 3 if cond_first else [False] * 3 + [True] * 3
     assert seen["cond"].tolist() == expected
     torch.testing.assert_close(out, torch.full((3, 2), 1.0 + 2.0 * (3.0 - 1.0)))
+
+
+def test_every_method_builds_a_solver_and_every_windowed_rule_is_a_rule():
+    """The named contracts: ``make_solver`` returns a ``Solver`` (one ``solve`` signature), the engine runs a
+    ``Rule``."""
+    from paratriton.solvers import REGISTRY, WINDOWED_METHODS, Rule, Solver, make_solver
+
+    for method in REGISTRY:
+        solver = make_solver(method)
+        assert isinstance(solver, Solver) and solver.method.startswith(method.split("_")[0]), method
+        if method in WINDOWED_METHODS:
+            assert isinstance(solver.rule, Rule), method

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import paratriton
+from paratriton.solvers import tolerance
 from paratriton.solvers.tolerance import DEFAULT_TOL, amplification, step_thresholds
 from paratriton.testing import GaussianMixture
 
@@ -99,6 +100,31 @@ def test_tol_and_the_expert_options_exclude_each_other():
             paratriton.solve(model, coeffs, x_T, noise, method=method, tol=-1.0)
 
 
+def test_one_tolerance_value_is_made_and_validated_in_the_registry():
+    """``tol``/``tol_abs``/``tol_rel`` become one ``Tolerance``, validated where it is made; every solver reads it."""
+    from paratriton.solvers import SRDS, make_solver, method_spec
+    from paratriton.solvers.tolerance import Tolerance
+
+    for method in ALL_METHODS:
+        checked = method_spec(method).check_options({"tol_abs": 2e-3})
+        assert checked["tolerance"] == Tolerance(tol_abs=2e-3)
+        assert not {"tol", "tol_abs", "tol_rel"} & set(checked)
+        assert make_solver(method, tol=5e-4).tolerance == Tolerance(tol=5e-4)
+    assert Tolerance().target == DEFAULT_TOL and Tolerance(tol_rel=1e-2).target is None
+    assert Tolerance(tol=2).tol == 2.0 and isinstance(Tolerance(tol=2).tol, float)
+    for bad, exc in ((0.0, ValueError), (float("nan"), ValueError), (float("inf"), ValueError), (True, TypeError)):
+        with pytest.raises(exc, match="tol_rel must be a finite number > 0"):
+            Tolerance(tol_rel=bad)
+    with pytest.raises(ValueError, match="exclude each other"):
+        Tolerance(tol=1e-3, tol_rel=1e-3)
+    with pytest.raises(TypeError, match="not both"):
+        SRDS(tol=1e-3, tolerance=Tolerance())
+    _, coeffs, *_ = gmm_problem("ddim", 10)
+    assert torch.equal(Tolerance(tol=1e-3).step_thresholds(coeffs), step_thresholds(coeffs, 1e-3, None, None))
+    assert Tolerance(tol=1e-3).sample_threshold(coeffs) == 1e-3
+    assert Tolerance(tol_abs=1e-2).sample_threshold(coeffs) == float(step_thresholds(coeffs, None, 1e-2, None)[0])
+
+
 # -- the shipped digits model ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def digits():
@@ -146,7 +172,7 @@ def _check_digits_tolerance(digits, sampler: str, T: int) -> None:
 
 
 @pytest.mark.slow
-def test_a_bf16_model_stops_at_its_floor():
+def test_a_bf16_model_stops_at_its_floor(monkeypatch):
     """The digits model in bf16: the iteration stops at the model's rounding floor (reported, one warning), in at
     most 1.5x the fp32 model's iterations, with a sample of the bf16 sequential sampler's order of accuracy: within
     4x of its distance to the fp32 sequential sample (measured 2.6-3.9x at T = 25, 0.9x at T = 50; stopping at
@@ -161,6 +187,7 @@ def test_a_bf16_model_stops_at_its_floor():
     seq32 = paratriton.solve(m32, coeffs, x_T, method="sequential").sample
     m16 = bf16.denoiser(coeffs, torch.tensor(labels))
     seq16 = paratriton.solve(m16, coeffs, x_T, method="sequential").sample
+    monkeypatch.setattr(tolerance, "_warned", set())  # it warns once per process: whatever warned before in it
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = paratriton.solve(m16, coeffs, x_T, method="taa")

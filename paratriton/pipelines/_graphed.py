@@ -26,13 +26,6 @@ from ..solvers.registry import make_solver
 from ._trees import clone_tree, tree_signature
 
 
-class _GraphCache(Protocol):
-    """What ``graphed_solvers`` reads and writes of the pipeline's ``ParallelState`` (a protocol, so that this
-    module does not import ``_state``, which names ``GraphedSolvers``: no import circle, type-only ones included)."""
-
-    graphed: GraphedSolvers | None
-
-
 def _fingerprint(coeffs: SamplerCoefficients) -> tuple:
     names = ("a", "b", "c", "posterior_std", "timesteps", "input_scale", "output_scale", "output_mix")
     fields = [getattr(coeffs, n).detach().to("cpu", torch.float64).reshape(-1) for n in names]  # b: [T] or [T, k]
@@ -81,8 +74,14 @@ class GraphedSolvers:
         return dataclasses.replace(res, sample=traj[0], trajectory=traj)
 
 
+class HoldsGraphed(Protocol):
+    """Where the cached solvers live between calls (``_state.ParallelState``, which imports this module)."""
+
+    graphed: GraphedSolvers | None
+
+
 def graphed_solvers(
-    state: _GraphCache,
+    state: HoldsGraphed,
     model_key: tuple,
     branches,
     guidance: tuple,

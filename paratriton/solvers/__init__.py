@@ -1,7 +1,8 @@
 """The solvers. ``solve(..., method=...)`` builds the method's solver from the registry and runs it.
 
 ``engine.py`` is the one windowed engine (eager and CUDA-graphed), ``rules.py`` the methods' update rules,
-``registry.py`` the methods and their options, ``sequential.py`` / ``graphed_sequential.py`` the sequential
+``registry.py`` the methods and their options (``Solver`` is what it builds, ``Rule`` a windowed method's update,
+``Tolerance`` the validated tolerance), ``sequential.py`` / ``graphed_sequential.py`` the sequential
 sampler, ``srds.py`` Parareal.
 """
 
@@ -13,11 +14,13 @@ import torch
 
 from ..model import Denoiser
 from ..schedulers.operator import SamplerCoefficients
-from ._common import IterationInfo, NonFiniteError, SolveResult
+from ._common import IterationInfo, NonFiniteError, Solver, SolveResult
 from .engine import Engine
 from .registry import METHODS, REGISTRY, WINDOWED_METHODS, graphed_solver, make_solver, method_spec
+from .rules import Rule
 from .sequential import solve_sequential
 from .srds import SRDS, SRDSPipelined, SRDSResult
+from .tolerance import Tolerance
 
 
 def solve(
@@ -64,4 +67,7 @@ __all__ = [
     "SolveResult",
     "IterationInfo",
     "NonFiniteError",
+    "Solver",
+    "Rule",
+    "Tolerance",
 ]

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Protocol, runtime_checkable
 
 import torch
 
 from ..model import Denoiser
-from ..schedule import SamplerCoefficients
-from .tolerance import check_exclusive
+from ..schedulers.operator import SamplerCoefficients, StepOperator
+from .tolerance import Tolerance
 
 
 class NonFiniteError(FloatingPointError):
@@ -63,6 +62,28 @@ class SolveResult:
     probe_calls: int = 0
     error_bound: float | None = None
     amplification: float = 1.0
+
+
+@runtime_checkable
+class Solver(Protocol):
+    """What ``make_solver(method, ...)`` returns and ``solve`` runs: the one signature every method's solver has
+    (``Engine``, ``SequentialSolver``, ``SRDS``, ``SRDSPipelined``).
+
+    model:  ``model(x [N, *S], step_index [N]) -> [N, *S]`` (``paratriton.model``)
+    coeffs: a ``StepOperator`` (``T`` steps; the windowed engine takes ``SamplerCoefficients`` and multistep ones)
+    x_T:    ``[B, *S]``; noise: ``[T, B, *S]`` pre-drawn step noise or None; init: a warm start ``[T(+1), B, *S]``
+    """
+
+    method: str
+
+    def solve(
+        self,
+        model: Denoiser,
+        coeffs: StepOperator,
+        x_T: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        init: torch.Tensor | None = None,
+    ) -> SolveResult: ...
 
 
 class IterationInfo:
@@ -142,40 +163,15 @@ def _check_int(name: str, value, lo: int, hi: int | None = None) -> int:
     return value
 
 
-def _check_positive(name: str, value) -> float:
-    value = float(value)
-    if not (value > 0) or math.isinf(value):
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
-    return value
-
-
-DEFAULT_TOL_PER_100_STEPS = 1e-3
-
-
-def default_tol_abs(num_steps: int) -> float:
-    """The default per-step tolerance: 1e-3 for up to 100 steps, ``1e-3 * 100 / T`` beyond.
-
-    Per-step residuals add up along the trajectory, so a fixed per-step tolerance lets the error of the final
-    sample grow with ``T`` (at T = 1000 a per-step 1e-3 left the default model's sample 11 dB from the sequential
-    one while every step reported convergence); scaling by ``1/T`` keeps the accumulated bound constant.
-    """
-    return DEFAULT_TOL_PER_100_STEPS * min(1.0, 100.0 / num_steps)
-
-
 def set_common_options(
     solver,
-    tol: float | None,
-    tol_abs: float | None,
-    tol_rel: float | None,
+    tolerance: Tolerance,
     max_iters: int | None,
     state_dtype: torch.dtype,
     callback,
 ) -> None:
-    """Validate and set the options every solver shares (tolerances: ``tolerance.step_thresholds``)."""
-    solver.tol = None if tol is None else _check_positive("tol", tol)
-    solver.tol_abs = None if tol_abs is None else _check_positive("tol_abs", tol_abs)
-    solver.tol_rel = None if tol_rel is None else _check_positive("tol_rel", tol_rel)
-    check_exclusive(solver.tol, solver.tol_abs, solver.tol_rel)
+    """Validate and set the options every solver shares (the tolerance is validated where it is made)."""
+    solver.tolerance = tolerance
     solver.max_iters = None if max_iters is None else _check_int("max_iters", max_iters, 1)
     if state_dtype not in (torch.float64, torch.float32):
         raise ValueError(f"state_dtype must be torch.float64 or torch.float32, got {state_dtype}")
@@ -269,6 +265,42 @@ def check_problem(
                 "is bad, not the model); the sampler stopped before any model call"
             )
     check_coefficients_finite(coeffs)
+
+
+def diagnose_step(
+    i: int,
+    iteration: int,
+    x_next: torch.Tensor,
+    out: torch.Tensor,
+    noise_i: torch.Tensor | None,
+    coeffs: StepOperator,
+    x_i: torch.Tensor | None = None,
+) -> NonFiniteError:
+    """The error for step ``i`` whose state ``x_i`` (or model output) is NaN/inf: names the step, the iteration and
+    which input was non-finite (the model's input state, the model output, the noise or the coefficients)."""
+    where = f"at step(s) [{i}] in iteration {iteration}"
+    tail = "; the sampler stopped and returns no image"
+    if not bool(torch.isfinite(x_next).all()):
+        return NonFiniteError(f"the state x_{i + 1} (the model's input) is NaN/inf {where}{tail}")
+    if not bool(torch.isfinite(out).all()):
+        return NonFiniteError(f"the model output is NaN/inf {where} (its input was finite){tail}")
+    if noise_i is not None and not bool(torch.isfinite(noise_i).all()):
+        return NonFiniteError(f"the noise is NaN/inf {where}{tail}")
+    bad = [n for n in ("a", "b", "c") if not bool(torch.isfinite(getattr(coeffs, n)[i]).all())]
+    if bad:
+        return NonFiniteError(f"the coefficients {bad} are NaN/inf {where}{tail}")
+    big = x_i.abs().max().item() if x_i is not None and bool(torch.isfinite(x_i).all()) else float("inf")
+    return NonFiniteError(
+        f"the state x_{i} overflowed (max |x| = {big:.3g}) {where}: a_i x_(i+1) + b_i m + c_i xi "
+        f"is not finite in {x_next.dtype} although the model output, the noise and the "
+        f"coefficients were finite (the model output reached {out.abs().max().item():.3g}){tail}"
+    )
+
+
+def first_bad_step(x: torch.Tensor, T: int) -> int | None:
+    """The first step in sampling order (the highest ``i < T``) whose state in ``x [T+1, B, D]`` is NaN/inf."""
+    bad = (~torch.isfinite(x[:T])).flatten(1).any(1).nonzero().flatten()
+    return int(bad.max()) if bad.numel() else None
 
 
 # Iterates of early parallel iterations can be far off the data manifold (order-k weights amplify errors); clamping

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from .._cuda_graph import NestedCUDAGraphError, capture, warn_nested_graphs
 from ..model import Denoiser
-from ..schedulers.operator import SamplerCoefficients, coefficient_versions
+from ..schedulers.operator import SamplerCoefficients, coefficient_versions, one_tap_view
 from ._common import (
     MODEL_INPUT_BOUND,
     IterationInfo,
@@ -38,8 +39,7 @@ from ._common import (
     check_problem,
     exclusive,
 )
-from .rules import KERNELS, AndersonRule, FixedPointRule, WindowView
-from .sequential import one_tap_view
+from .rules import KERNELS, Rule, WindowView
 from .tolerance import (
     FLOOR_PROBES,
     FLOOR_ROUNDINGS,
@@ -50,9 +50,8 @@ from .tolerance import (
     SMOOTH_FRACTION,
     STALL_ITERS,
     STALL_ROUNDINGS,
+    Tolerance,
     amplification,
-    step_thresholds,
-    target_tol,
     unit_roundoff,
     warn_precision_floor,
 )
@@ -63,15 +62,65 @@ def bucket_sizes(T: int, buckets: int) -> list[int]:
     return sorted({max(1, math.ceil(T / 2**j)) for j in range(buckets)})
 
 
+@dataclass(eq=False, slots=True)
+class _State:
+    """One problem's static buffers and host scalars (``Engine._setup``): attribute reads, no allocation, and the
+    tensors' addresses fixed for the captured graphs. ``[T]`` per step, ``[T+1, B, D]`` the trajectory."""
+
+    T: int
+    B: int
+    shape: tuple[int, ...]
+    sliding: bool
+    x: torch.Tensor  # [T+1, B, D] the iterates
+    a: torch.Tensor  # [T] step coefficients (state dtype)
+    b: torch.Tensor
+    c: torch.Tensor
+    thr0: torch.Tensor  # [T] the tolerance's per-step thresholds
+    g: torch.Tensor  # [T] the schedule's amplification
+    tol: float | None  # the target (None: the expert per-step form)
+    gain: torch.Tensor  # [T] measured gains (_gains)
+    geff: torch.Tensor  # [T] the amplification the tests use
+    seen: torch.Tensor  # [T] bool: a gain was measured
+    gain_min: torch.Tensor  # 0-d: the smallest relative move a gain is measured from
+    xin_prev: torch.Tensor | None  # [T, B, D] last model inputs (sample test only)
+    out_prev: torch.Tensor | None  # [T, B, D] last model terms (sample test only)
+    floor: torch.Tensor  # [T] the measured rounding floor
+    best: torch.Tensor  # [T] lowest residual so far
+    stall: torch.Tensor  # [T] iterations since that residual last halved
+    dtype_model: torch.dtype | None
+    xi: torch.Tensor | None  # [T, B, D] step noise
+    F: torch.Tensor  # 0-d: steps >= F are frozen
+    U: torch.Tensor  # 0-d: the highest uninitialised step (sliding windows)
+    arange: torch.Tensor  # [T+1]
+    bad: torch.Tensor  # 0-d bool: a non-finite value was seen
+    n_it: torch.Tensor  # 0-d: iterations run
+    zero: torch.Tensor  # 0-d int64 zero
+    rms_all: torch.Tensor  # [T, B] latest residual RMS per step
+    log_F: torch.Tensor  # [cap] the window top per iteration
+    log_res: torch.Tensor  # [cap, T] residuals per iteration
+    call: ModelCaller
+    rule: dict  # the rule's buffers (Rule.allocate)
+    taps: int | None  # a multistep operator's taps (None: one-tap)
+    bk: torch.Tensor  # the operator's tap weights
+    b_own: torch.Tensor  # weight of a step's own output
+    ring: torch.Tensor | None  # multistep: the tap outputs
+    in_scale: torch.Tensor | None
+    out_scale: torch.Tensor | None
+    out_mix: torch.Tensor | None
+    floor_next: int = 1  # the floor probes run after iterations 1, 2, 4, ...
+    floor_on: bool = True
+    floor_calls: int = 0
+    probe: dict | None = None  # the floor probe's buffers, made at its first run (_probe)
+
+
 class Engine:
     """One parallel method (a rule) on the windowed triangular system; see the module docstring.
 
     rule:       ``FixedPointRule`` or ``AndersonRule`` (``registry.py`` builds them from method names).
     window:     None (all ``T`` steps) or a sliding window of ``W`` steps.
-    tol:        target RMS distance of the sample to the sequential sample (default ``DEFAULT_TOL``), mapped onto
-                per-step residual thresholds (``tolerance.py``); a low-precision model's rounding floor raises them.
-    tol_abs, tol_rel: the expert per-step form instead: step ``i`` converged when ``RMS(r_i) <= max(tol_abs,
-                tol_rel * posterior_std_i)``.
+    tolerance:  a ``Tolerance`` (default: ``tol = DEFAULT_TOL``): the target RMS distance of the sample to the
+                sequential sample, mapped onto per-step residual thresholds (``tolerance.py``; a low-precision
+                model's rounding floor raises them), or the expert per-step ``tol_abs``/``tol_rel``.
     state_dtype: float32 or float64 (None: float32 on CUDA, float64 elsewhere).
     cuda_graph: the graphed schedule: each window size captured once (on CUDA; the model must be capturable),
                 ``iters_per_sync`` iterations per host read. Off CUDA the same static program runs uncaptured.
@@ -80,13 +129,11 @@ class Engine:
 
     def __init__(
         self,
-        rule: FixedPointRule | AndersonRule,
+        rule: Rule,
         *,
         method: str,
         window: int | None = None,
-        tol: float | None = None,
-        tol_abs: float | None = None,
-        tol_rel: float | None = None,
+        tolerance: Tolerance | None = None,
         max_iters: int | None = None,
         state_dtype: torch.dtype | None = None,
         callback: Callable[[IterationInfo], None] | None = None,
@@ -96,7 +143,8 @@ class Engine:
         backend: str = "auto",
     ) -> None:
         self.rule, self.method, self.window = rule, method, window
-        self.tol, self.tol_abs, self.tol_rel, self.max_iters = tol, tol_abs, tol_rel, max_iters
+        self.tolerance = Tolerance() if tolerance is None else tolerance
+        self.max_iters = max_iters
         self.state_dtype, self.callback = state_dtype, callback
         self.cuda_graph, self.buckets, self.iters_per_sync = cuda_graph, buckets, iters_per_sync
         self.backend = backend
@@ -106,57 +154,57 @@ class Engine:
     # -- one iteration (static shapes, device-side state) ----------------------------------------------------------
     def _iteration(self, H: int) -> None:
         s = self._s
-        x, F, U = s["x"], s["F"], s["U"]
-        if s["sliding"]:
+        x, F, U = s.x, s.F, s.U
+        if s.sliding:
             lo = (F - H).clamp_min(0)
-            rows = lo + s["arange"][: H + 1]  # the window and its anchor row
+            rows = lo + s.arange[: H + 1]  # the window and its anchor row
         else:  # a full window always starts at step 0
-            lo, rows = s["zero"], s["arange"][: H + 1]
-        if s["sliding"]:  # steps entering the window start as a copy of the lowest initialised state
+            lo, rows = s.zero, s.arange[: H + 1]
+        if s.sliding:  # steps entering the window start as a copy of the lowest initialised state
             fresh = rows <= U
             x.index_copy_(0, rows, x.index_select(0, torch.where(fresh, U + 1, rows)))
             U.copy_(torch.minimum(U, lo - 1))
         idx = rows[:H]
         # a full window starts at step 0 (lo is 0): its model inputs are a view, no gather
-        xin = x.index_select(0, rows[1:]) if s["sliding"] else x[1 : H + 1]
+        xin = x.index_select(0, rows[1:]) if s.sliding else x[1 : H + 1]
         out = self._model_out(xin, idx)
         self._last = (out, idx)  # for naming the steps when the iteration reports a non-finite value
-        if s["taps"] is not None:  # a multistep operator: the drift of step i reads the tap outputs of i .. i+k-1
+        if s.taps is not None:  # a multistep operator: the drift of step i reads the tap outputs of i .. i+k-1
             out = self._stencil(out, lo, F)
-        if s["tol"] is not None:
+        if s.tol is not None:
             self._gains(xin, out, idx, F)
         kern = KERNELS[self.backend]
         # the thresholds shrink where the measured amplification exceeds the schedule's (``_gains``), never below
         # the floor; a step whose residual has stalled within STALL_ROUNDINGS of the measured floor is at the floor:
         # the model's rounding, not the iteration, sets its residual now (tolerance.py, "Low-precision models")
-        thr = torch.maximum(s["thr0"] * s["g"] / s["geff"], s["floor"])
-        thr = torch.where(s["stall"] >= STALL_ITERS, torch.maximum(thr, STALL_ROUNDINGS * s["floor"]), thr)
-        rms, top, bad = kern.residual(x, out, s["xi"], s["a"], s["b"], s["c"], thr, lo, F)
-        s["bad"].logical_or_(bad)
+        thr = torch.maximum(s.thr0 * s.g / s.geff, s.floor)
+        thr = torch.where(s.stall >= STALL_ITERS, torch.maximum(thr, STALL_ROUNDINGS * s.floor), thr)
+        rms, top, bad = kern.residual(x, out, s.xi, s.a, s.b, s.c, thr, lo, F)
+        s.bad.logical_or_(bad)
         # every step's latest residual; the kernel gives 0 at frozen rows (a padded window has some): they keep theirs
         live = (idx < F).view(-1, 1)
-        s["rms_all"].index_copy_(0, idx, torch.where(live, rms, s["rms_all"].index_select(0, idx)))
-        worst, best = rms.amax(1), s["best"].index_select(0, idx)  # stalled: no halving of the step's best residual
-        stall = torch.where(worst < 0.5 * best, 0, s["stall"].index_select(0, idx) + 1)
-        s["stall"].index_copy_(0, idx, torch.where(live[:, 0], stall, s["stall"].index_select(0, idx)))
-        s["best"].index_copy_(0, idx, torch.where(live[:, 0], torch.minimum(best, worst), best))
-        if s["tol"] is not None:  # the sample test (tolerance.py): once the window reaches step 0, stop as soon as
+        s.rms_all.index_copy_(0, idx, torch.where(live, rms, s.rms_all.index_select(0, idx)))
+        worst, best = rms.amax(1), s.best.index_select(0, idx)  # stalled: no halving of the step's best residual
+        stall = torch.where(worst < 0.5 * best, 0, s.stall.index_select(0, idx) + 1)
+        s.stall.index_copy_(0, idx, torch.where(live[:, 0], stall, s.stall.index_select(0, idx)))
+        s.best.index_copy_(0, idx, torch.where(live[:, 0], torch.minimum(best, worst), best))
+        if s.tol is not None:  # the sample test (tolerance.py): once the window reaches step 0, stop as soon as
             # the first-order bound on the sample's distance holds at this trajectory, whatever the split by step
             # (the floors' share of the sum is allowed on top: the most the per-step test allows there)
-            fits = (self._sums() - (s["geff"] * s["floor"]).sum()).amax() <= s["tol"]
-            top = torch.where((lo == 0) & fits, s["zero"], top)
-        self.rule.update(WindowView(x, out, s["xi"], s["a"], s["b"], s["c"], lo, F, top, rms, kern), s["rule"])
+            fits = (self._sums() - (s.geff * s.floor).sum()).amax() <= s.tol
+            top = torch.where((lo == 0) & fits, s.zero, top)
+        self.rule.update(WindowView(x, out, s.xi, s.a, s.b, s.c, lo, F, top, rms, kern), s.rule)
         # the log of live iterations (an iteration after convergence changes nothing and is not counted)
-        n = s["n_it"].view(1)
-        s["log_F"].index_copy_(0, n, F.view(1))
-        s["rms_all"].index_fill_(0, top.view(1), 0.0)  # the top step took the exact step: its residual is now 0
-        s["log_res"].index_put_((n.expand(H), idx), rms.amax(1))  # steps outside the window: NaN, on the host
-        s["n_it"].add_(F > 0)
-        if s["tol"] is not None:  # converged only if every step is within its threshold now: a step that froze
+        n = s.n_it.view(1)
+        s.log_F.index_copy_(0, n, F.view(1))
+        s.rms_all.index_fill_(0, top.view(1), 0.0)  # the top step took the exact step: its residual is now 0
+        s.log_res.index_put_((n.expand(H), idx), rms.amax(1))  # steps outside the window: NaN, on the host
+        s.n_it.add_(F > 0)
+        if s.tol is not None:  # converged only if every step is within its threshold now: a step that froze
             # before the gains below it were measured may not be (its residual is exact: its rows are frozen), and
             # then it and every step below it are live again
-            over = s["rms_all"].amax(1) > thr
-            reopen = torch.where(over, s["arange"][: s["T"]] + 1, 0).amax()
+            over = s.rms_all.amax(1) > thr
+            reopen = torch.where(over, s.arange[: s.T] + 1, 0).amax()
             top = torch.where((top == 0) & ~fits, reopen, top)
         F.copy_(top)  # top >= lo >= 0, or a reopened step above
 
@@ -171,36 +219,36 @@ class Engine:
         """
         s = self._s
         live, out = idx < F, out.to(xin.dtype)  # (a raw model output may be in the model's dtype)
-        dx = xin - s["xin_prev"].index_select(0, idx)
-        dm = out - s["out_prev"].index_select(0, idx)
-        b = s["b"].index_select(0, idx).view(-1, 1, 1)
-        df = s["a"].index_select(0, idx).view(-1, 1, 1) * dx + b * dm
+        dx = xin - s.xin_prev.index_select(0, idx)
+        dm = out - s.out_prev.index_select(0, idx)
+        b = s.b.index_select(0, idx).view(-1, 1, 1)
+        df = s.a.index_select(0, idx).view(-1, 1, 1) * dx + b * dm
         rms = lambda v: v.square().mean(2).sqrt()  # noqa: E731  [H, B]
         moved, model_moved = rms(dx), rms(b * dm)
-        ok = (moved > s["gain_min"] * rms(xin)) & (
-            model_moved > GAIN_FLOOR_MARGIN * s["floor"].index_select(0, idx).view(-1, 1)
+        ok = (moved > s.gain_min * rms(xin)) & (
+            model_moved > GAIN_FLOOR_MARGIN * s.floor.index_select(0, idx).view(-1, 1)
         )
-        ok &= (live & s["seen"].index_select(0, idx)).view(-1, 1)
+        ok &= (live & s.seen.index_select(0, idx)).view(-1, 1)
         # the latest gain: the largest so far would hold a large move's secant (a Gaussian mixture at DDIM-25
         # measured 1857x over 25 steps that way, and AA then ran out of iterations)
         gain = torch.where(ok, rms(df) / moved.clamp_min(torch.finfo(moved.dtype).tiny), 0.0).amax(1)
-        old = s["gain"].index_select(0, idx)
-        s["gain"].index_copy_(0, idx, torch.where(ok.any(1), gain.clamp(max=GAIN_MAX), old))
-        s["xin_prev"].index_copy_(0, idx, xin)
-        s["out_prev"].index_copy_(0, idx, out)
-        s["seen"].index_fill_(0, idx, True)
-        s["geff"][1:].copy_(torch.maximum(s["g"][1:], s["gain"][:-1].cumprod(0)))
+        old = s.gain.index_select(0, idx)
+        s.gain.index_copy_(0, idx, torch.where(ok.any(1), gain.clamp(max=GAIN_MAX), old))
+        s.xin_prev.index_copy_(0, idx, xin)
+        s.out_prev.index_copy_(0, idx, out)
+        s.seen.index_fill_(0, idx, True)
+        s.geff[1:].copy_(torch.maximum(s.g[1:], s.gain[:-1].cumprod(0)))
 
     def _model_out(self, xin: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """The model term of steps ``idx`` from their inputs ``xin [H, B, D]``: the raw output for one-tap
         operators; for multistep ones the tap output ``M_i = output_scale_i m(input_scale_i x_{i+1}) +
         output_mix_i x_{i+1}`` (``schedulers/operator.py``), in the state dtype."""
         s = self._s
-        if s["taps"] is None:
-            return s["call"](xin, idx)
+        if s.taps is None:
+            return s.call(xin, idx)
         col = lambda v: v.index_select(0, idx).view(-1, 1, 1)  # noqa: E731
-        m = s["call"](xin * col(s["in_scale"]), idx)
-        return m.to(xin.dtype) * col(s["out_scale"]) + col(s["out_mix"]) * xin
+        m = s.call(xin * col(s.in_scale), idx)
+        return m.to(xin.dtype) * col(s.out_scale) + col(s.out_mix) * xin
 
     def _stencil(self, M: torch.Tensor, lo: torch.Tensor, F: torch.Tensor) -> torch.Tensor:
         """Store the live rows' tap outputs in the ring of every step's latest one (frozen rows keep theirs: they were
@@ -208,7 +256,7 @@ class Engine:
         (one fused pass: ``ops.multistep_drift``). The one-tap kernels then run with ``b = 1`` on ``g``: every rule
         is linear in ``b m``."""
         s = self._s
-        return KERNELS[self.backend].drift(M, s["ring"], s["bk"], lo, F)
+        return KERNELS[self.backend].drift(M, s.ring, s.bk, lo, F)
 
     # -- set-up ------------------------------------------------------------------------------------------------------
     def _setup(
@@ -223,10 +271,10 @@ class Engine:
         bk = b.contiguous()
         if multistep:  # the kernels see the drift g = sum_j b[i, j] M_{i+j} with unit weights (``_stencil``)
             b = torch.ones(T, dtype=dt, device=dev)
-        thr = step_thresholds(coeffs, self.tol, self.tol_abs, self.tol_rel).to(dev, dt)
-        tol = target_tol(self.tol, self.tol_abs, self.tol_rel)  # None in the expert per-step form
+        thr = self.tolerance.step_thresholds(coeffs).to(dev, dt)
+        tol = self.tolerance.target  # None in the expert per-step form
         measure = tol is not None  # the sample test measures gains
-        self._s = dict(
+        self._s = _State(
             T=T,
             B=B,
             shape=shape,
@@ -277,38 +325,38 @@ class Engine:
     def _reset(self, x_T: torch.Tensor, noise: torch.Tensor | None, init: torch.Tensor | None) -> None:
         """Fill the static buffers in place (captured graphs keep pointing at them)."""
         s = self._s
-        T, x = s["T"], s["x"]
+        T, x = s.T, s.x
         x.copy_(x_T.reshape(1, *x.shape[1:]).expand_as(x))  # every step starts as a copy of x_T
         if init is not None:
             x[:T].copy_(init[:T].reshape(T, *x.shape[1:]))
-        if s["xi"] is not None:
-            s["xi"].copy_(noise.reshape(s["xi"].shape))
-        self.rule.reset(s["rule"])
-        for k in ("bad", "n_it", "floor", "stall", "seen"):
-            s[k].zero_()
-        g = s["g"]
-        s["gain"][:-1].copy_(g[1:] / g[:-1])  # unmeasured: the schedule's, so that geff starts as g
-        s["gain"][-1:].fill_(1.0)
-        s["geff"].copy_(g)
-        s["gain_min"].fill_(GAIN_MIN_CHANGE)
-        s["best"].fill_(float("inf"))
-        s["rms_all"].fill_(float("inf"))  # a step never measured has no bound
-        s["floor_next"], s["floor_on"] = 1, True  # (after iterations 1, 2, 4, ...)
-        s["floor_calls"] = 0
+        if s.xi is not None:
+            s.xi.copy_(noise.reshape(s.xi.shape))
+        self.rule.reset(s.rule)
+        for t in (s.bad, s.n_it, s.floor, s.stall, s.seen):
+            t.zero_()
+        g = s.g
+        s.gain[:-1].copy_(g[1:] / g[:-1])  # unmeasured: the schedule's, so that geff starts as g
+        s.gain[-1:].fill_(1.0)
+        s.geff.copy_(g)
+        s.gain_min.fill_(GAIN_MIN_CHANGE)
+        s.best.fill_(float("inf"))
+        s.rms_all.fill_(float("inf"))  # a step never measured has no bound
+        s.floor_next, s.floor_on = 1, True  # (after iterations 1, 2, 4, ...)
+        s.floor_calls = 0
         memo = getattr(self, "_floor_memo", None)
         if memo is not None:  # measured by an earlier solve of this problem: no probes (see ``solve``)
-            s["floor_on"] = False
+            s.floor_on = False
             if memo[0] == "rough":
-                s["floor"].copy_(memo[1])
-                s["gain_min"].copy_(memo[2])
-        if "probe" in s:
+                s.floor.copy_(memo[1])
+                s.gain_min.copy_(memo[2])
+        if s.probe is not None:
             for k in ("smooth", "bad", "rows_bad"):
-                s["probe"][k].zero_()
-        s["F"].fill_(T)
-        s["U"].fill_(T - 1 if s["sliding"] and init is None else -1)
+                s.probe[k].zero_()
+        s.F.fill_(T)
+        s.U.fill_(T - 1 if s.sliding and init is None else -1)
 
     def _window_size(self, F_host: int, static: bool) -> int:
-        T = self._s["T"]
+        T = self._s.T
         W = T if self._W is None else min(self._W, T)
         if not static:
             return min(W, F_host)
@@ -321,12 +369,12 @@ class Engine:
         """Capture ``k`` iterations of window ``H``. ``capture`` runs them once for real first (lazy initialisation
         outside the capture), so the state is saved before and restored after."""
         s = self._s
-        state = [s["x"], s["F"], s["U"], s["bad"], s["n_it"], s["best"], s["stall"], s["rms_all"], *s["rule"].values()]
-        state += [s["gain"], s["geff"], s["seen"]]
-        if s["tol"] is not None:
-            state += [s["xin_prev"], s["out_prev"]]
-        if s["ring"] is not None:
-            state.append(s["ring"])
+        state = [s.x, s.F, s.U, s.bad, s.n_it, s.best, s.stall, s.rms_all, *s.rule.values()]
+        state += [s.gain, s.geff, s.seen]
+        if s.tol is not None:
+            state += [s.xin_prev, s.out_prev]
+        if s.ring is not None:
+            state.append(s.ring)
         saved = [t.clone() for t in state]
         try:
             graph, _ = capture(lambda: [self._iteration(H) for _ in range(k)])
@@ -376,10 +424,10 @@ class Engine:
             self._floor_memo: tuple | None = None
         self.window_shrunk_to = None
         self._W = self.window  # the effective window (halved on out-of-memory, for this solve only)
-        self._s["sliding"] = self.window is not None and self.window < coeffs.num_steps
+        self._s.sliding = self.window is not None and self.window < coeffs.num_steps
         self._reset(x_T, noise, init)
         s = self._s
-        T, B, shape = s["T"], s["B"], s["shape"]
+        T, B, shape = s.T, s.B, s.shape
         # static: the graphed schedule (bucketed window sizes, k iterations per host read); captured on CUDA, run
         # as it is elsewhere (how the CPU tests check the padded, masked iterations)
         static = self.cuda_graph
@@ -405,11 +453,11 @@ class Engine:
             except torch.OutOfMemoryError as e:
                 if H == 1:
                     raise torch.OutOfMemoryError(
-                        f"out of memory even with a window of 1 step ({s['B']} trajectories per call): {e}"
+                        f"out of memory even with a window of 1 step ({s.B} trajectories per call): {e}"
                     ) from e
                 # a smaller window solves the same system (the fixed point does not depend on W): halve and retry
                 self._W = self.window_shrunk_to = max(1, min(H, F_host) // 2)
-                s["sliding"] = True
+                s.sliding = True
                 self._graphs.clear()
                 warnings.warn(
                     f"out of memory with a window of {H} steps: continuing with window={self.window_shrunk_to}",
@@ -421,26 +469,26 @@ class Engine:
                 continue
             # the one host read per replay: window top, non-finite flag, iteration count, whether the last floor
             # probe found the model smooth, this replay's window tops
-            probe = s.get("probe")
-            smooth, probe_bad = (probe["smooth"], probe["bad"]) if probe else (s["bad"], s["bad"])
-            head = torch.stack([s["F"], s["bad"].long(), s["n_it"], smooth.long(), probe_bad.long()])
-            vals = torch.cat([head, s["log_F"][it : it + k]]).tolist()
+            probe = s.probe
+            smooth, probe_bad = (probe["smooth"], probe["bad"]) if probe else (s.bad, s.bad)
+            head = torch.stack([s.F, s.bad.long(), s.n_it, smooth.long(), probe_bad.long()])
+            vals = torch.cat([head, s.log_F[it : it + k]]).tolist()
             F_new, bad, n = vals[:3]
             if probe and vals[4]:  # the floor probe before these iterations: its outputs are checked like theirs
                 self._raise_probe_nonfinite(it)
             if bad:
                 self._raise_nonfinite(it, k, F_host)
-            if vals[3] and "probe" in s:  # smooth at every probe: no floor, no further probes
-                s["floor_on"] = False
+            if vals[3] and s.probe is not None:  # smooth at every probe: no floor, no further probes
+                s.floor_on = False
                 self._floor_memo = ("smooth",)
             for top in vals[5 : 5 + n - it]:
                 lo = max(top - H, 0)
                 nfe += top - lo
                 windows.append((lo, top))
             F_host, it = F_new, n
-            if s["floor_on"] and F_host > 0 and it >= s["floor_next"]:  # iterations 1, 2, 4, 8, ...
-                s["floor_next"] = 2 * it
-                self._measure_floor(first=s["floor_calls"] == 0)
+            if s.floor_on and F_host > 0 and it >= s.floor_next:  # iterations 1, 2, 4, 8, ...
+                s.floor_next = 2 * it
+                self._measure_floor(first=s.floor_calls == 0)
             if self.callback is not None and windows:
                 lo, hi = windows[-1]
                 self.callback(
@@ -448,23 +496,23 @@ class Engine:
                         it,
                         (lo, hi),
                         F_host,
-                        s["rms_all"][lo:hi],
-                        s["x"].reshape(T + 1, B, *shape),
-                        s["floor_calls"],
+                        s.rms_all[lo:hi],
+                        s.x.reshape(T + 1, B, *shape),
+                        s.floor_calls,
                     )
                 )
-        if "probe" in s and s["floor_calls"] and bool(s["probe"]["bad"]):  # a probe after the last iteration read
+        if s.probe is not None and s.floor_calls and bool(s.probe["bad"]):  # a probe after the last iteration read
             self._raise_probe_nonfinite(it)
-        if s["floor_calls"] and self._floor_memo is None:  # a rough model: its floor, for later solves
-            self._floor_memo = ("rough", s["floor"].clone(), s["gain_min"].clone())
-        if s["sliding"]:  # stopped early: steps the window never reached get the best guess there is
-            U = int(s["U"])
+        if s.floor_calls and self._floor_memo is None:  # a rough model: its floor, for later solves
+            self._floor_memo = ("rough", s.floor.clone(), s.gain_min.clone())
+        if s.sliding:  # stopped early: steps the window never reached get the best guess there is
+            U = int(s.U)
             if U >= 0:
-                s["x"][: U + 1] = s["x"][U + 1]
-        traj = s["x"].reshape(T + 1, B, *shape)
+                s.x[: U + 1] = s.x[U + 1]
+        traj = s.x.reshape(T + 1, B, *shape)
         if not torch.isfinite(traj[0]).all():
             raise NonFiniteError("the final sample is NaN/inf; the sampler returns no image")
-        res = s["log_res"][:it].to("cpu", torch.float64)
+        res = s.log_res[:it].to("cpu", torch.float64)
         for row, (lo, hi) in zip(res, windows):  # per step the largest RMS over the batch, NaN outside the window
             row[:lo] = float("nan")
             row[hi:] = float("nan")
@@ -477,9 +525,9 @@ class Engine:
             F_host == 0,
             self.method + ("(graphed)" if static else ""),
             windows,
-            probe_calls=s["floor_calls"],
+            probe_calls=s.floor_calls,
             error_bound=self._error_bound(),
-            amplification=float((s["geff"] / s["g"]).amax()),
+            amplification=float((s.geff / s.g).amax()),
         )
         self._report_precision(result)
         self._report_clamp(result)
@@ -489,11 +537,11 @@ class Engine:
         """An fp16 model's input clamp (``MODEL_INPUT_BOUND``) is a guard for early iterates only: where the returned
         trajectory's model inputs are beyond it, the answer is not the sequential one: not converged, one warning."""
         s = self._s
-        if not s["call"].clamp:
+        if not s.call.clamp:
             return
-        level = s["x"][1:].abs().amax((1, 2))
-        if s["in_scale"] is not None:
-            level = level * s["in_scale"].abs()
+        level = s.x[1:].abs().amax((1, 2))
+        if s.in_scale is not None:
+            level = level * s.in_scale.abs()
         big = float(level.amax())
         if big > MODEL_INPUT_BOUND:
             result.input_clamped, result.converged = True, False
@@ -510,7 +558,7 @@ class Engine:
         first-order bound on the sample's RMS distance to the sequential sample, with the measured amplification
         (``tolerance.py``)."""
         s = self._s
-        return (s["geff"].view(-1, 1) * s["rms_all"]).sum(0)
+        return (s.geff.view(-1, 1) * s.rms_all).sum(0)
 
     def _bound(self) -> torch.Tensor:
         """The bound, largest over the batch (0-d, on the device)."""
@@ -539,16 +587,16 @@ class Engine:
         in launches). Whether the model was smooth everywhere is read with the next iteration's host read.
         """
         s = self._s
-        if "probe" not in s:  # fixed at the first probe of a solve key: the model's dtype and the row counts
-            raw = s["call"].raw_dtype or self._last[0].dtype  # the network's dtype (before a clipped-x0 transform)
-            dtype = raw if unit_roundoff(raw) else s["dtype_model"]
-            s["dtype_model"] = dtype
-            rows = max(1, min(self._W or s["T"], s["T"]) // 3)  # three evaluations per probe: at most a window's rows
-            P = min(FLOOR_PROBES, rows, s["T"])
+        if s.probe is None:  # fixed at the first probe of a solve key: the model's dtype and the row counts
+            raw = s.call.raw_dtype or self._last[0].dtype  # the network's dtype (before a clipped-x0 transform)
+            dtype = raw if unit_roundoff(raw) else s.dtype_model
+            s.dtype_model = dtype
+            rows = max(1, min(self._W or s.T, s.T) // 3)  # three evaluations per probe: at most a window's rows
+            P = min(FLOOR_PROBES, rows, s.T)
             S = min(FLOOR_PROBES, rows - P)
-            gen = torch.Generator(device=s["x"].device).manual_seed(0)
-            xi = torch.randn((P + S, *s["x"].shape[1:]), generator=gen, device=s["x"].device, dtype=s["x"].dtype)
-            s["probe"] = dict(
+            gen = torch.Generator(device=s.x.device).manual_seed(0)
+            xi = torch.randn((P + S, *s.x.shape[1:]), generator=gen, device=s.x.device, dtype=s.x.dtype)
+            s.probe = dict(
                 P=P,
                 S=S,
                 u=unit_roundoff(dtype) or 0.0,
@@ -559,7 +607,7 @@ class Engine:
                 steps=torch.zeros(3 * (P + S), dtype=torch.long, device=xi.device),
             )
         key = first
-        graphed = self.cuda_graph and s["x"].device.type == "cuda" and not self._uncaptured
+        graphed = self.cuda_graph and s.x.device.type == "cuda" and not self._uncaptured
         try:
             if graphed and key not in self._probe_graphs:
                 try:
@@ -571,17 +619,17 @@ class Engine:
             else:
                 self._probe(first)
         except torch.OutOfMemoryError:  # at most a window's rows: keep what was measured, probe no more
-            s["floor_on"] = False
+            s.floor_on = False
             return
-        s["floor_calls"] += 1
+        s.floor_calls += 1
 
     def _probe(self, first: bool) -> None:
         """The probe itself (see ``_measure_floor``): device tensors in, ``floor`` updated in place
         unless every probed step was smooth (then ``probe["smooth"]`` is set and nothing changes)."""
         s = self._s
-        p, x, F = s["probe"], s["x"], s["F"]
+        p, x, F = s.probe, s.x, s.F
         P, S = p["P"], (p["S"] if first else 0)
-        ar = s["arange"]
+        ar = s.arange
         lo = (F - P).clamp_min(0)
         exact = (F - P + ar[:P]).clamp_min(0)  # the P steps below the anchor (step 0 repeated when F < P)
         steps = exact
@@ -590,54 +638,54 @@ class Engine:
             frac = ar[:S].to(x.dtype) / max(S - 1, 1)
             steps = torch.cat([exact, (frac * (lo - 1).clamp_min(0)).round().long()])
         inp = x.index_select(0, steps + 1)
-        d = p["xi"][: P + S] * torch.maximum(4 * s["thr0"].index_select(0, steps).view(-1, 1, 1), p["u"] * inp.abs())
+        d = p["xi"][: P + S] * torch.maximum(4 * s.thr0.index_select(0, steps).view(-1, 1, 1), p["u"] * inp.abs())
         m = self._model_out(torch.cat([inp, inp + d, inp + 2 * d]), steps.repeat(3)).double()
         m0, m1, m2 = m.chunk(3)
-        jump = ((m0 - 2 * m1 + m2).square().mean(2).sqrt().amax(1) / math.sqrt(3)).to(s["floor"].dtype)
-        floor = FLOOR_ROUNDINGS * s["b_own"].index_select(0, steps).abs() * jump
+        jump = ((m0 - 2 * m1 + m2).square().mean(2).sqrt().amax(1) / math.sqrt(3)).to(s.floor.dtype)
+        floor = FLOOR_ROUNDINGS * s.b_own.index_select(0, steps).abs() * jump
         # every model output is checked, the probe's too: a NaN/inf there (or a floor that is not finite) is an
         # error at the next host read, never an infinite threshold
         n = m.shape[0]
         p["rows_bad"][:n].copy_(~torch.isfinite(m).flatten(1).all(1))
         p["steps"][:n].copy_(steps.repeat(3))
         p["bad"].logical_or_(p["rows_bad"][:n].any() | ~torch.isfinite(floor).all())
-        smooth = (floor < SMOOTH_FRACTION * s["thr0"].index_select(0, steps)).all()
+        smooth = (floor < SMOOTH_FRACTION * s.thr0.index_select(0, steps)).all()
         p["smooth"].copy_(smooth)
         # below the probes: the lowest exact probe's value (refined as the anchor descends); above F: kept
-        new = torch.where(ar[: s["T"]] < lo, floor[0], s["floor"]).index_copy(0, exact, floor[:P])
-        s["floor"].copy_(torch.where(smooth, s["floor"], new))
+        new = torch.where(ar[: s.T] < lo, floor[0], s.floor).index_copy(0, exact, floor[:P])
+        s.floor.copy_(torch.where(smooth, s.floor, new))
         # a rough model's gain is measured only from input moves of many roundings (of unknown precision: TF32's)
         rough_min = max(GAIN_MIN_CHANGE, GAIN_ROUNDINGS * (p["u"] or 2.0**-11))
-        s["gain_min"].copy_(torch.where(smooth, s["gain_min"], rough_min))
+        s.gain_min.copy_(torch.where(smooth, s.gain_min, rough_min))
 
     def _report_precision(self, result: SolveResult) -> None:
         """The model's roughness floor at the sample, when it bound at some step (and then one warning)."""
         s = self._s
         # the floor the tests used: STALL_ROUNDINGS times the measured one at the steps that stalled there
-        stalled = (s["stall"] >= STALL_ITERS).to(s["floor"].dtype)
-        floor = (s["floor"] * (1 + (STALL_ROUNDINGS - 1) * stalled)).to("cpu", torch.float64)
-        if bool((floor > s["thr0"].to("cpu", torch.float64)).any()):
+        stalled = (s.stall >= STALL_ITERS).to(s.floor.dtype)
+        floor = (s.floor * (1 + (STALL_ROUNDINGS - 1) * stalled)).to("cpu", torch.float64)
+        if bool((floor > s.thr0.to("cpu", torch.float64)).any()):
             result.precision_limited = True
-            result.precision_floor = float((s["geff"].to("cpu", torch.float64) * floor).sum())
-            expert = s["tol"] is None
-            tol = f"tol_abs={self.tol_abs}, tol_rel={self.tol_rel}" if expert else f"tol={s['tol']:g}"
+            result.precision_floor = float((s.geff.to("cpu", torch.float64) * floor).sum())
+            expert = s.tol is None
+            tol = self.tolerance.text()
             # a bf16/fp16 model: converged means within the tolerance asked for, not within the floor; only where
             # the residuals meet the user's own thresholds (the sum test: the bound within tol) does the run count.
             # (A float32 model whose roughness bound, e.g. TF32 kernels, keeps converged: its floor is the level at
             # which its own sequential sample is reproducible; precision_limited says it.)
-            if unit_roundoff(s["dtype_model"]) is None:
+            if unit_roundoff(s.dtype_model) is None:
                 within = True
             elif expert:
-                thr = (s["thr0"] * s["g"] / s["geff"]).view(-1, 1)
-                within = bool((s["rms_all"] <= thr).all())
+                thr = (s.thr0 * s.g / s.geff).view(-1, 1)
+                within = bool((s.rms_all <= thr).all())
             else:
-                within = result.error_bound is not None and result.error_bound <= s["tol"]
+                within = result.error_bound is not None and result.error_bound <= s.tol
             result.converged = result.converged and within
-            warn_precision_floor(s["dtype_model"], result.precision_floor, tol)
+            warn_precision_floor(s.dtype_model, result.precision_floor, tol)
 
     def _raise_probe_nonfinite(self, it: int) -> None:
         """The floor probe's model outputs (or the floor from them) were NaN/inf: name the steps."""
-        p = self._s["probe"]
+        p = self._s.probe
         rows = p["rows_bad"]
         steps = sorted(set(p["steps"][rows].tolist()))
         what = (
@@ -658,14 +706,14 @@ class Engine:
         where = f"iteration {it}" if k == 1 else f"iterations {it}..{it + k - 1}"
         live = idx < anchor
         bad_out = (~torch.isfinite(out)).flatten(1).any(1) & live
-        bad_state = live & (~torch.isfinite(self._s["x"].index_select(0, idx))).flatten(1).any(1)
+        bad_state = live & (~torch.isfinite(self._s.x.index_select(0, idx))).flatten(1).any(1)
         if bad_out.any():
             source, rows = "the model output", bad_out
         elif bad_state.any():
             source, rows = "the residual (the iterates diverged)", bad_state
         else:  # finite states whose residual's square overflowed
             source = "the residual overflowed (|r| above ~1e154; the iterates diverged)"
-            rows = live & ~torch.isfinite(self._s["rms_all"].index_select(0, idx)).any(1)
+            rows = live & ~torch.isfinite(self._s.rms_all.index_select(0, idx)).any(1)
         steps = idx[rows].tolist()
         raise NonFiniteError(
             f"{source} is NaN/inf at step(s) {steps[:8]}{' ...' if len(steps) > 8 else ''} in "

@@ -9,9 +9,15 @@ import torch
 
 from .._cuda_graph import NestedCUDAGraphError, capture, warn_nested_graphs
 from ..model import Denoiser
-from ..schedulers.operator import StepOperator
-from ._common import ModelCaller, NonFiniteError, SolveResult, check_problem
-from .sequential import diagnose_step, first_bad_step, one_tap_view
+from ..schedulers.operator import StepOperator, one_tap_view
+from ._common import (
+    ModelCaller,
+    NonFiniteError,
+    SolveResult,
+    check_problem,
+    diagnose_step,
+    first_bad_step,
+)
 
 GRAPHS = ("loop", "step")
 # the step graph's time is measured from this many replays (every replay is the same GPU work)

@@ -7,19 +7,28 @@ entry here.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
-from .tolerance import check_exclusive
+from ._common import Solver
+from .engine import Engine
+from .rules import AndersonRule, FixedPointRule, Rule
+from .sequential import SequentialSolver
+from .srds import SRDS, SRDSPipelined
+from .tolerance import TOLERANCE_OPTIONS, Tolerance, positive_number
 
 
 @dataclass(frozen=True)
 class Option:
-    """One solver option: ``kind`` is "int", "float", "bool", "dtype" or "callable"; ``lo``/``hi`` bound numbers
-    (inclusive); ``none_ok``: None is allowed (and means ``default`` is computed at solve time)."""
+    """One solver option: ``kind`` is "int", "float", "bool", "dtype", "choice" or "callable"; ``lo``/``hi`` bound
+    numbers (inclusive); ``none_ok``: None is allowed (and means ``default`` is computed at solve time).
+
+    key:   its key in the command line's ``--methods NAME:KEY=N`` (``python -m paratriton``); None: not settable there
+    steps: how an int relates to the number of steps ``T``, which only the solve knows: "at_most" (a value above
+           ``T`` acts as ``T``; the command line asks for ``lo..T``) or "divides" (it must divide ``T``)
+    """
 
     name: str
     kind: str
@@ -29,6 +38,8 @@ class Option:
     hi: float | None = None
     none_ok: bool = False
     choices: tuple = ()
+    key: str | None = None
+    steps: str | None = None
 
     def range_text(self) -> str:
         if self.kind == "int":
@@ -58,14 +69,7 @@ class Option:
             if value < self.lo or (self.hi is not None and value > self.hi):
                 raise bad
         elif self.kind == "float":
-            if isinstance(value, bool):  # True would read as 1.0
-                raise TypeError(f"{self.name} must be {allowed}, got bool {value!r}")
-            try:
-                value = float(value)
-            except (TypeError, ValueError):
-                raise TypeError(f"{self.name} must be {allowed}, got {type(value).__name__} {value!r}") from None
-            if not (value > 0) or math.isinf(value):
-                raise bad
+            value = positive_number(self.name, value, allowed)
         elif self.kind == "bool":
             if not isinstance(value, (bool, int)) or value not in (0, 1):
                 raise bad
@@ -105,14 +109,16 @@ _TOL = (
         "expert: per-step threshold relative to the step's posterior std instead of tol (None with tol_abs set: 1e-3)",
         none_ok=True,
     ),
-    Option("max_iters", "int", None, "stop after this many iterations (None: at most T)", lo=1, none_ok=True),
+    Option("max_iters", "int", None, "stop after this many iterations (None: at most T)", lo=1, none_ok=True, key="it"),
 )
 _RUN = (
     Option("state_dtype", "dtype", None, "state precision (None: float32 on CUDA, float64 elsewhere)", none_ok=True),
     Option("callback", "callable", None, "callback(IterationInfo) after every iteration", none_ok=True),
 )
 _ENGINE = (
-    Option("window", "int", None, "steps updated per iteration (None: all T)", lo=1, none_ok=True),
+    Option(
+        "window", "int", None, "steps updated per iteration (None: all T)", lo=1, none_ok=True, key="w", steps="at_most"
+    ),
     *_TOL,
     *_RUN,
     Option("cuda_graph", "bool", False, "capture each iteration into a CUDA graph (CUDA only)"),
@@ -126,7 +132,16 @@ _ENGINE = (
         choices=("auto", "reference"),
     ),
 )
-_ORDER = Option("order", "int", None, "k of the order-k equations (None: the whole window)", lo=1, none_ok=True)
+_ORDER = Option(
+    "order",
+    "int",
+    None,
+    "k of the order-k equations (None: the whole window)",
+    lo=1,
+    none_ok=True,
+    key="k",
+    steps="at_most",
+)
 _ANDERSON = (
     Option(
         "base",
@@ -136,7 +151,16 @@ _ANDERSON = (
         "sweep) or 'order' (the order-k equations' affine weights, the ParaTAA paper's)",
         choices=("picard", "order"),
     ),
-    Option("order", "int", None, "k of the band of the base map's sums (None: the whole window)", lo=1, none_ok=True),
+    Option(
+        "order",
+        "int",
+        None,
+        "k of the band of the base map's sums (None: the whole window)",
+        lo=1,
+        none_ok=True,
+        key="k",
+        steps="at_most",
+    ),
     Option(
         "history",
         "int",
@@ -145,6 +169,7 @@ _ANDERSON = (
         lo=1,
         hi=8,
         none_ok=True,
+        key="h",
     ),
     Option("ridge", "float", 1e-3, "relative ridge of the least squares"),
     Option(
@@ -161,39 +186,40 @@ class MethodSpec:
     summary: str
     options: tuple[Option, ...]
     windowed: bool  # runs on the engine: sliding windows, CUDA graphs, sharding
-    build: Callable[[dict], Any] = field(repr=False)
+    build: Callable[[dict], Solver] = field(repr=False)
 
     @property
     def option_names(self) -> tuple[str, ...]:
         return tuple(o.name for o in self.options)
 
     def check_options(self, options: dict) -> dict:
-        """All options with defaults filled in, validated; unknown names raise ``TypeError`` naming them."""
+        """All options with defaults filled in, validated; unknown names raise ``TypeError`` naming them.
+        ``tol``/``tol_abs``/``tol_rel`` come back as one ``tolerance`` (a ``Tolerance``, validated there)."""
         unknown = sorted(set(options) - set(self.option_names))
         if unknown:
             raise TypeError(
                 f"options {unknown} do not apply to method={self.name!r}; its options are {list(self.option_names)}"
             )
-        checked = {o.name: o.check(options.get(o.name, o.default)) for o in self.options}
-        check_exclusive(checked.get("tol"), checked.get("tol_abs"), checked.get("tol_rel"))
+        checked: dict[str, Any] = {}
+        for o in self.options:
+            if o.name not in TOLERANCE_OPTIONS:
+                checked[o.name] = o.check(options.get(o.name, o.default))
+            elif "tolerance" not in checked:  # the three made into one value, validated there (in option order)
+                checked["tolerance"] = Tolerance(*(options.get(n) for n in TOLERANCE_OPTIONS))
         return checked
 
-    def make(self, **options: Any) -> Any:
-        """Build the solver (an object with ``.solve(model, coeffs, x_T, noise, init=None)``)."""
+    def make(self, **options: Any) -> Solver:
+        """Build the solver (a ``Solver``: ``.solve(model, coeffs, x_T, noise, init=None)``)."""
         return self.build(self.check_options(options))
 
 
-def _engine(method: str, rule_of: Callable[[dict], Any]) -> Callable[[dict], Any]:
-    def build(o: dict):
-        from .engine import Engine
-
+def _engine(method: str, rule_of: Callable[[dict], Rule]) -> Callable[[dict], Solver]:
+    def build(o: dict) -> Engine:
         kw = {
             k: o[k]
             for k in (
                 "window",
-                "tol",
-                "tol_abs",
-                "tol_rel",
+                "tolerance",
                 "max_iters",
                 "state_dtype",
                 "callback",
@@ -208,22 +234,16 @@ def _engine(method: str, rule_of: Callable[[dict], Any]) -> Callable[[dict], Any
     return build
 
 
-def _fp_rule(o):
-    from .rules import FixedPointRule
-
+def _fp_rule(o: dict) -> Rule:
     return FixedPointRule(order=o["order"])
 
 
-def _picard_rule(o):
-    from .rules import FixedPointRule
-
+def _picard_rule(o: dict) -> Rule:
     return FixedPointRule(order=None, unit_weights=True)
 
 
-def _anderson_rule(triangular: bool):
-    def rule(o):
-        from .rules import AndersonRule
-
+def _anderson_rule(triangular: bool) -> Callable[[dict], Rule]:
+    def rule(o: dict) -> Rule:
         return AndersonRule(
             order=o["order"],
             unit_weights=o["base"] == "picard",
@@ -236,23 +256,28 @@ def _anderson_rule(triangular: bool):
     return rule
 
 
-def _sequential(o: dict):
-    from .sequential import SequentialSolver
-
+def _sequential(o: dict) -> Solver:
     return SequentialSolver(**o)
 
 
-def _srds(pipelined: bool):
-    def build(o: dict):
-        from .srds import SRDS, SRDSPipelined
-
+def _srds(pipelined: bool) -> Callable[[dict], Solver]:
+    def build(o: dict) -> Solver:
         return (SRDSPipelined if pipelined else SRDS)(**o)
 
     return build
 
 
 _SRDS_OPTIONS = (
-    Option("blocks", "int", None, "Parareal blocks K, a divisor of T (None: closest to sqrt(T))", lo=1, none_ok=True),
+    Option(
+        "blocks",
+        "int",
+        None,
+        "Parareal blocks K, a divisor of T (None: closest to sqrt(T))",
+        lo=1,
+        none_ok=True,
+        key="blocks",
+        steps="divides",
+    ),
     *_TOL,
     *_RUN,
 )
@@ -310,11 +335,11 @@ def method_spec(method: str) -> MethodSpec:
     return spec
 
 
-def make_solver(method: str, **options: Any) -> Any:
+def make_solver(method: str, **options: Any) -> Solver:
     """The solver of ``method`` with ``options`` (validated against the registry)."""
     return method_spec(method).make(**options)
 
 
-def graphed_solver(method: str = "taa", **options: Any) -> Any:
+def graphed_solver(method: str = "taa", **options: Any) -> Solver:
     """``make_solver(method, cuda_graph=True, ...)``: the engine's graphed schedule (captured on CUDA)."""
     return make_solver(method, **{"cuda_graph": True, **options})

@@ -65,6 +65,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -119,6 +120,25 @@ class WindowView:
     top: torch.Tensor  # 0-d int64: the highest unconverged step (steps above it freeze now)
     rms: torch.Tensor  # [H, B] order-1 residual RMS (0 at frozen steps)
     kernels: SimpleNamespace  # one of KERNELS
+
+
+@runtime_checkable
+class Rule(Protocol):
+    """A method's update, run by the engine once per iteration (``FixedPointRule``, ``AndersonRule``).
+
+    ``allocate`` makes the rule's buffers once per problem (static shapes: the graphed engine captures them),
+    ``reset`` clears them for a new solve, ``update`` moves ``v.x`` in place from one iteration's model outputs.
+    ``update`` is captured into a CUDA graph: static shapes, no host reads.
+    """
+
+    order: int | None  # k of the order-k sums; None: the whole window
+    history: int | None  # Anderson secant pairs (0: none; None: ``default_history(B)``)
+
+    def allocate(self, T: int, B: int, D: int, dtype: torch.dtype, device: torch.device) -> dict: ...
+
+    def reset(self, buf: dict) -> None: ...
+
+    def update(self, v: WindowView, buf: dict) -> None: ...
 
 
 @dataclass(frozen=True)

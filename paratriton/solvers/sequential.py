@@ -17,43 +17,8 @@ import torch
 
 from ..model import Denoiser
 from ..schedulers.operator import StepOperator, one_tap_view
-from ._common import IterationInfo, ModelCaller, NonFiniteError, SolveResult, check_problem
-
-
-def diagnose_step(
-    i: int,
-    iteration: int,
-    x_next: torch.Tensor,
-    out: torch.Tensor,
-    noise_i: torch.Tensor | None,
-    coeffs: StepOperator,
-    x_i: torch.Tensor | None = None,
-) -> NonFiniteError:
-    """The error for step ``i`` whose state ``x_i`` (or model output) is NaN/inf: names the step, the iteration and
-    which input was non-finite (the model's input state, the model output, the noise or the coefficients)."""
-    where = f"at step(s) [{i}] in iteration {iteration}"
-    tail = "; the sampler stopped and returns no image"
-    if not bool(torch.isfinite(x_next).all()):
-        return NonFiniteError(f"the state x_{i + 1} (the model's input) is NaN/inf {where}{tail}")
-    if not bool(torch.isfinite(out).all()):
-        return NonFiniteError(f"the model output is NaN/inf {where} (its input was finite){tail}")
-    if noise_i is not None and not bool(torch.isfinite(noise_i).all()):
-        return NonFiniteError(f"the noise is NaN/inf {where}{tail}")
-    bad = [n for n in ("a", "b", "c") if not bool(torch.isfinite(getattr(coeffs, n)[i]).all())]
-    if bad:
-        return NonFiniteError(f"the coefficients {bad} are NaN/inf {where}{tail}")
-    big = x_i.abs().max().item() if x_i is not None and bool(torch.isfinite(x_i).all()) else float("inf")
-    return NonFiniteError(
-        f"the state x_{i} overflowed (max |x| = {big:.3g}) {where}: a_i x_(i+1) + b_i m + c_i xi "
-        f"is not finite in {x_next.dtype} although the model output, the noise and the "
-        f"coefficients were finite (the model output reached {out.abs().max().item():.3g}){tail}"
-    )
-
-
-def first_bad_step(x: torch.Tensor, T: int) -> int | None:
-    """The first step in sampling order (the highest ``i < T``) whose state in ``x [T+1, B, D]`` is NaN/inf."""
-    bad = (~torch.isfinite(x[:T])).flatten(1).any(1).nonzero().flatten()
-    return int(bad.max()) if bad.numel() else None
+from ._common import IterationInfo, ModelCaller, SolveResult, check_problem, diagnose_step, first_bad_step
+from .graphed_sequential import GraphedSequential
 
 
 @torch.no_grad()
@@ -145,8 +110,6 @@ class SequentialSolver:
         if init is not None:
             raise ValueError("init (warm start) does not apply to method='sequential'")
         if self.cuda_graph and x_T.device.type == "cuda":
-            from .graphed_sequential import GraphedSequential
-
             return GraphedSequential(model, coeffs, x_T, noise, state_dtype=self.state_dtype or torch.float32).run()
         return solve_sequential(
             model,

@@ -119,7 +119,7 @@ from typing import Callable
 import torch
 
 from ..model import Denoiser
-from ..schedulers.operator import StepOperator
+from ..schedulers.operator import StepOperator, one_tap_view
 from ..schedulers.prediction import x0_prediction
 from ._common import (
     IterationInfo,
@@ -131,8 +131,7 @@ from ._common import (
     exclusive,
     set_common_options,
 )
-from .sequential import one_tap_view
-from .tolerance import sample_tolerance
+from .tolerance import Tolerance
 
 __all__ = [
     "SRDS",
@@ -168,7 +167,7 @@ class SRDSResult(SolveResult):
     increments:     ``[iterations]`` float64: per iteration the stopping statistic, the largest over the batch of
                     ``RMS(X^p_0 - X^{p-1}_0)``
     rows_per_call:  evaluations per trajectory in each model call (a call's batch is ``rows * B``)
-    converged:      the sample's Parareal increment met the sample tolerance (``tolerance.sample_tolerance``), or
+    converged:      the sample's Parareal increment met the sample tolerance (``Tolerance.sample_threshold``), or
                     the result is exact (``p = K``)
     trajectory:     boundaries ``x_{qS}`` are the Parareal iterates ``X^p_q``; the states inside a block are those
                     of the last fine solve through it, which started from the previous iterate of its start
@@ -426,6 +425,7 @@ class SRDS:
     tol:       stop when ``RMS(X^p_0 - X^{p-1}_0) <= tol`` for every trajectory (default 1e-3: the target RMS
                distance of the sample to the sequential one, as for every method)
     tol_abs, tol_rel: the expert form: ``max(tol_abs, tol_rel * posterior_std_0)`` instead of ``tol``
+    tolerance: the three as one ``Tolerance`` (what the registry passes) instead of ``tol``/``tol_abs``/``tol_rel``
     max_iters: at most this many Parareal iterations (never more than ``K``: at ``p = K`` the result is exact).
 
     The plain schedule costs ``K + P (S - 1) + P K - P (P + 1) / 2`` sequential model calls for ``P`` iterations,
@@ -456,11 +456,16 @@ class SRDS:
         state_dtype: torch.dtype | None = None,
         callback: Callable[[IterationInfo], None] | None = None,
         backend: str = "torch",
+        tolerance: Tolerance | None = None,
     ) -> None:
         if backend not in ("torch", "triton"):
             raise ValueError(f"backend must be 'torch' or 'triton', got {backend!r}")
         self.blocks = None if blocks is None else _check_int("blocks", blocks, 1)
-        set_common_options(self, tol, tol_abs, tol_rel, max_iters, state_dtype or torch.float64, callback)
+        if tolerance is None:
+            tolerance = Tolerance(tol, tol_abs, tol_rel)
+        elif (tol, tol_abs, tol_rel) != (None, None, None):
+            raise TypeError("pass tolerance (a Tolerance) or tol/tol_abs/tol_rel, not both")
+        set_common_options(self, tolerance, max_iters, state_dtype or torch.float64, callback)
 
     window_shrunk_to: int | None = None
 
@@ -543,7 +548,7 @@ class SRDS:
         xi = None if noise is None else noise.reshape(T, B, D)
         A_h, Bc_h = coarse_coefficients(coeffs, K)
         A_q, B_q = A_h.tolist(), Bc_h.tolist()  # host floats: scalar multiplies need no device read
-        threshold0 = sample_tolerance(coeffs, self.tol, self.tol_abs, self.tol_rel)
+        threshold0 = self.tolerance.sample_threshold(coeffs)
         E = _coarse_noise(coeffs, xi.to(dt), K, dt) if (stochastic and not warm) else None
 
         # every index the rounds need, built on the host and copied to the device once (a per-round host->device
