@@ -133,8 +133,23 @@ class ClippedPrediction:
         return m + k * (self.clip(x0) - x0)
 
 
+class _AffineSteps:
+    """What every step operator derives from its ``a [T]`` and ``c [T]``."""
+
+    a: torch.Tensor
+    c: torch.Tensor
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.a.shape[0])
+
+    @property
+    def is_stochastic(self) -> bool:
+        return bool((self.c != 0).any())
+
+
 @dataclass(frozen=True)
-class SamplerCoefficients:
+class SamplerCoefficients(_AffineSteps):
     """Per-step coefficients of an affine sampler, all float64 tensors of shape ``[T]`` indexed by step: the
     one-tap ``StepOperator``.
 
@@ -183,14 +198,6 @@ class SamplerCoefficients:
                 )
         if bool((self.posterior_std < 0).any()):
             raise ValueError("SamplerCoefficients.posterior_std must be >= 0 (it scales the convergence threshold)")
-
-    @property
-    def num_steps(self) -> int:
-        return int(self.a.shape[0])
-
-    @property
-    def is_stochastic(self) -> bool:
-        return bool((self.c != 0).any())
 
     output_kind: ClassVar[str] = "raw"
 
@@ -251,7 +258,7 @@ class SamplerCoefficients:
 
 
 @dataclass(frozen=True)
-class MultistepCoefficients:
+class MultistepCoefficients(_AffineSteps):
     """A k-tap ``StepOperator``: ``x_i = a_i x_{i+1} + sum_{j<k} b[i, j] m_{i+j} + c_i xi_i``.
 
     All tensors are float64 and indexed by step ``i`` (``T-1`` first/noisiest, ``0`` last):
@@ -331,14 +338,6 @@ class MultistepCoefficients:
         if self.prediction_type not in ("epsilon", "v_prediction", "sample", "flow"):
             raise ValueError(f"prediction_type {self.prediction_type!r} is not supported")
         object.__setattr__(self, "taps", int(k))
-
-    @property
-    def num_steps(self) -> int:
-        return int(self.a.shape[0])
-
-    @property
-    def is_stochastic(self) -> bool:
-        return bool((self.c != 0).any())
 
     @property
     def step_taps(self) -> torch.Tensor:
