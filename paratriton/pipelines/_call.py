@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
 import logging
 import math
 from collections.abc import Callable
@@ -55,6 +54,7 @@ from ..schedulers import (
 )
 from ..schedulers.traced import multistep_from_scheduler
 from ..solvers import SolveResult, solve
+from ._capture import _NOT_PER_ROW, _bind_forward, _Capture, _first_tensor, _like, _ModelProxy
 from ._graphed import graphed_solvers
 from ._guards import check_no_stateful_hooks, model_fingerprint
 from ._options import pipeline_options
@@ -65,40 +65,15 @@ from ._trees import copy_tree
 
 logger = logging.getLogger("paratriton.pipelines")
 
-# model kwargs that are not per-row although their leading dimension can equal the batch (Flux's 2-D position ids)
-_NOT_PER_ROW = frozenset({"txt_ids", "img_ids"})
 # the conditioning key under which inpainting's extra input channels (mask, masked image latents) travel
 _EXTRA_CHANNELS = "__paratriton_extra_channels__"
 # ControlNet: the controlnet call's conditioning and the per-step scale travel with the UNet's conditioning
 _CONTROL = "__paratriton_control__"
-_RESIDUALS = ("down_block_additional_residuals", "mid_block_additional_residual")
 _COEFF_FIELDS = ("a", "b", "c", "posterior_std", "timesteps", "signal_scale", "noise_scale")
 # the per-step fields of a k-tap ``MultistepCoefficients`` (``b`` is [T, k])
 _MULTISTEP_FIELDS = _COEFF_FIELDS + ("input_scale", "output_scale", "output_mix")
 # instance attributes the call sets on its scheduler copy (never traced: the tracer deep-copies the scheduler)
 _OVERRIDES = ("step", "scale_model_input")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# small helpers
-# --------------------------------------------------------------------------------------------------------------
-def _bind_forward(model: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[str, dict]:
-    """Name every argument of a ``model(...)`` call: returns (latent argument name, {name: value})."""
-    target = getattr(model, "_orig_mod", model)  # torch.compile wrapper: the signature is the wrapped module's
-    sig = inspect.signature(type(target).forward)
-    bound = sig.bind(target, *args, **kwargs)
-    params = list(sig.parameters.values())
-    named: dict[str, Any] = {}
-    for name, value in list(bound.arguments.items())[1:]:  # drop self
-        kind = sig.parameters[name].kind
-        if kind is inspect.Parameter.VAR_KEYWORD:
-            named.update(value)
-        elif kind is inspect.Parameter.VAR_POSITIONAL:
-            if value:
-                raise TypeError(f"{type(target).__name__}.forward got extra positional arguments; not supported")
-        else:
-            named[name] = value
-    return params[1].name, named
 
 
 def _repeat_rows(value: Any, g: int, B: int, W: int) -> Any:
@@ -118,20 +93,6 @@ def _repeat_rows(value: Any, g: int, B: int, W: int) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(_repeat_rows(v, g, B, W) for v in value)
     return value
-
-
-def _first_tensor(out: Any) -> torch.Tensor:
-    return out if torch.is_tensor(out) else out[0]  # tuple or diffusers BaseOutput (which indexes like a tuple)
-
-
-def _like(raw: Any, tensor: torch.Tensor) -> Any:
-    """Wrap ``tensor`` in the same container the model returned (tensor, tuple or BaseOutput)."""
-    if torch.is_tensor(raw):
-        return tensor
-    if isinstance(raw, tuple):
-        return (tensor,)
-    first = next(iter(raw.keys()))
-    return type(raw)(**{first: tensor})
 
 
 def _slice_steps(coeffs, lo: int, hi: int):
@@ -254,37 +215,10 @@ def _guided(branches: Callable, do_cfg: bool, scale: float, rescale: float, cond
     return ClassifierFreeGuidance(branches, scale, rescale, cond_first=cond_first) if do_cfg else branches
 
 
-class _ModelProxy(torch.nn.Module):
-    """Stands in for a network of the pipeline (the denoiser, a ControlNet) on the per-call pipeline copy, never on
-    a shared object.
-
-    Reads of anything else (``config``, ``dtype``, ``device``, ``cache_context``, accelerate's ``_hf_hook``) go to
-    the real network, so the stock ``__call__`` sees its own module; only calls are answered, by ``handler``.
-    """
-
-    def __init__(self, handler: Callable[[tuple, dict], Any], model: torch.nn.Module) -> None:
-        super().__init__()
-        self.inner = model  # a registered child, so .modules() / .device walk the real network
-        object.__setattr__(self, "_paratriton_handler", handler)
-
-    @property
-    def __class__(self) -> type:  # isinstance(proxy, ControlNetModel) as the stock loop checks (type() is unchanged)
-        return type(self._modules["inner"])
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self._modules["inner"], name)
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self._paratriton_handler(args, kwargs)
-
-
 # --------------------------------------------------------------------------------------------------------------
 # one parallel call
 # --------------------------------------------------------------------------------------------------------------
-class _ParallelCall(_Replay):
+class _ParallelCall(_Capture, _Replay):
     """One parallel pipeline call (see the module docstring).
 
     ``par`` is the parallel pipeline (read, never written); ``state`` its ``ParallelState``, which gives the method
@@ -350,37 +284,6 @@ class _ParallelCall(_Replay):
         self.calls_per_step = 1 if self.true_cfg_scale is None else 2
         self.pending: tuple | None = None
 
-    # -- the proxy network: solve on the first stock call -------------------------------------------------------
-    def model_call(self, args: tuple, kwargs: dict) -> Any:
-        if self.in_callback:  # a callback calling pipe.unet(...) gets the real network
-            return self.model(*args, **kwargs)
-        self.calls_since_step += 1
-        if not self.solved:
-            if self.calls_per_step == 2 and self.pending is None:
-                # true CFG (Flux): the conditional call comes first; the solve needs the negative call's inputs too
-                self.pending = (args, kwargs)
-                return self._zeros_like_input(args, kwargs)
-            self._solve(args, kwargs)
-        if self.calls_per_step == 2:
-            return self._zeros_like_input(args, kwargs)  # each branch call has B rows, not the 2B the solve batches
-        return self.dummy
-
-    def control_call(self, args: tuple, kwargs: dict) -> Any:
-        """The ControlNet proxy: its first call (before the UNet's) is recorded and run for real, so the UNet's first
-        call gets residuals of the right structure; the solve then runs the ControlNet inside every model call."""
-        if self.in_callback:
-            return self.controlnet(*args, **kwargs)
-        self.control_calls += 1
-        if self.solved:
-            return self.control_dummy
-        if self.control_pending is not None:
-            raise RuntimeError("the loop called the ControlNet twice before the UNet")
-        self.control_pending = (args, kwargs)
-        out = self.controlnet(*args, **kwargs)
-        down, mid = out
-        self.control_dummy = ([torch.zeros_like(d) for d in down], torch.zeros_like(mid))
-        return out
-
     def _control_conditioning(self, x_in: torch.Tensor, T: int) -> dict:
         """The recorded ControlNet call as conditioning: its kwargs (per row) and the scale of every solver step."""
         if self.control_pending is None:
@@ -410,40 +313,6 @@ class _ParallelCall(_Replay):
         by_loop = torch.tensor([float(scale) * k for k in keep], dtype=torch.float64, device=x_in.device)
         self.control_latent = name
         return {"kwargs": named, "scale_by_step": by_loop.flip(0)}
-
-    def _zeros_like_input(self, args: tuple, kwargs: dict) -> Any:
-        name, named = _bind_forward(self.model, args, kwargs)
-        if named.get("return_dict", True):
-            raise RuntimeError("true CFG: the loop is expected to call the network with return_dict=False")
-        return (torch.zeros_like(named[name]),)  # Flux's transformer returns its (packed) input's shape
-
-    def _merge_branches(self, args: tuple, kwargs: dict) -> tuple[str, dict]:
-        """True CFG: the conditional call's and the negative call's inputs as one ``[neg; cond]`` batch."""
-        latent_name, neg = _bind_forward(self.model, args, kwargs)
-        _, cond = _bind_forward(self.model, *self.pending)
-        if not torch.equal(neg[latent_name], cond[latent_name]):
-            raise RuntimeError("true CFG: the two calls of a step got different latents")
-        merged: dict[str, Any] = {latent_name: torch.cat([neg[latent_name], cond[latent_name]])}
-        for key in cond.keys() | neg.keys():
-            a, b = neg.get(key), cond.get(key)
-            if key == latent_name:
-                continue
-            if key in _NOT_PER_ROW or not torch.is_tensor(a) or key == "timestep":
-                same = torch.equal(a, b) if torch.is_tensor(a) and torch.is_tensor(b) else a is b or a == b
-                if not same:
-                    raise RuntimeError(f"true CFG: the conditional and negative calls differ in {key!r}, not per row")
-                merged[key] = torch.cat([a, b]) if key == "timestep" else a
-            elif a.shape != b.shape:
-                raise RuntimeError(f"true CFG: {key!r} has shape {tuple(b.shape)} and {tuple(a.shape)} in the calls")
-            else:
-                merged[key] = torch.cat([a, b])
-        return latent_name, merged
-
-    def scheduler_scale_input(self, sample: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        out = self.stock_scale(sample, *args, **kwargs)
-        if not self.solved:
-            self.scaled = (sample, out)
-        return out
 
     def _unscaled_latents(self, x_in: torch.Tensor, coeffs) -> torch.Tensor:
         """The loop's latents ``x_{i+1}`` behind the network's first input ``x_in`` (``scale_model_input``'s)."""
@@ -528,17 +397,9 @@ class _ParallelCall(_Replay):
     def _solve(self, args: tuple, kwargs: dict) -> None:
         self.solved = True
         spec, pipe, sched = self.spec, self.pipe, self.scheduler
-        if self.pending is not None:  # true CFG: two calls per step, batched as [neg; cond] by the solve
-            latent_name, named = self._merge_branches(args, kwargs)
-            do_cfg, scale, rescale = True, self.true_cfg_scale, 0.0
-        else:
-            latent_name, named = _bind_forward(self.model, args, kwargs)
-            do_cfg, scale, rescale = spec.guidance(pipe, self.call_args)
-        x_in = named.pop(latent_name)
-        t_in = named.pop("timestep", None)
-        if self.controlnet is not None:
-            for key in _RESIDUALS:  # recomputed for every row of every model call
-                named.pop(key, None)
+        cap = self._capture(args, kwargs)
+        latent_name, named, x_in, t_in = cap.latent_name, dict(cap.conditioning), cap.x_in, cap.t_in
+        do_cfg, scale, rescale = cap.guidance
         x_full = x_in
         g = 2 if do_cfg else 1
         N0 = x_in.shape[0]
