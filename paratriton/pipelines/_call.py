@@ -41,9 +41,6 @@ from typing import Any
 
 import torch
 
-from .. import _plan_cache
-from ..model import ClassifierFreeGuidance
-from ..planner import WindowChoice, _choice_from, choose_window, remembered
 from ..schedulers import (
     TRACED_SCHEDULERS,
     SamplerCoefficients,
@@ -53,12 +50,11 @@ from ..schedulers import (
     stock_draws,
 )
 from ..schedulers.traced import multistep_from_scheduler
-from ..solvers import SolveResult, solve
+from ..solvers import SolveResult
 from ._capture import _NOT_PER_ROW, _bind_forward, _Capture, _first_tensor, _like, _ModelProxy
-from ._graphed import graphed_solvers
-from ._guards import check_no_stateful_hooks, model_fingerprint
-from ._options import pipeline_options
-from ._replay import _Interrupted, _Replay
+from ._guards import check_no_stateful_hooks
+from ._replay import _Replay
+from ._solve import _Solve
 from ._specs import PipelineSpec
 from ._state import ParallelState
 from ._trees import copy_tree
@@ -211,14 +207,10 @@ class _PipelineDenoiser:
         copy_tree(self.kwargs, kwargs)
 
 
-def _guided(branches: Callable, do_cfg: bool, scale: float, rescale: float, cond_first: bool) -> Callable:
-    return ClassifierFreeGuidance(branches, scale, rescale, cond_first=cond_first) if do_cfg else branches
-
-
 # --------------------------------------------------------------------------------------------------------------
 # one parallel call
 # --------------------------------------------------------------------------------------------------------------
-class _ParallelCall(_Capture, _Replay):
+class _ParallelCall(_Capture, _Solve, _Replay):
     """One parallel pipeline call (see the module docstring).
 
     ``par`` is the parallel pipeline (read, never written); ``state`` its ``ParallelState``, which gives the method
@@ -467,159 +459,7 @@ class _ParallelCall(_Capture, _Replay):
         if self.controlnet is not None:
             branches.controlnet, branches.control_latent = self.controlnet, self.control_latent
         x_T = x_in[:B].to(torch.float64)  # CFG-doubled inputs: both halves are the same latents
-        method, options = self.state.method, dict(self.state.options)
-        graphed = options.pop("cuda_graph", False)
-        with self._progress(T) as bar:
-            self.bar = bar
-            try:
-                guidance = (do_cfg, scale, rescale)
-                if graphed:
-                    self.result = self._solve_graphed(branches, guidance, coeffs, x_T, noise, method, options)
-                else:
-                    denoiser = _guided(branches, do_cfg, scale, rescale, spec.cond_first)
-                    if options.get("window") == "auto":
-                        method, options["window"] = self._auto_window(
-                            denoiser, coeffs, x_T, noise, method, options, conditioning=(branches.kwargs, guidance)
-                        )
-                        if method == "sequential":
-                            options = {k: v for k, v in options.items() if k in pipeline_options(method, False)}
-                    self.result = solve(
-                        denoiser, coeffs, x_T, noise, method=method, callback=self._on_iteration, **options
-                    )
-                    self.dummy = branches.dummy
-            except _Interrupted as stop:
-                self.interrupted_at, self.trajectory = stop.step, stop.trajectory
-                self.dummy = self.dummy if self.dummy is not None else branches.dummy
-                self.state.last_result = None
-                logger.info("paratriton: interrupted by callback_on_step_end at step %d", stop.step)
-                return
-        if not self.result.converged and self.result.precision_limited:
-            logger.warning(
-                "paratriton: %s stopped at the model's precision floor, above the tolerance asked for: the image "
-                "can be up to about %.2g RMS from the sequential one (result.precision_floor)",
-                self.result.method,
-                self.result.precision_floor,
-            )
-        elif not self.result.converged:
-            logger.warning(
-                "paratriton: %s stopped after %d iterations before every step converged "
-                "(max_iters); the image is the current estimate",
-                self.result.method,
-                self.result.iterations,
-            )
-        self.trajectory = self.result.trajectory
-        self.state.last_result = self.result
-
-    def _auto_window(
-        self,
-        denoiser,
-        coeffs,
-        x_T,
-        noise,
-        method,
-        options,
-        cuda_graph: bool = False,
-        solvers: dict | None = None,
-        conditioning: Any = None,
-    ) -> tuple[str, int | None]:
-        """``window="auto"``: time the candidate windows and the sequential sampler once per problem shape (on a
-        calibration problem with other noise), keep the choice in ``state.window_choices``, and reuse it; also on
-        disk (``paratriton._plan_cache``, unless ``state.plan_cache`` is False or ``PARATRITON_PLAN_CACHE=0``),
-        keyed by the device, the versions, the network's fingerprint, the shapes of the problem and of
-        ``conditioning`` (the call's conditioning tensors and guidance), the coefficients and the options, so a new
-        process reuses it without timing. ``solvers``: graphed, the problem's ``GraphedSolvers.solvers``, where the
-        chosen (captured) solver is left."""
-        key = (coeffs.num_steps, tuple(x_T.shape), str(x_T.device), method, cuda_graph)
-        cache: dict[tuple, WindowChoice] = self.state.window_choices
-        if key not in cache:
-            rest = {k: v for k, v in options.items() if k != "window"}
-            hints = self.state.auto_hints  # plan(): the sequential sampler's time and the best so far, if known
-            bound_ms = hints.get((key[:3], "bound_ms"))
-
-            def timed() -> WindowChoice:
-                g = torch.Generator().manual_seed(1234)
-                cal_x = torch.randn(x_T.shape, generator=g, dtype=x_T.dtype).to(x_T.device)
-                cal_noise = (
-                    None if noise is None else torch.randn(noise.shape, generator=g, dtype=noise.dtype).to(noise.device)
-                )
-                return choose_window(
-                    denoiser,
-                    coeffs,
-                    cal_x,
-                    cal_noise,
-                    method,
-                    cuda_graph=cuda_graph,
-                    solvers=solvers,
-                    bound_ms=bound_ms,
-                    sequential_ms=hints.get((key[:3], cuda_graph, "sequential_ms")),
-                    **rest,
-                )
-
-            disk_key = None
-            # a choice bounded by another method's time (plan()) holds only beside it: not remembered alone
-            if bound_ms is None and _plan_cache.enabled(self.state.plan_cache):
-                disk_key = _plan_cache.make_key(
-                    "window",
-                    x_T.device,
-                    pipeline=self.pipeline_name,
-                    model=_plan_cache.fingerprint(self.model),
-                    controlnet=None if self.controlnet is None else _plan_cache.fingerprint(self.controlnet),
-                    coeffs=_plan_cache.coeffs_digest(coeffs),
-                    steps=coeffs.num_steps,
-                    x_T=x_T,
-                    noise=noise,
-                    conditioning=conditioning,
-                    method=method,
-                    cuda_graph=cuda_graph,
-                    options=rest,
-                )
-            cache[key] = remembered("window='auto'", disk_key, timed, _choice_from)
-            if cache[key].remembered is None:
-                logger.info("paratriton: window='auto': %s", cache[key].reason)
-        choice = cache[key]
-        return choice.method, choice.window
-
-    def _solve_graphed(
-        self,
-        branches: _PipelineDenoiser,
-        guidance: tuple,
-        coeffs: SamplerCoefficients,
-        x_T: torch.Tensor,
-        noise: torch.Tensor | None,
-        method: str,
-        options: dict,
-    ):
-        """``cuda_graph=True``: solve with the pipeline's cached, CUDA-graphed solvers (see ``_graphed``)."""
-        do_cfg, scale, rescale = guidance
-        cond_first = self.spec.cond_first
-        entry = graphed_solvers(
-            self.state,
-            (model_fingerprint(self.model), None if self.controlnet is None else model_fingerprint(self.controlnet)),
-            branches,
-            (*guidance, cond_first),
-            lambda b: _guided(b, do_cfg, scale, rescale, cond_first),
-            coeffs,
-            x_T,
-            noise,
-        )
-        self.dummy = entry.branches.dummy
-        if options.get("window") == "auto":
-            method, options["window"] = self._auto_window(
-                entry.denoiser,
-                entry.coeffs,
-                x_T,
-                noise,
-                method,
-                options,
-                cuda_graph=True,
-                solvers=entry.solvers,
-                conditioning=(entry.branches.kwargs, guidance),
-            )
-            if method == "sequential":
-                options = {k: v for k, v in options.items() if k in pipeline_options(method, True)}
-        result = entry.solve(method, options, x_T, noise, self._on_iteration)
-        self.dummy = entry.branches.dummy
-        return result
+        self._solve_problem(branches, (do_cfg, scale, rescale), coeffs, x_T, noise)
 
     def _draw_noise(
         self, T: int, rows: int, B: int, sample_shape: tuple, dtype, device, draws: list[int]
