@@ -125,8 +125,7 @@ class _ParallelCall(_Capture, _Problem, _Solve, _Replay):
     def _solve(self, args: tuple, kwargs: dict) -> None:
         """The proxy's first call: capture it, pose the problem, solve it (the replay then steps through it)."""
         self.solved = True
-        p = self._pose(self._capture(args, kwargs))
-        self._solve_problem(p.branches, p.guidance, p.coeffs, p.x_T, p.noise)
+        self._solve_problem(self._pose(self._capture(args, kwargs)))
 
     # -- run the stock __call__ on the private copy ------------------------------------------------------------
     def run(self, stock_call: Callable, kwargs: dict) -> Any:

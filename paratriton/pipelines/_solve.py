@@ -22,6 +22,7 @@ from ..solvers import SolveResult, solve
 from ._graphed import graphed_solvers
 from ._guards import model_fingerprint
 from ._options import pipeline_options
+from ._problem import Problem
 from ._replay import _Interrupted
 
 logger = logging.getLogger("paratriton.pipelines")
@@ -48,9 +49,16 @@ class _Solve:
     _progress: Callable[[int], Any]
     _on_iteration: Callable[[Any], None]
 
-    def _solve_problem(self, branches: Any, guidance: tuple, coeffs: Any, x_T: torch.Tensor, noise: Any) -> None:
-        """Solve the trajectory of ``x_T`` with the state's method and options; sets ``result`` and ``trajectory``
+    def _solve_problem(self, problem: Problem) -> None:
+        """Solve ``problem`` with the state's method and options; sets ``result`` and ``trajectory``
         (``interrupted_at`` where ``callback_on_step_end`` interrupted) and ``state.last_result``."""
+        branches, guidance, coeffs, x_T, noise = (
+            problem.branches,
+            problem.guidance,
+            problem.coeffs,
+            problem.x_T,
+            problem.noise,
+        )
         method, options = self.state.method, dict(self.state.options)
         graphed = bool(options.pop("cuda_graph", False))
         with self._progress(self.T) as bar:
