@@ -1018,7 +1018,7 @@ def test_plan_pipeline_times_every_method_and_builds_the_fastest(monkeypatch, ca
 
 
 def test_plan_pipeline_graphed_and_forced_sequential(monkeypatch):
-    from paratriton.pipelines import _call as _wrap
+    from paratriton.pipelines import _solve as _wrap
 
     pipe = _ddpm_pipe()
     real = _wrap.choose_window  # planner.choose_window, as the window="auto" path reads it

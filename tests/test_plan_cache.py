@@ -181,7 +181,7 @@ def _sd():
 def test_window_auto_choice_is_reused_by_a_fresh_pipeline(cache, monkeypatch):
     from test_pipelines import _gen, _images, assert_same, sd_inputs
 
-    from paratriton.pipelines import _call
+    from paratriton.pipelines import _solve
 
     pipe, tol = _sd()
     inputs = sd_inputs(1, True, output_type="latent")
@@ -189,7 +189,7 @@ def test_window_auto_choice_is_reused_by_a_fresh_pipeline(cache, monkeypatch):
     out = _images(par(**inputs, generator=_gen(0)))
     ((_, choice),) = par.paratriton.window_choices.items()
     assert choice.remembered is None and len(_files(cache)) == 1
-    monkeypatch.setattr(_call, "choose_window", _no_timing)  # from here on, a timing would raise
+    monkeypatch.setattr(_solve, "choose_window", _no_timing)  # from here on, a timing would raise
     fresh = paratriton.parallelize(pipe, "taa", window="auto", **tol)  # a new state: nothing in memory
     again = _images(fresh(**inputs, generator=_gen(0)))
     ((_, reused),) = fresh.paratriton.window_choices.items()

@@ -1,0 +1,108 @@
+"""The pipeline's network as a paratriton denoiser: the model call the solve makes, on every row of a window."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ._capture import _NOT_PER_ROW, _first_tensor, _like
+from ._trees import copy_tree
+
+# the conditioning key under which inpainting's extra input channels (mask, masked image latents) travel
+_EXTRA_CHANNELS = "__paratriton_extra_channels__"
+# ControlNet: the controlnet call's conditioning and the per-step scale travel with the UNet's conditioning
+_CONTROL = "__paratriton_control__"
+
+
+def _repeat_rows(value: Any, g: int, B: int, W: int) -> Any:
+    """Repeat per-row conditioning ``[g * B, ...]`` to the solver's rows ``[g, W, B, ...]`` (step-major).
+
+    The stock loop batches ``g`` guidance branches of ``B`` samples; the solver evaluates ``W`` steps of each, with
+    rows ordered ``(branch, window position, sample)``. Tensors whose leading dimension is not ``g * B`` (scalars,
+    broadcast tensors) pass through unchanged; dicts, lists and tuples are searched.
+    """
+    if torch.is_tensor(value):
+        if value.ndim >= 1 and value.shape[0] == g * B:
+            rest = tuple(value.shape[1:])
+            return value.reshape(g, 1, B, *rest).expand(g, W, B, *rest).reshape(g * W * B, *rest)
+        return value
+    if isinstance(value, dict):
+        return {k: _repeat_rows(v, g, B, W) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_repeat_rows(v, g, B, W) for v in value)
+    return value
+
+
+class _PipelineDenoiser:
+    """The pipeline's network as a paratriton denoiser of the stacked guidance branches.
+
+    ``x [g * W * B, *S]`` (solver dtype) and ``step_index [g * W * B]`` -> ``[g * W * B, *S]`` (model dtype), rows
+    ordered ``(branch, window position, sample)``; the stock call's conditioning ``kwargs`` is repeated along the
+    window. ``model`` is called as a module (``nn.Module.__call__``: hooks and ``compile`` apply). Only tensors are
+    read per call, so the call can be captured in a CUDA graph: later pipeline calls copy their conditioning into
+    ``kwargs`` in place (``load``) and replay.
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        latent_name: str,
+        kwargs: dict,
+        ts_by_step: torch.Tensor,
+        g: int,
+        B: int,
+        N0: int,
+        x_dtype: torch.dtype,
+        flow_timestep: bool,
+        learned_sigma_channels: int | None,
+    ) -> None:
+        self.forward, self.latent_name, self.kwargs, self.ts_by_step = model, latent_name, kwargs, ts_by_step
+        self.g, self.B, self.N0, self.x_dtype = g, B, N0, x_dtype
+        self.flow_timestep, self.learned_sigma_channels = flow_timestep, learned_sigma_channels
+        self.dummy: Any = None  # what later stock calls get back: zeros shaped like a stock call's output
+        self.controlnet: Callable | None = None  # ControlNet: the real controlnet module and its latent argument
+        self.control_latent = "sample"
+
+    def __call__(self, x: torch.Tensor, step_index: torch.Tensor) -> torch.Tensor:
+        g, B = self.g, self.B
+        W = x.shape[0] // (g * B)
+        t = self.ts_by_step[step_index]
+        if self.flow_timestep:  # Flux: t.expand(B).to(latents.dtype) / 1000, exactly as the stock loop
+            t = t.to(self.x_dtype) / 1000
+        kw = {k: (v if k in _NOT_PER_ROW else _repeat_rows(v, g, B, W)) for k, v in self.kwargs.items()}
+        if _CONTROL in kw:  # the per-step scale is indexed by step, not repeated per row
+            kw[_CONTROL] = {**kw[_CONTROL], "scale_by_step": self.kwargs[_CONTROL]["scale_by_step"]}
+        sample = x.to(self.x_dtype)
+        extra = kw.pop(_EXTRA_CHANNELS, None)
+        if extra is not None:  # inpainting: [latents, mask, masked image latents] along channels, as the loop does
+            sample = torch.cat([sample, extra], dim=1)
+        control = kw.pop(_CONTROL, None)
+        if control is not None:  # ControlNet: its call is part of the model call, on the same rows
+            kw.update(self._control(sample, t, step_index, control))
+        raw = self.forward(**{self.latent_name: sample, "timestep": t}, **kw)
+        out = _first_tensor(raw)
+        if self.dummy is None:
+            self.dummy = _like(raw, out.new_zeros((self.N0, *out.shape[1:])))
+        if self.learned_sigma_channels is not None:
+            out = out[:, : self.learned_sigma_channels]
+        return out
+
+    def _control(self, sample: torch.Tensor, t: torch.Tensor, step_index: torch.Tensor, control: dict) -> dict:
+        """The ControlNet residuals for these rows, scaled per row by the step's ``conditioning_scale`` (the stock
+        loop's ``controlnet_conditioning_scale * controlnet_keep[i]``; the net itself runs at scale 1)."""
+        ckw = dict(control["kwargs"])
+        down, mid = self.controlnet(
+            **{self.control_latent: sample, "timestep": t}, **ckw, conditioning_scale=1.0, return_dict=False
+        )
+        scale = control["scale_by_step"][step_index]
+        view = (-1,) + (1,) * (mid.ndim - 1)
+        return {
+            "down_block_additional_residuals": [d * scale.to(d.dtype).view(view) for d in down],
+            "mid_block_additional_residual": mid * scale.to(mid.dtype).view(view),
+        }
+
+    def load(self, kwargs: dict) -> None:
+        """Copy another call's conditioning (same structure and shapes) into this one's tensors."""
+        copy_tree(self.kwargs, kwargs)

@@ -1,0 +1,249 @@
+"""The problem stage: what the captured first call poses, as a frozen ``Problem``.
+
+``_Problem`` (mixed into ``_ParallelCall``) takes the ``Captured`` first network call and the call's scheduler copy
+and returns the denoiser of the stacked guidance branches, the guidance, the step operator over the loop's own
+steps (``_loop_range``: img2img's ``strength``, the refiner's ``denoising_start``, SDXL's ``denoising_end``), the
+initial latents ``x_T`` and the pre-drawn step noise. It records on the call what the replay checks against
+(``T``, ``B``, ``loop_ts``, ``x_start``, ``eta``, ``step_generator``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import torch
+
+from ..schedulers import (
+    SamplerCoefficients,
+    draw_step_noise,
+    one_tap_family,
+    stock_draws,
+)
+from ._capture import Captured, _bind_forward
+from ._denoiser import _CONTROL, _EXTRA_CHANNELS, _PipelineDenoiser
+from ._operator import _slice_steps, step_operator
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """The trajectory to solve: ``branches`` (the network on ``[g * W * B, *S]`` rows), ``guidance`` ``(do_cfg,
+    scale, rescale)``, the step operator ``coeffs`` over the loop's steps, ``x_T [B, *S]`` (float64) and the step
+    noise ``[T, rows, *S]`` (or None)."""
+
+    branches: _PipelineDenoiser
+    guidance: tuple[bool, float, float]
+    coeffs: Any
+    x_T: torch.Tensor
+    noise: torch.Tensor | None
+
+
+class _Problem:
+    """The problem stage of one parallel call."""
+
+    spec: Any
+    pipe: Any
+    scheduler: Any
+    call_args: dict
+    model: torch.nn.Module
+    controlnet: torch.nn.Module | None
+    control_pending: tuple | None
+    control_latent: str
+    scaled: tuple[torch.Tensor, torch.Tensor] | None
+    T: int
+    B: int
+    k0: int
+    x_dtype: torch.dtype
+    eta: float | None
+    loop_ts: torch.Tensor
+    ts_by_step: torch.Tensor
+    x_start: torch.Tensor
+    step_generator: Any
+
+    def _control_conditioning(self, x_in: torch.Tensor, T: int) -> dict:
+        """The recorded ControlNet call as conditioning: its kwargs (per row) and the scale of every solver step."""
+        if self.control_pending is None:
+            raise RuntimeError("the loop called the UNet before its ControlNet")
+        name, named = _bind_forward(self.controlnet, *self.control_pending)
+        if named.get("guess_mode"):
+            raise ValueError("guess_mode (or a ControlNet with global_pool_conditions) is not supported")
+        cx = named.pop(name)
+        named.pop("timestep", None)
+        first_scale = named.pop("conditioning_scale", 1.0)
+        named.pop("return_dict", None)
+        named.pop("guess_mode", None)
+        if cx.shape != x_in.shape or not torch.equal(cx, x_in):
+            raise RuntimeError("the ControlNet and the UNet got different latents: not supported")
+        scale, start, end = (
+            self.call_args.get(k)
+            for k in ("controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end")
+        )
+        scale, start, end = (v[0] if isinstance(v, (list, tuple)) else v for v in (scale, start, end))
+        # diffusers 0.42.1: controlnet_keep[i] = 1 - float(i / T < start or (i + 1) / T > end), over the loop's steps
+        keep = [1.0 - float(k / T < start or (k + 1) / T > end) for k in range(T)]
+        if not math.isclose(float(first_scale), float(scale) * keep[0], rel_tol=1e-6, abs_tol=1e-12):
+            raise RuntimeError(
+                f"the ControlNet's first conditioning_scale {first_scale} is not controlnet_conditioning_scale * "
+                f"keep ({scale} * {keep[0]}): this loop's ControlNet schedule is not the stock one"
+            )
+        by_loop = torch.tensor([float(scale) * k for k in keep], dtype=torch.float64, device=x_in.device)
+        self.control_latent = name
+        return {"kwargs": named, "scale_by_step": by_loop.flip(0)}
+
+    def _unscaled_latents(self, x_in: torch.Tensor, coeffs) -> torch.Tensor:
+        """The loop's latents ``x_{i+1}`` behind the network's first input ``x_in`` (``scale_model_input``'s)."""
+        if self.scaled is not None:
+            before, after = self.scaled
+            if after.shape == x_in.shape and torch.equal(after, x_in):
+                return before
+            if bool((coeffs.input_scale != 1).any()):
+                raise RuntimeError(
+                    "the network's first input is not scheduler.scale_model_input's output: this pipeline's loop "
+                    "changes the scaled latents, which the parallel solve cannot reproduce with "
+                    f"{type(self.scheduler).__name__}"
+                )
+            return x_in
+        if bool((coeffs.input_scale != 1).any()):
+            raise ValueError(
+                f"{type(self.pipe).__name__} does not call scheduler.scale_model_input before its network, but "
+                f"{type(self.scheduler).__name__} scales the model input: the stock loop is not the traced sampler. "
+                "Use a scheduler whose scale_model_input is the identity (DDIM, DDPM, DPMSolverMultistep, UniPC, "
+                "PNDM, DEIS)"
+            )
+        return x_in
+
+    def _loop_range(self, t_in: Any, sched_ts: torch.Tensor) -> tuple[int, int]:
+        """Loop indices ``k0 .. k1-1`` of ``sched_ts`` the stock loop steps through."""
+        T_full = len(sched_ts)
+        k1 = T_full if self.spec.loop_end is None else self.spec.loop_end(self.pipe, self.call_args, sched_ts)
+        k0 = self._loop_start(t_in, sched_ts, k1)
+        if not 0 <= k0 < k1 <= T_full:
+            raise RuntimeError(f"the stock loop's steps {k0}..{k1 - 1} are not within its {T_full} timesteps")
+        return k0, k1
+
+    def _loop_start(self, t_in: Any, sched_ts: torch.Tensor, k1: int) -> int:
+        """The loop index of the first network call (img2img's ``strength``, the refiner's ``denoising_start``).
+
+        The begin index the pipeline set (``get_timesteps``' ``set_begin_index``), where there is one: the stock
+        scheduler steps from it. Else the index of the first call's timestep; where that timestep is in the list
+        more than once (PNDM's repeated step), the loop's length ``_num_timesteps`` tells which.
+        """
+        if not (torch.is_tensor(t_in) and t_in.numel() and len(sched_ts) > 1):
+            return 0
+        t0 = float(t_in.reshape(-1)[0]) * (1000.0 if self.spec.flow_timestep else 1.0)
+        dist = (sched_ts.detach().to("cpu", torch.float64) - t0).abs()
+        nearest = (dist == dist.min()).nonzero().flatten().tolist()
+        name = type(self.scheduler).__name__
+        begin = getattr(self.scheduler, "begin_index", None)
+        if begin is not None:
+            if int(begin) not in nearest:
+                raise RuntimeError(
+                    f"{name}.begin_index is {begin} but the loop's first network call has timestep {t0:g} (index "
+                    f"{nearest[0]}): this pipeline's loop does not start where its scheduler does"
+                )
+            return int(begin)
+        n = getattr(self.pipe, "_num_timesteps", None)
+        if len(nearest) == 1:
+            k0 = nearest[0]
+        elif isinstance(n, int) and k1 - n in nearest:
+            k0 = k1 - n
+        else:
+            raise ValueError(
+                f"{name}: the loop's first timestep {t0:g} is at indices {nearest} of the scheduler's timesteps and "
+                f"{type(self.pipe).__name__} sets no begin index or loop length that tells where the loop starts"
+            )
+        if k0 and hasattr(self.scheduler, "index_for_timestep") and hasattr(self.scheduler, "set_begin_index"):
+            # without a begin index the stock step looks its sigmas up by timestep (a repeated one: the second)
+            stock = int(self.scheduler.index_for_timestep(sched_ts[k0]))
+            if stock != k0:
+                raise ValueError(
+                    f"{name} without a begin index steps loop index {k0} with the sigmas of index {stock}: "
+                    f"{type(self.pipe).__name__}'s loop is not the traced sampler (call scheduler.set_begin_index "
+                    "where the loop starts, as diffusers' get_timesteps does)"
+                )
+        return k0
+
+    def _pose(self, cap: Captured) -> Problem:
+        """The problem the captured first call poses; records what the replay checks against."""
+        self.solved = True
+        spec, pipe, sched = self.spec, self.pipe, self.scheduler
+        latent_name, named, x_in, t_in = cap.latent_name, dict(cap.conditioning), cap.x_in, cap.t_in
+        do_cfg, scale, rescale = cap.guidance
+        x_full = x_in
+        g = 2 if do_cfg else 1
+        N0 = x_in.shape[0]
+        if N0 % g:
+            raise RuntimeError(f"{type(pipe).__name__}: model batch {N0} is not a multiple of the {g} CFG branches")
+        B = N0 // g
+        C = spec.latent_channels(pipe) if spec.latent_channels is not None else None
+        if C is not None and x_in.ndim >= 2 and x_in.shape[1] > C:  # inpainting: mask and image channels
+            named[_EXTRA_CHANNELS] = x_in[:, C:]
+            x_in = x_in[:, :C]
+        sample_shape = tuple(x_in.shape[1:])
+        x_dtype, device = x_in.dtype, x_in.device
+
+        family = one_tap_family(sched)  # a family whose step takes eta (DDIM): the call's, 0 where not handed over
+        eta = None if family is None else family.loop_eta(self.call_args.get("eta") if spec.step_eta else None)
+        self.eta = eta
+        sched_ts = sched.timesteps  # the order the stock loop visits: step i = T - 1 - k at loop index k
+        T_full = len(sched_ts)
+        k0, k1 = self._loop_range(t_in, sched_ts)
+        full = step_operator(sched, eta, k0)
+        multistep = not isinstance(full, SamplerCoefficients)
+        if multistep and spec.step_on_model_input and bool((full.input_scale != 1).any()):
+            raise ValueError(
+                f"{type(pipe).__name__} hands scheduler.step the scaled model input instead of the latents, so with "
+                f"{type(sched).__name__} (whose scale_model_input is not the identity) its loop is not the "
+                "scheduler's sampler and the parallel solve cannot reproduce it; supported here: DDIMScheduler, "
+                "DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler, PNDMScheduler, "
+                "DEISMultistepScheduler"
+            )
+        x_in = self._unscaled_latents(x_in, full) if multistep else x_in
+        # a traced operator starts at the loop's first step (k0), a one-tap one covers every timestep
+        traced_ts = sched_ts[k0:] if multistep else sched_ts
+        if full.num_steps != len(traced_ts) or not torch.equal(
+            traced_ts.detach().to("cpu", torch.float64).flip(0), full.timesteps
+        ):
+            raise RuntimeError("the scheduler's timesteps do not match the extracted coefficients")
+        coeffs = _slice_steps(full, T_full - k1, full.num_steps if multistep else T_full - k0)
+        T = k1 - k0
+        self.T, self.B, self.x_dtype, self.k0 = T, B, x_dtype, k0
+        self.loop_ts = sched_ts[k0:k1]
+        self.ts_by_step = self.loop_ts.flip(0).to(device)
+        self.x_start = x_in[:B]
+
+        draws, in_float32 = stock_draws(sched, coeffs, self.loop_ts, eta)
+        noise_dtype = torch.float32 if in_float32 else x_dtype
+        noise = self._draw_noise(T, N0 if spec.step_rows_cfg else B, B, sample_shape, noise_dtype, device, draws)
+        if self.controlnet is not None:
+            named[_CONTROL] = self._control_conditioning(x_full, T)
+
+        learned_sigma = spec.learned_sigma and getattr(self.model.config, "out_channels", None) == 2 * (
+            sample_shape[0] if sample_shape else 0
+        )
+        branches = _PipelineDenoiser(
+            self.model,
+            latent_name,
+            named,
+            self.ts_by_step,
+            g,
+            B,
+            N0,
+            x_dtype,
+            spec.flow_timestep,
+            sample_shape[0] if learned_sigma else None,
+        )
+        if self.controlnet is not None:
+            branches.controlnet, branches.control_latent = self.controlnet, self.control_latent
+        x_T = x_in[:B].to(torch.float64)  # CFG-doubled inputs: both halves are the same latents
+        return Problem(branches, (do_cfg, scale, rescale), coeffs, x_T, noise)
+
+    def _draw_noise(
+        self, T: int, rows: int, B: int, sample_shape: tuple, dtype, device, draws: list[int]
+    ) -> torch.Tensor | None:
+        """Pre-draw the step noise ``[T, B, *S]`` (float64) with the generator the loop hands ``step``."""
+        if not draws:
+            return None
+        self.step_generator = self.call_args.get("generator") if self.spec.step_generator else None
+        return draw_step_noise(draws, T, rows, B, sample_shape, self.step_generator, device, dtype)
