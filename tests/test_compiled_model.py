@@ -69,7 +69,7 @@ def _fresh_dynamo():
 
 @pytest.mark.parametrize("kind", ["ddim", "ddpm"])
 @pytest.mark.parametrize("solver", [dict(), dict(method="picard", window=4), dict(method="fp", window=5, order=2)])
-def test_static_taa_with_compiled_network_matches_eager(kind, solver):
+def test_static_taa_with_compiled_network_matches_eager(kind, solver, floor_warning):
     cf, net, x_T, noise = setup(kind, 12, torch.device("cpu"))
     compiled = torch.compile(net, backend="aot_eager", fullgraph=True, dynamic=False)
     kw = dict(tol_abs=1e-7, tol_rel=1e-7, **solver)

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::F
 # ---------------------------------------------------------------------------------------------------------------
 # 1. the scheduler tracer changes nothing process-wide
 # ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:the tolerance .* is below what:RuntimeWarning")  # from its threads' solves
 def test_tracing_in_threads_beside_stock_calls_changes_nothing_process_wide():
     """8 threads: traced parallel pipelines (Euler ancestral, DPM-Solver++ 2M, SDE-DPM-Solver++ 2M) beside stock
     calls of other pipelines with the same scheduler classes, 4 calls each. Every result equals its serial run, the
@@ -396,7 +397,7 @@ def test_pndm_warm_up_below_four_steps_is_named(T):
         pt.coefficients_from_scheduler(diffusers.PNDMScheduler(), T)
 
 
-def test_last_result_is_not_stale_after_an_interrupted_call():
+def test_last_result_is_not_stale_after_an_interrupted_call(floor_warning):
     pytest.importorskip("diffusers")
     from test_pipelines import UNCOND, _ddpm_pipe, _gen
 

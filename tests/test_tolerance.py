@@ -204,7 +204,7 @@ def test_a_bf16_model_stops_at_its_floor(monkeypatch):
 
 
 @pytest.mark.parametrize("method", ["taa", "picard"])
-def test_a_rough_model_of_unknown_precision_stops_at_its_floor(method):
+def test_a_rough_model_of_unknown_precision_stops_at_its_floor(method, floor_warning):
     """A float64 model that rounds its input to a 10-bit mantissa (as TF32 convolutions do on a GPU) says nothing
     about its precision: the engine measures its roughness, stops near the smooth model's iteration count and ends
     as close to that model's own sequential sample as the rounding allows."""
