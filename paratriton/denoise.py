@@ -173,54 +173,27 @@ def _operator(scheduler, T: int, eta, use_clipped_model_output: bool):
 
 
 # ---- the graphed solvers kept between calls (one problem per model) ----------------------------------------------
-_GRAPHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> _Graphed
-
-
-@dataclasses.dataclass
-class _Graphed:
-    key: tuple
-    denoiser: LoopDenoiser
-    coeffs: Any  # the operator the solvers captured with (a solver re-captures for another object)
-    solvers: dict
+_GRAPHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> pipelines._graphed.GraphedSolvers
 
 
 def _graphed_solve(model, den, coeffs, x_T, noise, method, options, init) -> SolveResult:
-    from .pipelines._graphed import _fingerprint
+    """Replay the graphs kept for ``model`` (the pipelines' ``GraphedSolvers``), capturing them for a new problem.
+    The cached entry keeps the operator it captured with: a solver re-captures for another coefficients object."""
+    from .pipelines._graphed import GraphedSolvers, _fingerprint
     from .pipelines._guards import model_fingerprint
-    from .pipelines._trees import clone_tree, tree_signature
-    from .solvers.graphed_sequential import GraphedSequential
-    from .solvers.registry import make_solver
+    from .pipelines._trees import tree_signature
 
     mkey = model_fingerprint(model) if isinstance(model, torch.nn.Module) else id(model)
     key = (mkey, _fingerprint(coeffs), tuple(x_T.shape), str(x_T.dtype), str(x_T.device), tree_signature(den.kwargs))
     entry = _GRAPHED.get(model)
     if entry is None or entry.key != key:
         _GRAPHED.pop(model, None)  # free the old graphs before capturing new ones
-        den.kwargs = clone_tree(den.kwargs)  # ours: later calls copy into them
-        entry = _GRAPHED[model] = _Graphed(key, den, coeffs, {})
+        entry = _GRAPHED[model] = GraphedSolvers(key, den, lambda d: d, coeffs)  # its own copy of the conditioning
     else:
-        entry.denoiser.load(den.kwargs)
-        coeffs = entry.coeffs
+        entry.branches.load(den.kwargs)
     options = dict(options)
     callback = options.pop("callback", None)
-    k = (method, tuple(sorted(options.items())))
-    solver = entry.solvers.get(k)
-    if method == "sequential":
-        if init is not None or callback is not None:
-            raise TypeError("init and callback do not apply to method='sequential' with cuda_graph=True")
-        if solver is None:
-            seq_opts = {n: v for n, v in options.items() if n != "check_finite"}
-            solver = entry.solvers[k] = GraphedSequential(entry.denoiser, coeffs, x_T, noise, **seq_opts)
-        else:
-            solver.load(x_T, noise)
-        res = solver.run()
-    else:
-        if solver is None:
-            solver = entry.solvers[k] = make_solver(method, cuda_graph=True, **options)
-        solver.callback = callback
-        res = solver.solve(entry.denoiser, coeffs, x_T, noise, init=init)
-    traj = res.trajectory.clone()  # the solver's buffers are rewritten by the next call
-    return dataclasses.replace(res, sample=traj[0], trajectory=traj)
+    return entry.solve(method, options, x_T, noise, callback, init=init)
 
 
 @torch.no_grad()  # a sampler, not a training step (the loop it replaces runs under no_grad too)

@@ -239,3 +239,25 @@ def test_bad_scheduler_options_are_named():
         paratriton.denoise(
             _net(), _ddpm(thresholding=True, sample_max_value=0.5), x_T, 10, model_kwargs={"global_cond": cond}
         )
+
+
+def test_the_graph_cache_of_denoise_reuses_one_problem_per_model():
+    """``denoise(cuda_graph=True)``'s cache (the pipelines' GraphedSolvers), run uncaptured on the CPU: a second call
+    with other conditioning replays the same solver object and gives that call's exact sample."""
+    import importlib
+
+    from paratriton.schedulers import coefficients_from_scheduler
+
+    dn = importlib.import_module("paratriton.denoise")  # the module (paratriton.denoise is also the function)
+
+    net, sched = _net(), _ddim()
+    cf = coefficients_from_scheduler(sched, 16)
+    outs = []
+    for seed in (3, 4):
+        _, x_T, cond = _problem(seed)
+        den = dn.LoopDenoiser(net, cf.timesteps.long(), {"global_cond": cond}, B, x_T.dtype)
+        res = dn._graphed_solve(net, den, cf, x_T, None, "taa", {"tol": 1e-9}, None)
+        ref = paratriton.solve(den, cf, x_T, None, method="sequential")
+        assert res.converged and (res.sample - ref.sample).abs().max().item() <= 1e-7
+        outs.append(dn._GRAPHED[net])
+    assert outs[0] is outs[1] and len(outs[0].solvers) == 1

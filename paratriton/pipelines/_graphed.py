@@ -51,25 +51,31 @@ class GraphedSolvers:
         options: dict,
         x_T: torch.Tensor,
         noise: torch.Tensor | None,
-        callback: Callable[[IterationInfo], None],
+        callback: Callable[[IterationInfo], None] | None = None,
+        init: torch.Tensor | None = None,
     ) -> SolveResult:
-        """Replay (capturing on first use) and return a result that owns its trajectory."""
+        """Replay (capturing on first use) and return a result that owns its trajectory. ``init``: a warm start of
+        the parallel methods' trajectory (``solve``'s)."""
         k = (method, tuple(sorted(options.items())))
         if method == "sequential":
+            if init is not None:
+                raise ValueError("init (warm start) does not apply to method='sequential'")
             seq = self.solvers.get(k)
             if seq is None:
-                seq = self.solvers[k] = GraphedSequential(self.denoiser, self.coeffs, x_T, noise, **options)
+                seq_options = {n: v for n, v in options.items() if n != "check_finite"}  # a graph step always checks
+                seq = self.solvers[k] = GraphedSequential(self.denoiser, self.coeffs, x_T, noise, **seq_options)
             else:
                 seq.load(x_T, noise)
             res = seq.run()
-            T, B = res.trajectory.shape[:2]
-            callback(IterationInfo(1, (0, T), 0, torch.full((T, B), math.nan), res.trajectory))
+            if callback is not None:
+                T, B = res.trajectory.shape[:2]
+                callback(IterationInfo(1, (0, T), 0, torch.full((T, B), math.nan), res.trajectory))
         else:
             solver = self.solvers.get(k)
             if solver is None:
                 solver = self.solvers[k] = make_solver(method, cuda_graph=True, **options)
             solver.callback = callback
-            res = solver.solve(self.denoiser, self.coeffs, x_T, noise)
+            res = solver.solve(self.denoiser, self.coeffs, x_T, noise, init=init)
         traj = res.trajectory.clone()  # the solver's buffers are rewritten by the next call
         return dataclasses.replace(res, sample=traj[0], trajectory=traj)
 
