@@ -163,6 +163,24 @@ def _extension_config() -> dict:
                     "(paratriton says at import which kernels it uses; see docs/build.md)"
                 )
 
+        def build_extensions(self):
+            try:
+                super().build_extensions()
+            except Exception as e:  # noqa: BLE001 -- before any module: a compiler that torch cannot even query
+                OptionalBuildExt.failed.update(x.name for x in self.extensions)
+                _warn(
+                    f"building the extension failed ({type(e).__name__}: {str(e)[-300:]}); installing without it "
+                    "(paratriton says at import which kernels it uses; see docs/build.md)"
+                )
+
+        def copy_extensions_to_source(self):  # editable installs copy every module into the tree: the built ones
+            built = [e for e in self.extensions if e.name not in OptionalBuildExt.failed]
+            saved, self.extensions = self.extensions, built
+            try:
+                super().copy_extensions_to_source()
+            finally:
+                self.extensions = saved
+
         def get_outputs(self):  # editable wheels list these files: only the ones that exist
             return [p for p in super().get_outputs() if os.path.exists(p)]
 

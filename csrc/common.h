@@ -13,6 +13,9 @@
 #include <torch/headeronly/core/ScalarType.h>
 #include <torch/headeronly/util/Exception.h>
 
+// an AOTI shim call's error code as a torch error (STABLE_TORCH_ERROR_CODE_CHECK is not in torch 2.11's headers)
+#define PARATRITON_AOTI_CHECK(call) STD_TORCH_CHECK((call) == AOTI_TORCH_SUCCESS, #call " failed")
+
 #include <atomic>
 #include <cstdint>
 #include <initializer_list>
