@@ -91,18 +91,23 @@ def _adapter_key(module: torch.nn.Module) -> Any:
 
 
 def model_fingerprint(model: torch.nn.Module) -> tuple:
-    """A hashable description of everything a captured graph of ``model`` depends on beyond its inputs."""
+    """A hashable description of everything a captured graph of ``model`` depends on beyond its inputs.
+
+    One walk over the module tree (a control loop asks for it every chunk): per module its identity, type, hooks,
+    processor, adapter state and mode, and per parameter or buffer its storage, in-place version, shape, dtype and
+    device. A module, parameter or buffer that is replaced changes an identity or a storage."""
     tensors = []
-    for name, t in (*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)):
-        tensors.append((name, t.data_ptr(), t._version, tuple(t.shape), str(t.dtype), str(t.device)))
     modules = []
-    for name, m in model.named_modules():
+    for m in model.modules():
+        for t in (*m._parameters.values(), *m._buffers.values()):
+            if t is not None:
+                tensors.append((t.data_ptr(), t._version, t.shape, t.dtype, t.device))
         hooks = (
-            tuple(id(h) for h in m._forward_pre_hooks.values()),
-            tuple(id(h) for h in m._forward_hooks.values()),
+            tuple(map(id, m._forward_pre_hooks.values())),
+            tuple(map(id, m._forward_hooks.values())),
             tuple(sorted(_hooks_of(m))),
         )
         extra = (_processor_key(m), _adapter_key(m), m.__dict__.get("fused_projections"), m.training)
-        modules.append((name, type(m).__qualname__, id(m), hooks, extra))
+        modules.append((type(m).__qualname__, id(m), len(m._parameters), len(m._buffers), hooks, extra))
     compiled = model.__dict__.get("_compiled_call_impl") is not None
     return (id(model), type(model).__qualname__, compiled, tuple(tensors), tuple(modules))
