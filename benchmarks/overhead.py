@@ -159,7 +159,7 @@ def policy_case(reps: int) -> list[dict]:
     chunk()
     entry = _GRAPHED[pol.model]
     res0 = chunk()
-    coeffs, _ = _operator(sched, 100, None, False)
+    coeffs = _operator(sched, 100, None, False)[0]
     noise = torch.zeros(100, *x_T.shape, dtype=torch.float64, device=dev)
     engine_ms = wall_ms(lambda: entry.solve("taa", {}, x_T, noise, None), reps)
 

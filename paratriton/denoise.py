@@ -149,8 +149,9 @@ _OPERATORS: dict = {}  # (scheduler config, schedule tensor, T, eta, ...) -> (co
 
 
 def _operator(scheduler, T: int, eta, use_clipped_model_output: bool):
-    """The step operator of ``scheduler`` at ``T`` steps and a copy of it with its timesteps set, cached by the
-    scheduler's class, config and ``alphas_cumprod`` (a control loop asks for the same one every chunk)."""
+    """The step operator of ``scheduler`` at ``T`` steps, a copy of it with its timesteps set, and which loop
+    steps draw noise (``stock_draws``: the steps, whether in float32), cached by the scheduler's class, config and
+    ``alphas_cumprod`` (a control loop asks for the same one every chunk)."""
     ac = getattr(scheduler, "alphas_cumprod", None)
     ac_key = None if ac is None else (str(ac.dtype), ac.data_ptr(), ac._version)
     key = (
@@ -168,7 +169,7 @@ def _operator(scheduler, T: int, eta, use_clipped_model_output: bool):
         sched.set_timesteps(T)
         if len(_OPERATORS) >= 64:
             _OPERATORS.clear()
-        hit = _OPERATORS[key] = (coeffs, sched)
+        hit = _OPERATORS[key] = (coeffs, sched, stock_draws(sched, coeffs, sched.timesteps, eta))
     return hit
 
 
@@ -248,7 +249,7 @@ def denoise(
         method = "taa" if x_T.device.type == "cuda" else "sequential"
     if method != "sequential" and tol is not None:
         options["tol"] = tol
-    coeffs, sched = _operator(scheduler, T, eta, bool(use_clipped_model_output))
+    coeffs, sched, (draws, in_float32) = _operator(scheduler, T, eta, bool(use_clipped_model_output))
     loop_ts = sched.timesteps
     if coeffs.num_steps != len(loop_ts):
         raise RuntimeError(f"{type(scheduler).__name__}: {coeffs.num_steps} steps traced, {len(loop_ts)} in the loop")
@@ -257,7 +258,6 @@ def denoise(
     den = LoopDenoiser(model, step_ts, model_kwargs or {}, x_T.shape[0], x_T.dtype)
     out_dtype = _probe(den, x_T, coeffs.num_steps)
 
-    draws, in_float32 = stock_draws(sched, coeffs, loop_ts, eta)
     noise_dtype = torch.float32 if in_float32 else out_dtype
     noise = draw_step_noise(
         draws, coeffs.num_steps, x_T.shape[0], x_T.shape[0], tuple(x_T.shape[1:]), generator, device, noise_dtype
