@@ -148,10 +148,10 @@ def policy_case(reps: int) -> list[dict]:
     sched = pol.noise_scheduler
     kw = {"global_cond": cond}
 
-    def chunk(method="taa"):
+    def chunk(method="taa", **options):
         return pt.denoise(
             pol.model, sched, x_T, 100, generator=torch.Generator(dev).manual_seed(1), model_kwargs=kw,
-            method=method, cuda_graph=True, return_result=True,
+            method=method, cuda_graph=True, return_result=True, **options,
         )  # fmt: skip
 
     chunk("sequential")
@@ -169,8 +169,14 @@ def policy_case(reps: int) -> list[dict]:
         steps = torch.arange(rows, device=dev)
         return lambda: den(xs, steps)
 
-    extra = dict(batch=1, dtype="float32", steps=100, sampler="ddpm", engine_ms=engine_ms, iters=res0.iterations)
-    return [split("policy (trained, push-v3) ddpm-100 b1", chunk, call_at, 1, seq_ms, reps, extra)]
+    rows = []
+    for k in (1, 2, 4):  # iterations per graph replay between host reads
+        extra = dict(batch=1, dtype="float32", steps=100, sampler="ddpm", iters_per_sync=k)
+        if k == 1:
+            extra.update(engine_ms=engine_ms, iters=res0.iterations)
+        name = f"policy (trained, push-v3) ddpm-100 b1 k{k}"
+        rows.append(split(name, lambda k=k: chunk(iters_per_sync=k), call_at, 1, seq_ms, reps, extra))
+    return rows
 
 
 def main() -> None:
