@@ -1,9 +1,11 @@
 """Checks that keep a parallel call from silently computing something other than the stock loop.
 
 * ``model_fingerprint``: what a captured CUDA graph of the network reads (parameter and buffer storages and their
-  in-place versions, the module tree, attention processors, PEFT adapter state, hooks). ``_graphed.py`` keys its
-  cache on it, so LoRA fusing, ``set_adapters``, a processor swap, fused projections or ``.to()`` recapture instead
-  of replaying stale weights.
+  in-place versions, the module tree, attention processors and their plain state, PEFT adapter state, the content
+  of the tensors PEFT writes through ``.data``, hooks). ``_graphed.py`` and ``denoise``'s graph cache key on it, so
+  LoRA loading, hotswapping, fusing and unfusing, ``set_adapters``, ``enable_lora``/``disable_lora``,
+  ``set_ip_adapter_scale``, a processor swap, fused projections or ``.to()`` recapture instead of replaying stale
+  weights or scales.
 * ``check_no_stateful_hooks``: diffusers' cache hooks (``apply_first_block_cache``, ``apply_faster_cache``,
   pyramid attention broadcast, TaylorSeer, MagCache, ...) keep state from one step's call to the next. A parallel
   solve evaluates many steps in one batched call and the same step many times, so such a cache would return
@@ -19,7 +21,13 @@ from typing import Any
 
 import torch
 
-__all__ = ["TESTED_DIFFUSERS", "check_diffusers_version", "check_no_stateful_hooks", "model_fingerprint"]
+__all__ = [
+    "TESTED_DIFFUSERS",
+    "check_diffusers_version",
+    "check_no_stateful_hooks",
+    "content_digest",
+    "model_fingerprint",
+]
 
 # the release line the parity tests run on (constraints.txt pins 0.42.1; pyproject's test extra: >=0.42,<0.43)
 TESTED_DIFFUSERS = (0, 42)
@@ -72,22 +80,78 @@ def check_no_stateful_hooks(model: torch.nn.Module, owner: str) -> None:
         )
 
 
+def _plain(value: Any, depth: int = 0) -> Any:
+    """A hashable form of plain python state a forward reads (numbers, strings, their containers). Floats keep 12
+    significant digits: ``apply_lora_scale`` multiplies a LoRA scaling by the call's scale and divides it back,
+    which can move its last bit; a key that followed that bit would recapture on every call."""
+    if isinstance(value, float):
+        return float(f"{value:.12g}")
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if torch.is_tensor(value):  # read by a graph at its address: a replaced one is a new key, an edit a new version
+        return ("tensor", value.data_ptr(), value._version, tuple(value.shape), str(value.dtype))
+    if depth < 4 and isinstance(value, dict):
+        return tuple((str(k), _plain(v, depth + 1)) for k, v in sorted(value.items(), key=lambda kv: str(kv[0])))
+    if depth < 4 and isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
+        return (type(value).__name__, tuple(_plain(v, depth + 1) for v in items))
+    return type(value).__qualname__  # a module or object: its parameters and tree are keyed elsewhere
+
+
 def _processor_key(module: torch.nn.Module) -> Any:
-    proc = module.__dict__.get("processor")
-    return None if proc is None else (type(proc).__qualname__, id(proc))
+    # an attention processor is a plain object (module.__dict__) or, for IP-Adapter's, a submodule; either way its
+    # public plain state (IP-Adapter's ``scale``, which set_ip_adapter_scale rewrites in place) is what it reads
+    proc = module.__dict__.get("processor", module._modules.get("processor"))
+    if proc is None:
+        return None
+    attrs = sorted(getattr(proc, "__dict__", {}).items())
+    state = tuple((k, _plain(v)) for k, v in attrs if not k.startswith("_") and k != "training")
+    return (type(proc).__qualname__, id(proc), state)
+
+
+def _is_tuner_layer(module: torch.nn.Module) -> bool:
+    return hasattr(module, "active_adapters") and hasattr(module, "scaling") and hasattr(module, "merged_adapters")
 
 
 def _adapter_key(module: torch.nn.Module) -> Any:
     # PEFT tuner layers (LoRA): which adapters are active, their scales, what is merged; plain python state that
-    # set_adapters / fuse_lora change without touching a base weight's storage
-    if not hasattr(module, "active_adapters") or not hasattr(module, "scaling"):
+    # set_adapters / fuse_lora / enable_lora change without touching a base weight's storage
+    if not _is_tuner_layer(module):
         return None
-    return (
-        repr(getattr(module, "active_adapters", None)),
-        repr(getattr(module, "scaling", None)),
-        repr(getattr(module, "merged_adapters", None)),
-        bool(getattr(module, "disable_adapters", False)),
-    )
+    names = ("active_adapters", "merged_adapters", "disable_adapters", *getattr(module, "other_param_names", ()))
+    return tuple((n, _plain(getattr(module, n, None))) for n in dict.fromkeys(names))
+
+
+def _adapter_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The tensors PEFT writes through ``.data`` (which bumps no version counter): every tuner layer's adapter
+    weights (hotswapping an adapter copies into them) and, while adapters are merged into it, its base layer's."""
+    out: list[torch.Tensor] = []
+    for m in model.modules():
+        if _is_tuner_layer(m):
+            merged = bool(getattr(m, "merged_adapters", None))
+            for n, t in (*m.named_parameters(), *m.named_buffers()):
+                if merged or not n.startswith("base_layer."):
+                    out.append(t)
+    return out
+
+
+_SAMPLES = 16  # values read per tensor beside its norms
+
+
+def content_digest(tensors: list[torch.Tensor]) -> bytes:
+    """Each floating tensor's L1 and L2 norms and ``_SAMPLES`` of its values, in float64 (one host copy): sees an
+    in-place write through ``.data`` that a version counter does not (only one keeping all of these misses)."""
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for t in tensors:
+        if t.is_floating_point() and not t.is_meta and t.numel():
+            groups.setdefault((t.device, t.dtype), []).append(t.detach())
+    parts = []
+    with torch.no_grad():
+        for ts in groups.values():
+            norms = [torch.stack(torch._foreach_norm(ts, p, dtype=torch.float64)) for p in (1, 2)]
+            picks = [t.reshape(-1)[:: max(1, t.numel() // _SAMPLES)][:_SAMPLES] for t in ts]
+            parts.append(torch.cat([*norms, torch.cat(picks).to(torch.float64)]).cpu())
+    return torch.cat(parts).numpy().tobytes() if parts else b""
 
 
 def model_fingerprint(model: torch.nn.Module) -> tuple:
@@ -110,4 +174,5 @@ def model_fingerprint(model: torch.nn.Module) -> tuple:
         extra = (_processor_key(m), _adapter_key(m), m.__dict__.get("fused_projections"), m.training)
         modules.append((type(m).__qualname__, id(m), len(m._parameters), len(m._buffers), hooks, extra))
     compiled = model.__dict__.get("_compiled_call_impl") is not None
-    return (id(model), type(model).__qualname__, compiled, tuple(tensors), tuple(modules))
+    adapters = content_digest(_adapter_tensors(model))
+    return (id(model), type(model).__qualname__, compiled, tuple(tensors), tuple(modules), adapters)
