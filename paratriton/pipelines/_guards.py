@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from typing import Any
 
@@ -109,30 +110,26 @@ def _processor_key(module: torch.nn.Module) -> Any:
     return (type(proc).__qualname__, id(proc), state)
 
 
-def _is_tuner_layer(module: torch.nn.Module) -> bool:
-    return hasattr(module, "active_adapters") and hasattr(module, "scaling") and hasattr(module, "merged_adapters")
+def _tuner_layer_class() -> type | None:
+    # PEFT's layer base class, once peft is imported (diffusers imports it to load a LoRA): without it, no model
+    # has tuner layers, and an isinstance check is cheaper than probing every module's attributes
+    tuners = sys.modules.get("peft.tuners.tuners_utils")
+    return getattr(tuners, "BaseTunerLayer", None)
 
 
 def _adapter_key(module: torch.nn.Module) -> Any:
     # PEFT tuner layers (LoRA): which adapters are active, their scales, what is merged; plain python state that
     # set_adapters / fuse_lora / enable_lora change without touching a base weight's storage
-    if not _is_tuner_layer(module):
-        return None
     names = ("active_adapters", "merged_adapters", "disable_adapters", *getattr(module, "other_param_names", ()))
     return tuple((n, _plain(getattr(module, n, None))) for n in dict.fromkeys(names))
 
 
-def _adapter_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
-    """The tensors PEFT writes through ``.data`` (which bumps no version counter): every tuner layer's adapter
+def _adapter_tensors(layer: torch.nn.Module) -> list[torch.Tensor]:
+    """The tensors of a tuner layer that PEFT writes through ``.data`` (which bumps no version counter): its adapter
     weights (hotswapping an adapter copies into them) and, while adapters are merged into it, its base layer's."""
-    out: list[torch.Tensor] = []
-    for m in model.modules():
-        if _is_tuner_layer(m):
-            merged = bool(getattr(m, "merged_adapters", None))
-            for n, t in (*m.named_parameters(), *m.named_buffers()):
-                if merged or not n.startswith("base_layer."):
-                    out.append(t)
-    return out
+    merged = bool(getattr(layer, "merged_adapters", None))
+    named = (*layer.named_parameters(), *layer.named_buffers())
+    return [t for n, t in named if merged or not n.startswith("base_layer.")]
 
 
 _SAMPLES = 16  # values read per tensor beside its norms
@@ -159,10 +156,17 @@ def model_fingerprint(model: torch.nn.Module) -> tuple:
 
     One walk over the module tree (a control loop asks for it every chunk): per module its identity, type, hooks,
     processor, adapter state and mode, and per parameter or buffer its storage, in-place version, shape, dtype and
-    device. A module, parameter or buffer that is replaced changes an identity or a storage."""
+    device. A module, parameter or buffer that is replaced changes an identity or a storage. PEFT writes adapter
+    weights (hotswap) and merged base weights (fuse_lora) through ``.data``, which no version counter sees: those
+    tensors, of tuner layers only, are also keyed by content (``content_digest``)."""
     tensors = []
     modules = []
+    adapter_tensors: list[torch.Tensor] = []
+    tuner = _tuner_layer_class()
     for m in model.modules():
+        is_tuner = tuner is not None and isinstance(m, tuner)
+        if is_tuner:
+            adapter_tensors += _adapter_tensors(m)
         for t in (*m._parameters.values(), *m._buffers.values()):
             if t is not None:
                 tensors.append((t.data_ptr(), t._version, t.shape, t.dtype, t.device))
@@ -171,8 +175,9 @@ def model_fingerprint(model: torch.nn.Module) -> tuple:
             tuple(map(id, m._forward_hooks.values())),
             tuple(sorted(_hooks_of(m))),
         )
-        extra = (_processor_key(m), _adapter_key(m), m.__dict__.get("fused_projections"), m.training)
+        adapter = _adapter_key(m) if is_tuner else None
+        extra = (_processor_key(m), adapter, m.__dict__.get("fused_projections"), m.training)
         modules.append((type(m).__qualname__, id(m), len(m._parameters), len(m._buffers), hooks, extra))
     compiled = model.__dict__.get("_compiled_call_impl") is not None
-    adapters = content_digest(_adapter_tensors(model))
+    adapters = content_digest(adapter_tensors)  # no tuner layers: nothing to read, no device sync
     return (id(model), type(model).__qualname__, compiled, tuple(tensors), tuple(modules), adapters)
