@@ -204,6 +204,8 @@ def test_ip_adapter_embeds_and_scale_match_stock_per_row():
     swapped = pair(pipe, par, {**inputs, "ip_adapter_image_embeds": [embeds.flip(0)]})
     assert_same(*swapped)
     assert _differs(ref, swapped[0])  # the row order matters, so the parity above checks it
+    with pytest.raises(ValueError, match="ip_adapter_image_embeds reach the network with 8 rows for a batch of 4"):
+        par(**inputs, ip_adapter_image_embeds=[torch.cat([embeds, embeds])], generator=_gen())  # stock: extra tokens
     f = model_fingerprint(pipe.unet)
     pipe.set_ip_adapter_scale(0.2)  # rewrites the processors' scale in place: a graph must not replay 0.6
     assert model_fingerprint(pipe.unet) != f

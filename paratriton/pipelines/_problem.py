@@ -39,6 +39,20 @@ class Problem:
     noise: torch.Tensor | None
 
 
+def _check_image_embeds(pipe: Any, named: dict, rows: int) -> None:
+    """IP-Adapter image embeddings must have one row per model row: the stock attention processor reshapes any other
+    count into extra image tokens per row (``view(batch, -1, ...)``), which a call of many steps' rows cannot repeat."""
+    embeds = (named.get("added_cond_kwargs") or {}).get("image_embeds")
+    for e in embeds if isinstance(embeds, (list, tuple)) else []:
+        if torch.is_tensor(e) and e.shape[0] != rows:
+            raise ValueError(
+                f"{type(pipe).__name__}: ip_adapter_image_embeds reach the network with {e.shape[0]} rows for a "
+                f"batch of {rows}; the parallel call needs one per row. Pass [negative; positive] embeddings of "
+                "shape [2, num_images, ...] per IP-Adapter with CFG ([1, num_images, ...] without): the pipeline "
+                "repeats them per prompt"
+            )
+
+
 class _Problem:
     """The problem stage of one parallel call."""
 
@@ -176,6 +190,7 @@ class _Problem:
         if N0 % g:
             raise RuntimeError(f"{type(pipe).__name__}: model batch {N0} is not a multiple of the {g} CFG branches")
         B = N0 // g
+        _check_image_embeds(pipe, named, N0)
         C = spec.latent_channels(pipe) if spec.latent_channels is not None else None
         if C is not None and x_in.ndim >= 2 and x_in.shape[1] > C:  # inpainting: mask and image channels
             named[_EXTRA_CHANNELS] = x_in[:, C:]
