@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from .._triton_grid import batch_and_d_block
-from ..anderson_gram.fused import _gram_tile, launch_reduce, num_slots
+from .anderson_gram.fused import _gram_tile, launch_reduce, num_slots
 
 
 @triton.jit
