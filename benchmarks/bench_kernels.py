@@ -1,11 +1,13 @@
-"""Roofline benchmark of the fused TAA solver kernels (issue 4). Needs a CUDA device.
+"""Roofline benchmark of the first generation of fused TAA kernels (issue 4), now quarantined in
+``paratriton.ops.legacy``: no solver path runs them (the engine's window ops are timed by bench_window_ops.py); this
+script keeps their measurements reproducible and goes with them. Needs a CUDA device.
 
     python3 benchmarks/bench_kernels.py [--sections check,sweep,grid,profile] [--json out.json]
 
 Per configuration (window W, sample size D, history m, one trajectory, float64 state, fp16 model output, fp64
 noise) it times one solver iteration without the model call:
-  fused   : torch.ops.paratriton.taa_residual + masked_lstsq + taa_update (the sliced fused ops; the engine's own
-            window ops are timed by bench_window_ops.py)
+  fused   : the legacy kernels of taa_residual and taa_update (``LEGACY``, what those ops ran on CUDA) and the
+            registered masked_lstsq
   graph   : the same three ops replayed from a CUDA graph (no launch / dispatch overhead)
   eager   : the plain-torch reference iteration (step_residual, order_k_residual, history push,
             stacked differences, anderson_gram, masked_lstsq, anderson_update)
@@ -23,17 +25,51 @@ import os
 import sys
 import time
 import traceback
+from types import SimpleNamespace
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import paratriton.ops  # noqa: E402,F401  (registers torch.ops.paratriton.*)
-from paratriton.ops.anderson_gram.naive import anderson_gram  # noqa: E402
-from paratriton.ops.anderson_update.naive import anderson_update  # noqa: E402
+import paratriton.ops.legacy  # noqa: E402,F401  (registers torch.ops.paratriton.anderson_gram / anderson_update)
+from paratriton.ops.legacy import residual_pass as _rp  # noqa: E402
+from paratriton.ops.legacy.anderson_update.fused import ring_update_triton  # noqa: E402
+from paratriton.ops.legacy.anderson_update.naive import anderson_update  # noqa: E402
 from paratriton.ops.masked_lstsq.naive import masked_lstsq  # noqa: E402
 from paratriton.ops.order_k_residual.naive import order_k_residual  # noqa: E402
 from paratriton.ops.step_residual.naive import step_residual  # noqa: E402
+from paratriton.ops.taa.naive import anderson_gram  # noqa: E402
+
+
+def _legacy_step_residual(x, mo, xi, a, b, c, thr):
+    out = _rp.residual_pass(x, mo, xi, a, b, c, thr, write_r=True)
+    return out["r"], out["rms"], out["top"]
+
+
+def _legacy_order_k_residual(r, a, order, unit_weights=False):
+    return _rp.residual_pass(
+        r, None, None, a, None, None, None, order=order, unit_weights=unit_weights, write_R=True, from_r=True
+    )["R"]
+
+
+def _legacy_taa_residual(x, mo, xi, a, b, c, thr, hist_R, hist_Y, slot, order, unit_weights=False):
+    o = _rp.residual_pass(
+        x, mo, xi, a, b, c, thr, order=order, unit_weights=unit_weights, hist_R=hist_R, hist_Y=hist_Y, slot=slot
+    )
+    return o["rms"], o["top"], o["G"], o["h"]
+
+
+# what torch.ops.paratriton.<op> ran on CUDA tensors before the quarantine (the ops run their references there now)
+LEGACY = SimpleNamespace(
+    step_residual=_legacy_step_residual,
+    order_k_residual=_legacy_order_k_residual,
+    taa_residual=_legacy_taa_residual,
+    taa_update=ring_update_triton,
+    masked_lstsq=torch.ops.paratriton.masked_lstsq,
+    anderson_gram=torch.ops.paratriton.anderson_gram,
+    anderson_update=torch.ops.paratriton.anderson_update,
+)
 
 DIT_XL2_B200_MS = 133.12  # /work/shared/design/device-baselines.md: DiT-XL/2 batch 200, CUDA graph, H200
 
@@ -87,7 +123,7 @@ class Problem:
 
     # -- the two implementations -----------------------------------------------------------------------------
     def fused(self) -> None:
-        ops = torch.ops.paratriton
+        ops = LEGACY
         rms, top, G, h = ops.taa_residual(
             self.x,
             self.mo,
@@ -107,11 +143,9 @@ class Problem:
 
     def fused_direct(self) -> None:
         """The same kernels launched without the torch.library dispatch (measures its host overhead)."""
-        from paratriton.ops.anderson_update.fused import ring_update_triton
         from paratriton.ops.masked_lstsq.fused import masked_lstsq_triton
-        from paratriton.ops.step_residual.fused import residual_pass
 
-        o = residual_pass(
+        o = _rp.residual_pass(
             self.x,
             self.mo,
             self.xi,
@@ -160,8 +194,8 @@ def reference_iteration(x, mo, xi, a, b, c, thr, hist_x, hist_R, num_cols, slot:
 
 # -- sections --------------------------------------------------------------------------------------------------
 def check(log: list) -> None:
-    """CUDA kernels (through the registered ops) against the CPU references, on fresh random inputs."""
-    from paratriton.ops import taa
+    """The legacy CUDA kernels (``LEGACY``) against the CPU references, on fresh random inputs."""
+    from paratriton.ops.taa import naive as taa
 
     torch.manual_seed(1)
     rows = []
@@ -187,43 +221,43 @@ def check(log: list) -> None:
         cu = lambda t: t.cuda() if torch.is_tensor(t) else t  # noqa: E731
         args = (x, mo, xi, a, bb, c, thr)
         ref = step_residual(*args)
-        got = torch.ops.paratriton.step_residual(*map(cu, args))
+        got = LEGACY.step_residual(*map(cu, args))
         rows.append(("step_residual r", rel(got[0], ref[0])))
         rows.append(("step_residual rms", rel(got[1], ref[1])))
         rows.append(("step_residual top==", float(got[2].item() == ref[2].item())))
         for unit in (False, True):
             R = order_k_residual(ref[0], a, order, unit)
-            Rg = torch.ops.paratriton.order_k_residual(cu(ref[0]), cu(a), order, unit)
+            Rg = LEGACY.order_k_residual(cu(ref[0]), cu(a), order, unit)
             rows.append((f"order_k k={order} unit={unit}", rel(Rg, R)))
         hR1, hY1 = hR.clone(), hY.clone()
         out_ref = taa.taa_residual(*args, hR1, hY1, 1 % M, order, False)
         hR2, hY2 = cu(hR), cu(hY)
-        out = torch.ops.paratriton.taa_residual(*map(cu, args), hR2, hY2, 1 % M, order, False)
+        out = LEGACY.taa_residual(*map(cu, args), hR2, hY2, 1 % M, order, False)
         rows.append(("taa_residual G", rel(out[2], out_ref[2])))
         rows.append(("taa_residual h", rel(out[3], out_ref[3])))
         rows.append(("taa_residual hist_R", rel(hR2, hR1)))
         rows.append(("taa_residual hist_Y", rel(hY2, hY1)))
         nc = torch.randint(0, m + 1, (n,))
         gam = masked_lstsq(out_ref[2], out_ref[3], nc)
-        gam_g = torch.ops.paratriton.masked_lstsq(cu(out_ref[2]), cu(out_ref[3]), cu(nc), 1e-3, 1e-30)
+        gam_g = LEGACY.masked_lstsq(cu(out_ref[2]), cu(out_ref[3]), cu(nc), 1e-3, 1e-30)
         rows.append(("masked_lstsq", rel(gam_g, gam)))
         xs = x[:-1].clone()
         taa.taa_update(xs, hY1, gam, 1 % M)
         xg = cu(x[:-1].clone())
-        torch.ops.paratriton.taa_update(xg, cu(hY1), cu(gam), 1 % M)
+        LEGACY.taa_update(xg, cu(hY1), cu(gam), 1 % M)
         rows.append(("taa_update", rel(xg, xs)))
         dX, dR = torch.randn(m, n, B, D, dtype=state_dt), torch.randn(m, n, B, D, dtype=state_dt)
         rows.append(
             (
                 "anderson_update",
                 rel(
-                    torch.ops.paratriton.anderson_update(*map(cu, (x[:-1], ref[0], dX, dR, gam))),
+                    LEGACY.anderson_update(*map(cu, (x[:-1], ref[0], dX, dR, gam))),
                     anderson_update(x[:-1], ref[0], dX, dR, gam),
                 ),
             )
         )
         G1, h1 = anderson_gram(dR, ref[0])
-        G2, h2 = torch.ops.paratriton.anderson_gram(cu(dR), cu(ref[0]))
+        G2, h2 = LEGACY.anderson_gram(cu(dR), cu(ref[0]))
         rows.append(("anderson_gram G", rel(G2, G1)))
         rows.append(("anderson_gram h", rel(h2, h1)))
         tag = f"{str(state_dt)[6:]}/{str(mdt)[6:]} n={n} B={B} D={D} m={m} k={order}"
@@ -271,7 +305,7 @@ def check(log: list) -> None:
 
 def sweep(log: list) -> None:
     """Residual-pass tile shapes at the largest window; the fastest becomes the default of the later sections."""
-    from paratriton.ops.step_residual import fused
+    fused = _rp
 
     configs = [
         (4, 256, 4, 1),

@@ -252,7 +252,8 @@ def part_b(args, report, schedules):
 
 def solver_only_time(xs, H, history) -> float:
     """Time of one static-TAA iteration's solver work alone (model output given), graphed."""
-    from paratriton.ops import anderson_gram, order_k_residual
+    from paratriton.ops.order_k_residual.naive import order_k_residual
+    from paratriton.ops.taa.naive import anderson_gram
 
     dev = xs.device
     T, D, M = H, xs.shape[-1], history + 1

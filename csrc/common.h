@@ -32,7 +32,7 @@ namespace paratriton {
 
 // Bumped whenever an op's C++ semantics or signature changes, so Python refuses a stale build (editable installs).
 // Must equal paratriton/_backends.py API_VERSION.
-constexpr int kApiVersion = 2;
+constexpr int kApiVersion = 3;
 
 using Tensor = torch::stable::Tensor;
 using ScalarType = torch::headeronly::ScalarType;
@@ -104,7 +104,44 @@ inline Tensor to_dtype(const Tensor& t, ScalarType dtype) {
   return t.scalar_type() == dtype ? t : torch::stable::to(t, dtype);
 }
 
-// Call counters: let the tests prove that a call went to the compiled kernel (not the Python default).
-enum Op { kStepResidual, kOrderK, kGram, kLstsq, kUpdate, kTaaResidual, kTaaUpdate, kNumOps };
+// The ops with compiled kernels: the one list of them, in call-counter order. The CPU module registers a kernel
+// `<op>_cpu` for each (cpu_ops.cpp), the CUDA module for some (cuda_ops.cu); each module exports the list as its
+// OPS constant (module.cpp). paratriton/_backends.py OPS must equal it: tests/test_cpp_ext.py reads this line, and
+// a build whose list differs from the Python one is refused at import.
+#define PARATRITON_OPS(X) X(step_residual) X(order_k_residual) X(masked_lstsq) X(taa_residual) X(taa_update)
+
+#define PT_OP_ENUM(name) op_##name,
+enum Op : int { PARATRITON_OPS(PT_OP_ENUM) kNumOps };
+#undef PT_OP_ENUM
+
+#define PT_OP_NAME(name) #name,
+constexpr const char* kOpNames[kNumOps] = {PARATRITON_OPS(PT_OP_NAME)};
+#undef PT_OP_NAME
+
+// Call counters: let the tests prove that a call went to the compiled kernel (not the Python default). Internal
+// linkage on purpose: each module (_C, _C_cuda) keeps its own table, even with both loaded in one process.
+namespace {
+
+inline std::atomic<int64_t>* call_table() {
+  static std::atomic<int64_t> calls[kNumOps] = {};
+  return calls;
+}
+
+inline void count_call(Op op) { call_table()[op].fetch_add(1, std::memory_order_relaxed); }
+
+// The op `call_counts(Tensor(a!) out, bool reset) -> ()` of each module: the calls of each kernel since the last
+// reset, written into `out` (int64 [kNumOps], CPU); `reset` zeroes them.
+constexpr const char* kCallCountsSchema = "call_counts(Tensor(a!) out, bool reset) -> ()";
+
+inline void call_counts(Tensor out, bool reset) {
+  STD_TORCH_CHECK(out.is_cpu() && out.scalar_type() == ScalarType::Long && has_shape(out, {kNumOps}) &&
+                      out.is_contiguous(),
+                  "call_counts: out must be a contiguous int64 CPU tensor of shape [", kNumOps, "]");
+  int64_t* o = out.mutable_data_ptr<int64_t>();
+  std::atomic<int64_t>* calls = call_table();
+  for (int op = 0; op < kNumOps; ++op) o[op] = reset ? calls[op].exchange(0) : calls[op].load();
+}
+
+}  // namespace
 
 }  // namespace paratriton

@@ -1,6 +1,9 @@
-// CPU kernels of the paratriton solver ops (same semantics as paratriton/ops/<op>/naive.py), on the LibTorch stable
-// ABI (see common.h): they are registered as the ops ``paratriton_C::<op>`` (schemas below) for the CPU key, and
-// paratriton/_backends.py routes ``torch.ops.paratriton.<op>`` on CPU tensors to them.
+// CPU kernels of the paratriton solver ops of PARATRITON_OPS (common.h; same semantics as
+// paratriton/ops/<op>/naive.py), on the LibTorch stable ABI: they are registered as the ops ``paratriton_C::<op>``
+// (schemas below) for the CPU key, and paratriton/_backends.py routes ``torch.ops.paratriton.<op>`` on CPU tensors
+// to them. The engine reaches them on the CPU through its window ops: ``window_fixed_point`` runs step_residual and
+// order_k_residual on the live window, ``window_taa`` taa_residual and taa_update, and every Anderson method
+// masked_lstsq.
 //
 // Every op is one fused pass over the window where the reference takes several (temporaries, einsum, flips):
 // rows (p, b) of D contiguous elements are split over torch's intra-op threads (torch::stable::parallel_for), and the
@@ -24,9 +27,6 @@ namespace {
 
 using torch::stable::DeviceType;
 using torch::stable::parallel_for;
-
-std::atomic<int64_t> g_calls[kNumOps] = {};
-inline void count_call(Op op) { g_calls[op].fetch_add(1, std::memory_order_relaxed); }
 
 constexpr int64_t kChunk = 512;           // D-chunk kept in L1 by the Gram pass
 constexpr int64_t kGrainElems = 1 << 15;  // elements per parallel task: amortises the OpenMP fork
@@ -161,7 +161,7 @@ std::tuple<Tensor, Tensor> residual_into(const Tensor& x_, const Tensor& model_o
 std::tuple<Tensor, Tensor, Tensor> step_residual_cpu(const Tensor& x, const Tensor& model_out,
                                                      const std::optional<Tensor>& noise, const Tensor& a,
                                                      const Tensor& b, const Tensor& c, const Tensor& threshold) {
-  count_call(kStepResidual);
+  count_call(op_step_residual);
   STD_TORCH_CHECK(x.dim() == 3 && x.size(0) >= 1, "x must be [n+1, B, D], got ", shape_str(x));
   Tensor r = new_cpu({x.size(0) - 1, x.size(1), x.size(2)}, x.scalar_type());
   auto [rms, top] = residual_into(x, model_out, noise, a, b, c, threshold, r);
@@ -236,7 +236,7 @@ void order_k_into(const Tensor& r, const Tensor& a, int64_t order, bool unit_wei
 }
 
 Tensor order_k_residual_cpu(const Tensor& r_, const Tensor& a, int64_t order, bool unit_weights) {
-  count_call(kOrderK);
+  count_call(op_order_k_residual);
   check_state(r_, "r");
   STD_TORCH_CHECK(r_.dim() == 3, "r must be [n, B, D], got ", shape_str(r_));
   const Tensor r = rows_ok(r_);
@@ -246,7 +246,7 @@ Tensor order_k_residual_cpu(const Tensor& r_, const Tensor& a, int64_t order, bo
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// anderson_gram: per-row Gram partials, then suffix sums over steps
+// The TAA Gram pass (taa_residual): per-row Gram partials, then suffix sums over steps
 // ---------------------------------------------------------------------------------------------------------------
 // `load(p, b, d0, len, ptr, scratch)` sets ptr[j] (j < m) to dR_j and ptr[m] to R for elements [d0, d0 + len) of
 // row (p, b): straight into the inputs, or into `scratch` ((m + 1) * kChunk elements) when they must be formed.
@@ -291,38 +291,6 @@ void suffix_sums(double* part, int64_t n, int64_t B, int64_t m, T* G, T* h) {
         for (int64_t j = 0; j < m; ++j) h[(p * B + bb) * m + j] = static_cast<T>(cur[m * m + j]);
       }
   });
-}
-
-std::tuple<Tensor, Tensor> anderson_gram_cpu(const Tensor& dR_, const Tensor& R_) {
-  count_call(kGram);
-  STD_TORCH_CHECK(dR_.dim() == 4 && R_.dim() == 3, "dR must be [m, n, B, D] and R [n, B, D], got ",
-                  shape_str(dR_), " and ", shape_str(R_));
-  const int64_t m = dR_.size(0), n = dR_.size(1), B = dR_.size(2), D = dR_.size(3);
-  check_shape(R_, {n, B, D}, "R");
-  STD_TORCH_CHECK(dR_.device().is_cpu() && R_.device().is_cpu(), "dR and R must be CPU tensors");
-  // the reference accumulates in promote(dR.dtype, float32) after converting both inputs to it
-  STD_TORCH_CHECK(is_float(dR_.scalar_type()), "dR must be a float tensor");
-  const ScalarType acc = dR_.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
-  const Tensor dR0 = to_dtype(dR_, acc);
-  const Tensor dR = (dR0.size(-1) <= 1 || dR0.stride(-1) == 1) ? dR0 : torch::stable::contiguous(dR0);
-  const Tensor R = rows_ok(to_dtype(R_, acc));
-  Tensor G = new_cpu({n, B, m, m}, acc);
-  Tensor h = new_cpu({n, B, m}, acc);
-  if (n * B == 0 || m == 0) return {torch::stable::zero_(G), torch::stable::zero_(h)};
-  std::vector<double> part(n * B * (m * m + m));
-  THO_DISPATCH_V2(acc, "paratriton_anderson_gram", AT_WRAP(([&] {
-    using T = scalar_t;
-    const T* base = dR.const_data_ptr<T>();
-    const int64_t sj = dR.stride(0), sp = dR.stride(1), sb = dR.stride(2);
-    const Rows<const T> Rr = crows_of<T>(R);
-    gram_rows<T>(n, B, D, m, part.data(),
-                 [&](int64_t p, int64_t bb, int64_t d0, int64_t, const T** ptr, T*) {
-      for (int64_t j = 0; j < m; ++j) ptr[j] = base + j * sj + p * sp + bb * sb + d0;
-      ptr[m] = Rr.row(p, bb) + d0;
-    });
-    suffix_sums<T>(part.data(), n, B, m, G.mutable_data_ptr<T>(), h.mutable_data_ptr<T>());
-  })), AT_FLOATING_TYPES);
-  return {G, h};
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -376,7 +344,7 @@ void lstsq_rows(const T* G, const T* h, const int64_t* ncols, T* out, int64_t n,
 }
 
 Tensor masked_lstsq_cpu(const Tensor& G_, const Tensor& h_, const Tensor& num_cols, double ridge, double floor) {
-  count_call(kLstsq);
+  count_call(op_masked_lstsq);
   check_state(G_, "G");
   STD_TORCH_CHECK(G_.dim() == 4 && G_.size(2) == G_.size(3), "G must be [n, B, m, m], got ", shape_str(G_));
   const int64_t n = G_.size(0), B = G_.size(1), m = G_.size(2);
@@ -395,55 +363,6 @@ Tensor masked_lstsq_cpu(const Tensor& G_, const Tensor& h_, const Tensor& num_co
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// anderson_update: x + R - sum_j (dX_j + dR_j) gamma_j
-// ---------------------------------------------------------------------------------------------------------------
-Tensor anderson_update_cpu(const Tensor& x_, const Tensor& R_, const Tensor& dX_, const Tensor& dR_,
-                           const Tensor& gamma_) {
-  count_call(kUpdate);
-  check_state(x_, "x");
-  STD_TORCH_CHECK(x_.dim() == 3 && dX_.dim() == 4, "x must be [n, B, D] and dX [m, n, B, D]");
-  const int64_t n = x_.size(0), B = x_.size(1), D = x_.size(2), m = dX_.size(0);
-  check_shape(R_, {n, B, D}, "R");
-  check_shape(dX_, {m, n, B, D}, "dX");
-  check_shape(dR_, {m, n, B, D}, "dR");
-  check_shape(gamma_, {n, B, m}, "gamma");
-  const auto dt = x_.scalar_type();
-  const Tensor x = rows_ok(x_), R = rows_ok(to_dtype(R_, dt));
-  const Tensor dX = torch::stable::contiguous(to_dtype(dX_, dt)), dR = torch::stable::contiguous(to_dtype(dR_, dt));
-  const Tensor gamma = torch::stable::contiguous(to_dtype(gamma_, dt));
-  Tensor out = new_cpu({n, B, D}, dt);
-  THO_DISPATCH_V2(dt, "paratriton_anderson_update", AT_WRAP(([&] {
-    using T = scalar_t;
-    const Rows<const T> xr = crows_of<T>(x), Rr = crows_of<T>(R);
-    const Rows<T> o = rows_of<T>(out);
-    const T* dXp = dX.const_data_ptr<T>();
-    const T* dRp = dR.const_data_ptr<T>();
-    const T* gp = gamma.const_data_ptr<T>();
-    const int64_t slab = n * B * D;
-    parallel_for(0, n * B, grain_rows(D * (2 * m + 2)), [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t p = row / B, bb = row % B;
-        const T* __restrict xv = xr.row(p, bb);
-        const T* __restrict Rv = Rr.row(p, bb);
-        T* __restrict ov = o.row(p, bb);
-        const T* g = gp + row * m;
-        for (int64_t d = 0; d < D; ++d) ov[d] = T(0);  // ov accumulates the correction first
-        for (int64_t j = 0; j < m; ++j) {
-          const T* __restrict a = dXp + j * slab + row * D;
-          const T* __restrict b = dRp + j * slab + row * D;
-          const T gj = g[j];
-_Pragma("omp simd")
-          for (int64_t d = 0; d < D; ++d) ov[d] += (a[d] + b[d]) * gj;
-        }
-_Pragma("omp simd")
-        for (int64_t d = 0; d < D; ++d) ov[d] = xv[d] + Rv[d] - ov[d];
-      }
-    });
-  })), AT_FLOATING_TYPES);
-  return out;
-}
-
-// ---------------------------------------------------------------------------------------------------------------
 // TAA ring ops (see paratriton/ops/taa/naive.py)
 // ---------------------------------------------------------------------------------------------------------------
 inline int64_t ring_slot(int64_t slot, int64_t M) { return ((slot % M) + M) % M; }
@@ -452,7 +371,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> taa_residual_cpu(
     const Tensor& x, const Tensor& model_out, const std::optional<Tensor>& noise, const Tensor& a, const Tensor& b,
     const Tensor& c, const Tensor& threshold, const Tensor& hist_R, const Tensor& hist_Y, int64_t slot, int64_t order,
     bool unit_weights) {
-  count_call(kTaaResidual);
+  count_call(op_taa_residual);
   check_state(x, "x");
   STD_TORCH_CHECK(x.dim() == 3 && x.size(0) >= 1, "x must be [n+1, B, D], got ", shape_str(x));
   const int64_t n = x.size(0) - 1, B = x.size(1), D = x.size(2);
@@ -520,7 +439,7 @@ _Pragma("omp simd")
 }
 
 void taa_update_cpu(const Tensor& x, const Tensor& hist_Y, const Tensor& gamma_, int64_t slot) {
-  count_call(kTaaUpdate);
+  count_call(op_taa_update);
   check_state(x, "x");
   STD_TORCH_CHECK(x.dim() == 3 && hist_Y.dim() == 4, "x must be [n, B, D] and hist_Y [M, n, B, D]");
   const int64_t n = x.size(0), B = x.size(1), D = x.size(2), M = hist_Y.size(0), m = M - 1;
@@ -566,42 +485,27 @@ _Pragma("omp simd")
   }
 }
 
-
-// Calls of each kernel since the last reset, written into `out` (int64 [kNumOps], CPU); `reset` zeroes them.
-void call_counts(Tensor out, bool reset) {
-  STD_TORCH_CHECK(out.is_cpu() && out.scalar_type() == ScalarType::Long && has_shape(out, {kNumOps}) &&
-                      out.is_contiguous(),
-                  "call_counts: out must be a contiguous int64 CPU tensor of shape [", kNumOps, "]");
-  int64_t* o = out.mutable_data_ptr<int64_t>();
-  for (int op = 0; op < kNumOps; ++op) o[op] = reset ? g_calls[op].exchange(0) : g_calls[op].load();
-}
-
 }  // namespace
 }  // namespace paratriton
 
-// Schemas: those of the Python definitions (paratriton/ops/*), with the same mutation annotations. Op order of
-// call_counts: paratriton/_backends.py OPS.
+// Schemas: those of the Python definitions (paratriton/ops/*), with the same mutation annotations
+// (tests/test_cpp_ext.py compares them). One m.def per op of PARATRITON_OPS (common.h); the kernels are registered
+// from that list, so an op named there without a `<op>_cpu` kernel does not compile.
 STABLE_TORCH_LIBRARY(paratriton_C, m) {
   m.def("step_residual(Tensor x, Tensor model_out, Tensor? noise, Tensor a, Tensor b, Tensor c, Tensor threshold)"
         " -> (Tensor, Tensor, Tensor)");
   m.def("order_k_residual(Tensor r, Tensor a, int order, bool unit_weights=False) -> Tensor");
-  m.def("anderson_gram(Tensor dR, Tensor R) -> (Tensor, Tensor)");
   m.def("masked_lstsq(Tensor G, Tensor h, Tensor num_cols, float ridge=1e-3, float floor=1e-30) -> Tensor");
-  m.def("anderson_update(Tensor x, Tensor R, Tensor dX, Tensor dR, Tensor gamma) -> Tensor");
   m.def("taa_residual(Tensor x, Tensor model_out, Tensor? noise, Tensor a, Tensor b, Tensor c, Tensor threshold, "
         "Tensor(a!) hist_R, Tensor(b!) hist_Y, int slot, int order, bool unit_weights=False) "
         "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def("taa_update(Tensor(a!) x, Tensor hist_Y, Tensor gamma, int slot) -> ()");
-  m.def("call_counts(Tensor(a!) out, bool reset) -> ()");
+  m.def(paratriton::kCallCountsSchema);
 }
 
+#define PT_IMPL_CPU(name) m.impl(#name, TORCH_BOX(&paratriton::name##_cpu));
 STABLE_TORCH_LIBRARY_IMPL(paratriton_C, CPU, m) {
-  m.impl("step_residual", TORCH_BOX(&paratriton::step_residual_cpu));
-  m.impl("order_k_residual", TORCH_BOX(&paratriton::order_k_residual_cpu));
-  m.impl("anderson_gram", TORCH_BOX(&paratriton::anderson_gram_cpu));
-  m.impl("masked_lstsq", TORCH_BOX(&paratriton::masked_lstsq_cpu));
-  m.impl("anderson_update", TORCH_BOX(&paratriton::anderson_update_cpu));
-  m.impl("taa_residual", TORCH_BOX(&paratriton::taa_residual_cpu));
-  m.impl("taa_update", TORCH_BOX(&paratriton::taa_update_cpu));
+  PARATRITON_OPS(PT_IMPL_CPU)
   m.impl("call_counts", TORCH_BOX(&paratriton::call_counts));
 }
+#undef PT_IMPL_CPU

@@ -1,11 +1,12 @@
-// CUDA kernels of the paratriton solver ops: the masked least-squares solve and the updates, on the LibTorch stable
-// ABI (see common.h). They are registered as the ops ``paratriton_cuda::<op>`` for the CUDA key, in a module of their
-// own (paratriton._C_cuda), so that the CPU module builds and loads whether or not this one does;
-// paratriton/_backends.py routes ``torch.ops.paratriton.<op>`` on CUDA tensors to them when asked to.
+// CUDA kernel of the paratriton op masked_lstsq (the Anderson methods' small least-squares solves), on the LibTorch
+// stable ABI (see common.h). It is registered as the op ``paratriton_cuda::masked_lstsq`` for the CUDA key, in a
+// module of its own (paratriton._C_cuda), so that the CPU module builds and loads whether or not this one does;
+// paratriton/_backends.py routes ``torch.ops.paratriton.masked_lstsq`` on CUDA tensors to it when asked to
+// (PARATRITON_CUDA_OPS). The engine's other ops run Triton on CUDA (paratriton/ops/window_*/fused.py).
 //
 // Every launch goes to the current CUDA stream of the inputs' device (a DeviceGuard makes it current) and nothing
-// reads device memory back on the host, so the ops can be captured in a CUDA graph.
-// Semantics: paratriton/ops/{masked_lstsq,anderson_update,taa}/naive.py.
+// reads device memory back on the host, so the op can be captured in a CUDA graph.
+// Semantics: paratriton/ops/masked_lstsq/naive.py.
 //
 // The dispatcher sends a call here when *any* tensor argument is a CUDA tensor, so every argument is checked to be
 // a CUDA tensor on the first one's device (a CPU pointer handed to a kernel is an illegal address or a silent host
@@ -16,7 +17,6 @@
 #include <torch/headeronly/core/Dispatch_v2.h>
 
 #include <algorithm>
-#include <limits>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -25,9 +25,6 @@
 
 namespace paratriton {
 namespace {
-
-std::atomic<int64_t> g_calls[kNumOps] = {};
-inline void count_call(Op op) { g_calls[op].fetch_add(1, std::memory_order_relaxed); }
 
 constexpr int kMaxM = 16;  // systems up to 16 x 16 live in registers/local memory (larger m: Python's reference)
 constexpr int64_t kMaxGridX = 2147483647;  // gridDim.x limit
@@ -61,13 +58,6 @@ void check_float(const char* op, const Tensor& t, const char* name) {
 bool is_integer(ScalarType s) {
   return s == ScalarType::Long || s == ScalarType::Int || s == ScalarType::Short || s == ScalarType::Char ||
          s == ScalarType::Byte;
-}
-
-// An expanded tensor (a stride-0 dimension of size > 1) has elements that share memory: a write race in place.
-bool is_expanded(const Tensor& t) {
-  for (int64_t i = 0; i < t.dim(); ++i)
-    if (t.size(i) > 1 && t.stride(i) == 0) return true;
-  return false;
 }
 
 cudaStream_t current_stream(const Tensor& t) {
@@ -134,7 +124,7 @@ __global__ void lstsq_kernel(const T* __restrict__ G, const T* __restrict__ h, c
 }
 
 Tensor masked_lstsq_cuda(const Tensor& G_, const Tensor& h_, const Tensor& num_cols, double ridge, double floor) {
-  count_call(kLstsq);
+  count_call(op_masked_lstsq);
   constexpr const char* op = "masked_lstsq (CUDA)";
   check_device(op, G_, "G", h_, "h");
   check_device(op, G_, "G", num_cols, "num_cols");
@@ -172,158 +162,16 @@ Tensor masked_lstsq_cuda(const Tensor& G_, const Tensor& h_, const Tensor& num_c
   return out;
 }
 
-// ---------------------------------------------------------------------------------------------------------------
-// Updates: grid (D-blocks, rows); each thread owns one element of one (step, trajectory) row
-// ---------------------------------------------------------------------------------------------------------------
-constexpr int kThreads = 256;
-constexpr int64_t kMaxGridY = 65535;
-
-// out = x + R - sum_j (dX_j + dR_j) gamma_j ; dX, dR contiguous [m, n, B, D], gamma contiguous [n, B, m]
-template <typename T>
-__global__ void update_kernel(Rows<const T> x, Rows<const T> R, const T* __restrict__ dX, const T* __restrict__ dR,
-                              const T* __restrict__ gamma, Rows<T> out, int64_t B, int64_t rows, int64_t D, int m) {
-  const int64_t d = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (d >= D) return;
-  const int64_t slab = rows * D;
-  for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
-    const int64_t p = row / B, b = row % B;
-    T corr = T(0);
-    for (int j = 0; j < m; ++j) {
-      const int64_t i = j * slab + row * D + d;
-      corr += (dX[i] + dR[i]) * gamma[row * m + j];
-    }
-    out.row(p, b)[d] = x.row(p, b)[d] + R.row(p, b)[d] - corr;
-  }
-}
-
-Tensor anderson_update_cuda(const Tensor& x_, const Tensor& R_, const Tensor& dX_, const Tensor& dR_,
-                            const Tensor& gamma_) {
-  count_call(kUpdate);
-  constexpr const char* op = "anderson_update (CUDA)";
-  check_device(op, x_, "x", R_, "R");
-  check_device(op, x_, "x", dX_, "dX");
-  check_device(op, x_, "x", dR_, "dR");
-  check_device(op, x_, "x", gamma_, "gamma");
-  check_float(op, R_, "R");
-  check_float(op, dX_, "dX");
-  check_float(op, dR_, "dR");
-  check_float(op, gamma_, "gamma");
-  STD_TORCH_CHECK(x_.dim() == 3 && dX_.dim() == 4, "x must be [n, B, D] and dX [m, n, B, D]");
-  STD_TORCH_CHECK(is_state(x_.scalar_type()), "x must be float32 or float64");
-  const int64_t n = x_.size(0), B = x_.size(1), D = x_.size(2), m = dX_.size(0);
-  STD_TORCH_CHECK(has_shape(R_, {n, B, D}), "R must have x's shape");
-  STD_TORCH_CHECK(has_shape(dX_, {m, n, B, D}) && has_shape(dR_, {m, n, B, D}), "dX, dR must be [m, n, B, D]");
-  STD_TORCH_CHECK(has_shape(gamma_, {n, B, m}), "gamma must be [n, B, m]");
-  STD_TORCH_CHECK(m <= std::numeric_limits<int>::max(), op, ": too many history columns (", m, ")");
-  STD_TORCH_CHECK((D + kThreads - 1) / kThreads <= kMaxGridX, op, ": D too large (", D, ")");
-  const torch::stable::accelerator::DeviceGuard guard(x_.get_device_index());
-  const auto dt = x_.scalar_type();
-  const Tensor x = rows_ok(x_), R = rows_ok(to_dtype(R_, dt));
-  const Tensor dX = torch::stable::contiguous(to_dtype(dX_, dt)), dR = torch::stable::contiguous(to_dtype(dR_, dt));
-  const Tensor gamma = torch::stable::contiguous(to_dtype(gamma_, dt));
-  Tensor out = new_like_device(x, {n, B, D}, dt);
-  const int64_t rows = n * B;
-  if (rows == 0 || D == 0) return out;
-  const dim3 grid(static_cast<unsigned>((D + kThreads - 1) / kThreads), static_cast<unsigned>(std::min(rows, kMaxGridY)));
-  const cudaStream_t stream = current_stream(x);
-  THO_DISPATCH_V2(dt, "paratriton_anderson_update_cuda", AT_WRAP(([&] {
-    using T = scalar_t;
-    update_kernel<T><<<grid, kThreads, 0, stream>>>(
-        crows_of<T>(x), crows_of<T>(R), dX.const_data_ptr<T>(), dR.const_data_ptr<T>(), gamma.const_data_ptr<T>(),
-        rows_of<T>(out), B, rows, D, static_cast<int>(m));
-    check_launch(op);
-  })), AT_FLOATING_TYPES);
-  return out;
-}
-
-// x = Y_{s_0} - sum_j gamma_j (Y_{s_j} - Y_{s_{j+1}}), s_j = (slot - j) mod M, hist_Y [M, n, B, D] rows
-template <typename T>
-__global__ void ring_update_kernel(const T* __restrict__ H, int64_t s_slot, int64_t sp, int64_t sb,
-                                   const T* __restrict__ gamma, Rows<T> x, int64_t B, int64_t rows, int64_t D, int M,
-                                   int slot) {
-  const int64_t d = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (d >= D) return;
-  const int m = M - 1;
-  for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
-    const int64_t p = row / B, b = row % B;
-    const T* base = H + p * sp + b * sb + d;
-    T hi = base[static_cast<int64_t>(slot) * s_slot];
-    const T y0 = hi;
-    T corr = T(0);
-    for (int j = 0; j < m; ++j) {
-      const int s = ((slot - j - 1) % M + M) % M;
-      const T lo = base[static_cast<int64_t>(s) * s_slot];
-      corr += (hi - lo) * gamma[row * m + j];
-      hi = lo;
-    }
-    x.row(p, b)[d] = y0 - corr;
-  }
-}
-
-void taa_update_cuda(const Tensor& x, const Tensor& hist_Y, const Tensor& gamma_, int64_t slot) {
-  count_call(kTaaUpdate);
-  constexpr const char* op = "taa_update (CUDA)";
-  check_device(op, x, "x", hist_Y, "hist_Y");
-  check_device(op, x, "x", gamma_, "gamma");
-  STD_TORCH_CHECK(x.dim() == 3 && hist_Y.dim() == 4, "x must be [n, B, D] and hist_Y [M, n, B, D]");
-  STD_TORCH_CHECK(is_state(x.scalar_type()), "x must be float32 or float64");
-  STD_TORCH_CHECK(hist_Y.scalar_type() == x.scalar_type(), "hist_Y must have x's dtype");
-  check_float(op, gamma_, "gamma");
-  const int64_t n = x.size(0), B = x.size(1), D = x.size(2), M = hist_Y.size(0);
-  STD_TORCH_CHECK(M >= 1, op, ": hist_Y needs at least one ring slot, got ", shape_str(hist_Y));  // slot % M below
-  STD_TORCH_CHECK(M - 1 <= std::numeric_limits<int>::max(), op, ": too many ring slots (", M, ")");
-  STD_TORCH_CHECK(has_shape(hist_Y, {M, n, B, D}), "hist_Y must be [M, n, B, D], got ", shape_str(hist_Y));
-  STD_TORCH_CHECK(has_shape(gamma_, {n, B, M - 1}), "gamma must be [n, B, M-1], got ", shape_str(gamma_));
-  // x is written in place by one thread per element: an expanded (stride-0) x would be a write race
-  STD_TORCH_CHECK(!is_expanded(x), op, ": x must not have internal overlap (an expanded tensor); pass a contiguous x");
-  STD_TORCH_CHECK((D + kThreads - 1) / kThreads <= kMaxGridX, op, ": D too large (", D, ")");
-  const torch::stable::accelerator::DeviceGuard guard(x.get_device_index());
-  const bool direct = D <= 1 || x.stride(-1) == 1;
-  const Tensor xo = direct ? x : new_like_device(x, {n, B, D}, x.scalar_type());
-  const Tensor H = (D <= 1 || hist_Y.stride(-1) == 1) ? hist_Y : torch::stable::contiguous(hist_Y);
-  const Tensor gamma = torch::stable::contiguous(to_dtype(gamma_, x.scalar_type()));
-  const int64_t rows = n * B;
-  const int s0 = static_cast<int>(((slot % M) + M) % M);
-  if (rows > 0 && D > 0) {
-    const dim3 grid(static_cast<unsigned>((D + kThreads - 1) / kThreads), static_cast<unsigned>(std::min(rows, kMaxGridY)));
-    const cudaStream_t stream = current_stream(x);
-    THO_DISPATCH_V2(x.scalar_type(), "paratriton_taa_update_cuda", AT_WRAP(([&] {
-      using T = scalar_t;
-      ring_update_kernel<T><<<grid, kThreads, 0, stream>>>(
-          H.const_data_ptr<T>(), H.stride(0), H.stride(1), H.stride(2), gamma.const_data_ptr<T>(), rows_of<T>(xo), B,
-          rows, D, static_cast<int>(M), s0);
-      check_launch(op);
-    })), AT_FLOATING_TYPES);
-  }
-  if (!direct) {
-    Tensor xd = x;
-    torch::stable::copy_(xd, xo);
-  }
-}
-
-// Calls of each kernel since the last reset, written into `out` (int64 [kNumOps], CPU); `reset` zeroes them.
-void call_counts(Tensor out, bool reset) {
-  STD_TORCH_CHECK(out.is_cpu() && out.scalar_type() == ScalarType::Long && has_shape(out, {kNumOps}) &&
-                      out.is_contiguous(),
-                  "call_counts: out must be a contiguous int64 CPU tensor of shape [", kNumOps, "]");
-  int64_t* o = out.mutable_data_ptr<int64_t>();
-  for (int op = 0; op < kNumOps; ++op) o[op] = reset ? g_calls[op].exchange(0) : g_calls[op].load();
-}
-
 }  // namespace
 }  // namespace paratriton
 
-STABLE_TORCH_LIBRARY(paratriton_cuda, m) {
+STABLE_TORCH_LIBRARY(paratriton_cuda, m) {  // the schema of cpu_ops.cpp (tests/test_cpp_ext.py compares them)
   m.def("masked_lstsq(Tensor G, Tensor h, Tensor num_cols, float ridge=1e-3, float floor=1e-30) -> Tensor");
-  m.def("anderson_update(Tensor x, Tensor R, Tensor dX, Tensor dR, Tensor gamma) -> Tensor");
-  m.def("taa_update(Tensor(a!) x, Tensor hist_Y, Tensor gamma, int slot) -> ()");
-  m.def("call_counts(Tensor(a!) out, bool reset) -> ()");
+  m.def(paratriton::kCallCountsSchema);
 }
 
 STABLE_TORCH_LIBRARY_IMPL(paratriton_cuda, CUDA, m) {
   m.impl("masked_lstsq", TORCH_BOX(&paratriton::masked_lstsq_cuda));
-  m.impl("anderson_update", TORCH_BOX(&paratriton::anderson_update_cuda));
-  m.impl("taa_update", TORCH_BOX(&paratriton::taa_update_cuda));
 }
 
 STABLE_TORCH_LIBRARY_IMPL(paratriton_cuda, CPU, m) {  // the counters live on the host

@@ -1,6 +1,6 @@
 // Python module paratriton._C: the CPU kernels (cpu_ops.cpp) register themselves as the ops paratriton_C::<op> when
-// the shared object is loaded; this file only gives the module its Python entry point and build information, as
-// plain module constants (the limited C API: one abi3 module serves every Python >= 3.10, and no pybind11/torch
+// the shared object is loaded; this file only gives the module its Python entry point and build information (and
+// OPS, the op list of common.h in call-counter order), as plain module constants (the limited C API: one abi3 module serves every Python >= 3.10, and no pybind11/torch
 // Python binding is linked, so nothing here depends on the torch release).
 #include <Python.h>
 
@@ -28,6 +28,20 @@ namespace {
 // "major.minor" of a TORCH_*_VERSION value (major << 56 | minor << 48)
 std::string version_str(unsigned long long v) {
   return std::to_string((v >> 56) & 0xff) + "." + std::to_string((v >> 48) & 0xff);
+}
+
+// ("step_residual", ...): PARATRITON_OPS of common.h, the order of the call_counts table
+PyObject* op_names() {
+  PyObject* t = PyTuple_New(paratriton::kNumOps);
+  if (t == nullptr) return nullptr;
+  for (int i = 0; i < paratriton::kNumOps; ++i) {
+    PyObject* name = PyUnicode_FromString(paratriton::kOpNames[i]);
+    if (name == nullptr || PyTuple_SetItem(t, i, name) < 0) {  // SetItem steals `name`, also on failure
+      Py_DECREF(t);
+      return nullptr;
+    }
+  }
+  return t;
 }
 
 std::string compiler() {
@@ -71,6 +85,12 @@ extern "C" PyMODINIT_FUNC PT_CAT(PyInit_, PARATRITON_MODULE_NAME)(void) {
       PyModule_AddStringConstant(m, "COMPILER", compiler().c_str()) < 0 ||
       PyModule_AddStringConstant(m, "CUDA_VERSION", cuda.c_str()) < 0 ||
       PyModule_AddStringConstant(m, "OPS_NAMESPACE", PT_STR(PARATRITON_OPS_NAMESPACE)) < 0) {
+    Py_DECREF(m);
+    return nullptr;
+  }
+  PyObject* ops = op_names();
+  if (ops == nullptr || PyModule_AddObject(m, "OPS", ops) < 0) {  // AddObject steals `ops` on success only
+    Py_XDECREF(ops);
     Py_DECREF(m);
     return nullptr;
   }

@@ -1,19 +1,24 @@
 """Which implementation each solver op uses per device, and the loading of the compiled extension.
 
 Every op is one name, ``torch.ops.paratriton.<op>``, defined in Python (``torch.library.custom_op`` in
-``paratriton/ops/<op>/__init__.py``: schema, fake implementation, the plain-torch default and the Triton CUDA
-kernel). The compiled extension is two modules on the LibTorch stable ABI (csrc/, docs/build.md), built against any
-torch >= 2.10 and loadable on torch 2.10 and every later release:
+``paratriton/ops/<op>/__init__.py``: schema, fake implementation, the plain-torch default and, where it has one, the
+Triton CUDA kernel). The compiled extension is two modules on the LibTorch stable ABI (csrc/, docs/build.md), built
+against any torch >= 2.10 and loadable on torch 2.10 and every later release:
 
-* ``paratriton._C``: C++ CPU kernels, registered by the module itself as the ops ``paratriton_C::<op>``;
-* ``paratriton._C_cuda``: CUDA kernels of ``masked_lstsq``, ``anderson_update``, ``taa_update`` as
-  ``paratriton_cuda::<op>`` (built only where nvcc and a CUDA torch were found).
+* ``paratriton._C``: C++ CPU kernels of the ops of ``OPS``, registered by the module itself as ``paratriton_C::<op>``;
+* ``paratriton._C_cuda``: the CUDA kernel of ``masked_lstsq`` as ``paratriton_cuda::masked_lstsq`` (built only where
+  nvcc and a CUDA torch were found).
+
+``OPS`` is the op list of the C++ sources (``PARATRITON_OPS`` in csrc/common.h, the order of the call counters):
+each module exports it as its ``OPS`` constant, a build whose list differs is refused like a stale one, and
+tests/test_cpp_ext.py checks this copy against the header, the registrations and ``paratriton.ops``.
 
 The switch is here, in Python: ``torch.ops.paratriton.<op>`` gets a ``CPU`` kernel that calls ``paratriton_C``
 (it outranks custom_op's ``CompositeExplicitAutograd`` default: ``"cpp"``, else the plain-torch reference
 ``"torch"``), and the ops named by ``PARATRITON_CUDA_OPS=all|none|op1,op2`` (default ``DEFAULT_CUDA_OPS``: none yet)
-a ``CUDA`` kernel that calls ``paratriton_cuda`` instead of Triton (``"cuda"``, else ``"triton"``). The registrations
-are ``torch.library.Library`` objects: dropping them (``use_extension(False)``) restores the Python kernels.
+a ``CUDA`` kernel that calls ``paratriton_cuda`` instead of Triton (``"cuda"``, else ``"triton"``; ``"torch"`` for
+the CPU building blocks, which have no CUDA kernel). The registrations are ``torch.library.Library`` objects:
+dropping them (``use_extension(False)``) restores the Python kernels.
 
 ``PARATRITON_DISABLE_EXT=1`` keeps the extension out (logged at INFO). Otherwise a missing or unusable extension
 (not built, torch older than 2.10, import error, stale build) is one WARNING line on the ``paratriton`` logger at
@@ -36,21 +41,14 @@ from . import ops as _ops  # noqa: F401 -- the custom ops must be defined before
 
 log = logging.getLogger("paratriton")
 
-OPS = (
-    "step_residual",
-    "order_k_residual",
-    "anderson_gram",
-    "masked_lstsq",
-    "anderson_update",
-    "taa_residual",
-    "taa_update",
-)
-API_VERSION = 2  # must equal csrc/common.h kApiVersion: a stale build (sources changed, not rebuilt) is refused
+# the ops with compiled kernels: csrc/common.h PARATRITON_OPS, in its order (the call counters' order)
+OPS = ("step_residual", "order_k_residual", "masked_lstsq", "taa_residual", "taa_update")
+API_VERSION = 3  # must equal csrc/common.h kApiVersion: a stale build (sources changed, not rebuilt) is refused
 MIN_TORCH = (2, 10)  # setup.py's TORCH_TARGET_VERSION: the oldest torch the stable-ABI modules load on
-CUDA_OPS = ("masked_lstsq", "anderson_update", "taa_update")
+CUDA_OPS = ("masked_lstsq",)  # the ops csrc/cuda_ops.cu registers for the CUDA key
 CUDA_MAX_HISTORY = 16  # csrc/cuda_ops.cu kMaxM: a wider masked_lstsq runs the plain-torch reference
-# CUDA ops whose compiled kernel replaces the Triton one by default. The CUDA kernels are faster than Triton on an
-# H200 (benchmarks/RESULTS.md, "Compiled extension"); they stay opt-in (PARATRITON_CUDA_OPS=all) until the GPU test
+# CUDA ops whose compiled kernel replaces the Triton one by default. The CUDA masked_lstsq is faster than Triton on an
+# H200 (benchmarks/RESULTS.md, "Compiled extension"); it stays opt-in (PARATRITON_CUDA_OPS=all) until the GPU test
 # run of the stable-ABI build has passed.
 DEFAULT_CUDA_OPS: tuple[str, ...] = ()
 
@@ -139,10 +137,11 @@ def _load(cuda_spec: str | None = None) -> None:
     cpu = _import("_C")
     if isinstance(cpu, str):
         return _fail(f"compiled extension paratriton._C {cpu}")
-    if getattr(cpu, "API_VERSION", None) != API_VERSION:
+    if getattr(cpu, "API_VERSION", None) != API_VERSION or tuple(getattr(cpu, "OPS", ())) != OPS:
         return _fail(
             f"compiled extension paratriton._C not used: stale build (kernel API {getattr(cpu, 'API_VERSION', '?')}, "
-            f"sources expect {API_VERSION}); rebuild it: pip install --no-build-isolation -e ."
+            f"ops {getattr(cpu, 'OPS', '?')}; sources expect {API_VERSION}, {OPS}); rebuild it: "
+            "pip install --no-build-isolation -e ."
         )
     _modules["_C"] = cpu
     abi = f"stable ABI, torch >= {cpu.TORCH_TARGET} (built with torch {cpu.BUILT_WITH_TORCH}, {cpu.COMPILER})"
@@ -154,7 +153,7 @@ def _load(cuda_spec: str | None = None) -> None:
         mod = _import("_C_cuda")
         if isinstance(mod, str):
             cuda_note = cuda_module = f"CUDA kernels paratriton._C_cuda {mod}"
-        elif getattr(mod, "API_VERSION", None) != API_VERSION:
+        elif getattr(mod, "API_VERSION", None) != API_VERSION or tuple(getattr(mod, "OPS", ())) != OPS:
             cuda_note = cuda_module = "CUDA kernels paratriton._C_cuda not used: stale build"
         elif mod.CUDA_VERSION.split(".")[0] != torch.version.cuda.split(".")[0]:
             # a CUDA part is per CUDA major: the runtime it was compiled for must be the one torch ships
@@ -180,14 +179,16 @@ def _load(cuda_spec: str | None = None) -> None:
 
 
 def backends() -> dict[str, dict[str, str]]:
-    """The implementation in use for each op and device: ``{op: {"cpu": "cpp" | "torch",
-    "cuda": "cuda" | "triton"}}`` (``extension_status()["reason"]`` says why the compiled one is not in use)."""
+    """The implementation in use for each op of ``OPS`` and device: ``{op: {"cpu": "cpp" | "torch",
+    "cuda": "cuda" | "triton" | "torch"}}`` (``extension_status()["reason"]`` says why the compiled one is not in
+    use; "torch": the plain-torch reference)."""
     out = {}
     for op in OPS:
         cpu_cpp = torch._C._dispatch_has_kernel_for_dispatch_key(f"paratriton::{op}", "CPU")
+        triton = torch._C._dispatch_has_kernel_for_dispatch_key(f"paratriton::{op}", "CUDA")
         out[op] = {
             "cpu": "cpp" if cpu_cpp and op in _status["cpu"] else "torch",
-            "cuda": "cuda" if op in _status["cuda"] else "triton",
+            "cuda": "cuda" if op in _status["cuda"] else ("triton" if triton else "torch"),
         }
     return out
 
@@ -203,10 +204,12 @@ def call_counts(reset: bool = False) -> dict[str, dict[str, int]]:
     tests prove a call reached the compiled kernel. ``reset=True`` zeroes the counters after reading them."""
     out = {}
     for dev, name, ns in (("cpu", "_C", "paratriton_C"), ("cuda", "_C_cuda", "paratriton_cuda")):
-        counts = torch.zeros(len(OPS), dtype=torch.int64)
-        if name in _modules:
+        out[dev] = dict.fromkeys(OPS, 0)
+        if name in _modules:  # a loaded module's OPS equals OPS (checked at load); its names label its counters
+            names = _modules[name].OPS
+            counts = torch.zeros(len(names), dtype=torch.int64)
             getattr(torch.ops, ns).call_counts(counts, reset)
-        out[dev] = dict(zip(OPS, counts.tolist()))
+            out[dev].update(zip(names, counts.tolist()))
     return out
 
 

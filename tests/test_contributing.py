@@ -2,7 +2,9 @@
 
 * every registry method, and every option key the registry gives the command line, is in ``--help``;
 * every scheduler in ``TRACED_SCHEDULERS`` has parity tests (the stock loop, and the pipelines);
-* every ``paratriton/ops/<op>/`` has ``naive.py``, a ``torch.library`` registration and a test under ``tests/ops/``;
+* every ``paratriton/ops/<op>/`` has ``naive.py``, a ``torch.library`` registration and a test under ``tests/ops/``,
+  and ``paratriton.ops.<op>`` is the registered op with its reference at ``.naive``;
+* the quarantined ``paratriton/ops/legacy/`` is imported by nothing outside it (``import paratriton`` leaves it out);
 * the package's imports form no circles (imports inside functions and type-only ones included).
 """
 
@@ -60,7 +62,10 @@ def test_every_traced_scheduler_has_parity_tests():
 
 
 def _op_folders() -> list[pathlib.Path]:
-    return sorted(p for p in (PACKAGE / "ops").iterdir() if p.is_dir() and (p / "__init__.py").exists())
+    """The live op folders (``legacy/`` is the quarantine, checked on its own below)."""
+    return sorted(
+        p for p in (PACKAGE / "ops").iterdir() if p.is_dir() and (p / "__init__.py").exists() and p.name != "legacy"
+    )
 
 
 @pytest.mark.parametrize("folder", _op_folders(), ids=lambda p: p.name)
@@ -82,6 +87,41 @@ def test_every_op_has_a_reference_a_registration_and_a_test(folder: pathlib.Path
         assert ns == "paratriton" and hasattr(getattr(torch.ops, ns), name), qualname
     tests = [p.name for p in (TESTS / "ops").glob("test_*.py") if folder.name in p.read_text()]
     assert tests, f"no test under tests/ops/ names ops/{folder.name}"
+
+
+def test_every_exported_op_is_the_registered_op_with_its_oracle():
+    import paratriton.ops as ops
+
+    for name in ops.__all__:
+        found = getattr(ops, name)
+        registered = [found] if hasattr(found, "_qualname") else [getattr(found, o) for o in found.__all__[:-1]]
+        for op in registered:  # a group of ops (window_taa) exports its ops, then ``naive``
+            assert isinstance(op, torch._library.custom_ops.CustomOpDef), (name, op)
+            assert op._qualname.startswith("paratriton::"), op._qualname
+            assert op.naive.__name__.startswith("paratriton.ops.") and op.naive.__name__.endswith(".naive")
+
+
+def _imported_parts(path: pathlib.Path) -> set[str]:
+    """Every dotted part of every name a module imports (``from .legacy import x`` gives {"legacy", "x"})."""
+    parts: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            parts |= {p for a in node.names for p in a.name.split(".")}
+        elif isinstance(node, ast.ImportFrom):
+            parts |= set((node.module or "").split(".")) | {a.name for a in node.names}
+    return parts
+
+
+def test_the_legacy_ops_stay_quarantined():
+    """Nothing in the package outside ``ops/legacy/`` imports it, and ``import paratriton`` leaves it out."""
+    import subprocess
+    import sys
+
+    outside = [p for p in PACKAGE.rglob("*.py") if "legacy" not in p.relative_to(PACKAGE).parts]
+    assert [p for p in outside if "legacy" in _imported_parts(p)] == []
+    code = "import sys, paratriton.ops; print([m for m in sys.modules if m.startswith('paratriton.ops.legacy')])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out
 
 
 def _import_graph() -> dict[str, set[str]]:

@@ -85,7 +85,7 @@ KERNELS = {
         taa_push=ops.window_taa.push,
         taa_plan=ops.window_taa.plan,
         taa_update=ops.window_taa.update,
-        lstsq=torch.ops.paratriton.masked_lstsq,
+        lstsq=ops.masked_lstsq,
         drift=ops.multistep_drift,
     ),
     "reference": SimpleNamespace(

@@ -73,7 +73,7 @@ def import_kernels_interpreted() -> list[str]:
     names = kernel_module_names()
     if any(n in sys.modules and not _is_interpreted(sys.modules[n]) for n in names):
         # imported before in compiled mode (by another test module): drop them all, so that dependants
-        # (``from ..anderson_gram.fused import _gram_tile``) are re-created against the re-decorated kernels
+        # (``from ..window_fixed_point.fused import launch_walk``) are re-created against the re-decorated kernels
         for n in names:
             sys.modules.pop(n, None)
     prev = os.environ.get("TRITON_INTERPRET")

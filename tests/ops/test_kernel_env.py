@@ -9,9 +9,8 @@ import pytest
 import torch
 from _kernel_env import CUDA, DEVICE, ENV_BEFORE, INTERPRET, kernel_module_names
 
-from paratriton.ops.anderson_update.fused import ring_update_triton  # noqa: F401  (imports the kernel modules)
-from paratriton.ops.masked_lstsq.fused import masked_lstsq_triton
-from paratriton.ops.step_residual.fused import residual_pass  # noqa: F401
+from paratriton.ops.masked_lstsq.fused import masked_lstsq_triton  # (imports the kernel modules)
+from paratriton.ops.window_residual.fused import window_residual_triton  # noqa: F401
 
 
 def _kernels():
@@ -41,8 +40,8 @@ def test_kernels_are_compiled_on_cuda_and_interpreted_on_cpu():
     from triton.runtime.interpreter import InterpretedFunction
 
     kernels = _kernels()
-    assert {"paratriton.ops._triton_grid", "paratriton.ops.step_residual.fused"} <= set(kernel_module_names())
-    assert any(k.endswith("_residual_kernel") for k in kernels), sorted(kernels)
+    assert {"paratriton.ops._triton_grid", "paratriton.ops.window_residual.fused"} <= set(kernel_module_names())
+    assert any(k.startswith("paratriton.ops.window_residual.fused.") for k in kernels), sorted(kernels)
     interpreted = sorted(k for k, v in kernels.items() if isinstance(v, InterpretedFunction))
     if CUDA and ENV_BEFORE in (None, "", "0"):
         assert interpreted == [], "kernels decorated for the interpreter on a CUDA machine"

@@ -1,6 +1,7 @@
-"""The torch.library registrations: opcheck on every op, torch.compile(fullgraph=True) of a whole TAA iteration
-through the ops, and the solver's backend switch. Each runs on every device of ``DEVICES``: on the CPU the ops run
-the references (or the C++ kernels of paratriton._C), on CUDA (when present) the compiled Triton kernels."""
+"""The torch.library registrations of the CPU building blocks and masked_lstsq: opcheck on every one,
+torch.compile(fullgraph=True) of a whole TAA iteration through them, and the solver's backend switch. Each runs on
+every device of ``DEVICES``: on the CPU the ops run the C++ kernels of paratriton._C (or the references), on CUDA the
+references (masked_lstsq: Triton). The engine's window ops are checked in test_window_ops.py."""
 
 import pytest
 import torch
@@ -8,7 +9,6 @@ from _kernel_env import DEVICES
 
 import paratriton as pt
 import paratriton.ops  # noqa: F401  (registers torch.ops.paratriton.*)
-from paratriton.ops.anderson_update.naive import anderson_update as anderson_update_ref
 from paratriton.ops.order_k_residual.naive import order_k_residual as order_k_residual_ref
 from paratriton.ops.step_residual.naive import step_residual as step_residual_ref
 from paratriton.ops.taa import naive as taa
@@ -51,7 +51,6 @@ def test_opcheck_every_op(device):
         (ops.step_residual, (x, mo, None, a, b, c, thr)),
         (ops.order_k_residual, (r(n, B, D), a, 2, False)),
         (ops.order_k_residual, (r(n, B, D), a, 9, True)),
-        (ops.anderson_gram, (r(m, n, B, D), r(n, B, D))),
         (
             ops.masked_lstsq,
             (
@@ -62,7 +61,6 @@ def test_opcheck_every_op(device):
                 1e-30,
             ),
         ),
-        (ops.anderson_update, (r(n, B, D), r(n, B, D), r(m, n, B, D), r(m, n, B, D), r(n, B, m))),
         (ops.taa_residual, (x, mo, xi, a, b, c, thr, hR, hY, 1, n, False)),
         (ops.taa_update, (r(n, B, D), hY, r(n, B, m), 2)),
     ]
@@ -73,7 +71,7 @@ def test_opcheck_every_op(device):
 
 @devices
 def test_registered_ops_match_the_references(device):
-    """CPU: the references (or the C++ kernels of paratriton._C when built); CUDA: the Triton kernels. Equal to the
+    """CPU: the C++ kernels of paratriton._C when built (else the references); CUDA: the references. Equal to the
     plain-torch references up to rounding, on the device of the inputs."""
     x, mo, xi, a, b, c, thr, hR, hY = window(device=device)
     r, rms, top = ops.step_residual(x, mo, xi, a, b, c, thr)
@@ -88,7 +86,7 @@ def test_registered_ops_match_the_references(device):
 
 
 def taa_iteration(x, mo, xi, a, b, c, thr, hR, hY, count, slot: int, top_limit: torch.Tensor):
-    """One TAA iteration with backend="triton", without the host read of the top step (kept on the device)."""
+    """One TAA iteration through the sliced ops, without the host read of the top step (kept on the device)."""
     M = hR.shape[0]
     n = x.shape[0] - 1
     rms, top, G, h = ops.taa_residual(x, mo, xi, a, b, c, thr, hR, hY, slot, n, False)
@@ -175,7 +173,7 @@ def test_backend_is_validated():
 
 
 def test_ring_naive_matches_the_explicit_anderson_step():
-    """The (R, Y = x + R) ring update equals x + R - (dX + dR) gamma of the per-op references."""
+    """The (R, Y = x + R) ring update equals the explicit Anderson step x + R - (dX + dR) gamma."""
     n, B, D, M, slot = 3, 1, 8, 4, 2
     hx, hR = rnd(M, n, B, D, seed=60), rnd(M, n, B, D, seed=61)
     hY = hx + hR
@@ -183,7 +181,7 @@ def test_ring_naive_matches_the_explicit_anderson_step():
     s = taa.ring_order(slot, M)
     dX = torch.stack([hx[s[j]] - hx[s[j + 1]] for j in range(M - 1)])
     dR = torch.stack([hR[s[j]] - hR[s[j + 1]] for j in range(M - 1)])
-    ref = anderson_update_ref(hx[slot], hR[slot], dX, dR, gamma)
+    ref = hx[slot] + hR[slot] - torch.einsum("jnbd,nbj->nbd", dX + dR, gamma)
     x = torch.empty(n, B, D, dtype=torch.float64)
     taa.taa_update(x, hY, gamma, slot)
     torch.testing.assert_close(x, ref, rtol=1e-12, atol=1e-13)

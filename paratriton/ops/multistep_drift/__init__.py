@@ -23,5 +23,6 @@ def _(tap_out, ring, weights, lo, anchor):
 
 
 register_triton(__name__, {multistep_drift: "multistep_drift_triton"})
+multistep_drift.naive = naive
 
 __all__ = ["multistep_drift", "naive"]

@@ -1,35 +1,28 @@
-"""Order-k residual. ``naive.order_k_residual`` is the oracle; ``torch.ops.paratriton.order_k_residual`` is the
-registered op (CPU: the oracle, CUDA: the scan of ``step_residual/fused.py`` reading r instead of the states)."""
+"""Order-k residual, a CPU building block of ``window_fixed_point`` and ``window_taa``. ``order_k_residual`` is the
+registered ``torch.ops.paratriton.order_k_residual``, ``naive.order_k_residual`` its oracle. CPU: the C++ kernel of
+``paratriton._C`` when built, else the oracle; CUDA: the oracle (the engine's CUDA path is the window ops' Triton
+kernels)."""
 
 from __future__ import annotations
 
 import torch
 
-from .naive import order_k_residual, order_k_weights
+from . import naive
 
 
 @torch.library.custom_op("paratriton::order_k_residual", mutates_args=())
-def order_k_residual_op(r: torch.Tensor, a: torch.Tensor, order: int, unit_weights: bool = False) -> torch.Tensor:
-    """Registered ``order_k_residual``: r ``[n, B, D]``, a ``[n]``, order ``k >= 1`` -> ``R [n, B, D]`` (r's dtype)."""
+def order_k_residual(r: torch.Tensor, a: torch.Tensor, order: int, unit_weights: bool = False) -> torch.Tensor:
+    """r ``[n, B, D]``, a ``[n]``, order ``k >= 1`` -> ``R [n, B, D]`` (r's dtype); see ``naive.order_k_residual``."""
     if order < 1:
         raise ValueError(f"order must be >= 1, got {order}")
-    return order_k_residual(r, a, order, unit_weights)
+    return naive.order_k_residual(r, a, order, unit_weights)
 
 
-@order_k_residual_op.register_fake
+@order_k_residual.register_fake
 def _(r, a, order, unit_weights=False):
     return torch.empty_like(r, memory_format=torch.contiguous_format)
 
 
-@order_k_residual_op.register_kernel("cuda")
-def _(r, a, order, unit_weights=False):
-    from ..step_residual.fused import residual_pass
+order_k_residual.naive = naive
 
-    if order < 1:
-        raise ValueError(f"order must be >= 1, got {order}")
-    return residual_pass(
-        r, None, None, a, None, None, None, order=order, unit_weights=unit_weights, write_R=True, from_r=True
-    )["R"]
-
-
-__all__ = ["order_k_residual", "order_k_weights", "order_k_residual_op"]
+__all__ = ["order_k_residual", "naive"]

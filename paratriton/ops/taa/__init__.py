@@ -1,18 +1,17 @@
-"""Fused TAA iteration ops on a ``(R, Y = x + R)`` history ring (see ``naive.py``).
-
-``torch.ops.paratriton.taa_residual`` and ``torch.ops.paratriton.taa_update``: CPU runs the plain-torch composition
-of the per-op references, CUDA the Triton kernels (one residual/Gram pass, its reduction, and the update).
-"""
+"""The TAA ring ops on a ``(R, Y = x + R)`` history ring, CPU building blocks of ``window_taa``: ``taa_residual`` and
+``taa_update`` are the registered ``torch.ops.paratriton.taa_residual`` / ``taa_update``, ``naive`` holds their
+oracles. CPU: the C++ kernels of ``paratriton._C`` when built, else the oracles; CUDA: the oracles (the engine's
+CUDA path is ``window_taa``'s Triton kernels)."""
 
 from __future__ import annotations
 
 import torch
 
-from .naive import ring_order, taa_residual, taa_update
+from . import naive
 
 
 @torch.library.custom_op("paratriton::taa_residual", mutates_args=("hist_R", "hist_Y"))
-def taa_residual_op(
+def taa_residual(
     x: torch.Tensor,
     model_out: torch.Tensor,
     noise: torch.Tensor | None,
@@ -26,11 +25,12 @@ def taa_residual_op(
     order: int,
     unit_weights: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Registered ``taa_residual`` (shapes in ``naive.taa_residual``); returns ``rms, top, G, h``."""
-    return taa_residual(x, model_out, noise, a, b, c, threshold, hist_R, hist_Y, slot, order, unit_weights)
+    """Residual, order-k residual, ring push and Gram in one op (shapes in ``naive.taa_residual``); returns
+    ``rms, top, G, h``."""
+    return naive.taa_residual(x, model_out, noise, a, b, c, threshold, hist_R, hist_Y, slot, order, unit_weights)
 
 
-@taa_residual_op.register_fake
+@taa_residual.register_fake
 def _(x, model_out, noise, a, b, c, threshold, hist_R, hist_Y, slot, order, unit_weights=False):
     n, B = x.shape[0] - 1, x.shape[1]
     m = hist_R.shape[0] - 1
@@ -42,43 +42,18 @@ def _(x, model_out, noise, a, b, c, threshold, hist_R, hist_Y, slot, order, unit
     )
 
 
-@taa_residual_op.register_kernel("cuda")
-def _(x, model_out, noise, a, b, c, threshold, hist_R, hist_Y, slot, order, unit_weights=False):
-    from ..step_residual.fused import residual_pass
-
-    out = residual_pass(
-        x,
-        model_out,
-        noise,
-        a,
-        b,
-        c,
-        threshold,
-        order=order,
-        unit_weights=unit_weights,
-        hist_R=hist_R,
-        hist_Y=hist_Y,
-        slot=slot,
-    )
-    return out["rms"], out["top"], out["G"], out["h"]
-
-
 @torch.library.custom_op("paratriton::taa_update", mutates_args=("x",))
-def taa_update_op(x: torch.Tensor, hist_Y: torch.Tensor, gamma: torch.Tensor, slot: int) -> None:
-    """Registered ``taa_update``: in place ``x = Y_0 - sum_j gamma_j (Y_j - Y_{j+1})`` (see ``naive.taa_update``)."""
-    taa_update(x, hist_Y, gamma, slot)
+def taa_update(x: torch.Tensor, hist_Y: torch.Tensor, gamma: torch.Tensor, slot: int) -> None:
+    """In place ``x = Y_0 - sum_j gamma_j (Y_j - Y_{j+1})`` (see ``naive.taa_update``)."""
+    naive.taa_update(x, hist_Y, gamma, slot)
 
 
-@taa_update_op.register_fake
+@taa_update.register_fake
 def _(x, hist_Y, gamma, slot):
     return None
 
 
-@taa_update_op.register_kernel("cuda")
-def _(x, hist_Y, gamma, slot):
-    from ..anderson_update.fused import ring_update_triton
+taa_residual.naive = naive
+taa_update.naive = naive
 
-    ring_update_triton(x, hist_Y, gamma, slot)
-
-
-__all__ = ["taa_residual", "taa_update", "ring_order", "taa_residual_op", "taa_update_op"]
+__all__ = ["taa_residual", "taa_update", "naive"]

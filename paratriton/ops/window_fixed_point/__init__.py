@@ -43,5 +43,6 @@ def _(x, model_out, noise, a, b, c, lo, top, order, unit_weights=False):
 
 
 register_triton(__name__, {window_fixed_point: "window_fixed_point_triton"})
+window_fixed_point.naive = naive
 
 __all__ = ["window_fixed_point", "naive"]

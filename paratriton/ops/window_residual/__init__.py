@@ -36,5 +36,6 @@ def _(x, model_out, noise, a, b, c, threshold, lo, anchor):
 
 
 register_triton(__name__, {window_residual: "window_residual_triton"})
+window_residual.naive = naive
 
 __all__ = ["window_residual", "naive"]

@@ -111,5 +111,6 @@ def _(rms, count, prev_rms, prev_accel, lo, anchor, top, ring, safeguard=True, t
 register_triton(
     __name__, {push: "window_taa_push_triton", update: "window_taa_update_triton", plan: "window_taa_plan_triton"}
 )
+push.naive = plan.naive = update.naive = naive
 
 __all__ = ["push", "plan", "update", "naive"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .._window import ring_newest, window_rows
-from ..anderson_gram.naive import anderson_gram
+from ..taa.naive import anderson_gram
 from ..window_fixed_point.naive import masked_order_k
 
 

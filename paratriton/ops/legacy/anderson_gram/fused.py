@@ -1,6 +1,6 @@
 """Triton kernels of the Anderson Gram pass: per-block partial products, then a block sum and a suffix-sum kernel.
 
-Partial layout (shared with the fused residual pass of ``step_residual/fused.py``): ``part [B, nblk, NG, n]`` in the
+Partial layout (shared with the fused residual pass of ``legacy/residual_pass.py``): ``part [B, nblk, NG, n]`` in the
 accumulation dtype, where slot ``g = 0`` holds the per-step sum of squared order-1 residuals (residual pass only),
 ``g = 1 + j`` holds ``<dR_j, R>`` and ``g = 1 + MH + pair(i, j)`` (``i <= j``) holds ``<dR_i, dR_j>``. One program of
 the main pass owns a ``BLOCK_D`` slice of one trajectory and every step, so per-step products need only a reduction
@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton_grid import batch_and_d_block
+from ..._triton_grid import batch_and_d_block
 
 
 def num_slots(mh: int) -> int:

@@ -1,5 +1,6 @@
-"""Triton residual pass: order-1 residual, per-step RMS, top unconverged step, order-k residual and (optionally)
-the Anderson Gram partials and the history push, in one read of the window.
+"""Triton residual pass (quarantined, see ``paratriton.ops.legacy``; it was the CUDA kernel of ``step_residual``,
+``order_k_residual`` and ``taa_residual``): order-1 residual, per-step RMS, top unconverged step, order-k residual
+and (optionally) the Anderson Gram partials and the history push, in one read of the window.
 
 One program owns a ``BLOCK_D`` slice of one trajectory and walks the window from the anchor down in tiles of
 ``BLOCK_P`` steps. The order-k residual obeys ``R_p = r_p + w_p R_{p+1} - [p + k < n] W_p r_{p+k}`` (``w = a`` or 1,
@@ -15,7 +16,7 @@ import triton
 import triton.language as tl
 
 from .._triton_grid import batch_and_d_block
-from ..anderson_gram.fused import _gram_tile, launch_reduce, num_slots
+from .anderson_gram.fused import _gram_tile, launch_reduce, num_slots
 
 
 @triton.jit

@@ -1,11 +1,12 @@
-"""The residual pass kernel (order-1 residual, RMS, top step, order-k residual) against the float64 reference."""
+"""The quarantined residual pass kernel (``paratriton.ops.legacy.residual_pass``: order-1 residual, RMS, top step,
+order-k residual) against the float64 references of the live ops."""
 
 import pytest
 import torch
 from _kernel_env import DEVICE
 
+from paratriton.ops.legacy.residual_pass import residual_pass
 from paratriton.ops.order_k_residual.naive import order_k_residual
-from paratriton.ops.step_residual.fused import residual_pass
 from paratriton.ops.step_residual.naive import step_residual
 
 

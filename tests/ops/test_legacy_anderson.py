@@ -1,18 +1,20 @@
-"""Gram pass, masked least squares and update kernels against the float64 references, including the fused
-ring form used by the TAA solver and ill-conditioned histories."""
+"""The quarantined Anderson kernels (``paratriton.ops.legacy``): Gram pass and update against the float64
+references, the ring update and the fused residual/Gram/history push of the TAA ring ops, and an ill-conditioned
+fp16 history through the Gram kernel."""
 
 import pytest
 import torch
 from _kernel_env import DEVICE
 
-from paratriton.ops import taa
-from paratriton.ops.anderson_gram.fused import anderson_gram_triton
-from paratriton.ops.anderson_gram.naive import anderson_gram
-from paratriton.ops.anderson_update.fused import anderson_update_triton, ring_update_triton
-from paratriton.ops.anderson_update.naive import anderson_update
+import paratriton.ops.legacy as legacy
+from paratriton.ops.legacy.anderson_gram.fused import anderson_gram_triton
+from paratriton.ops.legacy.anderson_update.fused import anderson_update_triton, ring_update_triton
+from paratriton.ops.legacy.residual_pass import residual_pass
 from paratriton.ops.masked_lstsq.fused import masked_lstsq_triton
 from paratriton.ops.masked_lstsq.naive import masked_lstsq
-from paratriton.ops.step_residual.fused import residual_pass
+from paratriton.ops.taa import naive as taa
+
+anderson_gram, anderson_update = legacy.anderson_gram.naive.anderson_gram, legacy.anderson_update.naive.anderson_update
 
 
 def rnd(*shape, seed=0, dtype=torch.float64, device=DEVICE):
@@ -54,32 +56,7 @@ def test_gram_non_contiguous_columns(rel):
     assert rel(G2, G) < 1e-13 and rel(h2, h) < 1e-13
 
 
-@pytest.mark.parametrize("m", [1, 2, 3, 5])
-def test_lstsq_matches_reference_with_masks(m, rel):
-    n, B = 6, 2
-    A = rnd(n, B, m, 3 * m, seed=m)
-    G = A @ A.transpose(-1, -2)
-    h = rnd(n, B, m, seed=10 + m)
-    num_cols = ints([0, m, 1, m, max(m - 1, 0), m])[:n]
-    ref = masked_lstsq(G, h, num_cols)
-    got = masked_lstsq_triton(G, h, num_cols)
-    assert rel(got, ref) < 1e-10
-    cols = torch.arange(m, device=DEVICE)
-    assert (got[(cols[None, :] >= num_cols[:, None])[:, None].expand_as(got)] == 0).all()  # masked: exactly 0
-    assert (got[0] == 0).all()  # too little history: plain fixed-point step
-    assert got[1].abs().sum() > 0
-
-
-def test_lstsq_float32_system(rel):
-    A = rnd(4, 3, 2, 6, seed=7, dtype=torch.float32)
-    G, h = A @ A.transpose(-1, -2), rnd(4, 3, 2, seed=8, dtype=torch.float32)
-    nc = torch.full((4,), 2, device=DEVICE)
-    got = masked_lstsq_triton(G, h, nc)
-    assert got.dtype == torch.float32
-    assert rel(got, masked_lstsq(G.double(), h.double(), nc)) < 1e-4
-
-
-def test_ill_conditioned_histories_give_finite_regularised_steps(rel):
+def test_gram_kernel_on_ill_conditioned_fp16_histories(rel):
     """Identical columns (a singular Gram) and fp16 residual differences of ~1e-4: the relative ridge keeps the
     step finite and bounded, and the kernels agree with the reference."""
     n, B, D, m = 4, 1, 64, 3
@@ -161,3 +138,23 @@ def test_fused_residual_gram_and_history_push(M, slot, order, noise, model, rel)
     assert out["G"].shape == G.shape == (n, B, M - 1, M - 1)
     if M > 1:
         assert rel(out["G"], G) < 1e-13 and rel(out["h"], h) < 1e-13
+
+
+def test_legacy_ops_are_registered_with_their_oracles():
+    """Importing ``paratriton.ops.legacy`` registers the two quarantined ops (opcheck on the test device)."""
+    n, B, D, m = 4, 2, 6, 2
+    cases = [
+        (legacy.anderson_gram, (rnd(m, n, B, D, seed=70), rnd(n, B, D, seed=71))),
+        (
+            legacy.anderson_update,
+            tuple(
+                rnd(*s, seed=72 + i)
+                for i, s in enumerate([(n, B, D), (n, B, D), (m, n, B, D), (m, n, B, D), (n, B, m)])
+            ),
+        ),
+    ]
+    for op, args in cases:
+        torch.library.opcheck(op, args)
+        torch.testing.assert_close(
+            op(*args), getattr(op.naive, op._qualname.split("::")[1])(*args), rtol=1e-12, atol=1e-12
+        )

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton_grid import batch_and_d_block
+from ..._triton_grid import batch_and_d_block
 
 
 @triton.jit
