@@ -38,7 +38,17 @@ def test_editable_install_survives_a_failing_compiler(tmp_path, compiler):
         "PARATRITON_BUILD_CUDA": "0",
         "HOME": str(tmp_path),
     }
-    cmd = [sys.executable, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "--no-index"]
+    # --ignore-installed: never uninstall the paratriton that runs these tests
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--no-build-isolation",
+        "--no-deps",
+        "--no-index",
+        "--ignore-installed",
+    ]
     cmd += ["--prefix", str(tmp_path / "prefix"), "-e", str(src)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
