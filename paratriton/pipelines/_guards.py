@@ -164,20 +164,23 @@ def model_fingerprint(model: torch.nn.Module) -> tuple:
     adapter_tensors: list[torch.Tensor] = []
     tuner = _tuner_layer_class()
     for m in model.modules():
+        d = m.__dict__  # plain dict reads: nn.Module's __getattr__ is slow, and most modules have no hooks
         is_tuner = tuner is not None and isinstance(m, tuner)
         if is_tuner:
             adapter_tensors += _adapter_tensors(m)
-        for t in (*m._parameters.values(), *m._buffers.values()):
+        params, buffers = d["_parameters"], d["_buffers"]
+        for t in (*params.values(), *buffers.values()):
             if t is not None:
                 tensors.append((t.data_ptr(), t._version, t.shape, t.dtype, t.device))
+        pre, post = d["_forward_pre_hooks"], d["_forward_hooks"]
         hooks = (
-            tuple(map(id, m._forward_pre_hooks.values())),
-            tuple(map(id, m._forward_hooks.values())),
-            tuple(sorted(_hooks_of(m))),
+            tuple(map(id, pre.values())) if pre else (),
+            tuple(map(id, post.values())) if post else (),
+            tuple(sorted(_hooks_of(m))) if "_diffusers_hook" in d else (),
         )
         adapter = _adapter_key(m) if is_tuner else None
-        extra = (_processor_key(m), adapter, m.__dict__.get("fused_projections"), m.training)
-        modules.append((type(m).__qualname__, id(m), len(m._parameters), len(m._buffers), hooks, extra))
+        extra = (_processor_key(m), adapter, d.get("fused_projections"), d["training"])
+        modules.append((type(m).__qualname__, id(m), len(params), len(buffers), hooks, extra))
     compiled = model.__dict__.get("_compiled_call_impl") is not None
     adapters = content_digest(adapter_tensors)  # no tuner layers: nothing to read, no device sync
     return (id(model), type(model).__qualname__, compiled, tuple(tensors), tuple(modules), adapters)
