@@ -108,7 +108,7 @@ class _Capture:
     solved: bool
     dummy: Any
     pending: tuple | None
-    true_cfg_scale: float | None
+    guidance_read: tuple[bool, float, float] | None
     calls_per_step: int
     calls_since_step: int
     control_calls: int
@@ -124,8 +124,13 @@ class _Capture:
             return self.model(*args, **kwargs)
         self.calls_since_step += 1
         if not self.solved:
+            if self.guidance_read is None:  # the stock call has set its guidance properties by now
+                self.guidance_read = tuple(self.spec.guidance.read(self.pipe, self.call_args))
+                two_calls = self.spec.guidance.layout == "two_calls" and self.guidance_read[0]
+                self.calls_per_step = 2 if two_calls else 1
             if self.calls_per_step == 2 and self.pending is None:
-                # true CFG (Flux): the conditional call comes first; the solve needs the negative call's inputs too
+                # two calls per step (Flux's true CFG): the conditional call comes first; the solve needs the
+                # unconditional call's inputs too
                 self.pending = (args, kwargs)
                 return self._zeros_like_input(args, kwargs)
             self._solve(args, kwargs)
@@ -185,12 +190,11 @@ class _Capture:
 
     def _capture(self, args: tuple, kwargs: dict) -> Captured:
         """The first network call (merged with the pending one for true CFG) as a ``Captured``."""
-        if self.pending is not None:  # true CFG: two calls per step, batched as [neg; cond] by the solve
+        if self.pending is not None:  # two calls per step, batched as [neg; cond] by the solve
             latent_name, named = self._merge_branches(args, kwargs)
-            guidance = (True, self.true_cfg_scale, 0.0)
         else:
             latent_name, named = _bind_forward(self.model, args, kwargs)
-            guidance = tuple(self.spec.guidance(self.pipe, self.call_args))
+        guidance = self.guidance_read
         x_in = named.pop(latent_name)
         t_in = named.pop("timestep", None)
         if self.controlnet is not None:

@@ -1,13 +1,17 @@
-"""The pipeline's network as a paratriton denoiser: the model call the solve makes, on every row of a window."""
+"""The pipeline's network as a paratriton denoiser: the model call the solve makes, on every row of a window, and
+the guided denoiser the spec's ``Guidance`` part asks for (the one place that reads its per-step values)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from ..model import ClassifierFreeGuidance, rescale_noise_cfg
 from ._capture import _NOT_PER_ROW, _first_tensor, _like
+from ._spec_parts import Guidance
 from ._trees import copy_tree
 
 # the conditioning key under which inpainting's extra input channels (mask, masked image latents) travel
@@ -55,12 +59,12 @@ class _PipelineDenoiser:
         B: int,
         N0: int,
         x_dtype: torch.dtype,
-        flow_timestep: bool,
+        timestep_form: str,
         learned_sigma_channels: int | None,
     ) -> None:
         self.forward, self.latent_name, self.kwargs, self.ts_by_step = model, latent_name, kwargs, ts_by_step
         self.g, self.B, self.N0, self.x_dtype = g, B, N0, x_dtype
-        self.flow_timestep, self.learned_sigma_channels = flow_timestep, learned_sigma_channels
+        self.timestep_form, self.learned_sigma_channels = timestep_form, learned_sigma_channels
         self.dummy: Any = None  # what later stock calls get back: zeros shaped like a stock call's output
         self.controlnet: Callable | None = None  # ControlNet: the real controlnet module and its latent argument
         self.control_latent = "sample"
@@ -69,7 +73,7 @@ class _PipelineDenoiser:
         g, B = self.g, self.B
         W = x.shape[0] // (g * B)
         t = self.ts_by_step[step_index]
-        if self.flow_timestep:  # Flux: t.expand(B).to(latents.dtype) / 1000, exactly as the stock loop
+        if self.timestep_form == "t/1000":  # Flux: t.expand(B).to(latents.dtype) / 1000, exactly as the stock loop
             t = t.to(self.x_dtype) / 1000
         kw = {k: (v if k in _NOT_PER_ROW else _repeat_rows(v, g, B, W)) for k, v in self.kwargs.items()}
         if _CONTROL in kw:  # the per-step scale is indexed by step, not repeated per row
@@ -106,3 +110,68 @@ class _PipelineDenoiser:
     def load(self, kwargs: dict) -> None:
         """Copy another call's conditioning (same structure and shapes) into this one's tensors."""
         copy_tree(self.kwargs, kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class GuidancePlan:
+    """The call's guidance, read from the spec's ``Guidance`` part: ``(do_cfg, scale, rescale)``, the row order,
+    and where the loop varies it by step, the scale of every solver step (``scale_by_step [T]``, solver order)."""
+
+    do_cfg: bool
+    scale: float
+    rescale: float
+    cond_first: bool = False
+    scale_by_step: tuple[float, ...] | None = None
+    combine: Callable | None = None
+
+    def key(self) -> tuple:
+        """What a cached graph or plan depends on (the simple case keeps its historical form)."""
+        base = (self.do_cfg, self.scale, self.rescale)
+        if self.scale_by_step is None and self.combine is None:
+            return base
+        return (*base, self.scale_by_step, None if self.combine is None else self.combine.__qualname__)
+
+
+def plan_guidance(part: Guidance, pipe: Any, call_args: dict, read: tuple, loop_ts: torch.Tensor) -> GuidancePlan:
+    """The ``GuidancePlan`` of one call: ``read`` is ``part.read``'s value, ``loop_ts`` the loop's timesteps."""
+    do_cfg, scale, rescale = read
+    by_step = None
+    if do_cfg and part.scale_at is not None:
+        by_loop = [float(s) for s in part.scale_at(pipe, call_args, loop_ts)]
+        if len(by_loop) != len(loop_ts):
+            raise RuntimeError(f"scale_at gave {len(by_loop)} scales for {len(loop_ts)} loop steps")
+        by_step = tuple(reversed(by_loop))  # solver step i is loop step T - 1 - i
+    return GuidancePlan(do_cfg, float(scale), float(rescale), part.cond_first, by_step, part.combine)
+
+
+class _StepGuidance:
+    """CFG whose scale varies by step or whose combine is not the linear one, on ``[uncond; cond]`` (or
+    ``[cond; uncond]``) rows: one batched call, then the combine row by row with each row's step's scale."""
+
+    def __init__(self, branches: Callable, plan: GuidancePlan) -> None:
+        self.branch_model, self.plan = branches, plan
+        self.compute_dtype = getattr(branches, "compute_dtype", None)
+        device = getattr(branches, "ts_by_step", torch.empty(0)).device
+        by_step = plan.scale_by_step if plan.scale_by_step is not None else (plan.scale,)
+        self.scales = torch.tensor(by_step, dtype=torch.float64, device=device)  # made once: graph-capturable
+
+    def __call__(self, x: torch.Tensor, step_index: torch.Tensor) -> torch.Tensor:
+        plan = self.plan
+        out = self.branch_model(torch.cat([x, x]), torch.cat([step_index, step_index]))
+        first, second = out.chunk(2)
+        cond, uncond = (first, second) if plan.cond_first else (second, first)
+        rows = step_index if plan.scale_by_step is not None else torch.zeros_like(step_index)
+        scale = self.scales[rows.to(self.scales.device)].to(out.device, out.dtype).view(-1, *([1] * (out.ndim - 1)))
+        if plan.combine is not None:
+            return plan.combine(cond, uncond, scale)
+        guided = uncond + scale * (cond - uncond)
+        return rescale_noise_cfg(guided, cond, plan.rescale) if plan.rescale > 0 else guided
+
+
+def guided(branches: Callable, plan: GuidancePlan) -> Callable:
+    """The solver's denoiser: ``branches`` (the network on stacked branch rows) combined as ``plan`` says."""
+    if not plan.do_cfg:
+        return branches
+    if plan.scale_by_step is None and plan.combine is None:
+        return ClassifierFreeGuidance(branches, plan.scale, plan.rescale, cond_first=plan.cond_first)
+    return _StepGuidance(branches, plan)

@@ -22,18 +22,18 @@ from ..schedulers import (
     stock_draws,
 )
 from ._capture import Captured, _bind_forward
-from ._denoiser import _CONTROL, _EXTRA_CHANNELS, _PipelineDenoiser
+from ._denoiser import _CONTROL, _EXTRA_CHANNELS, GuidancePlan, _PipelineDenoiser, plan_guidance
 from ._operator import _slice_steps, step_operator
 
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    """The trajectory to solve: ``branches`` (the network on ``[g * W * B, *S]`` rows), ``guidance`` ``(do_cfg,
-    scale, rescale)``, the step operator ``coeffs`` over the loop's steps, ``x_T [B, *S]`` (float64) and the step
+    """The trajectory to solve: ``branches`` (the network on ``[g * W * B, *S]`` rows), ``guidance`` (how the
+    branches combine), the step operator ``coeffs`` over the loop's steps, ``x_T [B, *S]`` (float64) and the step
     noise ``[T, rows, *S]`` (or None)."""
 
     branches: _PipelineDenoiser
-    guidance: tuple[bool, float, float]
+    guidance: GuidancePlan
     coeffs: Any
     x_T: torch.Tensor
     noise: torch.Tensor | None
@@ -116,7 +116,8 @@ class _Problem:
     def _loop_range(self, t_in: Any, sched_ts: torch.Tensor) -> tuple[int, int]:
         """Loop indices ``k0 .. k1-1`` of ``sched_ts`` the stock loop steps through."""
         T_full = len(sched_ts)
-        k1 = T_full if self.spec.loop_end is None else self.spec.loop_end(self.pipe, self.call_args, sched_ts)
+        end = self.spec.loop.end
+        k1 = T_full if end is None else end(self.pipe, self.call_args, sched_ts)
         k0 = self._loop_start(t_in, sched_ts, k1)
         if not 0 <= k0 < k1 <= T_full:
             raise RuntimeError(f"the stock loop's steps {k0}..{k1 - 1} are not within its {T_full} timesteps")
@@ -131,7 +132,7 @@ class _Problem:
         """
         if not (torch.is_tensor(t_in) and t_in.numel() and len(sched_ts) > 1):
             return 0
-        t0 = float(t_in.reshape(-1)[0]) * (1000.0 if self.spec.flow_timestep else 1.0)
+        t0 = float(t_in.reshape(-1)[0]) * (1000.0 if self.spec.step.timestep == "t/1000" else 1.0)
         dist = (sched_ts.detach().to("cpu", torch.float64) - t0).abs()
         nearest = (dist == dist.min()).nonzero().flatten().tolist()
         name = type(self.scheduler).__name__
@@ -169,14 +170,14 @@ class _Problem:
         self.solved = True
         spec, pipe, sched = self.spec, self.pipe, self.scheduler
         latent_name, named, x_in, t_in = cap.latent_name, dict(cap.conditioning), cap.x_in, cap.t_in
-        do_cfg, scale, rescale = cap.guidance
+        do_cfg = cap.guidance[0]
         x_full = x_in
         g = 2 if do_cfg else 1
         N0 = x_in.shape[0]
         if N0 % g:
             raise RuntimeError(f"{type(pipe).__name__}: model batch {N0} is not a multiple of the {g} CFG branches")
         B = N0 // g
-        C = spec.latent_channels(pipe) if spec.latent_channels is not None else None
+        C = spec.calls.latent_channels(pipe) if spec.calls.latent_channels is not None else None
         if C is not None and x_in.ndim >= 2 and x_in.shape[1] > C:  # inpainting: mask and image channels
             named[_EXTRA_CHANNELS] = x_in[:, C:]
             x_in = x_in[:, :C]
@@ -184,14 +185,14 @@ class _Problem:
         x_dtype, device = x_in.dtype, x_in.device
 
         family = one_tap_family(sched)  # a family whose step takes eta (DDIM): the call's, 0 where not handed over
-        eta = None if family is None else family.loop_eta(self.call_args.get("eta") if spec.step_eta else None)
+        eta = None if family is None else family.loop_eta(self.call_args.get("eta") if spec.step.eta else None)
         self.eta = eta
         sched_ts = sched.timesteps  # the order the stock loop visits: step i = T - 1 - k at loop index k
         T_full = len(sched_ts)
         k0, k1 = self._loop_range(t_in, sched_ts)
         full = step_operator(sched, eta, k0)
         multistep = not isinstance(full, SamplerCoefficients)
-        if multistep and spec.step_on_model_input and bool((full.input_scale != 1).any()):
+        if multistep and spec.step.on_model_input and bool((full.input_scale != 1).any()):
             raise ValueError(
                 f"{type(pipe).__name__} hands scheduler.step the scaled model input instead of the latents, so with "
                 f"{type(sched).__name__} (whose scale_model_input is not the identity) its loop is not the "
@@ -215,11 +216,11 @@ class _Problem:
 
         draws, in_float32 = stock_draws(sched, coeffs, self.loop_ts, eta)
         noise_dtype = torch.float32 if in_float32 else x_dtype
-        noise = self._draw_noise(T, N0 if spec.step_rows_cfg else B, B, sample_shape, noise_dtype, device, draws)
+        noise = self._draw_noise(T, N0 if spec.step.rows_cfg else B, B, sample_shape, noise_dtype, device, draws)
         if self.controlnet is not None:
             named[_CONTROL] = self._control_conditioning(x_full, T)
 
-        learned_sigma = spec.learned_sigma and getattr(self.model.config, "out_channels", None) == 2 * (
+        learned_sigma = spec.calls.learned_sigma and getattr(self.model.config, "out_channels", None) == 2 * (
             sample_shape[0] if sample_shape else 0
         )
         branches = _PipelineDenoiser(
@@ -231,13 +232,14 @@ class _Problem:
             B,
             N0,
             x_dtype,
-            spec.flow_timestep,
+            spec.step.timestep,
             sample_shape[0] if learned_sigma else None,
         )
         if self.controlnet is not None:
             branches.controlnet, branches.control_latent = self.controlnet, self.control_latent
         x_T = x_in[:B].to(torch.float64)  # CFG-doubled inputs: both halves are the same latents
-        return Problem(branches, (do_cfg, scale, rescale), coeffs, x_T, noise)
+        plan = plan_guidance(spec.guidance, pipe, self.call_args, cap.guidance, self.loop_ts)
+        return Problem(branches, plan, coeffs, x_T, noise)
 
     def _draw_noise(
         self, T: int, rows: int, B: int, sample_shape: tuple, dtype, device, draws: list[int]
@@ -245,5 +247,5 @@ class _Problem:
         """Pre-draw the step noise ``[T, B, *S]`` (float64) with the generator the loop hands ``step``."""
         if not draws:
             return None
-        self.step_generator = self.call_args.get("generator") if self.spec.step_generator else None
+        self.step_generator = self.call_args.get("generator") if self.spec.step.generator else None
         return draw_step_noise(draws, T, rows, B, sample_shape, self.step_generator, device, dtype)

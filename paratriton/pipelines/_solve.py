@@ -16,9 +16,9 @@ from typing import Any
 import torch
 
 from .. import _plan_cache
-from ..model import ClassifierFreeGuidance
 from ..planner import WindowChoice, _choice_from, choose_window, remembered
 from ..solvers import SolveResult, solve
+from ._denoiser import GuidancePlan, guided
 from ._graphed import graphed_solvers
 from ._guards import model_fingerprint
 from ._options import pipeline_options
@@ -26,10 +26,6 @@ from ._problem import Problem
 from ._replay import _Interrupted
 
 logger = logging.getLogger("paratriton.pipelines")
-
-
-def _guided(branches: Callable, do_cfg: bool, scale: float, rescale: float, cond_first: bool) -> Callable:
-    return ClassifierFreeGuidance(branches, scale, rescale, cond_first=cond_first) if do_cfg else branches
 
 
 class _Solve:
@@ -91,7 +87,7 @@ class _Solve:
     def _solve_with(
         self,
         branches: Any,
-        guidance: tuple,
+        guidance: GuidancePlan,
         coeffs: Any,
         x_T: torch.Tensor,
         noise: torch.Tensor | None,
@@ -101,8 +97,6 @@ class _Solve:
     ) -> SolveResult:
         """One solve, eager or (``graphed``) with the pipeline's cached CUDA-graphed solvers (see ``_graphed``);
         ``window="auto"`` chooses the window (or the sequential sampler) first."""
-        do_cfg, scale, rescale = guidance
-        cond_first = self.spec.cond_first
         entry = None
         if graphed:
             fingerprints = (
@@ -113,8 +107,8 @@ class _Solve:
                 self.state,
                 fingerprints,
                 branches,
-                (*guidance, cond_first),
-                lambda b: _guided(b, do_cfg, scale, rescale, cond_first),
+                (*guidance.key(), guidance.cond_first),
+                lambda b: guided(b, guidance),
                 coeffs,
                 x_T,
                 noise,
@@ -122,7 +116,7 @@ class _Solve:
             self.dummy = entry.branches.dummy
             denoiser, problem, solvers, kwargs = entry.denoiser, entry.coeffs, entry.solvers, entry.branches.kwargs
         else:
-            denoiser = _guided(branches, do_cfg, scale, rescale, cond_first)
+            denoiser = guided(branches, guidance)
             problem, solvers, kwargs = coeffs, None, branches.kwargs
         if options.get("window") == "auto":
             method, options["window"] = self._auto_window(
@@ -134,7 +128,7 @@ class _Solve:
                 options,
                 cuda_graph=graphed,
                 solvers=solvers,
-                conditioning=(kwargs, guidance),
+                conditioning=(kwargs, guidance.key()),
             )
             if method == "sequential":
                 options = {k: v for k, v in options.items() if k in pipeline_options(method, graphed)}
