@@ -38,6 +38,7 @@ noise, loop range as a frozen ``Problem``; ``_denoiser``, ``_operator``) -> ``_s
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -90,6 +91,14 @@ class _ParallelCall(_Capture, _Problem, _Solve, _Replay):
         if self.stock_scale is not None:
             self.scheduler.scale_model_input = self.scheduler_scale_input
         self.proxy = _ModelProxy(self.model_call, self.model)
+        # networks the loop may call in the denoiser's place (Wan 2.2's transformer_2), each behind its own proxy
+        self.experts: dict[str, torch.nn.Module] = {calls.denoiser: self.model}
+        for name in calls.experts:
+            net = getattr(par, name, None)
+            if net is not None:
+                check_no_stateful_hooks(net, f"{type(par).__name__}.{name}")
+                self.experts[name] = net
+        self.route: list[str] | None = None  # the expert of every loop step, once solved
         self.controlnet: torch.nn.Module | None = getattr(par, calls.controlnet) if calls.controlnet else None
         if self.controlnet is not None:
             check_no_stateful_hooks(self.controlnet, f"{type(par).__name__}.{calls.controlnet}")
@@ -97,6 +106,9 @@ class _ParallelCall(_Capture, _Problem, _Solve, _Replay):
         d = dict(par.__dict__)
         d.pop("paratriton", None)
         d[calls.denoiser], d["scheduler"] = self.proxy, self.scheduler
+        for name, net in self.experts.items():
+            if name != calls.denoiser:
+                d[name] = _ModelProxy(functools.partial(self.model_call, which=name), net)
         if self.controlnet is not None:
             d[calls.controlnet] = _ModelProxy(self.control_call, self.controlnet)
         self.control_pending: tuple | None = None
@@ -108,6 +120,9 @@ class _ParallelCall(_Capture, _Problem, _Solve, _Replay):
         d["maybe_free_model_hooks"] = par.maybe_free_model_hooks
         pipe.__dict__.update(d)  # __dict__, not setattr: DiffusionPipeline.__setattr__ would write the shared config
         self.pipe = pipe
+        self.prepared: Any = None  # prepare_latents' latents, recorded on this copy
+        if callable(getattr(pipe, "prepare_latents", None)):
+            pipe.__dict__["prepare_latents"] = functools.partial(self.record_latents, pipe.prepare_latents)
         self.solved = False
         self.result: SolveResult | None = None
         self.trajectory: torch.Tensor | None = None

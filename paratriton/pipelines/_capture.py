@@ -53,6 +53,27 @@ def _like(raw: Any, tensor: torch.Tensor) -> Any:
     return type(raw)(**{first: tensor})
 
 
+def _pad_text(a: dict, b: dict, text: str, mask: str) -> None:
+    """Two calls' ``text [n, L, ...]`` of different lengths ``L`` (or one with a ``mask [n, L]`` and one with None,
+    all tokens valid): pad the shorter with zeros along ``L`` and give both a mask, zeros where padded, so both batch
+    as rows of one call. Exact where the network masks padded tokens out of its attention."""
+    ta, tb, ma, mb = a.get(text), b.get(text), a.get(mask), b.get(mask)
+    if not (torch.is_tensor(ta) and torch.is_tensor(tb)):
+        return
+    if ta.shape[1] == tb.shape[1] and torch.is_tensor(ma) == torch.is_tensor(mb):
+        return
+    n = max(ta.shape[1], tb.shape[1])
+    dtype = next((m.dtype for m in (ma, mb) if torch.is_tensor(m)), torch.long)
+    for d in (a, b):
+        t, m = d[text], d.get(mask)
+        m = m if torch.is_tensor(m) else torch.ones(t.shape[:2], dtype=dtype, device=t.device)
+        extra = n - t.shape[1]
+        if extra:
+            t = torch.cat([t, t.new_zeros((t.shape[0], extra, *t.shape[2:]))], dim=1)
+            m = torch.cat([m, m.new_zeros((m.shape[0], extra))], dim=1)
+        d[text], d[mask] = t, m
+
+
 class _ModelProxy(torch.nn.Module):
     """Stands in for a network of the pipeline (the denoiser, a ControlNet) on the per-call pipeline copy, never on
     a shared object.
@@ -100,6 +121,9 @@ class _Capture:
     """The capture stage of one parallel call: the proxies' handlers and ``_capture``."""
 
     model: torch.nn.Module
+    experts: dict[str, torch.nn.Module]
+    route: list[str] | None
+    replayed: int
     controlnet: torch.nn.Module | None
     spec: Any
     pipe: Any
@@ -116,12 +140,19 @@ class _Capture:
     control_dummy: Any
     stock_scale: Callable
     scaled: tuple[torch.Tensor, torch.Tensor] | None
+    prepared: Any
 
     _solve: Callable[[tuple, dict], None]  # the solve stage, run on the first call
 
-    def model_call(self, args: tuple, kwargs: dict) -> Any:
+    def model_call(self, args: tuple, kwargs: dict, which: str | None = None) -> Any:
+        name = which or self.spec.calls.denoiser
         if self.in_callback:  # a callback calling pipe.unet(...) gets the real network
-            return self.model(*args, **kwargs)
+            return self.experts[name](*args, **kwargs)
+        if self.route is not None and self.replayed < len(self.route) and self.route[self.replayed] != name:
+            raise RuntimeError(
+                f"the loop called {name} at loop step {self.replayed}, but the solve used {self.route[self.replayed]}"
+                " there: this loop routes its steps to its networks differently from the spec"
+            )
         self.calls_since_step += 1
         if not self.solved:
             if self.guidance_read is None:  # the stock call has set its guidance properties by now
@@ -164,6 +195,8 @@ class _Capture:
         """True CFG: the conditional call's and the negative call's inputs as one ``[neg; cond]`` batch."""
         latent_name, neg = _bind_forward(self.model, args, kwargs)
         _, cond = _bind_forward(self.model, *self.pending)
+        for text, mask in self.spec.guidance.pad:  # text of two lengths: pad the shorter, masked
+            _pad_text(neg, cond, text, mask)
         if not torch.equal(neg[latent_name], cond[latent_name]):
             raise RuntimeError("true CFG: the two calls of a step got different latents")
         merged: dict[str, Any] = {latent_name: torch.cat([neg[latent_name], cond[latent_name]])}
@@ -181,6 +214,14 @@ class _Capture:
             else:
                 merged[key] = torch.cat([a, b])
         return latent_name, merged
+
+    def record_latents(self, stock: Callable, *args: Any, **kwargs: Any) -> Any:
+        """The private copy's ``prepare_latents``: the stock one, its latents recorded (the loop may keep them in
+        another dtype than the network's input)."""
+        out = stock(*args, **kwargs)
+        if not self.solved:
+            self.prepared = out if torch.is_tensor(out) else out[0] if isinstance(out, tuple) and out else None
+        return out
 
     def scheduler_scale_input(self, sample: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         out = self.stock_scale(sample, *args, **kwargs)

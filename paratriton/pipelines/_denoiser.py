@@ -39,6 +39,17 @@ def _repeat_rows(value: Any, g: int, B: int, W: int) -> Any:
     return value
 
 
+def _take_rows(value: Any, rows: torch.Tensor, n: int) -> Any:
+    """The ``rows`` of every per-row tensor (leading dimension ``n``) in ``value``; others pass through."""
+    if torch.is_tensor(value):
+        return value[rows] if value.ndim >= 1 and value.shape[0] == n else value
+    if isinstance(value, dict):
+        return {k: _take_rows(v, rows, n) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_take_rows(v, rows, n) for v in value)
+    return value
+
+
 class _PipelineDenoiser:
     """The pipeline's network as a paratriton denoiser of the stacked guidance branches.
 
@@ -68,6 +79,9 @@ class _PipelineDenoiser:
         self.dummy: Any = None  # what later stock calls get back: zeros shaped like a stock call's output
         self.controlnet: Callable | None = None  # ControlNet: the real controlnet module and its latent argument
         self.control_latent = "sample"
+        # per-step networks (Calls.denoiser_at): the networks and each solver step's index into them; None: `model`
+        self.experts: list[Callable] | None = None
+        self.expert_by_step: torch.Tensor | None = None
 
     def __call__(self, x: torch.Tensor, step_index: torch.Tensor) -> torch.Tensor:
         g, B = self.g, self.B
@@ -85,13 +99,32 @@ class _PipelineDenoiser:
         control = kw.pop(_CONTROL, None)
         if control is not None:  # ControlNet: its call is part of the model call, on the same rows
             kw.update(self._control(sample, t, step_index, control))
-        raw = self.forward(**{self.latent_name: sample, "timestep": t}, **kw)
-        out = _first_tensor(raw)
+        if self.experts is None:
+            raw = self.forward(**{self.latent_name: sample, "timestep": t}, **kw)
+            out = _first_tensor(raw)
+        else:
+            raw, out = self._routed(sample, t, step_index, kw)
         if self.dummy is None:
             self.dummy = _like(raw, out.new_zeros((self.N0, *out.shape[1:])))
         if self.learned_sigma_channels is not None:
             out = out[:, : self.learned_sigma_channels]
         return out
+
+    def _routed(self, sample: torch.Tensor, t: torch.Tensor, step_index: torch.Tensor, kw: dict) -> tuple:
+        """Each network on the rows whose step needs it (rows keep their order within a group), scattered back."""
+        which = self.expert_by_step[step_index]
+        n, raw, out = sample.shape[0], None, None
+        for e, net in enumerate(self.experts):
+            rows = (which == e).nonzero().flatten()
+            if rows.numel() == 0:
+                continue
+            inputs = {self.latent_name: sample[rows], "timestep": _take_rows(t, rows, n)}
+            part = net(**inputs, **_take_rows(kw, rows, n))
+            part_out = _first_tensor(part)
+            if out is None:
+                raw, out = part, part_out.new_empty((n, *part_out.shape[1:]))
+            out[rows] = part_out
+        return raw, out
 
     def _control(self, sample: torch.Tensor, t: torch.Tensor, step_index: torch.Tensor, control: dict) -> dict:
         """The ControlNet residuals for these rows, scaled per row by the step's ``conditioning_scale`` (the stock

@@ -47,6 +47,8 @@ class _Problem:
     scheduler: Any
     call_args: dict
     model: torch.nn.Module
+    experts: dict[str, torch.nn.Module]
+    route: list[str] | None
     controlnet: torch.nn.Module | None
     control_pending: tuple | None
     control_latent: str
@@ -55,6 +57,8 @@ class _Problem:
     B: int
     k0: int
     x_dtype: torch.dtype
+    latent_dtype: torch.dtype
+    prepared: Any
     eta: float | None
     loop_ts: torch.Tensor
     ts_by_step: torch.Tensor
@@ -212,14 +216,16 @@ class _Problem:
         self.T, self.B, self.x_dtype, self.k0 = T, B, x_dtype, k0
         self.loop_ts = sched_ts[k0:k1]
         self.ts_by_step = self.loop_ts.flip(0).to(device)
-        self.x_start = x_in[:B]
+        latents = self._loop_latents(x_in[:B])
+        self.x_start, self.latent_dtype = latents, latents.dtype
 
         draws, in_float32 = stock_draws(sched, coeffs, self.loop_ts, eta)
-        noise_dtype = torch.float32 if in_float32 else x_dtype
+        noise_dtype = torch.float32 if in_float32 else latents.dtype
         noise = self._draw_noise(T, N0 if spec.step.rows_cfg else B, B, sample_shape, noise_dtype, device, draws)
         if self.controlnet is not None:
             named[_CONTROL] = self._control_conditioning(x_full, T)
 
+        route = self._route(device)
         learned_sigma = spec.calls.learned_sigma and getattr(self.model.config, "out_channels", None) == 2 * (
             sample_shape[0] if sample_shape else 0
         )
@@ -237,9 +243,44 @@ class _Problem:
         )
         if self.controlnet is not None:
             branches.controlnet, branches.control_latent = self.controlnet, self.control_latent
-        x_T = x_in[:B].to(torch.float64)  # CFG-doubled inputs: both halves are the same latents
+        if route is not None:
+            branches.experts, branches.expert_by_step = route
+        x_T = latents.to(torch.float64)  # CFG-doubled inputs: both halves are the same latents
         plan = plan_guidance(spec.guidance, pipe, self.call_args, cap.guidance, self.loop_ts)
         return Problem(branches, plan, coeffs, x_T, noise)
+
+    def _loop_latents(self, first: torch.Tensor) -> torch.Tensor:
+        """The latents the loop keeps: ``prepare_latents``' own where the loop casts them to the network's dtype for
+        every call (Wan: float32 latents, a bfloat16 transformer), else the network's first input ``first``."""
+        kept = self.prepared
+        if (
+            torch.is_tensor(kept)
+            and kept.dtype != first.dtype
+            and kept.shape == first.shape
+            and torch.equal(kept.to(first.device, first.dtype), first)
+        ):
+            return kept.to(first.device)
+        return first
+
+    def _route(self, device: torch.device) -> tuple[list, torch.Tensor] | None:
+        """``Calls.denoiser_at``: the network of every loop step (recorded for the replay's check), and where steps
+        use more than one, the networks and each solver step's index into them."""
+        at = self.spec.calls.denoiser_at
+        if at is None:
+            return None
+        route = [str(name) for name in at(self.pipe, self.call_args, self.loop_ts)]
+        unknown = sorted(set(route) - set(self.experts))
+        if len(route) != self.T or unknown:
+            raise ValueError(
+                f"{type(self.pipe).__name__}: the loop's {self.T} steps call {route}, which this pipeline does not "
+                f"have (missing: {unknown})"
+            )
+        self.route = route
+        names = sorted(set(route), key=route.index)
+        if len(names) == 1 and names[0] == self.spec.calls.denoiser:
+            return None
+        by_step = torch.tensor([names.index(n) for n in reversed(route)], device=device)  # solver order
+        return [self.experts[n] for n in names], by_step
 
     def _draw_noise(
         self, T: int, rows: int, B: int, sample_shape: tuple, dtype, device, draws: list[int]

@@ -34,7 +34,7 @@ class _Replay:
     controlnet: torch.nn.Module | None
     T: int
     B: int
-    x_dtype: torch.dtype
+    latent_dtype: torch.dtype
     loop_ts: torch.Tensor
     x_start: torch.Tensor
     eta: float | None
@@ -75,7 +75,7 @@ class _Replay:
 
     def _call_back(self, j: int, traj: torch.Tensor) -> None:
         """``callback_on_step_end`` for loop step ``j``, as the stock loop calls it after that step."""
-        latents = traj[self.T - 1 - j].to(self.x_dtype)
+        latents = traj[self.T - 1 - j].to(self.latent_dtype)
         kept = latents.clone()
         self.in_callback = True
         try:

@@ -98,6 +98,11 @@ class _Solve:
         """One solve, eager or (``graphed``) with the pipeline's cached CUDA-graphed solvers (see ``_graphed``);
         ``window="auto"`` chooses the window (or the sequential sampler) first."""
         entry = None
+        if graphed and branches.experts is not None:
+            raise ValueError(
+                "cuda_graph=True is not supported where the loop calls another network per step (Wan 2.2's "
+                "transformer_2): the rows each network gets change from iteration to iteration; use cuda_graph=False"
+            )
         if graphed:
             fingerprints = (
                 model_fingerprint(self.model),

@@ -47,12 +47,18 @@ class Calls:
     latent_channels: ``pipe -> C``: the model input carries conditioning channels after the ``C`` latent ones
                      (inpainting UNets: mask and masked-image latents); None: all channels are latents
     learned_sigma:   the model may output ``2 * C`` channels (mean and variance); the loop keeps the first ``C``
+    experts:         attributes of further networks the loop may call in the denoiser's place (Wan 2.2's
+                     ``transformer_2``); absent or None on a pipeline: not used
+    denoiser_at:     per step: the attribute (``denoiser`` or one of ``experts``) whose network the step calls; the
+                     batched call groups the rows by the network they need. None: ``denoiser`` every step
     """
 
     denoiser: str
     controlnet: str | None = None
     latent_channels: Callable[[Any], int] | None = None
     learned_sigma: bool = False
+    experts: tuple[str, ...] = ()
+    denoiser_at: PerStep | None = None
 
 
 @dataclass(frozen=True)
@@ -66,12 +72,16 @@ class Guidance:
     scale_at: per-step guidance scale (replaces ``read``'s scale step by step); None: ``read``'s scale every step
     combine:  ``(cond, uncond, scale) -> guided``; None: ``uncond + scale * (cond - uncond)``, then ``read``'s
               guidance rescale
+    pad:      ``"two_calls"``: ``(text, mask)`` argument pairs the two calls may give at different lengths (a prompt
+              and a negative prompt padded each to its own longest): the shorter is zero-padded and masked, which is
+              exact where the network masks padded tokens out of its attention
     """
 
     read: GuidanceFn = no_guidance
     layout: Literal["batched", "cond_first", "two_calls"] = "batched"
     scale_at: PerStep | None = None
     combine: Combine | None = None
+    pad: tuple[tuple[str, str], ...] = ()
 
     @property
     def cond_first(self) -> bool:

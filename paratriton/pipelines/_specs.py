@@ -11,6 +11,7 @@ Read from diffusers 0.42.1; the parity tests in ``tests/test_pipelines*.py`` fai
 from __future__ import annotations
 
 from ._spec_parts import Calls, Guidance, Loop, PipelineSpec, Step
+from ._specs_flow import FLOW_SPECS
 
 __all__ = ["SPECS", "SUPPORTED_PIPELINES", "Calls", "Guidance", "Loop", "PipelineSpec", "Step", "find_spec"]
 
@@ -132,6 +133,7 @@ SPECS: dict[str, PipelineSpec] = {
     ),
     "DDPMPipeline": PipelineSpec(Calls("unet"), step=Step(eta=False)),
     "DDIMPipeline": PipelineSpec(Calls("unet")),
+    **FLOW_SPECS,
 }
 SUPPORTED_PIPELINES = tuple(SPECS)
 

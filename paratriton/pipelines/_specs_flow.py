@@ -1,0 +1,95 @@
+"""Spec rows of the flow-matching transformer families with separate CFG calls (Wan, Qwen-Image, Chroma, Lumina 2,
+Z-Image), read from diffusers 0.42.1; ``tests/test_pipelines_flow.py`` holds each to the stock pipeline."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from ._spec_parts import Calls, Guidance, Loop, PipelineSpec, Step
+
+__all__ = ["FLOW_SPECS"]
+
+_NO_STEP_ARGS = Step(generator=False, eta=False)  # these loops hand scheduler.step neither generator nor eta
+
+
+def _guidance_property(pipe: Any, args: dict) -> tuple[bool, float, float]:
+    # Wan: do_classifier_free_guidance = guidance_scale > 1, set before the loop
+    return bool(pipe.do_classifier_free_guidance), float(pipe.guidance_scale), 0.0
+
+
+def _wan_boundary(pipe: Any) -> float | None:
+    ratio = pipe.config.boundary_ratio
+    return None if ratio is None else ratio * pipe.scheduler.config.num_train_timesteps
+
+
+def _wan_denoiser_at(pipe: Any, args: dict, loop_ts: torch.Tensor) -> list[str]:
+    # diffusers 0.42.1: t >= boundary_timestep (or no boundary): transformer, else transformer_2
+    boundary = _wan_boundary(pipe)
+    return ["transformer" if boundary is None or float(t) >= boundary else "transformer_2" for t in loop_ts]
+
+
+def _wan_scale_at(pipe: Any, args: dict, loop_ts: torch.Tensor) -> list[float]:
+    boundary = _wan_boundary(pipe)
+    g1, g2 = float(pipe._guidance_scale), pipe._guidance_scale_2
+    return [g1 if boundary is None or float(t) >= boundary else float(g2) for t in loop_ts]
+
+
+def _check_wan(pipe: Any, args: dict) -> None:
+    name = type(pipe).__name__
+    if getattr(pipe.config, "expand_timesteps", False):
+        raise ValueError(
+            f"expand_timesteps (Wan 2.2 TI2V) is not supported by the parallel {name}: its per-token timestep keeps "
+            "the first frame's tokens at t=0 and blends the conditioning latents back after every step"
+        )
+    if pipe.transformer is None:
+        raise ValueError(f"the parallel {name} needs a transformer (the high-noise expert), got None")
+    if pipe.config.boundary_ratio is not None and getattr(pipe, "transformer_2", None) is None:
+        raise ValueError(f"{name} with boundary_ratio needs transformer_2 (the low-noise expert), got None")
+
+
+def _qwen_true_cfg(pipe: Any, args: dict) -> tuple[bool, float, float]:
+    # diffusers 0.42.1: do_true_cfg = true_cfg_scale > 1 and has_neg_prompt (guidance_scale is an embedding)
+    has_neg = args.get("negative_prompt") is not None or args.get("negative_prompt_embeds") is not None
+    scale = float(args.get("true_cfg_scale", 1.0))
+    return scale > 1.0 and has_neg, scale, 0.0
+
+
+def renormalised_cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Qwen-Image's combine: linear CFG rescaled to the conditional prediction's norm over the last dimension."""
+    comb = uncond + scale * (cond - uncond)
+    return comb * (torch.norm(cond, dim=-1, keepdim=True) / torch.norm(comb, dim=-1, keepdim=True))
+
+
+def _wan_latent_channels(pipe: Any) -> int:
+    return int(pipe.vae.config.z_dim)
+
+
+# Wan 2.1 and 2.2: a conditional then an unconditional call per step; 2.2 switches to transformer_2 and
+# guidance_scale_2 below the boundary timestep
+_WAN_CALLS = Calls("transformer", experts=("transformer_2",), denoiser_at=_wan_denoiser_at)
+_WAN_GUIDANCE = Guidance(_guidance_property, "two_calls", scale_at=_wan_scale_at)
+
+FLOW_SPECS: dict[str, PipelineSpec] = {
+    "WanPipeline": PipelineSpec(_WAN_CALLS, _WAN_GUIDANCE, _NO_STEP_ARGS, Loop(check=_check_wan)),
+    # image to video: the first (and last) frame's mask and latents follow the latents on channels
+    "WanImageToVideoPipeline": PipelineSpec(
+        dataclasses.replace(_WAN_CALLS, latent_channels=_wan_latent_channels),
+        _WAN_GUIDANCE,
+        _NO_STEP_ARGS,
+        Loop(check=_check_wan),
+    ),
+    # Qwen-Image: a conditional then a negative call (true_cfg_scale), renormalised to the conditional norm
+    "QwenImagePipeline": PipelineSpec(
+        Calls("transformer"),
+        Guidance(
+            _qwen_true_cfg,
+            "two_calls",
+            combine=renormalised_cfg,
+            pad=(("encoder_hidden_states", "encoder_hidden_states_mask"),),
+        ),
+        Step(generator=False, eta=False, timestep="t/1000"),
+    ),
+}

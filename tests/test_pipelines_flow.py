@@ -1,0 +1,225 @@
+"""The flow-matching transformer families with separate CFG calls, each against the stock pipeline with the same
+generator: Wan 2.1 and 2.2 (per-step expert and guidance scale), Wan image-to-video, ... Tiny random-weight
+components built from configs (CPU, offline; prompt embeddings passed directly), as in ``test_pipelines.py``; each
+family with its default scheduler and one other.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+import paratriton
+
+diffusers = pytest.importorskip("diffusers")
+pytest.importorskip("transformers", reason="diffusers' text pipelines need transformers")
+from test_pipelines import STEPS, assert_same, run_pair  # noqa: E402 - the shared helpers (tests/ is on sys.path)
+
+logging.getLogger("diffusers").setLevel(logging.ERROR)
+
+
+def _frames(out) -> torch.Tensor:
+    return out.frames if torch.is_tensor(out.frames) else torch.as_tensor(out.frames)
+
+
+def _unipc_flow():
+    from diffusers import UniPCMultistepScheduler
+
+    # Wan's shipped scheduler config (flow_shift 3.0 for 480p)
+    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+
+
+def _euler_flow():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(shift=3.0)
+
+
+SCHEDS = {"unipc": _unipc_flow, "euler": _euler_flow}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Wan 2.1 / 2.2 (text to video) and Wan image to video
+# ---------------------------------------------------------------------------------------------------------------
+def _wan_transformer(seed: int, in_channels: int = 4, image_dim: int | None = None):
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=in_channels,
+        out_channels=4,
+        text_dim=16,
+        freq_dim=32,
+        ffn_dim=16,
+        num_layers=1,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+        image_dim=image_dim,
+    ).eval()
+
+
+def _wan_vae():
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    return AutoencoderKLWan(
+        base_dim=3,
+        z_dim=4,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        latents_mean=[0.1, -0.2, 0.05, 0.0],
+        latents_std=[1.5, 0.8, 1.0, 1.2],
+    ).eval()
+
+
+def make_wan(scheduler, experts: bool = False, i2v: bool = False, image_dim: int | None = None):
+    """Wan 2.1 (one transformer) or 2.2 (``experts``: transformer_2 below boundary_ratio 0.7)."""
+    from diffusers import WanImageToVideoPipeline, WanPipeline
+
+    in_channels = 4 + 4 + 4 if i2v else 4  # i2v: latents, the first frame's mask and its latents on channels
+    kw = {"transformer_2": _wan_transformer(1, in_channels, image_dim), "boundary_ratio": 0.7} if experts else {}
+    cls = WanImageToVideoPipeline if i2v else WanPipeline
+    pipe = cls(
+        tokenizer=None,
+        text_encoder=None,
+        vae=_wan_vae(),
+        scheduler=scheduler,
+        transformer=_wan_transformer(0, in_channels, image_dim),
+        **kw,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def wan_inputs(batch: int, cfg: bool, **kw) -> dict:
+    g = torch.Generator().manual_seed(11)
+    out = {
+        "prompt_embeds": torch.randn(batch, 5, 16, generator=g),
+        "negative_prompt_embeds": torch.randn(batch, 5, 16, generator=g),
+        "height": 16,
+        "width": 16,
+        "num_frames": 5,
+        "num_inference_steps": STEPS,
+        "guidance_scale": 4.0 if cfg else 1.0,
+        "output_type": "latent",
+    }
+    out.update(kw)
+    return out
+
+
+def _wan_pair(pipe, inputs: dict):
+    ref, out, par = run_pair(pipe, inputs)
+    return ref, out, par
+
+
+@pytest.mark.parametrize("sched", list(SCHEDS))
+@pytest.mark.parametrize(("cfg", "batch"), [(True, 1), (False, 2)], ids=["cfg", "nocfg"])
+def test_wan21_matches_stock(sched, cfg, batch):
+    pipe = make_wan(SCHEDS[sched]())
+    rows: list[int] = []
+    handle = pipe.transformer.register_forward_pre_hook(
+        lambda m, a, kw: rows.append(kw["hidden_states"].shape[0]), with_kwargs=True
+    )
+    try:
+        ref, out, _ = run_pair(pipe, wan_inputs(batch, cfg))
+    finally:
+        handle.remove()
+    assert_same(ref, out)
+    calls = 2 * STEPS if cfg else STEPS  # stock: a conditional and an unconditional call per step
+    assert rows[:calls] == [batch] * calls
+    assert max(rows[calls:]) > 2 * batch  # parallel: several steps (and both branches) in one call
+
+
+@pytest.mark.parametrize("sched", list(SCHEDS))
+def test_wan22_routes_steps_to_their_expert_with_their_guidance_scale(sched):
+    pipe = make_wan(SCHEDS[sched](), experts=True)
+    boundary = 0.7 * pipe.scheduler.config.num_train_timesteps
+    seen: dict[str, list] = {"transformer": [], "transformer_2": []}
+    hooks = [
+        getattr(pipe, name).register_forward_pre_hook(
+            lambda m, a, kw, name=name: seen[name].append(kw["timestep"].reshape(-1)), with_kwargs=True
+        )
+        for name in seen
+    ]
+    inputs = wan_inputs(2, True, guidance_scale_2=2.0)
+    try:
+        ref, out, _ = run_pair(pipe, inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert_same(ref, out)
+    high, low = (torch.cat(seen[n]) for n in ("transformer", "transformer_2"))
+    assert high.numel() and low.numel()  # both experts ran, each on its own steps only (stock and parallel)
+    assert bool((high >= boundary).all()) and bool((low < boundary).all())
+    # guidance_scale_2 and transformer_2 change the video: the comparison is not vacuous
+    same_scale = _frames(pipe(**{**inputs, "guidance_scale_2": 4.0}, generator=torch.Generator().manual_seed(0)))
+    assert (same_scale - ref).abs().max() > 1e-3
+
+
+def _clip_image_encoder():
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(2)
+    config = CLIPVisionConfig(
+        hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2, image_size=16, patch_size=8
+    )
+    processor = CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+    return CLIPVisionModel(config).eval(), processor
+
+
+# Wan 2.1 i2v encodes the image with CLIP (image_dim); Wan 2.2 i2v has no image encoder and two experts
+@pytest.mark.parametrize(("sched", "wan22"), [("unipc", False), ("euler", True)], ids=["wan21-unipc", "wan22-euler"])
+def test_wan_image_to_video_matches_stock(sched, wan22):
+    from PIL import Image
+
+    pipe = make_wan(SCHEDS[sched](), experts=wan22, i2v=True, image_dim=None if wan22 else 8)
+    if not wan22:
+        pipe.image_encoder, pipe.image_processor = _clip_image_encoder()
+    g = torch.Generator().manual_seed(3)
+    image = Image.fromarray((torch.rand(16, 16, 3, generator=g) * 255).to(torch.uint8).numpy())
+    ref, out, _ = run_pair(pipe, wan_inputs(1, True, image=image))
+    assert_same(ref, out)
+    other = Image.fromarray((torch.rand(16, 16, 3, generator=g) * 255).to(torch.uint8).numpy())
+    changed = _frames(pipe(**wan_inputs(1, True, image=other), generator=torch.Generator().manual_seed(0)))
+    assert (changed - ref).abs().max() > 1e-3  # the image conditions the video: the comparison is not vacuous
+
+
+def test_wan_refuses_what_it_cannot_reproduce():
+    from diffusers import WanPipeline
+
+    pipe = WanPipeline(
+        tokenizer=None,
+        text_encoder=None,
+        vae=_wan_vae(),
+        scheduler=_unipc_flow(),
+        transformer=_wan_transformer(0),
+        expand_timesteps=True,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    calls = []
+    handle = pipe.transformer.register_forward_pre_hook(lambda *a: calls.append(1))
+    par = paratriton.parallelize(pipe)
+    with pytest.raises(ValueError, match="expand_timesteps .*WanPipeline.*per-token timestep"):
+        par(**wan_inputs(1, True))
+    handle.remove()
+    assert not calls  # refused before any network call
+
+
+def test_wan_keeps_float32_latents_with_a_bfloat16_transformer():
+    # the stock loop keeps float32 latents and casts them to the transformer's dtype for every call: the solve
+    # starts from prepare_latents' float32 latents, not from the rounded network input
+    pipe = make_wan(_unipc_flow())
+    pipe.transformer.to(torch.bfloat16)
+    ref, out, par = run_pair(pipe, wan_inputs(1, True), method="sequential")
+    assert ref.dtype == out.dtype == torch.float32
+    # the stock loop's bfloat16 calls see float32-rounded inputs, the solve's float64-rounded ones: close, not equal
+    assert_same(ref, out, atol=5e-2)
+    x_T = par.paratriton.last_result.trajectory[-1]
+    assert not torch.equal(x_T.to(torch.bfloat16).double(), x_T)  # the float32 latents, not the bfloat16 input
