@@ -1,5 +1,6 @@
 """The flow-matching transformer families with separate CFG calls, each against the stock pipeline with the same
-generator: Wan 2.1 and 2.2 (per-step expert and guidance scale), Wan image-to-video, ... Tiny random-weight
+generator: Wan 2.1 and 2.2 (per-step expert and guidance scale), Wan image-to-video, Qwen-Image and its edit
+pipeline (two calls renormalised by norms; text of two lengths; image tokens on the sequence), ... Tiny random-weight
 components built from configs (CPU, offline; prompt embeddings passed directly), as in ``test_pipelines.py``; each
 family with its default scheduler and one other.
 """
@@ -223,3 +224,119 @@ def test_wan_keeps_float32_latents_with_a_bfloat16_transformer():
     assert_same(ref, out, atol=5e-2)
     x_T = par.paratriton.last_result.trajectory[-1]
     assert not torch.equal(x_T.to(torch.bfloat16).double(), x_T)  # the float32 latents, not the bfloat16 input
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Qwen-Image and Qwen-Image-Edit: true CFG renormalised by norms (a nonlinear combine), text of two lengths
+# ---------------------------------------------------------------------------------------------------------------
+def _qwen_default():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    # Qwen-Image's shipped scheduler config
+    return FlowMatchEulerDiscreteScheduler(
+        base_shift=0.5,
+        max_shift=0.9,
+        use_dynamic_shifting=True,
+        base_image_seq_len=256,
+        max_image_seq_len=8192,
+        shift_terminal=0.02,
+        time_shift_type="exponential",
+    )
+
+
+def _qwen_sde():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler.from_config({**_qwen_default().config, "stochastic_sampling": True})
+
+
+def make_qwen(scheduler, edit: bool = False):
+    from diffusers import AutoencoderKLQwenImage, QwenImageEditPipeline, QwenImagePipeline, QwenImageTransformer2DModel
+
+    torch.manual_seed(0)
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2,
+        in_channels=16,
+        out_channels=4,
+        num_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=16,
+        guidance_embeds=False,
+        axes_dims_rope=(8, 4, 4),
+    ).eval()
+    # the edit pipeline encodes its input image at about 1024 x 1024: a VAE with 32x downsampling keeps that cheap
+    levels = 5 if edit else 3
+    vae = AutoencoderKLQwenImage(
+        base_dim=2 if edit else 8,
+        z_dim=4,
+        dim_mult=[1] * (levels + 1),
+        num_res_blocks=0 if edit else 1,
+        attn_scales=[],
+        temperal_downsample=[False] * levels,
+        latents_mean=[0.1, -0.1, 0.0, 0.2],
+        latents_std=[1.0, 0.5, 2.0, 1.0],
+    ).eval()
+    cls = QwenImageEditPipeline if edit else QwenImagePipeline
+    kw = {"processor": None} if edit else {}
+    pipe = cls(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, transformer=transformer, **kw)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def qwen_inputs(batch: int, neg_len: int = 3, **kw) -> dict:
+    g = torch.Generator().manual_seed(13)
+    mask = torch.ones(batch, 5, dtype=torch.long)
+    mask[0, 4:] = 0  # a padded prompt: the network masks the padding
+    out = {
+        "prompt_embeds": torch.randn(batch, 5, 16, generator=g),
+        "prompt_embeds_mask": mask,
+        "negative_prompt_embeds": torch.randn(batch, neg_len, 16, generator=g),
+        "height": 32,
+        "width": 32,
+        "num_inference_steps": STEPS,
+        "true_cfg_scale": 4.0,
+        "output_type": "latent",
+    }
+    out.update(kw)
+    return out
+
+
+@pytest.mark.parametrize("sched", ["default", "sde"])
+def test_qwen_image_matches_stock(sched):
+    pipe = make_qwen({"default": _qwen_default, "sde": _qwen_sde}[sched]())
+    inputs = qwen_inputs(2)  # the negative prompt is shorter than the prompt (each padded to its own longest)
+    ref, out, _ = run_pair(pipe, inputs)
+    assert_same(ref, out)
+    plain = pipe(**{**inputs, "true_cfg_scale": 1.0}, generator=torch.Generator().manual_seed(0)).images
+    assert (plain - ref).abs().max() > 1e-2  # true CFG changes the image: the comparison is not vacuous
+
+
+def test_qwen_image_combine_is_renormalised_by_norms():
+    from paratriton.pipelines._specs_flow import renormalised_cfg
+
+    g = torch.Generator().manual_seed(0)
+    cond, uncond = torch.randn(2, 3, 8, generator=g), torch.randn(2, 3, 8, generator=g)
+    out = renormalised_cfg(cond, uncond, torch.tensor(4.0))
+    assert torch.allclose(out.norm(dim=-1), cond.norm(dim=-1), atol=1e-5)  # the conditional norm, token by token
+    linear = uncond + 4.0 * (cond - uncond)
+    assert torch.allclose(out / out.norm(dim=-1, keepdim=True), linear / linear.norm(dim=-1, keepdim=True), atol=1e-6)
+
+
+def test_qwen_image_edit_matches_stock():
+    from PIL import Image
+
+    pipe = make_qwen(_qwen_default(), edit=True)
+    g = torch.Generator().manual_seed(3)
+    image = Image.fromarray((torch.rand(16, 16, 3, generator=g) * 255).to(torch.uint8).numpy())
+    rows: list[int] = []
+    handle = pipe.transformer.register_forward_pre_hook(
+        lambda m, a, kw: rows.append(kw["hidden_states"].shape[1]), with_kwargs=True
+    )
+    inputs = qwen_inputs(1, neg_len=5, image=image, height=128, width=128, num_inference_steps=4)
+    try:
+        ref, out, _ = run_pair(pipe, inputs)
+    finally:
+        handle.remove()
+    assert_same(ref, out)
+    assert set(rows) == {4 + 256}  # every call, stock and parallel: the latents' 4 tokens, then the image's 256

@@ -18,6 +18,8 @@ from ._trees import copy_tree
 _EXTRA_CHANNELS = "__paratriton_extra_channels__"
 # ControlNet: the controlnet call's conditioning and the per-step scale travel with the UNet's conditioning
 _CONTROL = "__paratriton_control__"
+# the conditioning key under which image tokens concatenated after the latents' (Calls.latent_tokens) travel
+_EXTRA_TOKENS = "__paratriton_extra_tokens__"
 
 
 def _repeat_rows(value: Any, g: int, B: int, W: int) -> Any:
@@ -96,6 +98,10 @@ class _PipelineDenoiser:
         extra = kw.pop(_EXTRA_CHANNELS, None)
         if extra is not None:  # inpainting: [latents, mask, masked image latents] along channels, as the loop does
             sample = torch.cat([sample, extra], dim=1)
+        tokens = kw.pop(_EXTRA_TOKENS, None)
+        n_latent = sample.shape[1]
+        if tokens is not None:  # [latents, image latents] along tokens, as the loop does; it keeps the first ones
+            sample = torch.cat([sample, tokens], dim=1)
         control = kw.pop(_CONTROL, None)
         if control is not None:  # ControlNet: its call is part of the model call, on the same rows
             kw.update(self._control(sample, t, step_index, control))
@@ -106,6 +112,8 @@ class _PipelineDenoiser:
             raw, out = self._routed(sample, t, step_index, kw)
         if self.dummy is None:
             self.dummy = _like(raw, out.new_zeros((self.N0, *out.shape[1:])))
+        if tokens is not None:
+            out = out[:, :n_latent]
         if self.learned_sigma_channels is not None:
             out = out[:, : self.learned_sigma_channels]
         return out

@@ -22,7 +22,7 @@ from ..schedulers import (
     stock_draws,
 )
 from ._capture import Captured, _bind_forward
-from ._denoiser import _CONTROL, _EXTRA_CHANNELS, GuidancePlan, _PipelineDenoiser, plan_guidance
+from ._denoiser import _CONTROL, _EXTRA_CHANNELS, _EXTRA_TOKENS, GuidancePlan, _PipelineDenoiser, plan_guidance
 from ._operator import _slice_steps, step_operator
 
 
@@ -185,6 +185,10 @@ class _Problem:
         if C is not None and x_in.ndim >= 2 and x_in.shape[1] > C:  # inpainting: mask and image channels
             named[_EXTRA_CHANNELS] = x_in[:, C:]
             x_in = x_in[:, :C]
+        L = self.prepared.shape[1] if spec.calls.latent_tokens and torch.is_tensor(self.prepared) else None
+        if L is not None and x_in.ndim >= 2 and x_in.shape[1] > L:  # image tokens after the latents' tokens
+            named[_EXTRA_TOKENS] = x_in[:, L:]
+            x_in = x_in[:, :L]
         sample_shape = tuple(x_in.shape[1:])
         x_dtype, device = x_in.dtype, x_in.device
 

@@ -47,6 +47,9 @@ class Calls:
     latent_channels: ``pipe -> C``: the model input carries conditioning channels after the ``C`` latent ones
                      (inpainting UNets: mask and masked-image latents); None: all channels are latents
     learned_sigma:   the model may output ``2 * C`` channels (mean and variance); the loop keeps the first ``C``
+    latent_tokens:   the model input carries conditioning tokens after the latents' on dim 1 (image latents:
+                     Qwen-Image-Edit) and the loop keeps the output's first tokens; how many is read from the latents
+                     ``prepare_latents`` returned (first element)
     experts:         attributes of further networks the loop may call in the denoiser's place (Wan 2.2's
                      ``transformer_2``); absent or None on a pipeline: not used
     denoiser_at:     per step: the attribute (``denoiser`` or one of ``experts``) whose network the step calls; the
@@ -57,6 +60,7 @@ class Calls:
     controlnet: str | None = None
     latent_channels: Callable[[Any], int] | None = None
     learned_sigma: bool = False
+    latent_tokens: bool = False
     experts: tuple[str, ...] = ()
     denoiser_at: PerStep | None = None
 

@@ -72,6 +72,14 @@ def _wan_latent_channels(pipe: Any) -> int:
 _WAN_CALLS = Calls("transformer", experts=("transformer_2",), denoiser_at=_wan_denoiser_at)
 _WAN_GUIDANCE = Guidance(_guidance_property, "two_calls", scale_at=_wan_scale_at)
 
+_QWEN_GUIDANCE = Guidance(
+    _qwen_true_cfg,
+    "two_calls",
+    combine=renormalised_cfg,
+    pad=(("encoder_hidden_states", "encoder_hidden_states_mask"),),
+)
+_T_OVER_1000 = Step(generator=False, eta=False, timestep="t/1000")
+
 FLOW_SPECS: dict[str, PipelineSpec] = {
     "WanPipeline": PipelineSpec(_WAN_CALLS, _WAN_GUIDANCE, _NO_STEP_ARGS, Loop(check=_check_wan)),
     # image to video: the first (and last) frame's mask and latents follow the latents on channels
@@ -82,14 +90,7 @@ FLOW_SPECS: dict[str, PipelineSpec] = {
         Loop(check=_check_wan),
     ),
     # Qwen-Image: a conditional then a negative call (true_cfg_scale), renormalised to the conditional norm
-    "QwenImagePipeline": PipelineSpec(
-        Calls("transformer"),
-        Guidance(
-            _qwen_true_cfg,
-            "two_calls",
-            combine=renormalised_cfg,
-            pad=(("encoder_hidden_states", "encoder_hidden_states_mask"),),
-        ),
-        Step(generator=False, eta=False, timestep="t/1000"),
-    ),
+    "QwenImagePipeline": PipelineSpec(Calls("transformer"), _QWEN_GUIDANCE, _T_OVER_1000),
+    # the edit pipeline: the input image's latents follow the latents on the token axis and are sliced off
+    "QwenImageEditPipeline": PipelineSpec(Calls("transformer", latent_tokens=True), _QWEN_GUIDANCE, _T_OVER_1000),
 }
