@@ -1,6 +1,7 @@
 """The flow-matching transformer families with separate CFG calls, each against the stock pipeline with the same
 generator: Wan 2.1 and 2.2 (per-step expert and guidance scale), Wan image-to-video, Qwen-Image and its edit
-pipeline (two calls renormalised by norms; text of two lengths; image tokens on the sequence), ... Tiny random-weight
+pipeline (two calls renormalised by norms; text of two lengths; image tokens on the sequence), Chroma, Lumina 2
+(CFG truncated by step, renormalised, negated output), ... Tiny random-weight
 components built from configs (CPU, offline; prompt embeddings passed directly), as in ``test_pipelines.py``; each
 family with its default scheduler and one other.
 """
@@ -340,3 +341,152 @@ def test_qwen_image_edit_matches_stock():
         handle.remove()
     assert_same(ref, out)
     assert set(rows) == {4 + 256}  # every call, stock and parallel: the latents' 4 tokens, then the image's 256
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Chroma and Lumina 2
+# ---------------------------------------------------------------------------------------------------------------
+def _flow_euler(**kw):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(**kw)
+
+
+FLOW_SCHEDS = {"euler": _flow_euler, "sde": lambda: _flow_euler(stochastic_sampling=True)}
+
+
+def make_chroma(scheduler):
+    from diffusers import ChromaPipeline, ChromaTransformer2DModel
+    from test_pipelines import _tiny_vae
+
+    torch.manual_seed(0)
+    transformer = ChromaTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        axes_dims_rope=(4, 4, 8),
+        approximator_num_channels=8,
+        approximator_hidden_dim=16,
+        approximator_layers=1,
+    ).eval()
+    vae = _tiny_vae(
+        latent_channels=1,
+        block_out_channels=(4,),
+        down_block_types=["DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D"],
+        norm_num_groups=1,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
+    )
+    pipe = ChromaPipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _text(batch: int, length: int, dim: int, seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(batch, length, dtype=torch.bool)
+    mask[0, length - 2 :] = False  # a padded prompt
+    return {"embeds": torch.randn(batch, length, dim, generator=g), "mask": mask}
+
+
+@pytest.mark.parametrize("sched", list(FLOW_SCHEDS))
+def test_chroma_matches_stock(sched):
+    pipe = make_chroma(FLOW_SCHEDS[sched]())
+    pos, neg = _text(2, 7, 32, 1), _text(2, 7, 32, 2)
+    inputs = {
+        "prompt_embeds": pos["embeds"],
+        "prompt_attention_mask": pos["mask"],
+        "negative_prompt_embeds": neg["embeds"],
+        "negative_prompt_attention_mask": neg["mask"],
+        "height": 8,
+        "width": 8,
+        "num_inference_steps": STEPS,
+        "guidance_scale": 4.0,
+        "output_type": "latent",
+    }
+    ref, out, _ = run_pair(pipe, inputs)
+    assert_same(ref, out)
+
+
+def test_chroma_refuses_ip_adapter_images():
+    par = paratriton.parallelize(make_chroma(_flow_euler()))
+    with pytest.raises(ValueError, match="IP-Adapter .*ChromaPipeline.*joint_attention_kwargs"):
+        par(prompt_embeds=torch.zeros(1, 7, 32), ip_adapter_image_embeds=[torch.zeros(1, 1, 8)], height=8, width=8)
+
+
+def make_lumina(scheduler):
+    from diffusers import Lumina2Pipeline, Lumina2Transformer2DModel
+    from test_pipelines import _tiny_vae
+
+    torch.manual_seed(0)
+    transformer = Lumina2Transformer2DModel(
+        sample_size=4,
+        patch_size=2,
+        in_channels=4,
+        hidden_size=24,
+        num_layers=1,
+        num_refiner_layers=1,
+        num_attention_heads=2,
+        num_kv_heads=1,
+        multiple_of=16,
+        axes_dim_rope=(4, 4, 4),
+        axes_lens=(16, 16, 16),
+        cap_feat_dim=16,
+    ).eval()
+    pipe = Lumina2Pipeline(
+        transformer=transformer,
+        scheduler=scheduler,
+        vae=_tiny_vae(latent_channels=4),
+        text_encoder=None,
+        tokenizer=None,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def lumina_inputs(**kw) -> dict:
+    pos, neg = _text(2, 6, 16, 1), _text(2, 6, 16, 2)
+    out = {
+        "prompt_embeds": pos["embeds"],
+        "prompt_attention_mask": pos["mask"],
+        "negative_prompt_embeds": neg["embeds"],
+        "negative_prompt_attention_mask": neg["mask"],
+        "height": 16,
+        "width": 16,
+        "num_inference_steps": STEPS,
+        "guidance_scale": 4.0,
+        "output_type": "latent",
+    }
+    out.update(kw)
+    return out
+
+
+# CFG on the first 5 of 8 steps (renormalised), or on every step without renormalisation
+@pytest.mark.parametrize(
+    ("sched", "trunc", "norm"), [("euler", 0.6, True), ("sde", 1.0, False)], ids=["euler-trunc-norm", "sde-plain"]
+)
+def test_lumina2_matches_stock(sched, trunc, norm):
+    pipe = make_lumina(FLOW_SCHEDS[sched]())
+    rows: list[int] = []
+    handle = pipe.transformer.register_forward_pre_hook(
+        lambda m, a, kw: rows.append(kw["hidden_states"].shape[0]), with_kwargs=True
+    )
+    inputs = lumina_inputs(cfg_trunc_ratio=trunc, cfg_normalization=norm)
+    try:
+        ref, out, _ = run_pair(pipe, inputs)
+    finally:
+        handle.remove()
+    assert_same(ref, out)
+    on = sum(1 for i in range(STEPS) if (i + 1) / STEPS <= trunc)
+    stock_calls = STEPS + on
+    assert len(rows) > stock_calls and max(rows[stock_calls:]) <= 2 * (STEPS + on)  # uncond rows: CFG steps only
+    if trunc < 1:
+        full = pipe(**{**inputs, "cfg_trunc_ratio": 1.0}, generator=torch.Generator().manual_seed(0)).images
+        assert (full - ref).abs().max() > 1e-3  # the truncation changes the image: the comparison is not vacuous

@@ -136,6 +136,7 @@ class _ParallelCall(_Capture, _Problem, _Solve, _Replay):
         # (do_cfg, scale, rescale), read at the first network call; two calls per step for Guidance "two_calls"
         self.guidance_read: tuple[bool, float, float] | None = None
         self.calls_per_step = 1
+        self.calls_by_step: list[int] | None = None  # where CFG is on for some steps only (loop order)
         self.pending: tuple | None = None
 
     def _solve(self, args: tuple, kwargs: dict) -> None:

@@ -1,17 +1,14 @@
-"""The pipeline's network as a paratriton denoiser: the model call the solve makes, on every row of a window, and
-the guided denoiser the spec's ``Guidance`` part asks for (the one place that reads its per-step values)."""
+"""The pipeline's network as a paratriton denoiser: the model call the solve makes, on every row of a window (the
+one place that reads the spec's per-step networks and the network's timestep form)."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from ..model import ClassifierFreeGuidance, rescale_noise_cfg
 from ._capture import _NOT_PER_ROW, _first_tensor, _like
-from ._spec_parts import Guidance
 from ._trees import copy_tree
 
 # the conditioning key under which inpainting's extra input channels (mask, masked image latents) travel
@@ -84,14 +81,23 @@ class _PipelineDenoiser:
         # per-step networks (Calls.denoiser_at): the networks and each solver step's index into them; None: `model`
         self.experts: list[Callable] | None = None
         self.expert_by_step: torch.Tensor | None = None
+        self.num_train_timesteps = 1000  # the scheduler's, for the "1-t/N" timestep form
+        self.negate = False  # Step.negate: the loop steps with the negated prediction
 
-    def __call__(self, x: torch.Tensor, step_index: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, step_index: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``rows``: for each row of ``x``, its row of the stock call's ``g * B`` (branch-major) conditioning; None:
+        the rows are ``(branch, window position, sample)``."""
         g, B = self.g, self.B
         W = x.shape[0] // (g * B)
         t = self.ts_by_step[step_index]
         if self.timestep_form == "t/1000":  # Flux: t.expand(B).to(latents.dtype) / 1000, exactly as the stock loop
             t = t.to(self.x_dtype) / 1000
-        kw = {k: (v if k in _NOT_PER_ROW else _repeat_rows(v, g, B, W)) for k, v in self.kwargs.items()}
+        elif self.timestep_form == "1-t/N":  # Lumina 2: 1 - t / num_train_timesteps (0 is noise)
+            t = 1 - t / self.num_train_timesteps
+        if rows is None:
+            kw = {k: (v if k in _NOT_PER_ROW else _repeat_rows(v, g, B, W)) for k, v in self.kwargs.items()}
+        else:
+            kw = {k: (v if k in _NOT_PER_ROW else _take_rows(v, rows, g * B)) for k, v in self.kwargs.items()}
         if _CONTROL in kw:  # the per-step scale is indexed by step, not repeated per row
             kw[_CONTROL] = {**kw[_CONTROL], "scale_by_step": self.kwargs[_CONTROL]["scale_by_step"]}
         sample = x.to(self.x_dtype)
@@ -116,7 +122,7 @@ class _PipelineDenoiser:
             out = out[:, :n_latent]
         if self.learned_sigma_channels is not None:
             out = out[:, : self.learned_sigma_channels]
-        return out
+        return -out if self.negate else out  # exact, and it commutes with every CFG combine
 
     def _routed(self, sample: torch.Tensor, t: torch.Tensor, step_index: torch.Tensor, kw: dict) -> tuple:
         """Each network on the rows whose step needs it (rows keep their order within a group), scattered back."""
@@ -153,66 +159,11 @@ class _PipelineDenoiser:
         copy_tree(self.kwargs, kwargs)
 
 
-@dataclasses.dataclass(frozen=True)
-class GuidancePlan:
-    """The call's guidance, read from the spec's ``Guidance`` part: ``(do_cfg, scale, rescale)``, the row order,
-    and where the loop varies it by step, the scale of every solver step (``scale_by_step [T]``, solver order)."""
-
-    do_cfg: bool
-    scale: float
-    rescale: float
-    cond_first: bool = False
-    scale_by_step: tuple[float, ...] | None = None
-    combine: Callable | None = None
-
-    def key(self) -> tuple:
-        """What a cached graph or plan depends on (the simple case keeps its historical form)."""
-        base = (self.do_cfg, self.scale, self.rescale)
-        if self.scale_by_step is None and self.combine is None:
-            return base
-        return (*base, self.scale_by_step, None if self.combine is None else self.combine.__qualname__)
-
-
-def plan_guidance(part: Guidance, pipe: Any, call_args: dict, read: tuple, loop_ts: torch.Tensor) -> GuidancePlan:
-    """The ``GuidancePlan`` of one call: ``read`` is ``part.read``'s value, ``loop_ts`` the loop's timesteps."""
-    do_cfg, scale, rescale = read
-    by_step = None
-    if do_cfg and part.scale_at is not None:
-        by_loop = [float(s) for s in part.scale_at(pipe, call_args, loop_ts)]
-        if len(by_loop) != len(loop_ts):
-            raise RuntimeError(f"scale_at gave {len(by_loop)} scales for {len(loop_ts)} loop steps")
-        by_step = tuple(reversed(by_loop))  # solver step i is loop step T - 1 - i
-    return GuidancePlan(do_cfg, float(scale), float(rescale), part.cond_first, by_step, part.combine)
-
-
-class _StepGuidance:
-    """CFG whose scale varies by step or whose combine is not the linear one, on ``[uncond; cond]`` (or
-    ``[cond; uncond]``) rows: one batched call, then the combine row by row with each row's step's scale."""
-
-    def __init__(self, branches: Callable, plan: GuidancePlan) -> None:
-        self.branch_model, self.plan = branches, plan
-        self.compute_dtype = getattr(branches, "compute_dtype", None)
-        device = getattr(branches, "ts_by_step", torch.empty(0)).device
-        by_step = plan.scale_by_step if plan.scale_by_step is not None else (plan.scale,)
-        self.scales = torch.tensor(by_step, dtype=torch.float64, device=device)  # made once: graph-capturable
-
-    def __call__(self, x: torch.Tensor, step_index: torch.Tensor) -> torch.Tensor:
-        plan = self.plan
-        out = self.branch_model(torch.cat([x, x]), torch.cat([step_index, step_index]))
-        first, second = out.chunk(2)
-        cond, uncond = (first, second) if plan.cond_first else (second, first)
-        rows = step_index if plan.scale_by_step is not None else torch.zeros_like(step_index)
-        scale = self.scales[rows.to(self.scales.device)].to(out.device, out.dtype).view(-1, *([1] * (out.ndim - 1)))
-        if plan.combine is not None:
-            return plan.combine(cond, uncond, scale)
-        guided = uncond + scale * (cond - uncond)
-        return rescale_noise_cfg(guided, cond, plan.rescale) if plan.rescale > 0 else guided
-
-
-def guided(branches: Callable, plan: GuidancePlan) -> Callable:
-    """The solver's denoiser: ``branches`` (the network on stacked branch rows) combined as ``plan`` says."""
-    if not plan.do_cfg:
-        return branches
-    if plan.scale_by_step is None and plan.combine is None:
-        return ClassifierFreeGuidance(branches, plan.scale, plan.rescale, cond_first=plan.cond_first)
-    return _StepGuidance(branches, plan)
+def route_by_step(names: list[str], experts: dict, denoiser: str, device: torch.device) -> tuple | None:
+    """``Calls.denoiser_at``'s attribute names (loop order) as the networks and each solver step's index into them;
+    None where every step calls ``denoiser``."""
+    order = sorted(set(names), key=names.index)
+    if order == [denoiser]:
+        return None
+    by_step = torch.tensor([order.index(n) for n in reversed(names)], device=device)  # solver step i: loop T-1-i
+    return [experts[n] for n in order], by_step

@@ -22,7 +22,8 @@ from ..schedulers import (
     stock_draws,
 )
 from ._capture import Captured, _bind_forward
-from ._denoiser import _CONTROL, _EXTRA_CHANNELS, _EXTRA_TOKENS, GuidancePlan, _PipelineDenoiser, plan_guidance
+from ._denoiser import _CONTROL, _EXTRA_CHANNELS, _EXTRA_TOKENS, _PipelineDenoiser, route_by_step
+from ._guidance import GuidancePlan, plan_guidance
 from ._operator import _slice_steps, step_operator
 
 
@@ -58,6 +59,8 @@ class _Problem:
     k0: int
     x_dtype: torch.dtype
     latent_dtype: torch.dtype
+    calls_per_step: int
+    calls_by_step: list[int] | None
     prepared: Any
     eta: float | None
     loop_ts: torch.Tensor
@@ -136,7 +139,9 @@ class _Problem:
         """
         if not (torch.is_tensor(t_in) and t_in.numel() and len(sched_ts) > 1):
             return 0
-        t0 = float(t_in.reshape(-1)[0]) * (1000.0 if self.spec.step.timestep == "t/1000" else 1.0)
+        t0 = float(t_in.reshape(-1)[0])
+        form, n_train = self.spec.step.timestep, getattr(self.scheduler.config, "num_train_timesteps", 1000)
+        t0 = t0 * 1000.0 if form == "t/1000" else (1.0 - t0) * n_train if form == "1-t/N" else t0
         dist = (sched_ts.detach().to("cpu", torch.float64) - t0).abs()
         nearest = (dist == dist.min()).nonzero().flatten().tolist()
         name = type(self.scheduler).__name__
@@ -249,8 +254,12 @@ class _Problem:
             branches.controlnet, branches.control_latent = self.controlnet, self.control_latent
         if route is not None:
             branches.experts, branches.expert_by_step = route
+        branches.num_train_timesteps = int(getattr(sched.config, "num_train_timesteps", 1000))
+        branches.negate = spec.step.negate
         x_T = latents.to(torch.float64)  # CFG-doubled inputs: both halves are the same latents
         plan = plan_guidance(spec.guidance, pipe, self.call_args, cap.guidance, self.loop_ts)
+        if plan.cfg_by_step is not None and self.calls_per_step == 2:  # one call on the steps without CFG
+            self.calls_by_step = [2 if on else 1 for on in reversed(plan.cfg_by_step)]
         return Problem(branches, plan, coeffs, x_T, noise)
 
     def _loop_latents(self, first: torch.Tensor) -> torch.Tensor:
@@ -267,24 +276,16 @@ class _Problem:
         return first
 
     def _route(self, device: torch.device) -> tuple[list, torch.Tensor] | None:
-        """``Calls.denoiser_at``: the network of every loop step (recorded for the replay's check), and where steps
-        use more than one, the networks and each solver step's index into them."""
+        """``Calls.denoiser_at``: the network of every loop step (recorded for the replay's check)."""
         at = self.spec.calls.denoiser_at
         if at is None:
             return None
         route = [str(name) for name in at(self.pipe, self.call_args, self.loop_ts)]
         unknown = sorted(set(route) - set(self.experts))
         if len(route) != self.T or unknown:
-            raise ValueError(
-                f"{type(self.pipe).__name__}: the loop's {self.T} steps call {route}, which this pipeline does not "
-                f"have (missing: {unknown})"
-            )
+            raise ValueError(f"{type(self.pipe).__name__}: the loop's steps call {route}; missing: {unknown}")
         self.route = route
-        names = sorted(set(route), key=route.index)
-        if len(names) == 1 and names[0] == self.spec.calls.denoiser:
-            return None
-        by_step = torch.tensor([names.index(n) for n in reversed(route)], device=device)  # solver order
-        return [self.experts[n] for n in names], by_step
+        return route_by_step(route, self.experts, self.spec.calls.denoiser, device)
 
     def _draw_noise(
         self, T: int, rows: int, B: int, sample_shape: tuple, dtype, device, draws: list[int]

@@ -45,6 +45,7 @@ class _Replay:
     reported: int
     calls_since_step: int
     calls_per_step: int
+    calls_by_step: list[int] | None
     control_calls: int
     last_out: torch.Tensor | None
     interrupted_at: int | None
@@ -115,10 +116,11 @@ class _Replay:
                 f"the stock loop stepped timestep {timestep} at loop index {j}, but the solved "
                 f"trajectory has {self.T} steps with timesteps {self.loop_ts.tolist()}"
             )
-        if self.calls_since_step != self.calls_per_step:
+        calls = self.calls_per_step if self.calls_by_step is None else self.calls_by_step[j]
+        if self.calls_since_step != calls:
             raise RuntimeError(
                 f"the loop called the network {self.calls_since_step} times before step {j}; the parallel solve "
-                f"assumes {self.calls_per_step} per step"
+                f"assumes {calls} there"
             )
         self.calls_since_step = 0
         if self.controlnet is not None:

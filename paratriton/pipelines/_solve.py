@@ -18,9 +18,9 @@ import torch
 from .. import _plan_cache
 from ..planner import WindowChoice, _choice_from, choose_window, remembered
 from ..solvers import SolveResult, solve
-from ._denoiser import GuidancePlan, guided
 from ._graphed import graphed_solvers
 from ._guards import model_fingerprint
+from ._guidance import GuidancePlan, guided
 from ._options import pipeline_options
 from ._problem import Problem
 from ._replay import _Interrupted
@@ -98,10 +98,11 @@ class _Solve:
         """One solve, eager or (``graphed``) with the pipeline's cached CUDA-graphed solvers (see ``_graphed``);
         ``window="auto"`` chooses the window (or the sequential sampler) first."""
         entry = None
-        if graphed and branches.experts is not None:
+        if graphed and (branches.experts is not None or guidance.cfg_by_step is not None):
             raise ValueError(
                 "cuda_graph=True is not supported where the loop calls another network per step (Wan 2.2's "
-                "transformer_2): the rows each network gets change from iteration to iteration; use cuda_graph=False"
+                "transformer_2) or turns CFG off after some steps (cfg_trunc_ratio, cfg_truncation): the rows each "
+                "call gets change from iteration to iteration; use cuda_graph=False"
             )
         if graphed:
             fingerprints = (

@@ -76,6 +76,10 @@ class Guidance:
     scale_at: per-step guidance scale (replaces ``read``'s scale step by step); None: ``read``'s scale every step
     combine:  ``(cond, uncond, scale) -> guided``; None: ``uncond + scale * (cond - uncond)``, then ``read``'s
               guidance rescale
+    cfg_at:   per step: whether the step runs CFG (Lumina 2's ``cfg_trunc_ratio``, Z-Image's ``cfg_truncation``); a
+              step without it calls the conditional branch only, and the batched call holds only its rows
+    combine_for: ``(pipe, call_args) -> combine or None``: the combine chosen per call (Lumina 2's
+              ``cfg_normalization``); where set, it replaces ``combine``
     pad:      ``"two_calls"``: ``(text, mask)`` argument pairs the two calls may give at different lengths (a prompt
               and a negative prompt padded each to its own longest): the shorter is zero-padded and masked, which is
               exact where the network masks padded tokens out of its attention
@@ -86,6 +90,8 @@ class Guidance:
     scale_at: PerStep | None = None
     combine: Combine | None = None
     pad: tuple[tuple[str, str], ...] = ()
+    cfg_at: PerStep | None = None
+    combine_for: Callable[[Any, dict], Combine | None] | None = None
 
     @property
     def cond_first(self) -> bool:
@@ -104,14 +110,16 @@ class Step:
                     ancestral, Heun, LMS) then run another recurrence than the traced one and are refused
     rows_cfg:       ``scheduler.step`` runs on the CFG-doubled latents (DiT), so step noise has ``2B`` rows
     timestep:       the network's timestep: ``"t"`` the scheduler's timestep, ``"t/1000"`` ``t / 1000`` in the
-                    latents' dtype (Flux)
+                    latents' dtype (Flux), ``"1-t/N"`` ``1 - t / num_train_timesteps`` (Lumina 2: 0 is noise)
+    negate:         the loop hands ``scheduler.step`` the negated prediction (Lumina 2, Z-Image)
     """
 
     generator: bool = True
     eta: bool = True
     on_model_input: bool = False
     rows_cfg: bool = False
-    timestep: Literal["t", "t/1000"] = "t"
+    timestep: Literal["t", "t/1000", "1-t/N"] = "t"
+    negate: bool = False
 
 
 @dataclass(frozen=True)

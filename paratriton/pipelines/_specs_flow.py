@@ -16,7 +16,7 @@ _NO_STEP_ARGS = Step(generator=False, eta=False)  # these loops hand scheduler.s
 
 
 def _guidance_property(pipe: Any, args: dict) -> tuple[bool, float, float]:
-    # Wan: do_classifier_free_guidance = guidance_scale > 1, set before the loop
+    # Wan, Chroma, Lumina 2: do_classifier_free_guidance = guidance_scale > 1, set before the loop
     return bool(pipe.do_classifier_free_guidance), float(pipe.guidance_scale), 0.0
 
 
@@ -63,6 +63,39 @@ def renormalised_cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: torch.Tens
     return comb * (torch.norm(cond, dim=-1, keepdim=True) / torch.norm(comb, dim=-1, keepdim=True))
 
 
+def _check_chroma(pipe: Any, args: dict) -> None:
+    keys = (
+        "ip_adapter_image",
+        "ip_adapter_image_embeds",
+        "negative_ip_adapter_image",
+        "negative_ip_adapter_image_embeds",
+    )
+    if any(args.get(k) is not None for k in keys):
+        raise ValueError(
+            f"IP-Adapter images are not supported by the parallel {type(pipe).__name__}: its loop swaps the image "
+            "embeddings inside joint_attention_kwargs between the conditional and the negative call, which one "
+            "batched call cannot do"
+        )
+
+
+def _lumina_guidance(pipe: Any, args: dict) -> tuple[bool, float, float]:
+    # no CFG call at all where the truncation starts at the first step
+    do_cfg, scale, rescale = _guidance_property(pipe, args)
+    first_on = 1 / len(pipe.scheduler.timesteps) <= float(args.get("cfg_trunc_ratio", 1.0))
+    return do_cfg and first_on, scale, rescale
+
+
+def _lumina_cfg_at(pipe: Any, args: dict, loop_ts: torch.Tensor) -> list[bool]:
+    # diffusers 0.42.1: CFG on loop step i unless (i + 1) / num_inference_steps > cfg_trunc_ratio (truncation)
+    n, ratio = len(pipe.scheduler.timesteps), float(args.get("cfg_trunc_ratio", 1.0))
+    k0 = n - len(loop_ts)
+    return [not (k0 + j + 1) / n > ratio for j in range(len(loop_ts))]
+
+
+def _lumina_combine(pipe: Any, args: dict):
+    return renormalised_cfg if args.get("cfg_normalization", True) else None
+
+
 def _wan_latent_channels(pipe: Any) -> int:
     return int(pipe.vae.config.z_dim)
 
@@ -93,4 +126,20 @@ FLOW_SPECS: dict[str, PipelineSpec] = {
     "QwenImagePipeline": PipelineSpec(Calls("transformer"), _QWEN_GUIDANCE, _T_OVER_1000),
     # the edit pipeline: the input image's latents follow the latents on the token axis and are sliced off
     "QwenImageEditPipeline": PipelineSpec(Calls("transformer", latent_tokens=True), _QWEN_GUIDANCE, _T_OVER_1000),
+    # Chroma: a conditional then a negative call (guidance_scale > 1), each with its own text ids and attention mask
+    "ChromaPipeline": PipelineSpec(
+        Calls("transformer"), Guidance(_guidance_property, "two_calls"), _T_OVER_1000, Loop(check=_check_chroma)
+    ),
+    # Lumina 2: 0 is noise (timestep 1 - t / N), CFG only up to cfg_trunc_ratio, optionally renormalised, and
+    # scheduler.step gets the negated prediction
+    "Lumina2Pipeline": PipelineSpec(
+        Calls("transformer"),
+        Guidance(
+            _lumina_guidance,
+            "two_calls",
+            cfg_at=_lumina_cfg_at,
+            combine_for=_lumina_combine,
+        ),
+        Step(generator=False, eta=False, timestep="1-t/N", negate=True),
+    ),
 }
