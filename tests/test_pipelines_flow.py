@@ -1,7 +1,8 @@
 """The flow-matching transformer families with separate CFG calls, each against the stock pipeline with the same
 generator: Wan 2.1 and 2.2 (per-step expert and guidance scale), Wan image-to-video, Qwen-Image and its edit
 pipeline (two calls renormalised by norms; text of two lengths; image tokens on the sequence), Chroma, Lumina 2
-(CFG truncated by step, renormalised, negated output), ... Tiny random-weight
+(CFG truncated by step, renormalised, negated output) and Z-Image (lists of per-sample tensors, CFG truncated by
+step, a norm clamp). Tiny random-weight
 components built from configs (CPU, offline; prompt embeddings passed directly), as in ``test_pipelines.py``; each
 family with its default scheduler and one other.
 """
@@ -490,3 +491,74 @@ def test_lumina2_matches_stock(sched, trunc, norm):
     if trunc < 1:
         full = pipe(**{**inputs, "cfg_trunc_ratio": 1.0}, generator=torch.Generator().manual_seed(0)).images
         assert (full - ref).abs().max() > 1e-3  # the truncation changes the image: the comparison is not vacuous
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Z-Image: a network on lists of per-sample tensors (text features of per-prompt lengths), [cond; uncond] batched
+# ---------------------------------------------------------------------------------------------------------------
+def make_zimage(scheduler):
+    from diffusers import ZImagePipeline, ZImageTransformer2DModel
+    from test_pipelines import _tiny_vae
+
+    torch.manual_seed(0)
+    transformer = ZImageTransformer2DModel(
+        all_patch_size=(2,),
+        all_f_patch_size=(1,),
+        in_channels=4,
+        dim=32,
+        n_layers=1,
+        n_refiner_layers=1,
+        n_heads=2,
+        n_kv_heads=2,
+        cap_feat_dim=16,
+        axes_dims=[8, 4, 4],
+        axes_lens=[64, 32, 32],
+    ).eval()
+    vae = _tiny_vae(latent_channels=4)
+    pipe = ZImagePipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def zimage_inputs(**kw) -> dict:
+    g = torch.Generator().manual_seed(17)
+    out = {  # per-prompt lengths: a list of tensors, not a padded batch
+        "prompt_embeds": [torch.randn(5, 16, generator=g), torch.randn(3, 16, generator=g)],
+        "negative_prompt_embeds": [torch.randn(4, 16, generator=g), torch.randn(2, 16, generator=g)],
+        "height": 16,
+        "width": 16,
+        "num_inference_steps": STEPS,
+        "guidance_scale": 4.0,
+        "output_type": "latent",
+    }
+    out.update(kw)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("sched", "trunc", "clamp"), [("euler", 0.5, 1.1), ("sde", 1.0, 0.0)], ids=["euler-trunc-clamp", "sde-plain"]
+)
+def test_zimage_matches_stock(sched, trunc, clamp):
+    pipe = make_zimage({"euler": lambda: _flow_euler(shift=3.0), "sde": FLOW_SCHEDS["sde"]}[sched]())
+    inputs = zimage_inputs(cfg_truncation=trunc, cfg_normalization=clamp)
+    ref, out, _ = run_pair(pipe, inputs)
+    assert_same(ref, out)
+    if trunc < 1:  # truncation and the clamp each change the image: the comparison is not vacuous
+        for change in ({"cfg_truncation": 1.0}, {"cfg_normalization": 0.0}):
+            other = pipe(**{**inputs, **change}, generator=torch.Generator().manual_seed(0)).images
+            assert (other - ref).abs().max() > 1e-3, change
+
+
+def test_zimage_combine_clamps_each_samples_norm():
+    from paratriton.pipelines._specs_flow import zimage_cfg
+
+    g = torch.Generator().manual_seed(0)
+    cond, uncond = torch.randn(3, 4, 2, 2, generator=g), torch.randn(3, 4, 2, 2, generator=g)
+    scale = torch.tensor(4.0)
+    plain = zimage_cfg(cond, uncond, scale)
+    assert torch.allclose(plain, cond + 4.0 * (cond - uncond))
+    clamped = zimage_cfg(cond, uncond, scale, clamp=1.1)
+    norms = clamped.flatten(1).norm(dim=1)
+    assert torch.allclose(norms, 1.1 * cond.flatten(1).norm(dim=1), rtol=1e-5)  # each sample at its own limit
+    loose = zimage_cfg(cond, uncond, scale, clamp=100.0)
+    assert torch.equal(loose, plain)  # under the limit: unchanged

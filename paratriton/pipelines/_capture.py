@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -204,11 +205,11 @@ class _Capture:
             a, b = neg.get(key), cond.get(key)
             if key == latent_name:
                 continue
-            if key in _NOT_PER_ROW or not torch.is_tensor(a) or key == "timestep":
+            if key in _NOT_PER_ROW or not torch.is_tensor(a) or key == self.spec.calls.timestep_arg:
                 same = torch.equal(a, b) if torch.is_tensor(a) and torch.is_tensor(b) else a is b or a == b
                 if not same:
                     raise RuntimeError(f"true CFG: the conditional and negative calls differ in {key!r}, not per row")
-                merged[key] = torch.cat([a, b]) if key == "timestep" else a
+                merged[key] = torch.cat([a, b]) if key == self.spec.calls.timestep_arg else a
             elif a.shape != b.shape:
                 raise RuntimeError(f"true CFG: {key!r} has shape {tuple(b.shape)} and {tuple(a.shape)} in the calls")
             else:
@@ -222,6 +223,36 @@ class _Capture:
         if not self.solved:
             self.prepared = out if torch.is_tensor(out) else out[0] if isinstance(out, tuple) and out else None
         return out
+
+    def _control_conditioning(self, x_in: torch.Tensor, T: int) -> dict:
+        """The recorded ControlNet call as conditioning: its kwargs (per row) and the scale of every solver step."""
+        if self.control_pending is None:
+            raise RuntimeError("the loop called the UNet before its ControlNet")
+        name, named = _bind_forward(self.controlnet, *self.control_pending)
+        if named.get("guess_mode"):
+            raise ValueError("guess_mode (or a ControlNet with global_pool_conditions) is not supported")
+        cx = named.pop(name)
+        named.pop("timestep", None)
+        first_scale = named.pop("conditioning_scale", 1.0)
+        named.pop("return_dict", None)
+        named.pop("guess_mode", None)
+        if cx.shape != x_in.shape or not torch.equal(cx, x_in):
+            raise RuntimeError("the ControlNet and the UNet got different latents: not supported")
+        scale, start, end = (
+            self.call_args.get(k)
+            for k in ("controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end")
+        )
+        scale, start, end = (v[0] if isinstance(v, (list, tuple)) else v for v in (scale, start, end))
+        # diffusers 0.42.1: controlnet_keep[i] = 1 - float(i / T < start or (i + 1) / T > end), over the loop's steps
+        keep = [1.0 - float(k / T < start or (k + 1) / T > end) for k in range(T)]
+        if not math.isclose(float(first_scale), float(scale) * keep[0], rel_tol=1e-6, abs_tol=1e-12):
+            raise RuntimeError(
+                f"the ControlNet's first conditioning_scale {first_scale} is not controlnet_conditioning_scale * "
+                f"keep ({scale} * {keep[0]}): this loop's ControlNet schedule is not the stock one"
+            )
+        by_loop = torch.tensor([float(scale) * k for k in keep], dtype=torch.float64, device=x_in.device)
+        self.control_latent = name
+        return {"kwargs": named, "scale_by_step": by_loop.flip(0)}
 
     def scheduler_scale_input(self, sample: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         out = self.stock_scale(sample, *args, **kwargs)
@@ -237,7 +268,7 @@ class _Capture:
             latent_name, named = _bind_forward(self.model, args, kwargs)
         guidance = self.guidance_read
         x_in = named.pop(latent_name)
-        t_in = named.pop("timestep", None)
+        t_in = named.pop(self.spec.calls.timestep_arg, None)
         if self.controlnet is not None:
             for key in _RESIDUALS:  # recomputed for every row of every model call
                 named.pop(key, None)

@@ -26,6 +26,8 @@ def _repeat_rows(value: Any, g: int, B: int, W: int) -> Any:
     rows ordered ``(branch, window position, sample)``. Tensors whose leading dimension is not ``g * B`` (scalars,
     broadcast tensors) pass through unchanged; dicts, lists and tuples are searched.
     """
+    if isinstance(value, _RowList):  # rows (branch, sample) -> (branch, window position, sample)
+        return [value[b * B + s] for b in range(g) for _ in range(W) for s in range(B)]
     if torch.is_tensor(value):
         if value.ndim >= 1 and value.shape[0] == g * B:
             rest = tuple(value.shape[1:])
@@ -38,8 +40,26 @@ def _repeat_rows(value: Any, g: int, B: int, W: int) -> Any:
     return value
 
 
+class _RowList(list):
+    """A list argument with one tensor per row of the stock call (Z-Image's per-prompt text features)."""
+
+
+def from_list_api(x_in: list, named: dict, axis: int) -> tuple[torch.Tensor, dict]:
+    """A list-API network's first call as a batched one: the latents stacked (``axis`` dropped), per-row lists
+    marked as rows."""
+    n = len(x_in)
+
+    def rows(v: Any) -> Any:
+        is_rows = isinstance(v, list) and len(v) == n and all(torch.is_tensor(e) for e in v)
+        return _RowList(v) if is_rows else v
+
+    return torch.stack(list(x_in)).squeeze(axis), {k: rows(v) for k, v in named.items()}
+
+
 def _take_rows(value: Any, rows: torch.Tensor, n: int) -> Any:
     """The ``rows`` of every per-row tensor (leading dimension ``n``) in ``value``; others pass through."""
+    if isinstance(value, _RowList):
+        return [value[i] for i in rows.tolist()]
     if torch.is_tensor(value):
         return value[rows] if value.ndim >= 1 and value.shape[0] == n else value
     if isinstance(value, dict):
@@ -83,6 +103,7 @@ class _PipelineDenoiser:
         self.expert_by_step: torch.Tensor | None = None
         self.num_train_timesteps = 1000  # the scheduler's, for the "1-t/N" timestep form
         self.negate = False  # Step.negate: the loop steps with the negated prediction
+        self.timestep_arg, self.list_axis = "timestep", None  # Calls.timestep_arg, Calls.list_axis
 
     def __call__(self, x: torch.Tensor, step_index: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """``rows``: for each row of ``x``, its row of the stock call's ``g * B`` (branch-major) conditioning; None:
@@ -94,6 +115,8 @@ class _PipelineDenoiser:
             t = t.to(self.x_dtype) / 1000
         elif self.timestep_form == "1-t/N":  # Lumina 2: 1 - t / num_train_timesteps (0 is noise)
             t = 1 - t / self.num_train_timesteps
+        elif self.timestep_form == "(1000-t)/1000":  # Z-Image
+            t = (1000 - t) / 1000
         if rows is None:
             kw = {k: (v if k in _NOT_PER_ROW else _repeat_rows(v, g, B, W)) for k, v in self.kwargs.items()}
         else:
@@ -111,13 +134,20 @@ class _PipelineDenoiser:
         control = kw.pop(_CONTROL, None)
         if control is not None:  # ControlNet: its call is part of the model call, on the same rows
             kw.update(self._control(sample, t, step_index, control))
-        if self.experts is None:
-            raw = self.forward(**{self.latent_name: sample, "timestep": t}, **kw)
+        if self.list_axis is not None:  # Z-Image: a list of per-sample tensors in, a list out
+            raw = self.forward(
+                **{self.latent_name: list(sample.unsqueeze(self.list_axis).unbind(0))}, **{self.timestep_arg: t}, **kw
+            )
+            out = torch.stack(list(raw[0]))
+        elif self.experts is None:
+            raw = self.forward(**{self.latent_name: sample, self.timestep_arg: t}, **kw)
             out = _first_tensor(raw)
         else:
             raw, out = self._routed(sample, t, step_index, kw)
         if self.dummy is None:
             self.dummy = _like(raw, out.new_zeros((self.N0, *out.shape[1:])))
+        if self.list_axis is not None:
+            out = out.squeeze(self.list_axis)
         if tokens is not None:
             out = out[:, :n_latent]
         if self.learned_sigma_channels is not None:
@@ -132,7 +162,7 @@ class _PipelineDenoiser:
             rows = (which == e).nonzero().flatten()
             if rows.numel() == 0:
                 continue
-            inputs = {self.latent_name: sample[rows], "timestep": _take_rows(t, rows, n)}
+            inputs = {self.latent_name: sample[rows], self.timestep_arg: _take_rows(t, rows, n)}
             part = net(**inputs, **_take_rows(kw, rows, n))
             part_out = _first_tensor(part)
             if out is None:

@@ -4,6 +4,7 @@ CFG on or off) and its combine."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -31,8 +32,16 @@ class GuidancePlan:
         base = (self.do_cfg, self.scale, self.rescale)
         if self.scale_by_step is None and self.combine is None and self.cfg_by_step is None:
             return base
-        combine = None if self.combine is None else self.combine.__qualname__
-        return (*base, self.scale_by_step, combine, self.cfg_by_step)
+        return (*base, self.scale_by_step, _combine_key(self.combine), self.cfg_by_step)
+
+
+def _combine_key(combine: Callable | None) -> Any:
+    """A combine by name, with its bound arguments where it is a ``functools.partial`` (Z-Image's norm clamp)."""
+    if combine is None:
+        return None
+    if isinstance(combine, functools.partial):
+        return (combine.func.__qualname__, combine.args, tuple(sorted(combine.keywords.items())))
+    return combine.__qualname__
 
 
 def _per_step(at: Callable, pipe: Any, call_args: dict, loop_ts: torch.Tensor, what: str) -> tuple:

@@ -10,7 +10,6 @@ initial latents ``x_T`` and the pre-drawn step noise. It records on the call wha
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import torch
@@ -21,8 +20,8 @@ from ..schedulers import (
     one_tap_family,
     stock_draws,
 )
-from ._capture import Captured, _bind_forward
-from ._denoiser import _CONTROL, _EXTRA_CHANNELS, _EXTRA_TOKENS, _PipelineDenoiser, route_by_step
+from ._capture import Captured
+from ._denoiser import _CONTROL, _EXTRA_CHANNELS, _EXTRA_TOKENS, _PipelineDenoiser, from_list_api, route_by_step
 from ._guidance import GuidancePlan, plan_guidance
 from ._operator import _slice_steps, step_operator
 
@@ -51,8 +50,7 @@ class _Problem:
     experts: dict[str, torch.nn.Module]
     route: list[str] | None
     controlnet: torch.nn.Module | None
-    control_pending: tuple | None
-    control_latent: str
+    _control_conditioning: Any  # the capture stage's (ControlNet)
     scaled: tuple[torch.Tensor, torch.Tensor] | None
     T: int
     B: int
@@ -67,36 +65,6 @@ class _Problem:
     ts_by_step: torch.Tensor
     x_start: torch.Tensor
     step_generator: Any
-
-    def _control_conditioning(self, x_in: torch.Tensor, T: int) -> dict:
-        """The recorded ControlNet call as conditioning: its kwargs (per row) and the scale of every solver step."""
-        if self.control_pending is None:
-            raise RuntimeError("the loop called the UNet before its ControlNet")
-        name, named = _bind_forward(self.controlnet, *self.control_pending)
-        if named.get("guess_mode"):
-            raise ValueError("guess_mode (or a ControlNet with global_pool_conditions) is not supported")
-        cx = named.pop(name)
-        named.pop("timestep", None)
-        first_scale = named.pop("conditioning_scale", 1.0)
-        named.pop("return_dict", None)
-        named.pop("guess_mode", None)
-        if cx.shape != x_in.shape or not torch.equal(cx, x_in):
-            raise RuntimeError("the ControlNet and the UNet got different latents: not supported")
-        scale, start, end = (
-            self.call_args.get(k)
-            for k in ("controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end")
-        )
-        scale, start, end = (v[0] if isinstance(v, (list, tuple)) else v for v in (scale, start, end))
-        # diffusers 0.42.1: controlnet_keep[i] = 1 - float(i / T < start or (i + 1) / T > end), over the loop's steps
-        keep = [1.0 - float(k / T < start or (k + 1) / T > end) for k in range(T)]
-        if not math.isclose(float(first_scale), float(scale) * keep[0], rel_tol=1e-6, abs_tol=1e-12):
-            raise RuntimeError(
-                f"the ControlNet's first conditioning_scale {first_scale} is not controlnet_conditioning_scale * "
-                f"keep ({scale} * {keep[0]}): this loop's ControlNet schedule is not the stock one"
-            )
-        by_loop = torch.tensor([float(scale) * k for k in keep], dtype=torch.float64, device=x_in.device)
-        self.control_latent = name
-        return {"kwargs": named, "scale_by_step": by_loop.flip(0)}
 
     def _unscaled_latents(self, x_in: torch.Tensor, coeffs) -> torch.Tensor:
         """The loop's latents ``x_{i+1}`` behind the network's first input ``x_in`` (``scale_model_input``'s)."""
@@ -141,7 +109,8 @@ class _Problem:
             return 0
         t0 = float(t_in.reshape(-1)[0])
         form, n_train = self.spec.step.timestep, getattr(self.scheduler.config, "num_train_timesteps", 1000)
-        t0 = t0 * 1000.0 if form == "t/1000" else (1.0 - t0) * n_train if form == "1-t/N" else t0
+        inverse = {"t/1000": t0 * 1000.0, "1-t/N": (1.0 - t0) * n_train, "(1000-t)/1000": 1000.0 - 1000.0 * t0}
+        t0 = inverse.get(form, t0)
         dist = (sched_ts.detach().to("cpu", torch.float64) - t0).abs()
         nearest = (dist == dist.min()).nonzero().flatten().tolist()
         name = type(self.scheduler).__name__
@@ -179,6 +148,8 @@ class _Problem:
         self.solved = True
         spec, pipe, sched = self.spec, self.pipe, self.scheduler
         latent_name, named, x_in, t_in = cap.latent_name, dict(cap.conditioning), cap.x_in, cap.t_in
+        if spec.calls.list_axis is not None:  # Z-Image: lists of per-sample tensors
+            x_in, named = from_list_api(x_in, named, spec.calls.list_axis)
         do_cfg = cap.guidance[0]
         x_full = x_in
         g = 2 if do_cfg else 1
@@ -256,6 +227,7 @@ class _Problem:
             branches.experts, branches.expert_by_step = route
         branches.num_train_timesteps = int(getattr(sched.config, "num_train_timesteps", 1000))
         branches.negate = spec.step.negate
+        branches.timestep_arg, branches.list_axis = spec.calls.timestep_arg, spec.calls.list_axis
         x_T = latents.to(torch.float64)  # CFG-doubled inputs: both halves are the same latents
         plan = plan_guidance(spec.guidance, pipe, self.call_args, cap.guidance, self.loop_ts)
         if plan.cfg_by_step is not None and self.calls_per_step == 2:  # one call on the steps without CFG

@@ -104,6 +104,8 @@ class _Solve:
                 "transformer_2) or turns CFG off after some steps (cfg_trunc_ratio, cfg_truncation): the rows each "
                 "call gets change from iteration to iteration; use cuda_graph=False"
             )
+        if graphed and branches.list_axis is not None:
+            raise ValueError("cuda_graph=True is not supported for a network called with lists of tensors (Z-Image)")
         if graphed:
             fingerprints = (
                 model_fingerprint(self.model),

@@ -50,6 +50,10 @@ class Calls:
     latent_tokens:   the model input carries conditioning tokens after the latents' on dim 1 (image latents:
                      Qwen-Image-Edit) and the loop keeps the output's first tokens; how many is read from the latents
                      ``prepare_latents`` returned (first element)
+    timestep_arg:    the network's timestep argument (Z-Image: ``"t"``)
+    list_axis:       the network takes and returns lists of per-sample tensors, each the batched input's sample with
+                     a new axis here (Z-Image: 2, ``latents.unsqueeze(2).unbind(0)``); per-sample lists among its other
+                     arguments (text features of per-prompt lengths) are rows too. None: batched tensors
     experts:         attributes of further networks the loop may call in the denoiser's place (Wan 2.2's
                      ``transformer_2``); absent or None on a pipeline: not used
     denoiser_at:     per step: the attribute (``denoiser`` or one of ``experts``) whose network the step calls; the
@@ -61,6 +65,8 @@ class Calls:
     latent_channels: Callable[[Any], int] | None = None
     learned_sigma: bool = False
     latent_tokens: bool = False
+    timestep_arg: str = "timestep"
+    list_axis: int | None = None
     experts: tuple[str, ...] = ()
     denoiser_at: PerStep | None = None
 
@@ -110,7 +116,8 @@ class Step:
                     ancestral, Heun, LMS) then run another recurrence than the traced one and are refused
     rows_cfg:       ``scheduler.step`` runs on the CFG-doubled latents (DiT), so step noise has ``2B`` rows
     timestep:       the network's timestep: ``"t"`` the scheduler's timestep, ``"t/1000"`` ``t / 1000`` in the
-                    latents' dtype (Flux), ``"1-t/N"`` ``1 - t / num_train_timesteps`` (Lumina 2: 0 is noise)
+                    latents' dtype (Flux), ``"1-t/N"`` ``1 - t / num_train_timesteps`` (Lumina 2: 0 is noise),
+                    ``"(1000-t)/1000"`` (Z-Image)
     negate:         the loop hands ``scheduler.step`` the negated prediction (Lumina 2, Z-Image)
     """
 
@@ -118,7 +125,7 @@ class Step:
     eta: bool = True
     on_model_input: bool = False
     rows_cfg: bool = False
-    timestep: Literal["t", "t/1000", "1-t/N"] = "t"
+    timestep: Literal["t", "t/1000", "1-t/N", "(1000-t)/1000"] = "t"
     negate: bool = False
 
 

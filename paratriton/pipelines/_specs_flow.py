@@ -4,6 +4,7 @@ Z-Image), read from diffusers 0.42.1; ``tests/test_pipelines_flow.py`` holds eac
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import torch
@@ -96,6 +97,40 @@ def _lumina_combine(pipe: Any, args: dict):
     return renormalised_cfg if args.get("cfg_normalization", True) else None
 
 
+def _zimage_truncated(pipe: Any, args: dict, t: Any) -> bool:
+    # diffusers 0.42.1: guidance 0 from the step whose (1000 - t) / 1000 exceeds cfg_truncation (when <= 1)
+    trunc = getattr(pipe, "_cfg_truncation", None)
+    return trunc is not None and float(trunc) <= 1 and (1000 - float(t)) / 1000 > float(trunc)
+
+
+def _zimage_guidance(pipe: Any, args: dict) -> tuple[bool, float, float]:
+    # do_classifier_free_guidance = guidance_scale > 0; no CFG call at all where the first step is truncated
+    scale = float(pipe.guidance_scale)
+    first = pipe.scheduler.timesteps[0]
+    return scale > 0 and not _zimage_truncated(pipe, args, first), scale, 0.0
+
+
+def _zimage_cfg_at(pipe: Any, args: dict, loop_ts: torch.Tensor) -> list[bool]:
+    return [not _zimage_truncated(pipe, args, t) for t in loop_ts.float()]
+
+
+def zimage_cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: torch.Tensor, clamp: float = 0.0) -> torch.Tensor:
+    """Z-Image's combine: ``cond + scale * (cond - uncond)``; with ``clamp > 0`` each sample's norm is at most
+    ``clamp`` times the conditional one's."""
+    pred = cond + scale * (cond - uncond)
+    if clamp > 0:
+        dims = tuple(range(1, cond.ndim))
+        limit = torch.linalg.vector_norm(cond, dim=dims, keepdim=True) * clamp
+        norm = torch.linalg.vector_norm(pred, dim=dims, keepdim=True)
+        pred = torch.where(norm > limit, pred * (limit / norm), pred)
+    return pred
+
+
+def _zimage_combine(pipe: Any, args: dict):
+    clamp = float(pipe._cfg_normalization or 0.0)
+    return functools.partial(zimage_cfg, clamp=clamp)
+
+
 def _wan_latent_channels(pipe: Any) -> int:
     return int(pipe.vae.config.z_dim)
 
@@ -141,5 +176,12 @@ FLOW_SPECS: dict[str, PipelineSpec] = {
             combine_for=_lumina_combine,
         ),
         Step(generator=False, eta=False, timestep="1-t/N", negate=True),
+    ),
+    # Z-Image: lists of per-sample tensors, [cond; uncond] in one call, CFG truncated by step, a norm clamp, and
+    # scheduler.step gets the negated prediction
+    "ZImagePipeline": PipelineSpec(
+        Calls("transformer", timestep_arg="t", list_axis=2),
+        Guidance(_zimage_guidance, "cond_first", cfg_at=_zimage_cfg_at, combine_for=_zimage_combine),
+        Step(generator=False, eta=False, timestep="(1000-t)/1000", negate=True),
     ),
 }
