@@ -2,9 +2,10 @@
 
 Everything a pipeline does before and after its denoising loop (prompt encoding, latent preparation, timesteps,
 decoding, output conversion) is run by the stock pipeline itself. The table only records what the parallel
-solver must know about the *loop body*: which module is the denoiser, how classifier-free guidance is laid out
-and combined, whether the model predicts a learned variance, which generator and ``eta`` the stock loop hands to
-``scheduler.step`` (that decides where DDPM-style step noise comes from), and how the model's timestep is formed.
+solver must know about the *loop body*, as a ``PipelineSpec`` of four parts (``_spec_parts.py``): ``Calls`` (which
+networks, on which inputs), ``Guidance`` (how the CFG branches are laid out and combined, per step where the loop
+varies it), ``Step`` (what the loop hands ``scheduler.step``, the timestep form) and ``Loop`` (where it ends, what
+it refuses). The flow-matching transformer families with separate CFG calls are in ``_specs_flow.py``.
 Read from diffusers 0.42.1; the parity tests in ``tests/test_pipelines*.py`` fail if a later release changes it.
 """
 
