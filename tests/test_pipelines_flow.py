@@ -562,3 +562,22 @@ def test_zimage_combine_clamps_each_samples_norm():
     assert torch.allclose(norms, 1.1 * cond.flatten(1).norm(dim=1), rtol=1e-5)  # each sample at its own limit
     loose = zimage_cfg(cond, uncond, scale, clamp=100.0)
     assert torch.equal(loose, plain)  # under the limit: unchanged
+
+
+@pytest.mark.parametrize("case", ["wan22", "lumina-trunc", "zimage"])
+def test_cuda_graph_is_refused_where_the_rows_of_a_call_vary(case):
+    # per-step experts, CFG truncation and list-of-tensors networks: refused before any network call
+    pipe, inputs, match = {
+        "wan22": lambda: (make_wan(_unipc_flow(), experts=True), wan_inputs(1, True), "transformer_2"),
+        "lumina-trunc": lambda: (make_lumina(_flow_euler()), lumina_inputs(cfg_trunc_ratio=0.5), "cfg_trunc_ratio"),
+        "zimage": lambda: (make_zimage(_flow_euler()), zimage_inputs(), "lists of tensors"),
+    }[case]()
+    calls = []
+    handle = pipe.transformer.register_forward_pre_hook(lambda *a: calls.append(1))
+    par = paratriton.parallelize(pipe, "taa", cuda_graph=True)
+    try:
+        with pytest.raises(ValueError, match=f"cuda_graph=True is not supported .*{match}"):
+            par(**inputs, generator=torch.Generator().manual_seed(0))
+    finally:
+        handle.remove()
+    assert not calls
