@@ -2,6 +2,7 @@
 
 * every registry method, and every option key the registry gives the command line, is in ``--help``;
 * every scheduler in ``TRACED_SCHEDULERS`` has parity tests (the stock loop, and the pipelines);
+* every pipeline in ``SPECS`` is named in a ``tests/test_pipelines*.py`` file and has a row in ``docs/diffusers.md``;
 * every ``paratriton/ops/<op>/`` has ``naive.py``, a ``torch.library`` registration and a test under ``tests/ops/``,
   and ``paratriton.ops.<op>`` is the registered op with its reference at ``.naive``;
 * the quarantined ``paratriton/ops/legacy/`` is imported by nothing outside it (``import paratriton`` leaves it out);
@@ -27,6 +28,18 @@ def _sample_help() -> str:
 
     parser = cli.build_parser()
     return parser._subparsers._group_actions[0].choices["sample"].format_help()
+
+
+def test_every_pipeline_family_has_a_parity_test_and_a_docs_row():
+    import re
+
+    from paratriton.pipelines._specs import SPECS
+
+    tests = "\n".join(p.read_text() for p in sorted(TESTS.glob("test_pipelines*.py")))
+    docs = (TESTS.parent / "docs" / "diffusers.md").read_text()
+    for name in SPECS:
+        assert re.search(rf"\b{name}\b", tests), f"{name}: add its parity test to tests/test_pipelines*.py"
+        assert f"| `{name}` |" in docs, f"{name}: add its row to the 'What is supported' table of docs/diffusers.md"
 
 
 def test_every_registry_method_and_option_key_is_in_the_cli_help():

@@ -734,7 +734,8 @@ def test_wrong_cfg_row_order_is_detected(monkeypatch):
     pipe = make_dit(_ddim())
     ref, out, _ = run_pair(pipe, dit_inputs(1, True, output_type="pt"))
     assert_same(ref, out)
-    wrong = dataclasses.replace(_specs.SPECS["DiTPipeline"], cond_first=False)
+    spec = _specs.SPECS["DiTPipeline"]
+    wrong = dataclasses.replace(spec, guidance=dataclasses.replace(spec.guidance, layout="batched"))
     monkeypatch.setitem(_specs.SPECS, "DiTPipeline", wrong)
     ref, out, _ = run_pair(pipe, dit_inputs(1, True, output_type="pt"))
     assert (ref - out).abs().max() > ATOL

@@ -20,7 +20,7 @@ parallel call from another thread, or an exception raised halfway can never obse
   latents between steps (a legacy callback, a subclass or an inpainting blend would): otherwise it raises instead
   of returning a silently different image.
 * Where the loop starts and ends is read from the run: the scheduler's begin index (else the first network call's
-  timestep) gives the start (img2img's ``strength``, the refiner's ``denoising_start``), ``PipelineSpec.loop_end``
+  timestep) gives the start (img2img's ``strength``, the refiner's ``denoising_start``), ``PipelineSpec.loop.end``
   the end (SDXL's ``denoising_end``): the parallel solve covers exactly the steps the stock loop would take. A
   traced (multistep) scheduler is traced from that start, so its history and warm-up orders are the stock loop's.
 * ``callback_on_step_end(pipe, i, t, {"latents": ...})`` keeps its stock meaning: once per loop step ``i`` with
@@ -38,6 +38,7 @@ noise, loop range as a frozen ``Problem``; ``_denoiser``, ``_operator``) -> ``_s
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -77,8 +78,9 @@ class _ParallelCall(_Capture, _Problem, _Solve, _Replay):
         self.state, self.spec, self.call_args = state, spec, call_args
         self.callback, self.progress_config = callback, progress_config
         self.pipeline_name = wrapped.__name__  # the plan cache's key
-        self.model: torch.nn.Module = getattr(par, spec.denoiser)
-        check_no_stateful_hooks(self.model, f"{type(par).__name__}.{spec.denoiser}")
+        calls = spec.calls
+        self.model: torch.nn.Module = getattr(par, calls.denoiser)
+        check_no_stateful_hooks(self.model, f"{type(par).__name__}.{calls.denoiser}")
         # the call's own scheduler: set_timesteps, begin_index and the replaying step stay on this copy
         self.scheduler = copy.deepcopy(par.scheduler)
         self.scheduler.step = self.scheduler_step  # an instance attribute of a private object
@@ -89,15 +91,26 @@ class _ParallelCall(_Capture, _Problem, _Solve, _Replay):
         if self.stock_scale is not None:
             self.scheduler.scale_model_input = self.scheduler_scale_input
         self.proxy = _ModelProxy(self.model_call, self.model)
-        self.controlnet: torch.nn.Module | None = getattr(par, spec.controlnet) if spec.controlnet else None
+        # networks the loop may call in the denoiser's place (Wan 2.2's transformer_2), each behind its own proxy
+        self.experts: dict[str, torch.nn.Module] = {calls.denoiser: self.model}
+        for name in calls.experts:
+            net = getattr(par, name, None)
+            if net is not None:
+                check_no_stateful_hooks(net, f"{type(par).__name__}.{name}")
+                self.experts[name] = net
+        self.route: list[str] | None = None  # the expert of every loop step, once solved
+        self.controlnet: torch.nn.Module | None = getattr(par, calls.controlnet) if calls.controlnet else None
         if self.controlnet is not None:
-            check_no_stateful_hooks(self.controlnet, f"{type(par).__name__}.{spec.controlnet}")
+            check_no_stateful_hooks(self.controlnet, f"{type(par).__name__}.{calls.controlnet}")
         pipe = wrapped.__new__(wrapped)
         d = dict(par.__dict__)
         d.pop("paratriton", None)
-        d[spec.denoiser], d["scheduler"] = self.proxy, self.scheduler
+        d[calls.denoiser], d["scheduler"] = self.proxy, self.scheduler
+        for name, net in self.experts.items():
+            if name != calls.denoiser:
+                d[name] = _ModelProxy(functools.partial(self.model_call, which=name), net)
         if self.controlnet is not None:
-            d[spec.controlnet] = _ModelProxy(self.control_call, self.controlnet)
+            d[calls.controlnet] = _ModelProxy(self.control_call, self.controlnet)
         self.control_pending: tuple | None = None
         self.control_dummy: Any = None
         self.control_calls = 0
@@ -107,6 +120,9 @@ class _ParallelCall(_Capture, _Problem, _Solve, _Replay):
         d["maybe_free_model_hooks"] = par.maybe_free_model_hooks
         pipe.__dict__.update(d)  # __dict__, not setattr: DiffusionPipeline.__setattr__ would write the shared config
         self.pipe = pipe
+        self.prepared: Any = None  # prepare_latents' latents, recorded on this copy
+        if callable(getattr(pipe, "prepare_latents", None)):
+            pipe.__dict__["prepare_latents"] = functools.partial(self.record_latents, pipe.prepare_latents)
         self.solved = False
         self.result: SolveResult | None = None
         self.trajectory: torch.Tensor | None = None
@@ -117,9 +133,10 @@ class _ParallelCall(_Capture, _Problem, _Solve, _Replay):
         self.interrupted_at: int | None = None
         self.in_callback = False
         self.reported = 0
-        # true CFG (Flux's true_cfg_scale with a negative prompt): the loop calls the network twice per step
-        self.true_cfg_scale = spec.true_cfg(self.pipe, call_args) if spec.true_cfg is not None else None
-        self.calls_per_step = 1 if self.true_cfg_scale is None else 2
+        # (do_cfg, scale, rescale), read at the first network call; two calls per step for Guidance "two_calls"
+        self.guidance_read: tuple[bool, float, float] | None = None
+        self.calls_per_step = 1
+        self.calls_by_step: list[int] | None = None  # where CFG is on for some steps only (loop order)
         self.pending: tuple | None = None
 
     def _solve(self, args: tuple, kwargs: dict) -> None:

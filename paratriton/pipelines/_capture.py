@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -51,6 +52,27 @@ def _like(raw: Any, tensor: torch.Tensor) -> Any:
         return (tensor,)
     first = next(iter(raw.keys()))
     return type(raw)(**{first: tensor})
+
+
+def _pad_text(a: dict, b: dict, text: str, mask: str) -> None:
+    """Two calls' ``text [n, L, ...]`` of different lengths ``L`` (or one with a ``mask [n, L]`` and one with None,
+    all tokens valid): pad the shorter with zeros along ``L`` and give both a mask, zeros where padded, so both batch
+    as rows of one call. Exact where the network masks padded tokens out of its attention."""
+    ta, tb, ma, mb = a.get(text), b.get(text), a.get(mask), b.get(mask)
+    if not (torch.is_tensor(ta) and torch.is_tensor(tb)):
+        return
+    if ta.shape[1] == tb.shape[1] and torch.is_tensor(ma) == torch.is_tensor(mb):
+        return
+    n = max(ta.shape[1], tb.shape[1])
+    dtype = next((m.dtype for m in (ma, mb) if torch.is_tensor(m)), torch.long)
+    for d in (a, b):
+        t, m = d[text], d.get(mask)
+        m = m if torch.is_tensor(m) else torch.ones(t.shape[:2], dtype=dtype, device=t.device)
+        extra = n - t.shape[1]
+        if extra:
+            t = torch.cat([t, t.new_zeros((t.shape[0], extra, *t.shape[2:]))], dim=1)
+            m = torch.cat([m, m.new_zeros((m.shape[0], extra))], dim=1)
+        d[text], d[mask] = t, m
 
 
 class _ModelProxy(torch.nn.Module):
@@ -100,6 +122,9 @@ class _Capture:
     """The capture stage of one parallel call: the proxies' handlers and ``_capture``."""
 
     model: torch.nn.Module
+    experts: dict[str, torch.nn.Module]
+    route: list[str] | None
+    replayed: int
     controlnet: torch.nn.Module | None
     spec: Any
     pipe: Any
@@ -108,7 +133,7 @@ class _Capture:
     solved: bool
     dummy: Any
     pending: tuple | None
-    true_cfg_scale: float | None
+    guidance_read: tuple[bool, float, float] | None
     calls_per_step: int
     calls_since_step: int
     control_calls: int
@@ -116,16 +141,28 @@ class _Capture:
     control_dummy: Any
     stock_scale: Callable
     scaled: tuple[torch.Tensor, torch.Tensor] | None
+    prepared: Any
 
     _solve: Callable[[tuple, dict], None]  # the solve stage, run on the first call
 
-    def model_call(self, args: tuple, kwargs: dict) -> Any:
+    def model_call(self, args: tuple, kwargs: dict, which: str | None = None) -> Any:
+        name = which or self.spec.calls.denoiser
         if self.in_callback:  # a callback calling pipe.unet(...) gets the real network
-            return self.model(*args, **kwargs)
+            return self.experts[name](*args, **kwargs)
+        if self.route is not None and self.replayed < len(self.route) and self.route[self.replayed] != name:
+            raise RuntimeError(
+                f"the loop called {name} at loop step {self.replayed}, but the solve used {self.route[self.replayed]}"
+                " there: this loop routes its steps to its networks differently from the spec"
+            )
         self.calls_since_step += 1
         if not self.solved:
+            if self.guidance_read is None:  # the stock call has set its guidance properties by now
+                self.guidance_read = tuple(self.spec.guidance.read(self.pipe, self.call_args))
+                two_calls = self.spec.guidance.layout == "two_calls" and self.guidance_read[0]
+                self.calls_per_step = 2 if two_calls else 1
             if self.calls_per_step == 2 and self.pending is None:
-                # true CFG (Flux): the conditional call comes first; the solve needs the negative call's inputs too
+                # two calls per step (Flux's true CFG): the conditional call comes first; the solve needs the
+                # unconditional call's inputs too
                 self.pending = (args, kwargs)
                 return self._zeros_like_input(args, kwargs)
             self._solve(args, kwargs)
@@ -159,6 +196,8 @@ class _Capture:
         """True CFG: the conditional call's and the negative call's inputs as one ``[neg; cond]`` batch."""
         latent_name, neg = _bind_forward(self.model, args, kwargs)
         _, cond = _bind_forward(self.model, *self.pending)
+        for text, mask in self.spec.guidance.pad:  # text of two lengths: pad the shorter, masked
+            _pad_text(neg, cond, text, mask)
         if not torch.equal(neg[latent_name], cond[latent_name]):
             raise RuntimeError("true CFG: the two calls of a step got different latents")
         merged: dict[str, Any] = {latent_name: torch.cat([neg[latent_name], cond[latent_name]])}
@@ -166,16 +205,54 @@ class _Capture:
             a, b = neg.get(key), cond.get(key)
             if key == latent_name:
                 continue
-            if key in _NOT_PER_ROW or not torch.is_tensor(a) or key == "timestep":
+            if key in _NOT_PER_ROW or not torch.is_tensor(a) or key == self.spec.calls.timestep_arg:
                 same = torch.equal(a, b) if torch.is_tensor(a) and torch.is_tensor(b) else a is b or a == b
                 if not same:
                     raise RuntimeError(f"true CFG: the conditional and negative calls differ in {key!r}, not per row")
-                merged[key] = torch.cat([a, b]) if key == "timestep" else a
+                merged[key] = torch.cat([a, b]) if key == self.spec.calls.timestep_arg else a
             elif a.shape != b.shape:
                 raise RuntimeError(f"true CFG: {key!r} has shape {tuple(b.shape)} and {tuple(a.shape)} in the calls")
             else:
                 merged[key] = torch.cat([a, b])
         return latent_name, merged
+
+    def record_latents(self, stock: Callable, *args: Any, **kwargs: Any) -> Any:
+        """The private copy's ``prepare_latents``: the stock one, its latents recorded (the loop may keep them in
+        another dtype than the network's input)."""
+        out = stock(*args, **kwargs)
+        if not self.solved:
+            self.prepared = out if torch.is_tensor(out) else out[0] if isinstance(out, tuple) and out else None
+        return out
+
+    def _control_conditioning(self, x_in: torch.Tensor, T: int) -> dict:
+        """The recorded ControlNet call as conditioning: its kwargs (per row) and the scale of every solver step."""
+        if self.control_pending is None:
+            raise RuntimeError("the loop called the UNet before its ControlNet")
+        name, named = _bind_forward(self.controlnet, *self.control_pending)
+        if named.get("guess_mode"):
+            raise ValueError("guess_mode (or a ControlNet with global_pool_conditions) is not supported")
+        cx = named.pop(name)
+        named.pop("timestep", None)
+        first_scale = named.pop("conditioning_scale", 1.0)
+        named.pop("return_dict", None)
+        named.pop("guess_mode", None)
+        if cx.shape != x_in.shape or not torch.equal(cx, x_in):
+            raise RuntimeError("the ControlNet and the UNet got different latents: not supported")
+        scale, start, end = (
+            self.call_args.get(k)
+            for k in ("controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end")
+        )
+        scale, start, end = (v[0] if isinstance(v, (list, tuple)) else v for v in (scale, start, end))
+        # diffusers 0.42.1: controlnet_keep[i] = 1 - float(i / T < start or (i + 1) / T > end), over the loop's steps
+        keep = [1.0 - float(k / T < start or (k + 1) / T > end) for k in range(T)]
+        if not math.isclose(float(first_scale), float(scale) * keep[0], rel_tol=1e-6, abs_tol=1e-12):
+            raise RuntimeError(
+                f"the ControlNet's first conditioning_scale {first_scale} is not controlnet_conditioning_scale * "
+                f"keep ({scale} * {keep[0]}): this loop's ControlNet schedule is not the stock one"
+            )
+        by_loop = torch.tensor([float(scale) * k for k in keep], dtype=torch.float64, device=x_in.device)
+        self.control_latent = name
+        return {"kwargs": named, "scale_by_step": by_loop.flip(0)}
 
     def scheduler_scale_input(self, sample: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         out = self.stock_scale(sample, *args, **kwargs)
@@ -185,14 +262,13 @@ class _Capture:
 
     def _capture(self, args: tuple, kwargs: dict) -> Captured:
         """The first network call (merged with the pending one for true CFG) as a ``Captured``."""
-        if self.pending is not None:  # true CFG: two calls per step, batched as [neg; cond] by the solve
+        if self.pending is not None:  # two calls per step, batched as [neg; cond] by the solve
             latent_name, named = self._merge_branches(args, kwargs)
-            guidance = (True, self.true_cfg_scale, 0.0)
         else:
             latent_name, named = _bind_forward(self.model, args, kwargs)
-            guidance = tuple(self.spec.guidance(self.pipe, self.call_args))
+        guidance = self.guidance_read
         x_in = named.pop(latent_name)
-        t_in = named.pop("timestep", None)
+        t_in = named.pop(self.spec.calls.timestep_arg, None)
         if self.controlnet is not None:
             for key in _RESIDUALS:  # recomputed for every row of every model call
                 named.pop(key, None)

@@ -111,7 +111,7 @@ def graphed_solvers(
         branches.B,
         branches.N0,
         str(branches.x_dtype),
-        branches.flow_timestep,
+        branches.timestep_form,
         branches.learned_sigma_channels,
         guidance,
         _fingerprint(coeffs),

@@ -10,7 +10,6 @@ initial latents ``x_T`` and the pre-drawn step noise. It records on the call wha
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import torch
@@ -21,19 +20,20 @@ from ..schedulers import (
     one_tap_family,
     stock_draws,
 )
-from ._capture import Captured, _bind_forward
-from ._denoiser import _CONTROL, _EXTRA_CHANNELS, _PipelineDenoiser
+from ._capture import Captured
+from ._denoiser import _CONTROL, _EXTRA_CHANNELS, _EXTRA_TOKENS, _PipelineDenoiser, from_list_api, route_by_step
+from ._guidance import GuidancePlan, plan_guidance
 from ._operator import _slice_steps, step_operator
 
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    """The trajectory to solve: ``branches`` (the network on ``[g * W * B, *S]`` rows), ``guidance`` ``(do_cfg,
-    scale, rescale)``, the step operator ``coeffs`` over the loop's steps, ``x_T [B, *S]`` (float64) and the step
+    """The trajectory to solve: ``branches`` (the network on ``[g * W * B, *S]`` rows), ``guidance`` (how the
+    branches combine), the step operator ``coeffs`` over the loop's steps, ``x_T [B, *S]`` (float64) and the step
     noise ``[T, rows, *S]`` (or None)."""
 
     branches: _PipelineDenoiser
-    guidance: tuple[bool, float, float]
+    guidance: GuidancePlan
     coeffs: Any
     x_T: torch.Tensor
     noise: torch.Tensor | None
@@ -61,49 +61,24 @@ class _Problem:
     scheduler: Any
     call_args: dict
     model: torch.nn.Module
+    experts: dict[str, torch.nn.Module]
+    route: list[str] | None
     controlnet: torch.nn.Module | None
-    control_pending: tuple | None
-    control_latent: str
+    _control_conditioning: Any  # the capture stage's (ControlNet)
     scaled: tuple[torch.Tensor, torch.Tensor] | None
     T: int
     B: int
     k0: int
     x_dtype: torch.dtype
+    latent_dtype: torch.dtype
+    calls_per_step: int
+    calls_by_step: list[int] | None
+    prepared: Any
     eta: float | None
     loop_ts: torch.Tensor
     ts_by_step: torch.Tensor
     x_start: torch.Tensor
     step_generator: Any
-
-    def _control_conditioning(self, x_in: torch.Tensor, T: int) -> dict:
-        """The recorded ControlNet call as conditioning: its kwargs (per row) and the scale of every solver step."""
-        if self.control_pending is None:
-            raise RuntimeError("the loop called the UNet before its ControlNet")
-        name, named = _bind_forward(self.controlnet, *self.control_pending)
-        if named.get("guess_mode"):
-            raise ValueError("guess_mode (or a ControlNet with global_pool_conditions) is not supported")
-        cx = named.pop(name)
-        named.pop("timestep", None)
-        first_scale = named.pop("conditioning_scale", 1.0)
-        named.pop("return_dict", None)
-        named.pop("guess_mode", None)
-        if cx.shape != x_in.shape or not torch.equal(cx, x_in):
-            raise RuntimeError("the ControlNet and the UNet got different latents: not supported")
-        scale, start, end = (
-            self.call_args.get(k)
-            for k in ("controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end")
-        )
-        scale, start, end = (v[0] if isinstance(v, (list, tuple)) else v for v in (scale, start, end))
-        # diffusers 0.42.1: controlnet_keep[i] = 1 - float(i / T < start or (i + 1) / T > end), over the loop's steps
-        keep = [1.0 - float(k / T < start or (k + 1) / T > end) for k in range(T)]
-        if not math.isclose(float(first_scale), float(scale) * keep[0], rel_tol=1e-6, abs_tol=1e-12):
-            raise RuntimeError(
-                f"the ControlNet's first conditioning_scale {first_scale} is not controlnet_conditioning_scale * "
-                f"keep ({scale} * {keep[0]}): this loop's ControlNet schedule is not the stock one"
-            )
-        by_loop = torch.tensor([float(scale) * k for k in keep], dtype=torch.float64, device=x_in.device)
-        self.control_latent = name
-        return {"kwargs": named, "scale_by_step": by_loop.flip(0)}
 
     def _unscaled_latents(self, x_in: torch.Tensor, coeffs) -> torch.Tensor:
         """The loop's latents ``x_{i+1}`` behind the network's first input ``x_in`` (``scale_model_input``'s)."""
@@ -130,7 +105,8 @@ class _Problem:
     def _loop_range(self, t_in: Any, sched_ts: torch.Tensor) -> tuple[int, int]:
         """Loop indices ``k0 .. k1-1`` of ``sched_ts`` the stock loop steps through."""
         T_full = len(sched_ts)
-        k1 = T_full if self.spec.loop_end is None else self.spec.loop_end(self.pipe, self.call_args, sched_ts)
+        end = self.spec.loop.end
+        k1 = T_full if end is None else end(self.pipe, self.call_args, sched_ts)
         k0 = self._loop_start(t_in, sched_ts, k1)
         if not 0 <= k0 < k1 <= T_full:
             raise RuntimeError(f"the stock loop's steps {k0}..{k1 - 1} are not within its {T_full} timesteps")
@@ -145,7 +121,10 @@ class _Problem:
         """
         if not (torch.is_tensor(t_in) and t_in.numel() and len(sched_ts) > 1):
             return 0
-        t0 = float(t_in.reshape(-1)[0]) * (1000.0 if self.spec.flow_timestep else 1.0)
+        t0 = float(t_in.reshape(-1)[0])
+        form, n_train = self.spec.step.timestep, getattr(self.scheduler.config, "num_train_timesteps", 1000)
+        inverse = {"t/1000": t0 * 1000.0, "1-t/N": (1.0 - t0) * n_train, "(1000-t)/1000": 1000.0 - 1000.0 * t0}
+        t0 = inverse.get(form, t0)
         dist = (sched_ts.detach().to("cpu", torch.float64) - t0).abs()
         nearest = (dist == dist.min()).nonzero().flatten().tolist()
         name = type(self.scheduler).__name__
@@ -183,7 +162,9 @@ class _Problem:
         self.solved = True
         spec, pipe, sched = self.spec, self.pipe, self.scheduler
         latent_name, named, x_in, t_in = cap.latent_name, dict(cap.conditioning), cap.x_in, cap.t_in
-        do_cfg, scale, rescale = cap.guidance
+        if spec.calls.list_axis is not None:  # Z-Image: lists of per-sample tensors
+            x_in, named = from_list_api(x_in, named, spec.calls.list_axis)
+        do_cfg = cap.guidance[0]
         x_full = x_in
         g = 2 if do_cfg else 1
         N0 = x_in.shape[0]
@@ -191,22 +172,26 @@ class _Problem:
             raise RuntimeError(f"{type(pipe).__name__}: model batch {N0} is not a multiple of the {g} CFG branches")
         B = N0 // g
         _check_image_embeds(pipe, named, N0)
-        C = spec.latent_channels(pipe) if spec.latent_channels is not None else None
+        C = spec.calls.latent_channels(pipe) if spec.calls.latent_channels is not None else None
         if C is not None and x_in.ndim >= 2 and x_in.shape[1] > C:  # inpainting: mask and image channels
             named[_EXTRA_CHANNELS] = x_in[:, C:]
             x_in = x_in[:, :C]
+        L = self.prepared.shape[1] if spec.calls.latent_tokens and torch.is_tensor(self.prepared) else None
+        if L is not None and x_in.ndim >= 2 and x_in.shape[1] > L:  # image tokens after the latents' tokens
+            named[_EXTRA_TOKENS] = x_in[:, L:]
+            x_in = x_in[:, :L]
         sample_shape = tuple(x_in.shape[1:])
         x_dtype, device = x_in.dtype, x_in.device
 
         family = one_tap_family(sched)  # a family whose step takes eta (DDIM): the call's, 0 where not handed over
-        eta = None if family is None else family.loop_eta(self.call_args.get("eta") if spec.step_eta else None)
+        eta = None if family is None else family.loop_eta(self.call_args.get("eta") if spec.step.eta else None)
         self.eta = eta
         sched_ts = sched.timesteps  # the order the stock loop visits: step i = T - 1 - k at loop index k
         T_full = len(sched_ts)
         k0, k1 = self._loop_range(t_in, sched_ts)
         full = step_operator(sched, eta, k0)
         multistep = not isinstance(full, SamplerCoefficients)
-        if multistep and spec.step_on_model_input and bool((full.input_scale != 1).any()):
+        if multistep and spec.step.on_model_input and bool((full.input_scale != 1).any()):
             raise ValueError(
                 f"{type(pipe).__name__} hands scheduler.step the scaled model input instead of the latents, so with "
                 f"{type(sched).__name__} (whose scale_model_input is not the identity) its loop is not the "
@@ -226,15 +211,17 @@ class _Problem:
         self.T, self.B, self.x_dtype, self.k0 = T, B, x_dtype, k0
         self.loop_ts = sched_ts[k0:k1]
         self.ts_by_step = self.loop_ts.flip(0).to(device)
-        self.x_start = x_in[:B]
+        latents = self._loop_latents(x_in[:B])
+        self.x_start, self.latent_dtype = latents, latents.dtype
 
         draws, in_float32 = stock_draws(sched, coeffs, self.loop_ts, eta)
-        noise_dtype = torch.float32 if in_float32 else x_dtype
-        noise = self._draw_noise(T, N0 if spec.step_rows_cfg else B, B, sample_shape, noise_dtype, device, draws)
+        noise_dtype = torch.float32 if in_float32 else latents.dtype
+        noise = self._draw_noise(T, N0 if spec.step.rows_cfg else B, B, sample_shape, noise_dtype, device, draws)
         if self.controlnet is not None:
             named[_CONTROL] = self._control_conditioning(x_full, T)
 
-        learned_sigma = spec.learned_sigma and getattr(self.model.config, "out_channels", None) == 2 * (
+        route = self._route(device)
+        learned_sigma = spec.calls.learned_sigma and getattr(self.model.config, "out_channels", None) == 2 * (
             sample_shape[0] if sample_shape else 0
         )
         branches = _PipelineDenoiser(
@@ -246,13 +233,46 @@ class _Problem:
             B,
             N0,
             x_dtype,
-            spec.flow_timestep,
+            spec.step.timestep,
             sample_shape[0] if learned_sigma else None,
         )
         if self.controlnet is not None:
             branches.controlnet, branches.control_latent = self.controlnet, self.control_latent
-        x_T = x_in[:B].to(torch.float64)  # CFG-doubled inputs: both halves are the same latents
-        return Problem(branches, (do_cfg, scale, rescale), coeffs, x_T, noise)
+        if route is not None:
+            branches.experts, branches.expert_by_step = route
+        branches.num_train_timesteps = int(getattr(sched.config, "num_train_timesteps", 1000))
+        branches.negate = spec.step.negate
+        branches.timestep_arg, branches.list_axis = spec.calls.timestep_arg, spec.calls.list_axis
+        x_T = latents.to(torch.float64)  # CFG-doubled inputs: both halves are the same latents
+        plan = plan_guidance(spec.guidance, pipe, self.call_args, cap.guidance, self.loop_ts)
+        if plan.cfg_by_step is not None and self.calls_per_step == 2:  # one call on the steps without CFG
+            self.calls_by_step = [2 if on else 1 for on in reversed(plan.cfg_by_step)]
+        return Problem(branches, plan, coeffs, x_T, noise)
+
+    def _loop_latents(self, first: torch.Tensor) -> torch.Tensor:
+        """The latents the loop keeps: ``prepare_latents``' own where the loop casts them to the network's dtype for
+        every call (Wan: float32 latents, a bfloat16 transformer), else the network's first input ``first``."""
+        kept = self.prepared
+        if (
+            torch.is_tensor(kept)
+            and kept.dtype != first.dtype
+            and kept.shape == first.shape
+            and torch.equal(kept.to(first.device, first.dtype), first)
+        ):
+            return kept.to(first.device)
+        return first
+
+    def _route(self, device: torch.device) -> tuple[list, torch.Tensor] | None:
+        """``Calls.denoiser_at``: the network of every loop step (recorded for the replay's check)."""
+        at = self.spec.calls.denoiser_at
+        if at is None:
+            return None
+        route = [str(name) for name in at(self.pipe, self.call_args, self.loop_ts)]
+        unknown = sorted(set(route) - set(self.experts))
+        if len(route) != self.T or unknown:
+            raise ValueError(f"{type(self.pipe).__name__}: the loop's steps call {route}; missing: {unknown}")
+        self.route = route
+        return route_by_step(route, self.experts, self.spec.calls.denoiser, device)
 
     def _draw_noise(
         self, T: int, rows: int, B: int, sample_shape: tuple, dtype, device, draws: list[int]
@@ -260,5 +280,5 @@ class _Problem:
         """Pre-draw the step noise ``[T, B, *S]`` (float64) with the generator the loop hands ``step``."""
         if not draws:
             return None
-        self.step_generator = self.call_args.get("generator") if self.spec.step_generator else None
+        self.step_generator = self.call_args.get("generator") if self.spec.step.generator else None
         return draw_step_noise(draws, T, rows, B, sample_shape, self.step_generator, device, dtype)

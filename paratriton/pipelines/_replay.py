@@ -34,7 +34,7 @@ class _Replay:
     controlnet: torch.nn.Module | None
     T: int
     B: int
-    x_dtype: torch.dtype
+    latent_dtype: torch.dtype
     loop_ts: torch.Tensor
     x_start: torch.Tensor
     eta: float | None
@@ -45,6 +45,7 @@ class _Replay:
     reported: int
     calls_since_step: int
     calls_per_step: int
+    calls_by_step: list[int] | None
     control_calls: int
     last_out: torch.Tensor | None
     interrupted_at: int | None
@@ -75,7 +76,7 @@ class _Replay:
 
     def _call_back(self, j: int, traj: torch.Tensor) -> None:
         """``callback_on_step_end`` for loop step ``j``, as the stock loop calls it after that step."""
-        latents = traj[self.T - 1 - j].to(self.x_dtype)
+        latents = traj[self.T - 1 - j].to(self.latent_dtype)
         kept = latents.clone()
         self.in_callback = True
         try:
@@ -115,10 +116,11 @@ class _Replay:
                 f"the stock loop stepped timestep {timestep} at loop index {j}, but the solved "
                 f"trajectory has {self.T} steps with timesteps {self.loop_ts.tolist()}"
             )
-        if self.calls_since_step != self.calls_per_step:
+        calls = self.calls_per_step if self.calls_by_step is None else self.calls_by_step[j]
+        if self.calls_since_step != calls:
             raise RuntimeError(
                 f"the loop called the network {self.calls_since_step} times before step {j}; the parallel solve "
-                f"assumes {self.calls_per_step} per step"
+                f"assumes {calls} there"
             )
         self.calls_since_step = 0
         if self.controlnet is not None:

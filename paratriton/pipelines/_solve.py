@@ -16,20 +16,16 @@ from typing import Any
 import torch
 
 from .. import _plan_cache
-from ..model import ClassifierFreeGuidance
 from ..planner import WindowChoice, _choice_from, choose_window, remembered
 from ..solvers import SolveResult, solve
 from ._graphed import graphed_solvers
 from ._guards import model_fingerprint
+from ._guidance import GuidancePlan, guided
 from ._options import pipeline_options
 from ._problem import Problem
 from ._replay import _Interrupted
 
 logger = logging.getLogger("paratriton.pipelines")
-
-
-def _guided(branches: Callable, do_cfg: bool, scale: float, rescale: float, cond_first: bool) -> Callable:
-    return ClassifierFreeGuidance(branches, scale, rescale, cond_first=cond_first) if do_cfg else branches
 
 
 class _Solve:
@@ -91,7 +87,7 @@ class _Solve:
     def _solve_with(
         self,
         branches: Any,
-        guidance: tuple,
+        guidance: GuidancePlan,
         coeffs: Any,
         x_T: torch.Tensor,
         noise: torch.Tensor | None,
@@ -101,9 +97,15 @@ class _Solve:
     ) -> SolveResult:
         """One solve, eager or (``graphed``) with the pipeline's cached CUDA-graphed solvers (see ``_graphed``);
         ``window="auto"`` chooses the window (or the sequential sampler) first."""
-        do_cfg, scale, rescale = guidance
-        cond_first = self.spec.cond_first
         entry = None
+        if graphed and (branches.experts is not None or guidance.cfg_by_step is not None):
+            raise ValueError(
+                "cuda_graph=True is not supported where the loop calls another network per step (Wan 2.2's "
+                "transformer_2) or turns CFG off after some steps (cfg_trunc_ratio, cfg_truncation): the rows each "
+                "call gets change from iteration to iteration; use cuda_graph=False"
+            )
+        if graphed and branches.list_axis is not None:
+            raise ValueError("cuda_graph=True is not supported for a network called with lists of tensors (Z-Image)")
         if graphed:
             fingerprints = (
                 model_fingerprint(self.model),
@@ -113,8 +115,8 @@ class _Solve:
                 self.state,
                 fingerprints,
                 branches,
-                (*guidance, cond_first),
-                lambda b: _guided(b, do_cfg, scale, rescale, cond_first),
+                (*guidance.key(), guidance.cond_first),
+                lambda b: guided(b, guidance),
                 coeffs,
                 x_T,
                 noise,
@@ -122,7 +124,7 @@ class _Solve:
             self.dummy = entry.branches.dummy
             denoiser, problem, solvers, kwargs = entry.denoiser, entry.coeffs, entry.solvers, entry.branches.kwargs
         else:
-            denoiser = _guided(branches, do_cfg, scale, rescale, cond_first)
+            denoiser = guided(branches, guidance)
             problem, solvers, kwargs = coeffs, None, branches.kwargs
         if options.get("window") == "auto":
             method, options["window"] = self._auto_window(
@@ -134,7 +136,7 @@ class _Solve:
                 options,
                 cuda_graph=graphed,
                 solvers=solvers,
-                conditioning=(kwargs, guidance),
+                conditioning=(kwargs, guidance.key()),
             )
             if method == "sequential":
                 options = {k: v for k, v in options.items() if k in pipeline_options(method, graphed)}

@@ -112,8 +112,8 @@ class ParallelPipelineMixin:
                     f"allowed: {list(_CALLBACK_TENSORS)}"
                 )
         _check_scheduler(self.scheduler)
-        if spec.check is not None:
-            spec.check(self, call_args)
+        if spec.loop.check is not None:
+            spec.loop.check(self, call_args)
         progress = dict(getattr(self, "_progress_bar_config", {}) or {})
         with self.paratriton.lock:  # this pipeline's result and graph cache are one per state
             # no stale result: a call that raises (KeyboardInterrupt included) leaves None, not the previous call's
