@@ -89,6 +89,19 @@ CONFIGS = [
     ("DEISMultistepScheduler", {"solver_order": 1}),
     ("DEISMultistepScheduler", {}),
     ("DEISMultistepScheduler", {"solver_order": 3}),
+    ("CogVideoXDDIMScheduler", {}),
+    (
+        "CogVideoXDDIMScheduler",  # CogVideoX-2b's shipped config
+        {
+            "beta_schedule": "scaled_linear",
+            "prediction_type": "v_prediction",
+            "rescale_betas_zero_snr": True,
+            "snr_shift_scale": 3.0,
+            "timestep_spacing": "trailing",
+            "set_alpha_to_one": True,
+            "clip_sample": False,
+        },
+    ),
 ]
 IDS = [f"{n.replace('Scheduler', '')}-{'-'.join(f'{k}={v}' for k, v in c.items()) or 'default'}" for n, c in CONFIGS]
 

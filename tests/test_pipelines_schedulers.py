@@ -57,6 +57,15 @@ SCHEDULERS = {
     "pndm_skip_prk": lambda: diffusers.PNDMScheduler(**SD_CONFIG, skip_prk_steps=True),  # SD-1.5's shipped config
     "lms": lambda: diffusers.LMSDiscreteScheduler(**SD_CONFIG),
     "deis": lambda: diffusers.DEISMultistepScheduler(**SD_CONFIG),
+    # CogVideoX-2b's (SNR-shifted, zero terminal SNR, v-prediction)
+    "cogvideox_ddim": lambda: diffusers.CogVideoXDDIMScheduler(
+        **SD_CONFIG,
+        prediction_type="v_prediction",
+        rescale_betas_zero_snr=True,
+        snr_shift_scale=3.0,
+        timestep_spacing="trailing",
+        clip_sample=False,
+    ),
 }
 # the schedulers whose scale_model_input is the identity (DiT steps the scaled model input)
 IDENTITY_INPUT = ("dpm++2m_karras", "sde-dpm++2m_karras", "unipc", "pndm_prk", "pndm_skip_prk", "deis")

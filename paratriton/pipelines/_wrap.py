@@ -26,7 +26,7 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..schedulers import SUPPORTED_SCHEDULERS
+from ..schedulers import REFUSED_SCHEDULERS, SUPPORTED_SCHEDULERS
 from ..solvers import SolveResult
 from ._call import _ParallelCall
 from ._guards import check_diffusers_version
@@ -44,6 +44,8 @@ _CALLBACK_TENSORS = ("latents",)
 
 def _check_scheduler(scheduler) -> None:
     name = type(scheduler).__name__
+    if name in REFUSED_SCHEDULERS:
+        raise ValueError(f"scheduler {name} is not supported by parallel samplers: {REFUSED_SCHEDULERS[name]}")
     if name not in SUPPORTED_SCHEDULERS:
         raise ValueError(
             f"scheduler {name} is not supported by parallel samplers; supported: {SUPPORTED_SCHEDULERS}"

@@ -49,6 +49,7 @@ __all__ = [
     "SUPPORTED_SCHEDULERS",
     "ONE_TAP_SCHEDULERS",
     "TRACED_SCHEDULERS",
+    "REFUSED_SCHEDULERS",
 ]
 
 # the analytic families by class name: each reads its schedulers into one-tap ``SamplerCoefficients``
@@ -58,6 +59,22 @@ ONE_TAP_SCHEDULERS = tuple(ONE_TAP_FAMILIES)
 # sequential samplers and the engine's methods taa/picard/fp/aa solve them; SRDS does not)
 # every scheduler ``coefficients_from_scheduler`` and ``parallelize`` accept
 SUPPORTED_SCHEDULERS = ONE_TAP_SCHEDULERS + TRACED_SCHEDULERS
+# schedulers the pipelines of issue 34 ship with that no parallel solve can reproduce exactly, and why (the refusal
+# names them; every other unsupported scheduler gets the list of supported ones)
+REFUSED_SCHEDULERS: dict[str, str] = {
+    "CosineDPMSolverMultistepScheduler": (
+        "its SDE step noise comes from a torchsde BrownianTree seeded with generator.initial_seed() and queried at "
+        "(sigma_i, sigma_i+1), not from randn_tensor draws, so the parallel solve cannot draw the same noise up front "
+        "(it would need the Brownian tree rebuilt with the stock shape, dtype and seed, and queried in the stock "
+        "order); use DPMSolverMultistepScheduler (v_prediction, optionally algorithm_type='sde-dpmsolver++') instead"
+    ),
+    "CogVideoXDPMScheduler": (
+        "CogVideoXPipeline calls its step(noise_pred, old_pred_original_sample, t, t_prev, latents) and carries the "
+        "previous x0 prediction from step to step (two outputs per step, a randn draw every step), which the replay "
+        "of single-output step() calls cannot reproduce; supporting it needs a tracer entry for that 5-argument step "
+        "and a replay that returns (latents, x0). Use CogVideoXDDIMScheduler (CogVideoX-2b's) instead"
+    ),
+}
 
 
 def one_tap_family(scheduler: Any) -> OneTapFamily | None:

@@ -68,7 +68,8 @@ eps`` the scheduler assumes at that step (VP schedulers: ``alpha_t, sigma_t``; s
 
 Taps found (diffusers 0.42, ``k`` = the most any step reads; warm-up and final steps read fewer, ``step_taps``)
 ------------------------------------------------------------------------------------------------------------
-Euler, Euler ancestral: 1 (raw). Heun: 2 (raw; ``T = 2N - 1`` evaluations, stage 2 reads its stage-1 output).
+Euler, Euler ancestral, CogVideoX's DDIM: 1 (raw). Heun: 2 (raw; ``T = 2N - 1`` evaluations, stage 2 reads its
+stage-1 output).
 DPM-Solver++ / SDE-DPM-Solver++ order 1/2/3: 1/2/3 (data). DPM-Solver (noise algorithm): order (raw). UniPC
 order 1/2/3 (bh1 or bh2): 2/3/4 (data; its corrector at step ``i`` also reads the output at the predicted point;
 ``disable_corrector`` on every step: order). DEIS order 1/2/3: 1/2/3 (raw). LMS: 4 (raw). PNDM with
@@ -143,11 +144,15 @@ class TracedFacts:
              (``sqrt(alphas_cumprod[t])``, ``sqrt(1 - alphas_cumprod[t])`` by timestep; no sigmas).
     refused: ``(config key, what it is)`` pairs: options refused when set (not None), beyond the shared checks.
     steps:   ``(config, num_inference_steps) -> None``, raising where the stock loop cannot run that many steps.
+    unread:  config keys of the shared checks that this scheduler's ``step()`` never reads (CogVideoX's DDIM keeps
+             ``clip_sample`` and ``thresholding`` in its config but neither clips nor thresholds); the linearity
+             re-run still verifies every traced step.
     """
 
     levels: str
     refused: tuple[tuple[str, str], ...] = ()
     steps: Callable[[Any, int], None] | None = None
+    unread: tuple[str, ...] = ()
 
 
 # one row per traced scheduler, in the order ``TRACED_SCHEDULERS`` lists them
@@ -160,6 +165,8 @@ FACTS: dict[str, TracedFacts] = {
     "PNDMScheduler": TracedFacts("alphas_cumprod", steps=_pndm_steps),
     "LMSDiscreteScheduler": TracedFacts("sigma"),
     "DEISMultistepScheduler": TracedFacts("alpha_sigma"),
+    # CogVideoX-2b's: DDIM at eta 0 written as ``a_t x + b_t x0_hat`` on SNR-shifted levels (one tap)
+    "CogVideoXDDIMScheduler": TracedFacts("alphas_cumprod", unread=("clip_sample", "thresholding")),
 }
 TRACED_SCHEDULERS = tuple(FACTS)
 MULTISTEP_SCHEDULERS = TRACED_SCHEDULERS
@@ -287,15 +294,17 @@ def _check_options(scheduler: Any) -> None:
         "EulerAncestralDiscrete, DPMSolverMultistep (dpmsolver/dpmsolver++/sde-dpmsolver/sde-dpmsolver++, orders "
         "1-3, midpoint/heun, lower_order_final, euler_at_final, Karras/exponential/beta/lu/flow sigmas, "
         "final_sigmas_type), UniPCMultistep (bh1/bh2, orders 1-3, disable_corrector, predict_x0), HeunDiscrete, "
-        "PNDM (PRK or skip_prk_steps), LMSDiscrete, DEISMultistep; prediction types epsilon, v_prediction, sample "
+        "PNDM (PRK or skip_prk_steps), LMSDiscrete, DEISMultistep, CogVideoXDDIM; prediction types epsilon, "
+        "v_prediction, sample "
         "(and flow_prediction where the scheduler has it), no thresholding or clipping"
     )
-    if getattr(cfg, "thresholding", False):
+    unread = FACTS[name].unread
+    if getattr(cfg, "thresholding", False) and "thresholding" not in unread:
         raise ValueError(
             f"{name}(thresholding=True) makes the step nonlinear in the model output (a per-sample quantile) and is "
             f"not supported by parallel samplers; set thresholding=False ({supported})"
         )
-    if getattr(cfg, "clip_sample", False):
+    if getattr(cfg, "clip_sample", False) and "clip_sample" not in unread:
         raise ValueError(
             f"{name}(clip_sample=True) makes the step nonlinear in the model output and is not supported by "
             f"parallel samplers; set clip_sample=False ({supported})"
