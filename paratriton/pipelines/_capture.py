@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
-# model kwargs that are not per-row although their leading dimension can equal the batch (Flux's 2-D position ids)
-_NOT_PER_ROW = frozenset({"txt_ids", "img_ids"})
+# model kwargs that are not per-row although their leading dimension can equal the batch (Flux's 2-D position ids;
+# the [tokens, dim] rotary tables of Stable Audio and CogVideoX)
+_NOT_PER_ROW = frozenset({"txt_ids", "img_ids", "rotary_embedding", "image_rotary_emb"})
 _RESIDUALS = ("down_block_additional_residuals", "mid_block_additional_residual")
 
 

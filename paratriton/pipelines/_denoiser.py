@@ -56,6 +56,13 @@ def from_list_api(x_in: list, named: dict, axis: int) -> tuple[torch.Tensor, dic
     return torch.stack(list(x_in)).squeeze(axis), {k: rows(v) for k, v in named.items()}
 
 
+def _at_dim(fn: Callable, value: torch.Tensor, dim: int, n: int, *args: Any) -> torch.Tensor:
+    """``fn`` (``_repeat_rows``, ``_take_rows``) on a tensor whose ``n`` rows are along ``dim``, not the first."""
+    if value.shape[dim] != n:
+        raise RuntimeError(f"conditioning with its rows on dim {dim} has {value.shape[dim]} of them, not {n}")
+    return fn(value.movedim(dim, 0), *args).movedim(0, dim)
+
+
 def _take_rows(value: Any, rows: torch.Tensor, n: int) -> Any:
     """The ``rows`` of every per-row tensor (leading dimension ``n``) in ``value``; others pass through."""
     if isinstance(value, _RowList):
@@ -104,6 +111,8 @@ class _PipelineDenoiser:
         self.num_train_timesteps = 1000  # the scheduler's, for the "1-t/N" timestep form
         self.negate = False  # Step.negate: the loop steps with the negated prediction
         self.timestep_arg, self.list_axis = "timestep", None  # Calls.timestep_arg, Calls.list_axis
+        self.timestep_scale = 1.0  # the network's config.timestep_scale, for the "t*timestep_scale" form (SANA)
+        self.row_dims: dict[str, int] = {}  # Calls.row_dims: conditioning whose rows are not on dim 0
 
     def __call__(self, x: torch.Tensor, step_index: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """``rows``: for each row of ``x``, its row of the stock call's ``g * B`` (branch-major) conditioning; None:
@@ -117,10 +126,18 @@ class _PipelineDenoiser:
             t = 1 - t / self.num_train_timesteps
         elif self.timestep_form == "(1000-t)/1000":  # Z-Image
             t = (1000 - t) / 1000
-        if rows is None:
-            kw = {k: (v if k in _NOT_PER_ROW else _repeat_rows(v, g, B, W)) for k, v in self.kwargs.items()}
-        else:
-            kw = {k: (v if k in _NOT_PER_ROW else _take_rows(v, rows, g * B)) for k, v in self.kwargs.items()}
+        elif self.timestep_form == "t*timestep_scale":  # SANA: t.expand(2B) * transformer.config.timestep_scale
+            t = t * self.timestep_scale
+        kw = {}
+        for k, v in self.kwargs.items():
+            args = (g, B, W) if rows is None else (rows, g * B)
+            fn = _repeat_rows if rows is None else _take_rows
+            if k in _NOT_PER_ROW:
+                kw[k] = v
+            elif k in self.row_dims:  # HiDream's Llama-3 states: [layers, rows, tokens, dim]
+                kw[k] = _at_dim(fn, v, self.row_dims[k], g * B, *args)
+            else:
+                kw[k] = fn(v, *args)
         if _CONTROL in kw:  # the per-step scale is indexed by step, not repeated per row
             kw[_CONTROL] = {**kw[_CONTROL], "scale_by_step": self.kwargs[_CONTROL]["scale_by_step"]}
         sample = x.to(self.x_dtype)

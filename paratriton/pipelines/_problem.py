@@ -124,6 +124,8 @@ class _Problem:
         t0 = float(t_in.reshape(-1)[0])
         form, n_train = self.spec.step.timestep, getattr(self.scheduler.config, "num_train_timesteps", 1000)
         inverse = {"t/1000": t0 * 1000.0, "1-t/N": (1.0 - t0) * n_train, "(1000-t)/1000": 1000.0 - 1000.0 * t0}
+        if form == "t*timestep_scale":  # SANA
+            inverse[form] = t0 / float(self.model.config.timestep_scale)
         t0 = inverse.get(form, t0)
         dist = (sched_ts.detach().to("cpu", torch.float64) - t0).abs()
         nearest = (dist == dist.min()).nonzero().flatten().tolist()
@@ -243,6 +245,9 @@ class _Problem:
         branches.num_train_timesteps = int(getattr(sched.config, "num_train_timesteps", 1000))
         branches.negate = spec.step.negate
         branches.timestep_arg, branches.list_axis = spec.calls.timestep_arg, spec.calls.list_axis
+        branches.row_dims = dict(spec.calls.row_dims)
+        if spec.step.timestep == "t*timestep_scale":
+            branches.timestep_scale = float(self.model.config.timestep_scale)
         x_T = latents.to(torch.float64)  # CFG-doubled inputs: both halves are the same latents
         plan = plan_guidance(spec.guidance, pipe, self.call_args, cap.guidance, self.loop_ts)
         if plan.cfg_by_step is not None and self.calls_per_step == 2:  # one call on the steps without CFG

@@ -54,6 +54,8 @@ class Calls:
     list_axis:       the network takes and returns lists of per-sample tensors, each the batched input's sample with
                      a new axis here (Z-Image: 2, ``latents.unsqueeze(2).unbind(0)``); per-sample lists among its other
                      arguments (text features of per-prompt lengths) are rows too. None: batched tensors
+    row_dims:        ``(name, dim)``: conditioning arguments whose batch (row) dimension is not the first
+                     (HiDream's stacked Llama-3 states ``[layers, batch, tokens, dim]``: 1)
     experts:         attributes of further networks the loop may call in the denoiser's place (Wan 2.2's
                      ``transformer_2``); absent or None on a pipeline: not used
     denoiser_at:     per step: the attribute (``denoiser`` or one of ``experts``) whose network the step calls; the
@@ -67,6 +69,7 @@ class Calls:
     latent_tokens: bool = False
     timestep_arg: str = "timestep"
     list_axis: int | None = None
+    row_dims: tuple[tuple[str, int], ...] = ()
     experts: tuple[str, ...] = ()
     denoiser_at: PerStep | None = None
 
@@ -117,7 +120,8 @@ class Step:
     rows_cfg:       ``scheduler.step`` runs on the CFG-doubled latents (DiT), so step noise has ``2B`` rows
     timestep:       the network's timestep: ``"t"`` the scheduler's timestep, ``"t/1000"`` ``t / 1000`` in the
                     latents' dtype (Flux), ``"1-t/N"`` ``1 - t / num_train_timesteps`` (Lumina 2: 0 is noise),
-                    ``"(1000-t)/1000"`` (Z-Image)
+                    ``"(1000-t)/1000"`` (Z-Image), ``"t*timestep_scale"`` ``t`` times the network's
+                    ``config.timestep_scale`` (SANA)
     negate:         the loop hands ``scheduler.step`` the negated prediction (Lumina 2, Z-Image)
     """
 
@@ -125,7 +129,7 @@ class Step:
     eta: bool = True
     on_model_input: bool = False
     rows_cfg: bool = False
-    timestep: Literal["t", "t/1000", "1-t/N", "(1000-t)/1000"] = "t"
+    timestep: Literal["t", "t/1000", "1-t/N", "(1000-t)/1000", "t*timestep_scale"] = "t"
     negate: bool = False
 
 

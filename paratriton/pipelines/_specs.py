@@ -11,6 +11,8 @@ Read from diffusers 0.42.1; the parity tests in ``tests/test_pipelines*.py`` fai
 
 from __future__ import annotations
 
+import math
+
 from ._spec_parts import Calls, Guidance, Loop, PipelineSpec, Step
 from ._specs_flow import FLOW_SPECS
 
@@ -79,6 +81,16 @@ def _flux_true_cfg(pipe, args: dict) -> tuple[bool, float, float]:
     return scale > 1.0 and has_neg, scale, 0.0
 
 
+def _cogvideox_dynamic_cfg(pipe, args: dict, loop_ts) -> list[float]:
+    """CogVideoX's ``use_dynamic_cfg``: ``1 + s (1 - cos(pi ((N - t) / N) ** 5)) / 2`` at timestep ``t`` (the
+    stock loop's own formula, ``N`` its step count); the constant scale otherwise."""
+    scale = float(args["guidance_scale"])
+    if not args.get("use_dynamic_cfg"):
+        return [scale] * len(loop_ts)
+    n = len(pipe.scheduler.timesteps)
+    return [1 + scale * ((1 - math.cos(math.pi * ((n - float(t)) / n) ** 5.0)) / 2) for t in loop_ts]
+
+
 _CFG = Guidance(_guidance_from_properties)
 _SD = PipelineSpec(Calls("unet"), _CFG)
 _SDXL = PipelineSpec(Calls("unet"), _CFG, loop=Loop(end=_sdxl_loop_end))
@@ -132,6 +144,29 @@ SPECS: dict[str, PipelineSpec] = {
         Guidance(_flux_true_cfg, layout="two_calls"),  # true CFG; the guidance embedding is a model input
         Step(generator=False, eta=False, timestep="t/1000"),
     ),
+    "FluxKontextPipeline": PipelineSpec(
+        Calls("transformer", latent_tokens=True),
+        Guidance(_flux_true_cfg, layout="two_calls"),
+        Step(generator=False, eta=False, timestep="t/1000"),
+    ),
+    "Flux2Pipeline": PipelineSpec(Calls("transformer", latent_tokens=True), step=Step(False, False, timestep="t/1000")),
+    "SanaPipeline": PipelineSpec(Calls("transformer", learned_sigma=True), _CFG, Step(timestep="t*timestep_scale")),
+    "HiDreamImagePipeline": PipelineSpec(  # noise_pred = -noise_pred; Llama-3 states [layers, batch, tokens, dim]
+        Calls("transformer", timestep_arg="timesteps", row_dims=(("encoder_hidden_states_llama3", 1),)),
+        _CFG,
+        Step(generator=False, eta=False, negate=True),
+    ),
+    "LTXPipeline": PipelineSpec(Calls("transformer"), _CFG, _NO_STEP_ARGS),  # with its guidance_rescale
+    "CogVideoXPipeline": PipelineSpec(
+        Calls("transformer"), Guidance(_guidance_from_scale_arg, scale_at=_cogvideox_dynamic_cfg)
+    ),
+    # the low-res image (noised by low_res_scheduler before the loop) after the latent channels; noise_level rides
+    # along as per-row class labels
+    "StableDiffusionUpscalePipeline": PipelineSpec(
+        Calls("unet", latent_channels=_vae_latent_channels), Guidance(_guidance_from_scale_arg)
+    ),
+    "AudioLDM2Pipeline": PipelineSpec(Calls("unet"), Guidance(_guidance_from_scale_arg)),
+    "StableAudioPipeline": PipelineSpec(Calls("transformer"), Guidance(_guidance_from_scale_arg)),
     "DDPMPipeline": PipelineSpec(Calls("unet"), step=Step(eta=False)),
     "DDIMPipeline": PipelineSpec(Calls("unet")),
     **FLOW_SPECS,

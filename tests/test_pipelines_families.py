@@ -1,0 +1,595 @@
+"""The 2026 pipeline families (issue 34), each against the stock diffusers pipeline with the same generator.
+
+AudioLDM2 (DDIM, batched-CFG UNet with a second cross-attention input), FLUX.1 Kontext and FLUX.2 (image latents
+concatenated along the sequence, output sliced), SANA (DPM-Solver in flow mode, ``timestep_scale``, learned sigma),
+Stable Audio (v-prediction DiT; its own Cosine DPM-Solver SDE is refused by name), LTX-Video (batched CFG with
+guidance rescale), CogVideoX (its DDIM, dynamic CFG; the DPM variant refused by name), the SD x4 upscaler
+(low-res image on the channels, ``noise_level`` as class labels) and HiDream-I1 (output negated): each with the
+family's default scheduler and one other, on tiny random-weight components built from configs (CPU, offline, prompt
+embeddings passed in, ``output_type="latent"`` where the decoder adds nothing to check).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+import paratriton
+
+diffusers = pytest.importorskip("diffusers")
+pytest.importorskip("transformers", reason="diffusers' text pipelines need transformers")
+import diffusers as d  # noqa: E402
+import PIL.Image  # noqa: E402
+from test_pipelines import _quiet, _tiny_vae, assert_same, run_pair  # noqa: E402 - the shared helpers
+
+logging.getLogger("diffusers").setLevel(logging.ERROR)
+# Stable Audio's Oobleck VAE builds with torch's deprecated weight_norm: not ours, named here
+pytestmark = pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning")
+
+STEPS = 6
+FLOW_DPM = {"prediction_type": "flow_prediction", "use_flow_sigmas": True}
+SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+
+
+def _g(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# tiny pipelines (diffusers' own fast-test configs, made smaller)
+# ---------------------------------------------------------------------------------------------------------------
+def make_audioldm2(scheduler):
+    from transformers import GPT2Config, GPT2Model, SpeechT5HifiGan, SpeechT5HifiGanConfig, T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    unet = d.AudioLDM2UNet2DConditionModel(
+        block_out_channels=(4, 8),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=([None, 8, 16], [None, 8, 16]),  # GPT-2 states, then T5 states
+        norm_num_groups=2,
+    ).eval()
+    vae = _tiny_vae(in_channels=1, out_channels=1)
+    # only their dtypes are read when the embeddings are passed in
+    t5 = T5EncoderModel(T5Config(vocab_size=32, d_model=16, d_ff=16, d_kv=8, num_heads=2, num_layers=1)).eval()
+    gpt2 = GPT2Model(
+        GPT2Config(n_embd=8, n_head=2, n_layer=1, vocab_size=32, n_positions=16, bos_token_id=0, eos_token_id=0)
+    ).eval()
+    vocoder = SpeechT5HifiGan(
+        SpeechT5HifiGanConfig(
+            model_in_dim=8,
+            sampling_rate=16000,
+            upsample_initial_channel=8,
+            upsample_rates=[2, 2],
+            upsample_kernel_sizes=[4, 4],
+            resblock_kernel_sizes=[3],
+            resblock_dilation_sizes=[[1, 3]],
+            normalize_before=False,
+        )
+    ).eval()
+    pipe = d.AudioLDM2Pipeline(
+        vae=vae,
+        text_encoder=None,
+        text_encoder_2=t5,
+        projection_model=None,
+        language_model=gpt2,
+        tokenizer=None,
+        tokenizer_2=None,
+        feature_extractor=None,
+        unet=unet,
+        scheduler=scheduler,
+        vocoder=vocoder,
+    )
+    return _quiet(pipe)
+
+
+def audioldm2_inputs(batch: int = 1, **kw):
+    g = _g(11)
+    out = {
+        "prompt_embeds": torch.randn(batch, 5, 16, generator=g),
+        "negative_prompt_embeds": torch.randn(batch, 5, 16, generator=g),
+        "generated_prompt_embeds": torch.randn(batch, 4, 8, generator=g),
+        "negative_generated_prompt_embeds": torch.randn(batch, 4, 8, generator=g),
+        "audio_length_in_s": 0.016,  # a [4, 32, 4] mel latent
+        "num_inference_steps": STEPS,
+        "guidance_scale": 3.5,
+        "output_type": "latent",  # the tiny vocoder's waveform is ~1e-6: too small to compare
+    }
+    out.update(kw)
+    return out
+
+
+def _flux_vae(cls=d.AutoencoderKL, **kw):
+    torch.manual_seed(0)
+    return cls(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(4,),
+        layers_per_block=1,
+        latent_channels=1,
+        norm_num_groups=1,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        **kw,
+    ).eval()
+
+
+def make_kontext(scheduler):
+    torch.manual_seed(0)
+    transformer = d.FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        axes_dims_rope=[4, 4, 8],
+    ).eval()
+    pipe = d.FluxKontextPipeline(
+        scheduler=scheduler,
+        vae=_flux_vae(shift_factor=0.0609, scaling_factor=1.5035),
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        transformer=transformer,
+        image_encoder=None,
+        feature_extractor=None,
+    )
+    return _quiet(pipe)
+
+
+def kontext_inputs(batch: int = 1, **kw):
+    g = _g(12)
+    out = {
+        "image": PIL.Image.new("RGB", (12, 12), (40, 90, 140)),
+        "prompt_embeds": torch.randn(batch, 7, 32, generator=g),
+        "pooled_prompt_embeds": torch.randn(batch, 32, generator=g),
+        "height": 16,
+        "width": 16,
+        "max_area": 16 * 16,
+        "_auto_resize": False,
+        "num_inference_steps": STEPS,
+        "guidance_scale": 2.5,
+        "output_type": "latent",
+    }
+    out.update(kw)
+    return out
+
+
+def make_flux2(scheduler):
+    torch.manual_seed(0)
+    transformer = d.Flux2Transformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=16,
+        timestep_guidance_channels=256,
+        axes_dims_rope=[4, 4, 4, 4],
+    ).eval()
+    vae = _flux_vae(
+        d.AutoencoderKLFlux2, down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",)
+    )
+    pipe = d.Flux2Pipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, transformer=transformer)
+    return _quiet(pipe)
+
+
+def flux2_inputs(batch: int = 1, **kw):
+    out = {
+        "image": PIL.Image.new("RGB", (64, 64), (90, 30, 200)),  # Flux.2 wants >= 64 px; 1024 image tokens
+        "prompt_embeds": torch.randn(batch, 6, 16, generator=_g(13)),
+        "height": 16,
+        "width": 16,
+        "num_inference_steps": STEPS,
+        "guidance_scale": 4.0,
+        "output_type": "latent",
+    }
+    out.update(kw)
+    return out
+
+
+def make_sana(scheduler):
+    torch.manual_seed(0)
+    transformer = d.SanaTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        out_channels=8,  # learned sigma: the loop keeps the first 4 channels
+        num_layers=1,
+        num_attention_heads=2,
+        attention_head_dim=4,
+        num_cross_attention_heads=2,
+        cross_attention_head_dim=4,
+        cross_attention_dim=8,
+        caption_channels=8,
+        sample_size=8,
+        timestep_scale=0.5,  # SANA-Sprint style; 1.0 in SANA 1.0 checkpoints
+    ).eval()
+    torch.manual_seed(0)
+    vae = d.AutoencoderDC(
+        in_channels=3,
+        latent_channels=4,
+        attention_head_dim=2,
+        encoder_block_types=("ResBlock", "EfficientViTBlock"),
+        decoder_block_types=("ResBlock", "EfficientViTBlock"),
+        encoder_block_out_channels=(8, 8),
+        decoder_block_out_channels=(8, 8),
+        encoder_qkv_multiscales=((), (5,)),
+        decoder_qkv_multiscales=((), (5,)),
+        encoder_layers_per_block=(1, 1),
+        decoder_layers_per_block=[1, 1],
+        downsample_block_type="conv",
+        upsample_block_type="interpolate",
+        decoder_norm_types="rms_norm",
+        decoder_act_fns="silu",
+        scaling_factor=0.41407,
+    ).eval()
+    pipe = d.SanaPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=scheduler)
+    return _quiet(pipe)
+
+
+def sana_inputs(batch: int = 1, **kw):
+    g = _g(14)
+    out = {
+        "prompt_embeds": torch.randn(batch, 6, 8, generator=g),
+        "prompt_attention_mask": torch.tensor([[1, 1, 1, 1, 0, 0]] * batch),
+        "negative_prompt": None,
+        "negative_prompt_embeds": torch.randn(batch, 6, 8, generator=g),
+        "negative_prompt_attention_mask": torch.ones(batch, 6, dtype=torch.long),
+        "height": 32,
+        "width": 32,
+        "num_inference_steps": STEPS,
+        "guidance_scale": 4.5,
+        "use_resolution_binning": False,
+        "complex_human_instruction": None,
+        "output_type": "latent",
+    }
+    out.update(kw)
+    return out
+
+
+def make_stable_audio(scheduler):
+    torch.manual_seed(0)
+    transformer = d.StableAudioDiTModel(
+        sample_size=4,
+        in_channels=3,
+        num_layers=1,
+        attention_head_dim=4,
+        num_key_value_attention_heads=2,
+        out_channels=3,
+        cross_attention_dim=4,
+        time_proj_dim=8,
+        global_states_input_dim=8,
+        cross_attention_input_dim=4,
+    ).eval()
+    torch.manual_seed(0)
+    vae = d.AutoencoderOobleck(
+        encoder_hidden_size=6,
+        downsampling_ratios=[1, 2],
+        decoder_channels=3,
+        decoder_input_channels=3,
+        audio_channels=2,
+        channel_multiples=[2, 4],
+        sampling_rate=4,
+    ).eval()
+    torch.manual_seed(0)
+    projection = d.StableAudioProjectionModel(text_encoder_dim=8, conditioning_dim=4, min_value=0, max_value=32)
+    pipe = d.StableAudioPipeline(
+        vae=vae,
+        text_encoder=None,
+        projection_model=projection.eval(),
+        tokenizer=None,
+        transformer=transformer,
+        scheduler=scheduler,
+    )
+    return _quiet(pipe)
+
+
+def stable_audio_inputs(batch: int = 1, **kw):
+    g = _g(15)
+    out = {
+        "prompt_embeds": torch.randn(batch, 5, 8, generator=g),
+        "negative_prompt_embeds": torch.randn(batch, 5, 8, generator=g),
+        "num_inference_steps": STEPS,
+        "guidance_scale": 7.0,
+        "output_type": "latent",
+    }
+    out.update(kw)
+    return out
+
+
+def make_ltx(scheduler):
+    torch.manual_seed(0)
+    transformer = d.LTXVideoTransformer3DModel(
+        in_channels=8,
+        out_channels=8,
+        patch_size=1,
+        patch_size_t=1,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        cross_attention_dim=16,
+        num_layers=1,
+        caption_channels=16,
+    ).eval()
+    torch.manual_seed(0)
+    vae = d.AutoencoderKLLTXVideo(
+        latent_channels=8,
+        block_out_channels=(8, 8, 8, 8),
+        spatio_temporal_scaling=(True, True, False, False),
+        layers_per_block=(1, 1, 1, 1, 1),
+        patch_size=1,
+        patch_size_t=1,
+        encoder_causal=True,
+        decoder_causal=False,
+    ).eval()
+    pipe = d.LTXPipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, transformer=transformer)
+    return _quiet(pipe)
+
+
+def ltx_inputs(batch: int = 1, **kw):
+    g = _g(16)
+    out = {
+        "prompt_embeds": torch.randn(batch, 5, 16, generator=g),
+        "prompt_attention_mask": torch.ones(batch, 5, dtype=torch.long),
+        "negative_prompt_embeds": torch.randn(batch, 5, 16, generator=g),
+        "negative_prompt_attention_mask": torch.ones(batch, 5, dtype=torch.long),
+        "height": 32,
+        "width": 32,
+        "num_frames": 5,  # 2 latent frames of 8 x 8
+        "num_inference_steps": STEPS,
+        "guidance_scale": 3.0,
+        "guidance_rescale": 0.5,
+        "output_type": "latent",
+    }
+    out.update(kw)
+    return out
+
+
+def make_cogvideox(scheduler):
+    torch.manual_seed(0)
+    transformer = d.CogVideoXTransformer3DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=4,
+        time_embed_dim=2,
+        text_embed_dim=16,
+        num_layers=1,
+        sample_width=2,
+        sample_height=2,
+        sample_frames=9,
+        patch_size=2,
+        temporal_compression_ratio=4,
+        max_text_seq_length=8,
+    ).eval()
+    torch.manual_seed(0)
+    vae = d.AutoencoderKLCogVideoX(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("CogVideoXDownBlock3D",) * 4,
+        up_block_types=("CogVideoXUpBlock3D",) * 4,
+        block_out_channels=(8, 8, 8, 8),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=2,
+        temporal_compression_ratio=4,
+    ).eval()
+    pipe = d.CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=scheduler)
+    return _quiet(pipe)
+
+
+def cogvideox_inputs(batch: int = 1, **kw):
+    g = _g(17)
+    out = {
+        "prompt_embeds": torch.randn(batch, 8, 16, generator=g),
+        "negative_prompt_embeds": torch.randn(batch, 8, 16, generator=g),
+        "height": 16,
+        "width": 16,
+        "num_frames": 8,  # 2 latent frames of 2 x 2
+        "num_inference_steps": STEPS,
+        "guidance_scale": 6.0,
+        "use_dynamic_cfg": True,
+        "output_type": "latent",
+    }
+    out.update(kw)
+    return out
+
+
+def make_upscaler(scheduler):
+    torch.manual_seed(0)
+    unet = d.UNet2DConditionModel(
+        block_out_channels=(4, 8),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=7,  # 4 latent channels, then the 3 of the low-res image
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=8,
+        norm_num_groups=2,
+        num_class_embeds=100,  # noise_level
+    ).eval()
+    pipe = d.StableDiffusionUpscalePipeline(
+        vae=_tiny_vae(scaling_factor=0.08333),  # the x4 upscaler's
+        text_encoder=None,
+        tokenizer=None,
+        unet=unet,
+        low_res_scheduler=d.DDPMScheduler(),
+        scheduler=scheduler,
+        max_noise_level=99,
+    )
+    return _quiet(pipe)
+
+
+def upscaler_inputs(batch: int = 1, **kw):
+    g = _g(18)
+    out = {
+        "image": torch.rand(batch, 3, 8, 8, generator=g),  # in [0, 1], as a user's
+        "prompt_embeds": torch.randn(batch, 5, 8, generator=g),
+        "negative_prompt_embeds": torch.randn(batch, 5, 8, generator=g),
+        "noise_level": 20,
+        "num_inference_steps": STEPS,
+        "guidance_scale": 9.0,
+        "output_type": "latent",
+    }
+    out.update(kw)
+    return out
+
+
+def make_hidream(scheduler):
+    torch.manual_seed(0)
+    transformer = d.HiDreamImageTransformer2DModel(
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        caption_channels=[16, 8],
+        text_emb_dim=16,
+        num_routed_experts=2,
+        num_activated_experts=1,
+        axes_dims_rope=(4, 2, 2),
+        max_resolution=(16, 16),
+        llama_layers=(0, 1),
+    ).eval()
+    pipe = d.HiDreamImagePipeline(
+        scheduler=scheduler,
+        vae=_tiny_vae(scaling_factor=0.3611, shift_factor=0.1159),
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        text_encoder_3=None,
+        tokenizer_3=None,
+        text_encoder_4=None,
+        tokenizer_4=None,
+        transformer=transformer,
+    )
+    pipe.default_sample_size = 8  # the loop rescales height x width to this area: 16 x 16 pixels, 8 x 8 latents
+    return _quiet(pipe)
+
+
+def hidream_inputs(batch: int = 1, **kw):
+    g = _g(19)
+    out = {
+        "prompt_embeds_t5": torch.randn(batch, 4, 16, generator=g),
+        "negative_prompt_embeds_t5": torch.randn(batch, 4, 16, generator=g),
+        "prompt_embeds_llama3": torch.randn(2, batch, 3, 8, generator=g),  # [llama layers, batch, tokens, dim]
+        "negative_prompt_embeds_llama3": torch.randn(2, batch, 3, 8, generator=g),
+        "pooled_prompt_embeds": torch.randn(batch, 16, generator=g),
+        "negative_pooled_prompt_embeds": torch.randn(batch, 16, generator=g),
+        "height": 16,
+        "width": 16,
+        "num_inference_steps": STEPS,
+        "guidance_scale": 5.0,
+        "output_type": "latent",
+    }
+    out.update(kw)
+    return out
+
+
+FAMILIES = {
+    "audioldm2": (make_audioldm2, audioldm2_inputs),
+    "kontext": (make_kontext, kontext_inputs),
+    "flux2": (make_flux2, flux2_inputs),
+    "sana": (make_sana, sana_inputs),
+    "stable_audio": (make_stable_audio, stable_audio_inputs),
+    "ltx": (make_ltx, ltx_inputs),
+    "cogvideox": (make_cogvideox, cogvideox_inputs),
+    "upscaler": (make_upscaler, upscaler_inputs),
+    "hidream": (make_hidream, hidream_inputs),
+}
+
+# (family, scheduler): the family's default first, then another
+CASES = {
+    ("audioldm2", "ddim"): lambda: d.DDIMScheduler(**SD_BETAS, clip_sample=False, set_alpha_to_one=False),
+    ("audioldm2", "dpm++2m"): lambda: d.DPMSolverMultistepScheduler(**SD_BETAS),
+    ("kontext", "flow_euler"): lambda: d.FlowMatchEulerDiscreteScheduler(),
+    ("kontext", "flow_euler_stochastic"): lambda: d.FlowMatchEulerDiscreteScheduler(stochastic_sampling=True),
+    ("flux2", "flow_euler"): lambda: d.FlowMatchEulerDiscreteScheduler(),
+    ("flux2", "unipc_flow"): lambda: d.UniPCMultistepScheduler(**FLOW_DPM),
+    ("sana", "dpm_flow"): lambda: d.DPMSolverMultistepScheduler(**FLOW_DPM, flow_shift=3.0),
+    ("sana", "flow_euler"): lambda: d.FlowMatchEulerDiscreteScheduler(shift=3.0),
+    ("stable_audio", "dpm++2m_v"): lambda: d.DPMSolverMultistepScheduler(prediction_type="v_prediction"),
+    ("stable_audio", "euler_v"): lambda: d.EulerDiscreteScheduler(prediction_type="v_prediction"),
+    ("ltx", "flow_euler"): lambda: d.FlowMatchEulerDiscreteScheduler(),
+    ("ltx", "unipc_flow"): lambda: d.UniPCMultistepScheduler(**FLOW_DPM),
+    # CogVideoX-2b's shipped scheduler config
+    ("cogvideox", "cogvideox_ddim"): lambda: d.CogVideoXDDIMScheduler(
+        beta_schedule="scaled_linear",
+        prediction_type="v_prediction",
+        rescale_betas_zero_snr=True,
+        snr_shift_scale=3.0,
+        timestep_spacing="trailing",
+        clip_sample=False,
+    ),
+    ("cogvideox", "dpm++2m_v"): lambda: d.DPMSolverMultistepScheduler(
+        prediction_type="v_prediction", timestep_spacing="trailing"
+    ),
+    ("upscaler", "ddpm_v"): lambda: d.DDPMScheduler(**SD_BETAS, prediction_type="v_prediction"),
+    ("upscaler", "ddim_v"): lambda: d.DDIMScheduler(**SD_BETAS, prediction_type="v_prediction", clip_sample=False),
+    ("hidream", "flow_euler"): lambda: d.FlowMatchEulerDiscreteScheduler(shift=3.0),
+    ("hidream", "unipc_flow"): lambda: d.UniPCMultistepScheduler(**FLOW_DPM, flow_shift=3.0),
+}
+
+
+@pytest.mark.parametrize("family,sched", list(CASES), ids=[f"{f}-{s}" for f, s in CASES])
+def test_family_matches_stock(family, sched):
+    make, inputs = FAMILIES[family]
+    pipe = make(CASES[family, sched]())
+    ref, out, par = run_pair(pipe, inputs())
+    assert par.paratriton.last_result.converged
+    assert_same(ref, out)
+    assert ref.abs().max() > 0.1  # a real sample, not zeros: the comparison is not vacuous
+
+
+def test_kontext_true_cfg_batch_matches_stock():
+    # two calls per step (conditional, then negative), each on [latents, image tokens]; two prompts
+    g = _g(20)
+    negative = {"negative_prompt_embeds": torch.randn(2, 7, 32, generator=g)}
+    negative["negative_pooled_prompt_embeds"] = torch.randn(2, 32, generator=g)
+    pipe = make_kontext(d.FlowMatchEulerDiscreteScheduler())
+    ref, out, par = run_pair(pipe, kontext_inputs(2, true_cfg_scale=3.0, **negative))
+    assert par.paratriton.last_result.converged
+    assert_same(ref, out)
+    assert (out[0] - out[1]).abs().max() > 1e-2  # two prompts, two samples
+
+
+def test_cogvideox_dynamic_cfg_changes_the_sample():
+    # the per-step scale is what makes the parity above hold: without it the sample differs
+    pipe = make_cogvideox(CASES["cogvideox", "cogvideox_ddim"]())
+    ref, out, _ = run_pair(pipe, cogvideox_inputs(use_dynamic_cfg=False))
+    assert_same(ref, out)
+    dynamic = run_pair(pipe, cogvideox_inputs())[1]
+    assert (dynamic - out).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize(
+    "family,scheduler,reason",
+    [
+        ("stable_audio", "CosineDPMSolverMultistepScheduler", "torchsde BrownianTree"),
+        ("cogvideox", "CogVideoXDPMScheduler", "old_pred_original_sample"),
+    ],
+)
+def test_default_schedulers_without_an_exact_parallel_loop_are_refused_by_name(family, scheduler, reason):
+    # Stable Audio Open's own scheduler and CogVideoX-5b's
+    try:
+        sched = getattr(d, scheduler)()
+    except ImportError:  # without torchsde diffusers exports a placeholder of that name, which cannot be built
+        sched = object.__new__(getattr(d, scheduler))
+    make, _ = FAMILIES[family]
+    pipe = make(sched)
+    with pytest.raises(ValueError, match=f"{scheduler} is not supported by parallel samplers: .*{reason}"):
+        paratriton.parallelize(pipe)
