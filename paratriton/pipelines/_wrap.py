@@ -157,11 +157,13 @@ def parallelize(pipe: DiffusionPipeline, method: str = "taa", **options: Any) ->
     """Return a pipeline like ``pipe`` (same components, no copy) whose denoising loop is solved in parallel.
 
     pipe:     one of ``paratriton.pipelines.SUPPORTED_PIPELINES`` (Stable Diffusion, SDXL and their img2img and
-              inpainting pipelines, SD3, PixArt-alpha, DiT, Flux, DDPM, DDIM), or a subclass of one that does not
+              inpainting pipelines, SD3, PixArt-alpha, DiT, Flux, Flux Kontext, Flux.2, SANA, LTX-Video, CogVideoX,
+              HiDream-I1, the SD x4 upscaler, AudioLDM2, Stable Audio, DDPM, DDIM), or a subclass of one that does not
               override ``__call__``, whose scheduler is one of ``paratriton.schedulers.SUPPORTED_SCHEDULERS``:
               DDIM, DDPM, flow-match Euler (one-tap) and, traced into k-tap operators
               (``paratriton.schedulers.traced``), Euler, Euler ancestral, DPM-Solver(++) multistep (SDE variants
-              included), UniPC, Heun, PNDM, LMS and DEIS; no clip_sample/thresholding. Heun and PNDM's
+              included), UniPC, Heun, PNDM, LMS, DEIS and CogVideoX's DDIM; no clip_sample/thresholding
+              (``REFUSED_SCHEDULERS`` names the ones refused with their reason). Heun and PNDM's
               Runge-Kutta warm-up solve one step per network call (``T = len(scheduler.timesteps)``); the
               stochastic ones (Euler ancestral, SDE-DPM-Solver) draw their step noise up front in the stock order.
               With ``DiTPipeline`` (whose loop steps the scaled model input) the k-tap ones run only when
