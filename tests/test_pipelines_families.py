@@ -22,7 +22,16 @@ diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("transformers", reason="diffusers' text pipelines need transformers")
 import diffusers as d  # noqa: E402
 import PIL.Image  # noqa: E402
-from test_pipelines import _quiet, _tiny_vae, assert_same, run_pair  # noqa: E402 - the shared helpers
+from test_pipelines import (  # noqa: E402 - the shared helpers
+    TOL,
+    _images,
+    _quiet,
+    _tiny_vae,
+    assert_same,
+    check_floor_warning,
+    floor_warnings,
+    run_pair,
+)
 
 logging.getLogger("diffusers").setLevel(logging.ERROR)
 # Stable Audio's Oobleck VAE builds with torch's deprecated weight_norm: not ours, named here
@@ -105,12 +114,14 @@ def audioldm2_inputs(batch: int = 1, **kw):
     return out
 
 
-def _flux_vae(cls=d.AutoencoderKL, **kw):
+def _flux_vae(cls=d.AutoencoderKL, blocks: int = 1, **kw):
     torch.manual_seed(0)
     return cls(
         in_channels=3,
         out_channels=3,
-        block_out_channels=(4,),
+        block_out_channels=(4,) * blocks,
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
         layers_per_block=1,
         latent_channels=1,
         norm_num_groups=1,
@@ -178,19 +189,17 @@ def make_flux2(scheduler):
         timestep_guidance_channels=256,
         axes_dims_rope=[4, 4, 4, 4],
     ).eval()
-    vae = _flux_vae(
-        d.AutoencoderKLFlux2, down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",)
-    )
+    vae = _flux_vae(d.AutoencoderKLFlux2, blocks=3)  # 4x down: the 64 px image is 64 tokens, 32 px latents 16
     pipe = d.Flux2Pipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, transformer=transformer)
     return _quiet(pipe)
 
 
 def flux2_inputs(batch: int = 1, **kw):
     out = {
-        "image": PIL.Image.new("RGB", (64, 64), (90, 30, 200)),  # Flux.2 wants >= 64 px; 1024 image tokens
+        "image": PIL.Image.new("RGB", (64, 64), (90, 30, 200)),  # Flux.2 wants >= 64 px
         "prompt_embeds": torch.randn(batch, 6, 16, generator=_g(13)),
-        "height": 16,
-        "width": 16,
+        "height": 32,
+        "width": 32,
         "num_inference_steps": STEPS,
         "guidance_scale": 4.0,
         "output_type": "latent",
@@ -327,6 +336,9 @@ def make_ltx(scheduler):
         block_out_channels=(8, 8, 8, 8),
         spatio_temporal_scaling=(True, True, False, False),
         layers_per_block=(1, 1, 1, 1, 1),
+        decoder_block_out_channels=(8, 8, 8, 8),  # its default decoder is LTX's full-size one
+        decoder_layers_per_block=(1, 1, 1, 1, 1),
+        decoder_spatio_temporal_scaling=(True, True, False, False),
         patch_size=1,
         patch_size_t=1,
         encoder_causal=True,
@@ -345,7 +357,7 @@ def ltx_inputs(batch: int = 1, **kw):
         "negative_prompt_attention_mask": torch.ones(batch, 5, dtype=torch.long),
         "height": 32,
         "width": 32,
-        "num_frames": 5,  # 2 latent frames of 8 x 8
+        "num_frames": 9,  # 3 latent frames of 8 x 8
         "num_inference_steps": STEPS,
         "guidance_scale": 3.0,
         "guidance_rescale": 0.5,
@@ -553,6 +565,37 @@ def test_family_matches_stock(family, sched):
     assert par.paratriton.last_result.converged
     assert_same(ref, out)
     assert ref.abs().max() > 0.1  # a real sample, not zeros: the comparison is not vacuous
+
+
+@pytest.mark.parametrize("family", ["hidream", "flux2", "upscaler"])
+def test_two_prompts_and_a_sliding_window_match_stock(family):
+    # the per-row conditioning (HiDream's Llama-3 states on dim 1, Flux.2's image tokens, the upscaler's low-res
+    # images and noise levels) repeated for windows of every length as the window slides
+    make, inputs = FAMILIES[family]
+    case = next(k for k in CASES if k[0] == family)
+    ref, out, par = run_pair(make(CASES[case]()), inputs(2), per_sample_generators=2, window=3)
+    windows = par.paratriton.last_result.window_history
+    assert len({lo for lo, _ in windows}) > 1  # it slid
+    assert_same(ref, out)
+    assert (out[0] - out[1]).abs().max() > 1e-2
+
+
+def test_kontext_graphed_call_with_another_image_reuses_the_graphs():
+    # cuda_graph=True (static on the CPU): the second call copies its image tokens into the cached conditioning
+    pipe = make_kontext(d.FlowMatchEulerDiscreteScheduler())
+    par = paratriton.parallelize(pipe, "taa", cuda_graph=True, window=3, **TOL)
+    outs, entries = [], []
+    for seed, color in ((0, (40, 90, 140)), (5, (200, 10, 60))):
+        inputs = kontext_inputs(image=PIL.Image.new("RGB", (12, 12), color))
+        ref = _images(pipe(**inputs, generator=_g(seed)))
+        with floor_warnings() as caught:
+            out = _images(par(**inputs, generator=_g(seed)))
+        check_floor_warning(caught, par.paratriton.last_result)
+        assert_same(ref, out)
+        outs.append(out)
+        entries.append(par.paratriton.graphed)
+    assert entries[0] is not None and entries[1] is entries[0]  # the same cached graphs
+    assert (outs[0] - outs[1]).abs().max() > 1e-2
 
 
 def test_kontext_true_cfg_batch_matches_stock():
