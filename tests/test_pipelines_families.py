@@ -636,3 +636,22 @@ def test_default_schedulers_without_an_exact_parallel_loop_are_refused_by_name(f
     pipe = make(sched)
     with pytest.raises(ValueError, match=f"{scheduler} is not supported by parallel samplers: .*{reason}"):
         paratriton.parallelize(pipe)
+
+
+def test_audioldm2_legacy_callback_sees_the_stock_latents():
+    # AudioLDM2 (like Stable Audio and the upscaler) has only the legacy callback(step, t, latents): the replayed loop
+    # calls it after every step with that step's solved latents
+    pipe = make_audioldm2(CASES["audioldm2", "ddim"]())
+    par = paratriton.parallelize(pipe, **TOL)
+    seen: dict[str, list] = {"stock": [], "parallel": []}
+    for name, p in (("stock", pipe), ("parallel", par)):
+
+        def callback(step, t, latents, into=seen[name]):
+            into.append((step, int(t), latents.clone()))
+
+        with floor_warnings() as caught:
+            p(**audioldm2_inputs(callback=callback), generator=_g(0))
+        check_floor_warning(caught, par.paratriton.last_result if p is par else None)
+    assert [s[:2] for s in seen["parallel"]] == [s[:2] for s in seen["stock"]] and len(seen["stock"]) == STEPS
+    for (_, _, ref), (_, _, out) in zip(seen["stock"], seen["parallel"]):
+        assert_same(ref, out)
