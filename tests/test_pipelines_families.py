@@ -367,11 +367,12 @@ def ltx_inputs(batch: int = 1, **kw):
     return out
 
 
-def make_cogvideox(scheduler):
+def make_cogvideox(scheduler, rotary: bool = False):
     torch.manual_seed(0)
     transformer = d.CogVideoXTransformer3DModel(
         num_attention_heads=2,
-        attention_head_dim=8,
+        attention_head_dim=16 if rotary else 8,
+        use_rotary_positional_embeddings=rotary,  # CogVideoX-5b's and 1.5's: [tokens, dim] tables, not per row
         in_channels=4,
         out_channels=4,
         time_embed_dim=2,
@@ -596,6 +597,20 @@ def test_kontext_graphed_call_with_another_image_reuses_the_graphs():
         entries.append(par.paratriton.graphed)
     assert entries[0] is not None and entries[1] is entries[0]  # the same cached graphs
     assert (outs[0] - outs[1]).abs().max() > 1e-2
+
+
+def test_flux2_text_to_image_matches_stock():
+    # no reference image: no image tokens, the latents are the whole input
+    ref, out, par = run_pair(make_flux2(d.FlowMatchEulerDiscreteScheduler()), flux2_inputs(image=None))
+    assert par.paratriton.last_result.converged
+    assert_same(ref, out)
+
+
+def test_cogvideox_with_rotary_embeddings_matches_stock():
+    pipe = make_cogvideox(CASES["cogvideox", "cogvideox_ddim"](), rotary=True)
+    ref, out, par = run_pair(pipe, cogvideox_inputs())
+    assert par.paratriton.last_result.converged
+    assert_same(ref, out)
 
 
 def test_kontext_true_cfg_batch_matches_stock():
