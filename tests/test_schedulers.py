@@ -30,6 +30,7 @@ def test_the_lists_are_built_from_the_families_and_facts() -> None:
             "PNDMScheduler",
             "LMSDiscreteScheduler",
             "DEISMultistepScheduler",
+            "CogVideoXDDIMScheduler",
         )
     )
     assert schedulers.SUPPORTED_SCHEDULERS == schedulers.ONE_TAP_SCHEDULERS + schedulers.TRACED_SCHEDULERS
