@@ -56,6 +56,7 @@ def parallelize_modular(pipe: Any, method: str = "taa", **options: Any) -> Any:
     fast = copy.copy(pipe)  # shares the components; its own blocks, specs and state
     specs = {k: dict(getattr(pipe, k)) for k in ("_component_specs", "_config_specs") if hasattr(pipe, k)}
     fast.__dict__.update(specs, _blocks=blocks, paratriton=state)
+    fast.__class__ = _parallel_class(type(pipe), _ParallelPipeline)
     return fast
 
 
@@ -71,7 +72,7 @@ def _swap_loops(block: Any, state: SimpleNamespace) -> int:
                     f"{type(sub).__name__}: its sub-blocks {names} do not end with 'after_denoiser' (the scheduler "
                     "step): the parallel loop cannot tell the model's part of a step from the step itself"
                 )
-            par = object.__new__(_parallel_class(type(sub)))
+            par = object.__new__(_parallel_class(type(sub), _ParallelLoop))
             par.__dict__.update(sub.__dict__, _paratriton=state)
             block.sub_blocks[name] = par
             swapped += 1
@@ -83,12 +84,27 @@ def _swap_loops(block: Any, state: SimpleNamespace) -> int:
 _CLASSES: dict = {}
 
 
-def _parallel_class(cls: type) -> type:
-    """``Parallel<Loop>``: the loop block's class with its ``__call__`` on a private pipeline copy and its
-    ``loop_step`` replaced (a subclass made here, so nothing of diffusers' class changes)."""
-    if cls not in _CLASSES:
-        _CLASSES[cls] = type(f"Parallel{cls.__name__}", (_ParallelLoop, cls), {})
-    return _CLASSES[cls]
+def _parallel_class(cls: type, mixin: type) -> type:
+    """``Parallel<Class>``: a subclass made here with ``mixin``'s methods first, so nothing of diffusers' classes
+    changes (``_ParallelPipeline`` for the pipeline, ``_ParallelLoop`` for a loop block)."""
+    if (cls, mixin) not in _CLASSES:
+        _CLASSES[cls, mixin] = type(f"Parallel{cls.__name__}", (mixin, cls), {})
+    return _CLASSES[cls, mixin]
+
+
+class _ParallelPipeline:
+    """Each call runs on a private copy of the pipeline whose schedulers and guiders are copies: the blocks before
+    the loop (``set_timesteps``) and the loop's guider set-up write to those, not to the shared components."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from diffusers.guiders.guider_utils import BaseGuidance
+        from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+        private = copy.copy(self)
+        for name, value in vars(self).items():
+            if isinstance(value, (SchedulerMixin, BaseGuidance)):
+                private.__dict__[name] = copy.deepcopy(value)
+        return super(_ParallelPipeline, private).__call__(*args, **kwargs)
 
 
 class _ParallelLoop:
@@ -165,7 +181,7 @@ class _ModularSolve:
         self.T, self.B, self.S, self.ts, self.begin, self.x_dtype = T, B, S, ts, k0, x.dtype
         self.scale = coeffs.input_scale.tolist() if multistep else None
         self.start = copy.copy(bs)
-        self.guider_state = self._guider_state()
+        self.guider_state = copy.deepcopy(self._guider_state())
         self.seen: list[list] = [[] for _ in range(T)]  # per solver step: its last evaluations (latents, calls)
         res = solve(self._denoiser, coeffs, x.detach().to(torch.float64), None, method=self.method, **self.options)
         self.result: SolveResult = res
@@ -197,7 +213,7 @@ class _ModularSolve:
         finally:
             self.log = None
         for g, now, then in zip(self.guiders, self._guider_state(), self.guider_state):
-            if now.keys() != then.keys() or any(v is not then[k] and not _same(v, then[k]) for k, v in now.items()):
+            if not _same(now, then):
                 raise ValueError(
                     f"{type(g).__name__} keeps state from one step to the next (e.g. a momentum buffer): each "
                     "step then depends on the earlier ones, which a parallel solve cannot reproduce"
@@ -262,7 +278,18 @@ class _ModularSolve:
             )
 
 
-def _same(a: Any, b: Any) -> bool:
+def _same(a: Any, b: Any, depth: int = 0) -> bool:
+    """``a`` equals ``b``: tensors by value, containers and plain objects (a momentum buffer) member by member."""
+    if a is b:
+        return True
+    if torch.is_tensor(a) or torch.is_tensor(b):
+        return torch.is_tensor(a) and torch.is_tensor(b) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(v, b[k], depth) for k, v in a.items())
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y, depth) for x, y in zip(a, b))
+    if type(a) is type(b) and hasattr(a, "__dict__") and depth < 4:
+        return _same(vars(a), vars(b), depth + 1)
     try:
         return bool(a == b)
     except Exception:

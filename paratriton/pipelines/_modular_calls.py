@@ -97,8 +97,11 @@ class ModelProxy:
         return log.call(self._name, self._module, args, kwargs)
 
 
-def _stack(values: list, n: int) -> torch.Tensor | None:
-    """One argument of ``len(values)`` calls of ``n`` rows as one batched argument; None if not batchable."""
+_UNBATCHABLE = object()
+
+
+def _stack(values: list, n: int) -> Any:
+    """One argument of ``len(values)`` calls of ``n`` rows as one batched argument (``_UNBATCHABLE`` if not)."""
     first = values[0]
     if first.ndim and first.shape[0] == n:
         return torch.cat(values)
@@ -106,7 +109,7 @@ def _stack(values: list, n: int) -> torch.Tensor | None:
         return first  # shared by every row (broadcast or not batched: passed as the single calls pass it)
     if first.ndim == 0 or first.shape[0] == 1:  # a per-call scalar (the timestep): one value per row
         return torch.cat([v.reshape(1, *v.shape[1:]).expand(n, *v.shape[1:]) for v in values])
-    return None
+    return _UNBATCHABLE
 
 
 def _split(out: Any, rows: int, parts: int) -> list:
@@ -143,7 +146,7 @@ def run_batched(calls: list[Call], templates: dict) -> int:
         n = members[0].rows()
         columns = list(zip(*(m.leaves for m in members)))
         stacked = [_stack(list(col), n) if torch.is_tensor(col[0]) else col[0] for col in columns]
-        if any(v is None for v in stacked):  # an argument that differs per call and is not per row: one by one
+        if any(v is _UNBATCHABLE for v in stacked):  # an argument that differs per call and is not per row: one by one
             for c in group:
                 c.out = c.run()
             made += len(group)
