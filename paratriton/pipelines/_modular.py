@@ -233,7 +233,10 @@ class _ModularSolve:
         lats = []
         for w, i in enumerate(steps):
             lat = x[w * B : (w + 1) * B]
-            lats.append((lat / self.scale[i] if self.scale is not None else lat).to(self.x_dtype))
+            # a copy: the solver reuses its buffers, and the final pass serves the stored calls of these latents
+            lats.append(
+                lat.to(self.x_dtype, copy=True) if self.scale is None else (lat / self.scale[i]).to(self.x_dtype)
+            )
         known: list[list] = [[] for _ in steps]
         for _ in range(_MAX_PASSES):
             preds, pending = [], []

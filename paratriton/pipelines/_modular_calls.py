@@ -67,7 +67,7 @@ class CallLog:
         self.calls.append(call)
         if pos < len(self.known) and self.known[pos].out is not None and self.known[pos].same_inputs(call):
             call.out = self.known[pos].out
-            return call.out
+            return _fresh(call.out)
         if self.serve:
             raise RuntimeError(
                 f"the loop's call {pos} of {name} at this step has other inputs than the parallel solve evaluated: "
@@ -77,8 +77,14 @@ class CallLog:
         if template is None:  # the first call of this signature runs as it is: its output shapes the placeholders
             call.out = call.run()
             self.templates[call.key()] = (call, call.out, [False])
-            return call.out
-        return template[1]  # a placeholder: the pass is replayed once the batched call has filled call.out
+            return _fresh(call.out)
+        return _fresh(template[1])  # a placeholder: the pass is replayed once the batched call has filled call.out
+
+
+def _fresh(out: Any) -> Any:
+    """A stored output as the network would return it: new tensors, so a sub-block's in-place edit of one cannot
+    change what later passes are served."""
+    return pytree.tree_map(lambda v: v.clone() if torch.is_tensor(v) else v, out)
 
 
 class ModelProxy:
@@ -125,7 +131,9 @@ def _close(a: Any, b: Any) -> bool:
     la, lb = pytree.tree_leaves(a), pytree.tree_leaves(b)
     for x, y in zip(la, lb):
         if torch.is_tensor(x):
-            tol = 1e-3 if x.dtype in (torch.float32, torch.float64) else 3e-2
+            tol = (
+                1e-2 if x.dtype in (torch.float32, torch.float64) else 5e-2
+            )  # TF32 / bf16 rounding; a misbatch is O(1)
             scale = max(float(y.detach().abs().max()), 1.0) if y.numel() else 1.0
             if x.shape != y.shape or not bool(((x - y).abs() <= tol * scale).all()):
                 return False
