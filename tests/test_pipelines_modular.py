@@ -250,12 +250,27 @@ def _same_state(a: dict, b: dict) -> bool:
 
 
 # ---- refusals ----------------------------------------------------------------------------------------------------
-def test_a_stochastic_scheduler_is_refused():
+def test_step_noise_is_drawn_from_the_loops_generator():
     from diffusers import EulerAncestralDiscreteScheduler
 
-    pipe, inputs = make_sdxl()
+    pipe, inputs = make_sdxl()  # SDXL's after_denoiser hands scheduler.step the call's generator
     pipe.update_components(scheduler=EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config))
-    with pytest.raises(ValueError, match="draws noise in scheduler.step"):
+    ref = _latents(pipe, inputs)
+    gen = torch.Generator().manual_seed(0)
+    fast = paratriton.parallelize_modular(pipe, method="taa", **SDXL_TOL)
+    out = fast(**inputs, generator=gen, output="latents")
+    _assert_same(ref, out, SDXL_ATOL)
+    stock_gen = torch.Generator().manual_seed(0)
+    pipe(**inputs, generator=stock_gen, output="latents")
+    assert torch.equal(gen.get_state(), stock_gen.get_state())  # the caller's generator ends where the stock's does
+
+
+def test_step_noise_without_a_generator_is_refused():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    pipe, inputs = make_flux()  # Flux's after_denoiser hands step no generator: it draws from the global RNG
+    pipe.update_components(scheduler=FlowMatchEulerDiscreteScheduler(stochastic_sampling=True))
+    with pytest.raises(ValueError, match="hands it no generator"):
         _latents(paratriton.parallelize_modular(pipe), inputs)
 
 
