@@ -209,6 +209,19 @@ def test_sdxl_batch_two_another_method_and_another_scheduler():
     _assert_same(ref, _latents(paratriton.parallelize_modular(pipe, method="taa", **SDXL_TOL), inputs), SDXL_ATOL)
 
 
+@pytest.mark.parametrize("name", ["sdxl", "flux"])
+def test_img2img_loops_that_start_late_match_stock(name):
+    pipe, inputs = FAMILIES[name]()
+    tol, atol = (SDXL_TOL, SDXL_ATOL) if name == "sdxl" else (TOL, ATOL)
+    channels = 4 if name == "sdxl" else 1  # the tiny Flux packs 1-channel latents
+    image = torch.randn(1, channels, 4, 4, generator=torch.Generator().manual_seed(5))
+    inputs.update(image_latents=image, strength=0.6, num_inference_steps=8)  # the loop starts at a begin index
+    ref = _latents(pipe, inputs)
+    fast = paratriton.parallelize_modular(pipe, method="taa", **tol)
+    _assert_same(ref, _latents(fast, inputs), atol)
+    assert 1 < fast.paratriton.last_result.trajectory.shape[0] - 1 < 8  # the solve covers the loop's steps only
+
+
 def test_a_window_of_steps_is_one_batched_call_per_signature():
     pipe, inputs = make_qwen()
     seen: list[tuple] = []

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..schedulers import draw_step_noise, one_tap_family, stock_draws
+from ..schedulers import SamplerCoefficients, draw_step_noise, one_tap_family, stock_draws
 from ..solvers import SolveResult, solve
 from ._modular_calls import CallLog, ModelProxy, run_batched
 from ._operator import _slice_steps, step_operator
@@ -71,7 +71,7 @@ class ModularSolve:
                 "the parallel solve cannot tell which scheduler steps the loop takes"
             )
         full = step_operator(sched, eta, k0)
-        multistep = hasattr(full, "input_scale")
+        multistep = not isinstance(full, SamplerCoefficients)
         coeffs = _slice_steps(full, len(all_ts) - k0 - T, full.num_steps if multistep else len(all_ts) - k0)
         draws, in_float32 = stock_draws(sched, coeffs, ts, eta)
         noise = self._draw_noise(bs, draws, T, B, S, torch.float32 if in_float32 else x.dtype) if draws else None
