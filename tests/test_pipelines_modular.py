@@ -180,7 +180,20 @@ def _assert_same(ref: torch.Tensor, out: torch.Tensor, atol: float = ATOL) -> No
     assert err <= atol, f"max abs error {err:.3e} > {atol}"
 
 
-FAMILIES = {"sdxl": make_sdxl, "flux": make_flux, "qwenimage": make_qwen, "wan22": make_wan22}
+def make_qwen_cfg_first_half():
+    from diffusers.guiders import ClassifierFreeGuidance
+
+    # a per-step switch (Lumina's and Z-Image's CFG truncation): two calls per step, then one
+    return make_qwen(ClassifierFreeGuidance(guidance_scale=4.0, start=0.0, stop=0.5))
+
+
+FAMILIES = {
+    "sdxl": make_sdxl,
+    "flux": make_flux,
+    "qwenimage": make_qwen,
+    "qwenimage_cfg_first_half": make_qwen_cfg_first_half,
+    "wan22": make_wan22,
+}
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
