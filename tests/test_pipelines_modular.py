@@ -336,7 +336,7 @@ def test_a_loop_that_edits_latents_after_the_step_is_refused():
         _latents(paratriton.parallelize_modular(pipe, **TOL), inputs)
 
 
-def test_a_loop_without_an_after_denoiser_and_a_non_modular_pipeline_are_refused():
+def test_a_loop_without_an_after_denoiser_cuda_graphs_and_a_non_modular_pipeline_are_refused():
     from diffusers.modular_pipelines.flux.denoise import FluxDenoiseStep
     from diffusers.modular_pipelines.flux.modular_blocks_flux import FluxCoreDenoiseStep
 
@@ -348,5 +348,7 @@ def test_a_loop_without_an_after_denoiser_and_a_non_modular_pipeline_are_refused
     pipe, _ = make_flux(blocks)
     with pytest.raises(ValueError, match="do not end with 'after_denoiser'"):
         paratriton.parallelize_modular(pipe)
+    with pytest.raises(ValueError, match="cuda_graph=True does not apply"):
+        paratriton.parallelize_modular(make_flux()[0], cuda_graph=True)
     with pytest.raises(TypeError, match="takes a diffusers ModularPipeline"):
         paratriton.parallelize_modular(torch.nn.Linear(1, 1))

@@ -45,6 +45,13 @@ def parallelize_modular(pipe: Any, method: str = "taa", **options: Any) -> Any:
         raise TypeError(f"parallelize_modular takes a diffusers ModularPipeline, got {type(pipe).__name__}")
     check_diffusers_version()
     check_method_and_options(method, options)
+    if options.get("cuda_graph"):
+        raise ValueError(
+            "parallelize_modular: cuda_graph=True does not apply: the loop's sub-blocks run in Python for every step "
+            "of a window (the guider, the recorded calls), which a CUDA graph cannot capture"
+        )
+    if options.get("window") == "auto":
+        raise ValueError("parallelize_modular: window='auto' is not timed here; pass a window size (or none)")
     blocks = copy.deepcopy(pipe._blocks)
     state = SimpleNamespace(method=method, options=dict(options), last_result=None)
     if not _swap_loops(blocks, state):
