@@ -316,6 +316,15 @@ def test_a_guider_that_changes_the_network_per_branch_is_refused():
         _latents(paratriton.parallelize_modular(pipe), inputs)
 
 
+def test_a_step_cache_on_the_network_is_refused():
+    from diffusers import FirstBlockCacheConfig
+
+    pipe, inputs = make_flux()
+    pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.2))
+    with pytest.raises(ValueError, match="the loop's transformer has stateful diffusers hooks"):
+        _latents(paratriton.parallelize_modular(pipe), inputs)
+
+
 def test_a_loop_that_edits_latents_after_the_step_is_refused():
     from diffusers.modular_pipelines.flux.denoise import FluxDenoiseStep, FluxLoopAfterDenoiser
     from diffusers.modular_pipelines.flux.modular_blocks_flux import FluxCoreDenoiseStep

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
+from ._guards import check_no_stateful_hooks
+
 __all__ = ["Call", "CallLog", "ModelProxy", "run_batched"]
 
 
@@ -91,7 +93,7 @@ class ModelProxy:
     """A component network on the private pipeline copy: attributes read through, calls go to ``owner.log``."""
 
     def __init__(self, name: str, module: torch.nn.Module, owner: Any) -> None:
-        self.__dict__.update(_name=name, _module=module, _owner=owner)
+        self.__dict__.update(_name=name, _module=module, _owner=owner, _checked=False)
 
     def __getattr__(self, attr: str) -> Any:
         return getattr(self._module, attr)
@@ -100,6 +102,9 @@ class ModelProxy:
         log = self._owner.log
         if log is None:  # outside the parallel loop's passes: the network itself
             return self._module(*args, **kwargs)
+        if not self._checked:  # once per loop call: only the networks the loop calls
+            check_no_stateful_hooks(self._module, f"the loop's {self._name}")
+            self.__dict__["_checked"] = True
         return log.call(self._name, self._module, args, kwargs)
 
 
