@@ -345,6 +345,25 @@ def test_a_loop_that_edits_latents_after_the_step_is_refused():
         _latents(paratriton.parallelize_modular(pipe, **TOL), inputs)
 
 
+def test_a_sub_block_that_carries_state_between_steps_is_refused():
+    from diffusers.modular_pipelines.flux.denoise import FluxDenoiseStep, FluxLoopDenoiser
+    from diffusers.modular_pipelines.flux.modular_blocks_flux import FluxCoreDenoiseStep
+
+    class GrowingGuidanceDenoiser(FluxLoopDenoiser):  # each step's guidance depends on how many steps ran before
+        def __call__(self, components, block_state, i, t):
+            block_state.guidance = block_state.guidance * 1.5
+            return super().__call__(components, block_state, i, t)
+
+    class GrowingDenoiseStep(FluxDenoiseStep):
+        block_classes = [GrowingGuidanceDenoiser, FluxDenoiseStep.block_classes[1]]
+
+    blocks = FluxCoreDenoiseStep()
+    blocks.sub_blocks["denoise"] = GrowingDenoiseStep()
+    pipe, inputs = make_flux(blocks)
+    with pytest.raises(ValueError, match="carries state from one step to the next"):
+        _latents(paratriton.parallelize_modular(pipe, **TOL), inputs)
+
+
 def test_a_loop_without_an_after_denoiser_cuda_graphs_and_a_non_modular_pipeline_are_refused():
     from diffusers.modular_pipelines.flux.denoise import FluxDenoiseStep
     from diffusers.modular_pipelines.flux.modular_blocks_flux import FluxCoreDenoiseStep

@@ -60,7 +60,8 @@ class Call:
 class CallLog:
     """The calls of one step's pass: ``known`` are the previous pass's (with outputs), ``calls`` this pass's."""
 
-    def __init__(self, known: list[Call], serve: bool, templates: dict) -> None:
+    def __init__(self, known: list[Call], serve: int | None, templates: dict) -> None:
+        """``serve``: the loop step of the final pass (only known calls are served), None while solving."""
         self.known, self.serve, self.templates, self.calls = known, serve, templates, []
 
     def call(self, name: str, model: Any, args: tuple, kwargs: dict) -> Any:
@@ -70,10 +71,11 @@ class CallLog:
         if pos < len(self.known) and self.known[pos].out is not None and self.known[pos].same_inputs(call):
             call.out = self.known[pos].out
             return _fresh(call.out)
-        if self.serve:
-            raise RuntimeError(
-                f"the loop's call {pos} of {name} at this step has other inputs than the parallel solve evaluated: "
-                "a sub-block is not a function of the step's latents"
+        if self.serve is not None:
+            raise ValueError(
+                f"the loop's call {pos} of {name} at loop step {self.serve} has other inputs than the parallel solve "
+                "evaluated: a sub-block carries state from one step to the next (the step is not a function of its "
+                "latents alone), which a parallel solve cannot reproduce"
             )
         template = self.templates.get(call.key())
         if template is None:  # the first call of this signature runs as it is: its output shapes the placeholders

@@ -159,7 +159,7 @@ class ModularSolve:
         for _ in range(_MAX_PASSES):
             preds, pending = [], []
             for w, i in enumerate(steps):
-                log = CallLog(known[w], False, self.templates)
+                log = CallLog(known[w], None, self.templates)
                 preds.append(self._run_models(self.comps, self._step_state(T - 1 - i, lats[w]), T - 1 - i, log))
                 known[w] = log.calls
                 pending += [c for c in log.calls if c.out is None]
@@ -183,7 +183,7 @@ class ModularSolve:
         target = self.traj[T - i].to(self.x_dtype)
         lat, calls = min(self.seen[T - 1 - i], key=lambda e: float((e[0] - target).double().norm()))
         bs.latents = lat
-        self._run_models(self.final, bs, i, CallLog(calls, True, self.templates))
+        self._run_models(self.final, bs, i, CallLog(calls, i, self.templates))
         comps, bs = self.after(self.final, bs, i=i, t=t)
         self.next_step = i + 1
         if i == T - 1:
