@@ -196,26 +196,26 @@ FAMILIES = {
 }
 
 
+@pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("name", list(FAMILIES))
-def test_modular_pipeline_matches_stock(name):
+def test_modular_pipeline_matches_stock(name, batch):
     pipe, inputs = FAMILIES[name]()
+    inputs["num_videos_per_prompt" if name == "wan22" else "num_images_per_prompt"] = batch
     tol, atol = (SDXL_TOL, SDXL_ATOL) if name == "sdxl" else (TOL, ATOL)
     ref = _latents(pipe, inputs)
     fast = paratriton.parallelize_modular(pipe, method="taa", **tol)
     out = _latents(fast, inputs)
     _assert_same(ref, out, atol)
     res = fast.paratriton.last_result
-    assert res.converged and res.trajectory.shape[0] == inputs["num_inference_steps"] + 1
+    assert ref.shape[0] == batch and res.converged and res.trajectory.shape[0] == inputs["num_inference_steps"] + 1
     assert torch.equal(ref, _latents(pipe, inputs))  # the stock pipeline gives its own answer again afterwards
 
 
-def test_sdxl_batch_two_another_method_and_another_scheduler():
+def test_sdxl_another_method_and_another_scheduler():
     from diffusers import DPMSolverMultistepScheduler
 
     pipe, inputs = make_sdxl()
-    inputs["num_images_per_prompt"] = 2
     ref = _latents(pipe, inputs)
-    assert ref.shape[0] == 2
     _assert_same(ref, _latents(paratriton.parallelize_modular(pipe, method="picard", **SDXL_TOL), inputs), SDXL_ATOL)
     pipe.update_components(scheduler=DPMSolverMultistepScheduler.from_config(pipe.scheduler.config))
     ref = _latents(pipe, inputs)
