@@ -44,7 +44,7 @@ class Call:
             if torch.is_tensor(a):
                 if a is not b and (a.shape != b.shape or a.dtype != b.dtype or not torch.equal(a, b)):
                     return False
-            elif a is not b and a != b:
+            elif a is not b and not _equal(a, b):
                 return False
         return True
 
@@ -55,6 +55,13 @@ class Call:
     def run(self) -> Any:
         args, kwargs = pytree.tree_unflatten(self.leaves, self.spec)
         return self.model(*args, **kwargs)
+
+
+def _equal(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # no truth value (an array): not the same input
+        return False
 
 
 class CallLog:
@@ -135,12 +142,11 @@ def _split(out: Any, rows: int, parts: int) -> list:
 
 
 def _close(a: Any, b: Any) -> bool:
+    """The batched rows of a call reproduce its single call: up to TF32 / bf16 rounding (a misbatch is O(1))."""
     la, lb = pytree.tree_leaves(a), pytree.tree_leaves(b)
     for x, y in zip(la, lb):
         if torch.is_tensor(x):
-            tol = (
-                1e-2 if x.dtype in (torch.float32, torch.float64) else 5e-2
-            )  # TF32 / bf16 rounding; a misbatch is O(1)
+            tol = 1e-2 if x.dtype in (torch.float32, torch.float64) else 5e-2
             scale = max(float(y.detach().abs().max()), 1.0) if y.numel() else 1.0
             if x.shape != y.shape or not bool(((x - y).abs() <= tol * scale).all()):
                 return False
