@@ -235,6 +235,30 @@ def test_img2img_loops_that_start_late_match_stock(name):
     assert 1 < fast.paratriton.last_result.trajectory.shape[0] - 1 < 8  # the solve covers the loop's steps only
 
 
+def test_sdxl_controlnet_feeding_the_unet_matches_stock():
+    from diffusers import ControlNetModel
+
+    pipe, inputs = make_sdxl()
+    torch.manual_seed(1)
+    controlnet = ControlNetModel.from_unet(pipe.unet, conditioning_embedding_out_channels=(4, 8, 8, 8)).eval()
+    pipe.update_components(controlnet=controlnet)
+    inputs["control_image"] = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    ref = _latents(pipe, inputs)
+    calls: list[str] = []
+    hooks = [
+        m.register_forward_pre_hook(lambda m, a, n=n: calls.append(n))
+        for n, m in (("cn", controlnet), ("unet", pipe.unet))
+    ]
+    try:
+        out = _latents(paratriton.parallelize_modular(pipe, method="taa", **SDXL_TOL), inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    _assert_same(ref, out, SDXL_ATOL)
+    # the UNet's batch waits for the ControlNet's (a pass later): no UNet call on placeholder residuals
+    assert calls[::2] == ["cn"] * (len(calls) // 2) and calls[1::2] == ["unet"] * (len(calls) // 2)
+
+
 def test_a_window_of_steps_is_one_batched_call_per_signature():
     pipe, inputs = make_qwen()
     seen: list[tuple] = []

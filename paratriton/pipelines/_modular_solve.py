@@ -21,8 +21,7 @@ from ._operator import _slice_steps, step_operator
 __all__ = ["ModularSolve"]
 
 _STEP_STATE = frozenset({"_step", "_num_inference_steps", "_timestep", "_count_prepared"})  # guider.set_state's
-# passes per step: one more than the longest chain of networks fed by networks' outputs (a ControlNet feeding the
-# UNet takes 3; its first UNet batch, on placeholder residuals, is wasted)
+# passes per step: one more than the number of networks called in turn (a ControlNet feeding the UNet: 3)
 _MAX_PASSES = 8
 
 
@@ -162,7 +161,10 @@ class ModularSolve:
                 log = CallLog(known[w], None, self.templates)
                 preds.append(self._run_models(self.comps, self._step_state(T - 1 - i, lats[w]), T - 1 - i, log))
                 known[w] = log.calls
-                pending += [c for c in log.calls if c.out is None]
+                # this pass makes the step's first unknown network's calls; a later network's wait for the replay
+                # (a UNet fed by a ControlNet's residuals would be called on the placeholders' otherwise)
+                todo = [c for c in log.calls if c.out is None]
+                pending += [c for c in todo if c.name == todo[0].name]
             if not pending:
                 break
             run_batched(pending, self.templates)
