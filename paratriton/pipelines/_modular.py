@@ -25,6 +25,7 @@ from typing import Any
 
 from ._guards import check_diffusers_version
 from ._modular_solve import ModularSolve
+from ._options import check_method_and_options
 
 __all__ = ["parallelize_modular"]
 
@@ -38,8 +39,6 @@ def parallelize_modular(pipe: Any, method: str = "taa", **options: Any) -> Any:
     ``sub_blocks`` changes nothing), the loop block is nested differently per model (inside auto and sequential
     blocks), and each call must run on private schedulers and guiders; one line then fits every modular model."""
     from diffusers.modular_pipelines import ModularPipeline
-
-    from ._options import check_method_and_options
 
     if not isinstance(pipe, ModularPipeline):
         raise TypeError(f"parallelize_modular takes a diffusers ModularPipeline, got {type(pipe).__name__}")
