@@ -10,7 +10,7 @@ from .model import ClassifierFreeGuidance, Denoiser
 from .schedulers import MultistepCoefficients, SamplerCoefficients, coefficients_from_scheduler
 from .solvers import METHODS, IterationInfo, NonFiniteError, SolveResult, solve, solve_sequential
 from .denoise import denoise
-from .pipelines import parallelize, plan  # plan: pipelines planned there, denoisers by .planner
+from .pipelines import parallelize, parallelize_modular, plan  # plan: pipelines planned there, denoisers by .planner
 from .planner import Plan
 from ._backends import backends  # which kernel (C++ / CUDA / Triton / torch) each op uses; loads paratriton._C
 
@@ -65,6 +65,7 @@ __all__ = [
     "ClassifierFreeGuidance",
     "Denoiser",
     "parallelize",
+    "parallelize_modular",
     "plan",
     "Plan",
     "backends",

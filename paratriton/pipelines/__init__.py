@@ -12,9 +12,11 @@ call as a frozen value), ``_problem.py`` (denoiser, step operator, noise, loop r
 CUDA-graphed solvers cached per problem; ``_guards.py``: the model fingerprint the graph cache is keyed on, the
 stateful-hook check, the diffusers version check; ``_options.py``: methods and options, from the solver registry;
 ``_state.py``: ``ParallelState``, what a parallel pipeline owns (``fast.paratriton``); ``_specs.py``: the
-per-pipeline loop facts; ``_trees.py``: nested conditioning helpers.
+per-pipeline loop facts; ``_trees.py``: nested conditioning helpers. ``_modular.py``: ``parallelize_modular``, modular
+diffusers' denoise loop blocks solved in parallel (its network calls recorded and batched by ``_modular_calls.py``).
 """
 
+from ._modular import parallelize_modular
 from ._plan import PipelinePlan, plan, plan_pipeline
 from ._specs import SUPPORTED_PIPELINES
 from ._state import ParallelState
@@ -26,6 +28,7 @@ __all__ = [
     "ParallelState",
     "PipelinePlan",
     "parallelize",
+    "parallelize_modular",
     "plan",
     "plan_pipeline",
 ]
