@@ -119,7 +119,7 @@ def default_model(report: dict, dev: torch.device, steps: int) -> None:
         model = digits_denoiser(pipe, coeffs, labels, pipe.default_guidance_scale)
         seq = GraphedSequential(model, coeffs, x_T)
         seq.run()
-        t_seq = _timed(seq.run)
+        t_seq = wall_ms(seq.run) / 1e3
         ref = seq.run().sample.clone()
         taa = make_solver("taa", cuda_graph=True)
         torch.cuda.synchronize()
@@ -127,11 +127,11 @@ def default_model(report: dict, dev: torch.device, steps: int) -> None:
         first = taa.solve(model, coeffs, x_T)
         torch.cuda.synchronize()
         t_first = time.perf_counter() - t0
-        t_taa = _timed(lambda: taa.solve(model, coeffs, x_T))
+        t_taa = wall_ms(lambda: taa.solve(model, coeffs, x_T)) / 1e3
         res = taa.solve(model, coeffs, x_T)
         eager = make_solver("taa")
         eager.solve(model, coeffs, x_T)
-        t_eager = _timed(lambda: eager.solve(model, coeffs, x_T), reps=3)
+        t_eager = wall_ms(lambda: eager.solve(model, coeffs, x_T), reps=3) / 1e3
         f64 = make_solver("taa", cuda_graph=True, state_dtype=torch.float64).solve(model, coeffs, x_T)
         row = dict(
             B=B,
@@ -158,14 +158,16 @@ def _rms(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.double() - b.double()).square().mean().sqrt().item()
 
 
-def _timed(fn, reps: int = 7) -> float:
+def wall_ms(fn, reps: int = 7) -> float:
+    """Median wall time of ``fn()`` in ms, the device synchronised before and after each call (host work counted,
+    unlike ``paratriton._cuda_graph.median_ms``'s device time); benchmarks/overhead.py times with it too."""
     times = []
     for _ in range(reps):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         fn()
         torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+        times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
 
 

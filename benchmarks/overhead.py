@@ -20,29 +20,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from engine import wall_ms  # noqa: E402 - the sibling benchmark's timer (this folder is on sys.path)
+
 import paratriton as pt  # noqa: E402
 from paratriton._cuda_graph import capture, median_ms  # noqa: E402
 from paratriton.solvers import graphed_solver  # noqa: E402
 from paratriton.solvers.graphed_sequential import GraphedSequential  # noqa: E402
-
-
-def wall_ms(fn, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def kernel_times(fn) -> dict[str, float]:

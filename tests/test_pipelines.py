@@ -2,15 +2,11 @@
 
 The central check: with the same seed, the parallel pipeline returns the stock sequential pipeline's image
 (max abs error <= 1e-4 in float32 at solver tolerance 1e-7), for every supported pipeline and scheduler, CFG on and
-off, batch 1 and 2. Components are built from configs as diffusers' own ``get_dummy_components`` do; text
-pipelines get ``prompt_embeds`` so no tokenizer or text encoder is needed.
+off, batch 1 and 2. Components are built from configs as diffusers' own ``get_dummy_components`` do
+(``pipeline_parts.py``); text pipelines get ``prompt_embeds`` so no tokenizer or text encoder is needed.
 """
 
 from __future__ import annotations
-
-import logging
-import warnings
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -20,185 +16,90 @@ import paratriton
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import (  # noqa: E402 - after importorskip, so the file skips without diffusers
-    AutoencoderKL,
     DDIMPipeline,
-    DDIMScheduler,
     DDPMPipeline,
-    DDPMScheduler,
     DiTPipeline,
     DiTTransformer2DModel,
     FlowMatchEulerDiscreteScheduler,
-    UNet2DModel,
+)
+from pipeline_parts import (  # noqa: E402 - the shared parts (pytest puts tests/ on sys.path)
+    ATOL,
+    FLUX_VAE_SCALE,
+    SCHEDULERS,
+    STEPS,
+    TOL,
+    _ddim,
+    _ddpm,
+    _gen,
+    _images,
+    _quiet,
+    _tiny_vae,
+    assemble,
+    assert_same,
+    check_floor_warning,
+    compare_calls,
+    floor_warnings,
+    flux_transformer,
+    flux_vae,
+    make_unet2d,
+    needs_transformers,
+    run_pair,
+    sd_unet,
+    sdxl_unet,
+    seeded,
 )
 
-logging.getLogger("diffusers").setLevel(logging.ERROR)  # the tiny configs trigger deprecation notes
-
-TOL = {"tol_abs": 1e-6, "tol_rel": 1e-6}  # above what the tiny random networks here resolve on a CPU (~5e-7)
-ATOL = 1e-4
-STEPS = 8
-
-
-def _needs_transformers():
-    # the text-conditioned pipelines exist in diffusers only when transformers is installed
-    pytest.importorskip("transformers", reason="diffusers' text pipelines need transformers")
-
-
-def _ddim(**kw):
-    # steps_offset=1 as SD checkpoints ship (0 triggers a deprecation warning in the SD pipelines)
-    return DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        **kw,
-    )
-
-
-def _ddpm(**kw):
-    # with steps_offset=1 the last timestep is 1 > 0, so DDPM adds noise in every step, the last one included
-    kw = {"clip_sample": False, **kw}
-    return DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, **kw)
-
-
-SCHEDULERS = {"ddim": _ddim, "ddpm": _ddpm}
-
-
-def _gen(seed: int = 0, batch: int | None = None):
-    if batch is None:
-        return torch.Generator().manual_seed(seed)
-    return [torch.Generator().manual_seed(seed + i) for i in range(batch)]
-
-
-def _quiet(pipe):
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
 
 # ---------------------------------------------------------------------------------------------------------------
-# tiny components (diffusers' own test configs, ecosystem-notes A.8)
+# tiny pipelines (diffusers' own test configs, ecosystem-notes A.8)
 # ---------------------------------------------------------------------------------------------------------------
-def _tiny_vae(latent_channels: int = 4, **kw):
-    torch.manual_seed(0)
-    args = {
-        "block_out_channels": [4, 8],
-        "in_channels": 3,
-        "out_channels": 3,
-        "down_block_types": ["DownEncoderBlock2D"] * 2,
-        "up_block_types": ["UpDecoderBlock2D"] * 2,
-        "latent_channels": latent_channels,
-        "norm_num_groups": 2,
-    }
-    args.update(kw)
-    return AutoencoderKL(**args).eval()
-
-
 def make_sd(scheduler):
-    _needs_transformers()
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    needs_transformers()
+    from diffusers import StableDiffusionPipeline
 
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(4, 8),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=8,
-        norm_num_groups=2,
-    ).eval()
-    pipe = StableDiffusionPipeline(
+    return assemble(
+        StableDiffusionPipeline,
         vae=_tiny_vae(),
-        text_encoder=None,
-        tokenizer=None,
-        unet=unet,
+        unet=sd_unet(),
         scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        image_encoder=None,
         requires_safety_checker=False,
     )
-    return _quiet(pipe)
+
+
+def text_inputs(seed: int, batch: int, cfg: bool, embeds: dict[str, tuple], size: int = 16, scale: float = 3.0, **kw):
+    """A text pipeline's call: seeded random ``embeds`` (name -> shape after the batch), their ``negative_`` twins
+    under CFG, a ``size`` x ``size`` image in STEPS steps, ``kw`` added last."""
+    g = torch.Generator().manual_seed(seed)
+    out = {name: torch.randn(batch, *shape, generator=g) for name, shape in embeds.items()}
+    out.update(height=size, width=size, num_inference_steps=STEPS, guidance_scale=scale if cfg else 1.0)
+    if cfg:
+        out.update({f"negative_{name}": torch.randn(batch, *shape, generator=g) for name, shape in embeds.items()})
+    return {**out, **kw}
 
 
 def sd_inputs(batch: int, cfg: bool, **kw):
-    g = torch.Generator().manual_seed(100)
-    out = {
-        "prompt_embeds": torch.randn(batch, 5, 8, generator=g),
-        "height": 16,
-        "width": 16,
-        "num_inference_steps": STEPS,
-        "guidance_scale": 3.0 if cfg else 1.0,
-    }
-    if cfg:
-        out["negative_prompt_embeds"] = torch.randn(batch, 5, 8, generator=g)
-    out.update(kw)
-    return out
+    return text_inputs(100, batch, cfg, {"prompt_embeds": (5, 8)}, **kw)
 
 
 def make_sdxl(scheduler):
-    _needs_transformers()
-    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    needs_transformers()
+    from diffusers import StableDiffusionXLPipeline
 
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(2, 4),
-        layers_per_block=2,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        transformer_layers_per_block=(1, 2),
-        projection_class_embeddings_input_dim=80,
-        cross_attention_dim=64,
-        norm_num_groups=1,
-    ).eval()
-    pipe = StableDiffusionXLPipeline(
-        vae=_tiny_vae(),
-        text_encoder=None,
-        text_encoder_2=None,
-        tokenizer=None,
-        tokenizer_2=None,
-        unet=unet,
-        scheduler=scheduler,
-        image_encoder=None,
-        feature_extractor=None,
-    )
-    return _quiet(pipe)
+    return assemble(StableDiffusionXLPipeline, vae=_tiny_vae(), unet=sdxl_unet(), scheduler=scheduler)
 
 
 def sdxl_inputs(batch: int, cfg: bool, **kw):
-    g = torch.Generator().manual_seed(101)
-    out = {
-        "prompt_embeds": torch.randn(batch, 5, 64, generator=g),
-        "pooled_prompt_embeds": torch.randn(batch, 32, generator=g),
-        "height": 16,
-        "width": 16,
-        "num_inference_steps": STEPS,
-        "guidance_scale": 3.0 if cfg else 1.0,
-    }
-    if cfg:
-        out["negative_prompt_embeds"] = torch.randn(batch, 5, 64, generator=g)
-        out["negative_pooled_prompt_embeds"] = torch.randn(batch, 32, generator=g)
-        out["guidance_rescale"] = 0.5  # SDXL's own guidance rescale, exercised on the CFG path
-    out.update(kw)
-    return out
+    # SDXL's own guidance rescale, exercised on the CFG path
+    rescale = {"guidance_rescale": 0.5} if cfg else {}
+    return text_inputs(101, batch, cfg, {"prompt_embeds": (5, 64), "pooled_prompt_embeds": (32,)}, **rescale, **kw)
 
 
 def make_pixart(scheduler):
-    _needs_transformers()
+    needs_transformers()
     from diffusers import PixArtAlphaPipeline, PixArtTransformer2DModel
 
-    torch.manual_seed(0)
-    transformer = PixArtTransformer2DModel(
+    transformer = seeded(
+        PixArtTransformer2DModel,
         sample_size=8,
         num_layers=2,
         patch_size=2,
@@ -214,35 +115,20 @@ def make_pixart(scheduler):
         norm_type="ada_norm_single",
         norm_elementwise_affine=False,
         norm_eps=1e-6,
-    ).eval()
-    pipe = PixArtAlphaPipeline(
-        tokenizer=None, text_encoder=None, vae=_tiny_vae(), transformer=transformer, scheduler=scheduler
     )
-    return _quiet(pipe)
+    return assemble(PixArtAlphaPipeline, vae=_tiny_vae(), transformer=transformer, scheduler=scheduler)
 
 
 def pixart_inputs(batch: int, cfg: bool, **kw):
-    g = torch.Generator().manual_seed(102)
-    out = {
-        "prompt_embeds": torch.randn(batch, 6, 32, generator=g),
-        "prompt_attention_mask": torch.tensor([[1, 1, 1, 1, 0, 0]] * batch),
-        "height": 16,
-        "width": 16,
-        "num_inference_steps": STEPS,
-        "guidance_scale": 3.0 if cfg else 1.0,
-        "use_resolution_binning": False,
-    }
-    if cfg:
-        out["negative_prompt"] = None  # PixArt defaults to "" and rejects it beside negative_prompt_embeds
-        out["negative_prompt_embeds"] = torch.randn(batch, 6, 32, generator=g)
-        out["negative_prompt_attention_mask"] = torch.ones(batch, 6, dtype=torch.long)
-    out.update(kw)
-    return out
+    mask = {"prompt_attention_mask": torch.tensor([[1, 1, 1, 1, 0, 0]] * batch), "use_resolution_binning": False}
+    if cfg:  # PixArt defaults negative_prompt to "" and rejects it beside negative_prompt_embeds
+        mask.update(negative_prompt=None, negative_prompt_attention_mask=torch.ones(batch, 6, dtype=torch.long))
+    return text_inputs(102, batch, cfg, {"prompt_embeds": (6, 32)}, **mask, **kw)
 
 
 def make_dit(scheduler):
-    torch.manual_seed(0)
-    transformer = DiTTransformer2DModel(
+    transformer = seeded(
+        DiTTransformer2DModel,
         sample_size=8,
         num_layers=2,
         patch_size=4,
@@ -255,143 +141,30 @@ def make_dit(scheduler):
         num_embeds_ada_norm=1000,
         norm_type="ada_norm_zero",
         norm_elementwise_affine=False,
-    ).eval()
+    )
     return _quiet(DiTPipeline(transformer=transformer, vae=_tiny_vae(), scheduler=scheduler))
 
 
 def dit_inputs(batch: int, cfg: bool, **kw):
-    out = {"class_labels": [1, 7][:batch], "num_inference_steps": STEPS, "guidance_scale": 3.0 if cfg else 1.0}
-    out.update(kw)
-    return out
+    return {"class_labels": [1, 7][:batch], "num_inference_steps": STEPS, "guidance_scale": 3.0 if cfg else 1.0, **kw}
 
 
 def make_flux(scheduler, guidance_embeds: bool = True):
-    _needs_transformers()
-    from diffusers import FluxPipeline, FluxTransformer2DModel
+    needs_transformers()
+    from diffusers import FluxPipeline
 
-    torch.manual_seed(0)
-    transformer = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=4,
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        axes_dims_rope=[4, 4, 8],
-        guidance_embeds=guidance_embeds,
-    ).eval()
-    vae = _tiny_vae(
-        latent_channels=1,
-        block_out_channels=(4,),
-        down_block_types=["DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D"],
-        norm_num_groups=1,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=0.0609,
-        scaling_factor=1.5035,
-    )
-    pipe = FluxPipeline(
+    return assemble(
+        FluxPipeline,
         scheduler=scheduler,
-        vae=vae,
-        text_encoder=None,
-        tokenizer=None,
-        text_encoder_2=None,
-        tokenizer_2=None,
-        transformer=transformer,
+        vae=flux_vae(**FLUX_VAE_SCALE),
+        transformer=flux_transformer(guidance_embeds=guidance_embeds),
     )
-    return _quiet(pipe)
 
 
 def flux_inputs(batch: int, cfg: bool, **kw):
-    g = torch.Generator().manual_seed(103)
-    out = {
-        "prompt_embeds": torch.randn(batch, 7, 32, generator=g),
-        "pooled_prompt_embeds": torch.randn(batch, 32, generator=g),
-        "height": 8,
-        "width": 8,
-        "num_inference_steps": STEPS,
-        "guidance_scale": 3.5 if cfg else 1.0,
-    }
-    out.update(kw)
-    return out
-
-
-def make_unet2d():
-    torch.manual_seed(0)
-    return UNet2DModel(
-        block_out_channels=(4, 8),
-        layers_per_block=1,
-        norm_num_groups=4,
-        sample_size=8,
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-    ).eval()
-
-
-def _images(out):
-    images = out.images if hasattr(out, "images") else out[0]
-    return images if torch.is_tensor(images) else torch.from_numpy(np.asarray(images))
-
-
-def run_pair(
-    pipe, inputs: dict, method: str = "taa", seed: int = 0, per_sample_generators: int | None = None, **options
-):
-    """Run the stock pipeline and its parallel version with the same seed; return (stock, parallel, par pipe)."""
-    par = paratriton.parallelize(pipe, method, **({} if method == "sequential" else TOL), **options)
-    outs = []
-    for p in (pipe, par):
-        torch.manual_seed(seed)  # DiT and Flux draw their step noise from the global RNG
-        with floor_warnings() as caught:
-            outs.append(_images(p(**inputs, generator=_gen(seed, per_sample_generators))))
-        check_floor_warning(caught, par.paratriton.last_result if p is par else None)
-    return outs[0], outs[1], par
-
-
-def floor_warnings():
-    """Record the warnings of a call, with paratriton's once-per-process memory of precision-floor warnings empty
-    for its length (so a precision-limited solve warns whatever ran before)."""
-    from paratriton.solvers import tolerance
-
-    class _Ctx:
-        def __enter__(self):
-            self.patch = mock.patch.object(tolerance, "_warned", set())
-            self.rec = warnings.catch_warnings(record=True)
-            self.patch.__enter__()
-            caught = self.rec.__enter__()
-            warnings.filterwarnings("always", module="paratriton")  # ours every time; the others as configured
-            return caught
-
-        def __exit__(self, *exc):
-            self.rec.__exit__(*exc)
-            return self.patch.__exit__(*exc)
-
-    return _Ctx()
-
-
-def check_floor_warning(caught: list, result) -> None:
-    """TOL is tighter than a tiny float32 network resolves on some machines and shapes: the solver then stops at
-    the network's floor and says so (RuntimeWarning). Assert that a precision-limited result was announced, and that
-    the stock call (``result`` None) never warns (recorded under ``floor_warnings``; window="auto"'s timing solves
-    may warn too); pass every other warning on unchanged."""
-    floor = [w for w in caught if issubclass(w.category, RuntimeWarning) and "is below what" in str(w.message)]
-    if result is None:
-        assert not floor, [str(w.message) for w in floor]
-    elif result.precision_limited:
-        assert floor and result.precision_floor > 0
-    for w in caught:  # passed the filters already: shown as they are (pytest's summary)
-        if w not in floor:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-
-
-def assert_same(ref: torch.Tensor, out: torch.Tensor, atol: float = ATOL):
-    assert ref.shape == out.shape
-    err = (ref.double() - out.double()).abs().max().item()
-    assert err <= atol, f"max abs error {err:.3e} > {atol}"
+    # ``cfg``: the distilled guidance (a guidance embedding), not a negative prompt
+    embeds = {"prompt_embeds": (7, 32), "pooled_prompt_embeds": (32,)}
+    return text_inputs(103, batch, False, embeds, size=8, **{"guidance_scale": 3.5 if cfg else 1.0, **kw})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -931,7 +704,7 @@ def test_cuda_graph_pipeline_reuses_its_solver_and_copies_new_conditioning():
     # another prompt and seed, same shapes: the cached solver replays with the new conditioning and noise
     second = sd_inputs(1, True, output_type="latent")
     second["prompt_embeds"] = torch.randn_like(second["prompt_embeds"])
-    ref, out = [_images(p(**second, generator=_gen(7))) for p in (pipe, par)]
+    ref, out = compare_calls(pipe, par, second, seed=7)
     assert par.paratriton.graphed is entry and len(entry.solvers) == 1
     assert_same(ref, out)
     first_out = _images(par(**first, generator=_gen(0)))
@@ -1011,7 +784,7 @@ def test_plan_pipeline_times_every_method_and_builds_the_fastest(monkeypatch, ca
     else:
         assert f"{method} with window {window}: 1.0 ms against 6.0 ms" in p.reason and "(6.00x)" in p.reason
     par = p.parallelize(pipe)  # the chosen sampler still gives the stock image
-    ref, out = [_images(q(**UNCOND, generator=_gen(0))) for q in (pipe, par)]
+    ref, out = compare_calls(pipe, par, UNCOND)
     assert_same(ref, out)
     assert par.paratriton.method == method
     expected = {"cuda_graph": False} if method == "sequential" else {"window": window, "cuda_graph": False, **TOL}

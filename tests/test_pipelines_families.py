@@ -11,8 +11,6 @@ embeddings passed in, ``output_type="latent"`` where the decoder adds nothing to
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
 
@@ -22,18 +20,23 @@ diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("transformers", reason="diffusers' text pipelines need transformers")
 import diffusers as d  # noqa: E402
 import PIL.Image  # noqa: E402
-from test_pipelines import (  # noqa: E402 - the shared helpers
+from pipeline_parts import (  # noqa: E402 - the shared parts (pytest puts tests/ on sys.path)
+    FLUX_VAE_SCALE,
     TOL,
-    _images,
-    _quiet,
+    _gen,
     _tiny_vae,
+    assemble,
     assert_same,
-    check_floor_warning,
-    floor_warnings,
+    checked_call,
+    compare_calls,
+    flux_transformer,
+    flux_vae,
+    latent_call,
     run_pair,
+    sd_unet,
+    seeded,
 )
 
-logging.getLogger("diffusers").setLevel(logging.ERROR)
 # Stable Audio's Oobleck VAE builds with torch's deprecated weight_norm: not ours, named here
 pytestmark = pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning")
 
@@ -42,18 +45,14 @@ FLOW_DPM = {"prediction_type": "flow_prediction", "use_flow_sigmas": True}
 SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 
 
-def _g(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # tiny pipelines (diffusers' own fast-test configs, made smaller)
 # ---------------------------------------------------------------------------------------------------------------
 def make_audioldm2(scheduler):
     from transformers import GPT2Config, GPT2Model, SpeechT5HifiGan, SpeechT5HifiGanConfig, T5Config, T5EncoderModel
 
-    torch.manual_seed(0)
-    unet = d.AudioLDM2UNet2DConditionModel(
+    unet = seeded(
+        d.AudioLDM2UNet2DConditionModel,
         block_out_channels=(4, 8),
         layers_per_block=1,
         sample_size=8,
@@ -63,7 +62,7 @@ def make_audioldm2(scheduler):
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=([None, 8, 16], [None, 8, 16]),  # GPT-2 states, then T5 states
         norm_num_groups=2,
-    ).eval()
+    )
     vae = _tiny_vae(in_channels=1, out_channels=1)
     # only their dtypes are read when the embeddings are passed in
     t5 = T5EncoderModel(T5Config(vocab_size=32, d_model=16, d_ff=16, d_kv=8, num_heads=2, num_layers=1)).eval()
@@ -82,103 +81,55 @@ def make_audioldm2(scheduler):
             normalize_before=False,
         )
     ).eval()
-    pipe = d.AudioLDM2Pipeline(
+    return assemble(
+        d.AudioLDM2Pipeline,
         vae=vae,
-        text_encoder=None,
         text_encoder_2=t5,
-        projection_model=None,
         language_model=gpt2,
-        tokenizer=None,
-        tokenizer_2=None,
-        feature_extractor=None,
         unet=unet,
         scheduler=scheduler,
         vocoder=vocoder,
     )
-    return _quiet(pipe)
 
 
 def audioldm2_inputs(batch: int = 1, **kw):
-    g = _g(11)
-    out = {
+    g = _gen(11)
+    return {
         "prompt_embeds": torch.randn(batch, 5, 16, generator=g),
         "negative_prompt_embeds": torch.randn(batch, 5, 16, generator=g),
         "generated_prompt_embeds": torch.randn(batch, 4, 8, generator=g),
         "negative_generated_prompt_embeds": torch.randn(batch, 4, 8, generator=g),
         "audio_length_in_s": 0.016,  # a [4, 32, 4] mel latent
-        "num_inference_steps": STEPS,
-        "guidance_scale": 3.5,
-        "output_type": "latent",  # the tiny vocoder's waveform is ~1e-6: too small to compare
-    }
-    out.update(kw)
-    return out
-
-
-def _flux_vae(cls=d.AutoencoderKL, blocks: int = 1, **kw):
-    torch.manual_seed(0)
-    return cls(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(4,) * blocks,
-        down_block_types=("DownEncoderBlock2D",) * blocks,
-        up_block_types=("UpDecoderBlock2D",) * blocks,
-        layers_per_block=1,
-        latent_channels=1,
-        norm_num_groups=1,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
+        **latent_call(STEPS, None, 3.5),  # latents: the tiny vocoder's waveform is ~1e-6, too small to compare
         **kw,
-    ).eval()
+    }
 
 
 def make_kontext(scheduler):
-    torch.manual_seed(0)
-    transformer = d.FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=4,
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        axes_dims_rope=[4, 4, 8],
-    ).eval()
-    pipe = d.FluxKontextPipeline(
+    return assemble(
+        d.FluxKontextPipeline,
         scheduler=scheduler,
-        vae=_flux_vae(shift_factor=0.0609, scaling_factor=1.5035),
-        text_encoder=None,
-        tokenizer=None,
-        text_encoder_2=None,
-        tokenizer_2=None,
-        transformer=transformer,
-        image_encoder=None,
-        feature_extractor=None,
+        vae=flux_vae(**FLUX_VAE_SCALE),
+        transformer=flux_transformer(),
     )
-    return _quiet(pipe)
 
 
 def kontext_inputs(batch: int = 1, **kw):
-    g = _g(12)
-    out = {
+    g = _gen(12)
+    return {
         "image": PIL.Image.new("RGB", (12, 12), (40, 90, 140)),
         "prompt_embeds": torch.randn(batch, 7, 32, generator=g),
         "pooled_prompt_embeds": torch.randn(batch, 32, generator=g),
-        "height": 16,
-        "width": 16,
         "max_area": 16 * 16,
         "_auto_resize": False,
-        "num_inference_steps": STEPS,
-        "guidance_scale": 2.5,
-        "output_type": "latent",
+        **latent_call(STEPS, 16, 2.5),
+        **kw,
     }
-    out.update(kw)
-    return out
 
 
 def make_flux2(scheduler):
-    torch.manual_seed(0)
-    transformer = d.Flux2Transformer2DModel(
+    transformer = seeded(
+        d.Flux2Transformer2DModel,
         patch_size=1,
         in_channels=4,
         num_layers=1,
@@ -188,29 +139,23 @@ def make_flux2(scheduler):
         joint_attention_dim=16,
         timestep_guidance_channels=256,
         axes_dims_rope=[4, 4, 4, 4],
-    ).eval()
-    vae = _flux_vae(d.AutoencoderKLFlux2, blocks=3)  # 4x down: the 64 px image is 64 tokens, 32 px latents 16
-    pipe = d.Flux2Pipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, transformer=transformer)
-    return _quiet(pipe)
+    )
+    vae = flux_vae(d.AutoencoderKLFlux2, blocks=3)  # 4x down: the 64 px image is 64 tokens, 32 px latents 16
+    return assemble(d.Flux2Pipeline, scheduler=scheduler, vae=vae, transformer=transformer)
 
 
 def flux2_inputs(batch: int = 1, **kw):
-    out = {
+    return {
         "image": PIL.Image.new("RGB", (64, 64), (90, 30, 200)),  # Flux.2 wants >= 64 px
-        "prompt_embeds": torch.randn(batch, 6, 16, generator=_g(13)),
-        "height": 32,
-        "width": 32,
-        "num_inference_steps": STEPS,
-        "guidance_scale": 4.0,
-        "output_type": "latent",
+        "prompt_embeds": torch.randn(batch, 6, 16, generator=_gen(13)),
+        **latent_call(STEPS, 32, 4.0),
+        **kw,
     }
-    out.update(kw)
-    return out
 
 
 def make_sana(scheduler):
-    torch.manual_seed(0)
-    transformer = d.SanaTransformer2DModel(
+    transformer = seeded(
+        d.SanaTransformer2DModel,
         patch_size=1,
         in_channels=4,
         out_channels=8,  # learned sigma: the loop keeps the first 4 channels
@@ -223,9 +168,9 @@ def make_sana(scheduler):
         caption_channels=8,
         sample_size=8,
         timestep_scale=0.5,  # SANA-Sprint style; 1.0 in SANA 1.0 checkpoints
-    ).eval()
-    torch.manual_seed(0)
-    vae = d.AutoencoderDC(
+    )
+    vae = seeded(
+        d.AutoencoderDC,
         in_channels=3,
         latent_channels=4,
         attention_head_dim=2,
@@ -242,34 +187,28 @@ def make_sana(scheduler):
         decoder_norm_types="rms_norm",
         decoder_act_fns="silu",
         scaling_factor=0.41407,
-    ).eval()
-    pipe = d.SanaPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=scheduler)
-    return _quiet(pipe)
+    )
+    return assemble(d.SanaPipeline, vae=vae, transformer=transformer, scheduler=scheduler)
 
 
 def sana_inputs(batch: int = 1, **kw):
-    g = _g(14)
-    out = {
+    g = _gen(14)
+    return {
         "prompt_embeds": torch.randn(batch, 6, 8, generator=g),
         "prompt_attention_mask": torch.tensor([[1, 1, 1, 1, 0, 0]] * batch),
         "negative_prompt": None,
         "negative_prompt_embeds": torch.randn(batch, 6, 8, generator=g),
         "negative_prompt_attention_mask": torch.ones(batch, 6, dtype=torch.long),
-        "height": 32,
-        "width": 32,
-        "num_inference_steps": STEPS,
-        "guidance_scale": 4.5,
         "use_resolution_binning": False,
         "complex_human_instruction": None,
-        "output_type": "latent",
+        **latent_call(STEPS, 32, 4.5),
+        **kw,
     }
-    out.update(kw)
-    return out
 
 
 def make_stable_audio(scheduler):
-    torch.manual_seed(0)
-    transformer = d.StableAudioDiTModel(
+    transformer = seeded(
+        d.StableAudioDiTModel,
         sample_size=4,
         in_channels=3,
         num_layers=1,
@@ -280,9 +219,9 @@ def make_stable_audio(scheduler):
         time_proj_dim=8,
         global_states_input_dim=8,
         cross_attention_input_dim=4,
-    ).eval()
-    torch.manual_seed(0)
-    vae = d.AutoencoderOobleck(
+    )
+    vae = seeded(
+        d.AutoencoderOobleck,
         encoder_hidden_size=6,
         downsampling_ratios=[1, 2],
         decoder_channels=3,
@@ -290,36 +229,31 @@ def make_stable_audio(scheduler):
         audio_channels=2,
         channel_multiples=[2, 4],
         sampling_rate=4,
-    ).eval()
+    )
     torch.manual_seed(0)
     projection = d.StableAudioProjectionModel(text_encoder_dim=8, conditioning_dim=4, min_value=0, max_value=32)
-    pipe = d.StableAudioPipeline(
+    return assemble(
+        d.StableAudioPipeline,
         vae=vae,
-        text_encoder=None,
         projection_model=projection.eval(),
-        tokenizer=None,
         transformer=transformer,
         scheduler=scheduler,
     )
-    return _quiet(pipe)
 
 
 def stable_audio_inputs(batch: int = 1, **kw):
-    g = _g(15)
-    out = {
+    g = _gen(15)
+    return {
         "prompt_embeds": torch.randn(batch, 5, 8, generator=g),
         "negative_prompt_embeds": torch.randn(batch, 5, 8, generator=g),
-        "num_inference_steps": STEPS,
-        "guidance_scale": 7.0,
-        "output_type": "latent",
+        **latent_call(STEPS, None, 7.0),
+        **kw,
     }
-    out.update(kw)
-    return out
 
 
 def make_ltx(scheduler):
-    torch.manual_seed(0)
-    transformer = d.LTXVideoTransformer3DModel(
+    transformer = seeded(
+        d.LTXVideoTransformer3DModel,
         in_channels=8,
         out_channels=8,
         patch_size=1,
@@ -329,9 +263,9 @@ def make_ltx(scheduler):
         cross_attention_dim=16,
         num_layers=1,
         caption_channels=16,
-    ).eval()
-    torch.manual_seed(0)
-    vae = d.AutoencoderKLLTXVideo(
+    )
+    vae = seeded(
+        d.AutoencoderKLLTXVideo,
         latent_channels=8,
         block_out_channels=(8, 8, 8, 8),
         spatio_temporal_scaling=(True, True, False, False),
@@ -343,33 +277,27 @@ def make_ltx(scheduler):
         patch_size_t=1,
         encoder_causal=True,
         decoder_causal=False,
-    ).eval()
-    pipe = d.LTXPipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, transformer=transformer)
-    return _quiet(pipe)
+    )
+    return assemble(d.LTXPipeline, scheduler=scheduler, vae=vae, transformer=transformer)
 
 
 def ltx_inputs(batch: int = 1, **kw):
-    g = _g(16)
-    out = {
+    g = _gen(16)
+    return {
         "prompt_embeds": torch.randn(batch, 5, 16, generator=g),
         "prompt_attention_mask": torch.ones(batch, 5, dtype=torch.long),
         "negative_prompt_embeds": torch.randn(batch, 5, 16, generator=g),
         "negative_prompt_attention_mask": torch.ones(batch, 5, dtype=torch.long),
-        "height": 32,
-        "width": 32,
         "num_frames": 9,  # 3 latent frames of 8 x 8
-        "num_inference_steps": STEPS,
-        "guidance_scale": 3.0,
         "guidance_rescale": 0.5,
-        "output_type": "latent",
+        **latent_call(STEPS, 32, 3.0),
+        **kw,
     }
-    out.update(kw)
-    return out
 
 
 def make_cogvideox(scheduler, rotary: bool = False):
-    torch.manual_seed(0)
-    transformer = d.CogVideoXTransformer3DModel(
+    transformer = seeded(
+        d.CogVideoXTransformer3DModel,
         num_attention_heads=2,
         attention_head_dim=16 if rotary else 8,
         use_rotary_positional_embeddings=rotary,  # CogVideoX-5b's and 1.5's: [tokens, dim] tables, not per row
@@ -384,9 +312,9 @@ def make_cogvideox(scheduler, rotary: bool = False):
         patch_size=2,
         temporal_compression_ratio=4,
         max_text_seq_length=8,
-    ).eval()
-    torch.manual_seed(0)
-    vae = d.AutoencoderKLCogVideoX(
+    )
+    vae = seeded(
+        d.AutoencoderKLCogVideoX,
         in_channels=3,
         out_channels=3,
         down_block_types=("CogVideoXDownBlock3D",) * 4,
@@ -396,72 +324,50 @@ def make_cogvideox(scheduler, rotary: bool = False):
         layers_per_block=1,
         norm_num_groups=2,
         temporal_compression_ratio=4,
-    ).eval()
-    pipe = d.CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=scheduler)
-    return _quiet(pipe)
+    )
+    return assemble(d.CogVideoXPipeline, vae=vae, transformer=transformer, scheduler=scheduler)
 
 
 def cogvideox_inputs(batch: int = 1, **kw):
-    g = _g(17)
-    out = {
+    g = _gen(17)
+    return {
         "prompt_embeds": torch.randn(batch, 8, 16, generator=g),
         "negative_prompt_embeds": torch.randn(batch, 8, 16, generator=g),
-        "height": 16,
-        "width": 16,
         "num_frames": 8,  # 2 latent frames of 2 x 2
-        "num_inference_steps": STEPS,
-        "guidance_scale": 6.0,
         "use_dynamic_cfg": True,
-        "output_type": "latent",
+        **latent_call(STEPS, 16, 6.0),
+        **kw,
     }
-    out.update(kw)
-    return out
 
 
 def make_upscaler(scheduler):
-    torch.manual_seed(0)
-    unet = d.UNet2DConditionModel(
-        block_out_channels=(4, 8),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=7,  # 4 latent channels, then the 3 of the low-res image
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=8,
-        norm_num_groups=2,
-        num_class_embeds=100,  # noise_level
-    ).eval()
-    pipe = d.StableDiffusionUpscalePipeline(
+    # 4 latent channels, then the 3 of the low-res image; noise_level as class labels
+    unet = sd_unet(sample_size=8, in_channels=7, num_class_embeds=100)
+    return assemble(
+        d.StableDiffusionUpscalePipeline,
         vae=_tiny_vae(scaling_factor=0.08333),  # the x4 upscaler's
-        text_encoder=None,
-        tokenizer=None,
         unet=unet,
         low_res_scheduler=d.DDPMScheduler(),
         scheduler=scheduler,
         max_noise_level=99,
     )
-    return _quiet(pipe)
 
 
 def upscaler_inputs(batch: int = 1, **kw):
-    g = _g(18)
-    out = {
+    g = _gen(18)
+    return {
         "image": torch.rand(batch, 3, 8, 8, generator=g),  # in [0, 1], as a user's
         "prompt_embeds": torch.randn(batch, 5, 8, generator=g),
         "negative_prompt_embeds": torch.randn(batch, 5, 8, generator=g),
         "noise_level": 20,
-        "num_inference_steps": STEPS,
-        "guidance_scale": 9.0,
-        "output_type": "latent",
+        **latent_call(STEPS, None, 9.0),
+        **kw,
     }
-    out.update(kw)
-    return out
 
 
 def make_hidream(scheduler):
-    torch.manual_seed(0)
-    transformer = d.HiDreamImageTransformer2DModel(
+    transformer = seeded(
+        d.HiDreamImageTransformer2DModel,
         patch_size=2,
         in_channels=4,
         out_channels=4,
@@ -476,41 +382,29 @@ def make_hidream(scheduler):
         axes_dims_rope=(4, 2, 2),
         max_resolution=(16, 16),
         llama_layers=(0, 1),
-    ).eval()
-    pipe = d.HiDreamImagePipeline(
+    )
+    pipe = assemble(
+        d.HiDreamImagePipeline,
         scheduler=scheduler,
         vae=_tiny_vae(scaling_factor=0.3611, shift_factor=0.1159),
-        text_encoder=None,
-        tokenizer=None,
-        text_encoder_2=None,
-        tokenizer_2=None,
-        text_encoder_3=None,
-        tokenizer_3=None,
-        text_encoder_4=None,
-        tokenizer_4=None,
         transformer=transformer,
     )
     pipe.default_sample_size = 8  # the loop rescales height x width to this area: 16 x 16 pixels, 8 x 8 latents
-    return _quiet(pipe)
+    return pipe
 
 
 def hidream_inputs(batch: int = 1, **kw):
-    g = _g(19)
-    out = {
+    g = _gen(19)
+    return {
         "prompt_embeds_t5": torch.randn(batch, 4, 16, generator=g),
         "negative_prompt_embeds_t5": torch.randn(batch, 4, 16, generator=g),
         "prompt_embeds_llama3": torch.randn(2, batch, 3, 8, generator=g),  # [llama layers, batch, tokens, dim]
         "negative_prompt_embeds_llama3": torch.randn(2, batch, 3, 8, generator=g),
         "pooled_prompt_embeds": torch.randn(batch, 16, generator=g),
         "negative_pooled_prompt_embeds": torch.randn(batch, 16, generator=g),
-        "height": 16,
-        "width": 16,
-        "num_inference_steps": STEPS,
-        "guidance_scale": 5.0,
-        "output_type": "latent",
+        **latent_call(STEPS, 16, 5.0),
+        **kw,
     }
-    out.update(kw)
-    return out
 
 
 FAMILIES = {
@@ -587,11 +481,7 @@ def test_kontext_graphed_call_with_another_image_reuses_the_graphs():
     par = paratriton.parallelize(pipe, "taa", cuda_graph=True, window=3, **TOL)
     outs, entries = [], []
     for seed, color in ((0, (40, 90, 140)), (5, (200, 10, 60))):
-        inputs = kontext_inputs(image=PIL.Image.new("RGB", (12, 12), color))
-        ref = _images(pipe(**inputs, generator=_g(seed)))
-        with floor_warnings() as caught:
-            out = _images(par(**inputs, generator=_g(seed)))
-        check_floor_warning(caught, par.paratriton.last_result)
+        ref, out = compare_calls(pipe, par, kontext_inputs(image=PIL.Image.new("RGB", (12, 12), color)), seed)
         assert_same(ref, out)
         outs.append(out)
         entries.append(par.paratriton.graphed)
@@ -615,7 +505,7 @@ def test_cogvideox_with_rotary_embeddings_matches_stock():
 
 def test_kontext_true_cfg_batch_matches_stock():
     # two calls per step (conditional, then negative), each on [latents, image tokens]; two prompts
-    g = _g(20)
+    g = _gen(20)
     negative = {"negative_prompt_embeds": torch.randn(2, 7, 32, generator=g)}
     negative["negative_pooled_prompt_embeds"] = torch.randn(2, 32, generator=g)
     pipe = make_kontext(d.FlowMatchEulerDiscreteScheduler())
@@ -664,9 +554,7 @@ def test_audioldm2_legacy_callback_sees_the_stock_latents():
         def callback(step, t, latents, into=seen[name]):
             into.append((step, int(t), latents.clone()))
 
-        with floor_warnings() as caught:
-            p(**audioldm2_inputs(callback=callback), generator=_g(0))
-        check_floor_warning(caught, par.paratriton.last_result if p is par else None)
+        checked_call(p, audioldm2_inputs(callback=callback))
     assert [s[:2] for s in seen["parallel"]] == [s[:2] for s in seen["stock"]] and len(seen["stock"]) == STEPS
     for (_, _, ref), (_, _, out) in zip(seen["stock"], seen["parallel"]):
         assert_same(ref, out)

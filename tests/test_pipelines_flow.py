@@ -9,8 +9,6 @@ family with its default scheduler and one other.
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
 
@@ -18,9 +16,21 @@ import paratriton
 
 diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("transformers", reason="diffusers' text pipelines need transformers")
-from test_pipelines import STEPS, assert_same, run_pair  # noqa: E402 - the shared helpers (tests/ is on sys.path)
-
-logging.getLogger("diffusers").setLevel(logging.ERROR)
+from pipeline_parts import (  # noqa: E402 - the shared parts (pytest puts tests/ on sys.path)
+    FLUX_VAE_SCALE,
+    STEPS,
+    _gen,
+    _tiny_vae,
+    assemble,
+    assert_same,
+    flux_vae,
+    latent_call,
+    qwen_transformer,
+    recorded_rows,
+    run_pair,
+    seeded,
+    wan_transformer,
+)
 
 
 def _frames(out) -> torch.Tensor:
@@ -46,27 +56,6 @@ SCHEDS = {"unipc": _unipc_flow, "euler": _euler_flow}
 # ---------------------------------------------------------------------------------------------------------------
 # Wan 2.1 / 2.2 (text to video) and Wan image to video
 # ---------------------------------------------------------------------------------------------------------------
-def _wan_transformer(seed: int, in_channels: int = 4, image_dim: int | None = None):
-    from diffusers import WanTransformer3DModel
-
-    torch.manual_seed(seed)
-    return WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=8,
-        in_channels=in_channels,
-        out_channels=4,
-        text_dim=16,
-        freq_dim=32,
-        ffn_dim=16,
-        num_layers=1,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
-        image_dim=image_dim,
-    ).eval()
-
-
 def _wan_vae():
     from diffusers import AutoencoderKLWan
 
@@ -87,34 +76,25 @@ def make_wan(scheduler, experts: bool = False, i2v: bool = False, image_dim: int
     from diffusers import WanImageToVideoPipeline, WanPipeline
 
     in_channels = 4 + 4 + 4 if i2v else 4  # i2v: latents, the first frame's mask and its latents on channels
-    kw = {"transformer_2": _wan_transformer(1, in_channels, image_dim), "boundary_ratio": 0.7} if experts else {}
-    cls = WanImageToVideoPipeline if i2v else WanPipeline
-    pipe = cls(
-        tokenizer=None,
-        text_encoder=None,
-        vae=_wan_vae(),
-        scheduler=scheduler,
-        transformer=_wan_transformer(0, in_channels, image_dim),
-        **kw,
+    kw = (
+        {"transformer_2": wan_transformer(1, in_channels=in_channels, image_dim=image_dim), "boundary_ratio": 0.7}
+        if experts
+        else {}
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    cls = WanImageToVideoPipeline if i2v else WanPipeline
+    transformer = wan_transformer(in_channels=in_channels, image_dim=image_dim)
+    return assemble(cls, vae=_wan_vae(), scheduler=scheduler, transformer=transformer, **kw)
 
 
 def wan_inputs(batch: int, cfg: bool, **kw) -> dict:
-    g = torch.Generator().manual_seed(11)
-    out = {
+    g = _gen(11)
+    return {
         "prompt_embeds": torch.randn(batch, 5, 16, generator=g),
         "negative_prompt_embeds": torch.randn(batch, 5, 16, generator=g),
-        "height": 16,
-        "width": 16,
         "num_frames": 5,
-        "num_inference_steps": STEPS,
-        "guidance_scale": 4.0 if cfg else 1.0,
-        "output_type": "latent",
+        **latent_call(STEPS, 16, 4.0 if cfg else 1.0),
+        **kw,
     }
-    out.update(kw)
-    return out
 
 
 def _wan_pair(pipe, inputs: dict):
@@ -126,14 +106,8 @@ def _wan_pair(pipe, inputs: dict):
 @pytest.mark.parametrize(("cfg", "batch"), [(True, 1), (False, 2)], ids=["cfg", "nocfg"])
 def test_wan21_matches_stock(sched, cfg, batch):
     pipe = make_wan(SCHEDS[sched]())
-    rows: list[int] = []
-    handle = pipe.transformer.register_forward_pre_hook(
-        lambda m, a, kw: rows.append(kw["hidden_states"].shape[0]), with_kwargs=True
-    )
-    try:
+    with recorded_rows(pipe.transformer) as rows:
         ref, out, _ = run_pair(pipe, wan_inputs(batch, cfg))
-    finally:
-        handle.remove()
     assert_same(ref, out)
     calls = 2 * STEPS if cfg else STEPS  # stock: a conditional and an unconditional call per step
     assert rows[:calls] == [batch] * calls
@@ -162,7 +136,7 @@ def test_wan22_routes_steps_to_their_expert_with_their_guidance_scale(sched):
     assert high.numel() and low.numel()  # both experts ran, each on its own steps only (stock and parallel)
     assert bool((high >= boundary).all()) and bool((low < boundary).all())
     # guidance_scale_2 and transformer_2 change the video: the comparison is not vacuous
-    same_scale = _frames(pipe(**{**inputs, "guidance_scale_2": 4.0}, generator=torch.Generator().manual_seed(0)))
+    same_scale = _frames(pipe(**{**inputs, "guidance_scale_2": 4.0}, generator=_gen(0)))
     assert (same_scale - ref).abs().max() > 1e-3
 
 
@@ -185,27 +159,25 @@ def test_wan_image_to_video_matches_stock(sched, wan22):
     pipe = make_wan(SCHEDS[sched](), experts=wan22, i2v=True, image_dim=None if wan22 else 8)
     if not wan22:
         pipe.image_encoder, pipe.image_processor = _clip_image_encoder()
-    g = torch.Generator().manual_seed(3)
+    g = _gen(3)
     image = Image.fromarray((torch.rand(16, 16, 3, generator=g) * 255).to(torch.uint8).numpy())
     ref, out, _ = run_pair(pipe, wan_inputs(1, True, image=image))
     assert_same(ref, out)
     other = Image.fromarray((torch.rand(16, 16, 3, generator=g) * 255).to(torch.uint8).numpy())
-    changed = _frames(pipe(**wan_inputs(1, True, image=other), generator=torch.Generator().manual_seed(0)))
+    changed = _frames(pipe(**wan_inputs(1, True, image=other), generator=_gen(0)))
     assert (changed - ref).abs().max() > 1e-3  # the image conditions the video: the comparison is not vacuous
 
 
 def test_wan_refuses_what_it_cannot_reproduce():
     from diffusers import WanPipeline
 
-    pipe = WanPipeline(
-        tokenizer=None,
-        text_encoder=None,
+    pipe = assemble(
+        WanPipeline,
         vae=_wan_vae(),
         scheduler=_unipc_flow(),
-        transformer=_wan_transformer(0),
+        transformer=wan_transformer(),
         expand_timesteps=True,
     )
-    pipe.set_progress_bar_config(disable=True)
     calls = []
     handle = pipe.transformer.register_forward_pre_hook(lambda *a: calls.append(1))
     par = paratriton.parallelize(pipe)
@@ -253,20 +225,9 @@ def _qwen_sde():
 
 
 def make_qwen(scheduler, edit: bool = False):
-    from diffusers import AutoencoderKLQwenImage, QwenImageEditPipeline, QwenImagePipeline, QwenImageTransformer2DModel
+    from diffusers import AutoencoderKLQwenImage, QwenImageEditPipeline, QwenImagePipeline
 
-    torch.manual_seed(0)
-    transformer = QwenImageTransformer2DModel(
-        patch_size=2,
-        in_channels=16,
-        out_channels=4,
-        num_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=16,
-        guidance_embeds=False,
-        axes_dims_rope=(8, 4, 4),
-    ).eval()
+    transformer = qwen_transformer()
     # the edit pipeline encodes its input image at about 1024 x 1024: a VAE with 32x downsampling keeps that cheap
     levels = 5 if edit else 3
     vae = AutoencoderKLQwenImage(
@@ -281,27 +242,21 @@ def make_qwen(scheduler, edit: bool = False):
     ).eval()
     cls = QwenImageEditPipeline if edit else QwenImagePipeline
     kw = {"processor": None} if edit else {}
-    pipe = cls(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, transformer=transformer, **kw)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return assemble(cls, scheduler=scheduler, vae=vae, transformer=transformer, **kw)
 
 
 def qwen_inputs(batch: int, neg_len: int = 3, **kw) -> dict:
-    g = torch.Generator().manual_seed(13)
+    g = _gen(13)
     mask = torch.ones(batch, 5, dtype=torch.long)
     mask[0, 4:] = 0  # a padded prompt: the network masks the padding
-    out = {
+    return {
         "prompt_embeds": torch.randn(batch, 5, 16, generator=g),
         "prompt_embeds_mask": mask,
         "negative_prompt_embeds": torch.randn(batch, neg_len, 16, generator=g),
-        "height": 32,
-        "width": 32,
-        "num_inference_steps": STEPS,
         "true_cfg_scale": 4.0,
-        "output_type": "latent",
+        **latent_call(STEPS, 32),
+        **kw,
     }
-    out.update(kw)
-    return out
 
 
 @pytest.mark.parametrize("sched", ["default", "sde"])
@@ -310,14 +265,14 @@ def test_qwen_image_matches_stock(sched):
     inputs = qwen_inputs(2)  # the negative prompt is shorter than the prompt (each padded to its own longest)
     ref, out, _ = run_pair(pipe, inputs)
     assert_same(ref, out)
-    plain = pipe(**{**inputs, "true_cfg_scale": 1.0}, generator=torch.Generator().manual_seed(0)).images
+    plain = pipe(**{**inputs, "true_cfg_scale": 1.0}, generator=_gen(0)).images
     assert (plain - ref).abs().max() > 1e-2  # true CFG changes the image: the comparison is not vacuous
 
 
 def test_qwen_image_combine_is_renormalised_by_norms():
     from paratriton.pipelines._specs_flow import renormalised_cfg
 
-    g = torch.Generator().manual_seed(0)
+    g = _gen(0)
     cond, uncond = torch.randn(2, 3, 8, generator=g), torch.randn(2, 3, 8, generator=g)
     out = renormalised_cfg(cond, uncond, torch.tensor(4.0))
     assert torch.allclose(out.norm(dim=-1), cond.norm(dim=-1), atol=1e-5)  # the conditional norm, token by token
@@ -329,17 +284,11 @@ def test_qwen_image_edit_matches_stock():
     from PIL import Image
 
     pipe = make_qwen(_qwen_default(), edit=True)
-    g = torch.Generator().manual_seed(3)
+    g = _gen(3)
     image = Image.fromarray((torch.rand(16, 16, 3, generator=g) * 255).to(torch.uint8).numpy())
-    rows: list[int] = []
-    handle = pipe.transformer.register_forward_pre_hook(
-        lambda m, a, kw: rows.append(kw["hidden_states"].shape[1]), with_kwargs=True
-    )
     inputs = qwen_inputs(1, neg_len=5, image=image, height=128, width=128, num_inference_steps=4)
-    try:
+    with recorded_rows(pipe.transformer, dim=1) as rows:
         ref, out, _ = run_pair(pipe, inputs)
-    finally:
-        handle.remove()
     assert_same(ref, out)
     assert set(rows) == {4 + 256}  # every call, stock and parallel: the latents' 4 tokens, then the image's 256
 
@@ -358,10 +307,9 @@ FLOW_SCHEDS = {"euler": _flow_euler, "sde": lambda: _flow_euler(stochastic_sampl
 
 def make_chroma(scheduler):
     from diffusers import ChromaPipeline, ChromaTransformer2DModel
-    from test_pipelines import _tiny_vae
 
-    torch.manual_seed(0)
-    transformer = ChromaTransformer2DModel(
+    transformer = seeded(
+        ChromaTransformer2DModel,
         patch_size=1,
         in_channels=4,
         num_layers=1,
@@ -373,45 +321,26 @@ def make_chroma(scheduler):
         approximator_num_channels=8,
         approximator_hidden_dim=16,
         approximator_layers=1,
-    ).eval()
-    vae = _tiny_vae(
-        latent_channels=1,
-        block_out_channels=(4,),
-        down_block_types=["DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D"],
-        norm_num_groups=1,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=0.0609,
-        scaling_factor=1.5035,
     )
-    pipe = ChromaPipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, transformer=transformer)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return assemble(ChromaPipeline, scheduler=scheduler, vae=flux_vae(**FLUX_VAE_SCALE), transformer=transformer)
 
 
-def _text(batch: int, length: int, dim: int, seed: int) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.ones(batch, length, dtype=torch.bool)
-    mask[0, length - 2 :] = False  # a padded prompt
-    return {"embeds": torch.randn(batch, length, dim, generator=g), "mask": mask}
+def _masked_prompts(length: int, dim: int) -> dict:
+    """Two prompts and two negative prompts of ``length`` tokens of width ``dim``, the first of each padded (its
+    attention mask off on the last two tokens)."""
+    out = {}
+    for seed, prefix in ((1, ""), (2, "negative_")):
+        mask = torch.ones(2, length, dtype=torch.bool)
+        mask[0, length - 2 :] = False
+        out[f"{prefix}prompt_embeds"] = torch.randn(2, length, dim, generator=_gen(seed))
+        out[f"{prefix}prompt_attention_mask"] = mask
+    return out
 
 
 @pytest.mark.parametrize("sched", list(FLOW_SCHEDS))
 def test_chroma_matches_stock(sched):
     pipe = make_chroma(FLOW_SCHEDS[sched]())
-    pos, neg = _text(2, 7, 32, 1), _text(2, 7, 32, 2)
-    inputs = {
-        "prompt_embeds": pos["embeds"],
-        "prompt_attention_mask": pos["mask"],
-        "negative_prompt_embeds": neg["embeds"],
-        "negative_prompt_attention_mask": neg["mask"],
-        "height": 8,
-        "width": 8,
-        "num_inference_steps": STEPS,
-        "guidance_scale": 4.0,
-        "output_type": "latent",
-    }
+    inputs = {**_masked_prompts(7, 32), **latent_call(STEPS, 8, 4.0)}
     ref, out, _ = run_pair(pipe, inputs)
     assert_same(ref, out)
 
@@ -424,10 +353,9 @@ def test_chroma_refuses_ip_adapter_images():
 
 def make_lumina(scheduler):
     from diffusers import Lumina2Pipeline, Lumina2Transformer2DModel
-    from test_pipelines import _tiny_vae
 
-    torch.manual_seed(0)
-    transformer = Lumina2Transformer2DModel(
+    transformer = seeded(
+        Lumina2Transformer2DModel,
         sample_size=4,
         patch_size=2,
         in_channels=4,
@@ -440,33 +368,12 @@ def make_lumina(scheduler):
         axes_dim_rope=(4, 4, 4),
         axes_lens=(16, 16, 16),
         cap_feat_dim=16,
-    ).eval()
-    pipe = Lumina2Pipeline(
-        transformer=transformer,
-        scheduler=scheduler,
-        vae=_tiny_vae(latent_channels=4),
-        text_encoder=None,
-        tokenizer=None,
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return assemble(Lumina2Pipeline, transformer=transformer, scheduler=scheduler, vae=_tiny_vae(latent_channels=4))
 
 
 def lumina_inputs(**kw) -> dict:
-    pos, neg = _text(2, 6, 16, 1), _text(2, 6, 16, 2)
-    out = {
-        "prompt_embeds": pos["embeds"],
-        "prompt_attention_mask": pos["mask"],
-        "negative_prompt_embeds": neg["embeds"],
-        "negative_prompt_attention_mask": neg["mask"],
-        "height": 16,
-        "width": 16,
-        "num_inference_steps": STEPS,
-        "guidance_scale": 4.0,
-        "output_type": "latent",
-    }
-    out.update(kw)
-    return out
+    return {**_masked_prompts(6, 16), **latent_call(STEPS, 16, 4.0), **kw}
 
 
 # CFG on the first 5 of 8 steps (renormalised), or on every step without renormalisation
@@ -475,21 +382,15 @@ def lumina_inputs(**kw) -> dict:
 )
 def test_lumina2_matches_stock(sched, trunc, norm):
     pipe = make_lumina(FLOW_SCHEDS[sched]())
-    rows: list[int] = []
-    handle = pipe.transformer.register_forward_pre_hook(
-        lambda m, a, kw: rows.append(kw["hidden_states"].shape[0]), with_kwargs=True
-    )
     inputs = lumina_inputs(cfg_trunc_ratio=trunc, cfg_normalization=norm)
-    try:
+    with recorded_rows(pipe.transformer) as rows:
         ref, out, _ = run_pair(pipe, inputs)
-    finally:
-        handle.remove()
     assert_same(ref, out)
     on = sum(1 for i in range(STEPS) if (i + 1) / STEPS <= trunc)
     stock_calls = STEPS + on
     assert len(rows) > stock_calls and max(rows[stock_calls:]) <= 2 * (STEPS + on)  # uncond rows: CFG steps only
     if trunc < 1:
-        full = pipe(**{**inputs, "cfg_trunc_ratio": 1.0}, generator=torch.Generator().manual_seed(0)).images
+        full = pipe(**{**inputs, "cfg_trunc_ratio": 1.0}, generator=_gen(0)).images
         assert (full - ref).abs().max() > 1e-3  # the truncation changes the image: the comparison is not vacuous
 
 
@@ -498,10 +399,9 @@ def test_lumina2_matches_stock(sched, trunc, norm):
 # ---------------------------------------------------------------------------------------------------------------
 def make_zimage(scheduler):
     from diffusers import ZImagePipeline, ZImageTransformer2DModel
-    from test_pipelines import _tiny_vae
 
-    torch.manual_seed(0)
-    transformer = ZImageTransformer2DModel(
+    transformer = seeded(
+        ZImageTransformer2DModel,
         all_patch_size=(2,),
         all_f_patch_size=(1,),
         in_channels=4,
@@ -513,26 +413,19 @@ def make_zimage(scheduler):
         cap_feat_dim=16,
         axes_dims=[8, 4, 4],
         axes_lens=[64, 32, 32],
-    ).eval()
+    )
     vae = _tiny_vae(latent_channels=4)
-    pipe = ZImagePipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, transformer=transformer)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return assemble(ZImagePipeline, scheduler=scheduler, vae=vae, transformer=transformer)
 
 
 def zimage_inputs(**kw) -> dict:
-    g = torch.Generator().manual_seed(17)
-    out = {  # per-prompt lengths: a list of tensors, not a padded batch
+    g = _gen(17)
+    return {  # per-prompt lengths: a list of tensors, not a padded batch
         "prompt_embeds": [torch.randn(5, 16, generator=g), torch.randn(3, 16, generator=g)],
         "negative_prompt_embeds": [torch.randn(4, 16, generator=g), torch.randn(2, 16, generator=g)],
-        "height": 16,
-        "width": 16,
-        "num_inference_steps": STEPS,
-        "guidance_scale": 4.0,
-        "output_type": "latent",
+        **latent_call(STEPS, 16, 4.0),
+        **kw,
     }
-    out.update(kw)
-    return out
 
 
 @pytest.mark.parametrize(
@@ -545,14 +438,14 @@ def test_zimage_matches_stock(sched, trunc, clamp):
     assert_same(ref, out)
     if trunc < 1:  # truncation and the clamp each change the image: the comparison is not vacuous
         for change in ({"cfg_truncation": 1.0}, {"cfg_normalization": 0.0}):
-            other = pipe(**{**inputs, **change}, generator=torch.Generator().manual_seed(0)).images
+            other = pipe(**{**inputs, **change}, generator=_gen(0)).images
             assert (other - ref).abs().max() > 1e-3, change
 
 
 def test_zimage_combine_clamps_each_samples_norm():
     from paratriton.pipelines._specs_flow import zimage_cfg
 
-    g = torch.Generator().manual_seed(0)
+    g = _gen(0)
     cond, uncond = torch.randn(3, 4, 2, 2, generator=g), torch.randn(3, 4, 2, 2, generator=g)
     scale = torch.tensor(4.0)
     plain = zimage_cfg(cond, uncond, scale)
@@ -577,7 +470,7 @@ def test_cuda_graph_is_refused_where_the_rows_of_a_call_vary(case):
     par = paratriton.parallelize(pipe, "taa", cuda_graph=True)
     try:
         with pytest.raises(ValueError, match=f"cuda_graph=True is not supported .*{match}"):
-            par(**inputs, generator=torch.Generator().manual_seed(0))
+            par(**inputs, generator=_gen(0))
     finally:
         handle.remove()
     assert not calls

@@ -8,15 +8,13 @@ own record says which calls it saw (one per iteration plus the solver's roughnes
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
 
 import paratriton
 
 diffusers = pytest.importorskip("diffusers")
-from test_pipelines import (  # noqa: E402 - the shared tiny pipelines (pytest puts tests/ on sys.path)
+from pipeline_parts import (  # noqa: E402 - the shared parts (pytest puts tests/ on sys.path)
     STEPS,
     _ddpm,
     _gen,
@@ -24,12 +22,9 @@ from test_pipelines import (  # noqa: E402 - the shared tiny pipelines (pytest p
     assert_same,
     check_floor_warning,
     floor_warnings,
-    make_sd,
     run_pair,
-    sd_inputs,
 )
-
-logging.getLogger("diffusers").setLevel(logging.ERROR)
+from test_pipelines import make_sd, sd_inputs  # noqa: E402
 
 
 def _rows(args: tuple, kwargs: dict) -> int:
@@ -44,6 +39,22 @@ def _check_calls(rows: list[int], par) -> None:
     res = par.paratriton.last_result
     assert len(par_rows) == res.iterations + res.probe_calls
     assert par_rows[0] == 2 * STEPS and max(par_rows) == 2 * STEPS
+
+
+def _check_hooked_parity(hook, attach, detach) -> None:
+    """The tiny SD with ``hook`` on its UNet (``attach(unet, hook)``, then ``detach(unet)``) gives the stock image,
+    which the hook changes, and the hook saw every call (``_check_calls``)."""
+    pipe = make_sd(_ddpm())
+    inputs = sd_inputs(1, True, output_type="latent")
+    plain = _images(pipe(**inputs, generator=_gen()))
+    attach(pipe.unet, hook)
+    try:
+        ref, out, par = run_pair(pipe, inputs)
+    finally:
+        detach(pipe.unet)
+    assert (plain - ref).abs().max() > 1e-2  # the hook changes the image
+    assert_same(ref, out)
+    _check_calls(hook.rows, par)
 
 
 def test_accelerate_model_hook_sees_every_batched_call():
@@ -66,18 +77,7 @@ def test_accelerate_model_hook_sees_every_batched_call():
         def post_forward(self, module, output):
             return (output[0] * 0.8 + 0.1,)
 
-    pipe = make_sd(_ddpm())
-    inputs = sd_inputs(1, True, output_type="latent")
-    plain = _images(pipe(**inputs, generator=_gen()))
-    hook = CountAndShift()
-    add_hook_to_module(pipe.unet, hook)
-    try:
-        ref, out, par = run_pair(pipe, inputs)
-    finally:
-        remove_hook_from_module(pipe.unet)
-    assert (plain - ref).abs().max() > 1e-2  # the hook changes the image
-    assert_same(ref, out)
-    _check_calls(hook.rows, par)
+    _check_hooked_parity(CountAndShift(), add_hook_to_module, remove_hook_from_module)
 
 
 def test_enable_model_cpu_offload_matches_stock_and_stays_armed(monkeypatch):
@@ -119,19 +119,13 @@ def test_diffusers_hook_registry_hook_sees_every_batched_call():
         def post_forward(self, module, output):
             return (output[0] * 0.8 + 0.1,)
 
-    pipe = make_sd(_ddpm())
-    inputs = sd_inputs(1, True, output_type="latent")
-    plain = _images(pipe(**inputs, generator=_gen()))
-    hook = CountAndShift()
-    registry = HookRegistry.check_if_exists_or_initialize(pipe.unet)
-    registry.register_hook(hook, "count_and_shift")
-    try:
-        ref, out, par = run_pair(pipe, inputs)
-    finally:
-        registry.remove_hook("count_and_shift")
-    assert (plain - ref).abs().max() > 1e-2
-    assert_same(ref, out)
-    _check_calls(hook.rows, par)
+    def attach(unet, hook):
+        HookRegistry.check_if_exists_or_initialize(unet).register_hook(hook, "count_and_shift")
+
+    def detach(unet):
+        HookRegistry.check_if_exists_or_initialize(unet).remove_hook("count_and_shift")
+
+    _check_hooked_parity(CountAndShift(), attach, detach)
 
 
 def test_compiled_unet_is_what_gets_called():

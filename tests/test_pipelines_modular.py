@@ -9,7 +9,6 @@ reproduce raises a ValueError naming the reason.
 from __future__ import annotations
 
 import copy
-import logging
 import warnings
 
 import pytest
@@ -17,13 +16,23 @@ import torch
 
 pytest.importorskip("diffusers")
 
+from pipeline_parts import (  # noqa: E402 - the shared parts (pytest puts tests/ on sys.path)
+    ATOL,
+    TOL,
+    _gen,
+    assert_same,
+    flux_transformer,
+    qwen_transformer,
+    sdxl_unet,
+    wan_transformer,
+)
+
 import paratriton  # noqa: E402
 
-logging.getLogger("diffusers").setLevel(logging.ERROR)  # "guiders are experimental", "not created using ComponentSpec"
-TOL = {"tol_abs": 1e-6, "tol_rel": 1e-6}
-ATOL = 1e-4
+# (pipeline_parts quiets diffusers' logger: "guiders are experimental", "not created using ComponentSpec")
 # SDXL's Euler latents start at sigma ~15: its tiny UNet's rounding floor (~1e-5) is above 1e-6
 SDXL_TOL, SDXL_ATOL = {"tol_abs": 5e-5, "tol_rel": 1e-6}, 5e-4
+TOLERANCES = {"sdxl": (SDXL_TOL, SDXL_ATOL)}  # (solver tolerance, parity tolerance) by family; (TOL, ATOL) otherwise
 
 
 def _pipe(blocks, **components):
@@ -36,33 +45,17 @@ def _pipe(blocks, **components):
 
 
 def _embeds(seed: int, *shapes):
-    g = torch.Generator().manual_seed(seed)
+    g = _gen(seed)
     return [torch.randn(*s, generator=g) for s in shapes]
 
 
 def make_sdxl(scheduler=None):
-    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler
     from diffusers.modular_pipelines.stable_diffusion_xl.modular_blocks_stable_diffusion_xl import (
         StableDiffusionXLCoreDenoiseStep,
     )
 
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(2, 4),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=80,
-        cross_attention_dim=64,
-        norm_num_groups=1,
-    ).eval()
+    unet = sdxl_unet(layers_per_block=1, transformer_layers_per_block=1)
     scheduler = scheduler or EulerDiscreteScheduler(  # SDXL's own: traced, its scale_model_input is not the identity
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="leading", steps_offset=1
     )
@@ -80,22 +73,10 @@ def make_sdxl(scheduler=None):
 
 
 def make_flux(blocks=None):
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler
     from diffusers.modular_pipelines.flux.modular_blocks_flux import FluxCoreDenoiseStep
 
-    torch.manual_seed(0)
-    transformer = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=4,
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        axes_dims_rope=[4, 4, 8],
-        guidance_embeds=True,
-    ).eval()
+    transformer = flux_transformer(guidance_embeds=True)
     pe, pp = _embeds(103, (1, 7, 32), (1, 32))
     inputs = dict(prompt_embeds=pe, pooled_prompt_embeds=pp, height=32, width=32, num_inference_steps=6)
     blocks = blocks or FluxCoreDenoiseStep()
@@ -103,22 +84,11 @@ def make_flux(blocks=None):
 
 
 def make_qwen(guider=None):
-    from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler
     from diffusers.guiders import ClassifierFreeGuidance
     from diffusers.modular_pipelines.qwenimage.modular_blocks_qwenimage import QwenImageCoreDenoiseStep
 
-    torch.manual_seed(0)
-    transformer = QwenImageTransformer2DModel(
-        patch_size=2,
-        in_channels=16,
-        out_channels=4,
-        num_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=16,
-        guidance_embeds=False,
-        axes_dims_rope=(8, 4, 4),
-    ).eval()
+    transformer = qwen_transformer()
     pe, ne = _embeds(105, (1, 7, 16), (1, 5, 16))  # prompts of different lengths: two batched calls per iteration
     inputs = dict(
         prompt_embeds=pe,
@@ -135,26 +105,13 @@ def make_qwen(guider=None):
 
 
 def make_wan22():
-    from diffusers import UniPCMultistepScheduler, WanTransformer3DModel
+    from diffusers import UniPCMultistepScheduler
     from diffusers.guiders import ClassifierFreeGuidance
     from diffusers.modular_pipelines.wan.modular_blocks_wan22 import Wan22CoreDenoiseStep
 
     def tiny(seed: int):
-        torch.manual_seed(seed)
-        return WanTransformer3DModel(
-            patch_size=(1, 2, 2),
-            num_attention_heads=2,
-            attention_head_dim=12,
-            in_channels=16,
-            out_channels=16,
-            text_dim=32,
-            freq_dim=256,
-            ffn_dim=32,
-            num_layers=1,
-            cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads",
-            rope_max_seq_len=32,
-        ).eval()
+        widths = {"attention_head_dim": 12, "in_channels": 16, "out_channels": 16, "text_dim": 32, "ffn_dim": 32}
+        return wan_transformer(seed, freq_dim=256, **widths)
 
     pe, ne = _embeds(107, (1, 7, 32), (1, 7, 32))
     inputs = dict(prompt_embeds=pe, negative_prompt_embeds=ne, height=32, width=32, num_frames=5, num_inference_steps=8)
@@ -171,13 +128,17 @@ def make_wan22():
 
 
 def _latents(pipe, inputs, seed: int = 0, **kw):
-    return pipe(**inputs, **kw, generator=torch.Generator().manual_seed(seed), output="latents")
+    return pipe(**inputs, **kw, generator=_gen(seed), output="latents")
 
 
-def _assert_same(ref: torch.Tensor, out: torch.Tensor, atol: float = ATOL) -> None:
-    assert ref.shape == out.shape
-    err = (ref.double() - out.double()).abs().max().item()
-    assert err <= atol, f"max abs error {err:.3e} > {atol}"
+def _modular_pair(pipe, inputs: dict, name: str = "sdxl", method: str = "taa"):
+    """The stock latents and the parallel pipeline, after asserting that its latents are the stock ones (the
+    family's tolerances)."""
+    tol, atol = TOLERANCES.get(name, (TOL, ATOL))
+    ref = _latents(pipe, inputs)
+    fast = paratriton.parallelize_modular(pipe, method=method, **tol)
+    assert_same(ref, _latents(fast, inputs), atol)
+    return ref, fast
 
 
 def make_qwen_cfg_first_half():
@@ -201,11 +162,7 @@ FAMILIES = {
 def test_modular_pipeline_matches_stock(name, batch):
     pipe, inputs = FAMILIES[name]()
     inputs["num_videos_per_prompt" if name == "wan22" else "num_images_per_prompt"] = batch
-    tol, atol = (SDXL_TOL, SDXL_ATOL) if name == "sdxl" else (TOL, ATOL)
-    ref = _latents(pipe, inputs)
-    fast = paratriton.parallelize_modular(pipe, method="taa", **tol)
-    out = _latents(fast, inputs)
-    _assert_same(ref, out, atol)
+    ref, fast = _modular_pair(pipe, inputs, name)
     res = fast.paratriton.last_result
     assert ref.shape[0] == batch and res.converged and res.trajectory.shape[0] == inputs["num_inference_steps"] + 1
     assert torch.equal(ref, _latents(pipe, inputs))  # the stock pipeline gives its own answer again afterwards
@@ -215,23 +172,18 @@ def test_sdxl_another_method_and_another_scheduler():
     from diffusers import DPMSolverMultistepScheduler
 
     pipe, inputs = make_sdxl()
-    ref = _latents(pipe, inputs)
-    _assert_same(ref, _latents(paratriton.parallelize_modular(pipe, method="picard", **SDXL_TOL), inputs), SDXL_ATOL)
+    _modular_pair(pipe, inputs, method="picard")
     pipe.update_components(scheduler=DPMSolverMultistepScheduler.from_config(pipe.scheduler.config))
-    ref = _latents(pipe, inputs)
-    _assert_same(ref, _latents(paratriton.parallelize_modular(pipe, method="taa", **SDXL_TOL), inputs), SDXL_ATOL)
+    _modular_pair(pipe, inputs)
 
 
 @pytest.mark.parametrize("name", ["sdxl", "flux"])
 def test_img2img_loops_that_start_late_match_stock(name):
     pipe, inputs = FAMILIES[name]()
-    tol, atol = (SDXL_TOL, SDXL_ATOL) if name == "sdxl" else (TOL, ATOL)
     channels = 4 if name == "sdxl" else 1  # the tiny Flux packs 1-channel latents
-    image = torch.randn(1, channels, 4, 4, generator=torch.Generator().manual_seed(5))
+    image = torch.randn(1, channels, 4, 4, generator=_gen(5))
     inputs.update(image_latents=image, strength=0.6, num_inference_steps=8)  # the loop starts at a begin index
-    ref = _latents(pipe, inputs)
-    fast = paratriton.parallelize_modular(pipe, method="taa", **tol)
-    _assert_same(ref, _latents(fast, inputs), atol)
+    _, fast = _modular_pair(pipe, inputs, name)
     assert 1 < fast.paratriton.last_result.trajectory.shape[0] - 1 < 8  # the solve covers the loop's steps only
 
 
@@ -242,7 +194,7 @@ def test_sdxl_controlnet_feeding_the_unet_matches_stock():
     torch.manual_seed(1)
     controlnet = ControlNetModel.from_unet(pipe.unet, conditioning_embedding_out_channels=(4, 8, 8, 8)).eval()
     pipe.update_components(controlnet=controlnet)
-    inputs["control_image"] = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    inputs["control_image"] = torch.rand(1, 3, 32, 32, generator=_gen(3))
     ref = _latents(pipe, inputs)
     calls: list[str] = []
     hooks = [
@@ -254,7 +206,7 @@ def test_sdxl_controlnet_feeding_the_unet_matches_stock():
     finally:
         for h in hooks:
             h.remove()
-    _assert_same(ref, out, SDXL_ATOL)
+    assert_same(ref, out, SDXL_ATOL)
     # the UNet's batch waits for the ControlNet's (a pass later): no UNet call on placeholder residuals
     assert calls[::2] == ["cn"] * (len(calls) // 2) and calls[1::2] == ["unet"] * (len(calls) // 2)
 
@@ -306,11 +258,11 @@ def test_step_noise_is_drawn_from_the_loops_generator():
     pipe, inputs = make_sdxl()  # SDXL's after_denoiser hands scheduler.step the call's generator
     pipe.update_components(scheduler=EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config))
     ref = _latents(pipe, inputs)
-    gen = torch.Generator().manual_seed(0)
+    gen = _gen(0)
     fast = paratriton.parallelize_modular(pipe, method="taa", **SDXL_TOL)
     out = fast(**inputs, generator=gen, output="latents")
-    _assert_same(ref, out, SDXL_ATOL)
-    stock_gen = torch.Generator().manual_seed(0)
+    assert_same(ref, out, SDXL_ATOL)
+    stock_gen = _gen(0)
     pipe(**inputs, generator=stock_gen, output="latents")
     assert torch.equal(gen.get_state(), stock_gen.get_state())  # the caller's generator ends where the stock's does
 

@@ -8,8 +8,6 @@ from configs (CPU, offline), as in ``test_pipelines.py``.
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
 
@@ -17,7 +15,8 @@ import paratriton
 
 diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("transformers", reason="diffusers' text pipelines need transformers")
-from test_pipelines import (  # noqa: E402 - the shared tiny pipelines (pytest puts tests/ on sys.path)
+from pipeline_parts import (  # noqa: E402 - the shared parts (pytest puts tests/ on sys.path)
+    FLUX_VAE_SCALE,
     STEPS,
     _ddim,
     _ddpm,
@@ -25,23 +24,23 @@ from test_pipelines import (  # noqa: E402 - the shared tiny pipelines (pytest p
     _images,
     _quiet,
     _tiny_vae,
+    assemble,
     assert_same,
-    check_floor_warning,
-    floor_warnings,
-    make_sd,
-    make_sdxl,
+    checked_call,
+    compare_calls,
+    recorded_rows,
     run_pair,
-    sd_inputs,
-    sdxl_inputs,
+    sd_unet,
+    sdxl_unet,
+    seeded,
 )
-
-logging.getLogger("diffusers").setLevel(logging.ERROR)
+from test_pipelines import make_sd, make_sdxl, sd_inputs, sdxl_inputs, text_inputs  # noqa: E402
 
 SCHEDS = {"ddim": _ddim, "ddpm": _ddpm}
 
 
 def _image(batch: int = 1, seed: int = 7) -> torch.Tensor:
-    return torch.rand(batch, 3, 16, 16, generator=torch.Generator().manual_seed(seed))  # in [0, 1], as a user's
+    return torch.rand(batch, 3, 16, 16, generator=_gen(seed))  # in [0, 1], as a user's
 
 
 def _mask(batch: int = 1) -> torch.Tensor:
@@ -55,38 +54,8 @@ def _loop_steps(par) -> int:
 
 
 def _inpaint_unet(sdxl: bool):
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(0)
-    if sdxl:
-        return UNet2DConditionModel(
-            block_out_channels=(2, 4),
-            layers_per_block=2,
-            sample_size=16,
-            in_channels=9,
-            out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            attention_head_dim=(2, 4),
-            use_linear_projection=True,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=8,
-            transformer_layers_per_block=(1, 2),
-            projection_class_embeddings_input_dim=80,
-            cross_attention_dim=64,
-            norm_num_groups=1,
-        ).eval()
-    return UNet2DConditionModel(
-        block_out_channels=(4, 8),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=9,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=8,
-        norm_num_groups=2,
-    ).eval()
+    # 9 input channels: the latents, the mask and the masked image's latents
+    return sdxl_unet(in_channels=9) if sdxl else sd_unet(in_channels=9)
 
 
 def _sd_family(cls_name: str, scheduler, unet=None):
@@ -161,13 +130,11 @@ def test_sdxl_denoising_end_then_refiner_matches_stock(sched):
     fast_base, fast_refiner = (paratriton.parallelize(p, tol_abs=1e-7, tol_rel=1e-7) for p in (base, refiner))
     outs = {}
     for name, (b, r) in {"stock": (base, refiner), "par": (fast_base, fast_refiner)}.items():
-        g = _gen()
-        with floor_warnings() as caught:  # 1e-7 may be past the tiny UNet's floor: then announced, and asserted
-            latents = b(**sdxl_inputs(1, True, denoising_end=0.7, output_type="latent"), generator=g).images
-        check_floor_warning(caught, fast_base.paratriton.last_result if name == "par" else None)
-        with floor_warnings() as caught:
-            image = r(**sdxl_inputs(1, True, image=latents, denoising_start=0.7, output_type="latent"), generator=g)
-        check_floor_warning(caught, fast_refiner.paratriton.last_result if name == "par" else None)
+        g = _gen()  # one generator through both halves; 1e-7 may be past the tiny UNet's floor: announced, asserted
+        latents = checked_call(b, sdxl_inputs(1, True, denoising_end=0.7, output_type="latent"), generator=g).images
+        image = checked_call(
+            r, sdxl_inputs(1, True, image=latents, denoising_start=0.7, output_type="latent"), generator=g
+        )
         outs[name] = (latents, _images(image))
     assert _loop_steps(fast_base) + _loop_steps(fast_refiner) == STEPS  # the two halves of one trajectory
     assert 0 < _loop_steps(fast_base) < STEPS
@@ -181,8 +148,8 @@ def test_sdxl_denoising_end_then_refiner_matches_stock(sched):
 def make_sd3(scheduler):
     from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
 
-    torch.manual_seed(0)
-    transformer = SD3Transformer2DModel(
+    transformer = seeded(
+        SD3Transformer2DModel,
         sample_size=8,
         patch_size=1,
         in_channels=4,
@@ -193,37 +160,13 @@ def make_sd3(scheduler):
         joint_attention_dim=32,
         pooled_projection_dim=64,
         out_channels=4,
-    ).eval()
-    vae = _tiny_vae(shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False, use_post_quant_conv=False)
-    pipe = StableDiffusion3Pipeline(
-        transformer=transformer,
-        scheduler=scheduler,
-        vae=vae,
-        text_encoder=None,
-        tokenizer=None,
-        text_encoder_2=None,
-        tokenizer_2=None,
-        text_encoder_3=None,
-        tokenizer_3=None,
     )
-    return _quiet(pipe)
+    vae = _tiny_vae(**FLUX_VAE_SCALE, use_quant_conv=False, use_post_quant_conv=False)
+    return assemble(StableDiffusion3Pipeline, transformer=transformer, scheduler=scheduler, vae=vae)
 
 
 def sd3_inputs(batch: int, cfg: bool, **kw):
-    g = torch.Generator().manual_seed(104)
-    out = {
-        "prompt_embeds": torch.randn(batch, 6, 32, generator=g),
-        "pooled_prompt_embeds": torch.randn(batch, 64, generator=g),
-        "height": 16,
-        "width": 16,
-        "num_inference_steps": STEPS,
-        "guidance_scale": 4.0 if cfg else 1.0,
-    }
-    if cfg:
-        out["negative_prompt_embeds"] = torch.randn(batch, 6, 32, generator=g)
-        out["negative_pooled_prompt_embeds"] = torch.randn(batch, 64, generator=g)
-    out.update(kw)
-    return out
+    return text_inputs(104, batch, cfg, {"prompt_embeds": (6, 32), "pooled_prompt_embeds": (64,)}, scale=4.0, **kw)
 
 
 @pytest.mark.parametrize("batch", [1, 2])
@@ -262,14 +205,8 @@ def test_flux_true_cfg_matches_stock(guidance_embeds, sched):
         "negative_pooled_prompt_embeds": torch.randn(2, 32, generator=g),
     }
     inputs = flux_inputs(2, guidance_embeds, true_cfg_scale=3.0, output_type="latent", **neg)
-    rows: list[int] = []
-    handle = pipe.transformer.register_forward_pre_hook(
-        lambda m, a, kw: rows.append(kw["hidden_states"].shape[0]), with_kwargs=True
-    )
-    try:
+    with recorded_rows(pipe.transformer) as rows:
         ref, out, par = run_pair(pipe, inputs)
-    finally:
-        handle.remove()
     assert_same(ref, out)
     assert rows[: 2 * STEPS] == [2] * (2 * STEPS)  # stock: a conditional and a negative call per step
     assert max(rows[2 * STEPS :]) == 2 * 2 * STEPS  # parallel: both branches of every step in one call
@@ -366,12 +303,8 @@ def test_cuda_graph_new_paths_match_stock_and_replay(name):
     pipe, inputs = _graphed_case(name)
     par = paratriton.parallelize(pipe, "picard", window=4, cuda_graph=True, tol_abs=1e-7, tol_rel=1e-7)
     for seed in (1, 2):  # the second call replays the cached solver with new conditioning
-        torch.manual_seed(0)
-        ref = _images(pipe(**inputs(seed), generator=_gen(seed)))
-        torch.manual_seed(0)
-        with floor_warnings() as caught:  # 1e-7 may be past the tiny networks' floor: then announced, and asserted
-            out = _images(par(**inputs(seed), generator=_gen(seed)))
-        check_floor_warning(caught, par.paratriton.last_result)
+        # 1e-7 may be past the tiny networks' floor: then announced, and asserted
+        ref, out = compare_calls(pipe, par, inputs(seed), seed)
         assert_same(ref, out)
         if seed == 1:
             entry = par.paratriton.graphed

@@ -8,37 +8,14 @@ so their identity across calls says no set-up ran; the image is compared with th
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
 
 import paratriton
 
 diffusers = pytest.importorskip("diffusers")
-from test_pipelines import (  # noqa: E402
-    TOL,
-    _ddpm,
-    _gen,
-    _images,
-    assert_same,
-    check_floor_warning,
-    floor_warnings,
-    make_sd,
-    sd_inputs,
-)
-
-logging.getLogger("diffusers").setLevel(logging.ERROR)
-
-
-def _pair(pipe, par, inputs: dict, seed: int) -> list[torch.Tensor]:
-    """The stock and the parallel image; the parallel call's precision-floor warning asserted, not printed."""
-    out = []
-    for p in (pipe, par):
-        with floor_warnings() as caught:
-            out.append(_images(p(**inputs, generator=_gen(seed))))
-        check_floor_warning(caught, par.paratriton.last_result if p is par else None)
-    return out
+from pipeline_parts import TOL, _ddpm, assert_same, compare_calls  # noqa: E402 - the shared parts
+from test_pipelines import make_sd, sd_inputs  # noqa: E402
 
 
 def _engine_buffers(solver) -> tuple[int, int]:
@@ -54,7 +31,7 @@ def test_second_call_with_another_prompt_and_seed_reuses_the_engine(window):
     pipe = make_sd(_ddpm())
     par = paratriton.parallelize(pipe, "taa", window=window, cuda_graph=True, **TOL)
     first = sd_inputs(1, True, output_type="latent")
-    ref, out = _pair(pipe, par, first, 0)
+    ref, out = compare_calls(pipe, par, first, 0)
     assert_same(ref, out)
     state = par.paratriton
     entry = state.graphed
@@ -69,7 +46,7 @@ def test_second_call_with_another_prompt_and_seed_reuses_the_engine(window):
     g = torch.Generator().manual_seed(11)
     second["prompt_embeds"] = torch.randn(second["prompt_embeds"].shape, generator=g)
     second["negative_prompt_embeds"] = torch.randn(second["negative_prompt_embeds"].shape, generator=g)
-    ref2, out2 = _pair(pipe, par, second, 7)
+    ref2, out2 = compare_calls(pipe, par, second, 7)
     assert_same(ref2, out2)
     assert (out2 - out).abs().max() > 1e-2  # another image: the new prompt and seed were used, not a stale replay
     assert state.graphed is entry and list(entry.solvers) == [key] and entry.solvers[key] is solver
