@@ -92,6 +92,19 @@ def plan_row(plan, measured_ms: float, seq_ms: float, plan_s: float, **extra) ->
     )
 
 
+def median_ms(pipe, steps: int, call: dict, reps: int, sync) -> float:
+    """Median wall time (ms) of ``reps`` calls of ``pipe`` after one warm-up call (which captures any graphs)."""
+    pipe(num_inference_steps=steps, **call)
+    times = []
+    for _ in range(reps):
+        sync()
+        t = time.perf_counter()
+        pipe(num_inference_steps=steps, **call)
+        sync()
+        times.append(1e3 * (time.perf_counter() - t))
+    return statistics.median(times)
+
+
 def setup(args, rows_key: str):
     """Device, model dtype, a synchronise function and the report header shared by the SD-1.5 benchmarks."""
     dev = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")

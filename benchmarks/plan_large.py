@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 
 import torch
-from paradigms import plan_row  # benchmarks/ is on sys.path when this file runs as a script
+from paradigms import median_ms, plan_row  # benchmarks/ is on sys.path when this file runs as a script
 
 import paratriton
 
@@ -174,15 +173,7 @@ def main() -> None:
             json.dump(report, f, indent=1)
 
     def timed(pipe, steps, call) -> float:
-        pipe(num_inference_steps=steps, **call)  # warm-up: captures
-        times = []
-        for _ in range(args.reps):
-            sync()
-            t = time.perf_counter()
-            pipe(num_inference_steps=steps, **call)
-            sync()
-            times.append(1e3 * (time.perf_counter() - t))
-        return statistics.median(times)
+        return median_ms(pipe, steps, call, args.reps, sync)
 
     for name in args.models:
         stock, call = MODELS[name](dev, dtype, args.tiny)

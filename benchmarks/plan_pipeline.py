@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 
 import torch
-from paradigms import components, plan_row, setup  # benchmarks/ is on sys.path when this file runs as a script
+from paradigms import components, median_ms, plan_row, setup  # benchmarks/ is on sys.path when run as a script
 
 import paratriton
 
@@ -50,15 +49,7 @@ def main() -> None:
         plan_s = time.perf_counter() - t0
 
         def timed(pipe):
-            pipe(num_inference_steps=args.steps, **call)  # warm-up: captures
-            times = []
-            for _ in range(args.reps):
-                sync()
-                t = time.perf_counter()
-                pipe(num_inference_steps=args.steps, **call)
-                sync()
-                times.append(1e3 * (time.perf_counter() - t))
-            return statistics.median(times)
+            return median_ms(pipe, args.steps, call, args.reps, sync)
 
         chosen = plan.parallelize(stock)
         chosen.set_progress_bar_config(disable=True)
