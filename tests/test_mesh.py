@@ -1,0 +1,117 @@
+"""The time x sequence layout (gloo on the CPU): rows split over time groups, tokens over the ranks of a group
+(diffusers' Ulysses attention), and the sample equals the one-process sequential one."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+pytest.importorskip("diffusers")
+
+L, TXT, B, STEPS = 16, 8, 2, 8  # image tokens, text tokens, trajectories, steps
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _flux():
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        axes_dims_rope=[4, 4, 8],
+    ).eval()
+
+
+def _denoiser(net, text, pooled, ts, seen):
+    """The transformer as a denoiser of rows ``x [n, L, 4]`` at steps ``s [n]`` (per-row timesteps), float64 out."""
+    ids = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(4.0), torch.arange(4.0), indexing="ij"), -1)
+    img_ids, txt_ids = ids.reshape(L, 3), torch.zeros(TXT, 3)
+    net.x_embedder.register_forward_pre_hook(lambda m, a: seen.append(tuple(a[0].shape[:2])))
+
+    def den(x, s, rows=None):
+        rows = torch.arange(x.shape[0]) if rows is None else rows
+        with torch.no_grad():
+            out = net(
+                hidden_states=x.float(),
+                encoder_hidden_states=text[rows % B],  # per-trajectory prompts: the global rows pick them
+                pooled_projections=pooled[rows % B],
+                timestep=ts[s],
+                img_ids=img_ids,
+                txt_ids=txt_ids,
+                return_dict=False,
+            )[0]
+        return out.double()
+
+    return den
+
+
+def _worker(rank, world, port, out_path, layouts):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        import paratriton as pt
+        from paratriton.mesh import enable_sequence_parallel, init_mesh
+        from paratriton.testing.gaussian_mixture import default_schedule
+
+        g = torch.Generator().manual_seed(0)
+        text, pooled = torch.randn(B, TXT, 32, generator=g), torch.randn(B, 32, generator=g)
+        x_T = torch.randn(B, L, 4, generator=g, dtype=torch.float64)
+        noise = torch.randn(STEPS, B, L, 4, generator=g, dtype=torch.float64)
+        cf = default_schedule(STEPS, eta=1.0)
+        ts = torch.linspace(0.95, 0.05, STEPS)
+        ref = pt.solve(_denoiser(_flux(), text, pooled, ts, []), cf, x_T, noise, method="sequential").sample
+        results = {}
+        for time, seq in layouts:
+            layout = init_mesh(time, seq)
+            seen = []
+            net = enable_sequence_parallel(_flux(), layout)
+            den = layout.shard(_denoiser(net, text, pooled, ts, seen), with_rows=True)
+            res = pt.solve(den, cf, x_T, noise, method="taa", tol_abs=1e-6, tol_rel=1e-6)
+            results[(time, seq)] = {"sample": res.sample, "converged": res.converged, "seen": seen}
+        torch.save({"ref": ref, "results": results}, f"{out_path}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize(
+    "world,layouts", [(2, [(2, 1), (1, 2)]), (4, [(2, 2)])], ids=["2procs-time2-seq2", "4procs-time2xseq2"]
+)
+def test_time_by_sequence_solve_matches_one_process(tmp_path, world, layouts):
+    out = str(tmp_path / "res")
+    mp.start_processes(_worker, args=(world, _free_port(), out, layouts), nprocs=world, start_method="spawn")
+    ranks = [torch.load(f"{out}.{r}") for r in range(world)]
+    for layout in layouts:
+        time, seq = layout
+        first = ranks[0]["results"][layout]["sample"]
+        for r, res in enumerate(ranks):
+            got = res["results"][layout]
+            assert got["converged"]
+            assert torch.equal(got["sample"], first)  # identical state on every rank
+            assert (got["sample"] - res["ref"]).abs().max() <= 1e-4, (layout, r)
+            tokens = {n for _, n in got["seen"]}
+            assert tokens == {L // seq}, (layout, tokens)  # each rank saw its share of the image tokens
+        # the rows of a window call are split over the time groups: group g's ranks see the same row counts
+        for r in range(world):
+            peer = (r // seq) * seq  # the first rank of r's time group
+            assert [n for n, _ in ranks[r]["results"][layout]["seen"]] == [
+                n for n, _ in ranks[peer]["results"][layout]["seen"]
+            ]
+        if time > 1:
+            rows = [sum(n for n, _ in ranks[g * seq]["results"][layout]["seen"]) for g in range(time)]
+            assert max(rows) - min(rows) <= len(ranks[0]["results"][layout]["seen"])  # balanced, within 1 per call
