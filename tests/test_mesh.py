@@ -37,6 +37,32 @@ def _flux():
     ).eval()
 
 
+def _flux_pipe(transformer):
+    """A tiny FluxPipeline (prompt embeddings passed in) around ``transformer``."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from pipeline_parts import FLUX_VAE_SCALE, assemble, flux_vae
+
+    return assemble(
+        FluxPipeline,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=flux_vae(**FLUX_VAE_SCALE),
+        transformer=transformer,
+    )
+
+
+def _pipe_call():
+    g = torch.Generator().manual_seed(103)
+    return {
+        "prompt_embeds": torch.randn(B, TXT, 32, generator=g),  # two prompts: the rows' conditioning differs
+        "pooled_prompt_embeds": torch.randn(B, 32, generator=g),
+        "height": 8,
+        "width": 8,  # 16 image tokens after Flux's 2 x 2 packing
+        "num_inference_steps": STEPS,
+        "guidance_scale": 1.0,
+        "output_type": "latent",
+    }
+
+
 def _denoiser(net, text, pooled, ts, seen):
     """The transformer as a denoiser of rows ``x [n, L, 4]`` at steps ``s [n]`` (per-row timesteps), float64 out."""
     ids = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(4.0), torch.arange(4.0), indexing="ij"), -1)
@@ -65,6 +91,8 @@ def _worker(rank, world, port, out_path, layouts):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
+        from pipeline_parts import checked_call
+
         import paratriton as pt
         from paratriton.mesh import enable_sequence_parallel, init_mesh
         from paratriton.testing.gaussian_mixture import default_schedule
@@ -75,7 +103,9 @@ def _worker(rank, world, port, out_path, layouts):
         noise = torch.randn(STEPS, B, L, 4, generator=g, dtype=torch.float64)
         cf = default_schedule(STEPS, eta=1.0)
         ts = torch.linspace(0.95, 0.05, STEPS)
+        call = _pipe_call()
         ref = pt.solve(_denoiser(_flux(), text, pooled, ts, []), cf, x_T, noise, method="sequential").sample
+        stock = checked_call(_flux_pipe(_flux()), call).images
         results = {}
         for time, seq in layouts:
             layout = init_mesh(time, seq)
@@ -83,8 +113,21 @@ def _worker(rank, world, port, out_path, layouts):
             net = enable_sequence_parallel(_flux(), layout)
             den = layout.shard(_denoiser(net, text, pooled, ts, seen), with_rows=True)
             res = pt.solve(den, cf, x_T, noise, method="taa", tol_abs=1e-6, tol_rel=1e-6)
-            results[(time, seq)] = {"sample": res.sample, "converged": res.converged, "seen": seen}
-        torch.save({"ref": ref, "results": results}, f"{out_path}.{rank}")
+            # the same through the pipeline: parallelize(..., mesh=layout) on a context-parallel transformer
+            pipe_seen = []
+            net = enable_sequence_parallel(_flux(), layout)
+            net.x_embedder.register_forward_pre_hook(lambda m, a, seen=pipe_seen: seen.append(tuple(a[0].shape[:2])))
+            par = pt.parallelize(_flux_pipe(net), "taa", window=5, mesh=layout, tol_abs=1e-6, tol_rel=1e-6)
+            image = checked_call(par, call).images
+            results[(time, seq)] = {
+                "sample": res.sample,
+                "converged": res.converged,
+                "seen": seen,
+                "image": image,
+                "image_converged": par.paratriton.last_result.converged,
+                "pipe_seen": pipe_seen,
+            }
+        torch.save({"ref": ref, "stock": stock, "results": results}, f"{out_path}.{rank}")
     finally:
         dist.destroy_process_group()
 
@@ -104,8 +147,11 @@ def test_time_by_sequence_solve_matches_one_process(tmp_path, world, layouts):
             assert got["converged"]
             assert torch.equal(got["sample"], first)  # identical state on every rank
             assert (got["sample"] - res["ref"]).abs().max() <= 1e-4, (layout, r)
-            tokens = {n for _, n in got["seen"]}
+            tokens = {n for _, n in got["seen"]} | {n for _, n in got["pipe_seen"]}
             assert tokens == {L // seq}, (layout, tokens)  # each rank saw its share of the image tokens
+            # parallelize(pipe, "taa", mesh=...) returns the stock pipeline's sample
+            assert got["image_converged"]
+            assert (got["image"] - res["stock"]).abs().max() <= 1e-4, (layout, r)
         # the rows of a window call are split over the time groups: group g's ranks see the same row counts
         for r in range(world):
             peer = (r // seq) * seq  # the first rank of r's time group

@@ -49,6 +49,8 @@ def parallelize_modular(pipe: Any, method: str = "taa", **options: Any) -> Any:
             "parallelize_modular: cuda_graph=True does not apply: the loop's sub-blocks run in Python for every step "
             "of a window (the guider, the recorded calls), which a CUDA graph cannot capture"
         )
+    if options.get("mesh") is not None:
+        raise ValueError("parallelize_modular: mesh= is not supported; use paratriton.parallelize")
     if options.get("window") == "auto":
         raise ValueError("parallelize_modular: window='auto' is not timed here; pass a window size (or none)")
     blocks = copy.deepcopy(pipe._blocks)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..solvers.registry import WINDOWED_METHODS, method_spec
 
-__all__ = ["GRAPHED_METHODS", "SET_BY_PIPELINE", "check_method_and_options", "pipeline_options"]
+__all__ = ["GRAPHED_METHODS", "SET_BY_PIPELINE", "check_mesh", "check_method_and_options", "pipeline_options"]
 
 # cuda_graph=True: the windowed methods on the graphed engine, "sequential" as GraphedSequential
 GRAPHED_METHODS = ("sequential", *WINDOWED_METHODS)
@@ -35,6 +35,7 @@ def check_method_and_options(method: str, options: dict) -> None:
     graphed = options.pop("cuda_graph", False)
     if not isinstance(graphed, bool):
         raise TypeError(f"cuda_graph must be True or False, got {graphed!r}")
+    check_mesh(options.pop("mesh", None), graphed, options.get("window"))
     if options.get("window") == "auto":
         if not spec.windowed:
             raise ValueError(
@@ -51,3 +52,20 @@ def check_method_and_options(method: str, options: dict) -> None:
             f"{' with cuda_graph=True' if graphed else ''}; allowed: {allowed}"
         )
     spec.check_options(options)  # names and ranges (window >= 1, tol > 0, ...)
+
+
+def check_mesh(mesh: object, graphed: bool, window: object) -> None:
+    """``mesh=``: a ``paratriton.mesh.Mesh2D``, with a window chosen by the caller and no CUDA graphs."""
+    if mesh is None:
+        return
+    from ..mesh import Mesh2D
+
+    if not isinstance(mesh, Mesh2D):
+        raise TypeError(f"mesh must be a paratriton.mesh.Mesh2D (paratriton.mesh.init_mesh), got {type(mesh).__name__}")
+    if graphed:
+        raise ValueError("mesh= with cuda_graph=True is not supported: the row all-gather runs outside the graph")
+    if window == "auto":
+        raise ValueError(
+            "mesh= with window='auto' is not supported: each rank would time its own candidates and could choose "
+            "another window than its peers; pass a window size"
+        )

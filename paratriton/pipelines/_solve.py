@@ -24,6 +24,7 @@ from ._guidance import GuidancePlan, guided
 from ._options import pipeline_options
 from ._problem import Problem
 from ._replay import _Interrupted
+from ._shard import RowSharded
 
 logger = logging.getLogger("paratriton.pipelines")
 
@@ -57,6 +58,9 @@ class _Solve:
         )
         method, options = self.state.method, dict(self.state.options)
         graphed = bool(options.pop("cuda_graph", False))
+        mesh = options.pop("mesh", None)
+        if mesh is not None:  # the rows of every window call split over the mesh's time groups
+            branches = RowSharded(branches, mesh)
         with self._progress(self.T) as bar:
             self.bar = bar
             try:
