@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 
 pytest.importorskip("diffusers")
 
-L, TXT, B, STEPS = 16, 8, 2, 8  # image tokens, text tokens, trajectories, steps
+L, TXT, B, STEPS = 16, 8, 2, 6  # image tokens, text tokens, trajectories, steps
 
 
 def _free_port():
@@ -161,3 +161,17 @@ def test_time_by_sequence_solve_matches_one_process(tmp_path, world, layouts):
         if time > 1:
             rows = [sum(n for n, _ in ranks[g * seq]["results"][layout]["seen"]) for g in range(time)]
             assert max(rows) - min(rows) <= len(ranks[0]["results"][layout]["seen"])  # balanced, within 1 per call
+
+
+def test_mesh_option_is_checked_before_sampling():
+    from paratriton.mesh import Mesh2D
+    from paratriton.pipelines._options import check_method_and_options
+
+    layout = Mesh2D(mesh=None, time=1, sequence=1, time_group=None)
+    with pytest.raises(TypeError, match="paratriton.mesh.Mesh2D"):
+        check_method_and_options("taa", {"mesh": "2x2"})
+    with pytest.raises(ValueError, match="window='auto'"):
+        check_method_and_options("taa", {"mesh": layout, "window": "auto"})
+    with pytest.raises(ValueError, match="cuda_graph=True"):
+        check_method_and_options("taa", {"mesh": layout, "cuda_graph": True})
+    check_method_and_options("taa", {"mesh": layout, "window": 4})  # a fixed window: accepted

@@ -175,6 +175,10 @@ def parallelize(pipe: DiffusionPipeline, method: str = "taa", **options: Any) ->
               once per problem shape. ``cuda_graph=True`` (``"sequential"`` and every windowed method): every
               iteration is one CUDA-graph replay (the graphed engine / ``GraphedSequential``), graphs cached
               between calls and keyed on the network's weights, structure, processors and adapters.
+              ``mesh=paratriton.mesh.init_mesh(G, S)`` (under ``torchrun``): every window call's rows are split over
+              the ``G`` time groups (the network's own context parallelism,
+              ``paratriton.mesh.enable_sequence_parallel``, splits the tokens inside a group); needs a fixed
+              ``window`` and ``cuda_graph=False``.
 
     Call the result exactly like the stock pipeline. With the same generator it returns the stock sequential
     pipeline's image up to the solver tolerance, DDPM-style step noise included. The solver state has
