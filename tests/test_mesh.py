@@ -55,6 +55,10 @@ def _pipe_call():
     return {
         "prompt_embeds": torch.randn(B, TXT, 32, generator=g),  # two prompts: the rows' conditioning differs
         "pooled_prompt_embeds": torch.randn(B, 32, generator=g),
+        # true CFG: two branches of B rows each, so a window call's rows are (branch, step, prompt)
+        "negative_prompt_embeds": torch.randn(B, TXT, 32, generator=g),
+        "negative_pooled_prompt_embeds": torch.randn(B, 32, generator=g),
+        "true_cfg_scale": 2.0,
         "height": 8,
         "width": 8,  # 16 image tokens after Flux's 2 x 2 packing
         "num_inference_steps": STEPS,
