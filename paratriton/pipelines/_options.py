@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..mesh import Mesh2D
 from ..solvers.registry import WINDOWED_METHODS, method_spec
 
 __all__ = ["GRAPHED_METHODS", "SET_BY_PIPELINE", "check_mesh", "check_method_and_options", "pipeline_options"]
@@ -58,8 +59,6 @@ def check_mesh(mesh: object, graphed: bool, window: object) -> None:
     """``mesh=``: a ``paratriton.mesh.Mesh2D``, with a window chosen by the caller and no CUDA graphs."""
     if mesh is None:
         return
-    from ..mesh import Mesh2D
-
     if not isinstance(mesh, Mesh2D):
         raise TypeError(f"mesh must be a paratriton.mesh.Mesh2D (paratriton.mesh.init_mesh), got {type(mesh).__name__}")
     if graphed:
