@@ -442,16 +442,14 @@ def test_one_solver_object_in_two_threads_is_an_error_not_a_wrong_answer(method)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# 7. open: the per-step rule on a trajectory that amplifies errors ~500x
+# 7. the per-step rule on a trajectory that amplifies errors ~500x
 # ---------------------------------------------------------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 32 item 7, open: under the per-step rule the returned trajectory meets every threshold, but this "
-    "trajectory passes close to the boundary between two mixture components at steps 50-65 and amplifies errors "
-    "there ~500x; the engine's measured gains (secants along the iteration's moves, RMS over all dimensions) do "
-    "not see a one-direction instability, so converged=True stands 1.2 RMS from the sequential sample",
-)
 def test_the_per_step_rule_never_says_converged_far_from_the_sequential_sample():
+    """Default TAA under the per-step rule meets every threshold on a trajectory that passes a boundary between
+    mixture modes and ends 1.2 RMS away (c5e3ac1 and 9ed83ba: converged=True). The engine's gains, measured in the
+    per-step form too, see 1.2-2.3x per step over steps 55-67; the bound with that amplification to every intermediate
+    state exceeds what the thresholds promise: converged=False, a warning naming it. Picard, which ends 1e-3 away on the
+    same problem, stays converged; the iteration counts are those of the rule."""
     import math
 
     diffusers = pytest.importorskip("diffusers")
@@ -472,6 +470,12 @@ def test_the_per_step_rule_never_says_converged_far_from_the_sequential_sample()
     x_T = torch.randn(8, *shape, generator=g, dtype=torch.float64)[4:5]  # the issue-23 mixture's problem, B = 8
     noise = torch.randn(T, 8, *shape, generator=g, dtype=torch.float64)[:, 4:5]
     ref = pt.solve(model, cf, x_T, noise, method="sequential").sample
-    res = pt.solve(model, cf, x_T, noise, method="taa", tol_abs=1e-3, tol_rel=1e-3)
-    dist = (res.sample - ref).square().mean().sqrt().item()  # c5e3ac1 and now: 1.2, converged=True
+    with pytest.warns(RuntimeWarning, match="amplify errors up to .* converged=False"):
+        res = pt.solve(model, cf, x_T, noise, method="taa", tol_abs=1e-3, tol_rel=1e-3)
+    dist = (res.sample - ref).square().mean().sqrt().item()  # c5e3ac1: 1.2, converged=True
     assert not res.converged or dist <= 0.1, dist
+    assert res.iterations == 17 and res.amplification > 10  # the rule's own stopping point, reported honestly
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning where the per-step result holds
+        pic = pt.solve(model, cf, x_T, noise, method="picard", tol_abs=1e-3, tol_rel=1e-3)
+    assert pic.converged and (pic.sample - ref).square().mean().sqrt().item() <= 0.1

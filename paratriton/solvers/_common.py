@@ -29,14 +29,18 @@ class SolveResult:
     residuals:   ``[iterations, T]`` float64 on the CPU: per step the largest RMS order-1 residual over the batch,
                  NaN for steps outside the window in that iteration
     converged:   at the returned trajectory, every step's residual is within its threshold, or (with ``tol``)
-                 ``error_bound <= tol`` (False when stopped by ``max_iters``); always the tolerance asked for: a
+                 ``error_bound <= tol`` (False when stopped by ``max_iters``); in the per-step form
+                 (``tol_abs``/``tol_rel``) also the bound with the measured amplification between states within
+                 ``sum_i g_i thr_i``, what the thresholds promise (``solvers/tolerance.py``, "The per-step form";
+                 False with a warning otherwise: the sample may be in another mode); always the tolerance asked for: a
                  run that stopped at a bf16/fp16 model's floor above it is ``precision_limited`` and not
                  converged (``precision_floor``: the distance it can be from the sequential sample)
     error_bound: the first-order bound on the sample's RMS distance to the sequential sample at the returned
                  trajectory, ``sum_i geff_i RMS(r_i)`` (``solvers/tolerance.py``), largest over the batch; None
                  when not every step was reached, or for solvers that do not measure it
     amplification: the largest ``geff_i / g_i``: how much more than the schedule's ``g_i`` the sampler was
-                 measured to amplify the iteration's errors (at least 1; 1 when not measured)
+                 measured to amplify the iteration's errors (at least 1; 1 when not measured); in the per-step form
+                 the largest ``A_i``, from a state to any state below it
     precision_limited: a low-precision (fp16/bf16) model's rounding floor was above the tolerance at some step,
                  and the solver stopped at the floor there (then ``converged`` only if the residuals still meet
                  the tolerance asked for)

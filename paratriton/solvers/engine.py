@@ -82,8 +82,8 @@ class _State:
     geff: torch.Tensor  # [T] the amplification the tests use
     seen: torch.Tensor  # [T] bool: a gain was measured
     gain_min: torch.Tensor  # 0-d: the smallest relative move a gain is measured from
-    xin_prev: torch.Tensor | None  # [T, B, D] last model inputs (sample test only)
-    out_prev: torch.Tensor | None  # [T, B, D] last model terms (sample test only)
+    xin_prev: torch.Tensor  # [T, B, D] last model inputs (_gains)
+    out_prev: torch.Tensor  # [T, B, D] last model terms (_gains)
     floor: torch.Tensor  # [T] the measured rounding floor
     best: torch.Tensor  # [T] lowest residual so far
     stall: torch.Tensor  # [T] iterations since that residual last halved
@@ -120,7 +120,8 @@ class Engine:
     window:     None (all ``T`` steps) or a sliding window of ``W`` steps.
     tolerance:  a ``Tolerance`` (default: ``tol = DEFAULT_TOL``): the target RMS distance of the sample to the
                 sequential sample, mapped onto per-step residual thresholds (``tolerance.py``; a low-precision
-                model's rounding floor raises them), or the expert per-step ``tol_abs``/``tol_rel``.
+                model's rounding floor raises them), or the expert per-step ``tol_abs``/``tol_rel`` (its thresholds
+                and stopping point fixed; ``converged`` checked against the measured amplification at the end).
     state_dtype: float32 or float64 (None: float32 on CUDA, float64 elsewhere).
     cuda_graph: the graphed schedule: each window size captured once (on CUDA; the model must be capturable),
                 ``iters_per_sync`` iterations per host read. Off CUDA the same static program runs uncaptured.
@@ -171,8 +172,7 @@ class Engine:
         self._last = (out, idx)  # for naming the steps when the iteration reports a non-finite value
         if s.taps is not None:  # a multistep operator: the drift of step i reads the tap outputs of i .. i+k-1
             out = self._stencil(out, lo, F)
-        if s.tol is not None:
-            self._gains(xin, out, idx, F)
+        self._gains(xin, out, idx, F)  # both forms: the per-step form's honesty check reads them (_report_excess)
         kern = KERNELS[self.backend]
         # the thresholds shrink where the measured amplification exceeds the schedule's (``_gains``), never below
         # the floor; a step whose residual has stalled within STALL_ROUNDINGS of the measured floor is at the floor:
@@ -237,7 +237,8 @@ class Engine:
         s.xin_prev.index_copy_(0, idx, xin)
         s.out_prev.index_copy_(0, idx, out)
         s.seen.index_fill_(0, idx, True)
-        s.geff[1:].copy_(torch.maximum(s.g[1:], s.gain[:-1].cumprod(0)))
+        if s.tol is not None:  # the per-step form keeps its thresholds (geff = g); only its result is checked
+            s.geff[1:].copy_(torch.maximum(s.g[1:], s.gain[:-1].cumprod(0)))
 
     def _model_out(self, xin: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """The model term of steps ``idx`` from their inputs ``xin [H, B, D]``: the raw output for one-tap
@@ -273,7 +274,6 @@ class Engine:
             b = torch.ones(T, dtype=dt, device=dev)
         thr = self.tolerance.step_thresholds(coeffs).to(dev, dt)
         tol = self.tolerance.target  # None in the expert per-step form
-        measure = tol is not None  # the sample test measures gains
         self._s = _State(
             T=T,
             B=B,
@@ -292,8 +292,8 @@ class Engine:
             geff=torch.empty(T, dtype=dt, device=dev),
             seen=torch.zeros(T, dtype=torch.bool, device=dev),
             gain_min=torch.zeros((), dtype=dt, device=dev),
-            xin_prev=torch.empty(T, B, D, dtype=dt, device=dev) if measure else None,
-            out_prev=torch.empty(T, B, D, dtype=dt, device=dev) if measure else None,
+            xin_prev=torch.empty(T, B, D, dtype=dt, device=dev),
+            out_prev=torch.empty(T, B, D, dtype=dt, device=dev),
             floor=torch.zeros(T, dtype=dt, device=dev),
             best=torch.empty(T, dtype=dt, device=dev),  # per step its lowest residual (largest over the batch) so far
             stall=torch.zeros(T, dtype=torch.long, device=dev),  # iterations since that residual last halved
@@ -370,9 +370,7 @@ class Engine:
         outside the capture), so the state is saved before and restored after."""
         s = self._s
         state = [s.x, s.F, s.U, s.bad, s.n_it, s.best, s.stall, s.rms_all, *s.rule.values()]
-        state += [s.gain, s.geff, s.seen]
-        if s.tol is not None:
-            state += [s.xin_prev, s.out_prev]
+        state += [s.gain, s.geff, s.seen, s.xin_prev, s.out_prev]
         if s.ring is not None:
             state.append(s.ring)
         saved = [t.clone() for t in state]
@@ -529,6 +527,7 @@ class Engine:
             error_bound=self._error_bound(),
             amplification=float((s.geff / s.g).amax()),
         )
+        self._report_excess(result)
         self._report_precision(result)
         self._report_clamp(result)
         return result
@@ -549,6 +548,43 @@ class Engine:
                 f"the fp16 model's inputs reach {big:.3g} at the returned trajectory, beyond its range (clamped at "
                 f"+-{MODEL_INPUT_BOUND:g}): the result is not the sequential sample (whose model would see inf); "
                 "converged=False",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+    def _excess(self) -> torch.Tensor:
+        """``A [T]``: per step ``i`` the largest measured amplification from state ``i`` to any state ``k <= i``
+        beyond the schedule's, ``max_k prod_{k<=j<i} gain_j / (g_i / g_k)`` (at least 1; ``tolerance.py``, "The
+        per-step form"): ``exp(c_i - min_{k<=i} c_k)`` with ``c_i = sum_{j<i} log gain_j - log g_i``."""
+        s = self._s
+        logs = torch.cat([s.zero.view(1).to(s.gain.dtype), s.gain[:-1].clamp_min(torch.finfo(s.gain.dtype).tiny).log()])
+        c = logs.cumsum(0) - s.g.log()
+        return (c - c.cummin(0).values).exp()
+
+    def _report_excess(self, result: SolveResult) -> None:
+        """The per-step form's check (``tolerance.py``, "The per-step form"): every step within its threshold, but
+        the first-order bound with the measured amplification to every intermediate state, ``sum_i g_i A_i
+        RMS(r_i)``, above what the thresholds promise at the sample (``sum_i g_i thr_i``): not converged, one
+        warning. ``amplification`` reports the largest ``A_i``."""
+        s = self._s
+        if s.tol is not None:
+            return
+        A = self._excess()
+        result.amplification = float(A.amax())
+        if not result.converged:
+            return
+        bound = float(((s.g * A).view(-1, 1) * s.rms_all).sum(0).amax())
+        # the thresholds the steps were tested against: a rough model's floor raises them (_report_precision)
+        promise = float((s.g * torch.maximum(s.thr0, self._floor_used())).sum())
+        if bound > promise:
+            result.converged = False
+            warnings.warn(
+                f"every step's residual is within its threshold ({self.tolerance.text()}), but the sampler was "
+                f"measured to amplify errors up to {result.amplification:.3g}x from one state to another (as near a "
+                "boundary between two modes of the data): the first-order bound on the trajectory's distance to the "
+                f"sequential one is {bound:.3g}, above the {promise:.3g} the per-step thresholds promise, so "
+                "converged=False (the sample may lie in another mode). Pass tol= (a target on the sample) for a "
+                "result that is tested against it.",
                 RuntimeWarning,
                 stacklevel=3,
             )
@@ -658,12 +694,16 @@ class Engine:
         rough_min = max(GAIN_MIN_CHANGE, GAIN_ROUNDINGS * (p["u"] or 2.0**-11))
         s.gain_min.copy_(torch.where(smooth, s.gain_min, rough_min))
 
+    def _floor_used(self) -> torch.Tensor:
+        """``[T]`` the floor the tests used: STALL_ROUNDINGS times the measured one at the steps that stalled there."""
+        s = self._s
+        stalled = (s.stall >= STALL_ITERS).to(s.floor.dtype)
+        return s.floor * (1 + (STALL_ROUNDINGS - 1) * stalled)
+
     def _report_precision(self, result: SolveResult) -> None:
         """The model's roughness floor at the sample, when it bound at some step (and then one warning)."""
         s = self._s
-        # the floor the tests used: STALL_ROUNDINGS times the measured one at the steps that stalled there
-        stalled = (s.stall >= STALL_ITERS).to(s.floor.dtype)
-        floor = (s.floor * (1 + (STALL_ROUNDINGS - 1) * stalled)).to("cpu", torch.float64)
+        floor = self._floor_used().to("cpu", torch.float64)
         if bool((floor > s.thr0.to("cpu", torch.float64)).any()):
             result.precision_limited = True
             result.precision_floor = float((s.geff.to("cpu", torch.float64) * floor).sum())
