@@ -153,25 +153,25 @@ def _extension_config() -> dict:
 
         failed: set[str] = set()
 
+        @staticmethod
+        def _skip(names, what: str, e: Exception) -> None:
+            OptionalBuildExt.failed.update(names)
+            _warn(
+                f"building {what} failed ({type(e).__name__}: {str(e)[-300:]}); installing without it "
+                "(paratriton says at import which kernels it uses; see docs/build.md)"
+            )
+
         def build_extension(self, ext):
             try:
                 super().build_extension(ext)
             except Exception as e:  # noqa: BLE001 -- any compiler/toolchain failure
-                OptionalBuildExt.failed.add(ext.name)
-                _warn(
-                    f"building {ext.name} failed ({type(e).__name__}: {str(e)[-300:]}); installing without it "
-                    "(paratriton says at import which kernels it uses; see docs/build.md)"
-                )
+                self._skip([ext.name], ext.name, e)
 
         def build_extensions(self):
             try:
                 super().build_extensions()
             except Exception as e:  # noqa: BLE001 -- before any module: a compiler that torch cannot even query
-                OptionalBuildExt.failed.update(x.name for x in self.extensions)
-                _warn(
-                    f"building the extension failed ({type(e).__name__}: {str(e)[-300:]}); installing without it "
-                    "(paratriton says at import which kernels it uses; see docs/build.md)"
-                )
+                self._skip([x.name for x in self.extensions], "the extension", e)
 
         def copy_extensions_to_source(self):  # editable installs copy every module into the tree: the built ones
             built = [e for e in self.extensions if e.name not in OptionalBuildExt.failed]
