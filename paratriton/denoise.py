@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .schedulers import coefficients_from_scheduler, draw_step_noise, stock_draws
+from .schedulers import GraphedDraws, coefficients_from_scheduler, draw_step_noise, stock_draws
 from .solvers import METHODS, SolveResult, solve
 
 __all__ = ["denoise", "LoopDenoiser"]
@@ -175,6 +175,7 @@ def _operator(scheduler, T: int, eta, use_clipped_model_output: bool):
 
 # ---- the graphed solvers kept between calls (one problem per model) ----------------------------------------------
 _GRAPHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> pipelines._graphed.GraphedSolvers
+_GRAPHED_DRAWS = GraphedDraws()  # a control loop's step noise, one replay a chunk
 
 
 def _graphed_solve(model, den, coeffs, x_T, noise, method, options, init) -> SolveResult:
@@ -259,7 +260,7 @@ def denoise(
     out_dtype = _probe(den, x_T, coeffs.num_steps)
 
     noise_dtype = torch.float32 if in_float32 else out_dtype
-    noise = draw_step_noise(
+    noise = (_GRAPHED_DRAWS if cuda_graph else draw_step_noise)(
         draws, coeffs.num_steps, x_T.shape[0], x_T.shape[0], tuple(x_T.shape[1:]), generator, device, noise_dtype
     )
     if noise is None and coeffs.is_stochastic:  # noise-free steps of a stochastic operator: zeros

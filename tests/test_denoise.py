@@ -261,3 +261,77 @@ def test_the_graph_cache_of_denoise_reuses_one_problem_per_model():
         assert res.converged and (res.sample - ref.sample).abs().max().item() <= 1e-7
         outs.append(dn._GRAPHED[net])
     assert outs[0] is outs[1] and len(outs[0].solvers) == 1
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def _eager_draws(seed, generator, shape=(2, 8, 3), draws=(9, 7, 4, 3, 1), dtype=torch.float32, device="cpu"):
+    from paratriton.schedulers import draw_step_noise
+
+    generator.manual_seed(seed)
+    noise = draw_step_noise(list(draws), 10, shape[0] + 1, shape[0], shape[1:], generator, device, dtype)
+    return noise, torch.randn(4, generator=generator, device=device)
+
+
+def test_graphed_draws_off_cuda_are_the_eager_draws():
+    """A CPU generator (or a CPU device) draws eagerly: the same noise and the same generator state after."""
+    from paratriton.schedulers import GraphedDraws
+
+    draws, g = GraphedDraws(), torch.Generator()
+    ref, after = _eager_draws(5, g)
+    for _ in range(2):
+        g.manual_seed(5)
+        noise = draws([9, 7, 4, 3, 1], 10, 3, 2, (8, 3), g, "cpu", torch.float32)
+        assert torch.equal(noise, ref) and torch.equal(torch.randn(4, generator=g), after)
+    assert noise[8].abs().sum() == 0 and noise[9].abs().sum() > 0  # steps that draw nothing stay zero
+
+
+@CUDA
+@pytest.mark.parametrize("kind", ["default", "user"])
+def test_graphed_draws_equal_the_eager_draws_bit_for_bit(kind):
+    """Chunk after chunk (reseeded or not), the graphed draws are the eager draws and leave the generator where
+    they leave it; a user generator is captured on its second use, the default one on its first."""
+    from paratriton.schedulers import GraphedDraws
+
+    gen = torch.cuda.default_generators[0] if kind == "default" else torch.Generator("cuda")
+    draws = GraphedDraws()
+    for seed in (0, 1, 1, 2):
+        ref, after = _eager_draws(seed, gen, device="cuda")
+        gen.manual_seed(seed)
+        noise = draws([9, 7, 4, 3, 1], 10, 3, 2, (8, 3), None if kind == "default" else gen, "cuda", torch.float32)
+        assert torch.equal(noise, ref), seed
+        assert torch.equal(torch.randn(4, generator=gen, device="cuda"), after), seed
+    assert any(plan is not None for _, plan in draws._plans.values()), "never graphed"
+    gen.manual_seed(7)  # two chunks without reseeding
+    refs = [_eager_draws_unseeded(gen) for _ in range(2)]
+    gen.manual_seed(7)
+    outs = [draws([9, 7, 4, 3, 1], 10, 3, 2, (8, 3), None if kind == "default" else gen, "cuda", torch.float32)]
+    outs.append(draws([9, 7, 4, 3, 1], 10, 3, 2, (8, 3), None if kind == "default" else gen, "cuda", torch.float32))
+    assert all(torch.equal(a, b) for a, b in zip(refs, outs))
+
+
+def _eager_draws_unseeded(gen):
+    from paratriton.schedulers import draw_step_noise
+
+    return draw_step_noise([9, 7, 4, 3, 1], 10, 3, 2, (8, 3), gen, "cuda", torch.float32)
+
+
+@CUDA
+def test_graphed_denoise_chunks_equal_the_stock_loop_with_the_default_generator():
+    """A control loop on the GPU with generator=None (LeRobot's, Chi's): chunk after chunk, ``denoise(cuda_graph=
+    True)`` (graphed solve, graphed draws) gives the stock loop's sample from the same global seed."""
+    net, sched = TinyPolicyNet().double().cuda(), _ddpm()
+    for seed in (11, 12, 12):
+        _, x_T, cond = _problem(seed)
+        x_T, cond = x_T.cuda(), cond.cuda()
+        torch.manual_seed(seed)
+        ref = stock_loop(net, sched, x_T, 100, cond, None)
+        torch.manual_seed(seed)
+        res = paratriton.denoise(
+            net, sched, x_T, 100, model_kwargs={"global_cond": cond}, method="taa", tol=1e-9, cuda_graph=True,
+            return_result=True,
+        )  # fmt: skip
+        assert res.converged
+        err = ((res.sample - ref).abs().max() / ref.abs().max().clamp_min(1)).item()
+        assert err <= 1e-7, f"seed {seed}: relative error {err:.3e} to the stock loop"

@@ -23,7 +23,7 @@ import torch
 
 from . import ddim, ddpm, flow_match
 from .family import OneTapFamily
-from .noise import draw_step_noise
+from .noise import GraphedDraws, draw_step_noise
 from .operator import (
     ClippedPrediction,
     MultistepCoefficients,
@@ -46,6 +46,7 @@ __all__ = [
     "one_tap_family",
     "stock_draws",
     "draw_step_noise",
+    "GraphedDraws",
     "SUPPORTED_SCHEDULERS",
     "ONE_TAP_SCHEDULERS",
     "TRACED_SCHEDULERS",

@@ -9,9 +9,11 @@ which dtype, is each scheduler family's rule (``stock_draws`` in ``paratriton.sc
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
-__all__ = ["draw_step_noise"]
+__all__ = ["draw_step_noise", "GraphedDraws"]
 
 
 def draw_step_noise(
@@ -36,3 +38,78 @@ def draw_step_noise(
     noise = torch.zeros(T, B, *sample_shape, dtype=torch.float64, device=device)
     # one scatter, not a copy per step (a control loop draws 99 steps' noise every chunk)
     return noise.index_copy_(0, torch.tensor(draws, device=device), torch.stack(drawn).to(torch.float64))
+
+
+class GraphedDraws:
+    """The draws of ``draw_step_noise`` as one CUDA-graph replay, for a control loop that draws the same plan every
+    chunk (99 ``randn`` launches and their host work cost ~1.5 ms a chunk; a replay costs one launch).
+
+    Exactness is checked, not assumed: the first capture of a plan replays once and draws eagerly from the same
+    generator state; the graph is kept only if both the noise and the generator's state after the draws are equal
+    bit for bit, else that plan draws eagerly from then on. Graphed: the process's default CUDA generator
+    (``generator=None``) and a CUDA ``torch.Generator`` seen for a second time (one made anew every chunk draws
+    eagerly: capturing for it would cost more than it saves). A CPU generator or a list of them draws eagerly."""
+
+    def __init__(self) -> None:
+        self._plans: dict[tuple, tuple] = {}  # plan key -> (generator weakref, (graph, static noise) or None)
+        self._seen: weakref.WeakSet = weakref.WeakSet()
+
+    def __call__(self, draws, T, rows, B, sample_shape, generator, device, dtype) -> torch.Tensor | None:
+        device = torch.device(device)
+        gen = self._graphable(generator, device)
+        if gen is None or not draws:
+            return draw_step_noise(draws, T, rows, B, sample_shape, generator, device, dtype)
+        key = (tuple(draws), T, rows, B, tuple(sample_shape), str(device), dtype, id(gen))
+        ref, plan = self._plans.get(key, (None, False))
+        if ref is None or ref() is not gen:  # new, or an id reused by another generator than the graph advances
+            if len(self._plans) >= 16:
+                self._plans.clear()
+            plan = self._capture(draws, T, rows, B, sample_shape, gen, device, dtype)
+            self._plans[key] = (weakref.ref(gen), plan)
+            if plan is not None:  # _capture left the generator where the eager draws leave it
+                return plan[1].clone()
+        if plan is None:
+            return draw_step_noise(draws, T, rows, B, sample_shape, generator, device, dtype)
+        graph, static = plan
+        graph.replay()
+        return static.clone()  # the next replay rewrites ``static``
+
+    def _graphable(self, generator, device: torch.device):
+        if device.type != "cuda" or isinstance(generator, list):
+            return None
+        if generator is None:
+            return torch.cuda.default_generators[device.index if device.index is not None else 0]
+        if generator.device != device and not (generator.device.type == "cuda" and device.index is None):
+            return None
+        if generator not in self._seen:  # a generator made for one chunk: draw eagerly
+            self._seen.add(generator)
+            return None
+        return generator
+
+    @staticmethod
+    def _capture(draws, T, rows, B, sample_shape, gen, device, dtype):
+        index = torch.tensor(draws, device=device)
+        static = torch.zeros(T, B, *sample_shape, dtype=torch.float64, device=device)
+        drawn = torch.empty(len(draws), rows, *sample_shape, dtype=dtype, device=device)
+        default = gen is torch.cuda.default_generators[device.index if device.index is not None else 0]
+        start = gen.get_state()
+        try:
+            graph = torch.cuda.CUDAGraph()
+            if not default:  # the default generator is registered with every capture
+                graph.register_generator_state(gen)
+            with torch.cuda.graph(graph):
+                for i in range(len(draws)):
+                    drawn[i].normal_(generator=gen)
+                static.index_copy_(0, index, drawn[:, :B].to(torch.float64))
+            gen.set_state(start)  # a capture draws nothing, but leave no doubt
+            graph.replay()
+            after_graph = gen.get_state()
+            gen.set_state(start)
+            eager = draw_step_noise(draws, T, rows, B, sample_shape, gen, device, dtype)
+        except (RuntimeError, AttributeError):  # an older torch or a generator a graph cannot take
+            gen.set_state(start)  # the caller draws eagerly
+            return None
+        if torch.equal(after_graph, gen.get_state()) and torch.equal(eager, static):
+            return graph, static
+        gen.set_state(start)  # the caller draws eagerly
+        return None
