@@ -4,7 +4,7 @@ import warnings
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import paratriton as pt
@@ -143,6 +143,7 @@ def test_static_taa_bit_identical():
     history=st.integers(1, 5),
     seed=st.integers(0, 3),
 )
+@example(T=23, B=3, shape=[2, 3], eta=0.5, method="picard", window=3, order=None, history=1, seed=2)
 def test_fuzz_every_solver_is_exact(T, B, shape, eta, method, window, order, history, seed):
     cf, model, x_T, noise = gm_problem(T=T, eta=eta, B=B, shape=tuple(shape), seed=seed)
     # a frozen step keeps the value its residual test passed at (converged means within threshold at the returned
@@ -153,8 +154,15 @@ def test_fuzz_every_solver_is_exact(T, B, shape, eta, method, window, order, his
     if method in ("aa", "taa"):
         opts["history"] = history
     ref = pt.solve(model, cf, x_T, noise, method="sequential")
-    res = pt.solve(model, cf, x_T, noise, method=method, **opts)
-    assert res.converged and res.iterations <= T
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = pt.solve(model, cf, x_T, noise, method=method, **opts)
+    # every step ends within its threshold; converged=False only where the per-step form's check measured an
+    # amplification whose bound exceeds the thresholds' promise (a conservative answer, and said so: T=23 B=3 [2, 3]
+    # eta=0.5 picard window=3 seed=2 measured 62.9x from a large secant, at a true distance of 7.5e-11)
+    excess = [w for w in caught if "amplify errors" in str(w.message)]
+    assert res.iterations <= T
+    assert res.converged or (excess and res.amplification > 1), [str(w.message) for w in caught]
     assert res.sample.shape == x_T.shape
     assert (res.sample - ref.sample).square().mean().sqrt() <= 1e-8
 
