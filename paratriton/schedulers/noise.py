@@ -106,7 +106,7 @@ class GraphedDraws:
             after_graph = gen.get_state()
             gen.set_state(start)
             eager = draw_step_noise(draws, T, rows, B, sample_shape, gen, device, dtype)
-        except (RuntimeError, AttributeError):  # an older torch or a generator a graph cannot take
+        except Exception:  # an older torch, a generator a graph cannot take: never worse than eager draws
             gen.set_state(start)  # the caller draws eagerly
             return None
         if torch.equal(after_graph, gen.get_state()) and torch.equal(eager, static):
