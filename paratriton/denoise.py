@@ -29,7 +29,7 @@ import torch
 from .schedulers import GraphedDraws, coefficients_from_scheduler, draw_step_noise, stock_draws
 from .solvers import METHODS, SolveResult, solve
 
-__all__ = ["denoise", "LoopDenoiser"]
+__all__ = ["denoise", "LoopDenoiser", "auto_method", "AUTO_SEQUENTIAL_MAX_STEPS"]
 
 
 class LoopDenoiser:
@@ -80,6 +80,22 @@ def _tensor_of(out: Any) -> Any:
     if isinstance(out, tuple) and out:
         return out[0]
     return getattr(out, "sample", out)
+
+
+AUTO_SEQUENTIAL_MAX_STEPS = 16
+"""``method="auto"`` keeps schedules of this many steps or fewer sequential: at DDIM-16, TAA needs 9-11 of the 16
+steps as iterations of a window call that costs about one call, and lost on an H100 (0.75x on the shipped policy,
+0.83x on a 63.6M ConditionalUnet1D, ``benchmarks/RESULTS.md``, "Diffusion policies on one GPU"); at DDPM-100 it
+won 2.5-4.5x."""
+
+
+def auto_method(device: torch.device, num_steps: int) -> str:
+    """What ``method="auto"`` runs: ``"taa"`` on CUDA for more than ``AUTO_SEQUENTIAL_MAX_STEPS`` steps (a batched
+    call of many steps costs about one call there), else ``"sequential"`` (the CPU, where a window costs its rows;
+    short schedules, where the iterations come near the steps)."""
+    if torch.device(device).type == "cuda" and num_steps > AUTO_SEQUENTIAL_MAX_STEPS:
+        return "taa"
+    return "sequential"
 
 
 # ---- checks, before any expensive work -----------------------------------------------------------------------------
@@ -224,9 +240,9 @@ def denoise(
                 ``thresholding`` included); it is copied, never changed.
     generator:  what the loop hands ``scheduler.step``: the step noise is drawn from it up front, in the loop's order
                 (after ``x_T``, which the caller drew).
-    method:     ``"auto"`` (``"taa"`` on CUDA, where a batched call of many steps costs about one call, else
-                ``"sequential"``) or one of ``paratriton.METHODS``; ``options`` are the method's
-                (``paratriton.solvers.REGISTRY[method].options``: window, history, max_iters, callback, ...).
+    method:     ``"auto"`` (``auto_method``: ``"taa"`` on CUDA for more than 16 steps, where a batched call of many
+                steps costs about one call, else ``"sequential"``) or one of ``paratriton.METHODS``; ``options`` are
+                the method's (``paratriton.solvers.REGISTRY[method].options``: window, history, max_iters, ...).
     tol:        the RMS distance of the sample to the sequential loop's, in the sample's units (default 1e-3).
     init:       ``[T, B, *S]`` (or ``[T+1, ...]``) a guess of the trajectory (``result.trajectory`` of an earlier
                 call); the answer stays this problem's exact sample.
@@ -247,7 +263,7 @@ def denoise(
     if cuda_graph and x_T.device.type != "cuda":
         raise ValueError(f"cuda_graph=True needs x_T on a CUDA device, got {x_T.device}")
     if method == "auto":  # the sequential loop is exact by itself: tol only applies to a parallel solve
-        method = "taa" if x_T.device.type == "cuda" else "sequential"
+        method = auto_method(x_T.device, T)
     if method != "sequential" and tol is not None:
         options["tol"] = tol
     coeffs, sched, (draws, in_float32) = _operator(scheduler, T, eta, bool(use_clipped_model_output))

@@ -188,6 +188,29 @@ def test_denoise_auto_is_sequential_on_the_cpu_and_leaves_the_scheduler_alone():
     assert torch.equal(sched.timesteps, before) and sched.num_inference_steps is None
 
 
+@pytest.mark.parametrize(
+    "device,steps,method",
+    [("cpu", 100, "sequential"), ("cuda", 16, "sequential"), ("cuda", 8, "sequential"), ("cuda", 17, "taa"),
+     ("cuda:0", 100, "taa")],
+)  # fmt: skip
+def test_auto_keeps_short_schedules_sequential_on_cuda(device, steps, method):
+    """``method="auto"``: TAA on CUDA only where the schedule is longer than DDIM-16, which measured a loss."""
+    from paratriton.denoise import AUTO_SEQUENTIAL_MAX_STEPS, auto_method
+
+    assert AUTO_SEQUENTIAL_MAX_STEPS == 16
+    assert auto_method(torch.device(device), steps) == method
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_denoise_auto_on_cuda_picks_by_the_schedule_length():
+    net, sched = TinyPolicyNet().double().cuda(), _ddim()
+    g, x_T, cond = _problem()
+    x_T, cond = x_T.cuda(), cond.cuda()
+    for steps, method in ((16, "sequential"), (20, "taa")):
+        res = paratriton.denoise(net, sched, x_T, steps, model_kwargs={"global_cond": cond}, return_result=True)
+        assert res.method == method
+
+
 # ---- bad input: a clear error naming it, before the solve ------------------------------------------------------
 class _WrongShape(TinyPolicyNet):
     def forward(self, x, t, global_cond):
