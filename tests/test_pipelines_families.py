@@ -558,3 +558,37 @@ def test_audioldm2_legacy_callback_sees_the_stock_latents():
     assert [s[:2] for s in seen["parallel"]] == [s[:2] for s in seen["stock"]] and len(seen["stock"]) == STEPS
     for (_, _, ref), (_, _, out) in zip(seen["stock"], seen["parallel"]):
         assert_same(ref, out)
+
+
+def test_per_step_networks_take_conditioning_rows_along_its_row_dimension():
+    """``Calls.denoiser_at`` (per-step networks) with ``Calls.row_dims`` (conditioning whose rows are not on dim 0,
+    as HiDream's Llama-3 states ``[layers, rows, tokens, dim]``): each network gets its rows of that conditioning
+    along its row dimension, and the routed call equals one network called on every row."""
+    from paratriton.pipelines._denoiser import _PipelineDenoiser
+
+    def net(scale):
+        def forward(hidden_states, timestep, llama, pooled):
+            assert llama.shape[1] == hidden_states.shape[0] and pooled.shape[0] == hidden_states.shape[0]
+            per_row = llama.mean((0, 2, 3)) + pooled.mean(1) + timestep
+            return (scale * hidden_states + per_row.view(-1, 1, 1),)
+
+        return forward
+
+    g, B, T = 2, 3, 4
+    gen = torch.Generator().manual_seed(0)
+    cond = {
+        "llama": torch.randn(5, g * B, 7, 2, generator=gen, dtype=torch.float64),
+        "pooled": torch.randn(g * B, 6, generator=gen, dtype=torch.float64),
+    }
+    ts = torch.arange(T, dtype=torch.float64) * 10
+    den = _PipelineDenoiser(net(1.0), "hidden_states", cond, ts, g, B, g * B, torch.float64, "t", None)
+    den.row_dims = {"llama": 1}
+    W = 3
+    x = torch.randn(g * W * B, 4, 2, generator=gen, dtype=torch.float64)
+    steps = torch.tensor([0, 1, 3] * (g * B)).view(g, B, W).transpose(1, 2).reshape(-1)  # (branch, position, sample)
+    ref = den(x, steps)
+    den.experts, den.expert_by_step = [net(1.0), net(1.0)], torch.tensor([0, 1, 0, 1])
+    assert torch.equal(den(x, steps), ref)
+    den.experts = [net(1.0), net(2.0)]  # the second network on steps 1 and 3 only
+    out, odd = den(x, steps), (steps % 2 == 1)
+    assert torch.equal(out[~odd], ref[~odd]) and not torch.equal(out[odd], ref[odd])

@@ -180,12 +180,19 @@ class _PipelineDenoiser:
             if rows.numel() == 0:
                 continue
             inputs = {self.latent_name: sample[rows], self.timestep_arg: _take_rows(t, rows, n)}
-            part = net(**inputs, **_take_rows(kw, rows, n))
+            part = net(**inputs, **self._rows_of(kw, rows, n))
             part_out = _first_tensor(part)
             if out is None:
                 raw, out = part, part_out.new_empty((n, *part_out.shape[1:]))
             out[rows] = part_out
         return raw, out
+
+    def _rows_of(self, kw: dict, rows: torch.Tensor, n: int) -> dict:
+        """The ``rows`` of the call's ``n``-row conditioning, along each argument's row dimension (``row_dims``)."""
+        return {
+            k: _at_dim(_take_rows, v, self.row_dims[k], n, rows, n) if k in self.row_dims else _take_rows(v, rows, n)
+            for k, v in kw.items()
+        }
 
     def _control(self, sample: torch.Tensor, t: torch.Tensor, step_index: torch.Tensor, control: dict) -> dict:
         """The ControlNet residuals for these rows, scaled per row by the step's ``conditioning_scale`` (the stock
