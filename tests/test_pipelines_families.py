@@ -563,12 +563,14 @@ def test_audioldm2_legacy_callback_sees_the_stock_latents():
 def test_per_step_networks_take_conditioning_rows_along_its_row_dimension():
     """``Calls.denoiser_at`` (per-step networks) with ``Calls.row_dims`` (conditioning whose rows are not on dim 0,
     as HiDream's Llama-3 states ``[layers, rows, tokens, dim]``): each network gets its rows of that conditioning
-    along its row dimension, and the routed call equals one network called on every row."""
+    along its row dimension, a shared rotary table whole (even one as long as the call has rows), and the routed
+    call equals one network called on every row."""
     from paratriton.pipelines._denoiser import _PipelineDenoiser
 
     def net(scale):
-        def forward(hidden_states, timestep, llama, pooled):
+        def forward(hidden_states, timestep, llama, pooled, image_rotary_emb):
             assert llama.shape[1] == hidden_states.shape[0] and pooled.shape[0] == hidden_states.shape[0]
+            assert image_rotary_emb.shape == (18, 2)  # a shared [tokens, dim] table, whole in every call
             per_row = llama.mean((0, 2, 3)) + pooled.mean(1) + timestep
             return (scale * hidden_states + per_row.view(-1, 1, 1),)
 
@@ -579,6 +581,7 @@ def test_per_step_networks_take_conditioning_rows_along_its_row_dimension():
     cond = {
         "llama": torch.randn(5, g * B, 7, 2, generator=gen, dtype=torch.float64),
         "pooled": torch.randn(g * B, 6, generator=gen, dtype=torch.float64),
+        "image_rotary_emb": torch.randn(18, 2, generator=gen, dtype=torch.float64),  # 18 tokens = the call's rows
     }
     ts = torch.arange(T, dtype=torch.float64) * 10
     den = _PipelineDenoiser(net(1.0), "hidden_states", cond, ts, g, B, g * B, torch.float64, "t", None)

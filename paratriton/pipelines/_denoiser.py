@@ -188,11 +188,17 @@ class _PipelineDenoiser:
         return raw, out
 
     def _rows_of(self, kw: dict, rows: torch.Tensor, n: int) -> dict:
-        """The ``rows`` of the call's ``n``-row conditioning, along each argument's row dimension (``row_dims``)."""
-        return {
-            k: _at_dim(_take_rows, v, self.row_dims[k], n, rows, n) if k in self.row_dims else _take_rows(v, rows, n)
-            for k, v in kw.items()
-        }
+        """The ``rows`` of the call's ``n``-row conditioning, along each argument's row dimension (``row_dims``);
+        shared tables (``_NOT_PER_ROW``) whole, whatever their length."""
+        out = {}
+        for k, v in kw.items():
+            if k in _NOT_PER_ROW:
+                out[k] = v
+            elif k in self.row_dims:
+                out[k] = _at_dim(_take_rows, v, self.row_dims[k], n, rows, n)
+            else:
+                out[k] = _take_rows(v, rows, n)
+        return out
 
     def _control(self, sample: torch.Tensor, t: torch.Tensor, step_index: torch.Tensor, control: dict) -> dict:
         """The ControlNet residuals for these rows, scaled per row by the step's ``conditioning_scale`` (the stock
