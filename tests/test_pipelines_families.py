@@ -595,3 +595,28 @@ def test_per_step_networks_take_conditioning_rows_along_its_row_dimension():
     den.experts = [net(1.0), net(2.0)]  # the second network on steps 1 and 3 only
     out, odd = den(x, steps), (steps % 2 == 1)
     assert torch.equal(out[~odd], ref[~odd]) and not torch.equal(out[odd], ref[odd])
+
+
+def test_calls_shared_args_pass_a_table_whole_where_its_length_is_the_batch():
+    """``Calls.shared_args``: a family's own shared table (a new name, as long as the stock call's batch) reaches
+    every window call whole; without the row it would be taken as per-row conditioning and repeated."""
+    from paratriton.pipelines._capture import SHARED_ARGS
+    from paratriton.pipelines._denoiser import _PipelineDenoiser
+    from paratriton.pipelines._spec_parts import Calls
+
+    seen = []
+
+    def forward(hidden_states, timestep, pos_table):
+        seen.append(tuple(pos_table.shape))
+        return (hidden_states + pos_table.sum(),)
+
+    g, B, W = 2, 2, 3
+    table = torch.arange(g * B * 5, dtype=torch.float64).view(g * B, 5)  # [g * B, 5]: its length is the batch
+    x = torch.zeros(g * W * B, 4, dtype=torch.float64)
+    steps = torch.zeros(g * W * B, dtype=torch.long)
+    den = _PipelineDenoiser(forward, "hidden_states", {"pos_table": table}, torch.zeros(1), g, B, g * B,
+                            torch.float64, "t", None)  # fmt: skip
+    den(x, steps)
+    den.shared = SHARED_ARGS | set(Calls("transformer", shared_args=("pos_table",)).shared_args)
+    den(x, steps)
+    assert seen == [(g * W * B, 5), (g * B, 5)]

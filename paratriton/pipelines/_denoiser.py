@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ._capture import _NOT_PER_ROW, _first_tensor, _like
+from ._capture import SHARED_ARGS, _first_tensor, _like
 from ._trees import copy_tree
 
 # the conditioning key under which inpainting's extra input channels (mask, masked image latents) travel
@@ -113,6 +113,7 @@ class _PipelineDenoiser:
         self.timestep_arg, self.list_axis = "timestep", None  # Calls.timestep_arg, Calls.list_axis
         self.timestep_scale = 1.0  # the network's config.timestep_scale, for the "t*timestep_scale" form (SANA)
         self.row_dims: dict[str, int] = {}  # Calls.row_dims: conditioning whose rows are not on dim 0
+        self.shared: frozenset[str] = SHARED_ARGS  # and Calls.shared_args: passed whole to every call
 
     def __call__(self, x: torch.Tensor, step_index: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """``rows``: for each row of ``x``, its row of the stock call's ``g * B`` (branch-major) conditioning; None:
@@ -132,7 +133,7 @@ class _PipelineDenoiser:
         for k, v in self.kwargs.items():
             args = (g, B, W) if rows is None else (rows, g * B)
             fn = _repeat_rows if rows is None else _take_rows
-            if k in _NOT_PER_ROW:
+            if k in self.shared:
                 kw[k] = v
             elif k in self.row_dims:  # HiDream's Llama-3 states: [layers, rows, tokens, dim]
                 kw[k] = _at_dim(fn, v, self.row_dims[k], g * B, *args)
@@ -189,10 +190,10 @@ class _PipelineDenoiser:
 
     def _rows_of(self, kw: dict, rows: torch.Tensor, n: int) -> dict:
         """The ``rows`` of the call's ``n``-row conditioning, along each argument's row dimension (``row_dims``);
-        shared tables (``_NOT_PER_ROW``) whole, whatever their length."""
+        shared tables (``shared``) whole, whatever their length."""
         out = {}
         for k, v in kw.items():
-            if k in _NOT_PER_ROW:
+            if k in self.shared:
                 out[k] = v
             elif k in self.row_dims:
                 out[k] = _at_dim(_take_rows, v, self.row_dims[k], n, rows, n)

@@ -56,6 +56,8 @@ class Calls:
                      arguments (text features of per-prompt lengths) are rows too. None: batched tensors
     row_dims:        ``(name, dim)``: conditioning arguments whose batch (row) dimension is not the first
                      (HiDream's stacked Llama-3 states ``[layers, batch, tokens, dim]``: 1)
+    shared_args:     arguments every row shares although their leading dimension may equal the batch (position
+                     ids, rotary tables), beside the names diffusers' families use for them (``_capture.SHARED_ARGS``)
     experts:         attributes of further networks the loop may call in the denoiser's place (Wan 2.2's
                      ``transformer_2``); absent or None on a pipeline: not used
     denoiser_at:     per step: the attribute (``denoiser`` or one of ``experts``) whose network the step calls; the
@@ -70,6 +72,7 @@ class Calls:
     timestep_arg: str = "timestep"
     list_axis: int | None = None
     row_dims: tuple[tuple[str, int], ...] = ()
+    shared_args: tuple[str, ...] = ()
     experts: tuple[str, ...] = ()
     denoiser_at: PerStep | None = None
 
