@@ -20,6 +20,8 @@ Only Ulysses runs on the CPU: diffusers' ring attention needs the attention's lo
 
 from __future__ import annotations
 
+import time as _time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +29,7 @@ import torch.distributed as dist
 
 from .distributed import ShardedDenoiser
 
-__all__ = ["Mesh2D", "enable_sequence_parallel", "init_mesh"]
+__all__ = ["Mesh2D", "choose_layout", "disable_sequence_parallel", "enable_sequence_parallel", "init_mesh", "layouts"]
 
 
 @dataclass
@@ -99,3 +101,85 @@ def enable_sequence_parallel(model: torch.nn.Module, layout: Mesh2D) -> torch.nn
             processor._parallel_config = parallel
     apply_context_parallel(model, config, plan)
     return model
+
+
+def disable_sequence_parallel(model: torch.nn.Module) -> torch.nn.Module:
+    """Undo ``enable_sequence_parallel`` (in place; returns ``model``): the context-parallel hooks removed and the
+    parallel config cleared on the model and its attention processors. A model without it is left as it is."""
+    from diffusers.hooks.context_parallel import remove_context_parallel
+
+    if getattr(model, "_parallel_config", None) is None:
+        return model
+    remove_context_parallel(model, model._cp_plan)
+    model._parallel_config = None
+    for module in model.modules():
+        processor = getattr(module, "processor", None)
+        if processor is not None and hasattr(processor, "_parallel_config"):
+            processor._parallel_config = None
+    return model
+
+
+def layouts(world: int) -> list[tuple[int, int]]:
+    """Every ``(time, sequence)`` with ``time * sequence == world``, time-only first, sequence-only last."""
+    if world < 1:
+        raise ValueError(f"world must be >= 1, got {world}")
+    return [(world // s, s) for s in range(1, world + 1) if world % s == 0]
+
+
+def choose_layout(
+    model: torch.nn.Module,
+    time_call: Callable[[Mesh2D, torch.nn.Module], None],
+    candidates: list[tuple[int, int]] | None = None,
+    reps: int = 3,
+) -> tuple[Mesh2D, dict[tuple[int, int], float]]:
+    """Measure each ``(time, sequence)`` layout and keep the fastest, with ``model`` context-parallel over it.
+
+    ``time_call(layout, model)`` runs what a layout is chosen for (one batched window call of the solve, split with
+    ``layout.shard``); it is run once to warm up, then ``reps`` times, on every rank. A layout's time is the slowest
+    rank's median in ms (an ``all_reduce`` of the maximum), so every rank chooses the same one. ``candidates``:
+    default ``layouts(world)``; one the model cannot split (heads or tokens not divisible by its sequence size)
+    is skipped on every rank. Returns the chosen layout (its context parallelism left enabled on ``model``) and
+    every measured layout's ms."""
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError("choose_layout needs torch.distributed to be initialised (init_process_group)")
+    if isinstance(reps, bool) or not isinstance(reps, int) or reps < 1:
+        raise ValueError(f"reps must be an int >= 1, got {reps!r}")
+    world = dist.get_world_size()
+    candidates = layouts(world) if candidates is None else [tuple(c) for c in candidates]
+    for c in candidates:
+        if len(c) != 2 or c[0] * c[1] != world:
+            raise ValueError(f"candidates must be (time, sequence) pairs with time x sequence = {world}, got {c}")
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    measured: dict[tuple[int, int], float] = {}
+    for time, seq in candidates:
+        layout = init_mesh(time, seq)
+        try:
+            enable_sequence_parallel(model, layout)
+            time_call(layout, model)  # warm-up: compiles, autotuning, the collectives' first use
+            ms = []
+            for _ in range(reps):
+                _sync(device)
+                t0 = _time.perf_counter()
+                time_call(layout, model)
+                _sync(device)
+                ms.append((_time.perf_counter() - t0) * 1e3)
+            local = sorted(ms)[reps // 2]
+        except (ValueError, RuntimeError):  # a split this model cannot take: skipped where any rank failed
+            local = float("inf")
+        finally:
+            disable_sequence_parallel(model)
+        slowest = torch.tensor([local], dtype=torch.float64, device=device)
+        dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+        if slowest.item() < float("inf"):
+            measured[(time, seq)] = slowest.item()
+    if not measured:
+        raise RuntimeError(f"no layout of {candidates} could run this model")
+    best = min(measured, key=measured.get)
+    layout = init_mesh(*best)
+    enable_sequence_parallel(model, layout)
+    return layout, measured
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()

@@ -179,3 +179,69 @@ def test_mesh_option_is_checked_before_sampling():
     with pytest.raises(ValueError, match="cuda_graph=True"):
         check_method_and_options("taa", {"mesh": layout, "cuda_graph": True})
     check_method_and_options("taa", {"mesh": layout, "window": 4})  # a fixed window: accepted
+
+
+def _choose_worker(rank, world, port, out_path):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        import paratriton as pt
+        from paratriton.mesh import choose_layout, disable_sequence_parallel, enable_sequence_parallel, init_mesh
+        from paratriton.testing.gaussian_mixture import default_schedule
+
+        g = torch.Generator().manual_seed(0)
+        text, pooled = torch.randn(B, TXT, 32, generator=g), torch.randn(B, 32, generator=g)
+        x_T = torch.randn(B, L, 4, generator=g, dtype=torch.float64)
+        noise = torch.randn(STEPS, B, L, 4, generator=g, dtype=torch.float64)
+        cf, ts = default_schedule(STEPS, eta=1.0), torch.linspace(0.95, 0.05, STEPS)
+        ref = pt.solve(_denoiser(_flux(), text, pooled, ts, []), cf, x_T, noise, method="sequential").sample
+        rows = torch.randn(STEPS * B, L, 4, generator=g, dtype=torch.float64)
+        steps = torch.arange(STEPS).repeat_interleave(B)
+        plain = _denoiser(_flux(), text, pooled, ts, [])(rows, steps)
+
+        net = _flux()
+        seen = []
+        den = _denoiser(net, text, pooled, ts, seen)  # the window call every layout is timed on
+        layout, measured = choose_layout(net, lambda lay, m: lay.shard(den, with_rows=True)(rows, steps), reps=2)
+        chosen = (layout.time, layout.sequence)
+        res = pt.solve(layout.shard(den, with_rows=True), cf, x_T, noise, method="taa", tol_abs=1e-6, tol_rel=1e-6)
+        disable_sequence_parallel(net)
+        after = den(rows, steps)  # context parallelism removed: the plain network again
+        enable_sequence_parallel(net, init_mesh(1, world))  # and it can be enabled again
+        again = layout.shard(den, with_rows=True)(rows, steps) if chosen == (1, world) else None
+        torch.save(
+            {"chosen": chosen, "measured": measured, "sample": res.sample, "converged": res.converged, "ref": ref,
+             "plain": plain, "after": after, "again": again},
+            f"{out_path}.{rank}",
+        )  # fmt: skip
+    finally:
+        dist.destroy_process_group()
+
+
+def test_choose_layout_measures_every_layout_and_keeps_the_fastest(tmp_path):
+    """``choose_layout`` times time-only and sequence-only on 2 ranks, every rank chooses the same (the fastest
+    of the slowest ranks' medians), the chosen layout's solve is the sequential sample, and
+    ``disable_sequence_parallel`` gives back the plain network."""
+    world, out = 2, str(tmp_path / "choose")
+    mp.start_processes(_choose_worker, args=(world, _free_port(), out), nprocs=world, start_method="spawn")
+    ranks = [torch.load(f"{out}.{r}") for r in range(world)]
+    first = ranks[0]
+    assert set(first["measured"]) == {(2, 1), (1, 2)}
+    assert first["chosen"] == min(first["measured"], key=first["measured"].get)
+    for res in ranks:
+        assert res["chosen"] == first["chosen"] and res["measured"] == first["measured"]
+        assert res["converged"] and (res["sample"] - res["ref"]).abs().max() <= 1e-4
+        assert torch.equal(res["after"], res["plain"])
+        if res["again"] is not None:
+            assert (res["again"] - res["plain"]).abs().max() <= 1e-5
+
+
+def test_layouts_are_every_factorisation():
+    from paratriton.mesh import layouts
+
+    assert layouts(1) == [(1, 1)]
+    assert layouts(4) == [(4, 1), (2, 2), (1, 4)]
+    assert layouts(6) == [(6, 1), (3, 2), (2, 3), (1, 6)]
+    with pytest.raises(ValueError, match="world must be >= 1"):
+        layouts(0)
