@@ -2,6 +2,7 @@
 
     torchrun --nproc_per_node=4 benchmarks/mesh_flux.py --time 2 --sequence 2            # CUDA: Flux-shaped
     torchrun --nproc_per_node=2 benchmarks/mesh_flux.py --time 1 --sequence 2 --tiny     # CPU (gloo): a tiny one
+    torchrun --nproc_per_node=4 benchmarks/mesh_flux.py --choose                        # time every layout, keep one
 
 Ranks form ``time`` groups of ``sequence`` ranks (``paratriton.mesh``): every window call's rows are split over the
 time groups, each row's tokens over the ranks of its group (diffusers' Ulysses attention). Every rank also runs the
@@ -19,7 +20,7 @@ import torch.distributed as dist
 
 import paratriton as pt
 from paratriton.distributed import init_process_group
-from paratriton.mesh import enable_sequence_parallel, init_mesh
+from paratriton.mesh import choose_layout, enable_sequence_parallel, init_mesh
 
 FLUX = {"num_layers": 19, "num_single_layers": 38, "attention_head_dim": 128, "num_attention_heads": 24}
 TINY = {"num_layers": 1, "num_single_layers": 1, "attention_head_dim": 16, "num_attention_heads": 2}
@@ -72,16 +73,14 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=28)
     p.add_argument("--window", type=int, default=8)
     p.add_argument("--text-tokens", type=int, default=512)
+    p.add_argument("--choose", action="store_true", help="time one solve on every layout; keep the fastest")
     args = p.parse_args()
     rank, world, device = init_process_group()
     dtype = torch.float32 if args.tiny else torch.bfloat16
-    layout = init_mesh(args.time, args.sequence)
     size = args.size or (8 if args.tiny else 1024)
     text = 8 if args.tiny else args.text_tokens
     stock_pipe, width = make_pipe(args.tiny, device, dtype)
     mesh_pipe, _ = make_pipe(args.tiny, device, dtype)
-    enable_sequence_parallel(mesh_pipe.transformer, layout)
-    par = pt.parallelize(mesh_pipe, "taa", window=args.window, mesh=layout)
     g = torch.Generator().manual_seed(1)
     call = {
         "prompt_embeds": torch.randn(1, text, width, generator=g).to(device, dtype),
@@ -92,7 +91,20 @@ def main() -> None:
         "guidance_scale": 3.5,
         "output_type": "latent",
     }
-    report = {"world": world, "time": args.time, "sequence": args.sequence, "size": size, "steps": args.steps}
+    report = {"world": world, "size": size, "steps": args.steps}
+    if args.choose:  # one whole solve per layout (reps=1 after a warm-up): iterations and calls, as they will run
+
+        def solve_on(lay, model):
+            with torch.no_grad():
+                pt.parallelize(mesh_pipe, "taa", window=args.window, mesh=lay)(**call, generator=torch.Generator())
+
+        layout, measured = choose_layout(mesh_pipe.transformer, solve_on, reps=1)
+        report["measured_ms"] = {f"{t}x{s}": round(ms, 2) for (t, s), ms in measured.items()}
+    else:
+        layout = init_mesh(args.time, args.sequence)
+        enable_sequence_parallel(mesh_pipe.transformer, layout)
+    report.update(time=layout.time, sequence=layout.sequence)
+    par = pt.parallelize(mesh_pipe, "taa", window=args.window, mesh=layout)
     with torch.no_grad():
         for name, pipe in (("stock", stock_pipe), ("mesh", par)):
             dist.barrier()
