@@ -90,6 +90,20 @@ def _denoiser(net, text, pooled, ts, seen):
     return den
 
 
+def _solve_problem(g):
+    """The prompts, initial noise, step noise, schedule and timesteps every layout solves, and the one-process
+    sequential sample: ``(text, pooled, x_T, noise, cf, ts, ref)``."""
+    import paratriton as pt
+    from paratriton.testing.gaussian_mixture import default_schedule
+
+    text, pooled = torch.randn(B, TXT, 32, generator=g), torch.randn(B, 32, generator=g)
+    x_T = torch.randn(B, L, 4, generator=g, dtype=torch.float64)
+    noise = torch.randn(STEPS, B, L, 4, generator=g, dtype=torch.float64)
+    cf, ts = default_schedule(STEPS, eta=1.0), torch.linspace(0.95, 0.05, STEPS)
+    ref = pt.solve(_denoiser(_flux(), text, pooled, ts, []), cf, x_T, noise, method="sequential").sample
+    return text, pooled, x_T, noise, cf, ts, ref
+
+
 def _worker(rank, world, port, out_path, layouts):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -99,16 +113,9 @@ def _worker(rank, world, port, out_path, layouts):
 
         import paratriton as pt
         from paratriton.mesh import enable_sequence_parallel, init_mesh
-        from paratriton.testing.gaussian_mixture import default_schedule
 
-        g = torch.Generator().manual_seed(0)
-        text, pooled = torch.randn(B, TXT, 32, generator=g), torch.randn(B, 32, generator=g)
-        x_T = torch.randn(B, L, 4, generator=g, dtype=torch.float64)
-        noise = torch.randn(STEPS, B, L, 4, generator=g, dtype=torch.float64)
-        cf = default_schedule(STEPS, eta=1.0)
-        ts = torch.linspace(0.95, 0.05, STEPS)
+        text, pooled, x_T, noise, cf, ts, ref = _solve_problem(torch.Generator().manual_seed(0))
         call = _pipe_call()
-        ref = pt.solve(_denoiser(_flux(), text, pooled, ts, []), cf, x_T, noise, method="sequential").sample
         stock = checked_call(_flux_pipe(_flux()), call).images
         results = {}
         for time, seq in layouts:
@@ -188,14 +195,9 @@ def _choose_worker(rank, world, port, out_path):
     try:
         import paratriton as pt
         from paratriton.mesh import choose_layout, disable_sequence_parallel, enable_sequence_parallel, init_mesh
-        from paratriton.testing.gaussian_mixture import default_schedule
 
         g = torch.Generator().manual_seed(0)
-        text, pooled = torch.randn(B, TXT, 32, generator=g), torch.randn(B, 32, generator=g)
-        x_T = torch.randn(B, L, 4, generator=g, dtype=torch.float64)
-        noise = torch.randn(STEPS, B, L, 4, generator=g, dtype=torch.float64)
-        cf, ts = default_schedule(STEPS, eta=1.0), torch.linspace(0.95, 0.05, STEPS)
-        ref = pt.solve(_denoiser(_flux(), text, pooled, ts, []), cf, x_T, noise, method="sequential").sample
+        text, pooled, x_T, noise, cf, ts, ref = _solve_problem(g)
         rows = torch.randn(STEPS * B, L, 4, generator=g, dtype=torch.float64)
         steps = torch.arange(STEPS).repeat_interleave(B)
         plain = _denoiser(_flux(), text, pooled, ts, [])(rows, steps)
