@@ -600,7 +600,6 @@ def test_per_step_networks_take_conditioning_rows_along_its_row_dimension():
 def test_calls_shared_args_pass_a_table_whole_where_its_length_is_the_batch():
     """``Calls.shared_args``: a family's own shared table (a new name, as long as the stock call's batch) reaches
     every window call whole; without the row it would be taken as per-row conditioning and repeated."""
-    from paratriton.pipelines._capture import SHARED_ARGS
     from paratriton.pipelines._denoiser import _PipelineDenoiser
     from paratriton.pipelines._spec_parts import Calls
 
@@ -617,6 +616,6 @@ def test_calls_shared_args_pass_a_table_whole_where_its_length_is_the_batch():
     den = _PipelineDenoiser(forward, "hidden_states", {"pos_table": table}, torch.zeros(1), g, B, g * B,
                             torch.float64, "t", None)  # fmt: skip
     den(x, steps)
-    den.shared = SHARED_ARGS | set(Calls("transformer", shared_args=("pos_table",)).shared_args)
+    den.shared = Calls("transformer", shared_args=("pos_table",)).shared
     den(x, steps)
     assert seen == [(g * W * B, 5), (g * B, 5)]

@@ -16,9 +16,6 @@ from typing import Any
 
 import torch
 
-# model kwargs that are not per-row although their leading dimension can equal the batch (Flux's 2-D position ids;
-# the [tokens, dim] rotary tables of Stable Audio and CogVideoX)
-SHARED_ARGS = frozenset({"txt_ids", "img_ids", "rotary_embedding", "image_rotary_emb"})
 _RESIDUALS = ("down_block_additional_residuals", "mid_block_additional_residual")
 
 
@@ -206,12 +203,7 @@ class _Capture:
             a, b = neg.get(key), cond.get(key)
             if key == latent_name:
                 continue
-            if (
-                key in SHARED_ARGS
-                or key in self.spec.calls.shared_args
-                or not torch.is_tensor(a)
-                or key == self.spec.calls.timestep_arg
-            ):
+            if key in self.spec.calls.shared or not torch.is_tensor(a) or key == self.spec.calls.timestep_arg:
                 same = torch.equal(a, b) if torch.is_tensor(a) and torch.is_tensor(b) else a is b or a == b
                 if not same:
                     raise RuntimeError(f"true CFG: the conditional and negative calls differ in {key!r}, not per row")

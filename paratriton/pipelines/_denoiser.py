@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from ._capture import SHARED_ARGS, _first_tensor, _like
+from ._capture import _first_tensor, _like
+from ._spec_parts import SHARED_ARGS
 from ._trees import copy_tree
 
 # the conditioning key under which inpainting's extra input channels (mask, masked image latents) travel
@@ -129,16 +130,10 @@ class _PipelineDenoiser:
             t = (1000 - t) / 1000
         elif self.timestep_form == "t*timestep_scale":  # SANA: t.expand(2B) * transformer.config.timestep_scale
             t = t * self.timestep_scale
-        kw = {}
-        for k, v in self.kwargs.items():
-            args = (g, B, W) if rows is None else (rows, g * B)
-            fn = _repeat_rows if rows is None else _take_rows
-            if k in self.shared:
-                kw[k] = v
-            elif k in self.row_dims:  # HiDream's Llama-3 states: [layers, rows, tokens, dim]
-                kw[k] = _at_dim(fn, v, self.row_dims[k], g * B, *args)
-            else:
-                kw[k] = fn(v, *args)
+        if rows is None:
+            kw = self._per_row(self.kwargs, g * B, _repeat_rows, g, B, W)
+        else:
+            kw = self._per_row(self.kwargs, g * B, _take_rows, rows, g * B)
         if _CONTROL in kw:  # the per-step scale is indexed by step, not repeated per row
             kw[_CONTROL] = {**kw[_CONTROL], "scale_by_step": self.kwargs[_CONTROL]["scale_by_step"]}
         sample = x.to(self.x_dtype)
@@ -181,24 +176,25 @@ class _PipelineDenoiser:
             if rows.numel() == 0:
                 continue
             inputs = {self.latent_name: sample[rows], self.timestep_arg: _take_rows(t, rows, n)}
-            part = net(**inputs, **self._rows_of(kw, rows, n))
+            part = net(**inputs, **self._per_row(kw, n, _take_rows, rows, n))
             part_out = _first_tensor(part)
             if out is None:
                 raw, out = part, part_out.new_empty((n, *part_out.shape[1:]))
             out[rows] = part_out
         return raw, out
 
-    def _rows_of(self, kw: dict, rows: torch.Tensor, n: int) -> dict:
-        """The ``rows`` of the call's ``n``-row conditioning, along each argument's row dimension (``row_dims``);
-        shared tables (``shared``) whole, whatever their length."""
+    def _per_row(self, kw: dict, n: int, fn: Callable, *args: Any) -> dict:
+        """``fn`` (``_repeat_rows``, ``_take_rows``) on the ``n``-row conditioning ``kw``, along each argument's
+        row dimension (``row_dims``: HiDream's Llama-3 states ``[layers, rows, tokens, dim]``); shared tables
+        (``shared``) whole, whatever their length."""
         out = {}
         for k, v in kw.items():
             if k in self.shared:
                 out[k] = v
             elif k in self.row_dims:
-                out[k] = _at_dim(_take_rows, v, self.row_dims[k], n, rows, n)
+                out[k] = _at_dim(fn, v, self.row_dims[k], n, *args)
             else:
-                out[k] = _take_rows(v, rows, n)
+                out[k] = fn(v, *args)
         return out
 
     def _control(self, sample: torch.Tensor, t: torch.Tensor, step_index: torch.Tensor, control: dict) -> dict:

@@ -20,7 +20,7 @@ from ..schedulers import (
     one_tap_family,
     stock_draws,
 )
-from ._capture import SHARED_ARGS, Captured
+from ._capture import Captured
 from ._denoiser import _CONTROL, _EXTRA_CHANNELS, _EXTRA_TOKENS, _PipelineDenoiser, from_list_api, route_by_step
 from ._guidance import GuidancePlan, plan_guidance
 from ._operator import _slice_steps, step_operator
@@ -246,7 +246,7 @@ class _Problem:
         branches.negate = spec.step.negate
         branches.timestep_arg, branches.list_axis = spec.calls.timestep_arg, spec.calls.list_axis
         branches.row_dims = dict(spec.calls.row_dims)
-        branches.shared = SHARED_ARGS | set(spec.calls.shared_args)
+        branches.shared = spec.calls.shared
         if spec.step.timestep == "t*timestep_scale":
             branches.timestep_scale = float(self.model.config.timestep_scale)
         x_T = latents.to(torch.float64)  # CFG-doubled inputs: both halves are the same latents

@@ -21,6 +21,10 @@ from typing import Any, Literal
 
 import torch
 
+# arguments every row shares although their leading dimension can equal the batch (Flux's 2-D position ids; the
+# [tokens, dim] rotary tables of Stable Audio and CogVideoX): every family's, beside its own ``Calls.shared_args``
+SHARED_ARGS = frozenset({"txt_ids", "img_ids", "rotary_embedding", "image_rotary_emb"})
+
 __all__ = ["Calls", "Guidance", "GuidanceFn", "Loop", "PipelineSpec", "Step", "no_guidance"]
 
 # (do_cfg, guidance_scale, guidance_rescale), read when the stock loop's first network call arrives
@@ -57,7 +61,7 @@ class Calls:
     row_dims:        ``(name, dim)``: conditioning arguments whose batch (row) dimension is not the first
                      (HiDream's stacked Llama-3 states ``[layers, batch, tokens, dim]``: 1)
     shared_args:     arguments every row shares although their leading dimension may equal the batch (position
-                     ids, rotary tables), beside the names diffusers' families use for them (``_capture.SHARED_ARGS``)
+                     ids, rotary tables), beside the names diffusers' families use for them (``SHARED_ARGS``)
     experts:         attributes of further networks the loop may call in the denoiser's place (Wan 2.2's
                      ``transformer_2``); absent or None on a pipeline: not used
     denoiser_at:     per step: the attribute (``denoiser`` or one of ``experts``) whose network the step calls; the
@@ -75,6 +79,11 @@ class Calls:
     shared_args: tuple[str, ...] = ()
     experts: tuple[str, ...] = ()
     denoiser_at: PerStep | None = None
+
+    @property
+    def shared(self) -> frozenset[str]:
+        """The arguments passed whole to every call: ``SHARED_ARGS`` and ``shared_args``."""
+        return SHARED_ARGS | frozenset(self.shared_args)
 
 
 @dataclass(frozen=True)
