@@ -40,6 +40,14 @@ def draw_step_noise(
     return noise.index_copy_(0, torch.tensor(draws, device=device), torch.stack(drawn).to(torch.float64))
 
 
+def _indexed(device) -> torch.device:
+    """``device`` with its index: ``cuda`` alone is the current CUDA device."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 class GraphedDraws:
     """The draws of ``draw_step_noise`` as one CUDA-graph replay, for a control loop that draws the same plan every
     chunk (99 ``randn`` launches and their host work cost ~1.5 ms a chunk; a replay costs one launch).
@@ -55,12 +63,12 @@ class GraphedDraws:
         self._seen: weakref.WeakSet = weakref.WeakSet()
 
     def __call__(self, draws, T, rows, B, sample_shape, generator, device, dtype) -> torch.Tensor | None:
-        device = torch.device(device)
+        device = _indexed(device)
         gen = self._graphable(generator, device)
         if gen is None or not draws:
             return draw_step_noise(draws, T, rows, B, sample_shape, generator, device, dtype)
         key = (tuple(draws), T, rows, B, tuple(sample_shape), str(device), dtype, id(gen))
-        ref, plan = self._plans.get(key, (None, False))
+        ref, plan = self._plans.get(key, (None, None))
         if ref is None or ref() is not gen:  # new, or an id reused by another generator than the graph advances
             if len(self._plans) >= 16:
                 self._plans.clear()
@@ -78,8 +86,8 @@ class GraphedDraws:
         if device.type != "cuda" or isinstance(generator, list):
             return None
         if generator is None:
-            return torch.cuda.default_generators[device.index if device.index is not None else 0]
-        if generator.device != device and not (generator.device.type == "cuda" and device.index is None):
+            return torch.cuda.default_generators[device.index]
+        if _indexed(generator.device) != device:
             return None
         if generator not in self._seen:  # a generator made for one chunk: draw eagerly
             self._seen.add(generator)
@@ -91,11 +99,10 @@ class GraphedDraws:
         index = torch.tensor(draws, device=device)
         static = torch.zeros(T, B, *sample_shape, dtype=torch.float64, device=device)
         drawn = torch.empty(len(draws), rows, *sample_shape, dtype=dtype, device=device)
-        default = gen is torch.cuda.default_generators[device.index if device.index is not None else 0]
         start = gen.get_state()
         try:
             graph = torch.cuda.CUDAGraph()
-            if not default:  # the default generator is registered with every capture
+            if gen is not torch.cuda.default_generators[device.index]:  # the default one is in every capture
                 graph.register_generator_state(gen)
             with torch.cuda.graph(graph):
                 for i in range(len(draws)):
