@@ -289,11 +289,19 @@ def test_the_graph_cache_of_denoise_reuses_one_problem_per_model():
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-def _eager_draws(seed, generator, shape=(2, 8, 3), draws=(9, 7, 4, 3, 1), dtype=torch.float32, device="cpu"):
+PLAN = ([9, 7, 4, 3, 1], 10, 3, 2, (8, 3))  # draws (loop order), T, rows drawn, rows kept, sample shape
+
+
+def _eager(generator, device):
     from paratriton.schedulers import draw_step_noise
 
+    return draw_step_noise(*PLAN, generator, device, torch.float32)
+
+
+def _eager_draws(seed, generator, device="cpu"):
+    """The eager draws from ``seed``, and the generator's next draw after them."""
     generator.manual_seed(seed)
-    noise = draw_step_noise(list(draws), 10, shape[0] + 1, shape[0], shape[1:], generator, device, dtype)
+    noise = _eager(generator, device)
     return noise, torch.randn(4, generator=generator, device=device)
 
 
@@ -305,7 +313,7 @@ def test_graphed_draws_off_cuda_are_the_eager_draws():
     ref, after = _eager_draws(5, g)
     for _ in range(2):
         g.manual_seed(5)
-        noise = draws([9, 7, 4, 3, 1], 10, 3, 2, (8, 3), g, "cpu", torch.float32)
+        noise = draws(*PLAN, g, "cpu", torch.float32)
         assert torch.equal(noise, ref) and torch.equal(torch.randn(4, generator=g), after)
     assert noise[8].abs().sum() == 0 and noise[9].abs().sum() > 0  # steps that draw nothing stay zero
 
@@ -318,26 +326,20 @@ def test_graphed_draws_equal_the_eager_draws_bit_for_bit(kind):
     from paratriton.schedulers import GraphedDraws
 
     gen = torch.cuda.default_generators[0] if kind == "default" else torch.Generator("cuda")
+    passed = None if kind == "default" else gen  # what the caller hands denoise
     draws = GraphedDraws()
     for seed in (0, 1, 1, 2):
         ref, after = _eager_draws(seed, gen, device="cuda")
         gen.manual_seed(seed)
-        noise = draws([9, 7, 4, 3, 1], 10, 3, 2, (8, 3), None if kind == "default" else gen, "cuda", torch.float32)
+        noise = draws(*PLAN, passed, "cuda", torch.float32)
         assert torch.equal(noise, ref), seed
         assert torch.equal(torch.randn(4, generator=gen, device="cuda"), after), seed
     assert any(plan is not None for _, plan in draws._plans.values()), "never graphed"
     gen.manual_seed(7)  # two chunks without reseeding
-    refs = [_eager_draws_unseeded(gen) for _ in range(2)]
+    refs = [_eager(gen, "cuda") for _ in range(2)]
     gen.manual_seed(7)
-    outs = [draws([9, 7, 4, 3, 1], 10, 3, 2, (8, 3), None if kind == "default" else gen, "cuda", torch.float32)]
-    outs.append(draws([9, 7, 4, 3, 1], 10, 3, 2, (8, 3), None if kind == "default" else gen, "cuda", torch.float32))
+    outs = [draws(*PLAN, passed, "cuda", torch.float32) for _ in range(2)]
     assert all(torch.equal(a, b) for a, b in zip(refs, outs))
-
-
-def _eager_draws_unseeded(gen):
-    from paratriton.schedulers import draw_step_noise
-
-    return draw_step_noise([9, 7, 4, 3, 1], 10, 3, 2, (8, 3), gen, "cuda", torch.float32)
 
 
 @CUDA
