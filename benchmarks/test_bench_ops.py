@@ -82,6 +82,22 @@ def test_window_fixed_point(benchmark, W, D):
     _run(benchmark, lambda: ops.window_fixed_point(*args), _inputs_bytes(W, D) + W * D * 8)
 
 
+@pytest.mark.parametrize("impl", ["fused", "naive"])
+@pytest.mark.parametrize("W,D", [(100, 64), *SHAPES])
+def test_window_gains(benchmark, W, D, impl):
+    """The fused gains (two launches) against the reference's few dozen small ops; (100, 64) is a policy chunk,
+    where the launches, not the traffic, set the time."""
+    d = _data(W, D, 1)
+    T = W + 1
+    xin, prev = d["x"][2:], d["x"][1:].clone()  # the window's inputs and every step's previous one
+    fn = ops.window_gains if impl == "fused" else ops.window_gains.naive.window_gains
+    z = lambda dt=torch.float64: torch.zeros(T, device="cuda", dtype=dt)  # noqa: E731
+    args = (xin, d["mo"], prev[:T], d["xi"].clone(), d["a"], d["b"], z(), d["a"], z() + 1, z(), z(torch.bool).eq(0),
+            torch.tensor(1e-5, device="cuda", dtype=torch.float64), d["lo"], d["anchor"], 16.0, 4.0, True)  # fmt: skip
+    # reads the window's inputs, terms and previous values, writes the previous values
+    _run(benchmark, lambda: fn(*args), W * D * (8 + 2 + 8 + 8) + 2 * W * D * 8)
+
+
 @pytest.mark.parametrize("m", HISTORY)
 @pytest.mark.parametrize("W,D", SHAPES)
 def test_window_taa_push(benchmark, W, D, m):

@@ -172,7 +172,7 @@ class Engine:
         self._last = (out, idx)  # for naming the steps when the iteration reports a non-finite value
         if s.taps is not None:  # a multistep operator: the drift of step i reads the tap outputs of i .. i+k-1
             out = self._stencil(out, lo, F)
-        self._gains(xin, out, idx, F)  # both forms: the per-step form's honesty check reads them (_report_excess)
+        self._gains(xin, out, lo, F)  # both forms: the per-step form's honesty check reads them (_report_excess)
         kern = KERNELS[self.backend]
         # the thresholds shrink where the measured amplification exceeds the schedule's (``_gains``), never below
         # the floor; a step whose residual has stalled within STALL_ROUNDINGS of the measured floor is at the floor:
@@ -208,37 +208,21 @@ class Engine:
             top = torch.where((top == 0) & ~fits, reopen, top)
         F.copy_(top)  # top >= lo >= 0, or a reopened step above
 
-    def _gains(self, xin: torch.Tensor, out: torch.Tensor, idx: torch.Tensor, F: torch.Tensor) -> None:
+    def _gains(self, xin: torch.Tensor, out: torch.Tensor, lo: torch.Tensor, F: torch.Tensor) -> None:
         """The measured amplification (``tolerance.py``, "Measured amplification").
 
         Step ``i``'s gain is ``|f_i(x') - f_i(x)| / |x' - x|`` between its last two evaluations (largest over the
         batch), measured where the input moved by more than ``gain_min`` of itself (``GAIN_MIN_CHANGE``; for a rough
         model ``GAIN_ROUNDINGS`` of its roundings) and the model term by more than ``GAIN_FLOOR_MARGIN`` measured
         floors: a smaller move measures the model's rounding, not its Jacobian. Then ``geff_i = max(g_i, prod_{j<i}
-        gain_j)``, each gain at most ``GAIN_MAX``, unmeasured ones the schedule's ``g_{j+1} / g_j``.
+        gain_j)``, each gain at most ``GAIN_MAX``, unmeasured ones the schedule's ``g_{j+1} / g_j``. One op
+        (``ops.window_gains``: two Triton launches on CUDA) for the window ``lo .. lo+H-1``.
         """
         s = self._s
-        live, out = idx < F, out.to(xin.dtype)  # (a raw model output may be in the model's dtype)
-        dx = xin - s.xin_prev.index_select(0, idx)
-        dm = out - s.out_prev.index_select(0, idx)
-        b = s.b.index_select(0, idx).view(-1, 1, 1)
-        df = s.a.index_select(0, idx).view(-1, 1, 1) * dx + b * dm
-        rms = lambda v: v.square().mean(2).sqrt()  # noqa: E731  [H, B]
-        moved, model_moved = rms(dx), rms(b * dm)
-        ok = (moved > s.gain_min * rms(xin)) & (
-            model_moved > GAIN_FLOOR_MARGIN * s.floor.index_select(0, idx).view(-1, 1)
-        )
-        ok &= (live & s.seen.index_select(0, idx)).view(-1, 1)
-        # the latest gain: the largest so far would hold a large move's secant (a Gaussian mixture at DDIM-25
-        # measured 1857x over 25 steps that way, and AA then ran out of iterations)
-        gain = torch.where(ok, rms(df) / moved.clamp_min(torch.finfo(moved.dtype).tiny), 0.0).amax(1)
-        old = s.gain.index_select(0, idx)
-        s.gain.index_copy_(0, idx, torch.where(ok.any(1), gain.clamp(max=GAIN_MAX), old))
-        s.xin_prev.index_copy_(0, idx, xin)
-        s.out_prev.index_copy_(0, idx, out)
-        s.seen.index_fill_(0, idx, True)
-        if s.tol is not None:  # the per-step form keeps its thresholds (geff = g); only its result is checked
-            s.geff[1:].copy_(torch.maximum(s.g[1:], s.gain[:-1].cumprod(0)))
+        KERNELS[self.backend].gains(
+            xin, out, s.xin_prev, s.out_prev, s.a, s.b, s.floor, s.g, s.gain, s.geff, s.seen, s.gain_min,
+            lo, F, GAIN_FLOOR_MARGIN, GAIN_MAX, s.tol is not None,
+        )  # fmt: skip
 
     def _model_out(self, xin: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """The model term of steps ``idx`` from their inputs ``xin [H, B, D]``: the raw output for one-tap

@@ -73,6 +73,7 @@ from .. import ops
 from ..ops.masked_lstsq import naive as _lstsq_naive
 from ..ops.multistep_drift import naive as _drift_naive
 from ..ops.window_fixed_point import naive as _fp_naive
+from ..ops.window_gains import naive as _gains_naive
 from ..ops.window_residual import naive as _res_naive
 from ..ops.window_taa import naive as _taa_naive
 
@@ -87,6 +88,7 @@ KERNELS = {
         taa_update=ops.window_taa.update,
         lstsq=ops.masked_lstsq,
         drift=ops.multistep_drift,
+        gains=ops.window_gains,
     ),
     "reference": SimpleNamespace(
         residual=_res_naive.window_residual,
@@ -96,6 +98,7 @@ KERNELS = {
         taa_update=_taa_naive.window_taa_update,
         lstsq=_lstsq_naive.masked_lstsq,
         drift=_drift_naive.multistep_drift,
+        gains=_gains_naive.window_gains,
     ),
 }
 
