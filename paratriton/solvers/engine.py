@@ -494,10 +494,12 @@ class Engine:
         traj = s.x.reshape(T + 1, B, *shape)
         if not torch.isfinite(traj[0]).all():
             raise NonFiniteError("the final sample is NaN/inf; the sampler returns no image")
+        # per iteration and step the largest RMS over the batch, NaN outside that iteration's window
         res = s.log_res[:it].to("cpu", torch.float64)
-        for row, (lo, hi) in zip(res, windows):  # per step the largest RMS over the batch, NaN outside the window
-            row[:lo] = float("nan")
-            row[hi:] = float("nan")
+        if it:
+            bounds = torch.tensor(windows, dtype=torch.long).view(-1, 2, 1)
+            step = torch.arange(T).view(1, -1)
+            res.masked_fill_((step < bounds[:, 0]) | (step >= bounds[:, 1]), float("nan"))
         result = SolveResult(
             traj[0],
             traj,
