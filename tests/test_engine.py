@@ -323,3 +323,49 @@ def test_a_later_solve_of_the_same_problem_reuses_the_floor_and_stays_within_tol
     assert first.precision_limited == second.precision_limited == rough
     limit = 2 * DEFAULT_TOL if not rough else 2 * max(DEFAULT_TOL, first.precision_floor)
     assert d1 <= limit and d2 <= limit
+
+
+@pytest.mark.parametrize("iters_per_sync", [1, 3])
+def test_the_host_read_launches_nothing_per_iteration(iters_per_sync):
+    """Between replays the host only reads the head the replay packed (no op per iteration outside the replays and
+    the floor probes): a solve of 1 iteration and one of many run the same ops outside them."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    cf, model, x_T, noise = problem("ddpm", 25, 1)
+    seq = pt.solve(model, cf, x_T, noise, method="sequential").trajectory
+    engine = solver = StaticTAA(iters_per_sync=iters_per_sync)  # (make_solver gives the Engine itself)
+
+    class Outside(TorchDispatchMode):
+        depth, ops = 0, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if self.depth == 0 and func is not torch.ops.aten._local_scalar_dense.default:
+                self.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    def counted(init):
+        mode = Outside()
+        for name in ("_program", "_measure_floor"):
+            inner = getattr(type(engine), name).__get__(engine)
+
+            def inside(*a, _inner=inner, **k):
+                mode.depth += 1
+                try:
+                    return _inner(*a, **k)
+                finally:
+                    mode.depth -= 1
+
+            setattr(engine, name, inside)
+        try:
+            with mode:
+                res = solver.solve(model, cf, x_T, noise, init=init)
+        finally:
+            for name in ("_program", "_measure_floor"):
+                delattr(engine, name)
+        return res, mode.ops
+
+    solver.solve(model, cf, x_T, noise)  # set up the buffers (and the floor memo) outside the counts
+    near, n_near = counted(seq[:25].clone())
+    far, n_far = counted(torch.zeros_like(seq[:25]))
+    assert near.iterations <= iters_per_sync < far.iterations
+    assert n_near == n_far

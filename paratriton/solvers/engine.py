@@ -98,6 +98,10 @@ class _State:
     rms_all: torch.Tensor  # [T, B] latest residual RMS per step
     log_F: torch.Tensor  # [cap] the window top per iteration
     log_res: torch.Tensor  # [cap, T] residuals per iteration
+    head: torch.Tensor  # [5 + iters_per_sync] int64: what the host reads after a replay (_pack_head)
+    n0: torch.Tensor  # 0-d: the iterations run before this replay
+    probe_smooth: torch.Tensor  # 0-d bool: every step the floor probes looked at was smooth
+    probe_bad: torch.Tensor  # 0-d bool: a floor probe's output (or its floor) was not finite
     call: ModelCaller
     rule: dict  # the rule's buffers (Rule.allocate)
     taps: int | None  # a multistep operator's taps (None: one-tap)
@@ -151,6 +155,24 @@ class Engine:
         self.backend = backend
         self.window_shrunk_to: int | None = None
         self._key = None
+
+    # -- one replay: k iterations and what the host reads after them -----------------------------------------------
+    def _program(self, H: int, k: int) -> None:
+        """``k`` iterations of window ``H``, then ``_pack_head``: what a graph replay runs, and the uncaptured
+        schedule too."""
+        self._s.n0.copy_(self._s.n_it)
+        for _ in range(k):
+            self._iteration(H)
+        self._pack_head(k)
+
+    def _pack_head(self, k: int) -> None:
+        """``head``: the window top, the non-finite flag, the iteration count, whether the floor probes found the
+        model smooth, whether a probe's output was not finite, then the window tops of this replay's iterations
+        (``log_F[n0 .. n0+k-1]``; the live ones are the first ``n_it - n0``)."""
+        s = self._s
+        flags = torch.stack([s.F, s.bad.long(), s.n_it, s.probe_smooth.long(), s.probe_bad.long()])
+        s.head[:5].copy_(flags)
+        s.head[5 : 5 + k].copy_(s.log_F.index_select(0, s.n0 + s.arange[:k]))
 
     # -- one iteration (static shapes, device-side state) ----------------------------------------------------------
     def _iteration(self, H: int) -> None:
@@ -285,13 +307,17 @@ class Engine:
             xi=None if noise is None else torch.empty(T, B, D, dtype=dt, device=dev),
             F=torch.empty((), dtype=torch.long, device=dev),
             U=torch.empty((), dtype=torch.long, device=dev),
-            arange=torch.arange(T + 1, device=dev),
+            arange=torch.arange(max(T + 1, self.iters_per_sync), device=dev),  # (also indexes a replay's iterations)
             bad=torch.zeros((), dtype=torch.bool, device=dev),
             n_it=torch.zeros((), dtype=torch.long, device=dev),
             zero=torch.zeros((), dtype=torch.long, device=dev),
             rms_all=torch.empty(T, B, dtype=dt, device=dev),
             log_F=torch.empty(cap, dtype=torch.long, device=dev),
             log_res=torch.empty(cap, T, dtype=dt, device=dev),
+            head=torch.zeros(5 + self.iters_per_sync, dtype=torch.long, device=dev),
+            n0=torch.zeros((), dtype=torch.long, device=dev),
+            probe_smooth=torch.zeros((), dtype=torch.bool, device=dev),
+            probe_bad=torch.zeros((), dtype=torch.bool, device=dev),
             call=ModelCaller(model, shape, B, coeffs=coeffs, device=dev),
             rule=self.rule.allocate(T, B, D, dt, dev),
             taps=coeffs.taps if multistep else None,
@@ -316,7 +342,7 @@ class Engine:
         if s.xi is not None:
             s.xi.copy_(noise.reshape(s.xi.shape))
         self.rule.reset(s.rule)
-        for t in (s.bad, s.n_it, s.floor, s.stall, s.seen):
+        for t in (s.bad, s.n_it, s.floor, s.stall, s.seen, s.probe_smooth, s.probe_bad):
             t.zero_()
         g = s.g
         s.gain[:-1].copy_(g[1:] / g[:-1])  # unmeasured: the schedule's, so that geff starts as g
@@ -334,8 +360,7 @@ class Engine:
                 s.floor.copy_(memo[1])
                 s.gain_min.copy_(memo[2])
         if s.probe is not None:
-            for k in ("smooth", "bad", "rows_bad"):
-                s.probe[k].zero_()
+            s.probe["rows_bad"].zero_()
         s.F.fill_(T)
         s.U.fill_(T - 1 if s.sliding and init is None else -1)
 
@@ -359,7 +384,7 @@ class Engine:
             state.append(s.ring)
         saved = [t.clone() for t in state]
         try:
-            graph, _ = capture(lambda: [self._iteration(H) for _ in range(k)])
+            graph, _ = capture(lambda: self._program(H, k))
         finally:
             for t, v in zip(state, saved):
                 t.copy_(v)
@@ -430,8 +455,7 @@ class Engine:
                 if graphed:
                     self._graphs[H, k].replay()
                 else:
-                    for _ in range(k):
-                        self._iteration(H)
+                    self._program(H, k)
             except torch.OutOfMemoryError as e:
                 if H == 1:
                     raise torch.OutOfMemoryError(
@@ -449,18 +473,14 @@ class Engine:
                 if x_T.device.type == "cuda":
                     torch.cuda.empty_cache()
                 continue
-            # the one host read per replay: window top, non-finite flag, iteration count, whether the last floor
-            # probe found the model smooth, this replay's window tops
-            probe = s.probe
-            smooth, probe_bad = (probe["smooth"], probe["bad"]) if probe else (s.bad, s.bad)
-            head = torch.stack([s.F, s.bad.long(), s.n_it, smooth.long(), probe_bad.long()])
-            vals = torch.cat([head, s.log_F[it : it + k]]).tolist()
+            # the one host read per replay (packed by the replay itself: one copy, no launches here)
+            vals = s.head.tolist()
             F_new, bad, n = vals[:3]
-            if probe and vals[4]:  # the floor probe before these iterations: its outputs are checked like theirs
+            if vals[4]:  # the floor probe before these iterations: its outputs are checked like theirs
                 self._raise_probe_nonfinite(it)
             if bad:
                 self._raise_nonfinite(it, k, F_host)
-            if vals[3] and s.probe is not None:  # smooth at every probe: no floor, no further probes
+            if vals[3]:  # smooth at every probe: no floor, no further probes
                 s.floor_on = False
                 self._floor_memo = ("smooth",)
             for top in vals[5 : 5 + n - it]:
@@ -623,8 +643,8 @@ class Engine:
                 S=S,
                 u=unit_roundoff(dtype) or 0.0,
                 xi=xi,
-                smooth=torch.zeros((), dtype=torch.bool, device=xi.device),
-                bad=torch.zeros((), dtype=torch.bool, device=xi.device),  # a non-finite output or floor
+                smooth=s.probe_smooth,
+                bad=s.probe_bad,  # a non-finite output or floor
                 rows_bad=torch.zeros(3 * (P + S), dtype=torch.bool, device=xi.device),
                 steps=torch.zeros(3 * (P + S), dtype=torch.long, device=xi.device),
             )
