@@ -98,6 +98,20 @@ def test_window_gains(benchmark, W, D, impl):
     _run(benchmark, lambda: fn(*args), W * D * (8 + 2 + 8 + 8) + 2 * W * D * 8)
 
 
+@pytest.mark.parametrize("impl", ["fused", "naive"])
+@pytest.mark.parametrize("W,B", [(100, 1), (100, 16), (1000, 4)])
+def test_window_track(benchmark, W, B, impl):
+    """The per-step tracking and the sample test (one launch) against the reference's two dozen small ops: the
+    launches set the time at every engine shape."""
+    T = W
+    rn = lambda *s: torch.rand(*s, device="cuda", dtype=torch.float64)  # noqa: E731
+    i64 = lambda v: torch.tensor(v, device="cuda")  # noqa: E731
+    args = (rn(W, B), rn(T, B), rn(T), torch.zeros(T, dtype=torch.long, device="cuda"), rn(T) + 1, rn(T) * 0,
+            i64(W // 2), i64(0), i64(T), 1e-3)  # fmt: skip
+    fn = ops.window_track if impl == "fused" else ops.window_track.naive.window_track
+    _run(benchmark, lambda: fn(*args), (2 * W * B + T * B + 4 * T) * 8)
+
+
 @pytest.mark.parametrize("m", HISTORY)
 @pytest.mark.parametrize("W,D", SHAPES)
 def test_window_taa_push(benchmark, W, D, m):

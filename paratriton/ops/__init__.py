@@ -3,8 +3,8 @@ the Triton kernels where the op has a CUDA kernel, and ``__init__.py`` registers
 ``paratriton.ops.<op>`` is that registered op and ``paratriton.ops.<op>.naive`` its reference module.
 
 * The engine's ops (``solvers/rules.py`` ``KERNELS``), on every device: ``window_residual``, ``window_gains``,
-  ``window_fixed_point``, ``window_taa`` (``push``, ``plan``, ``update``), ``multistep_drift`` and ``masked_lstsq``.
-  CUDA: Triton.
+  ``window_track``, ``window_fixed_point``, ``window_taa`` (``push``, ``plan``, ``update``), ``multistep_drift`` and
+  ``masked_lstsq``. CUDA: Triton.
 * Their CPU building blocks: ``step_residual``, ``order_k_residual``, ``taa_residual`` and ``taa_update``. The CPU
   kernels of ``window_fixed_point`` and ``window_taa`` run them on the live window; with ``masked_lstsq`` they are
   the ops with C++ kernels (``paratriton._C``, ``paratriton._backends.OPS``). On CUDA they run their reference.
@@ -21,12 +21,14 @@ from .taa import taa_residual, taa_update
 from . import window_taa
 from .window_fixed_point import window_fixed_point
 from .window_gains import window_gains
+from .window_track import window_track
 from .window_residual import window_residual
 
 __all__ = [
     "window_residual",
     "window_fixed_point",
     "window_gains",
+    "window_track",
     "window_taa",
     "multistep_drift",
     "masked_lstsq",

@@ -203,24 +203,16 @@ class Engine:
         thr = torch.where(s.stall >= STALL_ITERS, torch.maximum(thr, STALL_ROUNDINGS * s.floor), thr)
         rms, top, bad = kern.residual(x, out, s.xi, s.a, s.b, s.c, thr, lo, F)
         s.bad.logical_or_(bad)
-        # every step's latest residual; the kernel gives 0 at frozen rows (a padded window has some): they keep theirs
-        live = (idx < F).view(-1, 1)
-        s.rms_all.index_copy_(0, idx, torch.where(live, rms, s.rms_all.index_select(0, idx)))
-        worst, best = rms.amax(1), s.best.index_select(0, idx)  # stalled: no halving of the step's best residual
-        stall = torch.where(worst < 0.5 * best, 0, s.stall.index_select(0, idx) + 1)
-        s.stall.index_copy_(0, idx, torch.where(live[:, 0], stall, s.stall.index_select(0, idx)))
-        s.best.index_copy_(0, idx, torch.where(live[:, 0], torch.minimum(best, worst), best))
-        if s.tol is not None:  # the sample test (tolerance.py): once the window reaches step 0, stop as soon as
-            # the first-order bound on the sample's distance holds at this trajectory, whatever the split by step
-            # (the floors' share of the sum is allowed on top: the most the per-step test allows there)
-            fits = (self._sums() - (s.geff * s.floor).sum()).amax() <= s.tol
-            top = torch.where((lo == 0) & fits, s.zero, top)
+        # every live step's latest residual, lowest residual and stall count (frozen rows keep theirs: the kernel gives
+        # 0 there); with a target, the sample test (tolerance.py): once the window reaches step 0, stop as soon as the
+        # first-order bound on the sample's distance holds at this trajectory, whatever the split by step
+        top, fits, worst = kern.track(rms, s.rms_all, s.best, s.stall, s.geff, s.floor, top, lo, F, s.tol)
         self.rule.update(WindowView(x, out, s.xi, s.a, s.b, s.c, lo, F, top, rms, kern), s.rule)
         # the log of live iterations (an iteration after convergence changes nothing and is not counted)
         n = s.n_it.view(1)
         s.log_F.index_copy_(0, n, F.view(1))
         s.rms_all.index_fill_(0, top.view(1), 0.0)  # the top step took the exact step: its residual is now 0
-        s.log_res.index_put_((n.expand(H), idx), rms.amax(1))  # steps outside the window: NaN, on the host
+        s.log_res.index_put_((n.expand(H), idx), worst)  # steps outside the window: NaN, on the host
         s.n_it.add_(F > 0)
         if s.tol is not None:  # converged only if every step is within its threshold now: a step that froze
             # before the gains below it were measured may not be (its residual is exact: its rows are frozen), and

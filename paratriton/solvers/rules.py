@@ -76,6 +76,7 @@ from ..ops.window_fixed_point import naive as _fp_naive
 from ..ops.window_gains import naive as _gains_naive
 from ..ops.window_residual import naive as _res_naive
 from ..ops.window_taa import naive as _taa_naive
+from ..ops.window_track import naive as _track_naive
 
 # the kernels an iteration runs: the registered ops (Triton on CUDA, C++ or the references on the CPU), or the
 # plain-torch references themselves (``backend="reference"``: the oracle, capturable too)
@@ -89,6 +90,7 @@ KERNELS = {
         lstsq=ops.masked_lstsq,
         drift=ops.multistep_drift,
         gains=ops.window_gains,
+        track=ops.window_track,
     ),
     "reference": SimpleNamespace(
         residual=_res_naive.window_residual,
@@ -99,6 +101,7 @@ KERNELS = {
         lstsq=_lstsq_naive.masked_lstsq,
         drift=_drift_naive.multistep_drift,
         gains=_gains_naive.window_gains,
+        track=_track_naive.window_track,
     ),
 }
 
