@@ -569,6 +569,19 @@ def test_import_paratriton_does_not_import_diffusers():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_tiny_pipeline_configs_import_without_diffusers():
+    # the benchmarks and the tests read the tiny configs; diffusers is imported only when a component is built
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from paratriton.testing.tiny_pipelines import DENOISERS, denoiser_config; "
+        "assert denoiser_config('flux', in_channels=64)['in_channels'] == 64 and 'flux' in DENOISERS; "
+        "assert 'diffusers' not in sys.modules, 'diffusers imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_low_precision_model_keeps_its_dtype(monkeypatch):
     # the solver state is float64; the model sees (and returns) its own dtype, and parallelize casts nothing.
     # Recorded inside an instance ``forward``, which nn.Module.__call__ runs for the stock loop and the solve alike.
