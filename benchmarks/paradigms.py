@@ -33,6 +33,7 @@ import time
 import torch
 
 import paratriton
+from paratriton.testing.tiny_pipelines import SD_DDIM
 
 logging.getLogger("diffusers").setLevel(logging.ERROR)
 
@@ -54,14 +55,7 @@ def components(dev, dtype, tiny: bool, latent: int):
     else:  # SD-1.5's UNet config (860M parameters)
         unet = UNet2DConditionModel(sample_size=latent, cross_attention_dim=768)
     unet = unet.to(dev, dtype).eval().requires_grad_(False)
-    sched = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    sched = DDIMScheduler(**SD_DDIM)
     return dict(
         vae=None,
         text_encoder=None,

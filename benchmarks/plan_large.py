@@ -23,6 +23,7 @@ import torch
 from paradigms import median_ms, plan_row  # benchmarks/ is on sys.path when this file runs as a script
 
 import paratriton
+from paratriton.testing.tiny_pipelines import SD_DDIM
 
 
 def pooled_call(dev, dtype, tokens: int, text: int, pooled: int, latent: int, guidance_scale: float) -> dict:
@@ -78,15 +79,7 @@ def sdxl(dev, dtype, tiny: bool):
         text, pooled, latent = 2048, 1280, 128
     cfg.setdefault("addition_embed_type", "text_time")
     unet = UNet2DConditionModel(**cfg).to(dev, dtype).eval().requires_grad_(False)
-    sched = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        timestep_spacing="leading",
-    )
+    sched = DDIMScheduler(**SD_DDIM, timestep_spacing="leading")
     pipe = StableDiffusionXLPipeline(
         vae=None, text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None, unet=unet, scheduler=sched
     )

@@ -1,5 +1,6 @@
-"""Shared parts of the pipeline tests: tiny random-weight components built from configs (diffusers' own fast-test
-configs, made smaller; CPU, offline), the stock schedulers they run with, and the stock-versus-parallel comparison.
+"""Shared parts of the pipeline tests: the stock schedulers the tiny pipelines run with, and the stock-versus-parallel
+comparison. The tiny random-weight components themselves (diffusers' own fast-test configs, made smaller; CPU,
+offline) are built by ``paratriton.testing.tiny_pipelines``.
 
 Not a test module (pytest puts tests/ on sys.path; the ``test_pipelines*.py`` files import from here).
 """
@@ -7,7 +8,6 @@ Not a test module (pytest puts tests/ on sys.path; the ``test_pipelines*.py`` fi
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import warnings
 from collections.abc import Iterator
@@ -18,16 +18,16 @@ import pytest
 import torch
 
 import paratriton
+from paratriton.testing.tiny_pipelines import SD_BETAS, SD_DDIM
 
 pytest.importorskip("diffusers")
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler  # noqa: E402 - after importorskip
+from diffusers import DDIMScheduler, DDPMScheduler  # noqa: E402 - after importorskip
 
 logging.getLogger("diffusers").setLevel(logging.ERROR)  # the tiny configs trigger deprecation notes
 
 TOL = {"tol_abs": 1e-6, "tol_rel": 1e-6}  # above what the tiny random networks here resolve on a CPU (~5e-7)
 ATOL = 1e-4
 STEPS = 8
-FLUX_VAE_SCALE = {"shift_factor": 0.0609, "scaling_factor": 1.5035}  # FLUX.1's (and SD3's) latent shift and scale
 
 
 def needs_transformers() -> None:
@@ -39,22 +39,13 @@ def needs_transformers() -> None:
 # schedulers, generators
 # ---------------------------------------------------------------------------------------------------------------
 def _ddim(**kw) -> DDIMScheduler:
-    # steps_offset=1 as SD checkpoints ship (0 triggers a deprecation warning in the SD pipelines)
-    return DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        **kw,
-    )
+    return DDIMScheduler(**SD_DDIM, **kw)
 
 
 def _ddpm(**kw) -> DDPMScheduler:
     # with steps_offset=1 the last timestep is 1 > 0, so DDPM adds noise in every step, the last one included
     kw = {"clip_sample": False, **kw}
-    return DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, **kw)
+    return DDPMScheduler(**SD_BETAS, steps_offset=1, **kw)
 
 
 SCHEDULERS = {"ddim": _ddim, "ddpm": _ddpm}
@@ -72,14 +63,6 @@ def _quiet(pipe):
     return pipe
 
 
-def assemble(cls, **components):
-    """``cls(**components)`` with every other component it requires None (prompt embeddings are passed in: no text
-    encoder, tokenizer or image processor), its progress bar off."""
-    params = inspect.signature(cls.__init__).parameters.values()
-    required = [p.name for p in params if p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD]
-    return _quiet(cls(**{name: None for name in required[1:] if name not in components}, **components))
-
-
 def latent_call(steps: int, size: int | None = None, guidance: float | None = None, **kw) -> dict:
     """A call's common arguments: ``steps`` steps, a ``size`` x ``size`` sample, guidance scale ``guidance`` (each
     left to the pipeline where None), latents returned (the tiny decoders add nothing to check); ``kw`` added."""
@@ -91,160 +74,9 @@ def latent_call(steps: int, size: int | None = None, guidance: float | None = No
     return {**out, **kw}
 
 
-def seeded(cls, seed: int = 0, **config) -> torch.nn.Module:
-    """``cls(**config)`` in eval mode, its random weights drawn after ``torch.manual_seed(seed)``."""
-    torch.manual_seed(seed)
-    return cls(**config).eval()
-
-
 # ---------------------------------------------------------------------------------------------------------------
-# tiny components
+# recording calls
 # ---------------------------------------------------------------------------------------------------------------
-def _tiny_vae(latent_channels: int = 4, **kw) -> AutoencoderKL:
-    args = {
-        "block_out_channels": [4, 8],
-        "in_channels": 3,
-        "out_channels": 3,
-        "down_block_types": ["DownEncoderBlock2D"] * 2,
-        "up_block_types": ["UpDecoderBlock2D"] * 2,
-        "latent_channels": latent_channels,
-        "norm_num_groups": 2,
-    }
-    return seeded(AutoencoderKL, **{**args, **kw})
-
-
-def flux_vae(cls=AutoencoderKL, blocks: int = 1, **kw) -> torch.nn.Module:
-    """Flux's 1-channel VAE without quant convolutions, ``blocks`` levels; ``kw`` adds (shift and scale)."""
-    args = {
-        "in_channels": 3,
-        "out_channels": 3,
-        "block_out_channels": (4,) * blocks,
-        "down_block_types": ("DownEncoderBlock2D",) * blocks,
-        "up_block_types": ("UpDecoderBlock2D",) * blocks,
-        "layers_per_block": 1,
-        "latent_channels": 1,
-        "norm_num_groups": 1,
-        "use_quant_conv": False,
-        "use_post_quant_conv": False,
-    }
-    return seeded(cls, **{**args, **kw})
-
-
-def sd_unet(**kw) -> torch.nn.Module:
-    """SD's UNet (cross-attention width 8); ``kw`` overrides (channels, sample size, class embeddings)."""
-    from diffusers import UNet2DConditionModel
-
-    args = {
-        "block_out_channels": (4, 8),
-        "layers_per_block": 1,
-        "sample_size": 16,
-        "in_channels": 4,
-        "out_channels": 4,
-        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
-        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
-        "cross_attention_dim": 8,
-        "norm_num_groups": 2,
-    }
-    return seeded(UNet2DConditionModel, **{**args, **kw})
-
-
-def sdxl_unet(**kw) -> torch.nn.Module:
-    """SDXL's UNet (text_time embeddings, pooled width 32, cross-attention width 64); ``kw`` overrides."""
-    from diffusers import UNet2DConditionModel
-
-    args = {
-        "block_out_channels": (2, 4),
-        "layers_per_block": 2,
-        "sample_size": 16,
-        "in_channels": 4,
-        "out_channels": 4,
-        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
-        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
-        "attention_head_dim": (2, 4),
-        "use_linear_projection": True,
-        "addition_embed_type": "text_time",
-        "addition_time_embed_dim": 8,
-        "transformer_layers_per_block": (1, 2),
-        "projection_class_embeddings_input_dim": 80,
-        "cross_attention_dim": 64,
-        "norm_num_groups": 1,
-    }
-    return seeded(UNet2DConditionModel, **{**args, **kw})
-
-
-def flux_transformer(**kw) -> torch.nn.Module:
-    """FLUX.1's transformer (text width 32, pooled width 32); ``kw`` overrides (``guidance_embeds``)."""
-    from diffusers import FluxTransformer2DModel
-
-    args = {
-        "patch_size": 1,
-        "in_channels": 4,
-        "num_layers": 1,
-        "num_single_layers": 1,
-        "attention_head_dim": 16,
-        "num_attention_heads": 2,
-        "joint_attention_dim": 32,
-        "pooled_projection_dim": 32,
-        "axes_dims_rope": [4, 4, 8],
-    }
-    return seeded(FluxTransformer2DModel, **{**args, **kw})
-
-
-def qwen_transformer() -> torch.nn.Module:
-    """Qwen-Image's transformer (16 latent channels packed 2 x 2, text width 16)."""
-    from diffusers import QwenImageTransformer2DModel
-
-    return seeded(
-        QwenImageTransformer2DModel,
-        patch_size=2,
-        in_channels=16,
-        out_channels=4,
-        num_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=16,
-        guidance_embeds=False,
-        axes_dims_rope=(8, 4, 4),
-    )
-
-
-def wan_transformer(seed: int = 0, **kw) -> torch.nn.Module:
-    """Wan's transformer (one layer, two heads); ``kw`` overrides (channels, head and text widths)."""
-    from diffusers import WanTransformer3DModel
-
-    args = {
-        "patch_size": (1, 2, 2),
-        "num_attention_heads": 2,
-        "attention_head_dim": 8,
-        "in_channels": 4,
-        "out_channels": 4,
-        "text_dim": 16,
-        "freq_dim": 32,
-        "ffn_dim": 16,
-        "num_layers": 1,
-        "cross_attn_norm": True,
-        "qk_norm": "rms_norm_across_heads",
-        "rope_max_seq_len": 32,
-    }
-    return seeded(WanTransformer3DModel, seed, **{**args, **kw})
-
-
-def make_unet2d() -> torch.nn.Module:
-    from diffusers import UNet2DModel
-
-    return seeded(
-        UNet2DModel,
-        block_out_channels=(4, 8),
-        layers_per_block=1,
-        norm_num_groups=4,
-        sample_size=8,
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-    )
-
-
 @contextlib.contextmanager
 def recorded_rows(network: torch.nn.Module, dim: int = 0) -> Iterator[list[int]]:
     """Record ``hidden_states.shape[dim]`` of every call of ``network`` while the block runs."""

@@ -21,26 +21,16 @@ def _free_port():
 
 
 def _flux():
-    from diffusers import FluxTransformer2DModel
+    from paratriton.testing.tiny_pipelines import tiny_denoiser
 
-    torch.manual_seed(0)
-    return FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=4,
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        axes_dims_rope=[4, 4, 8],
-    ).eval()
+    return tiny_denoiser("flux")
 
 
 def _flux_pipe(transformer):
     """A tiny FluxPipeline (prompt embeddings passed in) around ``transformer``."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
-    from pipeline_parts import FLUX_VAE_SCALE, assemble, flux_vae
+
+    from paratriton.testing.tiny_pipelines import FLUX_VAE_SCALE, assemble, flux_vae
 
     return assemble(
         FluxPipeline,

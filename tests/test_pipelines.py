@@ -19,12 +19,10 @@ from diffusers import (  # noqa: E402 - after importorskip, so the file skips wi
     DDIMPipeline,
     DDPMPipeline,
     DiTPipeline,
-    DiTTransformer2DModel,
     FlowMatchEulerDiscreteScheduler,
 )
 from pipeline_parts import (  # noqa: E402 - the shared parts (pytest puts tests/ on sys.path)
     ATOL,
-    FLUX_VAE_SCALE,
     SCHEDULERS,
     STEPS,
     TOL,
@@ -33,21 +31,15 @@ from pipeline_parts import (  # noqa: E402 - the shared parts (pytest puts tests
     _gen,
     _images,
     _quiet,
-    _tiny_vae,
-    assemble,
     assert_same,
     check_floor_warning,
     compare_calls,
     floor_warnings,
-    flux_transformer,
-    flux_vae,
-    make_unet2d,
     needs_transformers,
     run_pair,
-    sd_unet,
-    sdxl_unet,
-    seeded,
 )
+
+from paratriton.testing.tiny_pipelines import FLUX_VAE_SCALE, assemble, flux_vae, tiny_denoiser, tiny_vae  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -59,8 +51,8 @@ def make_sd(scheduler):
 
     return assemble(
         StableDiffusionPipeline,
-        vae=_tiny_vae(),
-        unet=sd_unet(),
+        vae=tiny_vae(),
+        unet=tiny_denoiser("sd"),
         scheduler=scheduler,
         requires_safety_checker=False,
     )
@@ -85,7 +77,7 @@ def make_sdxl(scheduler):
     needs_transformers()
     from diffusers import StableDiffusionXLPipeline
 
-    return assemble(StableDiffusionXLPipeline, vae=_tiny_vae(), unet=sdxl_unet(), scheduler=scheduler)
+    return assemble(StableDiffusionXLPipeline, vae=tiny_vae(), unet=tiny_denoiser("sdxl"), scheduler=scheduler)
 
 
 def sdxl_inputs(batch: int, cfg: bool, **kw):
@@ -96,27 +88,9 @@ def sdxl_inputs(batch: int, cfg: bool, **kw):
 
 def make_pixart(scheduler):
     needs_transformers()
-    from diffusers import PixArtAlphaPipeline, PixArtTransformer2DModel
+    from diffusers import PixArtAlphaPipeline
 
-    transformer = seeded(
-        PixArtTransformer2DModel,
-        sample_size=8,
-        num_layers=2,
-        patch_size=2,
-        attention_head_dim=8,
-        num_attention_heads=3,
-        caption_channels=32,
-        in_channels=4,
-        cross_attention_dim=24,
-        out_channels=8,
-        attention_bias=True,
-        activation_fn="gelu-approximate",
-        num_embeds_ada_norm=1000,
-        norm_type="ada_norm_single",
-        norm_elementwise_affine=False,
-        norm_eps=1e-6,
-    )
-    return assemble(PixArtAlphaPipeline, vae=_tiny_vae(), transformer=transformer, scheduler=scheduler)
+    return assemble(PixArtAlphaPipeline, vae=tiny_vae(), transformer=tiny_denoiser("pixart"), scheduler=scheduler)
 
 
 def pixart_inputs(batch: int, cfg: bool, **kw):
@@ -127,22 +101,7 @@ def pixart_inputs(batch: int, cfg: bool, **kw):
 
 
 def make_dit(scheduler):
-    transformer = seeded(
-        DiTTransformer2DModel,
-        sample_size=8,
-        num_layers=2,
-        patch_size=4,
-        attention_head_dim=8,
-        num_attention_heads=2,
-        in_channels=4,
-        out_channels=8,
-        attention_bias=True,
-        activation_fn="gelu-approximate",
-        num_embeds_ada_norm=1000,
-        norm_type="ada_norm_zero",
-        norm_elementwise_affine=False,
-    )
-    return _quiet(DiTPipeline(transformer=transformer, vae=_tiny_vae(), scheduler=scheduler))
+    return _quiet(DiTPipeline(transformer=tiny_denoiser("dit"), vae=tiny_vae(), scheduler=scheduler))
 
 
 def dit_inputs(batch: int, cfg: bool, **kw):
@@ -157,7 +116,7 @@ def make_flux(scheduler, guidance_embeds: bool = True):
         FluxPipeline,
         scheduler=scheduler,
         vae=flux_vae(**FLUX_VAE_SCALE),
-        transformer=flux_transformer(guidance_embeds=guidance_embeds),
+        transformer=tiny_denoiser("flux", guidance_embeds=guidance_embeds),
     )
 
 
@@ -216,7 +175,7 @@ def test_flux_matches_stock(sched, guidance_embeds, batch):
 )
 def test_unconditional_pipeline_matches_stock(pipeline, kw, batch):
     sched = _ddpm() if pipeline is DDPMPipeline else _ddim()
-    pipe = _quiet(pipeline(unet=make_unet2d(), scheduler=sched))
+    pipe = _quiet(pipeline(unet=tiny_denoiser("unet2d"), scheduler=sched))
     ref, out, par = run_pair(pipe, dict(batch_size=batch, num_inference_steps=STEPS, output_type="np", **kw))
     assert par.paratriton.last_result.converged
     assert_same(ref, out)
@@ -226,7 +185,7 @@ def test_unconditional_pipeline_matches_stock(pipeline, kw, batch):
 # methods, batches, conventions
 # ---------------------------------------------------------------------------------------------------------------
 def _ddpm_pipe():
-    return _quiet(DDPMPipeline(unet=make_unet2d(), scheduler=_ddpm()))
+    return _quiet(DDPMPipeline(unet=tiny_denoiser("unet2d"), scheduler=_ddpm()))
 
 
 UNCOND = {"batch_size": 2, "num_inference_steps": STEPS, "output_type": "np"}
@@ -526,8 +485,8 @@ def test_unsupported_pipeline_and_scheduler_name_what_is_supported():
             self.register_modules(unet=unet)
 
     with pytest.raises(ValueError, match="supported: .*StableDiffusionPipeline.*DDIMPipeline"):
-        paratriton.parallelize(MyPipeline(make_unet2d()))
-    pipe = DDPMPipeline(unet=make_unet2d(), scheduler=KDPM2DiscreteScheduler())
+        paratriton.parallelize(MyPipeline(tiny_denoiser("unet2d")))
+    pipe = DDPMPipeline(unet=tiny_denoiser("unet2d"), scheduler=KDPM2DiscreteScheduler())
     with pytest.raises(ValueError, match="KDPM2DiscreteScheduler .*supported: .*DDIMScheduler.*EulerDiscreteScheduler"):
         paratriton.parallelize(pipe)
     par = paratriton.parallelize(_ddpm_pipe())
@@ -539,7 +498,8 @@ def test_unsupported_pipeline_and_scheduler_name_what_is_supported():
 @pytest.mark.parametrize("clip", [{"clip_sample": True, "clip_sample_range": 0.5}, {"thresholding": True}])
 def test_ddpm_pipeline_with_clipped_x0_matches_stock(clip):
     # DDPMPipeline's scheduler clips x0 by default (google/ddpm-*): exact through the clipped-x0 output transform
-    ref, out, par = run_pair(_quiet(DDPMPipeline(unet=make_unet2d(), scheduler=_ddpm(**clip))), UNCOND, window=3)
+    pipe = _quiet(DDPMPipeline(unet=tiny_denoiser("unet2d"), scheduler=_ddpm(**clip)))
+    ref, out, par = run_pair(pipe, UNCOND, window=3)
     assert par.paratriton.last_result.converged
     assert_same(ref, out)
 
@@ -569,10 +529,23 @@ def test_import_paratriton_does_not_import_diffusers():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_tiny_pipeline_configs_import_without_diffusers():
+    # the benchmarks and the tests read the tiny configs; diffusers is imported only when a component is built
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from paratriton.testing.tiny_pipelines import DENOISERS, denoiser_config; "
+        "assert denoiser_config('flux', in_channels=64)['in_channels'] == 64 and 'flux' in DENOISERS; "
+        "assert 'diffusers' not in sys.modules, 'diffusers imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_low_precision_model_keeps_its_dtype(monkeypatch):
     # the solver state is float64; the model sees (and returns) its own dtype, and parallelize casts nothing.
     # Recorded inside an instance ``forward``, which nn.Module.__call__ runs for the stock loop and the solve alike.
-    unet = make_unet2d().to(torch.bfloat16)
+    unet = tiny_denoiser("unet2d").to(torch.bfloat16)
     pipe = _quiet(DDIMPipeline(unet=unet, scheduler=_ddim()))
     seen = []
     real_forward = unet.forward

@@ -21,54 +21,43 @@ pytest.importorskip("transformers", reason="diffusers' text pipelines need trans
 import diffusers as d  # noqa: E402
 import PIL.Image  # noqa: E402
 from pipeline_parts import (  # noqa: E402 - the shared parts (pytest puts tests/ on sys.path)
-    FLUX_VAE_SCALE,
     TOL,
     _gen,
-    _tiny_vae,
-    assemble,
     assert_same,
     checked_call,
     compare_calls,
-    flux_transformer,
-    flux_vae,
     latent_call,
     run_pair,
-    sd_unet,
+)
+
+from paratriton.testing.tiny_pipelines import (  # noqa: E402
+    COGVIDEOX_DDIM,
+    FLOW_DPM,
+    FLUX_VAE_SCALE,
+    SD_BETAS,
+    assemble,
+    audioldm2_text_models,
+    flux_vae,
     seeded,
+    tiny_denoiser,
+    tiny_vae,
 )
 
 # Stable Audio's Oobleck VAE builds with torch's deprecated weight_norm: not ours, named here
 pytestmark = pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning")
 
 STEPS = 6
-FLOW_DPM = {"prediction_type": "flow_prediction", "use_flow_sigmas": True}
-SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # tiny pipelines (diffusers' own fast-test configs, made smaller)
 # ---------------------------------------------------------------------------------------------------------------
 def make_audioldm2(scheduler):
-    from transformers import GPT2Config, GPT2Model, SpeechT5HifiGan, SpeechT5HifiGanConfig, T5Config, T5EncoderModel
+    from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
 
-    unet = seeded(
-        d.AudioLDM2UNet2DConditionModel,
-        block_out_channels=(4, 8),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=([None, 8, 16], [None, 8, 16]),  # GPT-2 states, then T5 states
-        norm_num_groups=2,
-    )
-    vae = _tiny_vae(in_channels=1, out_channels=1)
-    # only their dtypes are read when the embeddings are passed in
-    t5 = T5EncoderModel(T5Config(vocab_size=32, d_model=16, d_ff=16, d_kv=8, num_heads=2, num_layers=1)).eval()
-    gpt2 = GPT2Model(
-        GPT2Config(n_embd=8, n_head=2, n_layer=1, vocab_size=32, n_positions=16, bos_token_id=0, eos_token_id=0)
-    ).eval()
+    unet = tiny_denoiser("audioldm2")
+    vae = tiny_vae(in_channels=1, out_channels=1)
+    t5, gpt2 = audioldm2_text_models()  # after the VAE: their weights come from the global RNG as it stands
     vocoder = SpeechT5HifiGan(
         SpeechT5HifiGanConfig(
             model_in_dim=8,
@@ -106,12 +95,8 @@ def audioldm2_inputs(batch: int = 1, **kw):
 
 
 def make_kontext(scheduler):
-    return assemble(
-        d.FluxKontextPipeline,
-        scheduler=scheduler,
-        vae=flux_vae(**FLUX_VAE_SCALE),
-        transformer=flux_transformer(),
-    )
+    transformer = tiny_denoiser("flux")
+    return assemble(d.FluxKontextPipeline, scheduler=scheduler, vae=flux_vae(**FLUX_VAE_SCALE), transformer=transformer)
 
 
 def kontext_inputs(batch: int = 1, **kw):
@@ -128,20 +113,8 @@ def kontext_inputs(batch: int = 1, **kw):
 
 
 def make_flux2(scheduler):
-    transformer = seeded(
-        d.Flux2Transformer2DModel,
-        patch_size=1,
-        in_channels=4,
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=16,
-        timestep_guidance_channels=256,
-        axes_dims_rope=[4, 4, 4, 4],
-    )
-    vae = flux_vae(d.AutoencoderKLFlux2, blocks=3)  # 4x down: the 64 px image is 64 tokens, 32 px latents 16
-    return assemble(d.Flux2Pipeline, scheduler=scheduler, vae=vae, transformer=transformer)
+    vae = flux_vae("AutoencoderKLFlux2", blocks=3)  # 4x down: the 64 px image is 64 tokens, 32 px latents 16
+    return assemble(d.Flux2Pipeline, scheduler=scheduler, vae=vae, transformer=tiny_denoiser("flux2"))
 
 
 def flux2_inputs(batch: int = 1, **kw):
@@ -154,41 +127,7 @@ def flux2_inputs(batch: int = 1, **kw):
 
 
 def make_sana(scheduler):
-    transformer = seeded(
-        d.SanaTransformer2DModel,
-        patch_size=1,
-        in_channels=4,
-        out_channels=8,  # learned sigma: the loop keeps the first 4 channels
-        num_layers=1,
-        num_attention_heads=2,
-        attention_head_dim=4,
-        num_cross_attention_heads=2,
-        cross_attention_head_dim=4,
-        cross_attention_dim=8,
-        caption_channels=8,
-        sample_size=8,
-        timestep_scale=0.5,  # SANA-Sprint style; 1.0 in SANA 1.0 checkpoints
-    )
-    vae = seeded(
-        d.AutoencoderDC,
-        in_channels=3,
-        latent_channels=4,
-        attention_head_dim=2,
-        encoder_block_types=("ResBlock", "EfficientViTBlock"),
-        decoder_block_types=("ResBlock", "EfficientViTBlock"),
-        encoder_block_out_channels=(8, 8),
-        decoder_block_out_channels=(8, 8),
-        encoder_qkv_multiscales=((), (5,)),
-        decoder_qkv_multiscales=((), (5,)),
-        encoder_layers_per_block=(1, 1),
-        decoder_layers_per_block=[1, 1],
-        downsample_block_type="conv",
-        upsample_block_type="interpolate",
-        decoder_norm_types="rms_norm",
-        decoder_act_fns="silu",
-        scaling_factor=0.41407,
-    )
-    return assemble(d.SanaPipeline, vae=vae, transformer=transformer, scheduler=scheduler)
+    return assemble(d.SanaPipeline, vae=tiny_vae("sana"), transformer=tiny_denoiser("sana"), scheduler=scheduler)
 
 
 def sana_inputs(batch: int = 1, **kw):
@@ -207,35 +146,13 @@ def sana_inputs(batch: int = 1, **kw):
 
 
 def make_stable_audio(scheduler):
-    transformer = seeded(
-        d.StableAudioDiTModel,
-        sample_size=4,
-        in_channels=3,
-        num_layers=1,
-        attention_head_dim=4,
-        num_key_value_attention_heads=2,
-        out_channels=3,
-        cross_attention_dim=4,
-        time_proj_dim=8,
-        global_states_input_dim=8,
-        cross_attention_input_dim=4,
-    )
-    vae = seeded(
-        d.AutoencoderOobleck,
-        encoder_hidden_size=6,
-        downsampling_ratios=[1, 2],
-        decoder_channels=3,
-        decoder_input_channels=3,
-        audio_channels=2,
-        channel_multiples=[2, 4],
-        sampling_rate=4,
-    )
-    torch.manual_seed(0)
-    projection = d.StableAudioProjectionModel(text_encoder_dim=8, conditioning_dim=4, min_value=0, max_value=32)
+    transformer = tiny_denoiser("stable_audio")
+    vae = tiny_vae("stable_audio")
+    projection = seeded(d.StableAudioProjectionModel, text_encoder_dim=8, conditioning_dim=4, min_value=0, max_value=32)
     return assemble(
         d.StableAudioPipeline,
         vae=vae,
-        projection_model=projection.eval(),
+        projection_model=projection,
         transformer=transformer,
         scheduler=scheduler,
     )
@@ -252,33 +169,7 @@ def stable_audio_inputs(batch: int = 1, **kw):
 
 
 def make_ltx(scheduler):
-    transformer = seeded(
-        d.LTXVideoTransformer3DModel,
-        in_channels=8,
-        out_channels=8,
-        patch_size=1,
-        patch_size_t=1,
-        num_attention_heads=2,
-        attention_head_dim=8,
-        cross_attention_dim=16,
-        num_layers=1,
-        caption_channels=16,
-    )
-    vae = seeded(
-        d.AutoencoderKLLTXVideo,
-        latent_channels=8,
-        block_out_channels=(8, 8, 8, 8),
-        spatio_temporal_scaling=(True, True, False, False),
-        layers_per_block=(1, 1, 1, 1, 1),
-        decoder_block_out_channels=(8, 8, 8, 8),  # its default decoder is LTX's full-size one
-        decoder_layers_per_block=(1, 1, 1, 1, 1),
-        decoder_spatio_temporal_scaling=(True, True, False, False),
-        patch_size=1,
-        patch_size_t=1,
-        encoder_causal=True,
-        decoder_causal=False,
-    )
-    return assemble(d.LTXPipeline, scheduler=scheduler, vae=vae, transformer=transformer)
+    return assemble(d.LTXPipeline, scheduler=scheduler, vae=tiny_vae("ltx"), transformer=tiny_denoiser("ltx"))
 
 
 def ltx_inputs(batch: int = 1, **kw):
@@ -296,36 +187,10 @@ def ltx_inputs(batch: int = 1, **kw):
 
 
 def make_cogvideox(scheduler, rotary: bool = False):
-    transformer = seeded(
-        d.CogVideoXTransformer3DModel,
-        num_attention_heads=2,
-        attention_head_dim=16 if rotary else 8,
-        use_rotary_positional_embeddings=rotary,  # CogVideoX-5b's and 1.5's: [tokens, dim] tables, not per row
-        in_channels=4,
-        out_channels=4,
-        time_embed_dim=2,
-        text_embed_dim=16,
-        num_layers=1,
-        sample_width=2,
-        sample_height=2,
-        sample_frames=9,
-        patch_size=2,
-        temporal_compression_ratio=4,
-        max_text_seq_length=8,
-    )
-    vae = seeded(
-        d.AutoencoderKLCogVideoX,
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("CogVideoXDownBlock3D",) * 4,
-        up_block_types=("CogVideoXUpBlock3D",) * 4,
-        block_out_channels=(8, 8, 8, 8),
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=2,
-        temporal_compression_ratio=4,
-    )
-    return assemble(d.CogVideoXPipeline, vae=vae, transformer=transformer, scheduler=scheduler)
+    # rotary: CogVideoX-5b's and 1.5's, [tokens, dim] tables, not per row
+    rope = {"attention_head_dim": 16, "use_rotary_positional_embeddings": True} if rotary else {}
+    transformer = tiny_denoiser("cogvideox", **rope)
+    return assemble(d.CogVideoXPipeline, vae=tiny_vae("cogvideox"), transformer=transformer, scheduler=scheduler)
 
 
 def cogvideox_inputs(batch: int = 1, **kw):
@@ -342,10 +207,10 @@ def cogvideox_inputs(batch: int = 1, **kw):
 
 def make_upscaler(scheduler):
     # 4 latent channels, then the 3 of the low-res image; noise_level as class labels
-    unet = sd_unet(sample_size=8, in_channels=7, num_class_embeds=100)
+    unet = tiny_denoiser("sd", sample_size=8, in_channels=7, num_class_embeds=100)
     return assemble(
         d.StableDiffusionUpscalePipeline,
-        vae=_tiny_vae(scaling_factor=0.08333),  # the x4 upscaler's
+        vae=tiny_vae(scaling_factor=0.08333),  # the x4 upscaler's
         unet=unet,
         low_res_scheduler=d.DDPMScheduler(),
         scheduler=scheduler,
@@ -366,28 +231,11 @@ def upscaler_inputs(batch: int = 1, **kw):
 
 
 def make_hidream(scheduler):
-    transformer = seeded(
-        d.HiDreamImageTransformer2DModel,
-        patch_size=2,
-        in_channels=4,
-        out_channels=4,
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=8,
-        num_attention_heads=2,
-        caption_channels=[16, 8],
-        text_emb_dim=16,
-        num_routed_experts=2,
-        num_activated_experts=1,
-        axes_dims_rope=(4, 2, 2),
-        max_resolution=(16, 16),
-        llama_layers=(0, 1),
-    )
     pipe = assemble(
         d.HiDreamImagePipeline,
         scheduler=scheduler,
-        vae=_tiny_vae(scaling_factor=0.3611, shift_factor=0.1159),
-        transformer=transformer,
+        vae=tiny_vae(scaling_factor=0.3611, shift_factor=0.1159),
+        transformer=tiny_denoiser("hidream"),
     )
     pipe.default_sample_size = 8  # the loop rescales height x width to this area: 16 x 16 pixels, 8 x 8 latents
     return pipe
@@ -433,15 +281,7 @@ CASES = {
     ("stable_audio", "euler_v"): lambda: d.EulerDiscreteScheduler(prediction_type="v_prediction"),
     ("ltx", "flow_euler"): lambda: d.FlowMatchEulerDiscreteScheduler(),
     ("ltx", "unipc_flow"): lambda: d.UniPCMultistepScheduler(**FLOW_DPM),
-    # CogVideoX-2b's shipped scheduler config
-    ("cogvideox", "cogvideox_ddim"): lambda: d.CogVideoXDDIMScheduler(
-        beta_schedule="scaled_linear",
-        prediction_type="v_prediction",
-        rescale_betas_zero_snr=True,
-        snr_shift_scale=3.0,
-        timestep_spacing="trailing",
-        clip_sample=False,
-    ),
+    ("cogvideox", "cogvideox_ddim"): lambda: d.CogVideoXDDIMScheduler(**COGVIDEOX_DDIM),
     ("cogvideox", "dpm++2m_v"): lambda: d.DPMSolverMultistepScheduler(
         prediction_type="v_prediction", timestep_spacing="trailing"
     ),

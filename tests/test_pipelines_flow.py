@@ -17,19 +17,23 @@ import paratriton
 diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("transformers", reason="diffusers' text pipelines need transformers")
 from pipeline_parts import (  # noqa: E402 - the shared parts (pytest puts tests/ on sys.path)
-    FLUX_VAE_SCALE,
     STEPS,
     _gen,
-    _tiny_vae,
-    assemble,
     assert_same,
-    flux_vae,
     latent_call,
-    qwen_transformer,
     recorded_rows,
     run_pair,
-    seeded,
-    wan_transformer,
+)
+
+from paratriton.testing.tiny_pipelines import (  # noqa: E402
+    FLOW_DPM,
+    FLUX_VAE_SCALE,
+    QWEN_IMAGE_FLOW,
+    assemble,
+    flux_vae,
+    qwen_vae,
+    tiny_denoiser,
+    tiny_vae,
 )
 
 
@@ -41,7 +45,7 @@ def _unipc_flow():
     from diffusers import UniPCMultistepScheduler
 
     # Wan's shipped scheduler config (flow_shift 3.0 for 480p)
-    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    return UniPCMultistepScheduler(**FLOW_DPM, flow_shift=3.0)
 
 
 def _euler_flow():
@@ -56,34 +60,19 @@ SCHEDS = {"unipc": _unipc_flow, "euler": _euler_flow}
 # ---------------------------------------------------------------------------------------------------------------
 # Wan 2.1 / 2.2 (text to video) and Wan image to video
 # ---------------------------------------------------------------------------------------------------------------
-def _wan_vae():
-    from diffusers import AutoencoderKLWan
-
-    torch.manual_seed(0)
-    return AutoencoderKLWan(
-        base_dim=3,
-        z_dim=4,
-        dim_mult=[1, 1, 1, 1],
-        num_res_blocks=1,
-        temperal_downsample=[False, True, True],
-        latents_mean=[0.1, -0.2, 0.05, 0.0],
-        latents_std=[1.5, 0.8, 1.0, 1.2],
-    ).eval()
-
-
 def make_wan(scheduler, experts: bool = False, i2v: bool = False, image_dim: int | None = None):
     """Wan 2.1 (one transformer) or 2.2 (``experts``: transformer_2 below boundary_ratio 0.7)."""
     from diffusers import WanImageToVideoPipeline, WanPipeline
 
     in_channels = 4 + 4 + 4 if i2v else 4  # i2v: latents, the first frame's mask and its latents on channels
     kw = (
-        {"transformer_2": wan_transformer(1, in_channels=in_channels, image_dim=image_dim), "boundary_ratio": 0.7}
+        {"transformer_2": tiny_denoiser("wan", 1, in_channels=in_channels, image_dim=image_dim), "boundary_ratio": 0.7}
         if experts
         else {}
     )
     cls = WanImageToVideoPipeline if i2v else WanPipeline
-    transformer = wan_transformer(in_channels=in_channels, image_dim=image_dim)
-    return assemble(cls, vae=_wan_vae(), scheduler=scheduler, transformer=transformer, **kw)
+    transformer = tiny_denoiser("wan", in_channels=in_channels, image_dim=image_dim)
+    return assemble(cls, vae=tiny_vae("wan"), scheduler=scheduler, transformer=transformer, **kw)
 
 
 def wan_inputs(batch: int, cfg: bool, **kw) -> dict:
@@ -173,9 +162,9 @@ def test_wan_refuses_what_it_cannot_reproduce():
 
     pipe = assemble(
         WanPipeline,
-        vae=_wan_vae(),
+        vae=tiny_vae("wan"),
         scheduler=_unipc_flow(),
-        transformer=wan_transformer(),
+        transformer=tiny_denoiser("wan"),
         expand_timesteps=True,
     )
     calls = []
@@ -206,16 +195,7 @@ def test_wan_keeps_float32_latents_with_a_bfloat16_transformer():
 def _qwen_default():
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    # Qwen-Image's shipped scheduler config
-    return FlowMatchEulerDiscreteScheduler(
-        base_shift=0.5,
-        max_shift=0.9,
-        use_dynamic_shifting=True,
-        base_image_seq_len=256,
-        max_image_seq_len=8192,
-        shift_terminal=0.02,
-        time_shift_type="exponential",
-    )
+    return FlowMatchEulerDiscreteScheduler(**QWEN_IMAGE_FLOW)
 
 
 def _qwen_sde():
@@ -225,21 +205,10 @@ def _qwen_sde():
 
 
 def make_qwen(scheduler, edit: bool = False):
-    from diffusers import AutoencoderKLQwenImage, QwenImageEditPipeline, QwenImagePipeline
+    from diffusers import QwenImageEditPipeline, QwenImagePipeline
 
-    transformer = qwen_transformer()
-    # the edit pipeline encodes its input image at about 1024 x 1024: a VAE with 32x downsampling keeps that cheap
-    levels = 5 if edit else 3
-    vae = AutoencoderKLQwenImage(
-        base_dim=2 if edit else 8,
-        z_dim=4,
-        dim_mult=[1] * (levels + 1),
-        num_res_blocks=0 if edit else 1,
-        attn_scales=[],
-        temperal_downsample=[False] * levels,
-        latents_mean=[0.1, -0.1, 0.0, 0.2],
-        latents_std=[1.0, 0.5, 2.0, 1.0],
-    ).eval()
+    transformer = tiny_denoiser("qwen")
+    vae = qwen_vae(edit)  # after the transformer: its weights come from the global RNG as it stands
     cls = QwenImageEditPipeline if edit else QwenImagePipeline
     kw = {"processor": None} if edit else {}
     return assemble(cls, scheduler=scheduler, vae=vae, transformer=transformer, **kw)
@@ -306,22 +275,9 @@ FLOW_SCHEDS = {"euler": _flow_euler, "sde": lambda: _flow_euler(stochastic_sampl
 
 
 def make_chroma(scheduler):
-    from diffusers import ChromaPipeline, ChromaTransformer2DModel
+    from diffusers import ChromaPipeline
 
-    transformer = seeded(
-        ChromaTransformer2DModel,
-        patch_size=1,
-        in_channels=4,
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        axes_dims_rope=(4, 4, 8),
-        approximator_num_channels=8,
-        approximator_hidden_dim=16,
-        approximator_layers=1,
-    )
+    transformer = tiny_denoiser("chroma")
     return assemble(ChromaPipeline, scheduler=scheduler, vae=flux_vae(**FLUX_VAE_SCALE), transformer=transformer)
 
 
@@ -352,24 +308,10 @@ def test_chroma_refuses_ip_adapter_images():
 
 
 def make_lumina(scheduler):
-    from diffusers import Lumina2Pipeline, Lumina2Transformer2DModel
+    from diffusers import Lumina2Pipeline
 
-    transformer = seeded(
-        Lumina2Transformer2DModel,
-        sample_size=4,
-        patch_size=2,
-        in_channels=4,
-        hidden_size=24,
-        num_layers=1,
-        num_refiner_layers=1,
-        num_attention_heads=2,
-        num_kv_heads=1,
-        multiple_of=16,
-        axes_dim_rope=(4, 4, 4),
-        axes_lens=(16, 16, 16),
-        cap_feat_dim=16,
-    )
-    return assemble(Lumina2Pipeline, transformer=transformer, scheduler=scheduler, vae=_tiny_vae(latent_channels=4))
+    transformer = tiny_denoiser("lumina2")
+    return assemble(Lumina2Pipeline, transformer=transformer, scheduler=scheduler, vae=tiny_vae(latent_channels=4))
 
 
 def lumina_inputs(**kw) -> dict:
@@ -398,23 +340,10 @@ def test_lumina2_matches_stock(sched, trunc, norm):
 # Z-Image: a network on lists of per-sample tensors (text features of per-prompt lengths), [cond; uncond] batched
 # ---------------------------------------------------------------------------------------------------------------
 def make_zimage(scheduler):
-    from diffusers import ZImagePipeline, ZImageTransformer2DModel
+    from diffusers import ZImagePipeline
 
-    transformer = seeded(
-        ZImageTransformer2DModel,
-        all_patch_size=(2,),
-        all_f_patch_size=(1,),
-        in_channels=4,
-        dim=32,
-        n_layers=1,
-        n_refiner_layers=1,
-        n_heads=2,
-        n_kv_heads=2,
-        cap_feat_dim=16,
-        axes_dims=[8, 4, 4],
-        axes_lens=[64, 32, 32],
-    )
-    vae = _tiny_vae(latent_channels=4)
+    transformer = tiny_denoiser("zimage")
+    vae = tiny_vae(latent_channels=4)
     return assemble(ZImagePipeline, scheduler=scheduler, vae=vae, transformer=transformer)
 
 

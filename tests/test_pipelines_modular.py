@@ -16,18 +16,10 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from pipeline_parts import (  # noqa: E402 - the shared parts (pytest puts tests/ on sys.path)
-    ATOL,
-    TOL,
-    _gen,
-    assert_same,
-    flux_transformer,
-    qwen_transformer,
-    sdxl_unet,
-    wan_transformer,
-)
+from pipeline_parts import ATOL, TOL, _gen, assert_same  # noqa: E402 - the shared parts (pytest puts tests/ on sys.path)
 
 import paratriton  # noqa: E402
+from paratriton.testing.tiny_pipelines import FLOW_DPM, SD_BETAS, tiny_denoiser  # noqa: E402
 
 # (pipeline_parts quiets diffusers' logger: "guiders are experimental", "not created using ComponentSpec")
 # SDXL's Euler latents start at sigma ~15: its tiny UNet's rounding floor (~1e-5) is above 1e-6
@@ -55,10 +47,9 @@ def make_sdxl(scheduler=None):
         StableDiffusionXLCoreDenoiseStep,
     )
 
-    unet = sdxl_unet(layers_per_block=1, transformer_layers_per_block=1)
-    scheduler = scheduler or EulerDiscreteScheduler(  # SDXL's own: traced, its scale_model_input is not the identity
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="leading", steps_offset=1
-    )
+    unet = tiny_denoiser("sdxl", layers_per_block=1, transformer_layers_per_block=1)
+    # SDXL's own: traced, its scale_model_input is not the identity
+    scheduler = scheduler or EulerDiscreteScheduler(**SD_BETAS, timestep_spacing="leading", steps_offset=1)
     pe, pp, ne, np_ = _embeds(101, (1, 5, 64), (1, 32), (1, 5, 64), (1, 32))
     inputs = dict(
         prompt_embeds=pe,
@@ -76,7 +67,7 @@ def make_flux(blocks=None):
     from diffusers import FlowMatchEulerDiscreteScheduler
     from diffusers.modular_pipelines.flux.modular_blocks_flux import FluxCoreDenoiseStep
 
-    transformer = flux_transformer(guidance_embeds=True)
+    transformer = tiny_denoiser("flux", guidance_embeds=True)
     pe, pp = _embeds(103, (1, 7, 32), (1, 32))
     inputs = dict(prompt_embeds=pe, pooled_prompt_embeds=pp, height=32, width=32, num_inference_steps=6)
     blocks = blocks or FluxCoreDenoiseStep()
@@ -88,7 +79,7 @@ def make_qwen(guider=None):
     from diffusers.guiders import ClassifierFreeGuidance
     from diffusers.modular_pipelines.qwenimage.modular_blocks_qwenimage import QwenImageCoreDenoiseStep
 
-    transformer = qwen_transformer()
+    transformer = tiny_denoiser("qwen")
     pe, ne = _embeds(105, (1, 7, 16), (1, 5, 16))  # prompts of different lengths: two batched calls per iteration
     inputs = dict(
         prompt_embeds=pe,
@@ -111,12 +102,12 @@ def make_wan22():
 
     def tiny(seed: int):
         widths = {"attention_head_dim": 12, "in_channels": 16, "out_channels": 16, "text_dim": 32, "ffn_dim": 32}
-        return wan_transformer(seed, freq_dim=256, **widths)
+        return tiny_denoiser("wan", seed, freq_dim=256, **widths)
 
     pe, ne = _embeds(107, (1, 7, 32), (1, 7, 32))
     inputs = dict(prompt_embeds=pe, negative_prompt_embeds=ne, height=32, width=32, num_frames=5, num_inference_steps=8)
     # Wan's default: UniPC in flow mode; two experts switched at the boundary timestep, each with its guidance scale
-    sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    sched = UniPCMultistepScheduler(**FLOW_DPM, flow_shift=3.0)
     components = dict(
         transformer=tiny(0),
         transformer_2=tiny(1),

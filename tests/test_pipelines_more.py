@@ -16,25 +16,21 @@ import paratriton
 diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("transformers", reason="diffusers' text pipelines need transformers")
 from pipeline_parts import (  # noqa: E402 - the shared parts (pytest puts tests/ on sys.path)
-    FLUX_VAE_SCALE,
     STEPS,
     _ddim,
     _ddpm,
     _gen,
     _images,
     _quiet,
-    _tiny_vae,
-    assemble,
     assert_same,
     checked_call,
     compare_calls,
     recorded_rows,
     run_pair,
-    sd_unet,
-    sdxl_unet,
-    seeded,
 )
 from test_pipelines import make_sd, make_sdxl, sd_inputs, sdxl_inputs, text_inputs  # noqa: E402
+
+from paratriton.testing.tiny_pipelines import FLUX_VAE_SCALE, assemble, tiny_denoiser, tiny_vae  # noqa: E402
 
 SCHEDS = {"ddim": _ddim, "ddpm": _ddpm}
 
@@ -55,7 +51,7 @@ def _loop_steps(par) -> int:
 
 def _inpaint_unet(sdxl: bool):
     # 9 input channels: the latents, the mask and the masked image's latents
-    return sdxl_unet(in_channels=9) if sdxl else sd_unet(in_channels=9)
+    return tiny_denoiser("sdxl" if sdxl else "sd", in_channels=9)
 
 
 def _sd_family(cls_name: str, scheduler, unet=None):
@@ -146,22 +142,10 @@ def test_sdxl_denoising_end_then_refiner_matches_stock(sched):
 # Stable Diffusion 3: flow matching with CFG
 # ---------------------------------------------------------------------------------------------------------------
 def make_sd3(scheduler):
-    from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+    from diffusers import StableDiffusion3Pipeline
 
-    transformer = seeded(
-        SD3Transformer2DModel,
-        sample_size=8,
-        patch_size=1,
-        in_channels=4,
-        num_layers=1,
-        attention_head_dim=8,
-        num_attention_heads=4,
-        caption_projection_dim=32,
-        joint_attention_dim=32,
-        pooled_projection_dim=64,
-        out_channels=4,
-    )
-    vae = _tiny_vae(**FLUX_VAE_SCALE, use_quant_conv=False, use_post_quant_conv=False)
+    transformer = tiny_denoiser("sd3")
+    vae = tiny_vae(**FLUX_VAE_SCALE, use_quant_conv=False, use_post_quant_conv=False)
     return assemble(StableDiffusion3Pipeline, transformer=transformer, scheduler=scheduler, vae=vae)
 
 

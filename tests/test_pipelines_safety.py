@@ -30,10 +30,11 @@ from test_pipelines import (  # noqa: E402 - the shared tiny pipelines (pytest p
     floor_warnings,
     make_flux,
     make_sd,
-    make_unet2d,
     run_pair,
     sd_inputs,
 )
+
+from paratriton.testing.tiny_pipelines import tiny_denoiser  # noqa: E402
 
 logging.getLogger("diffusers").setLevel(logging.ERROR)
 
@@ -67,7 +68,7 @@ def test_subclass_overriding_call_is_refused_by_name():
             return super().__call__(*args, **kwargs)
 
     with pytest.raises(ValueError, match="MyLoop overrides DDPMPipeline.__call__"):
-        paratriton.parallelize(MyLoop(unet=make_unet2d(), scheduler=_ddpm()))
+        paratriton.parallelize(MyLoop(unet=tiny_denoiser("unet2d"), scheduler=_ddpm()))
 
 
 # ---------------------------------------------------------------------------------------------------------------
