@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..window_residual.fused import sumsq_config
+from .._triton_grid import split_config, split_step_tile
 
 
 @triton.jit(do_not_specialize=["H", "nsplit", "chunks"])
@@ -43,12 +43,7 @@ def _gain_sums_kernel(
     BLOCK_D: tl.constexpr,
 ):
     dt: tl.constexpr = xin_ptr.dtype.element_ty
-    pid = tl.program_id(0)
-    bb = (pid // nsplit).to(tl.int64)
-    sp = pid % nsplit
-    p = (tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
-    pvalid = p < H
-    idx = tl.load(lo_ptr) + p
+    bb, sp, p, pvalid, idx = split_step_tile(lo_ptr, H, nsplit, BLOCK_P)
     av = tl.load(a_ptr + idx, mask=pvalid, other=0.0).to(dt)
     bv = tl.load(b_ptr + idx, mask=pvalid, other=0.0).to(dt)
     wrow = (p * B + bb) * D  # xin, model_out [H, B, D]
@@ -174,8 +169,7 @@ def window_gains_triton(
     xin, model_out = xin.contiguous(), model_out.contiguous()
     a, b, floor, g = a.contiguous(), b.contiguous(), floor.contiguous(), g.contiguous()
     lo, anchor, gain_min = lo.reshape(()), anchor.reshape(()), gain_min.reshape(())
-    block_p, block_d, num_warps, nsplit = sumsq_config(H, B, D)
-    chunks = triton.cdiv(triton.cdiv(D, block_d), nsplit)
+    block_p, block_d, num_warps, nsplit, chunks = split_config(H, B, D)
     part = torch.empty(4, B, nsplit, H, dtype=xin.dtype, device=xin.device)
     if B * H > 0:
         _gain_sums_kernel[(B * nsplit, triton.cdiv(H, block_p))](

@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._triton_grid import split_config, split_step_tile
+
 
 @triton.jit(do_not_specialize=["H", "nsplit", "chunks"])
 def _sumsq_kernel(
@@ -39,12 +41,7 @@ def _sumsq_kernel(
     BLOCK_D: tl.constexpr,
 ):
     dt: tl.constexpr = x_ptr.dtype.element_ty
-    pid = tl.program_id(0)
-    bb = (pid // nsplit).to(tl.int64)
-    sp = pid % nsplit
-    p = (tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
-    pvalid = p < H
-    idx = tl.load(lo_ptr) + p
+    bb, sp, p, pvalid, idx = split_step_tile(lo_ptr, H, nsplit, BLOCK_P)
     av = tl.load(a_ptr + idx, mask=pvalid, other=0.0).to(dt)
     bv = tl.load(b_ptr + idx, mask=pvalid, other=0.0).to(dt)
     if HAS_NOISE:
@@ -95,15 +92,6 @@ def _rms_top_kernel(
     tl.store(bad_ptr, nbad != 0)
 
 
-def sumsq_config(H: int, B: int, D: int) -> tuple[int, int, int, int]:
-    """``(BLOCK_P, BLOCK_D, num_warps, nsplit)``: enough programs to fill the GPU, few partials to reduce."""
-    block_p, block_d, num_warps = 4, min(512, max(16, triton.next_power_of_2(max(D, 1)))), 4
-    nchunks = triton.cdiv(max(D, 1), block_d)
-    want = max(1, 1024 // max(1, B * triton.cdiv(H, block_p)))  # ~1024 programs
-    nsplit = min(nchunks, want)
-    return block_p, block_d, num_warps, triton.cdiv(nchunks, triton.cdiv(nchunks, nsplit))
-
-
 def window_residual_triton(
     x: torch.Tensor,
     model_out: torch.Tensor,
@@ -126,8 +114,7 @@ def window_residual_triton(
     rms = torch.empty(H, B, dtype=x.dtype, device=dev)
     top = torch.empty((), dtype=torch.int64, device=dev)
     bad = torch.empty((), dtype=torch.bool, device=dev)
-    block_p, block_d, num_warps, nsplit = sumsq_config(H, B, D)
-    chunks = triton.cdiv(triton.cdiv(D, block_d), nsplit)
+    block_p, block_d, num_warps, nsplit, chunks = split_config(H, B, D)
     part = torch.empty(B, nsplit, H, dtype=x.dtype, device=dev)
     if B * H > 0:
         _sumsq_kernel[(B * nsplit, triton.cdiv(H, block_p))](
