@@ -61,6 +61,7 @@ _status: dict[str, Any] = {
     "cuda_module": "not loaded",
 }
 _libs: list[torch.library.Library] = []  # the live registrations; dropping them restores the Python kernels
+_restores: list[Callable[[], None]] = []  # undo the CUDA kernels' replacements (_register_cuda)
 _modules: dict[str, ModuleType] = {}
 
 
@@ -111,6 +112,8 @@ def _masked_lstsq_cuda(G: torch.Tensor, h: torch.Tensor, num_cols: torch.Tensor,
 
 
 def _register(key: str, kernels: dict[str, Callable]) -> list[str]:
+    if key == "CUDA":  # the ops' CUDA kernels are Python (Triton) kernels of their custom ops: replace those there
+        return _register_cuda(kernels)
     lib = torch.library.Library("paratriton", "IMPL")
     with warnings.catch_warnings():
         # replacing the Triton CUDA kernel is the point: keep the dispatcher's "Overriding a previously registered
@@ -120,6 +123,27 @@ def _register(key: str, kernels: dict[str, Callable]) -> list[str]:
             lib.impl(op, fn, key)
     _libs.append(lib)
     return list(kernels)
+
+
+def _register_cuda(kernels: dict[str, Callable]) -> list[str]:
+    """Route the custom ops' CUDA dispatch to ``kernels``: ``register_kernel`` replaces the op's Triton kernel
+    (torch 2.11 refuses a second Python kernel on the key through ``Library.impl``); ``use_extension(False)`` puts
+    it back (``_restores``)."""
+    ops = importlib.import_module("paratriton.ops")
+    for op, fn in kernels.items():
+        getattr(ops, op).register_kernel("cuda")(fn)
+        _restores.append(lambda op=op: _restore_cuda(op))
+    return list(kernels)
+
+
+def _restore_cuda(op: str) -> None:
+    """The op's own CUDA kernel again: its Triton kernel, or its reference where Triton is missing."""
+    package = importlib.import_module(f"paratriton.ops.{op}")
+    try:
+        fn = getattr(importlib.import_module(f"paratriton.ops.{op}.fused"), f"{op}_triton")
+    except ImportError:
+        fn = getattr(package.naive, op)
+    getattr(package, op).register_kernel("cuda")(fn)
 
 
 def _fail(reason: str, level: int = logging.WARNING) -> None:
@@ -225,6 +249,8 @@ def use_extension(enabled: bool, cuda_ops: str | None = None) -> None:
     if not enabled or cuda_ops is not None:
         while _libs:
             _libs.pop()._destroy()
+        while _restores:
+            _restores.pop()()
         _status.update(loaded=False, reason="dropped by use_extension(False)", cpu=(), cuda=())
     if enabled and not _status["loaded"]:
         _load(cuda_ops)

@@ -118,11 +118,13 @@ def test_bad_labels(pipe):
 def test_cuda_graph_on_the_shipped_pipeline(method):
     """Issue 32: ``cuda_graph=True`` on the digits pipeline failed in capture ("Cannot copy between CPU and CUDA
     tensors during CUDA graph capture": the denoiser indexed its timesteps and labels on the CPU). Now every
-    indexing tensor lives on the network's device, and the graphed solve gives the sequential images."""
+    indexing tensor lives on the network's device, and the graphed solve gives the sequential images. (TF32
+    convolutions off for this comparison: with them the network's rounding, about 1e-2 RMS here, sets the distance.)"""
     cuda_pipe = load_default(device="cuda")
     labels = [0, 7, 3]
     kw = dict(num_inference_steps=20, output_type="pt")
-    seq = cuda_pipe(labels, generator=torch.Generator().manual_seed(1), method="sequential", **kw)
-    par = cuda_pipe(labels, generator=torch.Generator().manual_seed(1), method=method, cuda_graph=True, **kw)
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        seq = cuda_pipe(labels, generator=torch.Generator().manual_seed(1), method="sequential", **kw)
+        par = cuda_pipe(labels, generator=torch.Generator().manual_seed(1), method=method, cuda_graph=True, **kw)
     assert par.result.converged and par.result.method.endswith("(graphed)")
     assert (par.images - seq.images).square().mean().sqrt() < 2e-3

@@ -33,6 +33,7 @@ class TinyPolicyNet(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, global_cond: torch.Tensor) -> torch.Tensor:
         self.calls += 1
+        t = t.to(x.device)  # (the stock loop passes the scheduler's CPU timesteps, as to a diffusers UNet)
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
         emb = torch.stack([torch.sin(t.to(x.dtype) * k / 17) for k in range(8)], 1)
         scale, shift = self.film(torch.cat([global_cond, emb], 1)).chunk(2, 1)

@@ -9,8 +9,6 @@ which dtype, is each scheduler family's rule (``stock_draws`` in ``paratriton.sc
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 
 __all__ = ["draw_step_noise", "GraphedDraws"]
@@ -59,8 +57,10 @@ class GraphedDraws:
     eagerly: capturing for it would cost more than it saves). A CPU generator or a list of them draws eagerly."""
 
     def __init__(self) -> None:
-        self._plans: dict[tuple, tuple] = {}  # plan key -> (generator weakref, (graph, static noise) or None)
-        self._seen: weakref.WeakSet = weakref.WeakSet()
+        # plan key -> (generator, (graph, static noise) or None); strong references, at most 16 of each (torch
+        # 2.11's generators take no weak reference): an id is never reused while its generator is held here
+        self._plans: dict[tuple, tuple] = {}
+        self._seen: dict[int, torch.Generator] = {}
 
     def __call__(self, draws, T, rows, B, sample_shape, generator, device, dtype) -> torch.Tensor | None:
         device = _indexed(device)
@@ -68,12 +68,12 @@ class GraphedDraws:
         if gen is None or not draws:
             return draw_step_noise(draws, T, rows, B, sample_shape, generator, device, dtype)
         key = (tuple(draws), T, rows, B, tuple(sample_shape), str(device), dtype, id(gen))
-        ref, plan = self._plans.get(key, (None, None))
-        if ref is None or ref() is not gen:  # new, or an id reused by another generator than the graph advances
+        held, plan = self._plans.get(key, (None, None))
+        if held is not gen:  # new
             if len(self._plans) >= 16:
                 self._plans.clear()
             plan = self._capture(draws, T, rows, B, sample_shape, gen, device, dtype)
-            self._plans[key] = (weakref.ref(gen), plan)
+            self._plans[key] = (gen, plan)
             if plan is not None:  # _capture left the generator where the eager draws leave it
                 return plan[1].clone()
         if plan is None:
@@ -89,8 +89,10 @@ class GraphedDraws:
             return torch.cuda.default_generators[device.index]
         if _indexed(generator.device) != device:
             return None
-        if generator not in self._seen:  # a generator made for one chunk: draw eagerly
-            self._seen.add(generator)
+        if self._seen.get(id(generator)) is not generator:  # a generator made for one chunk: draw eagerly
+            if len(self._seen) >= 16:
+                self._seen.clear()
+            self._seen[id(generator)] = generator
             return None
         return generator
 

@@ -227,7 +227,8 @@ class AndersonRule:
             self.triangular,
         )
         if not self.triangular:  # one problem, the lowest accelerated step's, whose mask covers all of them
-            G, h = G[first].expand_as(G), h[first].expand_as(h)
+            # (index_select: a 0-d index tensor in G[first] is read on the host, which a capture cannot do)
+            G, h = G.index_select(0, first.view(1)).expand_as(G), h.index_select(0, first.view(1)).expand_as(h)
         gamma = v.kernels.lstsq(G, h, num_cols, self.ridge)
         v.kernels.taa_update(v.x, buf["hist_Y"], gamma, buf["slot"], v.lo, v.top)
         buf["slot"].copy_((buf["slot"] + 1) % M)

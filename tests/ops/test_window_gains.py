@@ -39,12 +39,13 @@ def make(T, H, B, D, lo, anchor, *, state=torch.float64, model=None, strided=Fal
     gain = 0.5 + torch.rand(T, generator=g, dtype=torch.float64)
     geff = torch.rand(T, generator=g, dtype=torch.float64)
     seen = torch.rand(T, generator=g) < 0.8
-    if strided:
+    to = lambda t, dt=state: t.to(device, dt)  # noqa: E731
+    xin, out = to(xin), to(out, model)
+    if strided:  # made on the device (a copy to CUDA would make them contiguous)
         xin = torch.cat([xin, xin], -1)[..., ::2]
         out = out.transpose(0, 1).contiguous().transpose(0, 1)
-    to = lambda t, dt=state: t.to(device, dt)  # noqa: E731
     return dict(
-        xin=to(xin), model_out=to(out, model), xin_prev=to(xin_prev), out_prev=to(out_prev), a=to(a), b=to(b),
+        xin=xin, model_out=out, xin_prev=to(xin_prev), out_prev=to(out_prev), a=to(a), b=to(b),
         floor=to(floor), g=to(gs), gain=to(gain), geff=to(geff), seen=seen.to(device),
         gain_min=torch.tensor(1e-5, dtype=state, device=device),
         lo=torch.tensor(lo, device=device), anchor=torch.tensor(anchor, device=device),

@@ -92,5 +92,5 @@ def window_taa_plan(
     num_cols = torch.where(accel, m_i, torch.zeros_like(m_i))
     first = torch.argmax(accel.to(torch.int8))
     if not triangular:
-        num_cols = torch.where(accel, num_cols[first], torch.zeros_like(num_cols))
+        num_cols = torch.where(accel, num_cols.index_select(0, first.view(1)), torch.zeros_like(num_cols))
     return num_cols, first
