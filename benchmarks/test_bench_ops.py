@@ -112,6 +112,20 @@ def test_window_track(benchmark, W, B, impl):
     _run(benchmark, lambda: fn(*args), (2 * W * B + T * B + 4 * T) * 8)
 
 
+@pytest.mark.parametrize("impl", ["fused", "naive"])
+@pytest.mark.parametrize("W,B", [(100, 1), (100, 16), (1000, 4)])
+def test_window_close(benchmark, W, B, impl):
+    """The end of an iteration (log, reopen check, new anchor: one launch) against the reference's sixteen ops."""
+    T = W
+    i64 = lambda v: torch.tensor(v, device="cuda")  # noqa: E731
+    args = (torch.rand(W, device="cuda", dtype=torch.float64), torch.rand(T, B, device="cuda", dtype=torch.float64),
+            torch.ones(T, device="cuda", dtype=torch.float64), torch.zeros(4, dtype=torch.long, device="cuda"),
+            torch.zeros(4, T, device="cuda", dtype=torch.float64), i64(0), i64(T), i64(0),
+            torch.tensor(False, device="cuda"), i64(0), True)  # fmt: skip
+    fn = ops.window_close if impl == "fused" else ops.window_close.naive.window_close
+    _run(benchmark, lambda: (fn(*args), args[5].zero_(), args[6].fill_(T)), (W + T * B + T) * 8)
+
+
 @pytest.mark.parametrize("m", HISTORY)
 @pytest.mark.parametrize("W,D", SHAPES)
 def test_window_taa_push(benchmark, W, D, m):

@@ -208,19 +208,11 @@ class Engine:
         # first-order bound on the sample's distance holds at this trajectory, whatever the split by step
         top, fits, worst = kern.track(rms, s.rms_all, s.best, s.stall, s.geff, s.floor, top, lo, F, s.tol)
         self.rule.update(WindowView(x, out, s.xi, s.a, s.b, s.c, lo, F, top, rms, kern), s.rule)
-        # the log of live iterations (an iteration after convergence changes nothing and is not counted)
-        n = s.n_it.view(1)
-        s.log_F.index_copy_(0, n, F.view(1))
-        s.rms_all.index_fill_(0, top.view(1), 0.0)  # the top step took the exact step: its residual is now 0
-        s.log_res.index_put_((n.expand(H), idx), worst)  # steps outside the window: NaN, on the host
-        s.n_it.add_(F > 0)
-        if s.tol is not None:  # converged only if every step is within its threshold now: a step that froze
-            # before the gains below it were measured may not be (its residual is exact: its rows are frozen), and
-            # then it and every step below it are live again
-            over = s.rms_all.amax(1) > thr
-            reopen = torch.where(over, s.arange[: s.T] + 1, 0).amax()
-            top = torch.where((top == 0) & ~fits, reopen, top)
-        F.copy_(top)  # top >= lo >= 0, or a reopened step above
+        # the log of live iterations (an iteration after convergence changes nothing and is not counted), then the
+        # new anchor: top (>= lo >= 0). With a target, converged only if every step is within its threshold now: a
+        # step that froze before the gains below it were measured may not be (its residual is exact: its rows are
+        # frozen), and then it and every step below it are live again
+        kern.close(worst, s.rms_all, thr, s.log_F, s.log_res, s.n_it, F, top, fits, lo, s.tol is not None)
 
     def _gains(self, xin: torch.Tensor, out: torch.Tensor, lo: torch.Tensor, F: torch.Tensor) -> None:
         """The measured amplification (``tolerance.py``, "Measured amplification").

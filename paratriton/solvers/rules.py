@@ -72,6 +72,7 @@ import torch
 from .. import ops
 from ..ops.masked_lstsq import naive as _lstsq_naive
 from ..ops.multistep_drift import naive as _drift_naive
+from ..ops.window_close import naive as _close_naive
 from ..ops.window_fixed_point import naive as _fp_naive
 from ..ops.window_gains import naive as _gains_naive
 from ..ops.window_residual import naive as _res_naive
@@ -91,6 +92,7 @@ KERNELS = {
         drift=ops.multistep_drift,
         gains=ops.window_gains,
         track=ops.window_track,
+        close=ops.window_close,
     ),
     "reference": SimpleNamespace(
         residual=_res_naive.window_residual,
@@ -102,6 +104,7 @@ KERNELS = {
         drift=_drift_naive.multistep_drift,
         gains=_gains_naive.window_gains,
         track=_track_naive.window_track,
+        close=_close_naive.window_close,
     ),
 }
 
