@@ -126,6 +126,16 @@ def test_window_close(benchmark, W, B, impl):
     _run(benchmark, lambda: (fn(*args), args[5].zero_(), args[6].fill_(T)), (W + T * B + T) * 8)
 
 
+@pytest.mark.parametrize("impl", ["fused", "naive"])
+@pytest.mark.parametrize("T", [16, 100, 1000])
+def test_thresholds(benchmark, T, impl):
+    """An iteration's thresholds (one elementwise launch) against the reference's seven ops."""
+    r = lambda: torch.rand(T, device="cuda", dtype=torch.float64)  # noqa: E731
+    args = (r(), r() + 1, r() + 1, r() * 1e-4, torch.randint(0, 4, (T,), device="cuda"), 2, 4.0)
+    fn = ops.thresholds if impl == "fused" else ops.thresholds.naive.thresholds
+    _run(benchmark, lambda: fn(*args), T * 8 * 5 + T * 8)
+
+
 @pytest.mark.parametrize("m", HISTORY)
 @pytest.mark.parametrize("W,D", SHAPES)
 def test_window_taa_push(benchmark, W, D, m):

@@ -199,8 +199,7 @@ class Engine:
         # the thresholds shrink where the measured amplification exceeds the schedule's (``_gains``), never below
         # the floor; a step whose residual has stalled within STALL_ROUNDINGS of the measured floor is at the floor:
         # the model's rounding, not the iteration, sets its residual now (tolerance.py, "Low-precision models")
-        thr = torch.maximum(s.thr0 * s.g / s.geff, s.floor)
-        thr = torch.where(s.stall >= STALL_ITERS, torch.maximum(thr, STALL_ROUNDINGS * s.floor), thr)
+        thr = kern.thresholds(s.thr0, s.g, s.geff, s.floor, s.stall, STALL_ITERS, STALL_ROUNDINGS)
         rms, top, bad = kern.residual(x, out, s.xi, s.a, s.b, s.c, thr, lo, F)
         s.bad.logical_or_(bad)
         # every live step's latest residual, lowest residual and stall count (frozen rows keep theirs: the kernel gives

@@ -72,6 +72,7 @@ import torch
 from .. import ops
 from ..ops.masked_lstsq import naive as _lstsq_naive
 from ..ops.multistep_drift import naive as _drift_naive
+from ..ops.thresholds import naive as _thr_naive
 from ..ops.window_close import naive as _close_naive
 from ..ops.window_fixed_point import naive as _fp_naive
 from ..ops.window_gains import naive as _gains_naive
@@ -93,6 +94,7 @@ KERNELS = {
         gains=ops.window_gains,
         track=ops.window_track,
         close=ops.window_close,
+        thresholds=ops.thresholds,
     ),
     "reference": SimpleNamespace(
         residual=_res_naive.window_residual,
@@ -105,6 +107,7 @@ KERNELS = {
         gains=_gains_naive.window_gains,
         track=_track_naive.window_track,
         close=_close_naive.window_close,
+        thresholds=_thr_naive.thresholds,
     ),
 }
 
