@@ -89,19 +89,19 @@ class _State:
     stall: torch.Tensor  # [T] iterations since that residual last halved
     dtype_model: torch.dtype | None
     xi: torch.Tensor | None  # [T, B, D] step noise
-    F: torch.Tensor  # 0-d: steps >= F are frozen
+    F: torch.Tensor  # 0-d (a view of head): steps >= F are frozen
     U: torch.Tensor  # 0-d: the highest uninitialised step (sliding windows)
     arange: torch.Tensor  # [T+1]
-    bad: torch.Tensor  # 0-d bool: a non-finite value was seen
-    n_it: torch.Tensor  # 0-d: iterations run
+    bad: torch.Tensor  # 0-d int64 0/1 (a view of head): a non-finite value was seen
+    n_it: torch.Tensor  # 0-d (a view of head): iterations run
     zero: torch.Tensor  # 0-d int64 zero
     rms_all: torch.Tensor  # [T, B] latest residual RMS per step
     log_F: torch.Tensor  # [cap] the window top per iteration
     log_res: torch.Tensor  # [cap, T] residuals per iteration
     head: torch.Tensor  # [5 + iters_per_sync] int64: what the host reads after a replay (_pack_head)
     n0: torch.Tensor  # 0-d: the iterations run before this replay
-    probe_smooth: torch.Tensor  # 0-d bool: every step the floor probes looked at was smooth
-    probe_bad: torch.Tensor  # 0-d bool: a floor probe's output (or its floor) was not finite
+    probe_smooth: torch.Tensor  # 0-d int64 0/1 (a view of head): every step the floor probes looked at was smooth
+    probe_bad: torch.Tensor  # 0-d int64 0/1 (a view of head): a floor probe's output (or its floor) was not finite
     call: ModelCaller
     rule: dict  # the rule's buffers (Rule.allocate)
     taps: int | None  # a multistep operator's taps (None: one-tap)
@@ -166,12 +166,11 @@ class Engine:
         self._pack_head(k)
 
     def _pack_head(self, k: int) -> None:
-        """``head``: the window top, the non-finite flag, the iteration count, whether the floor probes found the
-        model smooth, whether a probe's output was not finite, then the window tops of this replay's iterations
-        (``log_F[n0 .. n0+k-1]``; the live ones are the first ``n_it - n0``)."""
+        """``head``: the window top ``F``, the non-finite flag, the iteration count, whether the floor probes found
+        the model smooth, whether a probe's output was not finite (those five are the state itself: views of
+        ``head``), then the window tops of this replay's iterations (``log_F[n0 .. n0+k-1]``; the live ones are the
+        first ``n_it - n0``), copied here."""
         s = self._s
-        flags = torch.stack([s.F, s.bad.long(), s.n_it, s.probe_smooth.long(), s.probe_bad.long()])
-        s.head[:5].copy_(flags)
         s.head[5 : 5 + k].copy_(s.log_F.index_select(0, s.n0 + s.arange[:k]))
 
     # -- one iteration (static shapes, device-side state) ----------------------------------------------------------
@@ -263,6 +262,9 @@ class Engine:
             b = torch.ones(T, dtype=dt, device=dev)
         thr = self.tolerance.step_thresholds(coeffs).to(dev, dt)
         tol = self.tolerance.target  # None in the expert per-step form
+        # what the host reads after a replay: the anchor, the flags and the iteration count live in it (0-d views),
+        # so a replay only adds its window tops (_pack_head)
+        head = torch.zeros(5 + self.iters_per_sync, dtype=torch.long, device=dev)
         self._s = _State(
             T=T,
             B=B,
@@ -288,19 +290,19 @@ class Engine:
             stall=torch.zeros(T, dtype=torch.long, device=dev),  # iterations since that residual last halved
             dtype_model=getattr(model, "compute_dtype", None),
             xi=None if noise is None else torch.empty(T, B, D, dtype=dt, device=dev),
-            F=torch.empty((), dtype=torch.long, device=dev),
+            F=head[0],
             U=torch.empty((), dtype=torch.long, device=dev),
             arange=torch.arange(max(T + 1, self.iters_per_sync), device=dev),  # (also indexes a replay's iterations)
-            bad=torch.zeros((), dtype=torch.bool, device=dev),
-            n_it=torch.zeros((), dtype=torch.long, device=dev),
+            bad=head[1],
+            n_it=head[2],
             zero=torch.zeros((), dtype=torch.long, device=dev),
             rms_all=torch.empty(T, B, dtype=dt, device=dev),
             log_F=torch.empty(cap, dtype=torch.long, device=dev),
             log_res=torch.empty(cap, T, dtype=dt, device=dev),
-            head=torch.zeros(5 + self.iters_per_sync, dtype=torch.long, device=dev),
+            head=head,
             n0=torch.zeros((), dtype=torch.long, device=dev),
-            probe_smooth=torch.zeros((), dtype=torch.bool, device=dev),
-            probe_bad=torch.zeros((), dtype=torch.bool, device=dev),
+            probe_smooth=head[3],
+            probe_bad=head[4],
             call=ModelCaller(model, shape, B, coeffs=coeffs, device=dev),
             rule=self.rule.allocate(T, B, D, dt, dev),
             taps=coeffs.taps if multistep else None,
