@@ -16,6 +16,14 @@ from __future__ import annotations
 import torch
 
 
+def require_contiguous(op: str, **updated: torch.Tensor) -> None:
+    """Refuse, naming the op and the argument, a tensor a kernel updates in place that is not contiguous (a copy
+    would take the update, not the caller's tensor)."""
+    for name, t in updated.items():
+        if not t.is_contiguous():
+            raise ValueError(f"{op}: {name} must be contiguous (it is updated in place)")
+
+
 def window_rows(lo: torch.Tensor, H: int) -> torch.Tensor:
     """``[H]`` int64 step indices ``lo .. lo+H-1`` (device-side: no host read of ``lo``)."""
     return lo + torch.arange(H, device=lo.device)

@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._window import require_contiguous
+
 
 @triton.jit(do_not_specialize=["H", "T", "K"])
 def _drift_kernel(g_ptr, m_ptr, ring_ptr, w_ptr, lo_ptr, anchor_ptr, H, T, K, BD, BLOCK: tl.constexpr):
@@ -44,8 +46,7 @@ def multistep_drift_triton(
     tap_out: torch.Tensor, ring: torch.Tensor, weights: torch.Tensor, lo: torch.Tensor, anchor: torch.Tensor
 ) -> torch.Tensor:
     """Same contract as ``naive.multistep_drift`` (ring updated in place; it must be contiguous)."""
-    if not ring.is_contiguous():
-        raise ValueError("multistep_drift: ring must be contiguous (it is updated in place)")
+    require_contiguous("multistep_drift", ring=ring)
     H, T, K = tap_out.shape[0], ring.shape[0], weights.shape[1]
     BD = ring[0].numel()
     m = tap_out.contiguous()

@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._window import require_contiguous
+
 
 @triton.jit(do_not_specialize=["H", "T"])
 def _close_kernel(
@@ -81,9 +83,7 @@ def window_close_triton(
 ) -> None:
     """Triton ``naive.window_close`` (same arguments and in-place updates). Nothing is read on the host and nothing
     syncs."""
-    for name, t in (("rms_all", rms_all), ("log_F", log_F), ("log_res", log_res)):
-        if not t.is_contiguous():
-            raise ValueError(f"window_close: {name} must be contiguous (it is updated in place)")
+    require_contiguous("window_close", rms_all=rms_all, log_F=log_F, log_res=log_res)
     H = worst.shape[0]
     T, B = rms_all.shape
     block_b = min(triton.next_power_of_2(max(B, 1)), 128)

@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from .._triton_grid import split_config, split_step_tile
+from .._window import require_contiguous
 
 
 @triton.jit(do_not_specialize=["H", "nsplit", "chunks"])
@@ -161,9 +162,7 @@ def window_gains_triton(
 ) -> None:
     """Triton ``naive.window_gains`` (same arguments, same in-place updates). Nothing is read on the host and
     nothing syncs. The mutated tensors must be contiguous (the engine's are); the others are copied if not."""
-    for name, t in (("xin_prev", xin_prev), ("out_prev", out_prev), ("gain", gain), ("geff", geff), ("seen", seen)):
-        if not t.is_contiguous():
-            raise ValueError(f"window_gains: {name} must be contiguous (it is updated in place)")
+    require_contiguous("window_gains", xin_prev=xin_prev, out_prev=out_prev, gain=gain, geff=geff, seen=seen)
     H, B, D = xin.shape
     T = xin_prev.shape[0]
     xin, model_out = xin.contiguous(), model_out.contiguous()

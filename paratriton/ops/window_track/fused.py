@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._window import require_contiguous
+
 
 @triton.jit(do_not_specialize=["H", "T"])
 def _track_kernel(
@@ -109,9 +111,7 @@ def window_track_triton(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton ``naive.window_track`` (same arguments, results and in-place updates). Nothing is read on the host
     and nothing syncs. The mutated tensors must be contiguous (the engine's are); the others are copied if not."""
-    for name, t in (("rms_all", rms_all), ("best", best), ("stall", stall)):
-        if not t.is_contiguous():
-            raise ValueError(f"window_track: {name} must be contiguous (it is updated in place)")
+    require_contiguous("window_track", rms_all=rms_all, best=best, stall=stall)
     H, B = rms.shape
     T = rms_all.shape[0]
     rms, geff, floor = rms.contiguous(), geff.contiguous(), floor.contiguous()
