@@ -38,6 +38,7 @@ from typing import Any, Callable
 import torch
 
 from . import ops as _ops  # noqa: F401 -- the custom ops must be defined before the extension's kernels route them
+from .ops._register import register_triton
 
 log = logging.getLogger("paratriton")
 
@@ -116,8 +117,8 @@ def _register(key: str, kernels: dict[str, Callable]) -> list[str]:
         return _register_cuda(kernels)
     lib = torch.library.Library("paratriton", "IMPL")
     with warnings.catch_warnings():
-        # replacing the Triton CUDA kernel is the point: keep the dispatcher's "Overriding a previously registered
-        # kernel" note out of the user's log (this block only; the filters are restored on exit)
+        # replacing the ops' Python CPU kernels is the point: keep the dispatcher's "Overriding a previously
+        # registered kernel" note out of the user's log (this block only; the filters are restored on exit)
         warnings.filterwarnings("ignore", message=".*[Oo]verrid.*previously registered kernel")
         for op, fn in kernels.items():
             lib.impl(op, fn, key)
@@ -137,13 +138,12 @@ def _register_cuda(kernels: dict[str, Callable]) -> list[str]:
 
 
 def _restore_cuda(op: str) -> None:
-    """The op's own CUDA kernel again: its Triton kernel, or its reference where Triton is missing."""
+    """The op's own CUDA kernel again: its Triton kernel (as its package registers it), or its reference where
+    Triton is missing (the replaced kernel must not stay behind)."""
     package = importlib.import_module(f"paratriton.ops.{op}")
-    try:
-        fn = getattr(importlib.import_module(f"paratriton.ops.{op}.fused"), f"{op}_triton")
-    except ImportError:
-        fn = getattr(package.naive, op)
-    getattr(package, op).register_kernel("cuda")(fn)
+    opdef = getattr(package, op)
+    if not register_triton(package.__name__, {opdef: f"{op}_triton"}):
+        opdef.register_kernel("cuda")(getattr(package.naive, op))
 
 
 def _fail(reason: str, level: int = logging.WARNING) -> None:
