@@ -39,6 +39,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+import paratriton  # noqa: E402
 from paratriton.models.default import read_config  # noqa: E402
 from paratriton.models.policy import POLICY_WEIGHTS_DIR, load_policy  # noqa: E402
 from paratriton.policies.metaworld_task import DEFAULT_TASK, MetaWorldTask  # noqa: E402
@@ -146,7 +147,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--weights", default=POLICY_WEIGHTS_DIR, help="folder with config.json + model.safetensors")
     ap.add_argument("--episodes", type=int, default=50)
-    ap.add_argument("--methods", nargs="+", default=["sequential"])
+    ap.add_argument(
+        "--methods",
+        nargs="+",
+        default=["sequential"],
+        choices=list(paratriton.METHODS),
+        help="sampling methods (paratriton.METHODS); sequential, the reference, always runs first",
+    )
     ap.add_argument("--options", default="{}", help="JSON keywords for predict_action of the non-sequential methods")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])

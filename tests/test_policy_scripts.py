@@ -46,9 +46,10 @@ def test_wilson_interval():
     assert policy_eval.wilson_interval(0, 2) == (0.0, pytest.approx(0.6576, abs=1e-4))
 
 
-def test_train_smoke_then_eval_two_methods(tmp_path, monkeypatch):
+def test_train_smoke_then_eval_two_methods(tmp_path, monkeypatch, capsys):
     """A few training steps on a tiny dataset, then the lockstep evaluation with 'sequential' and a stand-in exact
-    method (the sequential sampler under another name): same outcomes, zero first-chunk distance."""
+    method (the sequential sampler under the name picard): same outcomes, zero first-chunk distance; an unknown
+    method is refused before any episode."""
     pytest.importorskip("metaworld")
     from paratriton.models.policy import DiffusionUnetLowdimPolicy
     from paratriton.policies.metaworld_task import collect_demonstrations
@@ -68,16 +69,18 @@ def test_train_smoke_then_eval_two_methods(tmp_path, monkeypatch):
 
     def predict_action(self, obs, generator=None, method="sequential", **options):
         self.num_inference_steps = 10  # keep the CPU run short
-        return stock(self, obs, generator=generator, method="sequential" if method == "same" else method)
+        return stock(self, obs, generator=generator, method="sequential" if method == "picard" else method)
 
     monkeypatch.setattr(DiffusionUnetLowdimPolicy, "predict_action", predict_action)
-    args = ["--weights", str(out), "--episodes", "2", "--methods", "same", "missing", "--device", "cpu"]
-    report = policy_eval.main(args + ["--max-steps", "8", "--out", str(tmp_path / "eval.json")])
+    args = ["--weights", str(out), "--episodes", "2", "--device", "cpu", "--max-steps", "8"]
+    with pytest.raises(SystemExit):  # an unknown method is refused by name before any episode runs
+        policy_eval.main(args + ["--methods", "missing"])
+    assert "--methods: invalid choice: 'missing'" in capsys.readouterr().err
+    report = policy_eval.main(args + ["--methods", "picard", "--out", str(tmp_path / "eval.json")])
     m = report["methods"]
-    assert list(m) == ["sequential", "same", "missing"]  # sequential added first as the reference
+    assert list(m) == ["sequential", "picard"]  # sequential added first as the reference
     assert m["sequential"]["calls"] == 1 and m["sequential"]["episodes"] == 2
-    assert m["same"]["vs_sequential"]["agreement"] == 1.0
-    assert m["same"]["vs_sequential"]["first_chunk_rms"] == 0.0
-    assert m["missing"]["available"] is False and "wired in main" in m["missing"]["error"]
+    assert m["picard"]["vs_sequential"]["agreement"] == 1.0  # the stand-in is the sequential sampler itself
+    assert m["picard"]["vs_sequential"]["first_chunk_rms"] == 0.0
     assert json.loads((tmp_path / "eval.json").read_text())["config"]["task"] == "push-v3"
     assert torch.is_grad_enabled()
