@@ -182,8 +182,10 @@ def test_an_fp16_model_clamped_at_the_answer_is_reported_not_converged():
     with pytest.raises(pt.NonFiniteError):
         pt.solve(fp16_model, cf, x_T, noise, method="sequential")
     seen.clear()
-    with pytest.warns(RuntimeWarning, match="beyond its range"):
+    with warnings.catch_warnings(record=True) as caught:  # the fp16 floor's warning may come too
+        warnings.simplefilter("always")
         res = pt.solve(fp16_model, cf, x_T, noise, method="taa", tol_abs=1e-9, tol_rel=1e-9)
+    assert any("beyond its range" in str(w.message) for w in caught)
     assert not any(seen)  # the guard: never inf into the network
     assert res.input_clamped and not res.converged
 
@@ -470,12 +472,19 @@ def test_the_per_step_rule_never_says_converged_far_from_the_sequential_sample()
     x_T = torch.randn(8, *shape, generator=g, dtype=torch.float64)[4:5]  # the issue-23 mixture's problem, B = 8
     noise = torch.randn(T, 8, *shape, generator=g, dtype=torch.float64)[:, 4:5]
     ref = pt.solve(model, cf, x_T, noise, method="sequential").sample
+    # the cold start of c5e3ac1 (every state a copy of x_T): the default cold start of a stochastic sampler now
+    # carries the step noise (``schedulers/guess.py``) and does not cross the boundary on this trajectory (below)
+    copies = x_T.expand(T, *x_T.shape).clone()
     with pytest.warns(RuntimeWarning, match="amplify errors up to .* converged=False"):
-        res = pt.solve(model, cf, x_T, noise, method="taa", tol_abs=1e-3, tol_rel=1e-3)
+        res = pt.solve(model, cf, x_T, noise, method="taa", tol_abs=1e-3, tol_rel=1e-3, init=copies)
     dist = (res.sample - ref).square().mean().sqrt().item()  # c5e3ac1: 1.2, converged=True
     assert not res.converged or dist <= 0.1, dist
     assert res.iterations == 17 and res.amplification > 10  # the rule's own stopping point, reported honestly
     with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the gains measured on the way may still exceed what the rule promises
+        cold = pt.solve(model, cf, x_T, noise, method="taa", tol_abs=1e-3, tol_rel=1e-3)
+    assert (cold.sample - ref).square().mean().sqrt().item() <= 1e-3  # the same mode as the sequential sample
+    with warnings.catch_warnings():
         warnings.simplefilter("error")  # no warning where the per-step result holds
-        pic = pt.solve(model, cf, x_T, noise, method="picard", tol_abs=1e-3, tol_rel=1e-3)
+        pic = pt.solve(model, cf, x_T, noise, method="picard", tol_abs=1e-3, tol_rel=1e-3, init=copies)
     assert pic.converged and (pic.sample - ref).square().mean().sqrt().item() <= 0.1

@@ -2,6 +2,7 @@
 
 import functools
 import itertools
+import warnings
 
 import pytest
 import torch
@@ -35,8 +36,14 @@ def rms(a, b):
 
 def check_exact(method, kind, T, batch, **opts):
     cf, model, x_T, noise, ref = problem(kind, T, batch)
-    res = pt.solve(model, cf, x_T, noise, method=method, tol_abs=TOL, tol_rel=TOL, **opts)
-    assert res.converged
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = pt.solve(model, cf, x_T, noise, method=method, tol_abs=TOL, tol_rel=TOL, **opts)
+    # converged, or the per-step form's check could not certify it: the gains measured on the way amplify between
+    # states beyond what the thresholds promise (a mixture's trajectory near a boundary; solvers/tolerance.py), said
+    # in a warning and in ``amplification`` (one case here, ddpm-50 taa W=50 k=5 m=5: 12.7x measured, 5e-11 away)
+    said = [w for w in caught if "amplify errors up to" in str(w.message)]
+    assert res.converged or (said and res.amplification > 1), (method, opts, [str(w.message) for w in caught])
     assert 1 <= res.iterations <= T
     assert rms(res.sample, ref.sample) <= 1e-8, (method, opts, rms(res.sample, ref.sample))
     assert res.residuals.shape == (res.iterations, T)

@@ -4,7 +4,9 @@
 ``MultistepCoefficients``, ``one_tap_view``); ``prediction.py``: x0/eps as affine maps of the model input, once;
 ``ddim.py``, ``ddpm.py``, ``flow_match.py``: one analytic family each (``OneTapFamily``: its operator and its noise
 draws); ``traced.py``: the tracer of the k-tap schedulers. Here: ``coefficients_from_scheduler`` (the dispatch), the
-scheduler lists, and ``stock_draws`` (which steps the stock loop draws noise at, in which dtype; ``noise.py`` draws it).
+scheduler lists, and ``stock_draws`` (which steps the stock loop draws noise at, in which dtype; ``noise.py`` draws
+it). ``guess.py``: the stochastic samplers' first guess of a trajectory (their steps under a Gaussian's exact
+denoiser).
 
 Nothing here imports another paratriton subpackage: the solvers, the pipelines and the package face build on it
 (``tests/test_imports.py``).
@@ -23,6 +25,7 @@ import torch
 
 from . import ddim, ddpm, flow_match
 from .family import OneTapFamily
+from .guess import gaussian_guess
 from .noise import GraphedDraws, draw_step_noise
 from .operator import (
     ClippedPrediction,
@@ -47,6 +50,7 @@ __all__ = [
     "stock_draws",
     "draw_step_noise",
     "GraphedDraws",
+    "gaussian_guess",
     "SUPPORTED_SCHEDULERS",
     "ONE_TAP_SCHEDULERS",
     "TRACED_SCHEDULERS",

@@ -1,0 +1,123 @@
+"""The stochastic samplers' first guess (``paratriton.schedulers.guess``): exact for Gaussian data, and the engine's
+cold start."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import paratriton as pt
+from paratriton.schedulers import guess as guess_mod
+from paratriton.schedulers.guess import gaussian_guess
+from paratriton.testing import GaussianMixture
+from paratriton.testing.gaussian_mixture import default_schedule
+
+diffusers = pytest.importorskip("diffusers")
+
+T = 23  # odd, and not a divisor of the training steps
+
+
+def _operator(kind: str, prediction_type: str = "epsilon"):
+    if kind == "ddpm":
+        sched = diffusers.DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type, clip_sample=False)
+        return pt.coefficients_from_scheduler(sched, T)
+    if kind == "flow":
+        return pt.coefficients_from_scheduler(diffusers.FlowMatchEulerDiscreteScheduler(), T)
+    eta = {"ddim": 0.0, "ddim_eta": 0.5}[kind]
+    sched = diffusers.DDIMScheduler(num_train_timesteps=1000, prediction_type=prediction_type, clip_sample=False)
+    return pt.coefficients_from_scheduler(sched, T, eta=eta)
+
+
+def _gaussian(shape, mean_scale: float, std: float) -> GaussianMixture:
+    """One Gaussian, ``N(mean, std^2 I)``: its exact denoiser is affine, as the guess assumes."""
+    g = torch.Generator().manual_seed(3)
+    return GaussianMixture(mean_scale * torch.randn(1, *shape, generator=g, dtype=torch.float64), std=std)
+
+
+def _problem(coeffs, B=2, shape=(3, 5)):
+    g = torch.Generator().manual_seed(0)
+    x_T = torch.randn(B, *shape, generator=g, dtype=torch.float64)
+    noise = torch.randn(T, B, *shape, generator=g, dtype=torch.float64) if coeffs.is_stochastic else None
+    return x_T, noise
+
+
+@pytest.mark.parametrize(
+    "kind,prediction_type",
+    [
+        ("ddpm", "epsilon"),
+        ("ddpm", "v_prediction"),
+        ("ddpm", "sample"),
+        ("ddim_eta", "epsilon"),
+        ("ddim_eta", "v_prediction"),
+        ("ddim", "epsilon"),
+        ("flow", "flow"),
+    ],
+)
+@pytest.mark.parametrize("step_by_step", [False, True], ids=["cumsum", "loop"])
+def test_the_guess_is_the_sequential_trajectory_for_gaussian_data(kind, prediction_type, step_by_step, monkeypatch):
+    """For ``N(mean, var I)`` data the guess is the sampler's own trajectory (its exact denoiser is the affine one
+    the guess assumes), with this problem's step noise; both evaluations (one cumulative sum, or step by step)."""
+    if step_by_step:
+        monkeypatch.setattr(guess_mod, "_MIN_PRODUCT", float("inf"))
+    coeffs = _operator(kind, prediction_type)
+    x_T, noise = _problem(coeffs)
+    data = _gaussian((3, 5), mean_scale=0.7, std=0.4)
+    seq = pt.solve(data.denoiser(coeffs), coeffs, x_T, noise, method="sequential")
+    mean = data.means[0].expand_as(x_T)
+    got = gaussian_guess(coeffs, x_T, noise, mean=mean, var=0.16)
+    assert got.shape == (T, *x_T.shape) and got.dtype == torch.float64
+    torch.testing.assert_close(got, seq.trajectory[:T], rtol=1e-9, atol=1e-9)
+    # the defaults: mean 0, unit variance
+    unit = GaussianMixture(torch.zeros(1, 3, 5, dtype=torch.float64), std=1.0)
+    seq_unit = pt.solve(unit.denoiser(coeffs), coeffs, x_T, noise, method="sequential")
+    torch.testing.assert_close(gaussian_guess(coeffs, x_T, noise), seq_unit.trajectory[:T], rtol=1e-9, atol=1e-9)
+
+
+def test_the_guess_keeps_the_requested_dtype_and_device():
+    coeffs = _operator("ddpm")
+    x_T, noise = _problem(coeffs)
+    got = gaussian_guess(coeffs, x_T.float(), noise.float())
+    assert got.dtype == torch.float32 and got.device == x_T.device
+    torch.testing.assert_close(got.double(), gaussian_guess(coeffs, x_T, noise), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["taa", "picard", "fp", "aa"])
+def test_a_stochastic_solve_of_unit_gaussian_data_is_done_in_one_iteration(method):
+    """The engine's cold start of a stochastic sampler is the guess: for standard-normal data (what it assumes) the
+    first iteration finds every residual at rounding level. A copy of ``x_T`` at every state, the cold start before,
+    needs many iterations on the same problem; both give the sequential sample."""
+    coeffs = _operator("ddpm")
+    x_T, noise = _problem(coeffs)
+    model = GaussianMixture(torch.zeros(1, 3, 5, dtype=torch.float64), std=1.0).denoiser(coeffs)
+    ref = pt.solve(model, coeffs, x_T, noise, method="sequential").sample
+    cold = pt.solve(model, coeffs, x_T, noise, method=method)
+    copies = pt.solve(model, coeffs, x_T, noise, method=method, init=x_T.expand(T, *x_T.shape))
+    assert cold.converged and cold.iterations == 1
+    assert copies.converged and copies.iterations > 5
+    for res in (cold, copies):
+        assert (res.sample - ref).square().mean().sqrt() <= 1e-3
+
+
+def test_a_deterministic_solve_still_starts_from_copies_of_x_T():
+    """DDIM (eta = 0) carries no step noise: its cold start stays a copy of ``x_T`` (the same iterates)."""
+    coeffs = default_schedule(T)
+    x_T, _ = _problem(coeffs)
+    model = GaussianMixture.random((3, 5), num_components=3, std=0.3).denoiser(coeffs)
+    cold = pt.solve(model, coeffs, x_T, None, method="taa")
+    copies = pt.solve(model, coeffs, x_T, None, method="taa", init=x_T.expand(T, *x_T.shape))
+    assert cold.iterations == copies.iterations
+    torch.testing.assert_close(cold.trajectory, copies.trajectory, rtol=0, atol=0)
+
+
+def test_a_stochastic_mixture_takes_fewer_iterations_from_the_guess():
+    """On a Gaussian mixture (not what the guess assumes) at DDPM, T = 23, every method still ends at the sequential
+    sample, from the guess in no more iterations than from copies of ``x_T``."""
+    coeffs = _operator("ddpm")
+    x_T, noise = _problem(coeffs, B=3)
+    model = GaussianMixture.random((3, 5), num_components=4, std=0.3, seed=1).denoiser(coeffs)
+    ref = pt.solve(model, coeffs, x_T, noise, method="sequential").sample
+    for method in ("taa", "picard"):
+        cold = pt.solve(model, coeffs, x_T, noise, method=method)
+        copies = pt.solve(model, coeffs, x_T, noise, method=method, init=x_T.expand(T, *x_T.shape))
+        assert cold.converged and (cold.sample - ref).square().mean().sqrt() <= 2e-3
+        assert cold.iterations <= copies.iterations, (method, cold.iterations, copies.iterations)
