@@ -26,10 +26,11 @@ from typing import Any
 
 import torch
 
-from .schedulers import GraphedDraws, coefficients_from_scheduler, draw_step_noise, stock_draws
+from .schedulers import GraphedDraws, SamplerCoefficients, coefficients_from_scheduler, draw_step_noise, stock_draws
+from .schedulers.guess import WARM_VAR, gaussian_guess
 from .solvers import METHODS, SolveResult, solve
 
-__all__ = ["denoise", "LoopDenoiser", "auto_method", "AUTO_SEQUENTIAL_MAX_STEPS"]
+__all__ = ["denoise", "LoopDenoiser", "auto_method", "is_stochastic", "AUTO_SEQUENTIAL_MAX_STEPS"]
 
 
 class LoopDenoiser:
@@ -282,7 +283,7 @@ def denoise(
     if noise is None and coeffs.is_stochastic:  # noise-free steps of a stochastic operator: zeros
         noise = torch.zeros(coeffs.num_steps, *x_T.shape, dtype=torch.float64, device=device)
     if init_sample is not None:
-        init = noised_guess(coeffs, init_sample, x_T)
+        init = noised_guess(coeffs, init_sample, x_T, noise)
     if cuda_graph:
         res = _graphed_solve(model, den, coeffs, x_T, noise, method, options, init)
     else:
@@ -291,13 +292,24 @@ def denoise(
     return res if return_result else res.sample
 
 
-def noised_guess(coeffs, sample: torch.Tensor, x_T: torch.Tensor) -> torch.Tensor:
-    """``[T, B, *S]`` trajectory guess ``x_i = alpha_i sample + sigma_i x_T`` (``x_0 = sample``): each state at its
+def is_stochastic(scheduler, num_inference_steps: int, eta: float | None = None) -> bool:
+    """Whether ``scheduler`` at ``num_inference_steps`` adds step noise (DDPM, DDIM with ``eta > 0``, the SDE
+    solvers), from its step operator (cached, as ``denoise`` reads it)."""
+    coeffs, _, _ = _operator(scheduler, int(num_inference_steps), eta, False)
+    return bool(coeffs.is_stochastic)
+
+
+def noised_guess(coeffs, sample: torch.Tensor, x_T: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """``[T, B, *S]`` trajectory guess from a guess of the sample. A stochastic one-tap sampler (``noise`` given): its
+    steps under the exact denoiser of ``N(sample, WARM_VAR I)`` data with this problem's step noise
+    (``schedulers/guess.py``); otherwise ``x_i = alpha_i sample + sigma_i x_T`` (``x_0 = sample``), each state at its
     noise level (``signal_scale, noise_scale`` of the step it feeds, over ``input_scale``)."""
     if not torch.is_tensor(sample) or tuple(sample.shape) != tuple(x_T.shape):
         raise ValueError(
             f"init_sample must be a tensor shaped like x_T {list(x_T.shape)}, got {list(getattr(sample, 'shape', []))}"
         )
+    if noise is not None and isinstance(coeffs, SamplerCoefficients) and coeffs.is_stochastic:
+        return gaussian_guess(coeffs, x_T, noise, mean=sample, var=WARM_VAR, dtype=torch.float64)
     T = coeffs.num_steps
     scale = getattr(coeffs, "input_scale", None)
     sig, noi = coeffs.signal_scale.to(torch.float64), coeffs.noise_scale.to(torch.float64)

@@ -121,3 +121,29 @@ def test_a_stochastic_mixture_takes_fewer_iterations_from_the_guess():
         copies = pt.solve(model, coeffs, x_T, noise, method=method, init=x_T.expand(T, *x_T.shape))
         assert cold.converged and (cold.sample - ref).square().mean().sqrt() <= 2e-3
         assert cold.iterations <= copies.iterations, (method, cold.iterations, copies.iterations)
+
+
+def test_a_warm_start_from_the_sample_is_done_in_one_iteration_for_gaussian_data():
+    """``denoise(init_sample=...)`` of a stochastic sampler: its steps under ``N(init_sample, WARM_VAR I)`` with the
+    loop's own step noise, so for exactly that data the first iteration confirms the whole trajectory."""
+    from paratriton.schedulers.guess import WARM_VAR
+
+    sched = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
+    coeffs = pt.coefficients_from_scheduler(sched, T)
+    center = 0.5 * torch.randn(1, 3, 5, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    exact = GaussianMixture(center, std=WARM_VAR**0.5).denoiser(coeffs)
+    steps = coeffs.timesteps.to(torch.float64)
+
+    def model(x, t):  # the loop's call: diffusers timesteps, one per row
+        return exact(x, (t.to(torch.float64).view(-1, 1) == steps.view(1, -1)).long().argmax(1))
+
+    x_T = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+
+    def run(**kw):
+        return pt.denoise(model, sched, x_T, T, generator=torch.Generator().manual_seed(9), return_result=True, **kw)
+
+    ref = run(method="sequential").sample
+    warm = run(method="taa", init_sample=center.expand_as(x_T))
+    cold = run(method="taa")
+    assert warm.converged and warm.iterations == 1 and cold.iterations > 1
+    assert (warm.sample - ref).square().mean().sqrt() <= 1e-3

@@ -135,3 +135,23 @@ def test_unsupported_policies_are_named():
 
 def test_denoise_is_public():
     assert paratriton.denoise is not None and copy.copy(paratriton.denoise)
+
+
+def test_a_stochastic_samplers_warm_start_is_its_shifted_sample():
+    """DDPM's solved trajectory carries the previous chunk's step noise: ``warm_start=True`` hands ``denoise`` the
+    shifted sample (``init_sample``: its Gaussian guess with this chunk's noise); a deterministic sampler's the
+    shifted trajectory. ``is_stochastic`` reads it from the step operator."""
+    from paratriton.denoise import is_stochastic
+    from paratriton.policies.adapters import PolicyState
+
+    assert is_stochastic(DDPMScheduler(clip_sample=True), 100)
+    assert not is_stochastic(DDIMScheduler(), 16) and is_stochastic(DDIMScheduler(), 16, eta=0.5)
+    state = PolicyState("taa", {}, True, shift=2)
+    state.previous = torch.arange(11 * 1 * 6 * 2, dtype=torch.float64).reshape(11, 1, 6, 2)
+    stoch = state.init_for((1, 6, 2), 10, stochastic=True)
+    det = state.init_for((1, 6, 2), 10, stochastic=False)
+    assert set(stoch) == {"init_sample"} and torch.equal(
+        stoch["init_sample"], shift_trajectory(state.previous[:1], 2)[0]
+    )
+    assert set(det) == {"init"} and torch.equal(det["init"], shift_trajectory(state.previous[:10], 2))
+    assert state.init_for((1, 6, 2), 9, stochastic=True) == {}  # another schedule length: cold

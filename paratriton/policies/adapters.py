@@ -16,8 +16,10 @@ Neither package is imported. What is recognised:
 ``parallelize_policy`` returns a shallow copy (the weights and every submodule are shared, the user's policy is
 never changed) whose ``conditional_sample`` runs ``paratriton.denoise``: with the same generator (or the same global
 RNG state) it returns the stock loop's actions up to ``tol``. ``warm_start=True`` starts each solve from the previous
-chunk's solved trajectory shifted by the executed action steps (``n_action_steps``): the answer is still this
-observation's exact sample; only the iteration count changes (``fast.paratriton.last_result.iterations``).
+chunk's solved trajectory shifted by the executed action steps (``n_action_steps``; for a stochastic sampler, whose
+trajectory carries the previous chunk's step noise, from its shifted sample): the answer is still this observation's
+exact sample; only the iteration count changes (``fast.paratriton.last_result.iterations``). On DDPM policies it saves
+nothing measurable: every chunk draws fresh noise, and the cold start already carries it (``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ..denoise import denoise
+from ..denoise import denoise, is_stochastic
 from ..solvers import SolveResult
 
 __all__ = ["parallelize_policy", "PolicyState", "shift_trajectory", "policy_kind", "solve_chunk"]
@@ -47,12 +49,15 @@ class PolicyState:
     last_result: SolveResult | None = None
     previous: torch.Tensor | None = None  # the last solved trajectory [T+1, B, H, A]
 
-    def init_for(self, shape: tuple[int, ...], T: int) -> dict:
-        """``denoise``'s warm-start argument for a solve of ``T`` steps of samples ``shape`` (empty: cold)."""
+    def init_for(self, shape: tuple[int, ...], T: int, stochastic: bool = False) -> dict:
+        """``denoise``'s warm-start argument for a solve of ``T`` steps of samples ``shape`` (empty: cold). A
+        stochastic sampler's previous trajectory carries the previous chunk's step noise: its warm start is the
+        shifted sample (as ``"sample"``), with this chunk's noise (the shifted trajectory took 20% more iterations
+        than a cold start on the shipped policy, ``benchmarks/RESULTS.md``)."""
         prev = self.previous
         if not self.warm_start or prev is None or tuple(prev.shape) != (T + 1, *shape):
             return {}
-        if self.warm_start == "sample":
+        if self.warm_start == "sample" or stochastic:
             return {"init_sample": shift_trajectory(prev[:1], self.shift)[0]}
         return {"init": shift_trajectory(prev[:T], self.shift)}
 
@@ -95,6 +100,7 @@ def solve_chunk(policy, state: PolicyState, net, x_T, generator, model_kwargs, s
     """One chunk of ``policy`` (its ``noise_scheduler``, ``num_inference_steps``) from ``x_T`` through
     ``paratriton.denoise`` with ``state``'s method, options and warm start; records the result on ``state``."""
     T = int(policy.num_inference_steps)
+    stochastic = bool(state.warm_start) and is_stochastic(policy.noise_scheduler, T, (step_kwargs or {}).get("eta"))
     res = denoise(
         net,
         policy.noise_scheduler,
@@ -104,7 +110,7 @@ def solve_chunk(policy, state: PolicyState, net, x_T, generator, model_kwargs, s
         model_kwargs=model_kwargs,
         method=state.method,
         return_result=True,
-        **state.init_for(tuple(x_T.shape), T),
+        **state.init_for(tuple(x_T.shape), T, stochastic),
         **(step_kwargs or {}),
         **state.options,
     )
@@ -159,8 +165,9 @@ def _lerobot_sample(model, state: PolicyState):
 def parallelize_policy(policy: Any, method: str = "taa", *, warm_start: bool | str = False, **options: Any) -> Any:
     """A shallow copy of ``policy`` (Chi-style policy, LeRobot ``DiffusionModel`` or ``DiffusionPolicy``) whose action
     sampling is ``paratriton.denoise(..., method=method, **options)`` (``tol``, ``cuda_graph``, ``window``, ...).
-    ``warm_start``: True starts from the previous chunk's trajectory shifted by ``n_action_steps``; ``"sample"``
-    from its sample shifted and noised to each step's level with this chunk's ``x_T``. The copy's
+    ``warm_start``: True starts from the previous chunk's trajectory shifted by ``n_action_steps`` (a stochastic
+    sampler, DDPM: from its sample, as ``"sample"``); ``"sample"`` from its sample shifted, each state guessed with
+    this chunk's ``x_T`` and step noise. The copy's
     ``paratriton`` attribute (a ``PolicyState``) holds the last solve's result."""
     kind = policy_kind(policy)
     if kind == "lerobot_policy":

@@ -22,11 +22,15 @@ import torch
 
 from .operator import SamplerCoefficients
 
-__all__ = ["gaussian_steps", "gaussian_guess", "GUESS_VAR"]
+__all__ = ["gaussian_steps", "gaussian_guess", "GUESS_VAR", "WARM_VAR"]
 
 GUESS_VAR = 1.0
 """The data variance the guess assumes: unit scale, as the tolerance's amplification does (``solvers/tolerance.py``).
 On the shipped policy 0.1 / 0.3 / 1.0 gave 15.5 / 15.75 / 15.9 TAA iterations: the choice hardly matters."""
+
+WARM_VAR = 0.05
+"""The data variance around a guess of the sample (``denoise(init_sample=...)``, a policy's previous chunk shifted by
+its executed actions): the guess is taken to be this close, in the sample's units."""
 
 # a product of step slopes below this (relative) cannot be divided by safely: the guess then runs step by step
 _MIN_PRODUCT = 1e-30
