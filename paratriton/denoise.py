@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .schedulers import GraphedDraws, SamplerCoefficients, coefficients_from_scheduler, draw_step_noise, stock_draws
+from .schedulers import GraphedDraws, coefficients_from_scheduler, draw_step_noise, stock_draws
 from .schedulers.guess import WARM_VAR, gaussian_guess
 from .solvers import METHODS, SolveResult, solve
 
@@ -300,7 +300,7 @@ def is_stochastic(scheduler, num_inference_steps: int, eta: float | None = None)
 
 
 def noised_guess(coeffs, sample: torch.Tensor, x_T: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-    """``[T, B, *S]`` trajectory guess from a guess of the sample. A stochastic one-tap sampler (``noise`` given): its
+    """``[T, B, *S]`` trajectory guess from a guess of the sample. A stochastic sampler (``noise`` given): its
     steps under the exact denoiser of ``N(sample, WARM_VAR I)`` data with this problem's step noise
     (``schedulers/guess.py``); otherwise ``x_i = alpha_i sample + sigma_i x_T`` (``x_0 = sample``), each state at its
     noise level (``signal_scale, noise_scale`` of the step it feeds, over ``input_scale``)."""
@@ -308,7 +308,7 @@ def noised_guess(coeffs, sample: torch.Tensor, x_T: torch.Tensor, noise: torch.T
         raise ValueError(
             f"init_sample must be a tensor shaped like x_T {list(x_T.shape)}, got {list(getattr(sample, 'shape', []))}"
         )
-    if noise is not None and isinstance(coeffs, SamplerCoefficients) and coeffs.is_stochastic:
+    if noise is not None and coeffs.is_stochastic:
         return gaussian_guess(coeffs, x_T, noise, mean=sample, var=WARM_VAR, dtype=torch.float64)
     T = coeffs.num_steps
     scale = getattr(coeffs, "input_scale", None)

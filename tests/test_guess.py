@@ -147,3 +147,28 @@ def test_a_warm_start_from_the_sample_is_done_in_one_iteration_for_gaussian_data
     cold = run(method="taa")
     assert warm.converged and warm.iterations == 1 and cold.iterations > 1
     assert (warm.sample - ref).square().mean().sqrt() <= 1e-3
+
+
+def _traced(name: str):
+    if name == "euler_ancestral":
+        return pt.coefficients_from_scheduler(diffusers.EulerAncestralDiscreteScheduler(num_train_timesteps=1000), T)
+    sched = diffusers.DPMSolverMultistepScheduler(num_train_timesteps=1000, algorithm_type="sde-dpmsolver++")
+    return pt.coefficients_from_scheduler(sched, T)
+
+
+@pytest.mark.parametrize("name", ["euler_ancestral", "dpmpp_2m_sde"])
+def test_a_traced_stochastic_schedulers_guess_is_its_trajectory_for_gaussian_data(name):
+    """The k-tap operators (traced: sigma-space Euler ancestral, DPM-Solver++ 2M SDE) step by step through their own
+    step: for Gaussian data the guess is their sequential trajectory too, and the engine's cold start is it."""
+    coeffs = _traced(name)
+    assert coeffs.is_stochastic and coeffs.taps >= 1
+    x_T, noise = _problem(coeffs)
+    x_T = x_T * float(coeffs.noise_scale[-1] / coeffs.input_scale[-1])  # a sigma-space sampler starts at sigma_max
+    data = _gaussian((3, 5), mean_scale=0.7, std=0.4)
+    seq = pt.solve(data.denoiser(coeffs), coeffs, x_T, noise, method="sequential")
+    got = gaussian_guess(coeffs, x_T, noise, mean=data.means[0].expand_as(x_T), var=0.16)
+    torch.testing.assert_close(got, seq.trajectory[:T], rtol=1e-9, atol=1e-9)
+    unit = GaussianMixture(torch.zeros(1, 3, 5, dtype=torch.float64), std=1.0).denoiser(coeffs)
+    ref = pt.solve(unit, coeffs, x_T, noise, method="sequential").sample
+    cold = pt.solve(unit, coeffs, x_T, noise, method="taa")
+    assert cold.converged and cold.iterations == 1 and (cold.sample - ref).square().mean().sqrt() <= 1e-3

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from .operator import SamplerCoefficients
+from .operator import SamplerCoefficients, StepOperator
 
 __all__ = ["gaussian_steps", "gaussian_guess", "GUESS_VAR", "WARM_VAR"]
 
@@ -68,7 +68,7 @@ def gaussian_steps(op: SamplerCoefficients, var: float = GUESS_VAR) -> tuple[tor
 
 @torch.no_grad()
 def gaussian_guess(
-    op: SamplerCoefficients,
+    op: StepOperator,
     x_T: torch.Tensor,
     noise: torch.Tensor | None,
     mean: torch.Tensor | None = None,
@@ -79,12 +79,15 @@ def gaussian_guess(
     operator's trajectory from ``x_T [B, *S]`` with the step noise ``noise [T, B, *S]`` (None: none) under the exact
     denoiser of ``N(mean, var I)`` data (``mean [B, *S]``, default 0).
 
-    ``x_i = P_i (x_T + sum_{j >= i} u_j / P_j)`` with ``u_j = d_j mean + c_j xi_j`` and ``P_i = prod_{l >= i}
-    k_l``: one cumulative sum over the steps; step by step where a product is too small to divide by.
+    One-tap operators: ``x_i = P_i (x_T + sum_{j >= i} u_j / P_j)`` with ``u_j = d_j mean + c_j xi_j`` and ``P_i =
+    prod_{l >= i} k_l``, one cumulative sum over the steps (step by step where a product is too small to divide by);
+    k-tap operators (the traced SDE and ancestral schedulers) step by step through their own step.
     """
     T = op.num_steps
     dtype = dtype or x_T.dtype
     dev = x_T.device
+    if not isinstance(op, SamplerCoefficients):  # a k-tap operator: its own steps, with the Gaussian's model
+        return _stepwise(op, x_T, noise, mean, var, dtype)
     k, d = gaussian_steps(op, var)
     c = op.c.to("cpu", torch.float64)
     view = (T,) + (1,) * x_T.ndim
@@ -98,8 +101,26 @@ def gaussian_guess(
     if bool((k > 0).all()) and float(P.min()) > _MIN_PRODUCT:
         scaled = torch.flip(torch.cumsum(torch.flip(u / P[:T].to(dev, dtype).view(view), (0,)), 0), (0,))
         return P[:T].to(dev, dtype).view(view) * (x_T.to(dtype).unsqueeze(0) + scaled)
-    x = torch.empty_like(u)  # a step that forgets its input (k = 0) or a vanishing product: step by step
-    prev = x_T.to(dtype)
+    return _stepwise(op, x_T, noise, mean, var, dtype)
+
+
+def _stepwise(op, x_T, noise, mean, var: float, dtype: torch.dtype) -> torch.Tensor:
+    """The guess step by step through the operator's own ``model_input`` / ``tap_output`` / ``step`` (any
+    ``StepOperator``: k-tap ones, or a one-tap one whose slopes cannot be divided by)."""
+    T, taps = op.num_steps, int(op.taps)
+    alpha = op.signal_scale.to("cpu", torch.float64).tolist()
+    sigma = op.noise_scale.to("cpu", torch.float64).tolist()
+    mu = None if mean is None else mean.to(x_T.device, dtype)
+    x = x_T.to(dtype)
+    out = torch.empty((T, *x_T.shape), dtype=dtype, device=x_T.device)
+    taps_out: list[torch.Tensor] = []  # the tap outputs of the last ``taps`` steps, newest first
     for i in range(T - 1, -1, -1):
-        prev = x[i] = float(k[i]) * prev + u[i]
-    return x
+        z = op.model_input(i, x)
+        al, sg = alpha[i], sigma[i]
+        L2 = max(var * al * al + sg * sg, 1e-300)
+        centred = z if mu is None else z - al * mu
+        x0 = var * al / L2 * centred if mu is None else mu + var * al / L2 * centred
+        m = _target(op.prediction_type, al, sg, x0, sg / L2 * centred)
+        taps_out = [op.tap_output(i, x, m), *taps_out[: taps - 1]]
+        x = out[i] = op.step(i, x, taps_out, None if noise is None else noise[i].to(x_T.device, dtype))
+    return out

@@ -117,7 +117,7 @@ class _State:
     floor_on: bool = True
     floor_calls: int = 0
     probe: dict | None = None  # the floor probe's buffers, made at its first run (_probe)
-    guess: SamplerCoefficients | None = None  # a stochastic one-tap operator: the cold start is its Gaussian guess
+    guess: object | None = None  # a stochastic operator (its step operator): the cold start is its Gaussian guess
 
 
 class Engine:
@@ -315,7 +315,7 @@ class Engine:
             in_scale=coeffs.input_scale.to(dev, dt) if multistep else None,
             out_scale=coeffs.output_scale.to(dev, dt) if multistep else None,
             out_mix=coeffs.output_mix.to(dev, dt) if multistep else None,
-            guess=coeffs if not multistep and coeffs.is_stochastic else None,
+            guess=coeffs if coeffs.is_stochastic else None,
         )
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}  # (window, iterations per replay)
         self._probe_graphs: dict[bool, torch.cuda.CUDAGraph] = {}  # the floor probe, first or later
