@@ -13,7 +13,9 @@ policy), batch 1, in one process on one device:
 * ``parallel_ms``: ``paratriton.denoise(..., method="taa", cuda_graph=True)`` per chunk (host work included:
   coefficients, noise draws, graph replays), its ``iterations``, and ``rms_to_sequential``;
 * ``call_1_ms`` / ``call_window_ms``: one graphed model call at batch 1 and at the window's ``T`` rows, and
-  ``non_model_ms_per_iter = parallel_ms / iterations - call_window_ms``.
+  ``non_model_ms_per_iter = parallel_ms / iterations - call_window_ms``;
+* ``--variants``: more TAA option sets timed beside the default in the same process (``variants`` in the JSON; the
+  row's own figures are the first variant's), e.g. ``--variants '{}' '{"history": 4}' '{"history": 4, "tol": 0.01}'``.
 
 ``sequential_ms`` is the fastest of the sequential baselines and ``speedup = sequential_ms / parallel_ms``. Random
 weights: the iteration counts are those of a random network (reported); the trained policy's rows give the
@@ -208,22 +210,28 @@ def bench(name, model, sched, T, horizon, A, G, dtype, args, iters_override=None
     seq_ms = min(v for k, v in row.items() if k in ("graphed_loop_ms", "graphed_sequential_ms", "compiled_ms"))
     row["sequential_ms"] = seq_ms
 
-    opts = {"method": "taa", "cuda_graph": True, "model_kwargs": {"global_cond": cond}, "return_result": True}
-    if iters_override:
-        opts["max_iters"] = iters_override
-    t0 = time.perf_counter()
-    res = paratriton.denoise(model, sched, x_T, T, generator=gen(), **opts)
-    torch.cuda.synchronize()
-    row["parallel_first_call_ms"] = (time.perf_counter() - t0) * 1e3
-    row["parallel_ms"] = timed(lambda: paratriton.denoise(model, sched, x_T, T, generator=gen(), **opts), args.reps)
-    row["iterations"] = res.iterations
-    row["converged"] = res.converged
-    row["precision_limited"] = res.precision_limited
-    row["probe_calls"] = res.probe_calls
-    row["rms_to_sequential"] = (res.sample.float() - seq.sample.float()).square().mean().sqrt().item()
-    row["speedup"] = seq_ms / row["parallel_ms"]
-    row["non_model_ms_per_iter"] = row["parallel_ms"] / max(res.iterations, 1) - row["call_window_ms"]
-    row["ceiling_speedup"] = seq_ms / (res.iterations * row["call_window_ms"])
+    row["variants"] = []
+    for k, extra in enumerate(args.variants):
+        opts = {"method": "taa", "cuda_graph": True, "model_kwargs": {"global_cond": cond}, "return_result": True}
+        opts.update(extra)
+        if iters_override:
+            opts["max_iters"] = iters_override
+        t0 = time.perf_counter()
+        res = paratriton.denoise(model, sched, x_T, T, generator=gen(), **opts)
+        torch.cuda.synchronize()
+        v = {"options": extra, "parallel_first_call_ms": (time.perf_counter() - t0) * 1e3}
+        v["parallel_ms"] = timed(lambda: paratriton.denoise(model, sched, x_T, T, generator=gen(), **opts), args.reps)
+        v["iterations"] = res.iterations
+        v["converged"] = res.converged
+        v["precision_limited"] = res.precision_limited
+        v["probe_calls"] = res.probe_calls
+        v["rms_to_sequential"] = (res.sample.float() - seq.sample.float()).square().mean().sqrt().item()
+        v["speedup"] = seq_ms / v["parallel_ms"]
+        v["non_model_ms_per_iter"] = v["parallel_ms"] / max(res.iterations, 1) - row["call_window_ms"]
+        v["ceiling_speedup"] = seq_ms / (res.iterations * row["call_window_ms"])
+        row["variants"].append(v)
+        if k == 0:  # the first variant's figures are the row's (the JSON fields the issue names)
+            row.update({key: val for key, val in v.items() if key != "options"})
     return row
 
 
@@ -235,6 +243,13 @@ def main() -> None:
     ap.add_argument("--compile-configs", nargs="*", default=["image_h16_fp32_ddpm100"])
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--out", default=None)
+    ap.add_argument(
+        "--variants",
+        nargs="*",
+        type=json.loads,
+        default=[{}],
+        help="TAA options per variant, one JSON object each (default: one variant, {})",
+    )
     args = ap.parse_args()
     rows = []
     for name in args.configs:
@@ -267,6 +282,9 @@ def main() -> None:
             f"{r['iterations']:5d} {r['speedup']:7.2f} {r['ceiling_speedup']:7.2f} {r['non_model_ms_per_iter']:12.3f} "
             f"{r['rms_to_sequential']:8.1e}"
         )
+        for v in r["variants"][1:]:
+            print(f"  {json.dumps(v['options']):26s} {'':>16s} {v['parallel_ms']:8.1f} {v['iterations']:5d} "
+                  f"{v['speedup']:7.2f} {v['ceiling_speedup']:7.2f}")  # fmt: skip
     if args.out:
         with open(args.out, "w") as f:
             json.dump(rows, f, indent=1)
