@@ -36,8 +36,14 @@ its executed actions): the guess is taken to be this close, in the sample's unit
 _MIN_PRODUCT = 1e-30
 
 
-def _target(prediction_type: str, alpha, sigma, x0, eps):
-    """What a network of ``prediction_type`` is trained to output, from ``x0`` and ``eps``."""
+def _oracle(prediction_type: str, alpha, sigma, z, mean, var: float):
+    """The exact model output for ``N(mean, var I)`` data at a model input ``z`` of levels ``alpha, sigma`` (floats or
+    tensors that broadcast): the network's target (epsilon: ``eps``; sample: ``x0``; v: ``alpha eps - sigma x0``;
+    flow: ``eps - x0``) of the posterior means ``E[x0 | z]``, ``E[eps | z]``."""
+    L2 = var * alpha * alpha + sigma * sigma
+    L2 = L2.clamp_min(1e-300) if torch.is_tensor(L2) else max(L2, 1e-300)
+    centred = z - alpha * mean
+    x0, eps = mean + var * alpha / L2 * centred, sigma / L2 * centred
     if prediction_type == "epsilon":
         return eps
     if prediction_type == "sample":
@@ -55,15 +61,12 @@ def gaussian_steps(op: SamplerCoefficients, var: float = GUESS_VAR) -> tuple[tor
     alpha = op.signal_scale.to("cpu", torch.float64)
     sigma = op.noise_scale.to("cpu", torch.float64)
     a, b = op.a.to("cpu", torch.float64), op.b.to("cpu", torch.float64)
-    L2 = (var * alpha.square() + sigma.square()).clamp_min(1e-300)
 
-    def target(z: float, mean: float) -> torch.Tensor:
-        x0 = mean + var * alpha * (z - alpha * mean) / L2
-        eps = sigma * (z - alpha * mean) / L2
-        return _target(op.prediction_type, alpha, sigma, x0, eps)
+    def out(z: float, mean: float) -> torch.Tensor:
+        return _oracle(op.prediction_type, alpha, sigma, z, mean, var)
 
-    base = target(0.0, 0.0)  # zero: the map is linear in (z, mean)
-    return a + b * (target(1.0, 0.0) - base), b * (target(0.0, 1.0) - base)
+    base = out(0.0, 0.0)  # zero: the output is affine in (z, mean)
+    return a + b * (out(1.0, 0.0) - base), b * (out(0.0, 1.0) - base)
 
 
 @torch.no_grad()
@@ -115,12 +118,7 @@ def _stepwise(op, x_T, noise, mean, var: float, dtype: torch.dtype) -> torch.Ten
     out = torch.empty((T, *x_T.shape), dtype=dtype, device=x_T.device)
     taps_out: list[torch.Tensor] = []  # the tap outputs of the last ``taps`` steps, newest first
     for i in range(T - 1, -1, -1):
-        z = op.model_input(i, x)
-        al, sg = alpha[i], sigma[i]
-        L2 = max(var * al * al + sg * sg, 1e-300)
-        centred = z if mu is None else z - al * mu
-        x0 = var * al / L2 * centred if mu is None else mu + var * al / L2 * centred
-        m = _target(op.prediction_type, al, sg, x0, sg / L2 * centred)
+        m = _oracle(op.prediction_type, alpha[i], sigma[i], op.model_input(i, x), 0.0 if mu is None else mu, var)
         taps_out = [op.tap_output(i, x, m), *taps_out[: taps - 1]]
         x = out[i] = op.step(i, x, taps_out, None if noise is None else noise[i].to(x_T.device, dtype))
     return out
