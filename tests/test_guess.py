@@ -172,3 +172,21 @@ def test_a_traced_stochastic_schedulers_guess_is_its_trajectory_for_gaussian_dat
     ref = pt.solve(unit, coeffs, x_T, noise, method="sequential").sample
     cold = pt.solve(unit, coeffs, x_T, noise, method="taa")
     assert cold.converged and cold.iterations == 1 and (cold.sample - ref).square().mean().sqrt() <= 1e-3
+
+
+def test_a_zero_terminal_snr_schedule_takes_the_step_by_step_guess():
+    """``rescale_betas_zero_snr``: the first step's input carries no signal, so a v-prediction DDPM's first slope is 0
+    (the product cannot be divided by): the guess goes step by step, still exact for unit-normal data."""
+    from paratriton.schedulers.guess import gaussian_steps
+
+    sched = diffusers.DDPMScheduler(
+        rescale_betas_zero_snr=True, prediction_type="v_prediction", clip_sample=False, timestep_spacing="trailing"
+    )
+    coeffs = pt.coefficients_from_scheduler(sched, T)
+    k, _ = gaussian_steps(coeffs)
+    assert float(k[-1]) == 0.0
+    x_T, noise = _problem(coeffs)
+    unit = GaussianMixture(torch.zeros(1, 3, 5, dtype=torch.float64), std=1.0).denoiser(coeffs)
+    seq = pt.solve(unit, coeffs, x_T, noise, method="sequential")
+    torch.testing.assert_close(gaussian_guess(coeffs, x_T, noise), seq.trajectory[:T], rtol=1e-9, atol=1e-9)
+    assert pt.solve(unit, coeffs, x_T, noise, method="taa").iterations == 1
