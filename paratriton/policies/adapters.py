@@ -167,8 +167,8 @@ def parallelize_policy(policy: Any, method: str = "taa", *, warm_start: bool | s
     sampling is ``paratriton.denoise(..., method=method, **options)`` (``tol``, ``cuda_graph``, ``window``, ...).
     ``warm_start``: True starts from the previous chunk's trajectory shifted by ``n_action_steps`` (a stochastic
     sampler, DDPM: from its sample, as ``"sample"``); ``"sample"`` from its sample shifted, each state guessed with
-    this chunk's ``x_T`` and step noise. The copy's
-    ``paratriton`` attribute (a ``PolicyState``) holds the last solve's result."""
+    this chunk's ``x_T`` and step noise. The copy's ``paratriton`` attribute (a ``PolicyState``) holds the last
+    solve's result."""
     kind = policy_kind(policy)
     if kind == "lerobot_policy":
         twin = _shallow_copy(policy)
