@@ -37,7 +37,8 @@ def _gaussian(shape, mean_scale: float, std: float) -> GaussianMixture:
 def _problem(coeffs, B=2, shape=(3, 5)):
     g = torch.Generator().manual_seed(0)
     x_T = torch.randn(B, *shape, generator=g, dtype=torch.float64)
-    noise = torch.randn(T, B, *shape, generator=g, dtype=torch.float64) if coeffs.is_stochastic else None
+    n = coeffs.num_steps  # T, or more where a scheduler's step has stages (Heun, PNDM)
+    noise = torch.randn(n, B, *shape, generator=g, dtype=torch.float64) if coeffs.is_stochastic else None
     return x_T, noise
 
 
@@ -190,3 +191,24 @@ def test_a_zero_terminal_snr_schedule_takes_the_step_by_step_guess():
     seq = pt.solve(unit, coeffs, x_T, noise, method="sequential")
     torch.testing.assert_close(gaussian_guess(coeffs, x_T, noise), seq.trajectory[:T], rtol=1e-9, atol=1e-9)
     assert pt.solve(unit, coeffs, x_T, noise, method="taa").iterations == 1
+
+
+def _traced_configs():
+    from test_multistep import CONFIGS, IDS  # every traced scheduler and option the parity tests cover
+
+    return list(range(len(CONFIGS))), IDS
+
+
+@pytest.mark.parametrize("idx", _traced_configs()[0], ids=_traced_configs()[1])
+def test_every_traced_operators_guess_is_its_trajectory_for_gaussian_data(idx):
+    """Every traced operator of the parity tests (k-tap, sigma or alpha-sigma levels, flow, zero SNR, SDE): the
+    guess steps through the operator's own step with the Gaussian's exact model, so for that data it is the
+    sequential trajectory; the engine uses it where the operator adds noise."""
+    from test_multistep import _operator as traced_operator
+
+    coeffs = traced_operator(idx, T)
+    x_T, noise = _problem(coeffs)
+    data = _gaussian((3, 5), mean_scale=0.7, std=0.4)
+    seq = pt.solve(data.denoiser(coeffs), coeffs, x_T, noise, method="sequential")
+    got = gaussian_guess(coeffs, x_T, noise, mean=data.means[0].expand_as(x_T), var=0.16)
+    torch.testing.assert_close(got, seq.trajectory[: coeffs.num_steps], rtol=1e-8, atol=1e-8)
