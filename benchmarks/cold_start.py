@@ -1,5 +1,5 @@
-"""Iterations from the stochastic samplers' Gaussian guess (``paratriton.schedulers.guess``, the engine's cold start)
-against copies of ``x_T`` at every state (the cold start before it), and the warm starts of a policy's next chunk.
+"""Iterations from the Gaussian guess of stochastic and sigma-space samplers (``paratriton.schedulers.guess``, the
+engine's cold start) against copies of ``x_T`` at every state (the cold start before it).
 
 Iteration counts do not depend on the device (up to rounding), so this runs on the CPU:
 
@@ -7,9 +7,9 @@ Iteration counts do not depend on the device (up to rounding), so this runs on t
 
 Problems: the shipped policy (DDPM-100, ``clip_sample=True``) on the 8 first recorded observations; Diffusion
 Policy's 63.6M low-dim UNet with random weights (seeds 0-3); the exact Gaussian mixture of issue 23's table at DDPM-100
-and DDIM eta=1, and under Euler ancestral at 50 steps (a traced k-tap operator); the digits and DiT crops models at
-DDPM-100, batch 1. Methods: TAA and Picard at the default tolerance. Per row: mean iterations from copies and from the
-guess, and the largest RMS distance to the sequential sample.
+and DDIM eta=1, and under Euler ancestral and Euler at 50 steps (traced, sigma space); the digits and DiT crops
+models at DDPM-100, batch 1. Methods: TAA and Picard at the default tolerance. Per row: mean iterations from copies
+and from the guess, and the largest RMS distance to the sequential sample.
 """
 
 from __future__ import annotations
@@ -121,24 +121,23 @@ def gmm_problems(eta: float | None, n: int):
         yield model, coeffs, x_T[b : b + 1], noise[:, b : b + 1]
 
 
-def gmm_euler_ancestral_problems(n: int):
-    """The same mixture under Euler ancestral (traced, sigma space, 50 steps; ``x_T`` at ``sigma_max``)."""
-    from diffusers import EulerAncestralDiscreteScheduler
+def gmm_euler_problems(n: int, ancestral: bool):
+    """The same mixture under Euler or Euler ancestral (traced, sigma space, 50 steps; ``x_T`` at ``sigma_max``)."""
+    import diffusers
 
     from paratriton.testing import GaussianMixture
 
-    sched = EulerAncestralDiscreteScheduler(
-        num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02
-    )
+    cls = diffusers.EulerAncestralDiscreteScheduler if ancestral else diffusers.EulerDiscreteScheduler
+    sched = cls(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
     coeffs = paratriton.coefficients_from_scheduler(sched, 50)
     shape = (4, 32, 32)
     model = GaussianMixture.random(shape, num_components=8, std=math.sqrt(0.05), seed=0, scale=0.8).denoiser(coeffs)
     g = torch.Generator().manual_seed(1)
     sigma_max = float(coeffs.noise_scale[-1] / coeffs.input_scale[-1])
     x_T = sigma_max * torch.randn(n, *shape, generator=g, dtype=torch.float64)
-    noise = torch.randn(50, n, *shape, generator=g, dtype=torch.float64)
+    noise = torch.randn(50, n, *shape, generator=g, dtype=torch.float64) if ancestral else None
     for b in range(n):
-        yield model, coeffs, x_T[b : b + 1], noise[:, b : b + 1]
+        yield model, coeffs, x_T[b : b + 1], None if noise is None else noise[:, b : b + 1]
 
 
 def shipped_problems(name: str, n: int):
@@ -168,7 +167,7 @@ def summary(rows: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    cases = ["policy", "lowdim", "gmm_ddpm", "gmm_eta1", "gmm_euler_a", "digits", "dit"]
+    cases = ["policy", "lowdim", "gmm_ddpm", "gmm_eta1", "gmm_euler_a", "gmm_euler", "digits", "dit"]
     ap.add_argument("--cases", nargs="+", default=cases, choices=cases)
     ap.add_argument("--methods", nargs="+", default=["taa", "picard"], choices=["taa", "picard", "fp", "aa"])
     ap.add_argument("--n", type=int, default=0, help="problems per case (0: each case's default)")
@@ -184,7 +183,8 @@ def main(argv: list[str] | None = None) -> dict:
         "lowdim": lambda: run_denoise(lowdim_problems(n or 4), args.methods),
         "gmm_ddpm": lambda: run_solve(gmm_problems(None, n or 8), args.methods),
         "gmm_eta1": lambda: run_solve(gmm_problems(1.0, n or 8), args.methods),
-        "gmm_euler_a": lambda: run_solve(gmm_euler_ancestral_problems(n or 8), args.methods),
+        "gmm_euler_a": lambda: run_solve(gmm_euler_problems(n or 8, ancestral=True), args.methods),
+        "gmm_euler": lambda: run_solve(gmm_euler_problems(n or 8, ancestral=False), args.methods),
         "digits": lambda: run_solve(shipped_problems("digits", n or 4), args.methods),
         "dit": lambda: run_solve(shipped_problems("dit-crops", n or 4), args.methods),
     }

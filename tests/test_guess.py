@@ -199,6 +199,7 @@ def _traced_configs():
     return list(range(len(CONFIGS))), IDS
 
 
+@pytest.mark.filterwarnings("ignore:`algorithm_types dpmsolver and sde-dpmsolver` is deprecated:FutureWarning")
 @pytest.mark.parametrize("idx", _traced_configs()[0], ids=_traced_configs()[1])
 def test_every_traced_operators_guess_is_its_trajectory_for_gaussian_data(idx):
     """Every traced operator of the parity tests (k-tap, sigma or alpha-sigma levels, flow, zero SNR, SDE): the
@@ -212,3 +213,26 @@ def test_every_traced_operators_guess_is_its_trajectory_for_gaussian_data(idx):
     seq = pt.solve(data.denoiser(coeffs), coeffs, x_T, noise, method="sequential")
     got = gaussian_guess(coeffs, x_T, noise, mean=data.means[0].expand_as(x_T), var=0.16)
     torch.testing.assert_close(got, seq.trajectory[: coeffs.num_steps], rtol=1e-8, atol=1e-8)
+
+
+def test_a_sigma_space_sampler_starts_from_the_guess_and_flow_from_copies():
+    """``guess_applies``: Euler (sigma space: ``x_T`` at ``sigma_max``, the sample at unit scale) starts from the guess,
+    so unit-normal data is solved in one iteration; deterministic VP (DDIM) and flow samplers keep copies of ``x_T``
+    (the same iterates as ``init`` copies)."""
+    from paratriton.schedulers.guess import guess_applies
+
+    euler = pt.coefficients_from_scheduler(diffusers.EulerDiscreteScheduler(num_train_timesteps=1000), T)
+    flow = _operator("flow")
+    assert guess_applies(euler) and not guess_applies(flow) and not guess_applies(_operator("ddim"))
+    assert guess_applies(_operator("ddpm")) and guess_applies(_operator("ddim_eta"))
+    x_T, _ = _problem(euler)
+    x_T = x_T * float(euler.noise_scale[-1] / euler.input_scale[-1])
+    unit = GaussianMixture(torch.zeros(1, 3, 5, dtype=torch.float64), std=1.0).denoiser(euler)
+    ref = pt.solve(unit, euler, x_T, None, method="sequential").sample
+    res = pt.solve(unit, euler, x_T, None, method="taa")
+    assert res.converged and res.iterations == 1 and (res.sample - ref).square().mean().sqrt() <= 1e-3
+    model = GaussianMixture.random((3, 5), num_components=3, std=0.3).denoiser(flow)
+    x_flow, _ = _problem(flow)
+    cold = pt.solve(model, flow, x_flow, None, method="taa")
+    copies = pt.solve(model, flow, x_flow, None, method="taa", init=x_flow.expand(T, *x_flow.shape))
+    torch.testing.assert_close(cold.trajectory, copies.trajectory, rtol=0, atol=0)

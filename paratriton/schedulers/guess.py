@@ -1,4 +1,4 @@
-"""A first guess of a stochastic sampler's trajectory that already carries its step noise.
+"""A first guess of a sampler's trajectory that carries its step noise and its states' levels.
 
 The parallel solvers start from a guess of every state ``x_0 .. x_{T-1}``. Copies of ``x_T`` (the deterministic
 samplers' guess) ignore what a stochastic sampler (DDPM, DDIM with ``eta > 0``) adds at every step, ``c_i xi_i``,
@@ -13,7 +13,8 @@ sigma x0``; flow: ``eps - x0``). With that model every step is affine, ``x_i = k
 and the whole guess is one weighted cumulative sum over the steps, with this problem's own noise. It is only a guess:
 the solvers still converge to the exact sequential sample; what it changes is how many iterations they take
 (measured on the shipped DDPM-100 policy: TAA 18.75 -> 15.9 iterations on average, Picard 28 -> 25, CPU,
-``benchmarks/RESULTS.md``).
+``benchmarks/RESULTS.md``). The engine starts from it where it helps (``guess_applies``): stochastic samplers, and
+sigma-space ones, whose ``x_T`` sits at ``sigma_max`` while the later states are near unit scale.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 
 from .operator import SamplerCoefficients, StepOperator
 
-__all__ = ["gaussian_steps", "gaussian_guess", "GUESS_VAR", "WARM_VAR"]
+__all__ = ["gaussian_steps", "gaussian_guess", "guess_applies", "GUESS_VAR", "WARM_VAR", "LEVEL_SPREAD"]
 
 GUESS_VAR = 1.0
 """The data variance the guess assumes: unit scale, as the tolerance's amplification does (``solvers/tolerance.py``).
@@ -31,6 +32,13 @@ On the shipped policy 0.1 / 0.3 / 1.0 gave 15.5 / 15.75 / 15.9 TAA iterations: t
 WARM_VAR = 0.05
 """The data variance around a guess of the sample (``denoise(init_sample=...)``, a policy's previous chunk shifted by
 its executed actions): the guess is taken to be this close, in the sample's units."""
+
+LEVEL_SPREAD = 2.0
+"""A deterministic sampler whose states' levels (``sqrt(alpha^2 + sigma^2)`` of each state) span more than this
+factor starts from the guess too: sigma-space samplers (Euler, Heun, LMS: ``x_T`` at ``sigma_max``, the sample at
+1). Measured on the issue-23 mixture (CPU, TAA, 6 trajectories): Euler-50 13.7 -> 10.2 iterations, Euler Karras-30
+13.5 -> 10.2; variance-preserving and flow samplers (levels within 1.5x) gain nothing (DDIM-50 6.17 -> 6.33, flow-28
+6.0 -> 6.33) and keep copies of ``x_T``."""
 
 # a product of step slopes below this (relative) cannot be divided by safely: the guess then runs step by step
 _MIN_PRODUCT = 1e-30
@@ -53,6 +61,16 @@ def _oracle(prediction_type: str, alpha, sigma, z, mean, var: float):
     if prediction_type == "flow":
         return eps - x0
     raise ValueError(f"prediction_type={prediction_type!r} has no Gaussian guess")
+
+
+def guess_applies(op: StepOperator) -> bool:
+    """Whether a cold start from copies of ``x_T`` is worse than the guess: the operator adds step noise, or its
+    states' levels span more than ``LEVEL_SPREAD`` (sigma space)."""
+    if op.is_stochastic:
+        return True
+    level = (op.signal_scale.double().square() + op.noise_scale.double().square()).sqrt()
+    level = level / op.input_scale.double().abs().clamp_min(1e-300)
+    return float(level.max() / level.min().clamp_min(1e-300)) > LEVEL_SPREAD
 
 
 def gaussian_steps(op: SamplerCoefficients, var: float = GUESS_VAR) -> tuple[torch.Tensor, torch.Tensor]:

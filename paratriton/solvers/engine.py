@@ -4,8 +4,8 @@ The trajectory ``x [T+1, B, D]`` lives in one buffer. An iteration works on ``H`
 ``lo .. lo+H-1`` with ``lo = max(F - H, 0)`` and the anchor ``F`` 0-d int64 *device* tensors (steps ``>= F`` are
 frozen and masked out of every sum and update), so its shapes are static:
 
-1. steps entering a sliding window start as a copy of the lowest initialised state (a stochastic sampler's cold start
-   initialises every state: ``schedulers/guess.py``); gather the model inputs;
+1. steps entering a sliding window start as a copy of the lowest initialised state (a stochastic or sigma-space
+   sampler's cold start initialises every state: ``schedulers/guess.py``); gather the model inputs;
 2. one batched model call on the window;
 3. ``ops.window_residual``: the order-1 residual test, the highest unconverged step ``top``;
 4. the method's rule (``rules.py``) updates the live steps ``lo .. top``; steps above ``top`` freeze *unchanged*,
@@ -30,7 +30,7 @@ import torch
 
 from .._cuda_graph import NestedCUDAGraphError, capture, warn_nested_graphs
 from ..model import Denoiser
-from ..schedulers.guess import gaussian_guess
+from ..schedulers.guess import gaussian_guess, guess_applies
 from ..schedulers.operator import SamplerCoefficients, coefficient_versions, one_tap_view
 from ._common import (
     MODEL_INPUT_BOUND,
@@ -117,7 +117,7 @@ class _State:
     floor_on: bool = True
     floor_calls: int = 0
     probe: dict | None = None  # the floor probe's buffers, made at its first run (_probe)
-    guess: object | None = None  # a stochastic operator (its step operator): the cold start is its Gaussian guess
+    guess: object | None = None  # the operator, where its cold start is its Gaussian guess (``guess_applies``)
 
 
 class Engine:
@@ -315,7 +315,7 @@ class Engine:
             in_scale=coeffs.input_scale.to(dev, dt) if multistep else None,
             out_scale=coeffs.output_scale.to(dev, dt) if multistep else None,
             out_mix=coeffs.output_mix.to(dev, dt) if multistep else None,
-            guess=coeffs if coeffs.is_stochastic else None,
+            guess=coeffs if guess_applies(coeffs) else None,
         )
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}  # (window, iterations per replay)
         self._probe_graphs: dict[bool, torch.cuda.CUDAGraph] = {}  # the floor probe, first or later
@@ -327,8 +327,9 @@ class Engine:
         T, x = s.T, s.x
         x.copy_(x_T.reshape(1, *x.shape[1:]).expand_as(x))  # every step starts as a copy of x_T
         if init is None and s.guess is not None:
-            # a stochastic sampler: its trajectory under a Gaussian's exact denoiser, with this problem's step noise
-            # (``schedulers/guess.py``): every state starts initialised, also below a sliding window
+            # a stochastic or sigma-space sampler: its trajectory under a Gaussian's exact denoiser, with this
+            # problem's step noise (``schedulers/guess.py``): every state starts initialised, also below a sliding
+            # window
             init = gaussian_guess(s.guess, x_T, noise, dtype=x.dtype)
         if init is not None:
             x[:T].copy_(init[:T].reshape(T, *x.shape[1:]))
