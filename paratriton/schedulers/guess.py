@@ -114,14 +114,18 @@ def gaussian_guess(
     view = (T,) + (1,) * x_T.ndim
     u = torch.zeros((T, *x_T.shape), dtype=dtype, device=dev)
     if noise is not None:
-        u += c.to(dev, dtype).view(view) * noise.to(dev, dtype)
+        u.addcmul_(c.to(dev, dtype).view(view), noise.to(dev, dtype))
     if mean is not None:
-        u += d.to(dev, dtype).view(view) * mean.to(dev, dtype).unsqueeze(0)
+        u.addcmul_(d.to(dev, dtype).view(view), mean.to(dev, dtype).unsqueeze(0))
     P = torch.ones(T + 1, dtype=torch.float64)
     P[:T] = torch.flip(torch.cumprod(torch.flip(k, (0,)), 0), (0,))  # P_i = k_i k_{i+1} ... k_{T-1}
     if bool((k > 0).all()) and float(P.min()) > _MIN_PRODUCT:
-        scaled = torch.flip(torch.cumsum(torch.flip(u / P[:T].to(dev, dtype).view(view), (0,)), 0), (0,))
-        return P[:T].to(dev, dtype).view(view) * (x_T.to(dtype).unsqueeze(0) + scaled)
+        scale = P[:T].to(dev, dtype).view(view)
+        rev = u.div_(scale).flip(0)  # in place where it can: two [T, B, *S] buffers live at a time
+        del u
+        out = rev.cumsum_(0).flip(0)  # sum_{j >= i} u_j / P_j (summed from the noisy end: no cancellation)
+        del rev
+        return out.add_(x_T.to(dtype).unsqueeze(0)).mul_(scale)
     return _stepwise(op, x_T, noise, mean, var, dtype)
 
 
