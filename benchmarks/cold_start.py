@@ -140,16 +140,19 @@ def gmm_euler_problems(n: int, ancestral: bool):
         yield model, coeffs, x_T[b : b + 1], None if noise is None else noise[:, b : b + 1]
 
 
-def shipped_problems(name: str, n: int):
-    """A shipped image model (``digits``, ``dit-crops``) at DDPM-100, batch 1, labels 0 .. n-1."""
-    from diffusers import DDPMScheduler
+def shipped_problems(name: str, n: int, sampler: str = "ddpm"):
+    """A shipped image model (``digits``, ``dit-crops``), batch 1, labels 0 .. n-1: DDPM-100, or Euler-50
+    (deterministic, sigma space: ``x_T`` scaled to ``sigma_max``)."""
+    import diffusers
 
     pipe = paratriton.models.load(name, device="cpu")
-    coeffs = paratriton.coefficients_from_scheduler(DDPMScheduler.from_config(pipe.scheduler.config), 100)
+    cls, T = (diffusers.DDPMScheduler, 100) if sampler == "ddpm" else (diffusers.EulerDiscreteScheduler, 50)
+    coeffs = paratriton.coefficients_from_scheduler(cls.from_config(pipe.scheduler.config), T)
+    scale = float(coeffs.noise_scale[-1] / coeffs.input_scale[-1]) if sampler == "euler" else 1.0
     for b in range(n):
         model = pipe.denoiser(coeffs, torch.tensor([b % pipe.num_classes]))
-        x_T, noise = pipe.problem(1, 100, torch.Generator().manual_seed(b), device="cpu", dtype=torch.float32)
-        yield model, coeffs, x_T, noise
+        x_T, noise = pipe.problem(1, T, torch.Generator().manual_seed(b), device="cpu", dtype=torch.float32)
+        yield model, coeffs, scale * x_T, noise if coeffs.is_stochastic else None
 
 
 def summary(rows: dict) -> dict:
@@ -167,7 +170,7 @@ def summary(rows: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    cases = ["policy", "lowdim", "gmm_ddpm", "gmm_eta1", "gmm_euler_a", "gmm_euler", "digits", "dit"]
+    cases = ["policy", "lowdim", "gmm_ddpm", "gmm_eta1", "gmm_euler_a", "gmm_euler", "digits", "digits_euler", "dit"]
     ap.add_argument("--cases", nargs="+", default=cases, choices=cases)
     ap.add_argument("--methods", nargs="+", default=["taa", "picard"], choices=["taa", "picard", "fp", "aa"])
     ap.add_argument("--n", type=int, default=0, help="problems per case (0: each case's default)")
@@ -186,6 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
         "gmm_euler_a": lambda: run_solve(gmm_euler_problems(n or 8, ancestral=True), args.methods),
         "gmm_euler": lambda: run_solve(gmm_euler_problems(n or 8, ancestral=False), args.methods),
         "digits": lambda: run_solve(shipped_problems("digits", n or 4), args.methods),
+        "digits_euler": lambda: run_solve(shipped_problems("digits", n or 4, "euler"), args.methods),
         "dit": lambda: run_solve(shipped_problems("dit-crops", n or 4), args.methods),
     }
     report = {"device": "cpu", "torch": torch.__version__, "cases": {}}
