@@ -23,7 +23,15 @@ import torch
 
 from .operator import SamplerCoefficients, StepOperator
 
-__all__ = ["gaussian_steps", "gaussian_guess", "guess_applies", "GUESS_VAR", "WARM_VAR", "LEVEL_SPREAD"]
+__all__ = [
+    "GaussianGuess",
+    "gaussian_steps",
+    "gaussian_guess",
+    "guess_applies",
+    "GUESS_VAR",
+    "WARM_VAR",
+    "LEVEL_SPREAD",
+]
 
 GUESS_VAR = 1.0
 """The data variance the guess assumes: unit scale, as the tolerance's amplification does (``solvers/tolerance.py``).
@@ -87,7 +95,68 @@ def gaussian_steps(op: SamplerCoefficients, var: float = GUESS_VAR) -> tuple[tor
     return a + b * (out(1.0, 0.0) - base), b * (out(0.0, 1.0) - base)
 
 
-@torch.no_grad()
+class GaussianGuess:
+    """The guess of one step operator with its per-step weights computed once (``device``, ``dtype``): a solver that
+    starts many problems of one operator (a control loop's chunks) pays only the device work per call.
+
+    One-tap operators: ``x_i = P_i (x_T + sum_{j >= i} u_j / P_j)`` with ``u_j = d_j mean + c_j xi_j`` and ``P_i =
+    prod_{l >= i} k_l``, one cumulative sum over the steps (step by step where a product is too small to divide by);
+    k-tap operators (the traced SDE and ancestral schedulers) step by step through their own step.
+    """
+
+    def __init__(self, op: StepOperator, device: torch.device | str, dtype: torch.dtype, var: float = GUESS_VAR):
+        self.op, self.var, self.dtype, self.device = op, var, dtype, torch.device(device)
+        self.cumulative = False  # the one-tap closed form (else step by step)
+        if isinstance(op, SamplerCoefficients):
+            k, d = gaussian_steps(op, var)
+            P = torch.flip(torch.cumprod(torch.flip(k, (0,)), 0), (0,))  # P_i = k_i k_{i+1} ... k_{T-1}
+            if bool((k > 0).all()) and float(P.min()) > _MIN_PRODUCT:
+                self.cumulative = True
+                self.c, self.d, self.scale = (v.to(self.device, dtype) for v in (op.c, d, P))
+                return
+        self.alpha = op.signal_scale.to("cpu", torch.float64).tolist()
+        self.sigma = op.noise_scale.to("cpu", torch.float64).tolist()
+
+    @torch.no_grad()
+    def __call__(self, x_T: torch.Tensor, noise: torch.Tensor | None, mean: torch.Tensor | None = None) -> torch.Tensor:
+        """``[T, B, *S]`` guess of ``x_0 .. x_{T-1}`` from ``x_T [B, *S]`` (on this guess's device and dtype), with
+        the step noise ``noise [T, B, *S]`` (None: none) and the data mean ``mean [B, *S]`` (None: 0)."""
+        dev, dtype = self.device, self.dtype
+        x_T = x_T.to(dev, dtype)
+        noise = None if noise is None else noise.to(dev, dtype)
+        mean = None if mean is None else mean.to(dev, dtype)
+        if not self.cumulative:
+            return self._stepwise(x_T, noise, mean)
+        T = self.op.num_steps
+        view = (T,) + (1,) * x_T.ndim
+        u = torch.zeros((T, *x_T.shape), dtype=dtype, device=dev)
+        if noise is not None:
+            u.addcmul_(self.c.view(view), noise)
+        if mean is not None:
+            u.addcmul_(self.d.view(view), mean.unsqueeze(0))
+        scale = self.scale.view(view)
+        rev = u.div_(scale).flip(0)  # in place where it can: two [T, B, *S] buffers live at a time
+        del u
+        out = rev.cumsum_(0).flip(0)  # sum_{j >= i} u_j / P_j (summed from the noisy end: no cancellation)
+        del rev
+        return out.add_(x_T.unsqueeze(0)).mul_(scale)
+
+    def _stepwise(self, x_T: torch.Tensor, noise: torch.Tensor | None, mean: torch.Tensor | None) -> torch.Tensor:
+        """Step by step through the operator's own ``model_input`` / ``tap_output`` / ``step`` (any ``StepOperator``:
+        k-tap ones, or a one-tap one whose slopes cannot be divided by)."""
+        op = self.op
+        T, taps = op.num_steps, int(op.taps)
+        x = x_T
+        out = torch.empty((T, *x_T.shape), dtype=x_T.dtype, device=x_T.device)
+        taps_out: list[torch.Tensor] = []  # the tap outputs of the last ``taps`` steps, newest first
+        for i in range(T - 1, -1, -1):
+            z = op.model_input(i, x)
+            m = _oracle(op.prediction_type, self.alpha[i], self.sigma[i], z, 0.0 if mean is None else mean, self.var)
+            taps_out = [op.tap_output(i, x, m), *taps_out[: taps - 1]]
+            x = out[i] = op.step(i, x, taps_out, None if noise is None else noise[i])
+        return out
+
+
 def gaussian_guess(
     op: StepOperator,
     x_T: torch.Tensor,
@@ -98,49 +167,5 @@ def gaussian_guess(
 ) -> torch.Tensor:
     """``[T, B, *S]`` guess of ``x_0 .. x_{T-1}`` (``dtype``, default ``x_T``'s; on ``x_T``'s device): the
     operator's trajectory from ``x_T [B, *S]`` with the step noise ``noise [T, B, *S]`` (None: none) under the exact
-    denoiser of ``N(mean, var I)`` data (``mean [B, *S]``, default 0).
-
-    One-tap operators: ``x_i = P_i (x_T + sum_{j >= i} u_j / P_j)`` with ``u_j = d_j mean + c_j xi_j`` and ``P_i =
-    prod_{l >= i} k_l``, one cumulative sum over the steps (step by step where a product is too small to divide by);
-    k-tap operators (the traced SDE and ancestral schedulers) step by step through their own step.
-    """
-    T = op.num_steps
-    dtype = dtype or x_T.dtype
-    dev = x_T.device
-    if not isinstance(op, SamplerCoefficients):  # a k-tap operator: its own steps, with the Gaussian's model
-        return _stepwise(op, x_T, noise, mean, var, dtype)
-    k, d = gaussian_steps(op, var)
-    c = op.c.to("cpu", torch.float64)
-    view = (T,) + (1,) * x_T.ndim
-    u = torch.zeros((T, *x_T.shape), dtype=dtype, device=dev)
-    if noise is not None:
-        u.addcmul_(c.to(dev, dtype).view(view), noise.to(dev, dtype))
-    if mean is not None:
-        u.addcmul_(d.to(dev, dtype).view(view), mean.to(dev, dtype).unsqueeze(0))
-    P = torch.ones(T + 1, dtype=torch.float64)
-    P[:T] = torch.flip(torch.cumprod(torch.flip(k, (0,)), 0), (0,))  # P_i = k_i k_{i+1} ... k_{T-1}
-    if bool((k > 0).all()) and float(P.min()) > _MIN_PRODUCT:
-        scale = P[:T].to(dev, dtype).view(view)
-        rev = u.div_(scale).flip(0)  # in place where it can: two [T, B, *S] buffers live at a time
-        del u
-        out = rev.cumsum_(0).flip(0)  # sum_{j >= i} u_j / P_j (summed from the noisy end: no cancellation)
-        del rev
-        return out.add_(x_T.to(dtype).unsqueeze(0)).mul_(scale)
-    return _stepwise(op, x_T, noise, mean, var, dtype)
-
-
-def _stepwise(op, x_T, noise, mean, var: float, dtype: torch.dtype) -> torch.Tensor:
-    """The guess step by step through the operator's own ``model_input`` / ``tap_output`` / ``step`` (any
-    ``StepOperator``: k-tap ones, or a one-tap one whose slopes cannot be divided by)."""
-    T, taps = op.num_steps, int(op.taps)
-    alpha = op.signal_scale.to("cpu", torch.float64).tolist()
-    sigma = op.noise_scale.to("cpu", torch.float64).tolist()
-    mu = None if mean is None else mean.to(x_T.device, dtype)
-    x = x_T.to(dtype)
-    out = torch.empty((T, *x_T.shape), dtype=dtype, device=x_T.device)
-    taps_out: list[torch.Tensor] = []  # the tap outputs of the last ``taps`` steps, newest first
-    for i in range(T - 1, -1, -1):
-        m = _oracle(op.prediction_type, alpha[i], sigma[i], op.model_input(i, x), 0.0 if mu is None else mu, var)
-        taps_out = [op.tap_output(i, x, m), *taps_out[: taps - 1]]
-        x = out[i] = op.step(i, x, taps_out, None if noise is None else noise[i].to(x_T.device, dtype))
-    return out
+    denoiser of ``N(mean, var I)`` data (``mean [B, *S]``, default 0). One use of ``GaussianGuess``."""
+    return GaussianGuess(op, x_T.device, dtype or x_T.dtype, var)(x_T, noise, mean)

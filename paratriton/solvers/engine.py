@@ -30,7 +30,7 @@ import torch
 
 from .._cuda_graph import NestedCUDAGraphError, capture, warn_nested_graphs
 from ..model import Denoiser
-from ..schedulers.guess import gaussian_guess, guess_applies
+from ..schedulers.guess import GaussianGuess, guess_applies
 from ..schedulers.operator import SamplerCoefficients, coefficient_versions, one_tap_view
 from ._common import (
     MODEL_INPUT_BOUND,
@@ -117,7 +117,7 @@ class _State:
     floor_on: bool = True
     floor_calls: int = 0
     probe: dict | None = None  # the floor probe's buffers, made at its first run (_probe)
-    guess: object | None = None  # the operator, where its cold start is its Gaussian guess (``guess_applies``)
+    guess: GaussianGuess | None = None  # the cold start, where it is the operator's Gaussian guess (``guess_applies``)
 
 
 class Engine:
@@ -315,7 +315,7 @@ class Engine:
             in_scale=coeffs.input_scale.to(dev, dt) if multistep else None,
             out_scale=coeffs.output_scale.to(dev, dt) if multistep else None,
             out_mix=coeffs.output_mix.to(dev, dt) if multistep else None,
-            guess=coeffs if guess_applies(coeffs) else None,
+            guess=GaussianGuess(coeffs, dev, dt) if guess_applies(coeffs) else None,
         )
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}  # (window, iterations per replay)
         self._probe_graphs: dict[bool, torch.cuda.CUDAGraph] = {}  # the floor probe, first or later
@@ -325,13 +325,15 @@ class Engine:
         """Fill the static buffers in place (captured graphs keep pointing at them)."""
         s = self._s
         T, x = s.T, s.x
-        x.copy_(x_T.reshape(1, *x.shape[1:]).expand_as(x))  # every step starts as a copy of x_T
         if init is None and s.guess is not None:
             # a stochastic or sigma-space sampler: its trajectory under a Gaussian's exact denoiser, with this
             # problem's step noise (``schedulers/guess.py``): every state starts initialised, also below a sliding
             # window
-            init = gaussian_guess(s.guess, x_T, noise, dtype=x.dtype)
-        if init is not None:
+            init = s.guess(x_T, noise)
+        if init is None:
+            x.copy_(x_T.reshape(1, *x.shape[1:]).expand_as(x))  # every step starts as a copy of x_T
+        else:
+            x[T].copy_(x_T.reshape(x.shape[1:]))
             x[:T].copy_(init[:T].reshape(T, *x.shape[1:]))
         if s.xi is not None:
             s.xi.copy_(noise.reshape(s.xi.shape))
