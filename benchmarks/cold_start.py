@@ -15,6 +15,7 @@ and from the guess, and the largest RMS distance to the sequential sample.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -64,37 +65,33 @@ def lowdim_problems(n: int):
         yield net, sched, x_T, {"global_cond": cond}, 2000 + seed
 
 
-def run_denoise(problems, methods) -> dict:
-    """Each method from copies of ``x_T`` and from the guess, through ``paratriton.denoise``."""
-    out = {m: {"copies": [], "guess": [], "rms": []} for m in methods}
+def _denoise(model, sched, x_T, kwargs, gseed, method, **options):
+    g = torch.Generator().manual_seed(gseed)  # the loop's generator, drawn anew each time
+    return paratriton.denoise(
+        model, sched, x_T, 100, generator=g, model_kwargs=kwargs, method=method, return_result=True, **options
+    )
+
+
+def denoise_calls(problems):
+    """``(call, x_T, T)`` per policy problem: ``call(method=..., **options)`` runs ``paratriton.denoise``."""
     for model, sched, x_T, kwargs, gseed in problems:
-        T = 100
-
-        def call(method, **kw):
-            g = torch.Generator().manual_seed(gseed)
-            return paratriton.denoise(
-                model, sched, x_T, T, generator=g, model_kwargs=kwargs, method=method, return_result=True, **kw
-            )
-
-        ref = call("sequential").sample
-        copies = x_T.expand(T, *x_T.shape)
-        for m in methods:
-            a, b = call(m, init=copies), call(m)
-            out[m]["copies"].append(a.iterations)
-            out[m]["guess"].append(b.iterations)
-            out[m]["rms"].append(max(_rms(a.sample, ref), _rms(b.sample, ref)))
-    return out
+        yield functools.partial(_denoise, model, sched, x_T, kwargs, gseed), x_T, 100
 
 
-def run_solve(problems, methods) -> dict:
-    """Each method from copies and from the guess, through ``paratriton.solve`` (model, coefficients, noise)."""
-    out = {m: {"copies": [], "guess": [], "rms": []} for m in methods}
+def solve_calls(problems):
+    """``(call, x_T, T)`` per ``(model, coefficients, x_T, noise)`` problem, through ``paratriton.solve``."""
     for model, coeffs, x_T, noise in problems:
-        T = coeffs.num_steps
-        ref = paratriton.solve(model, coeffs, x_T, noise, method="sequential").sample
+        yield functools.partial(paratriton.solve, model, coeffs, x_T, noise), x_T, coeffs.num_steps
+
+
+def run(calls, methods) -> dict:
+    """Each method from copies of ``x_T`` and from the guess (the default cold start), against the sequential
+    sample."""
+    out = {m: {"copies": [], "guess": [], "rms": []} for m in methods}
+    for call, x_T, T in calls:
+        ref = call(method="sequential").sample
         for m in methods:
-            a = paratriton.solve(model, coeffs, x_T, noise, method=m, init=x_T.expand(T, *x_T.shape))
-            b = paratriton.solve(model, coeffs, x_T, noise, method=m)
+            a, b = call(method=m, init=x_T.expand(T, *x_T.shape)), call(method=m)
             out[m]["copies"].append(a.iterations)
             out[m]["guess"].append(b.iterations)
             out[m]["rms"].append(max(_rms(a.sample, ref), _rms(b.sample, ref)))
@@ -182,15 +179,15 @@ def main(argv: list[str] | None = None) -> dict:
     warnings.simplefilter("ignore")
     n = args.n
     make = {
-        "policy": lambda: run_denoise(policy_problems(n or 8), args.methods),
-        "lowdim": lambda: run_denoise(lowdim_problems(n or 4), args.methods),
-        "gmm_ddpm": lambda: run_solve(gmm_problems(None, n or 8), args.methods),
-        "gmm_eta1": lambda: run_solve(gmm_problems(1.0, n or 8), args.methods),
-        "gmm_euler_a": lambda: run_solve(gmm_euler_problems(n or 8, ancestral=True), args.methods),
-        "gmm_euler": lambda: run_solve(gmm_euler_problems(n or 8, ancestral=False), args.methods),
-        "digits": lambda: run_solve(shipped_problems("digits", n or 4), args.methods),
-        "digits_euler": lambda: run_solve(shipped_problems("digits", n or 4, "euler"), args.methods),
-        "dit": lambda: run_solve(shipped_problems("dit-crops", n or 4), args.methods),
+        "policy": lambda: run(denoise_calls(policy_problems(n or 8)), args.methods),
+        "lowdim": lambda: run(denoise_calls(lowdim_problems(n or 4)), args.methods),
+        "gmm_ddpm": lambda: run(solve_calls(gmm_problems(None, n or 8)), args.methods),
+        "gmm_eta1": lambda: run(solve_calls(gmm_problems(1.0, n or 8)), args.methods),
+        "gmm_euler_a": lambda: run(solve_calls(gmm_euler_problems(n or 8, ancestral=True)), args.methods),
+        "gmm_euler": lambda: run(solve_calls(gmm_euler_problems(n or 8, ancestral=False)), args.methods),
+        "digits": lambda: run(solve_calls(shipped_problems("digits", n or 4)), args.methods),
+        "digits_euler": lambda: run(solve_calls(shipped_problems("digits", n or 4, "euler")), args.methods),
+        "dit": lambda: run(solve_calls(shipped_problems("dit-crops", n or 4)), args.methods),
     }
     report = {"device": "cpu", "torch": torch.__version__, "cases": {}}
     for case in args.cases:
